@@ -1,0 +1,304 @@
+"""imagerelay benchmark: what the gateway adds on top of its upstream.
+
+    .venv/bin/python bench/run.py                 # full run, SQLite, writes bench/RESULTS.md
+    .venv/bin/python bench/run.py --postgres      # also PostgreSQL (127.0.0.1:5432)
+    .venv/bin/python bench/run.py --quick --out /tmp/r.md   # seconds-long smoke run
+
+It starts the upstream simulator (openai protocol, zero latency, cached images so the
+upstream is never the bottleneck) and the gateway in its production configuration
+(real tokens, holds, settle, usage records, per-call channel pool to the simulator),
+then drives both with a load generator in a separate process (wrk where it can,
+bench/loadgen.py for multipart uploads and SSE timing). Every figure is printed as a
+ratio against hitting the simulator directly in the same run. Exits 1 if the gateway
+returned any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+SIM_KEY = "sk-sim-bench"
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = os.getenv("BENCH_BODY")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('BENCHJSON {"requests":%d,"duration_us":%d,"socket_errors":%d,"non2xx":%d,"p50_us":%d,"p99_us":%d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not start")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss(pid: int) -> None:
+    # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0).
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+@dataclass
+class Stack:
+    sim: subprocess.Popen[bytes]
+    gateway: subprocess.Popen[bytes]
+    sim_url: str  # .../v1
+    gw_url: str  # .../v1
+    token: str
+    workdir: Path
+    logs: list[Path] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for proc in (self.gateway, self.sim):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def start_stack(workdir: Path, database_url: str | None) -> Stack:
+    sim_port, gw_port = free_port(), free_port()
+    sim_log = open(workdir / "sim.log", "wb")
+    sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai", "--port", str(sim_port),
+                            "--api-key", SIM_KEY, "--cache"], stdout=sim_log, stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{sim_port}/_sim/health", sim, "simulator")
+
+    catalog = yaml.safe_load((ROOT / "imagerelay/catalog/default.yaml").read_text())
+    catalog["channels"] = [{
+        "name": "sim", "type": "openai", "base_url": f"http://127.0.0.1:{sim_port}/v1",
+        "api_key_env": "BENCH_SIM_KEY", "pools": ["legacy", "legacy-vip", "official-mixed", "official-pure"],
+    }]
+    (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+    data = workdir / "data"
+    env = {**os.environ, "BENCH_SIM_KEY": SIM_KEY, "IMAGERELAY_CATALOG": str(workdir / "catalog.yaml"),
+           "IMAGERELAY_DATA_DIR": str(data)}
+    if database_url:
+        env["IMAGERELAY_DATABASE_URL"] = database_url
+    tokens_file = workdir / "tokens.json"
+    subprocess.run([PY, "-m", "imagerelay", "users", "create", "demo"], env=env, check=True, capture_output=True)
+    subprocess.run([PY, "-m", "imagerelay", "balance", "add", "--user", "demo", "--amount", "10000000",
+                    "--reason", "benchmark credit"], env=env, check=True, capture_output=True)
+    gw_log = open(workdir / "gateway.log", "wb")
+    gateway = subprocess.Popen([PY, "-m", "imagerelay", "serve", "--port", str(gw_port), "--demo",
+                                "--demo-tokens-out", str(tokens_file)], env=env, stdout=gw_log, stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{gw_port}/healthz", gateway, "gateway")
+    token = json.loads(tokens_file.read_text())["Sora2Official"]
+    return Stack(sim, gateway, f"http://127.0.0.1:{sim_port}/v1", f"http://127.0.0.1:{gw_port}/v1", token, workdir)
+
+
+def gateway_pid(stack: Stack) -> int:
+    """uvicorn runs the app in the serve process itself with one worker."""
+    return stack.gateway.pid
+
+
+def wrk(url: str, token: str, body: dict[str, Any], connections: int, seconds: float, script: Path) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_BODY": json.dumps(body), "BENCH_TOKEN": token}
+    threads = max(1, min(2, connections))
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "120s",
+                          "-s", str(script), "--latency", url + "/images/generations"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("BENCHJSON "))
+    r = json.loads(line.split(" ", 1)[1])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["errors"] = r["socket_errors"] + r["non2xx"]
+    return r
+
+
+def loadgen(*args: str) -> dict[str, Any]:
+    out = subprocess.run([PY, str(ROOT / "bench" / "loadgen.py"), *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def set_sim(stack: Stack, **config: Any) -> None:
+    httpx.post(stack.sim_url.removesuffix("/v1") + "/_sim/config", json=config, timeout=10).raise_for_status()
+
+
+def run_config(name: str, database_url: str | None, quick: bool) -> tuple[list[tuple[str, str, str, str]], int]:
+    """Returns (rows: scenario, direct, via gateway, ratio/added), gateway error count."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"imagerelay-bench-{name}-"))
+    stack = start_stack(workdir, database_url)
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    dur = 2 if quick else 10
+    rows: list[tuple[str, str, str, str]] = []
+    errors = 0
+    small = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}
+    try:
+        use_wrk = shutil.which("wrk") is not None
+        # warm up both (render cache, connection pools, token cache)
+        for url, tok in ((stack.sim_url, SIM_KEY), (stack.gw_url, stack.token)):
+            for _ in range(3):
+                httpx.post(url + "/images/generations", json=small, headers={"Authorization": f"Bearer {tok}"},
+                           timeout=60).raise_for_status()
+
+        def measure(conns: int, body: dict[str, Any], seconds: float, n_fallback: int) -> tuple[dict[str, Any], dict[str, Any]]:
+            if use_wrk:
+                d = wrk(stack.sim_url, SIM_KEY, body, conns, seconds, script)
+                g = wrk(stack.gw_url, stack.token, body, conns, seconds, script)
+                d["p50_ms"], d["p99_ms"] = d["p50_us"] / 1000, d["p99_us"] / 1000
+                g["p50_ms"], g["p99_ms"] = g["p50_us"] / 1000, g["p99_us"] / 1000
+            else:
+                d = loadgen("calls", stack.sim_url, SIM_KEY, str(n_fallback), str(conns), json.dumps(body))
+                g = loadgen("calls", stack.gw_url, stack.token, str(n_fallback), str(conns), json.dumps(body))
+            return d, g
+
+        d, g = measure(1, small, dur, 50 if quick else 500)
+        errors += g["errors"]
+        rows.append(("small image, c=1, p50 latency", f"{d['p50_ms']:.2f} ms", f"{g['p50_ms']:.2f} ms",
+                     f"+{g['p50_ms'] - d['p50_ms']:.2f} ms added"))
+        rows.append(("small image, c=1, p99 latency", f"{d['p99_ms']:.2f} ms", f"{g['p99_ms']:.2f} ms",
+                     f"+{g['p99_ms'] - d['p99_ms']:.2f} ms added"))
+        d, g = measure(64, small, dur, 200 if quick else 5000)
+        errors += g["errors"]
+        rows.append(("small image, c=64, p50 latency", f"{d['p50_ms']:.2f} ms", f"{g['p50_ms']:.2f} ms",
+                     f"+{g['p50_ms'] - d['p50_ms']:.2f} ms added"))
+        rows.append(("small image, c=64, p99 latency", f"{d['p99_ms']:.2f} ms", f"{g['p99_ms']:.2f} ms",
+                     f"+{g['p99_ms'] - d['p99_ms']:.2f} ms added"))
+        rows.append(("small image, c=64, throughput", f"{d['rps']:.0f} calls/s", f"{g['rps']:.0f} calls/s",
+                     f"{g['rps'] / d['rps']:.2f}x of direct"))
+
+        set_sim(stack, incompressible=True)
+        big = {"model": "gpt-image-2", "prompt": "bench 4k", "size": "3840x2160", "quality": "low"}
+        httpx.post(stack.sim_url + "/images/generations", json=big, headers={"Authorization": f"Bearer {SIM_KEY}"},
+                   timeout=120).raise_for_status()
+        for mode in ("b64_json", "url"):
+            body = {**big, "response_format": mode} if mode == "url" else big
+            n = 8 if quick else 64
+            d = loadgen("calls", stack.sim_url, SIM_KEY, str(n), "8", json.dumps(big))
+            reset_peak_rss(gateway_pid(stack))
+            g = loadgen("calls", stack.gw_url, stack.token, str(n), "8", json.dumps(body))
+            errors += g["errors"]
+            rss = peak_rss_mb(gateway_pid(stack))
+            rows.append((f"4K 3840x2160 incompressible, c=8, {mode}: throughput", f"{d['rps']:.2f} calls/s",
+                         f"{g['rps']:.2f} calls/s", f"{g['rps'] / d['rps']:.2f}x of direct"))
+            rows.append((f"4K 3840x2160 incompressible, c=8, {mode}: gateway peak RSS", "-", f"{rss:.0f} MB", ""))
+        set_sim(stack, incompressible=False)
+
+        n = 2 if quick else 10
+        size_mb = 1 if quick else 10
+        d = loadgen("edit", stack.sim_url, SIM_KEY, str(n), str(size_mb), "4")
+        reset_peak_rss(gateway_pid(stack))
+        g = loadgen("edit", stack.gw_url, stack.token, str(n), str(size_mb), "4")
+        errors += g["errors"]
+        rss = peak_rss_mb(gateway_pid(stack))
+        rows.append((f"edit 4 x {size_mb} MB uploads, p50 latency", f"{d['p50_ms']:.1f} ms", f"{g['p50_ms']:.1f} ms",
+                     f"+{g['p50_ms'] - d['p50_ms']:.1f} ms added"))
+        rows.append((f"edit 4 x {size_mb} MB uploads: gateway peak RSS", "-", f"{rss:.0f} MB", ""))
+
+        n = 3 if quick else 20
+        d = loadgen("stream", stack.sim_url, SIM_KEY, str(n))
+        g = loadgen("stream", stack.gw_url, stack.token, str(n))
+        errors += g["errors"]
+        if d["ttfp_p50_ms"] is not None and g["ttfp_p50_ms"] is not None:
+            rows.append(("stream, 3 partials: time to first partial (p50)", f"{d['ttfp_p50_ms']:.1f} ms",
+                         f"{g['ttfp_p50_ms']:.1f} ms", f"+{g['ttfp_p50_ms'] - d['ttfp_p50_ms']:.1f} ms added"))
+        audit = subprocess.run([PY, "-m", "imagerelay", "audit"], capture_output=True, text=True,
+                               env={**os.environ, "IMAGERELAY_DATA_DIR": str(workdir / "data"),
+                                    **({"IMAGERELAY_DATABASE_URL": database_url} if database_url else {})})
+        rows.append(("books balance after the run (imagerelay audit)", "", "ok" if audit.returncode == 0 else "FAILED", ""))
+        errors += audit.returncode != 0
+    finally:
+        stack.stop()
+    return rows, errors
+
+
+def machine() -> list[str]:
+    cpu = "unknown"
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                   if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    import starlette
+    import uvicorn
+
+    return [f"- machine: {os.cpu_count()} cores, {cpu}, {int(mem) // 1024} MB RAM, {platform.platform()}",
+            f"- Python {platform.python_version()}, uvicorn {uvicorn.__version__}, starlette {starlette.__version__}",
+            f"- commit {commit or 'uncommitted'}, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+            f"- load generator: {'wrk' if shutil.which('wrk') else 'bench/loadgen.py (httpx)'} in a separate process; "
+            "gateway: 1 worker, full billing path"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    parser.add_argument("--postgres", action="store_true", help="also run against PostgreSQL")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+
+    configs: list[tuple[str, str | None]] = [("SQLite", None)]
+    if args.postgres:
+        import psycopg
+
+        name = f"imagerelay_bench_{int(time.time())}"
+        with psycopg.connect(args.pg_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        configs.append(("PostgreSQL", args.pg_url.rsplit("/", 1)[0] + "/" + name))
+    lines = ["# imagerelay benchmark results", "", *machine(), "",
+             f"Command: `.venv/bin/python bench/run.py{' --postgres' if args.postgres else ''}{' --quick' if args.quick else ''}`", ""]
+    total_errors = 0
+    for name, url in configs:
+        rows, errors = run_config(name, url, args.quick)
+        total_errors += errors
+        lines += [f"## {name}", "", "| scenario | direct to simulator | through imagerelay | gateway cost |",
+                  "|---|---|---|---|", *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+                  "", f"Gateway errors during the run: {errors}", ""]
+    text = "\n".join(lines)
+    print(text)
+    args.out.write_text(text + "\n")
+    sys.exit(1 if total_errors else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from imagerelay.cli import app
+
+app(prog_name="imagerelay")

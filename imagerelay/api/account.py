@@ -1,0 +1,226 @@
+"""Account endpoints for token owners (balance, usage, pricing) and admins (everyone)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from imagerelay.api.admin import require_admin
+from imagerelay.api.deps import authenticate, services_of
+from imagerelay.api.parsing import read_json_object
+from imagerelay.api.responses import json_response
+from imagerelay.domain.pricing import usd_to_micros
+from imagerelay.errors import InvalidRequest, NotFound
+from imagerelay.storage.accounts import TokenLimits
+from imagerelay.storage.billing import UsageQuery, usage_page
+
+MAX_PAGE = 500
+
+
+def usd(micros: int) -> str:
+    return f"{Decimal(micros) / 1_000_000:.6f}"
+
+
+def _usage_query(request: Request, user_id: int | None) -> UsageQuery:
+    params = request.query_params
+
+    def number(name: str, kind: type) -> Any:
+        raw = params.get(name)
+        if raw is None or raw == "":
+            return None
+        try:
+            return kind(raw)
+        except ValueError:
+            raise InvalidRequest(f"{name} must be a {kind.__name__}", param=name) from None
+
+    limit = number("limit", int) or 50
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}", param="limit")
+    return UsageQuery(
+        user_id=user_id,
+        since=number("since", float),
+        until=number("until", float),
+        model=params.get("model") or None,
+        status=number("status", int),
+        limit=limit,
+        before_id=number("before", int),
+    )
+
+
+def _record_json(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "request_id": r["request_id"],
+        "created_at": r["created_at"],
+        "user_id": r["user_id"],
+        "token_id": r["token_id"],
+        "group": r["group_name"],
+        "model": r["model"],
+        "route": r["route"],
+        "channel": r["channel"],
+        "endpoint": r["endpoint"],
+        "status": r["status"],
+        "error_code": r["error_code"],
+        "latency_ms": r["latency_ms"],
+        "upstream_latency_ms": r["upstream_latency_ms"],
+        "attempts": r["attempts"],
+        "usage": {
+            "input_text_tokens": r["input_text_tokens"],
+            "input_image_tokens": r["input_image_tokens"],
+            "cached_tokens": r["cached_tokens"],
+            "output_tokens": r["output_tokens"],
+        },
+        "billing_mode": r["billing_mode"],
+        "cost_micros": r["cost_micros"],
+        "cost_usd": usd(r["cost_micros"]),
+        "price_basis": r["price_basis"],
+    }
+
+
+async def _page(request: Request, user_id: int | None) -> Response:
+    rows, more = await usage_page(services_of(request).engine, _usage_query(request, user_id))
+    data = [_record_json(r) for r in rows]
+    return json_response({
+        "object": "list", "data": data, "has_more": more,
+        "next_before": data[-1]["id"] if more and data else None,
+    })
+
+
+async def balance(request: Request) -> Response:
+    token = await authenticate(request)
+    user = await services_of(request).accounts.get_user(token.user_id)
+    assert user is not None
+    return json_response({
+        "user": user.name,
+        "balance_micros": user.balance_micros,
+        "held_micros": user.held_micros,
+        "available_micros": user.available_micros,
+        "balance_usd": usd(user.balance_micros),
+        "available_usd": usd(user.available_micros),
+    })
+
+
+async def usage(request: Request) -> Response:
+    token = await authenticate(request)
+    return await _page(request, token.user_id)
+
+
+async def pricing(request: Request) -> Response:
+    token = await authenticate(request)
+    catalog = services_of(request).catalog
+    data = []
+    for model in catalog.models_by_group.get(token.group, ()):
+        route = catalog.route(token.group, model)
+        assert route is not None
+        entry: dict[str, Any] = {
+            "model": model, "group": token.group, "route": route.spec.name,
+            "description": route.spec.description, "billing_mode": route.spec.billing.mode,
+            "endpoints": list(route.spec.endpoints),
+        }
+        if route.spec.billing.mode == "per_call":
+            entry["price_per_call_usd"] = str(route.spec.billing.price_per_call)
+        else:
+            assert route.prices is not None
+            multiplier = route.group.multiplier
+            entry["multiplier"] = str(multiplier)
+            entry["usd_per_million_tokens"] = {
+                name: str((value * multiplier).normalize())
+                for name, value in route.prices.model_dump().items() if value
+            }
+        data.append(entry)
+    return json_response({"object": "list", "group": token.group, "data": data})
+
+
+async def admin_users(request: Request) -> Response:
+    await require_admin(request)
+    users = await services_of(request).accounts.list_users()
+    return json_response({"object": "list", "data": [
+        {"id": u.id, "name": u.name, "is_admin": u.is_admin, "balance_micros": u.balance_micros,
+         "held_micros": u.held_micros, "balance_usd": usd(u.balance_micros)} for u in users
+    ]})
+
+
+async def admin_adjust_balance(request: Request) -> Response:
+    await require_admin(request)
+    services = services_of(request)
+    user = await services.accounts.find_user(request.path_params["name"])
+    if user is None:
+        raise NotFound(f"No user named {request.path_params['name']!r}.")
+    body = await read_json_object(request, 64 * 1024)
+    amount, reason = body.get("amount_usd"), body.get("reason")
+    if not isinstance(amount, str):
+        raise InvalidRequest('amount_usd must be a decimal string such as "10.00" (never a float).', param="amount_usd")
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidRequest("reason is required: it is recorded in the ledger.", param="reason")
+    try:
+        micros_dec = Decimal(amount) * 1_000_000
+    except ArithmeticError:
+        raise InvalidRequest("amount_usd is not a number.", param="amount_usd") from None
+    if micros_dec != micros_dec.to_integral_value() or micros_dec == 0:
+        raise InvalidRequest("amount_usd must be non-zero and exact to 6 decimal places.", param="amount_usd")
+    micros = int(micros_dec)
+    new_balance = await services.billing.adjust(user.id, micros, reason.strip(), kind="topup" if micros > 0 else "adjust")
+    return json_response({"user": user.name, "balance_micros": new_balance, "balance_usd": usd(new_balance)})
+
+
+async def admin_create_token(request: Request) -> Response:
+    """Create a token (user created if missing) with optional limits; shown once."""
+    await require_admin(request)
+    services = services_of(request)
+    body = await read_json_object(request, 64 * 1024)
+    user, group = body.get("user"), body.get("group")
+    if not isinstance(user, str) or not user:
+        raise InvalidRequest("user (a user name) is required.", param="user")
+    if group not in services.catalog.groups:
+        raise InvalidRequest(f"group must be one of: {', '.join(services.catalog.groups)}.", param="group")
+    cap = body.get("spend_cap_usd")
+    if cap is not None and not isinstance(cap, str):
+        raise InvalidRequest('spend_cap_usd must be a decimal string such as "5.00".', param="spend_cap_usd")
+    allowed = body.get("allowed_models")
+    if allowed is not None and not (isinstance(allowed, list) and all(isinstance(m, str) for m in allowed)):
+        raise InvalidRequest("allowed_models must be a list of model names.", param="allowed_models")
+    for key in ("rpm", "concurrency"):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise InvalidRequest(f"{key} must be a positive integer.", param=key)
+    expires = body.get("expires_at")
+    if expires is not None and (not isinstance(expires, (int, float)) or isinstance(expires, bool)):
+        raise InvalidRequest("expires_at must be a unix time.", param="expires_at")
+    try:
+        cap_micros = usd_to_micros(cap) if cap is not None else None
+    except (ArithmeticError, ValueError):
+        raise InvalidRequest("spend_cap_usd is not a number.", param="spend_cap_usd") from None
+    owner = await services.accounts.get_or_create_user(user)
+    token = await services.accounts.create_token(
+        owner.id, group, name=str(body.get("name") or "default"), expires_at=expires,
+        limits=TokenLimits(spend_cap_micros=cap_micros, allowed_models=tuple(allowed) if allowed else None,
+                           rpm_limit=body.get("rpm"), concurrency_limit=body.get("concurrency")),
+    )
+    return json_response({"token": token, "user": user, "group": group}, status=201)
+
+
+async def admin_usage(request: Request) -> Response:
+    await require_admin(request)
+    user_id = None
+    name = request.query_params.get("user")
+    if name:
+        user = await services_of(request).accounts.find_user(name)
+        if user is None:
+            raise NotFound(f"No user named {name!r}.")
+        user_id = user.id
+    return await _page(request, user_id)
+
+
+routes = [
+    Route("/v1/account/balance", balance, methods=["GET"]),
+    Route("/v1/account/usage", usage, methods=["GET"]),
+    Route("/v1/pricing", pricing, methods=["GET"]),
+    Route("/admin/users", admin_users, methods=["GET"]),
+    Route("/admin/users/{name}/balance", admin_adjust_balance, methods=["POST"]),
+    Route("/admin/usage", admin_usage, methods=["GET"]),
+    Route("/admin/tokens", admin_create_token, methods=["POST"]),
+]

@@ -1,0 +1,168 @@
+"""Admin HTTP API: channels (add, list, enable/disable, test). Keys go in, never out.
+
+Authenticated by ``IMAGERELAY_ADMIN_TOKEN`` or by the token of an admin user.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from imagerelay.api.deps import bearer, services_of
+from imagerelay.api.parsing import read_json_object
+from imagerelay.api.responses import json_response
+from imagerelay.catalog.model import ChannelSpec, ChannelType
+from imagerelay.domain.types import ImageRequest
+from imagerelay.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
+from imagerelay.services import Services
+from imagerelay.storage.channels import ChannelConflict
+from imagerelay.upstreams.base import CallTarget, UpstreamFailure
+
+
+class NewChannel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    type: ChannelType
+    pools: list[str] = Field(min_length=1)
+    base_url: str | None = None
+    api_key: str | None = None
+    api_version: str | None = None
+    azure_form: str = "deployment"
+    model_map: dict[str, str] = Field(default_factory=dict)
+    priority: int = 0
+    weight: int = Field(default=1, ge=1)
+    timeout_s: float = Field(default=180.0, gt=0)
+    enabled: bool = True
+
+
+async def require_admin(request: Request) -> None:
+    token = bearer(request)
+    if token is None:
+        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.", code="missing_api_key")
+    services = services_of(request)
+    configured = services.settings.admin_token
+    if configured and hmac.compare_digest(configured.encode(), token.encode()):
+        return
+    info = await services.accounts.authenticate(token)
+    if info is None or info.revoked:
+        raise AuthenticationFailed("Incorrect admin credential.")
+    if not info.is_admin:
+        raise PermissionDenied("This token does not belong to an administrator.")
+
+
+def _channel_json(services: Services, view: Any) -> dict[str, Any]:
+    spec: ChannelSpec = view.spec
+    health = services.pool.health_of(spec.name)
+    now = services.pool.clock()
+    return {
+        "name": spec.name,
+        "type": spec.type,
+        "pools": list(spec.pools),
+        "base_url": spec.base_url,
+        "api_version": spec.api_version,
+        "model_map": spec.model_map,
+        "priority": spec.priority,
+        "weight": spec.weight,
+        "timeout_s": spec.timeout_s,
+        "enabled": spec.enabled and not health.disabled_reason,
+        "source": view.source,
+        "has_key": view.has_key,
+        "health": {
+            "disabled_reason": health.disabled_reason or view.disabled_reason,
+            "cooldown_remaining_s": max(0.0, round(health.cooldown_until - now, 1)),
+            "consecutive_failures": health.consecutive_failures,
+            "successes": health.successes,
+            "failures": health.failures,
+            "success_rate": health.success_rate,
+            "last_error": health.last_error,
+            "last_error_at": health.last_error_at,
+        },
+    }
+
+
+async def list_channels(request: Request) -> Response:
+    await require_admin(request)
+    services = services_of(request)
+    return json_response({"object": "list", "data": [_channel_json(services, v) for v in services.directory.views()]})
+
+
+async def add_channel(request: Request) -> Response:
+    await require_admin(request)
+    services = services_of(request)
+    body = await read_json_object(request, 1024 * 1024)
+    try:
+        new = NewChannel.model_validate(body)
+        spec = ChannelSpec.model_validate(new.model_dump(exclude={"api_key"}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidRequest(
+            f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}", param=str(first["loc"][0]) if first["loc"] else None
+        ) from None
+    if spec.type in ("azure", "openai-compatible") and not spec.base_url:
+        raise InvalidRequest(f"a {spec.type} channel needs base_url", param="base_url")
+    try:
+        await services.directory.add(spec, new.api_key)
+    except ChannelConflict as exc:
+        raise ApiError(str(exc), status=409, code="conflict", param="name") from None
+    view = next(v for v in services.directory.views() if v.spec.name == spec.name)
+    return json_response(_channel_json(services, view), status=201)
+
+
+async def set_enabled(request: Request) -> Response:
+    await require_admin(request)
+    services = services_of(request)
+    name = request.path_params["name"]
+    if request.path_params["action"] not in ("enable", "disable"):
+        raise NotFound("Unknown channel action; use enable, disable or test.")
+    enable = request.path_params["action"] == "enable"
+    reason = "disabled by an administrator"
+    if not enable and request.headers.get("content-length", "0") != "0":
+        body = await read_json_object(request, 64 * 1024)
+        if isinstance(body.get("reason"), str) and body["reason"]:
+            reason = body["reason"]
+    try:
+        await services.directory.set_enabled(name, enable, reason)
+    except KeyError:
+        raise NotFound(f"No channel named {name!r}.") from None
+    if enable:
+        services.pool.enable(name)
+    view = next(v for v in services.directory.views() if v.spec.name == name)
+    return json_response(_channel_json(services, view))
+
+
+async def test_channel(request: Request) -> Response:
+    """One small real generation through exactly this channel, bypassing the pool."""
+    await require_admin(request)
+    services = services_of(request)
+    name = request.path_params["name"]
+    spec = services.directory.get(name)
+    if spec is None:
+        raise NotFound(f"No channel named {name!r}.")
+    model = next(
+        (r.upstream_model for r in services.catalog.routes.values() if r.spec.pool in spec.pools), "gpt-image-2"
+    )
+    probe = ImageRequest(endpoint="generations", model=model, prompt="a small test square",
+                         quality="low", upstream_params={"quality": "low", "size": "1024x1024"}, size="1024x1024")
+    target = CallTarget(spec, services.directory.key_for(spec), spec.model_map.get(model, model), "1024x1024")
+    started = time.monotonic()
+    try:
+        result = await services.pool.connectors[spec.type].images(target, probe)
+        ok, error = bool(result.items), None
+    except UpstreamFailure as failure:
+        ok, error = False, f"{failure.kind}: {failure.detail}"
+    return json_response({"name": name, "ok": ok, "latency_ms": int((time.monotonic() - started) * 1000), "error": error})
+
+
+routes = [
+    Route("/admin/channels", list_channels, methods=["GET"]),
+    Route("/admin/channels", add_channel, methods=["POST"]),
+    Route("/admin/channels/{name}/test", test_channel, methods=["POST"]),
+    Route("/admin/channels/{name}/{action:str}", set_enabled, methods=["POST"]),
+]

@@ -1,0 +1,133 @@
+"""The HTTP application: routes are one line each, handlers parse, call, shape."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from imagerelay.api import account, admin, images
+from imagerelay.api.deps import authenticate, services_of
+from imagerelay.api.errors import (
+    api_error_handler,
+    error_response,
+    http_error_handler,
+    unexpected_error_handler,
+)
+from imagerelay.api.responses import json_response
+from imagerelay.config import Settings
+from imagerelay.errors import ApiError, NotFound
+from imagerelay.imagestore import MEDIA_TYPES
+from imagerelay.relay import new_request_id
+from imagerelay.services import Services
+
+log = logging.getLogger("imagerelay.api")
+
+
+async def list_models(request: Request) -> Response:
+    token = await authenticate(request)
+    services = services_of(request)
+    data = [
+        {"id": model, "object": "model", "created": 0, "owned_by": "imagerelay"}
+        for model in services.relay.models_for(token.group)
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+async def image_file(request: Request) -> Response:
+    name = request.path_params["name"]
+    path = services_of(request).store.resolve(
+        name, request.query_params.get("expires", ""), request.query_params.get("sig", "")
+    )
+    if path is None:
+        raise NotFound("This image link is invalid or has expired; request the image again.")
+    ext = name.rsplit(".", 1)[-1]
+    return FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
+                        headers={"cache-control": "private, max-age=3600"})
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+class EdgeMiddleware:
+    """Give every request an id before anything can fail, and turn any unexpected
+    exception into the official error shape.
+
+    Starlette's own ``Exception`` handler re-raises after answering, so the server
+    would log a traceback; here nothing is re-raised and only the type is logged.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = False
+
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_tracking(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    message = {**message, "headers": [*headers, header]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as exc:  # noqa: BLE001 - this is the last line of defence
+            if started:
+                log.error("unexpected %s after the response began (request %s)", type(exc).__name__, request_id)
+                return
+            response = await unexpected_error_handler(Request(scope), exc)
+            await response(scope, receive, send_tracking)
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
+    settings = settings or Settings()
+    svc = services or Services.build(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.stop()
+
+    routes = [
+        *images.routes,
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/files/images/{name}", image_file, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        *admin.routes,
+        *account.routes,
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: api_error_handler,
+            HTTPException: http_error_handler,
+        },
+    )
+    app.state.services = svc
+    app.add_middleware(EdgeMiddleware)
+    return app
+
+
+__all__ = ["create_app", "error_response"]

@@ -1,0 +1,35 @@
+"""Request dependencies shared by the route modules: services and authentication."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+
+from imagerelay.errors import AuthenticationFailed
+from imagerelay.services import Services
+from imagerelay.storage.accounts import TokenInfo
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def authenticate(request: Request) -> TokenInfo:
+    token = bearer(request)
+    if token is None:
+        raise AuthenticationFailed(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'.", code="missing_api_key"
+        )
+    info = await services_of(request).accounts.authenticate(token)
+    if info is None or info.revoked:
+        raise AuthenticationFailed("Incorrect API key provided. Check the key, or create one in the console.")
+    if info.expires_at is not None and info.expires_at < time.time():
+        raise AuthenticationFailed("This API key has expired; create a new one.", code="expired_api_key")
+    return info

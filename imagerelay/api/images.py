@@ -1,0 +1,287 @@
+"""Image endpoints: generations, edits, and their async job form.
+
+Each handler: authenticate, admit (per-token limits), parse, then one of
+- a synchronous call (optionally idempotent, optionally behind a keep-alive),
+- a stream (SSE relayed event by event),
+- a job (``Prefer: respond-async`` or ``POST /v1/images/jobs``): 202 + Location.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import ExitStack
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from imagerelay.api.deps import authenticate, services_of
+from imagerelay.api.parsing import images_from_json, read_json_object, read_multipart_edit
+from imagerelay.api.responses import json_response
+from imagerelay.errors import ApiError, InvalidRequest
+from imagerelay.relay import CallContext, ParsedCall, RelayAnswer
+from imagerelay.services import Services
+from imagerelay.storage.accounts import TokenInfo
+
+log = logging.getLogger("imagerelay.api")
+
+KEEPALIVE_HEADER = "X-Imagerelay-Keepalive"
+MIN_KEEPALIVE_S = 1.0
+MAX_KEEPALIVE_S = 60.0
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+
+
+async def generations(request: Request) -> Response:
+    return await _handle(request, "generations")
+
+
+async def edits(request: Request) -> Response:
+    return await _handle(request, "edits")
+
+
+async def create_job(request: Request) -> Response:
+    return await _handle(request, None)
+
+
+async def get_job(request: Request) -> Response:
+    token = await authenticate(request)
+    services = services_of(request)
+    include = request.query_params.get("include")
+    body = await services.jobs.get(
+        request.path_params["job_id"], token.user_id, _base_url(request, services),
+        include_b64=True if include == "b64_json" else None,
+    )
+    return json_response(body)
+
+
+async def cancel_job(request: Request) -> Response:
+    token = await authenticate(request)
+    services = services_of(request)
+    body = await services.jobs.cancel(request.path_params["job_id"], token.user_id, _base_url(request, services))
+    return json_response(body)
+
+
+async def webhook_secret(request: Request) -> Response:
+    token = await authenticate(request)
+    return json_response({"secret": services_of(request).jobs.webhook_secret_for(token.user_id),
+                          "header": "X-Imagerelay-Signature",
+                          "scheme": "t=<unix time>,v1=<hex HMAC-SHA256(secret, '<t>.' + body)>"})
+
+
+routes = [
+    Route("/v1/images/generations", generations, methods=["POST"]),
+    Route("/v1/images/edits", edits, methods=["POST"]),
+    Route("/v1/images/jobs", create_job, methods=["POST"]),
+    Route("/v1/images/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/v1/images/jobs/{job_id}", cancel_job, methods=["DELETE"]),
+    Route("/v1/account/webhook-secret", webhook_secret, methods=["GET"]),
+]
+
+
+# -- the pipeline ---------------------------------------------------------------------------
+
+
+def _base_url(request: Request, services: Services) -> str:
+    return services.settings.public_base_url or str(request.base_url)
+
+
+async def _handle(request: Request, endpoint: str | None) -> Response:
+    token = await authenticate(request)
+    services = services_of(request)
+    with ExitStack() as admitted:
+        admitted.enter_context(services.limiter.admit(token))
+        as_job = endpoint is None or "respond-async" in request.headers.get("prefer", "").lower()
+        call = await _parse(request, services, endpoint)
+        ctx = CallContext(
+            request_id=request.state.request_id, token=token, endpoint=call.endpoint,
+            base_url=_base_url(request, services), started=time.monotonic(),
+        )
+        if as_job:
+            return await _submit_job(services, ctx, call)
+        if _truthy(call.fields.get("stream")):
+            return _stream_response(await services.relay.run(ctx, call), ctx.request_id, admitted)
+        return await _sync(request, services, token, ctx, call, admitted)
+
+
+async def _parse(request: Request, services: Services, endpoint: str | None) -> ParsedCall:
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("multipart/form-data"):
+        if endpoint == "generations":
+            raise InvalidRequest("images/generations takes a JSON body (Content-Type: application/json).",
+                                 code="unsupported_content_type")
+        fields, images, mask = await read_multipart_edit(request, services.settings.max_body_bytes, MAX_IMAGE_BYTES)
+        if endpoint is None:
+            _pop_job_endpoint(fields, default="edits", allowed=("edits",))
+        return ParsedCall("edits", dict(fields), images, mask, from_multipart=True)
+    if ctype.startswith("application/json") or (endpoint == "generations" and not ctype):
+        limit = services.settings.max_json_body_bytes if endpoint == "generations" else services.settings.max_body_bytes
+        body = await read_json_object(request, limit)
+        if endpoint is None:
+            endpoint = _pop_job_endpoint(body, default=None, allowed=("generations", "edits"))
+        if endpoint == "generations":
+            return ParsedCall("generations", body)
+        fields, images, mask = images_from_json(body, MAX_IMAGE_BYTES)
+        return ParsedCall("edits", fields, images, mask)
+    raise InvalidRequest(
+        "Send JSON (Content-Type: application/json), or multipart/form-data for edits "
+        "(curl -F image=@file.png -F prompt=...).",
+        code="unsupported_content_type",
+    )
+
+
+def _pop_job_endpoint(fields: dict[str, Any], *, default: str | None, allowed: tuple[str, ...]) -> str:
+    value = fields.pop("endpoint", default)
+    if value not in allowed:
+        raise InvalidRequest(
+            f"endpoint must be one of {', '.join(allowed)} (the image call this job runs).", param="endpoint"
+        )
+    return str(value)
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+async def _submit_job(services: Services, ctx: CallContext, call: ParsedCall) -> Response:
+    webhook_url = services.jobs.check_webhook(call.fields.pop("webhook_url", None))
+    if _truthy(call.fields.get("stream")):
+        raise InvalidRequest("A job cannot stream; drop stream (poll the job, or use a webhook).", param="stream")
+    include_b64 = call.fields.get("response_format") == "b64_json"
+    prepared = await services.relay.prepare(
+        ctx, call.fields.get("model"), services.relay.validator(call), hold_ttl_s=services.jobs.ttl_s
+    )
+    job = await services.jobs.submit(prepared, include_b64=include_b64, webhook_url=webhook_url)
+    location = f"{ctx.base_url.rstrip('/')}/v1/images/jobs/{job['id']}"
+    return json_response(job, status=202, headers={"location": location, "x-request-id": ctx.request_id})
+
+
+def _stream_response(result: RelayAnswer | AsyncIterator[bytes], request_id: str, admitted: ExitStack) -> Response:
+    assert not isinstance(result, RelayAnswer)
+    slot = admitted.pop_all()  # a stream keeps its concurrency slot until its last byte
+
+    async def frames() -> AsyncIterator[bytes]:
+        with slot:
+            async for chunk in result:
+                yield chunk
+
+    return StreamingResponse(
+        frames(), media_type="text/event-stream",
+        headers={"x-request-id": request_id, "cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+def _fingerprint(call: ParsedCall) -> str:
+    digest = hashlib.sha256(call.endpoint.encode() + b"\0")
+    digest.update(orjson.dumps(call.fields, option=orjson.OPT_SORT_KEYS, default=str))
+    for image in [*call.images, *([call.mask] if call.mask else [])]:
+        digest.update(image.part.encode() + b"\0" + hashlib.sha256(image.data).digest())
+    return digest.hexdigest()
+
+
+async def _sync(
+    request: Request, services: Services, token: TokenInfo, ctx: CallContext, call: ParsedCall, admitted: ExitStack
+) -> Response:
+    """A synchronous call: idempotent when the caller sent Idempotency-Key, behind a
+    whitespace keep-alive when the caller or the route asks for one."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= 255:
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
+    keepalive = _keepalive_interval(request, services, token, call.fields.get("model"))
+    if key is not None:
+        replay = await services.idempotency.claim(token.user_id, key, _fingerprint(call))
+        if replay is not None:
+            return Response(replay.body, status_code=replay.status, media_type="application/json",
+                            headers={"x-request-id": ctx.request_id, "idempotent-replayed": "true"})
+    try:
+        # Routing, validation and the hold happen before any byte is sent, so their
+        # errors keep their real status even with keep-alive on.
+        prepared = await services.relay.prepare(ctx, call.fields.get("model"), services.relay.validator(call))
+    except BaseException:
+        if key is not None:
+            await asyncio.shield(services.idempotency.abandon(token.user_id, key))
+        raise
+
+    async def produce() -> tuple[bytes, dict[str, str]]:
+        try:
+            answer = await services.relay.execute(prepared)
+        except BaseException:
+            if key is not None:
+                await asyncio.shield(services.idempotency.abandon(token.user_id, key))
+            raise
+        assert isinstance(answer, RelayAnswer)
+        raw = orjson.dumps(answer.body)
+        if key is not None:
+            await asyncio.shield(services.idempotency.finish(token.user_id, key, 200, raw))
+        return raw, answer.headers
+
+    if keepalive is None:
+        raw, headers = await produce()
+        return Response(raw, media_type="application/json", headers=headers)
+    return _keepalive_response(produce, keepalive, ctx.request_id, admitted.pop_all())
+
+
+def _keepalive_interval(request: Request, services: Services, token: TokenInfo, model: Any) -> float | None:
+    raw = request.headers.get(KEEPALIVE_HEADER)
+    if raw is not None:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not MIN_KEEPALIVE_S <= seconds <= MAX_KEEPALIVE_S:
+            raise InvalidRequest(
+                f"{KEEPALIVE_HEADER} must be a number of seconds from {MIN_KEEPALIVE_S:g} to {MAX_KEEPALIVE_S:g}.",
+                param=KEEPALIVE_HEADER,
+            )
+        return seconds
+    route = services.catalog.route(token.group, model) if isinstance(model, str) else None
+    return route.spec.keepalive_s if route is not None else None
+
+
+def _keepalive_response(
+    produce: Callable[[], Awaitable[tuple[bytes, dict[str, str]]]],
+    interval: float,
+    request_id: str,
+    slot: ExitStack,
+) -> Response:
+    """Answer 200 at once and send a space every ``interval`` seconds until the JSON.
+
+    Leading whitespace is legal JSON, so every client (the official SDK included)
+    parses the final body normally, while proxies that cut silent responses see
+    bytes flowing. The status is committed before the outcome is known, so an error
+    arrives as a 200 whose body is the official ``{"error": ...}`` object.
+    """
+    task = asyncio.ensure_future(produce())
+
+    async def body() -> AsyncIterator[bytes]:
+        with slot:
+            try:
+                yield b" "
+                while True:
+                    done, _ = await asyncio.wait({task}, timeout=interval)
+                    if done:
+                        break
+                    yield b" "
+                try:
+                    raw, _headers = task.result()
+                except ApiError as err:
+                    raw = orjson.dumps(err.to_body())
+                except Exception as exc:  # noqa: BLE001 - the status is already sent
+                    log.error("unexpected %s in a keep-alive call (request %s)", type(exc).__name__, request_id)
+                    raw = orjson.dumps(ApiError(
+                        f"The gateway hit an internal error; retry, quoting request id {request_id}.",
+                        status=500, type="server_error", code="internal_error").to_body())
+                yield raw
+            finally:
+                if not task.done():
+                    task.cancel()  # the client left: the relay releases the hold
+
+    return StreamingResponse(
+        body(), media_type="application/json",
+        headers={"x-request-id": request_id, "cache-control": "no-cache", "x-accel-buffering": "no"},
+    )

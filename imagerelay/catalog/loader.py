@@ -1,0 +1,143 @@
+"""Load, validate and index the catalog once at start-up.
+
+A broken catalog must stop start-up with a message that names the bad entry, so
+every cross-reference (route -> group, model, profile, pool) is checked here and the
+hot path can index the result without defensive checks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from imagerelay.catalog.model import (
+    CatalogFile,
+    GroupSpec,
+    ModelPrices,
+    ParamProfile,
+    RouteSpec,
+)
+
+
+class CatalogError(ValueError):
+    """The catalog file is invalid; the message names the offending entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRoute:
+    """A route with everything the relay needs, resolved once."""
+
+    spec: RouteSpec
+    group: GroupSpec
+    profile: ParamProfile
+    prices: ModelPrices | None
+    upstream_model: str
+    # Filled by the relay layer at start-up (validation hints); kept opaque here.
+    extras: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    source: str
+    file: CatalogFile
+    routes: dict[tuple[str, str], ResolvedRoute]  # (group, model) -> route
+    models_by_group: dict[str, tuple[str, ...]]
+
+    @property
+    def groups(self) -> dict[str, GroupSpec]:
+        return self.file.groups
+
+    def route(self, group: str, model: str) -> ResolvedRoute | None:
+        return self.routes.get((group, model))
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_catalog(raw: Any, source: str = "<catalog>") -> Catalog:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{source}: the catalog must be a mapping with groups, models, param_profiles, routes")
+    try:
+        doc = CatalogFile.model_validate(raw)
+    except ValidationError as exc:
+        raise CatalogError(f"{source}: {_format_validation_error(exc)}") from None
+
+    seen_channels: set[str] = set()
+    for ch in doc.channels:
+        if ch.name in seen_channels:
+            raise CatalogError(f"{source}: channels: duplicate channel name {ch.name!r}")
+        seen_channels.add(ch.name)
+        if ch.type in ("azure", "openai-compatible") and not ch.base_url:
+            raise CatalogError(f"{source}: channels[{ch.name}]: type {ch.type} needs base_url")
+
+    routes: dict[tuple[str, str], ResolvedRoute] = {}
+    models_by_group: dict[str, list[str]] = {g: [] for g in doc.groups}
+    for i, r in enumerate(doc.routes):
+        where = f"{source}: routes[{i}] ({r.group} / {r.model})"
+        if r.group not in doc.groups:
+            raise CatalogError(f"{where}: unknown group {r.group!r}; known groups: {sorted(doc.groups)}")
+        if r.model not in doc.models:
+            raise CatalogError(f"{where}: unknown model {r.model!r}; declare it under models")
+        profile = doc.param_profiles.get(r.params)
+        if profile is None:
+            raise CatalogError(f"{where}: unknown param profile {r.params!r}; known: {sorted(doc.param_profiles)}")
+        if (r.group, r.model) in routes:
+            raise CatalogError(f"{where}: duplicate route for this group and model")
+        if r.billing.mode == "per_call" and (r.billing.price_per_call is None or r.billing.price_per_call < 0):
+            raise CatalogError(f"{where}: per_call billing needs a non-negative price_per_call")
+        if profile.size == "table" and not profile.size_table:
+            raise CatalogError(f"{where}: profile {r.params!r} has size: table but no size_table")
+        upstream_model = r.upstream_model or r.model
+        price_model = r.price_model or upstream_model
+        prices = doc.models[price_model].prices_per_million if price_model in doc.models else None
+        if r.billing.mode == "usage" and prices is None:
+            raise CatalogError(
+                f"{where}: usage billing needs prices_per_million for model {price_model!r}"
+            )
+        routes[(r.group, r.model)] = ResolvedRoute(
+            spec=r,
+            group=doc.groups[r.group],
+            profile=profile,
+            prices=prices,
+            upstream_model=upstream_model,
+        )
+        models_by_group[r.group].append(r.model)
+    return Catalog(
+        source=source,
+        file=doc,
+        routes=routes,
+        models_by_group={g: tuple(ms) for g, ms in models_by_group.items()},
+    )
+
+
+def default_catalog_text() -> str:
+    return resources.files("imagerelay.catalog").joinpath("default.yaml").read_text("utf-8")
+
+
+def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
+    """Load the catalog at ``path`` or the shipped default."""
+    if path is None:
+        text, source = default_catalog_text(), "default catalog"
+    else:
+        p = Path(path)
+        try:
+            text = p.read_text("utf-8")
+        except OSError as exc:
+            raise CatalogError(f"cannot read catalog {p}: {exc.strerror}") from None
+        source = str(p)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{source}: not valid YAML/JSON: {exc}") from None
+    return parse_catalog(raw, source)

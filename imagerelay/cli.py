@@ -1,0 +1,475 @@
+"""The ``imagerelay`` command: serve, administer, simulate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import sys
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from imagerelay.catalog.loader import CatalogError, load_catalog
+from imagerelay.config import Settings
+
+app = typer.Typer(help="imagerelay: an OpenAI-compatible gateway for image generation.", no_args_is_help=True)
+users_app = typer.Typer(help="Create and list users.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
+balance_app = typer.Typer(help="Top up and adjust balances.", no_args_is_help=True)
+channels_app = typer.Typer(help="Upstream channels: add, list, enable/disable, test.", no_args_is_help=True)
+app.add_typer(channels_app, name="channels")
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(balance_app, name="balance")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEMO_USER = "demo"
+DEMO_CREDIT_USD = Decimal("100")
+
+
+def _settings(data_dir: Path | None, database_url: str | None, catalog: Path | None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if data_dir is not None:
+        overrides["data_dir"] = data_dir
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    if catalog is not None:
+        overrides["catalog"] = catalog
+    return Settings(**overrides)
+
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (env IMAGERELAY_DATA_DIR).")]
+DbUrl = Annotated[str | None, typer.Option("--database-url", help="Database URL (env IMAGERELAY_DATABASE_URL).")]
+CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="Catalog file (env IMAGERELAY_CATALOG).")]
+
+
+def _run(coro_fn: Any, settings: Settings) -> Any:
+    """Run an async admin action against the configured database."""
+    from imagerelay.services import Services
+
+    async def _main() -> Any:
+        try:
+            services = Services.build(settings)
+        except CatalogError as exc:
+            err_console.print(f"[red]catalog error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        from imagerelay.storage.db import create_schema
+
+        await create_schema(services.engine)
+        try:
+            return await coro_fn(services)
+        finally:
+            await services.engine.dispose()
+
+    return asyncio.run(_main())
+
+
+def _usd_to_micros(text: str) -> int:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise typer.BadParameter(f"{text!r} is not an amount in USD, e.g. 10 or 0.03") from None
+    micros = value * 1_000_000
+    if micros != micros.to_integral_value():
+        raise typer.BadParameter("amounts are exact to the micro-dollar (6 decimal places)")
+    return int(micros)
+
+
+async def _ensure_demo(services: Any, groups: list[str]) -> dict[str, str]:
+    """Idempotent: one demo user, one token per group, credited once.
+
+    Only token hashes live in the database, so the demo tokens' plain text is kept in
+    ``<data_dir>/demo-tokens.json`` (mode 0600) to print the same tokens on every run.
+    """
+    store = services.settings.data_dir / "demo-tokens.json"
+    known: dict[str, str] = {}
+    if store.exists():
+        try:
+            known = json.loads(store.read_text())
+        except ValueError:
+            known = {}
+    user = await services.accounts.get_or_create_user(DEMO_USER)
+    tokens: dict[str, str] = {}
+    for group in groups:
+        token = known.get(group)
+        info = await services.accounts.authenticate(token) if token else None
+        if info is None or info.group != group or info.user_id != user.id:
+            token = await services.accounts.create_token(user.id, group, name=f"demo-{group}")
+        tokens[group] = token  # type: ignore[assignment]
+    store.write_text(json.dumps(tokens, indent=2))
+    store.chmod(0o600)
+    if user.balance_micros == 0 and user.held_micros == 0:
+        await services.billing.adjust(user.id, int(DEMO_CREDIT_USD * 1_000_000), "demo credit", kind="topup")
+    return tokens
+
+
+def _curl_example(base: str, group: str, token: str, catalog: Any) -> str:
+    models = catalog.models_by_group.get(group, ())
+    model = models[0] if models else "gpt-image-2"
+    body = {"model": model, "prompt": "a white ceramic mug on a gray desk"}
+    route = catalog.route(group, model)
+    if route is not None and route.profile.size == "table":
+        body["size"] = "2048x2048"
+    return (
+        f"curl {base}/v1/images/generations -H 'Authorization: Bearer {token}' "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option(help="Worker processes (multi-core).")] = 1,
+    demo: Annotated[bool, typer.Option("--demo", help="Create a demo user with one token per group and print them.")] = False,
+    demo_tokens_out: Annotated[Path | None, typer.Option("--demo-tokens-out", help="Also write the demo tokens as JSON.")] = None,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Run the gateway."""
+    import uvicorn
+
+    settings = _settings(data_dir, database_url, catalog)
+    try:
+        cat = load_catalog(settings.catalog)
+    except CatalogError as exc:
+        err_console.print(f"[red]catalog error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if demo:
+        tokens = _run(lambda s: _ensure_demo(s, list(cat.groups)), settings)
+        base = f"http://{host}:{port}"
+        console.print(f"[bold]Demo tokens[/bold] (user {DEMO_USER!r}, ${DEMO_CREDIT_USD} credit):")
+        for group, token in tokens.items():
+            console.print(f"  [cyan]{group}[/cyan]: {token}")
+            console.print(f"    {_curl_example(base, group, token, cat)}", soft_wrap=True)
+        if demo_tokens_out is not None:
+            demo_tokens_out.write_text(json.dumps(tokens, indent=2))
+    # Worker processes rebuild settings from the environment: pass ours down.
+    os.environ["IMAGERELAY_DATA_DIR"] = str(settings.data_dir.resolve())
+    if settings.database_url:
+        os.environ["IMAGERELAY_DATABASE_URL"] = settings.database_url
+    if settings.catalog:
+        os.environ["IMAGERELAY_CATALOG"] = str(Path(settings.catalog).resolve())
+    console.print(f"imagerelay listening on http://{host}:{port}/v1", highlight=False)
+    sys.stdout.flush()
+    uvicorn.run(
+        "imagerelay.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="auto",
+        http="auto",
+        log_level=settings.log_level,
+        access_log=False,
+    )
+
+
+@users_app.command("create")
+def users_create(
+    name: str,
+    admin: Annotated[bool, typer.Option("--admin", help="Make the user an administrator.")] = False,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Create a user (idempotent)."""
+    user = _run(lambda s: s.accounts.get_or_create_user(name, is_admin=admin), _settings(data_dir, database_url, None))
+    console.print(f"user {user.name} (id {user.id})")
+
+
+@users_app.command("list")
+def users_list(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """List users with their balances."""
+    users = _run(lambda s: s.accounts.list_users(), _settings(data_dir, database_url, None))
+    table = Table("id", "name", "admin", "balance (USD)", "held (USD)")
+    for u in users:
+        table.add_row(str(u.id), u.name, "yes" if u.is_admin else "", f"{Decimal(u.balance_micros) / 1_000_000:.6f}",
+                      f"{Decimal(u.held_micros) / 1_000_000:.6f}")
+    console.print(table)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    user: Annotated[str, typer.Option("--user", help="User name (created if missing).")],
+    group: Annotated[str, typer.Option("--group", help="Token group, e.g. default, Sora2Official.")],
+    name: Annotated[str, typer.Option("--name", help="A label for the token.")] = "default",
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Create an API token in a group; prints it once (only its hash is stored)."""
+    settings = _settings(data_dir, database_url, catalog)
+    cat = load_catalog(settings.catalog)
+    if group not in cat.groups:
+        err_console.print(f"[red]unknown group {group!r}[/red]; groups: {', '.join(cat.groups)}")
+        raise typer.Exit(2)
+
+    async def _create(s: Any) -> str:
+        u = await s.accounts.get_or_create_user(user)
+        return await s.accounts.create_token(u.id, group, name=name)  # type: ignore[no-any-return]
+
+    print(_run(_create, settings))
+
+
+@balance_app.command("add")
+def balance_add(
+    user: Annotated[str, typer.Option("--user")],
+    amount: Annotated[str, typer.Option("--amount", help="USD, exact (e.g. 10 or -0.5).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; recorded in the ledger.")],
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Top up (or, with a negative amount, adjust) a user's balance."""
+    micros = _usd_to_micros(amount)
+
+    async def _add(s: Any) -> int:
+        u = await s.accounts.find_user(user)
+        if u is None:
+            err_console.print(f"[red]no user {user!r}[/red]")
+            raise typer.Exit(2)
+        return await s.billing.adjust(u.id, micros, reason, kind="topup" if micros > 0 else "adjust")  # type: ignore[no-any-return]
+
+    balance = _run(_add, _settings(data_dir, database_url, None))
+    console.print(f"{user}: balance ${Decimal(balance) / 1_000_000:.6f}")
+
+
+@channels_app.command("add")
+def channels_add(
+    name: Annotated[str, typer.Option("--name")],
+    type: Annotated[str, typer.Option("--type", help="openai | azure | openai-compatible | simulator")],
+    pools: Annotated[list[str], typer.Option("--pool", help="Pool(s) this channel serves (repeat).")],
+    base_url: Annotated[str | None, typer.Option("--base-url")] = None,
+    key_stdin: Annotated[bool, typer.Option("--key-stdin", help="Read the upstream key from standard input.")] = False,
+    api_version: Annotated[str | None, typer.Option("--api-version")] = None,
+    azure_form: Annotated[str, typer.Option("--azure-form", help="deployment | v1")] = "deployment",
+    model_map: Annotated[list[str], typer.Option("--model-map", help="FROM=TO, e.g. gpt-image-2=my-deployment")] = [],  # noqa: B006
+    priority: Annotated[int, typer.Option("--priority")] = 0,
+    weight: Annotated[int, typer.Option("--weight")] = 1,
+    timeout_s: Annotated[float, typer.Option("--timeout")] = 180.0,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Add a channel; its key is stored encrypted (read it with --key-stdin, never as an argument)."""
+    from pydantic import ValidationError
+
+    from imagerelay.catalog.model import ChannelSpec
+
+    key = sys.stdin.readline().strip() if key_stdin else None
+    try:
+        mapping = dict(item.split("=", 1) for item in model_map)
+        spec = ChannelSpec(
+            name=name, type=type, pools=tuple(pools), base_url=base_url, api_version=api_version,  # type: ignore[arg-type]
+            azure_form=azure_form, model_map=mapping, priority=priority, weight=weight, timeout_s=timeout_s,  # type: ignore[arg-type]
+        )
+    except (ValueError, ValidationError) as exc:
+        err_console.print(f"[red]invalid channel:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    async def _add(s: Any) -> None:
+        await s.directory.add(spec, key)
+
+    _run(_add, _settings(data_dir, database_url, None))
+    console.print(f"channel {name} added ({type}, pools {', '.join(pools)}, key {'stored encrypted' if key else 'none'})")
+
+
+@channels_app.command("list")
+def channels_list(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """List channels (never their keys)."""
+
+    async def _list(s: Any) -> Any:
+        await s.directory.load()
+        return s.directory.views()
+
+    table = Table("name", "type", "pools", "priority", "weight", "enabled", "source", "key", "disabled reason")
+    for v in _run(_list, _settings(data_dir, database_url, None)):
+        table.add_row(v.spec.name, v.spec.type, ",".join(v.spec.pools), str(v.spec.priority), str(v.spec.weight),
+                      "yes" if v.spec.enabled else "no", v.source, "set" if v.has_key else "-", v.disabled_reason or "")
+    console.print(table)
+
+
+def _set_enabled(name: str, enabled: bool, data_dir: Path | None, database_url: str | None) -> None:
+    async def _set(s: Any) -> None:
+        await s.directory.load()
+        try:
+            await s.directory.set_enabled(name, enabled, None if enabled else "disabled by an administrator (CLI)")
+        except KeyError:
+            err_console.print(f"[red]no channel {name!r}[/red]")
+            raise typer.Exit(2) from None
+
+    _run(_set, _settings(data_dir, database_url, None))
+    console.print(f"channel {name} {'enabled' if enabled else 'disabled'}")
+
+
+@channels_app.command("enable")
+def channels_enable(name: str, data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Enable a channel (also clears a disable after a rejected key)."""
+    _set_enabled(name, True, data_dir, database_url)
+
+
+@channels_app.command("disable")
+def channels_disable(name: str, data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Disable a channel."""
+    _set_enabled(name, False, data_dir, database_url)
+
+
+@channels_app.command("test")
+def channels_test(
+    name: str,
+    url: Annotated[str, typer.Option("--url", help="Gateway base URL.")] = "http://127.0.0.1:8080",
+    admin_token: Annotated[str | None, typer.Option("--admin-token", envvar="IMAGERELAY_ADMIN_TOKEN")] = None,
+) -> None:
+    """Ask a running gateway to test a channel with one small real call."""
+    import httpx
+
+    if not admin_token:
+        err_console.print("[red]--admin-token or IMAGERELAY_ADMIN_TOKEN is required[/red]")
+        raise typer.Exit(2)
+    resp = httpx.post(f"{url.rstrip('/')}/admin/channels/{name}/test",
+                      headers={"Authorization": f"Bearer {admin_token}"}, timeout=300)
+    body = resp.json()
+    if resp.status_code != 200:
+        err_console.print(f"[red]{body.get('error', {}).get('message', resp.text)}[/red]")
+        raise typer.Exit(1)
+    console.print(body)
+    if not body.get("ok"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def audit(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Check every money invariant; exits 1 on a violation."""
+    problems = _run(lambda s: s.billing.audit(), _settings(data_dir, database_url, None))
+    if problems:
+        for p in problems:
+            err_console.print(f"[red]✗[/red] {p}")
+        raise typer.Exit(1)
+    console.print("[green]✓[/green] balances equal ledgers, holds are current, usage records match charges")
+
+
+def _client_headers(key: str | None) -> dict[str, str]:
+    if not key:
+        err_console.print("[red]--key or IMAGERELAY_API_KEY is required[/red]")
+        raise typer.Exit(2)
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _save_images(body: dict[str, Any], out: Path) -> None:
+    import base64
+
+    import httpx
+
+    data = body.get("data") or []
+    for i, item in enumerate(data):
+        target = out if len(data) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+        if item.get("b64_json"):
+            target.write_bytes(base64.b64decode(item["b64_json"]))
+        elif item.get("url"):
+            target.write_bytes(httpx.get(item["url"], timeout=120).content)
+        console.print(f"saved {target}")
+    if body.get("usage"):
+        console.print(f"usage: {body['usage']}")
+
+
+def _client_call(method_url: str, key: str | None, **kwargs: Any) -> dict[str, Any]:
+    import httpx
+
+    resp = httpx.post(method_url, headers=_client_headers(key), timeout=600, **kwargs)
+    body = resp.json()
+    if resp.status_code != 200:
+        err = body.get("error", {})
+        err_console.print(f"[red]{resp.status_code} {err.get('code')}[/red]: {err.get('message')}")
+        raise typer.Exit(1)
+    return body  # type: ignore[no-any-return]
+
+
+BaseUrlOpt = Annotated[str, typer.Option("--base-url", envvar="IMAGERELAY_BASE_URL", help="Gateway /v1 URL.")]
+KeyOpt = Annotated[str | None, typer.Option("--key", envvar="IMAGERELAY_API_KEY", help="API token.")]
+
+
+@app.command()
+def generate(
+    prompt: str,
+    model: Annotated[str, typer.Option("--model")] = "gpt-image-2",
+    size: Annotated[str | None, typer.Option("--size")] = None,
+    quality: Annotated[str | None, typer.Option("--quality")] = None,
+    n: Annotated[int | None, typer.Option("--n")] = None,
+    output_format: Annotated[str | None, typer.Option("--format")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("image.png"),
+    base_url: BaseUrlOpt = "http://127.0.0.1:8080/v1",
+    key: KeyOpt = None,
+) -> None:
+    """Client: generate an image through a gateway and save it."""
+    body: dict[str, Any] = {"model": model, "prompt": prompt}
+    for name, value in (("size", size), ("quality", quality), ("n", n), ("output_format", output_format)):
+        if value is not None:
+            body[name] = value
+    _save_images(_client_call(f"{base_url.rstrip('/')}/images/generations", key, json=body), out)
+
+
+@app.command()
+def edit(
+    prompt: str,
+    image: Annotated[list[Path], typer.Option("--image", help="Input image (repeat for several).")],
+    model: Annotated[str, typer.Option("--model")] = "gpt-image-2",
+    mask: Annotated[Path | None, typer.Option("--mask")] = None,
+    size: Annotated[str | None, typer.Option("--size")] = None,
+    quality: Annotated[str | None, typer.Option("--quality")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("edited.png"),
+    base_url: BaseUrlOpt = "http://127.0.0.1:8080/v1",
+    key: KeyOpt = None,
+) -> None:
+    """Client: edit image(s) through a gateway and save the result."""
+    fields = {"model": model, "prompt": prompt}
+    if size:
+        fields["size"] = size
+    if quality:
+        fields["quality"] = quality
+    part = "image" if len(image) == 1 else "image[]"
+    files = [(part, (p.name, p.read_bytes())) for p in image]
+    if mask is not None:
+        files.append(("mask", (mask.name, mask.read_bytes())))
+    _save_images(_client_call(f"{base_url.rstrip('/')}/images/edits", key, data=fields, files=files), out)
+
+
+@app.command("simulate-upstream")
+def simulate_upstream(
+    protocol: Annotated[str, typer.Option("--protocol", help="openai | azure")] = "openai",
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 9100,
+    api_key: Annotated[list[str], typer.Option("--api-key", help="Accepted key(s).")] = ["sk-sim"],  # noqa: B006
+    latency: Annotated[float, typer.Option("--latency", help="Seconds added to every call.")] = 0.0,
+    deployment: Annotated[list[str], typer.Option("--deployment", help="Azure deployment name(s).")] = ["gpt-image-2"],  # noqa: B006
+    cache: Annotated[bool, typer.Option("--cache", help="Reuse rendered images (benchmarks).")] = False,
+    incompressible: Annotated[bool, typer.Option("--incompressible", help="Noisy full-size PNG answers.")] = False,
+) -> None:
+    """Run the upstream simulator (real OpenAI / Azure wire protocol, fault injection)."""
+    from imagerelay.simulation.upstream_server import run
+
+    if protocol not in ("openai", "azure"):
+        raise typer.BadParameter("protocol must be openai or azure")
+    run(protocol, host, port, api_key, latency, deployments=tuple(deployment), cache=cache,  # type: ignore[arg-type]
+        incompressible=incompressible)
+
+
+@app.command("check-catalog")
+def check_catalog(path: Path) -> None:
+    """Validate a catalog file without starting the gateway."""
+    try:
+        cat = load_catalog(path)
+    except CatalogError as exc:
+        err_console.print(f"[red]catalog error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"ok: {len(cat.routes)} routes in {len(cat.groups)} groups")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,78 @@
+"""Deployment settings: one pydantic-settings object, read from the environment.
+
+Operator data (groups, routes, prices, channels) lives in the catalog, not here.
+``Settings(**overrides)`` takes explicit values first, so tests and the CLI pass
+their own without touching ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IMAGERELAY_", extra="ignore")
+
+    # Where the embedded database, image store and generated secrets live.
+    data_dir: Path = Path(".imagerelay")
+    database_url: str | None = None  # default: sqlite in data_dir
+    catalog: Path | None = None  # default: the shipped catalog
+    # Public base URL used in signed image URLs; defaults to the request's own base URL.
+    public_base_url: str | None = None
+    # HMAC key for signed image URLs; generated and kept in data_dir when unset.
+    url_signing_key: str | None = None
+    image_url_ttl_s: int = Field(default=3600, ge=60)
+    # Fernet key encrypting upstream keys at rest; generated into data_dir when unset.
+    secret_key: str | None = None
+    # Bearer credential for the admin API, in addition to tokens of admin users.
+    admin_token: str | None = None
+    # Largest request body accepted (16 images x 50 MB plus fields).
+    max_body_bytes: int = 16 * 50 * 1024 * 1024 + 1024 * 1024
+    max_json_body_bytes: int = 64 * 1024 * 1024
+    token_cache_ttl_s: float = 5.0
+    # Channel pools: attempts per call, overall deadline, circuit breaker.
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    call_deadline_s: float = Field(default=300.0, gt=0)
+    breaker_threshold: int = Field(default=3, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    max_retry_after_s: float = Field(default=10.0, ge=0)
+    # Async jobs: lifetime (result kept, hold deadline), in-process workers, webhooks.
+    job_ttl_s: float = Field(default=24 * 3600, ge=60)
+    job_workers: int = Field(default=4, ge=0)
+    webhook_allow_private: bool = False  # allow webhooks to loopback/private addresses
+    webhook_backoff_s: float = Field(default=2.0, gt=0)
+    log_level: str = "info"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'imagerelay.db').resolve()}"
+
+    def ensure_data_dir(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return self.data_dir
+
+    def signing_key(self) -> bytes:
+        """The URL signing key: configured, or generated once and kept on disk."""
+        if self.url_signing_key:
+            return self.url_signing_key.encode()
+        return self._generated_secret("url-signing.key")
+
+    def webhook_master_key(self) -> bytes:
+        """Master key from which each user's webhook signing secret is derived."""
+        return self._generated_secret("webhook.key")
+
+    def _generated_secret(self, name: str) -> bytes:
+        path = self.ensure_data_dir() / name
+        if not path.exists():
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip().encode()
+
+    @property
+    def image_store_dir(self) -> Path:
+        return self.data_dir / "images"

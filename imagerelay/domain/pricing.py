@@ -1,0 +1,260 @@
+"""The pricing engine: pure functions from a call's parameters or usage to a price.
+
+Money is integer micro-dollars (1 USD = 1_000_000 µ$). Arithmetic is ``Decimal`` with
+enough precision to be exact (no float anywhere; passing one is a ``TypeError``), and
+is rounded ONCE, on the total, half up to the micro-dollar. Prices per 1M tokens
+times tokens are already micro-dollars (USD/1M tokens x tokens x 1M µ$/USD / 1M), so
+a usage price is ``round_half_up(sum(tokens x price_per_million) x multiplier)``.
+
+Every result is a :class:`PriceQuote` whose ``basis`` (JSON-serialisable) says what
+drove the price; the relay stores it with the usage record.
+
+* :func:`per_call_price` - fixed-price routes.
+* :func:`usage_price` - usage routes, from the upstream's reported ``usage``.
+* :func:`worst_case_quote` - the hold placed before the call: an upper bound.
+* :func:`fallback_quote` - the charge when an upstream succeeded without ``usage``:
+  the estimate for the request as sent, never above :func:`worst_case_quote`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
+from typing import Any, Literal
+
+from imagerelay.catalog.model import Billing, ModelPrices, RouteSpec
+from imagerelay.domain import usage as token_rules
+from imagerelay.domain.types import ImageRequest, Usage
+
+__all__ = [
+    "MICROS_PER_USD",
+    "PriceQuote",
+    "fallback_quote",
+    "format_usd",
+    "per_call_price",
+    "price_model",
+    "usage_price",
+    "usd_to_micros",
+    "worst_case_quote",
+]
+
+MICROS_PER_USD = 1_000_000
+_PRECISION = 60  # digits: far beyond any token count x price x multiplier
+
+UsageSource = Literal["reported", "estimated_worst_case", "estimated_fallback"]
+
+
+@dataclass(frozen=True)
+class PriceQuote:
+    """A price and what drove it.
+
+    ``multiplier`` is the group multiplier applied (``1`` for per-call routes, which
+    it does not scale); ``usage`` is the usage priced (reported or estimated), ``None``
+    for per-call routes.
+    """
+
+    micros: int
+    mode: Literal["per_call", "usage"]
+    multiplier: Decimal
+    usage: Usage | None
+    basis: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- money
+
+
+def _decimal(value: object, what: str) -> Decimal:
+    if isinstance(value, (bool, float)):
+        raise TypeError(f"{what} must be a Decimal, str or int, never {type(value).__name__}")
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            result = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError(f"{what} {value!r} is not a number") from None
+    else:
+        raise TypeError(f"{what} must be a Decimal, str or int, not {type(value).__name__}")
+    if not result.is_finite():
+        raise ValueError(f"{what} must be finite; got {value!r}")
+    return result
+
+
+def _round_micros(exact: Decimal) -> int:
+    """Round half up (ties away from zero) to a whole micro-dollar."""
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def usd_to_micros(amount: Decimal | str | int) -> int:
+    """USD -> micro-dollars. Sub-micro precision is rounded half up (ties away from
+    zero: ``"0.0000005"`` -> 1, ``"-0.0000005"`` -> -1), not rejected: prices such as
+    ``$0.0000025`` per token are legitimate inputs. Floats are refused (``TypeError``)."""
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        return _round_micros(_decimal(amount, "amount") * MICROS_PER_USD)
+
+
+def format_usd(micros: int) -> str:
+    """``30_000`` -> ``"$0.030000"``; exact, six decimals, ``-$`` for negatives."""
+    if isinstance(micros, bool) or not isinstance(micros, int):
+        raise TypeError(f"micros must be an int, not {type(micros).__name__}")
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS_PER_USD)
+    return f"{sign}${whole}.{frac:06d}"
+
+
+# --------------------------------------------------------------------------- per call
+
+
+def per_call_price(billing: Billing) -> PriceQuote:
+    """The fixed price of a per-call route (``$0.03`` -> 30_000 µ$)."""
+    if billing.mode != "per_call" or billing.price_per_call is None:
+        raise ValueError("per_call_price needs a per_call billing with a price_per_call")
+    price = _decimal(billing.price_per_call, "price_per_call")
+    return PriceQuote(
+        micros=usd_to_micros(price),
+        mode="per_call",
+        multiplier=Decimal(1),
+        usage=None,
+        basis={"mode": "per_call", "price_per_call_usd": str(price)},
+    )
+
+
+# --------------------------------------------------------------------------- usage
+
+
+def usage_price(usage: Usage, prices: ModelPrices, multiplier: Decimal) -> PriceQuote:
+    """Price a reported ``usage`` at per-million ``prices`` times the group ``multiplier``.
+
+    Cached tokens are subsets of the input tokens (as in the official API): the cached
+    part is billed at the cached price and the rest at the full price. A cached count
+    above its input count (malformed upstream) is capped at the input count.
+    """
+    return _usage_quote(usage, prices, multiplier, "reported", {})
+
+
+def _usage_quote(
+    usage: Usage, prices: ModelPrices, multiplier: Decimal, source: UsageSource, extra: dict[str, Any]
+) -> PriceQuote:
+    mult = _decimal(multiplier, "multiplier")
+    if mult < 0:
+        raise ValueError(f"multiplier must not be negative; got {mult}")
+    cached_text = min(usage.cached_text_tokens, usage.input_text_tokens)
+    cached_image = min(usage.cached_image_tokens, usage.input_image_tokens)
+    lines: list[tuple[str, int, Decimal]] = [
+        ("text_input", usage.input_text_tokens - cached_text, prices.text_input),
+        ("cached_text_input", cached_text, prices.cached_text_input),
+        ("image_input", usage.input_image_tokens - cached_image, prices.image_input),
+        ("cached_image_input", cached_image, prices.cached_image_input),
+        ("image_output", usage.output_image_tokens, prices.image_output),
+        ("text_output", usage.output_text_tokens, prices.text_output),
+    ]
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        subtotal = sum((Decimal(count) * _decimal(price, name) for name, count, price in lines), Decimal(0))
+        exact = subtotal * mult
+    micros = _round_micros(exact)
+    basis: dict[str, Any] = {
+        "mode": "usage",
+        "usage_source": source,
+        "multiplier": str(mult),
+        "tokens": {name: count for name, count, _ in lines},
+        "prices_per_million_usd": {name: str(price) for name, _, price in lines},
+        "exact_micros": str(exact),
+        **extra,
+    }
+    return PriceQuote(micros=micros, mode="usage", multiplier=mult, usage=usage, basis=basis)
+
+
+def price_model(route: RouteSpec) -> str:
+    """The model whose token rules and prices apply to a route."""
+    return route.price_model or route.upstream_model or route.model
+
+
+def _request_basis(request: ImageRequest, model: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "endpoint": request.endpoint,
+        "size_requested": request.size,
+        "quality_requested": request.quality,
+        "n": request.n,
+        "partial_images": request.partial_images or 0,
+        "stream": request.stream,
+        "prompt_tokens": token_rules.text_tokens(request.prompt),
+        "input_images": [[image.width, image.height] for image in request.images],
+        "input_fidelity": request.upstream_params.get("input_fidelity"),
+    }
+
+
+def _usage_prices(route: RouteSpec, prices: ModelPrices | None) -> ModelPrices:
+    if prices is None:
+        raise ValueError(f"route {route.name!r} is billed on usage but its model has no prices")
+    return prices
+
+
+def worst_case_quote(
+    request: ImageRequest,
+    route: RouteSpec,
+    prices: ModelPrices | None,
+    multiplier: Decimal,
+    width: int | None,
+    height: int | None,
+) -> PriceQuote:
+    """The most a call can cost: what to hold before it goes upstream.
+
+    Per-call routes: the call price. Usage routes: :func:`token_rules.worst_case_usage`
+    priced without cache discount - the given size, or for ``auto``/``None`` the most
+    expensive standard size (``auto`` chooses among 1024x1024, 1536x1024 and 1024x1536;
+    for gpt-image-2 that is 1024x1024); quality ``auto`` -> ``high``; every partial
+    image per output image; inputs counted once per output image.
+    """
+    if route.billing.mode == "per_call":
+        return per_call_price(route.billing)
+    model = price_model(route)
+    worst = token_rules.worst_case_usage(request, model, width, height)
+    basis = {
+        **_request_basis(request, model),
+        "size": f"{worst.width}x{worst.height}",
+        "size_basis": "requested" if width is not None and height is not None else "auto: most expensive standard size",
+        "quality": worst.quality,
+    }
+    return _usage_quote(worst.usage, _usage_prices(route, prices), multiplier, "estimated_worst_case", basis)
+
+
+def fallback_quote(
+    request: ImageRequest,
+    route: RouteSpec,
+    prices: ModelPrices | None,
+    multiplier: Decimal,
+    width: int | None,
+    height: int | None,
+) -> PriceQuote:
+    """What to charge when an upstream succeeded but reported no ``usage``.
+
+    The simulated usage for the request as sent (:func:`token_rules.simulated_usage`): the
+    given size, or for ``auto`` the standard size matching the first input image's
+    orientation (square for generations); quality ``auto`` -> ``medium`` (what
+    ``auto`` renders in practice; the customer is not charged for ``high`` on a guess);
+    partial images only when streaming; inputs once; no cache discount. Every term is
+    at most the worst case's, so the charge never exceeds the hold.
+    """
+    if route.billing.mode == "per_call":
+        return per_call_price(route.billing)
+    model = price_model(route)
+    if width is None or height is None:
+        width, height = token_rules.auto_size(request.images[0] if request.images else None)
+        size_basis = "auto: standard size matching the first input image (square without one)"
+    else:
+        size_basis = "requested"
+    estimate = token_rules.simulated_usage(request, model, width, height)
+    basis = {
+        **_request_basis(request, model),
+        "size": f"{width}x{height}",
+        "size_basis": size_basis,
+        "quality": token_rules.reported_quality(request.quality),
+    }
+    return _usage_quote(estimate, _usage_prices(route, prices), multiplier, "estimated_fallback", basis)

@@ -1,0 +1,74 @@
+"""The gateway's own image store behind ``response_format=url``.
+
+GPT image upstreams only return base64, so for ``url`` the gateway writes the image
+to local disk and hands out a URL it serves itself, signed with HMAC-SHA256 over
+``(image id, expiry)`` so it cannot be guessed, altered or used after it expires.
+Image ids are random (not content hashes) so a URL reveals nothing about the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from pathlib import Path
+
+import anyio
+
+_EXT = {"png": "png", "jpeg": "jpeg", "webp": "webp"}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+class ImageStore:
+    def __init__(self, root: Path, signing_key: bytes, ttl_s: int) -> None:
+        self.root = root
+        self._key = signing_key
+        self.ttl_s = ttl_s
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _sign(self, name: str, expires: int) -> str:
+        return hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+    async def put(self, data: bytes, fmt: str) -> str:
+        """Store the image; returns its file name (``<random id>.<ext>``)."""
+        name = f"{secrets.token_urlsafe(18)}.{_EXT[fmt]}"
+        path = self.root / name
+        tmp = self.root / (name + ".part")
+
+        def _write() -> None:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # readers never see a half-written file
+
+        await anyio.to_thread.run_sync(_write)
+        return name
+
+    def signed_url(self, base_url: str, name: str, now: float | None = None) -> str:
+        expires = int((time.time() if now is None else now) + self.ttl_s)
+        return f"{base_url.rstrip('/')}/v1/files/images/{name}?expires={expires}&sig={self._sign(name, expires)}"
+
+    def resolve(self, name: str, expires: str, sig: str, now: float | None = None) -> Path | None:
+        """The file for a valid, unexpired signature; None otherwise (one answer for all failures)."""
+        if not expires.isdigit() or "/" in name or name.startswith("."):
+            return None
+        exp = int(expires)
+        if exp < (time.time() if now is None else now):
+            return None
+        if not hmac.compare_digest(self._sign(name, exp), sig):
+            return None
+        path = self.root / name
+        return path if path.is_file() else None
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete files older than the URL lifetime (no URL for them can still be valid)."""
+        cutoff = (time.time() if now is None else now) - self.ttl_s - 60
+        removed = 0
+        for entry in os.scandir(self.root):
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

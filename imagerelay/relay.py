@@ -1,0 +1,395 @@
+"""The relay service: auth'd request -> route -> validate -> quote -> hold -> call -> settle.
+
+This is the only place that orchestrates a call; the HTTP layer parses and shapes,
+the domain functions decide, the pool talks upstream, ``Billing`` moves money. Every
+call that reaches here leaves exactly one usage record, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from imagerelay.catalog.loader import Catalog, ResolvedRoute
+from imagerelay.domain import pricing
+from imagerelay.domain.b64 import InvalidImagePayload, decode_image_b64, normalize_b64
+from imagerelay.domain.sizes import dimensions_for
+from imagerelay.domain.types import ImageRequest, InputImage, Usage
+from imagerelay.domain.validation import RouteHints, build_hints, validate_edit, validate_generation
+from imagerelay.errors import (
+    ApiError,
+    InsufficientQuota,
+    InvalidRequest,
+    ModelNotFound,
+    PermissionDenied,
+    UpstreamError,
+)
+from imagerelay.imagestore import ImageStore
+from imagerelay.storage.accounts import TokenInfo
+from imagerelay.storage.billing import Billing, UsageRecord
+from imagerelay.storage.channels import ChannelDirectory
+from imagerelay.upstreams.base import StreamEvent, UpstreamResult
+from imagerelay.upstreams.pool import ChannelPool
+
+# A hold outlives the slowest legitimate call (pool deadline) with margin; past it the
+# reconciler may release it.
+HOLD_MARGIN_S = 120.0
+
+
+@dataclass(slots=True)
+class CallContext:
+    """Everything known about one call, built once by the HTTP layer."""
+
+    request_id: str
+    token: TokenInfo
+    endpoint: str  # generations | edits
+    base_url: str  # for signed image URLs
+    started: float
+
+
+@dataclass(slots=True)
+class ParsedCall:
+    """A request body as the HTTP layer parsed it, before any route rule applies."""
+
+    endpoint: str  # generations | edits
+    fields: dict[str, Any]
+    images: Sequence[InputImage] = ()
+    mask: InputImage | None = None
+    from_multipart: bool = False
+
+
+@dataclass(slots=True)
+class PreparedCall:
+    """A call that passed routing and validation and holds its worst-case cost."""
+
+    ctx: CallContext
+    route: ResolvedRoute
+    request: ImageRequest
+    record: UsageRecord
+    hold_micros: int
+
+
+@dataclass(slots=True)
+class RelayAnswer:
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+class Relay:
+    def __init__(
+        self, catalog: Catalog, directory: ChannelDirectory, pool: ChannelPool, billing: Billing, store: ImageStore
+    ) -> None:
+        self.catalog = catalog
+        self.directory = directory
+        self.pool = pool
+        self.billing = billing
+        self.store = store
+        self.hints: dict[tuple[str, str], RouteHints] = build_hints(
+            [r.spec for r in catalog.routes.values()], catalog.file.param_profiles
+        )
+
+    # -- routing ---------------------------------------------------------------------
+
+    def resolve_route(
+        self, group: str, model: Any, endpoint: str, allowed: Sequence[str] | None = None
+    ) -> ResolvedRoute:
+        offered = self.catalog.models_by_group.get(group, ())
+        if model is None or model == "":
+            raise InvalidRequest(
+                f"model is required; group {group} offers: {', '.join(offered) or 'no models'}",
+                param="model",
+                code="missing_required_parameter",
+            )
+        if not isinstance(model, str):
+            raise InvalidRequest("model must be a string", param="model", code="invalid_type")
+        if allowed is not None and model not in allowed:
+            raise PermissionDenied(
+                f"This API key may not use model {model}; it is limited to: {', '.join(allowed)}.",
+                param="model",
+                code="model_not_allowed",
+            )
+        route = self.catalog.route(group, model)
+        if route is None:
+            raise ModelNotFound(
+                f"The model '{model}' is not offered in group {group}. "
+                f"Models in this group: {', '.join(offered) or 'none'}.",
+                param="model",
+            )
+        if endpoint not in route.spec.endpoints:
+            raise InvalidRequest(
+                f"model {model} in group {group} does not support images/{endpoint}",
+                param="model",
+                code="unsupported_endpoint",
+            )
+        return route
+
+    def models_for(self, group: str) -> Sequence[str]:
+        return self.catalog.models_by_group.get(group, ())
+
+    # -- entry points ------------------------------------------------------------------
+
+    def validator(self, call: ParsedCall) -> Callable[[ResolvedRoute], ImageRequest]:
+        """The route-aware validation for a parsed call (pure; run once the route is known)."""
+        if call.endpoint == "generations":
+            return lambda route: validate_generation(
+                call.fields, route.spec, route.profile, self.hints[(route.spec.group, route.spec.model)]
+            )
+        return lambda route: validate_edit(
+            call.fields, call.images, call.mask, route.spec, route.profile,
+            self.hints[(route.spec.group, route.spec.model)], from_multipart=call.from_multipart,
+        )
+
+    async def run(self, ctx: CallContext, call: ParsedCall) -> RelayAnswer | AsyncIterator[bytes]:
+        prepared = await self.prepare(ctx, call.fields.get("model"), self.validator(call))
+        return await self.execute(prepared)
+
+    # -- the call ------------------------------------------------------------------------
+
+    async def prepare(
+        self,
+        ctx: CallContext,
+        model: Any,
+        validate: Callable[[ResolvedRoute], ImageRequest],
+        *,
+        hold_ttl_s: float | None = None,
+    ) -> PreparedCall:
+        """Route, validate and hold; a refusal is recorded and raised.
+
+        Jobs call this at submit time with a long ``hold_ttl_s`` and :meth:`execute`
+        later from a worker; synchronous calls do both at once.
+        """
+        record = self._record(ctx, None, model)
+        try:
+            route = self.resolve_route(ctx.token.group, model, ctx.endpoint, ctx.token.allowed_models)
+            record.route = route.spec.name
+            record.billing_mode = route.spec.billing.mode
+            request = validate(route)
+            hold = await self._hold(ctx, route, request, hold_ttl_s)
+        except ApiError as err:
+            record.status, record.error_code = err.status, err.code
+            record.latency_ms = _ms_since(ctx.started)
+            await self.billing.record_only(record)
+            raise
+        return PreparedCall(ctx, route, request, record, hold)
+
+    async def _hold(
+        self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, hold_ttl_s: float | None
+    ) -> int:
+        quote = self._worst_case(route, request)
+        ttl = hold_ttl_s if hold_ttl_s is not None else self.pool.policy.deadline_s + HOLD_MARGIN_S
+        held = await self.billing.place_hold(ctx.request_id, ctx.token.user_id, quote.micros, ttl, token_id=ctx.token.id)
+        if held == "balance":
+            raise InsufficientQuota(
+                f"Your balance does not cover this call (up to {pricing.format_usd(quote.micros)}). "
+                "Top up your account, or lower n, size or quality.",
+            )
+        if held == "spend_cap":
+            raise InsufficientQuota(
+                f"This API key has reached its spend cap (this call may cost up to "
+                f"{pricing.format_usd(quote.micros)}). Raise the key's cap or use another key.",
+            )
+        return quote.micros
+
+    def restore(self, ctx: CallContext, request: ImageRequest, model: str) -> PreparedCall | None:
+        """Rebuild a prepared call (a queued job) whose hold is already in place."""
+        route = self.catalog.route(ctx.token.group, model)
+        if route is None:
+            return None
+        return PreparedCall(ctx, route, request, self._record(ctx, route, model), 0)
+
+    async def rehold(self, prepared: PreparedCall, hold_ttl_s: float) -> None:
+        """Place a fresh hold (under ``prepared.ctx.request_id``) for another attempt."""
+        prepared.hold_micros = await self._hold(prepared.ctx, prepared.route, prepared.request, hold_ttl_s)
+
+    async def execute(self, prepared: PreparedCall) -> RelayAnswer | AsyncIterator[bytes]:
+        """Call upstream and settle (or release) the hold placed by :meth:`prepare`."""
+        ctx, route, request, record = prepared.ctx, prepared.route, prepared.request, prepared.record
+        if request.stream:
+            return await self._stream(ctx, route, request, record)
+        return await self._call(ctx, route, request, record)
+
+    async def abandon(self, prepared: PreparedCall, status: int, code: str) -> None:
+        """Release a prepared call's hold without calling upstream (e.g. a canceled job)."""
+        prepared.record.status, prepared.record.error_code = status, code
+        prepared.record.latency_ms = _ms_since(prepared.ctx.started)
+        await _shielded(self.billing.release(prepared.record))
+
+    def _worst_case(self, route: ResolvedRoute, request: ImageRequest) -> pricing.PriceQuote:
+        dims = dimensions_for(request.size, route.profile.default_size)
+        width, height = dims if dims else (None, None)
+        return pricing.worst_case_quote(
+            request, route.spec, route.prices, route.group.multiplier, width, height
+        )
+
+    def _final_quote(self, route: ResolvedRoute, request: ImageRequest, usage: Usage | None) -> pricing.PriceQuote:
+        if route.spec.billing.mode == "per_call":
+            return pricing.per_call_price(route.spec.billing)
+        assert route.prices is not None  # checked when the catalog loaded
+        if usage is not None:
+            return pricing.usage_price(usage, route.prices, route.group.multiplier)
+        dims = dimensions_for(request.size, route.profile.default_size)
+        width, height = dims if dims else (None, None)
+        return pricing.fallback_quote(request, route.spec, route.prices, route.group.multiplier, width, height)
+
+    async def _call(
+        self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, record: UsageRecord
+    ) -> RelayAnswer:
+        try:
+            outcome = await self.pool.call(self.directory.channels_for(route.spec.pool), route.upstream_model, route.profile.default_size, request)
+            record.channel, record.attempts = outcome.channel, outcome.attempts
+            record.upstream_latency_ms = outcome.upstream_latency_ms
+            body = await self._shape(ctx, request, outcome.result)
+            quote = self._final_quote(route, request, outcome.result.usage)
+        except BaseException as exc:
+            await self._release(ctx, record, exc)
+            raise
+        record.status = 200
+        record.usage = outcome.result.usage
+        record.cost_micros = quote.micros
+        record.price_basis = dict(quote.basis)
+        record.latency_ms = _ms_since(ctx.started)
+        await _shielded(self.billing.settle(record))
+        return RelayAnswer(body=body, headers={"x-request-id": ctx.request_id})
+
+    async def _release(self, ctx: CallContext, record: UsageRecord, exc: BaseException) -> None:
+        if isinstance(exc, ApiError):
+            record.status, record.error_code = exc.status, exc.code
+        elif isinstance(exc, asyncio.CancelledError):
+            record.status, record.error_code = 499, "client_disconnected"
+        else:
+            record.status, record.error_code = 500, "internal_error"
+        record.latency_ms = _ms_since(ctx.started)
+        await _shielded(self.billing.release(record))
+
+    async def _shape(self, ctx: CallContext, request: ImageRequest, result: UpstreamResult) -> dict[str, Any]:
+        data = [await self._shape_item(ctx, request, item) for item in result.items]
+        if not data:
+            raise UpstreamError("The upstream returned no image; retry the request.", code="upstream_bad_response")
+        body: dict[str, Any] = {"created": result.created or int(time.time()), "data": data}
+        for key in ("background", "output_format", "size", "quality"):
+            if result.meta.get(key) is not None:
+                body[key] = result.meta[key]
+        if result.usage is not None:
+            body["usage"] = result.usage.to_official()
+        return body
+
+    async def _shape_item(self, ctx: CallContext, request: ImageRequest, item: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            clean, fmt = normalize_b64(item.get("b64_json"))
+        except InvalidImagePayload:
+            raise UpstreamError(
+                "The upstream returned an image that could not be decoded; retry the request.",
+                code="upstream_bad_image",
+            ) from None
+        out: dict[str, Any] = {}
+        if request.response_format == "url":
+            name = await self.store.put(decode_image_b64(clean), fmt)
+            out["url"] = self.store.signed_url(ctx.base_url, name)
+        else:
+            out["b64_json"] = clean
+        if isinstance(item.get("revised_prompt"), str):
+            out["revised_prompt"] = item["revised_prompt"]
+        return out
+
+    async def _stream(
+        self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, record: UsageRecord
+    ) -> AsyncIterator[bytes]:
+        try:
+            opened = await self.pool.open_stream(
+                self.directory.channels_for(route.spec.pool), route.upstream_model, route.profile.default_size, request
+            )
+            first = self._clean_event(opened.first)
+        except BaseException as exc:
+            await self._release(ctx, record, exc)
+            raise
+        record.channel, record.attempts = opened.channel, opened.attempts
+
+        async def frames() -> AsyncIterator[bytes]:
+            usage: Usage | None = None
+            completed = False
+            try:
+                event = first
+                yield _sse(event)
+                async for raw in opened.rest:
+                    event = self._clean_event(raw)
+                    if event.type.endswith(".completed"):
+                        completed = True
+                        usage = usage or Usage.from_official(event.payload.get("usage"))
+                    yield _sse(event)
+                if first.type.endswith(".completed"):
+                    completed = True
+                    usage = usage or Usage.from_official(first.payload.get("usage"))
+                if not completed:
+                    raise UpstreamError("The upstream stream ended before the image was complete.")
+            except BaseException as exc:
+                await self._release(ctx, record, exc)
+                if isinstance(exc, ApiError):
+                    yield _sse_error(exc)
+                    return
+                if isinstance(exc, Exception):
+                    yield _sse_error(UpstreamError("The upstream stream failed; retry the request."))
+                    return
+                raise
+            quote = self._final_quote(route, request, usage)
+            record.status, record.usage = 200, usage
+            record.cost_micros, record.price_basis = quote.micros, dict(quote.basis)
+            record.latency_ms = _ms_since(ctx.started)
+            await _shielded(self.billing.settle(record))
+            yield b"data: [DONE]\n\n"
+
+        return frames()
+
+    @staticmethod
+    def _clean_event(event: StreamEvent) -> StreamEvent:
+        payload = event.payload
+        if "error" in payload:
+            raise UpstreamError("The upstream reported an error during streaming; retry the request.")
+        if "b64_json" in payload:
+            try:
+                clean, _fmt = normalize_b64(payload["b64_json"])
+            except InvalidImagePayload:
+                raise UpstreamError("The upstream streamed an undecodable image; retry the request.") from None
+            if clean is not payload["b64_json"]:
+                payload = {**payload, "b64_json": clean}
+        return StreamEvent(payload)
+
+    def _record(self, ctx: CallContext, route: ResolvedRoute | None, model: Any) -> UsageRecord:
+        return UsageRecord(
+            request_id=ctx.request_id,
+            user_id=ctx.token.user_id,
+            token_id=ctx.token.id,
+            group=ctx.token.group,
+            model=model if isinstance(model, str) else "",
+            route=route.spec.name if route else "",
+            endpoint=ctx.endpoint,
+            status=0,
+            billing_mode=route.spec.billing.mode if route else "",
+            latency_ms=0,
+        )
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+def _ms_since(t0: float) -> int:
+    return int((time.monotonic() - t0) * 1000)
+
+
+async def _shielded(aw: Awaitable[Any]) -> Any:
+    """Money movements finish even if the client goes away mid-write."""
+    return await asyncio.shield(asyncio.ensure_future(aw))
+
+
+def _sse(event: StreamEvent) -> bytes:
+    return b"event: " + event.type.encode() + b"\ndata: " + orjson.dumps(event.payload) + b"\n\n"
+
+
+def _sse_error(err: ApiError) -> bytes:
+    return b"event: error\ndata: " + orjson.dumps(err.to_body()) + b"\n\n"

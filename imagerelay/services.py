@@ -1,0 +1,113 @@
+"""Wiring: build every long-lived component once, from settings and the catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from imagerelay.catalog.loader import Catalog, load_catalog
+from imagerelay.config import Settings
+from imagerelay.imagestore import ImageStore
+from imagerelay.jobs import JobService
+from imagerelay.limits import TokenLimiter
+from imagerelay.relay import Relay
+from imagerelay.secretbox import SecretBox
+from imagerelay.storage.accounts import Accounts
+from imagerelay.storage.billing import Billing
+from imagerelay.storage.channels import ChannelDirectory
+from imagerelay.storage.idempotency import IdempotencyStore
+from imagerelay.storage.db import create_engine, create_schema
+from imagerelay.upstreams.pool import ChannelPool, PoolPolicy
+from imagerelay.upstreams.registry import build_connectors
+
+log = logging.getLogger("imagerelay")
+
+RECONCILE_EVERY_S = 60.0
+CHANNEL_RELOAD_EVERY_S = 10.0
+
+
+@dataclass
+class Services:
+    settings: Settings
+    catalog: Catalog
+    engine: AsyncEngine
+    accounts: Accounts
+    billing: Billing
+    directory: ChannelDirectory
+    pool: ChannelPool
+    store: ImageStore
+    relay: Relay
+    idempotency: IdempotencyStore
+    jobs: JobService
+    limiter: TokenLimiter = field(default_factory=TokenLimiter)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings, catalog: Catalog | None = None) -> Services:
+        settings.ensure_data_dir()
+        catalog = catalog or load_catalog(settings.catalog)
+        engine = create_engine(settings.resolved_database_url())
+        accounts = Accounts(engine, cache_ttl_s=settings.token_cache_ttl_s)
+        billing = Billing(engine)
+        box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
+        directory = ChannelDirectory(engine, box, catalog.file.channels)
+
+        async def persist_disable(name: str, reason: str) -> None:
+            await directory.set_enabled(name, False, reason)
+
+        policy = PoolPolicy(
+            max_attempts=settings.max_attempts, deadline_s=settings.call_deadline_s,
+            breaker_threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s,
+            max_retry_after_s=settings.max_retry_after_s,
+        )
+        pool = ChannelPool(connectors=build_connectors(), policy=policy, key_resolver=directory.key_for,
+                           on_disable=persist_disable)
+        store = ImageStore(settings.image_store_dir, settings.signing_key(), settings.image_url_ttl_s)
+        relay = Relay(catalog, directory, pool, billing, store)
+        jobs = JobService(
+            engine, relay, accounts, store, settings.data_dir / "jobs",
+            ttl_s=settings.job_ttl_s, workers=settings.job_workers,
+            webhook_secret=settings.webhook_master_key(), webhook_allow_private=settings.webhook_allow_private,
+            webhook_backoff_s=settings.webhook_backoff_s,
+        )
+        return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
+                   IdempotencyStore(engine), jobs)
+
+    async def start(self) -> None:
+        await create_schema(self.engine)
+        await self.directory.load()
+        released = await self.billing.release_stale_holds()
+        if released:
+            log.warning("released %d stale hold(s) left by an earlier run", released)
+        await self.jobs.start()
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+
+    async def _housekeeping(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(CHANNEL_RELOAD_EVERY_S)
+            ticks += 1
+            try:
+                # Other worker processes may have changed channels through the admin API.
+                await self.directory.load()
+                if ticks % int(RECONCILE_EVERY_S // CHANNEL_RELOAD_EVERY_S) == 0:
+                    await self.billing.release_stale_holds()
+                    await asyncio.to_thread(self.store.purge_expired)
+                    await self.idempotency.purge()
+                    await self.jobs.purge_expired()
+            except Exception as exc:  # keep the loop alive; say what, never a traceback
+                log.error("housekeeping failed: %s", type(exc).__name__)
+
+    async def stop(self) -> None:
+        await self.jobs.stop()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for connector in self.pool.connectors.values():
+            await connector.aclose()
+        await self.engine.dispose()

@@ -1,0 +1,208 @@
+"""Users and API tokens.
+
+Tokens are stored only as sha256 hashes. A token is 256 bits of randomness, so a
+slow password hash would buy nothing and cost a hash per request; sha256 keeps
+lookup a single indexed read, and the lookup result is cached for a few seconds so
+the hot path usually does no database I/O at all for authentication.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from imagerelay.storage.schema import tokens, users
+
+TOKEN_PREFIX = "sk-"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLimits:
+    spend_cap_micros: int | None = None
+    allowed_models: tuple[str, ...] | None = None
+    rpm_limit: int | None = None
+    concurrency_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    id: int
+    user_id: int
+    user_name: str
+    group: str
+    name: str
+    expires_at: float | None
+    revoked: bool
+    is_admin: bool
+    spend_cap_micros: int | None = None
+    allowed_models: tuple[str, ...] | None = None
+    rpm_limit: int | None = None
+    concurrency_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    id: int
+    name: str
+    is_admin: bool
+    balance_micros: int
+    held_micros: int
+
+    @property
+    def available_micros(self) -> int:
+        return self.balance_micros - self.held_micros
+
+
+class Accounts:
+    def __init__(self, engine: AsyncEngine, *, cache_ttl_s: float = 5.0) -> None:
+        self._engine = engine
+        self._cache_ttl_s = cache_ttl_s
+        # token hash -> (expires_monotonic, TokenInfo | None); misses are cached too so
+        # a flood of bad tokens does not become a flood of queries.
+        self._cache: dict[str, tuple[float, TokenInfo | None]] = {}
+
+    async def get_or_create_user(self, name: str, *, is_admin: bool = False) -> UserInfo:
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).mappings().first()
+            if row is None:
+                await conn.execute(
+                    users.insert().values(
+                        name=name, is_admin=is_admin, balance_micros=0, held_micros=0, created_at=time.time()
+                    )
+                )
+                row = (await conn.execute(select(users).where(users.c.name == name))).mappings().one()
+        return _user(row)
+
+    async def get_user(self, user_id: int) -> UserInfo | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(users).where(users.c.id == user_id))).mappings().first()
+        return _user(row) if row else None
+
+    async def find_user(self, name: str) -> UserInfo | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).mappings().first()
+        return _user(row) if row else None
+
+    async def list_users(self) -> list[UserInfo]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(users).order_by(users.c.id))).mappings().all()
+        return [_user(r) for r in rows]
+
+    async def create_token(
+        self, user_id: int, group: str, *, name: str = "default", token: str | None = None,
+        expires_at: float | None = None, limits: TokenLimits | None = None,
+    ) -> str:
+        limits = limits or TokenLimits()
+        plain = token or new_token()
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                tokens.insert().values(
+                    user_id=user_id,
+                    name=name,
+                    group_name=group,
+                    token_hash=hash_token(plain),
+                    prefix=plain[:7],
+                    created_at=time.time(),
+                    expires_at=expires_at,
+                    revoked=False,
+                    spent_micros=0,
+                    held_micros=0,
+                    spend_cap_micros=limits.spend_cap_micros,
+                    allowed_models=orjson.dumps(list(limits.allowed_models)).decode() if limits.allowed_models else None,
+                    rpm_limit=limits.rpm_limit,
+                    concurrency_limit=limits.concurrency_limit,
+                )
+            )
+        return plain
+
+    async def find_token_by_name(self, user_id: int, name: str) -> TokenInfo | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    _token_query().where(tokens.c.user_id == user_id, tokens.c.name == name)
+                )
+            ).mappings().first()
+        return _token(row) if row else None
+
+    async def token_by_id(self, token_id: int) -> TokenInfo | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_token_query().where(tokens.c.id == token_id))).mappings().first()
+        return _token(row) if row else None
+
+    async def revoke_token(self, token_id: int) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked=True))
+        self._cache.clear()
+
+    async def authenticate(self, plain: str) -> TokenInfo | None:
+        """Token lookup for the hot path: cached, including misses."""
+        key = hash_token(plain)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_token_query().where(tokens.c.token_hash == key))).mappings().first()
+        info = _token(row) if row else None
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[key] = (now + self._cache_ttl_s, info)
+        return info
+
+
+def _token_query():  # type: ignore[no-untyped-def]
+    return select(
+        tokens.c.id,
+        tokens.c.user_id,
+        tokens.c.group_name,
+        tokens.c.name,
+        tokens.c.expires_at,
+        tokens.c.revoked,
+        tokens.c.spend_cap_micros,
+        tokens.c.allowed_models,
+        tokens.c.rpm_limit,
+        tokens.c.concurrency_limit,
+        users.c.name.label("user_name"),
+        users.c.is_admin,
+    ).join(users, users.c.id == tokens.c.user_id)
+
+
+def _token(row) -> TokenInfo:  # type: ignore[no-untyped-def]
+    return TokenInfo(
+        id=row["id"],
+        user_id=row["user_id"],
+        user_name=row["user_name"],
+        group=row["group_name"],
+        name=row["name"],
+        expires_at=row["expires_at"],
+        revoked=bool(row["revoked"]),
+        is_admin=bool(row["is_admin"]),
+        spend_cap_micros=row["spend_cap_micros"],
+        allowed_models=tuple(orjson.loads(row["allowed_models"])) if row["allowed_models"] else None,
+        rpm_limit=row["rpm_limit"],
+        concurrency_limit=row["concurrency_limit"],
+    )
+
+
+def _user(row) -> UserInfo:  # type: ignore[no-untyped-def]
+    return UserInfo(
+        id=row["id"],
+        name=row["name"],
+        is_admin=bool(row["is_admin"]),
+        balance_micros=int(row["balance_micros"]),
+        held_micros=int(row["held_micros"]),
+    )

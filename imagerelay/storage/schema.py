@@ -1,0 +1,169 @@
+"""Database schema (SQLAlchemy Core tables), shared by SQLite and PostgreSQL.
+
+Money columns are BIGINT micro-dollars. ``users.held_micros`` is the sum of open
+holds; a hold is placed with one conditional UPDATE
+(``balance - held >= amount``), which is what keeps concurrent calls from ever
+overspending on either database.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("balance_micros", BigInteger, nullable=False, default=0),
+    Column("held_micros", BigInteger, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("name", String(128), nullable=False),
+    Column("group_name", String(128), nullable=False),
+    # sha256 of the full token: tokens are 256-bit random, so a fast hash is enough.
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+    # Limits (NULL = none). Spend is tracked like the balance: spent + held <= cap.
+    Column("spend_cap_micros", BigInteger, nullable=True),
+    Column("spent_micros", BigInteger, nullable=False, default=0),
+    Column("held_micros", BigInteger, nullable=False, default=0),
+    Column("allowed_models", Text, nullable=True),  # JSON list
+    Column("rpm_limit", Integer, nullable=True),
+    Column("concurrency_limit", Integer, nullable=True),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    # Positive: money in (top-up); negative: money out (charge).
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),  # topup | adjust | charge
+    Column("reason", Text, nullable=False, default=""),
+    Column("request_id", String(64), nullable=True, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("token_id", Integer, nullable=True),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("deadline", Float, nullable=False, index=True),
+    Column("created_at", Float, nullable=False),
+)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False, unique=True),
+    Column("user_id", Integer, nullable=False),
+    Column("token_id", Integer, nullable=False),
+    Column("group_name", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("route", String(128), nullable=False),
+    Column("channel", String(128), nullable=True),
+    Column("endpoint", String(32), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("error_code", String(64), nullable=True),
+    Column("latency_ms", Integer, nullable=False),
+    Column("upstream_latency_ms", Integer, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("input_text_tokens", Integer, nullable=False, default=0),
+    Column("input_image_tokens", Integer, nullable=False, default=0),
+    Column("cached_tokens", Integer, nullable=False, default=0),
+    Column("output_tokens", Integer, nullable=False, default=0),
+    Column("cost_micros", BigInteger, nullable=False, default=0),
+    Column("billing_mode", String(16), nullable=False),
+    Column("price_basis", Text, nullable=False, default="{}"),
+    Column("created_at", Float, nullable=False),
+)
+
+Index("ix_usage_user_created", usage_records.c.user_id, usage_records.c.created_at)
+
+# Channels added at run time (admin API / CLI), next to the catalog file's channels.
+# The upstream key is stored only encrypted (Fernet, key from the environment).
+channels = Table(
+    "channels",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("spec", Text, nullable=False),  # ChannelSpec as JSON (never the key)
+    Column("key_ciphertext", Text, nullable=True),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("disabled_reason", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Idempotency-Key: the first call's answer, replayed to retries with the same body.
+idempotency = Table(
+    "idempotency",
+    metadata,
+    Column("user_id", Integer, primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("body_hash", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # running | done
+    Column("status", Integer, nullable=True),
+    Column("response", LargeBinary, nullable=True),
+    Column("created_at", Float, nullable=False, index=True),
+)
+
+# Async image jobs (Prefer: respond-async, POST /v1/images/jobs).
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("user_id", Integer, nullable=False, index=True),
+    Column("token_id", Integer, nullable=False),
+    Column("request_id", String(64), nullable=False, unique=True),  # = the hold's id
+    Column("endpoint", String(16), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("status", String(16), nullable=False, index=True),  # queued|running|succeeded|failed|canceled
+    Column("request", LargeBinary, nullable=False),  # the validated request as JSON (images on disk)
+    Column("include_b64", Boolean, nullable=False, default=False),
+    Column("base_url", Text, nullable=False, default=""),  # for the image URLs a webhook carries
+    Column("result", LargeBinary, nullable=True),  # ImagesResponse JSON (image URLs are re-signed on read)
+    Column("error", Text, nullable=True),  # official error object as JSON
+    # Attempt k runs (and holds, and records usage) under request id "<request_id>" for
+    # k == 1 and "<request_id>.<k>" after that, so every attempt has its own record.
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("webhook_url", Text, nullable=True),
+    Column("webhook_state", String(16), nullable=True),  # pending|delivered|failed
+    Column("webhook_attempts", Integer, nullable=False, default=0),
+    Column("webhook_next_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("expires_at", Float, nullable=False, index=True),
+)

@@ -1,0 +1,104 @@
+"""The one connector interface every upstream channel type implements.
+
+A connector turns a validated :class:`ImageRequest` into one upstream call and the
+upstream's answer into an :class:`UpstreamResult` (or a stream of
+:class:`StreamEvent`). It knows its wire dialect and nothing else: no billing, no
+failover, no response shaping for the client. Failures are raised as
+:class:`UpstreamFailure` with a ``kind`` the pool uses to decide on failover; the
+``detail`` is for operators' logs (already free of keys) and never reaches a client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+from imagerelay.catalog.model import ChannelSpec
+from imagerelay.domain.types import ImageRequest, Usage
+from imagerelay.errors import ApiError
+
+FailureKind = Literal[
+    "connect",  # could not connect / connection reset: retry elsewhere
+    "timeout",  # no answer in time: retry elsewhere
+    "rate_limited",  # 429: retry elsewhere, honour retry_after
+    "server",  # 5xx: retry elsewhere
+    "auth",  # 401/403: key rejected, disable the channel
+    "bad_response",  # undecodable answer: retry elsewhere
+    "client",  # 4xx the caller caused (moderation, invalid value): return, never retry
+]
+
+RETRYABLE: frozenset[str] = frozenset({"connect", "timeout", "rate_limited", "server", "bad_response"})
+
+
+class UpstreamFailure(Exception):
+    def __init__(
+        self,
+        kind: FailureKind,
+        detail: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        client_error: ApiError | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+        # For kind == "client": the official-shape error to hand to the caller.
+        self.client_error = client_error
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+
+@dataclass(slots=True)
+class UpstreamResult:
+    """An upstream's successful answer, before the relay normalises it.
+
+    ``items`` are the ``data[]`` entries as received (``b64_json`` possibly with a
+    ``data:`` prefix or missing padding; the relay cleans them). ``meta`` carries the
+    response-level fields (size, quality, background, output_format).
+    """
+
+    items: list[dict[str, Any]]
+    usage: Usage | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    created: int | None = None
+
+
+@dataclass(slots=True)
+class StreamEvent:
+    """One server-sent event: its JSON payload (with ``type``) as the upstream sent it."""
+
+    payload: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.payload.get("type", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class CallTarget:
+    """What a connector needs to reach one channel for one call."""
+
+    channel: ChannelSpec
+    api_key: str | None
+    upstream_model: str  # already mapped through the channel's model_map
+    # The size the route's upstream renders when the caller gives none (the built-in
+    # simulator needs it; real upstreams decide for themselves).
+    default_size: str = "auto"
+
+
+class Connector(Protocol):
+    """Implemented once per channel type; registered in ``upstreams.registry``."""
+
+    type: ClassVar[str]
+
+    async def images(self, target: CallTarget, request: ImageRequest) -> UpstreamResult: ...
+
+    def stream(self, target: CallTarget, request: ImageRequest) -> AsyncIterator[StreamEvent]: ...
+
+    async def aclose(self) -> None: ...

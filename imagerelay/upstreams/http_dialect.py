@@ -1,0 +1,253 @@
+"""The OpenAI Images dialect over HTTP, shared by the openai, azure and
+openai-compatible connectors.
+
+Vendors differ only in URL, auth header, small body adaptations and error shapes,
+so each vendor module overrides those few hooks and nothing else. One pooled
+keep-alive ``httpx.AsyncClient`` per channel; the client factory is injectable so
+a test can watch the exact outgoing request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
+
+import httpx
+import orjson
+
+from imagerelay.catalog.model import ChannelSpec
+from imagerelay.domain.types import ImageRequest, Usage
+from imagerelay.errors import ApiError
+from imagerelay.upstreams.base import CallTarget, StreamEvent, UpstreamFailure, UpstreamResult
+
+ClientFactory = Callable[[ChannelSpec], httpx.AsyncClient]
+
+_META_KEYS = ("size", "quality", "background", "output_format")
+
+
+def default_client(channel: ChannelSpec) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(channel.timeout_s, connect=min(10.0, channel.timeout_s)),
+        limits=httpx.Limits(
+            max_connections=channel.max_connections,
+            max_keepalive_connections=channel.max_connections,
+            keepalive_expiry=60,
+        ),
+        follow_redirects=False,
+    )
+
+
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            seconds = float(value)
+            return max(0.0, seconds) if math.isfinite(seconds) else None
+        except ValueError:
+            return None
+    return None
+
+
+class OpenAIDialectConnector:
+    """Base for every HTTP connector speaking the OpenAI Images dialect."""
+
+    type: ClassVar[str] = ""
+
+    def __init__(self, client_factory: ClientFactory = default_client) -> None:
+        self._client_factory = client_factory
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    # -- vendor hooks ----------------------------------------------------------------
+
+    def url(self, target: CallTarget, endpoint: str) -> str:
+        base = (target.channel.base_url or "").rstrip("/")
+        return f"{base}/images/{endpoint}"
+
+    def auth_headers(self, target: CallTarget) -> dict[str, str]:
+        return {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+
+    def body_model(self, target: CallTarget) -> str | None:
+        """The ``model`` field to send (None: omit it)."""
+        return target.upstream_model
+
+    def adapt_params(self, target: CallTarget, request: ImageRequest) -> dict[str, Any]:
+        return dict(request.upstream_params)
+
+    def client_error(self, status: int, error: dict[str, Any]) -> ApiError:
+        """Turn an upstream 4xx the caller caused into the official error shape."""
+        code = error.get("code") if isinstance(error.get("code"), str) else None
+        if code == "moderation_blocked" or error.get("type") == "image_generation_user_error":
+            return ApiError(
+                "Your request was rejected by the upstream safety system; change the prompt or image and try again.",
+                status=400,
+                type="image_generation_user_error",
+                code="moderation_blocked",
+                param=None,
+            )
+        param = error.get("param") if isinstance(error.get("param"), str) else None
+        message = error.get("message")
+        safe = isinstance(message, str) and len(message) < 500 and "http" not in message.lower()
+        return ApiError(
+            f"The upstream rejected the request: {message}" if safe else "The upstream rejected the request as invalid.",
+            status=400 if status not in (404, 422) else status,
+            type="invalid_request_error",
+            code=code or "upstream_invalid_request",
+            param=param,
+        )
+
+    def transform_b64(self, request: ImageRequest, b64: str) -> str:
+        """Hook for vendors that cannot produce a requested format (Azure: webp)."""
+        return b64
+
+    # -- wire ------------------------------------------------------------------------------
+
+    def _client(self, channel: ChannelSpec) -> httpx.AsyncClient:
+        client = self._clients.get(channel.name)
+        if client is None:
+            client = self._clients[channel.name] = self._client_factory(channel)
+        return client
+
+    def _build(self, target: CallTarget, request: ImageRequest, stream: bool) -> dict[str, Any]:
+        params = self.adapt_params(target, request)
+        model = self.body_model(target)
+        fields: dict[str, Any] = {"prompt": request.prompt}
+        if model is not None:
+            fields["model"] = model
+        fields.update(params)
+        if stream:
+            fields["stream"] = True
+        headers = self.auth_headers(target)
+        url = self.url(target, request.endpoint)
+        if request.endpoint == "generations":
+            headers["Content-Type"] = "application/json"
+            return {"url": url, "headers": headers, "content": orjson.dumps(fields)}
+        data = {k: _form_value(v) for k, v in fields.items()}
+        name = "image" if len(request.images) == 1 else "image[]"
+        files: list[tuple[str, tuple[str, bytes, str]]] = [
+            (name, (img.filename or f"image_{i}.{img.mime.split('/')[1]}", img.data, img.mime))
+            for i, img in enumerate(request.images)
+        ]
+        if request.mask is not None:
+            files.append(("mask", (request.mask.filename or "mask.png", request.mask.data, request.mask.mime)))
+        return {"url": url, "headers": headers, "data": data, "files": files}
+
+    def _failure_for_status(self, resp: httpx.Response, raw: bytes) -> UpstreamFailure:
+        status = resp.status_code
+        error: dict[str, Any] = {}
+        try:
+            parsed = orjson.loads(raw) if raw else {}
+            if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+                error = parsed["error"]
+        except orjson.JSONDecodeError:
+            pass
+        code = error.get("code")
+        detail = f"HTTP {status}" + (f" {code}" if isinstance(code, str) else "")
+        if status in (401, 403):
+            return UpstreamFailure("auth", detail, status=status)
+        if status == 429:
+            return UpstreamFailure("rate_limited", detail, status=status, retry_after=retry_after_seconds(resp.headers))
+        if status == 408:
+            return UpstreamFailure("timeout", detail, status=status)
+        if status >= 500 or status == 404:
+            # A 404 is a channel misconfiguration (unknown deployment/path): try elsewhere.
+            return UpstreamFailure("server", detail, status=status, retry_after=retry_after_seconds(resp.headers))
+        return UpstreamFailure("client", detail, status=status, client_error=self.client_error(status, error))
+
+    async def images(self, target: CallTarget, request: ImageRequest) -> UpstreamResult:
+        spec = self._build(target, request, stream=False)
+        try:
+            resp = await self._client(target.channel).post(**spec)
+            raw = resp.content
+        except httpx.TimeoutException:
+            raise UpstreamFailure("timeout", f"{target.channel.name}: timed out") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None
+        if resp.status_code != 200:
+            raise self._failure_for_status(resp, raw)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamFailure("bad_response", f"{target.channel.name}: invalid JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise UpstreamFailure("bad_response", f"{target.channel.name}: no data array")
+        items = []
+        for item in body["data"]:
+            if not isinstance(item, dict):
+                raise UpstreamFailure("bad_response", f"{target.channel.name}: data item is not an object")
+            if isinstance(item.get("b64_json"), str):
+                item = {**item, "b64_json": self.transform_b64(request, item["b64_json"])}
+            items.append(item)
+        meta = {k: body[k] for k in _META_KEYS if isinstance(body.get(k), str)}
+        if request.output_format and "output_format" in meta:
+            meta["output_format"] = request.output_format
+        created = body.get("created") if isinstance(body.get("created"), int) else None
+        return UpstreamResult(items=items, usage=Usage.from_official(body.get("usage")), meta=meta, created=created)
+
+    async def stream(self, target: CallTarget, request: ImageRequest) -> AsyncIterator[StreamEvent]:
+        spec = self._build(target, request, stream=True)
+        client = self._client(target.channel)
+        try:
+            async with client.stream("POST", **spec) as resp:
+                if resp.status_code != 200:
+                    raw = await resp.aread()
+                    raise self._failure_for_status(resp, raw)
+                async for payload in _sse_payloads(resp):
+                    if payload is None:
+                        return
+                    if "error" in payload:
+                        raise UpstreamFailure("server", f"{target.channel.name}: error event in stream")
+                    if isinstance(payload.get("b64_json"), str):
+                        payload = {**payload, "b64_json": self.transform_b64(request, payload["b64_json"])}
+                        if request.output_format:
+                            payload["output_format"] = request.output_format
+                    yield StreamEvent(payload)
+        except httpx.TimeoutException:
+            raise UpstreamFailure("timeout", f"{target.channel.name}: stream timed out") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+async def _sse_payloads(resp: httpx.Response) -> AsyncIterator[dict[str, Any] | None]:
+    """Parse server-sent events; yields each JSON payload, ``None`` at ``[DONE]``.
+
+    Hand-rolled because SSE framing is twenty lines and a dependency for it would
+    buffer differently from how we need to relay (event by event, as it arrives).
+    """
+    data_lines: list[str] = []
+    async for line in resp.aiter_lines():
+        if line == "":
+            if data_lines:
+                data = "\n".join(data_lines)
+                data_lines = []
+                if data.startswith("[DONE]"):
+                    yield None
+                    return
+                try:
+                    payload = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamFailure("bad_response", "invalid JSON in stream") from None
+                if isinstance(payload, dict):
+                    yield payload
+            continue
+        if line.startswith("data:"):
+            data_lines.append(line[5:].lstrip(" "))
+    if data_lines:
+        raise UpstreamFailure("connect", "stream ended inside an event")
+
+
+def _form_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

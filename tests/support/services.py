@@ -1,0 +1,50 @@
+"""Real database backends for storage tests: SQLite always, PostgreSQL when reachable.
+
+With IMAGERELAY_REQUIRE_SERVICES=1 (CI) a missing PostgreSQL/Redis is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("IMAGERELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("IMAGERELAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require(service: str, host: str, port: int) -> None:
+    if _reachable(host, port):
+        return
+    if os.environ.get("IMAGERELAY_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{service} is required in CI but {host}:{port} is not reachable")
+    pytest.skip(f"{service} not reachable on {host}:{port}; start it to run this test")
+
+
+def fresh_postgres_database() -> tuple[str, str]:
+    """Create an empty database; returns (url, name). Caller drops it with drop_postgres_database."""
+    require("PostgreSQL", "127.0.0.1", 5432)
+    import psycopg
+
+    name = "imagerelay_test_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    return f"{base}/{name}", name
+
+
+def drop_postgres_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

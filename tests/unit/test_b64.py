@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from imagerelay.domain.b64 import InvalidImagePayload, normalize_b64
+from tests.conftest import png_bytes
+
+PNG = png_bytes(20, 10)
+CLEAN = base64.b64encode(PNG).decode()
+
+
+def test_clean_string_is_returned_as_is() -> None:
+    out, fmt = normalize_b64(CLEAN)
+    assert out is CLEAN and fmt == "png"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "data:image/png;base64," + CLEAN,
+        CLEAN.rstrip("="),
+        "data:image/png;base64," + CLEAN.rstrip("="),
+        CLEAN + "==",
+        "\n".join(CLEAN[i : i + 76] for i in range(0, len(CLEAN), 76)),
+        CLEAN.replace("+", "-").replace("/", "_"),
+    ],
+    ids=["data-prefix", "no-padding", "prefix-no-padding", "extra-padding", "wrapped", "urlsafe"],
+)
+def test_repairs(given: str) -> None:
+    out, fmt = normalize_b64(given)
+    assert out == CLEAN and fmt == "png"
+    assert base64.b64decode(out, validate=True) == PNG
+
+
+@pytest.mark.parametrize(
+    "given",
+    [None, "", 5, "!!!!", base64.b64encode(b"hello world, not an image").decode(), "data:text/plain,abc", "é" * 8, "A"],
+)
+def test_refuses_non_images(given: object) -> None:
+    with pytest.raises(InvalidImagePayload):
+        normalize_b64(given)
+
+
+def test_jpeg_and_webp_detected() -> None:
+    import io
+
+    from PIL import Image
+
+    for fmt, name in (("JPEG", "jpeg"), ("WEBP", "webp")):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, fmt)
+        assert normalize_b64(base64.b64encode(buf.getvalue()).decode())[1] == name

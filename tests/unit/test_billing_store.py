@@ -1,0 +1,144 @@
+"""Holds, settle, release and audit against real SQLite and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from imagerelay.storage.accounts import Accounts
+from imagerelay.storage.billing import Billing, UsageRecord
+from imagerelay.storage.db import create_engine, create_schema
+from tests.support.services import drop_postgres_database, fresh_postgres_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Accounts, Billing]]:
+    dropped = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'b.db'}"
+    else:
+        url, dropped = fresh_postgres_database()
+    engine = create_engine(url)
+    await create_schema(engine)
+    try:
+        yield Accounts(engine), Billing(engine)
+    finally:
+        await engine.dispose()
+        if dropped:
+            drop_postgres_database(dropped)
+
+
+def record(request_id: str, user_id: int, cost: int = 0, status: int = 200) -> UsageRecord:
+    return UsageRecord(
+        request_id=request_id, user_id=user_id, token_id=1, group="g", model="m", route="r",
+        endpoint="generations", status=status, billing_mode="per_call", latency_ms=1, cost_micros=cost,
+    )
+
+
+async def test_hold_settle_release_and_audit(stores: tuple[Accounts, Billing]) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    assert await billing.adjust(user.id, 100_000, "top up") == 100_000
+    assert "ok" == await billing.place_hold("r1", user.id, 60_000, ttl_s=60)
+    assert "balance" == await billing.place_hold("r2", user.id, 60_000, ttl_s=60)  # only 40_000 available
+    assert await billing.settle(record("r1", user.id, cost=30_000)) == 30_000
+    u = await accounts.get_user(user.id)
+    assert u is not None and (u.balance_micros, u.held_micros) == (70_000, 0)
+    assert "ok" == await billing.place_hold("r3", user.id, 70_000, ttl_s=60)
+    await billing.release(record("r3", user.id, status=502))
+    u = await accounts.get_user(user.id)
+    assert u is not None and (u.balance_micros, u.held_micros) == (70_000, 0)
+    assert await billing.audit() == []
+
+
+async def test_charge_never_exceeds_hold(stores: tuple[Accounts, Billing]) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 50_000, "top up")
+    assert "ok" == await billing.place_hold("r1", user.id, 50_000, ttl_s=60)
+    rec = record("r1", user.id, cost=80_000)
+    assert await billing.settle(rec) == 50_000
+    assert rec.price_basis["capped_from_micros"] == 80_000
+    u = await accounts.get_user(user.id)
+    assert u is not None and u.balance_micros == 0
+    assert await billing.audit() == []
+
+
+async def test_stale_holds_are_released(stores: tuple[Accounts, Billing]) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 10_000, "top up")
+    assert "ok" == await billing.place_hold("crashed", user.id, 10_000, ttl_s=-1)
+    assert any("past their deadline" in p for p in await billing.audit())
+    assert await billing.release_stale_holds() == 1
+    u = await accounts.get_user(user.id)
+    assert u is not None and u.held_micros == 0
+    assert await billing.audit() == []
+
+
+async def test_concurrent_holds_never_overspend(stores: tuple[Accounts, Billing]) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 50 * 30_000, "exactly fifty calls")
+
+    async def call(i: int) -> bool:
+        if await billing.place_hold(f"r{i}", user.id, 30_000, ttl_s=60) != "ok":
+            await billing.record_only(record(f"r{i}", user.id, status=429))
+            return False
+        await asyncio.sleep(0)
+        await billing.settle(record(f"r{i}", user.id, cost=30_000))
+        return True
+
+    results = await asyncio.gather(*(call(i) for i in range(200)))
+    assert sum(results) == 50
+    u = await accounts.get_user(user.id)
+    assert u is not None and (u.balance_micros, u.held_micros) == (0, 0)
+    assert await billing.audit() == []
+
+
+async def test_audit_detects_tampering(stores: tuple[Accounts, Billing]) -> None:
+    from sqlalchemy import update
+
+    from imagerelay.storage.schema import users
+
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 1_000, "top up")
+    async with billing._engine.begin() as conn:  # noqa: SLF001 - simulate a bad write
+        await conn.execute(update(users).values(balance_micros=5_000))
+    problems = await billing.audit()
+    assert any("ledger sum" in p for p in problems)
+
+
+async def test_adjust_needs_reason(stores: tuple[Accounts, Billing]) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    with pytest.raises(ValueError):
+        await billing.adjust(user.id, 1, "")
+
+
+async def test_token_spend_cap(stores: tuple[Accounts, Billing]) -> None:
+    from imagerelay.storage.accounts import TokenLimits
+
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 1_000_000, "top up")
+    plain = await accounts.create_token(user.id, "default", limits=TokenLimits(spend_cap_micros=50_000))
+    info = await accounts.authenticate(plain)
+    assert info is not None and info.spend_cap_micros == 50_000
+    assert await billing.place_hold("a", user.id, 30_000, 60, token_id=info.id) == "ok"
+    assert await billing.place_hold("b", user.id, 30_000, 60, token_id=info.id) == "spend_cap"
+    rec = record("a", user.id, cost=20_000)
+    rec.token_id = info.id
+    await billing.settle(rec)
+    assert await billing.place_hold("b", user.id, 30_000, 60, token_id=info.id) == "ok"
+    assert await billing.place_hold("c", user.id, 1, 60, token_id=info.id) == "spend_cap"
+    rec_b = record("b", user.id)
+    rec_b.token_id = info.id
+    await billing.release(rec_b)
+    u = await accounts.get_user(user.id)
+    assert u is not None and u.balance_micros == 980_000 and u.held_micros == 0  # the refused hold left nothing
+    assert await billing.audit() == []

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from imagerelay.imagestore import ImageStore
+
+
+@pytest.mark.asyncio
+async def test_sign_resolve_expire(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path, b"k" * 32, ttl_s=100)
+    name = await store.put(b"\x89PNG\r\n\x1a\nxyz", "png")
+    url = store.signed_url("http://gw:1/", name, now=1000.0)
+    assert url.startswith("http://gw:1/v1/files/images/")
+    query = dict(p.split("=") for p in url.split("?", 1)[1].split("&"))
+    assert query["expires"] == "1100"
+    assert store.resolve(name, query["expires"], query["sig"], now=1050) == tmp_path / name
+    assert store.resolve(name, query["expires"], query["sig"], now=1101) is None  # expired
+    assert store.resolve(name, "1200", query["sig"], now=1050) is None  # expiry altered
+    assert store.resolve(name, query["expires"], "0" + query["sig"][1:], now=1050) is None
+    assert store.resolve("../etc/passwd", query["expires"], query["sig"], now=1050) is None
+    other = ImageStore(tmp_path, b"j" * 32, ttl_s=100)
+    assert other.resolve(name, query["expires"], query["sig"], now=1050) is None  # other key
+
+
+@pytest.mark.asyncio
+async def test_purge_expired(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path, b"k" * 32, ttl_s=60)
+    name = await store.put(b"x", "png")
+    assert store.purge_expired(now=time.time()) == 0
+    assert store.purge_expired(now=time.time() + 200) == 1
+    assert not (tmp_path / name).exists()
