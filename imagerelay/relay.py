@@ -18,7 +18,7 @@ import orjson
 
 from imagerelay.catalog.loader import Catalog, ResolvedRoute
 from imagerelay.domain import pricing
-from imagerelay.domain.b64 import InvalidImagePayload, decode_image_b64, normalize_b64
+from imagerelay.domain.b64 import decode_image_b64, sniff_format
 from imagerelay.domain.sizes import dimensions_for
 from imagerelay.domain.types import ImageRequest, InputImage, Usage
 from imagerelay.domain.validation import RouteHints, build_hints, validate_edit, validate_generation
@@ -34,8 +34,8 @@ from imagerelay.imagestore import ImageStore
 from imagerelay.storage.accounts import TokenInfo
 from imagerelay.storage.billing import Billing, UsageRecord
 from imagerelay.storage.channels import ChannelDirectory
-from imagerelay.upstreams.base import StreamEvent, UpstreamResult
-from imagerelay.upstreams.pool import ChannelPool
+from imagerelay.upstreams.base import StreamEvent, UpstreamFailure, UpstreamResult
+from imagerelay.upstreams.pool import ChannelPool, clean_event
 
 # A hold outlives the slowest legitimate call (pool deadline) with margin; past it the
 # reconciler may release it.
@@ -280,19 +280,14 @@ class Relay:
         return body
 
     async def _shape_item(self, ctx: CallContext, request: ImageRequest, item: Mapping[str, Any]) -> dict[str, Any]:
-        try:
-            clean, fmt = normalize_b64(item.get("b64_json"))
-        except InvalidImagePayload:
-            raise UpstreamError(
-                "The upstream returned an image that could not be decoded; retry the request.",
-                code="upstream_bad_image",
-            ) from None
+        # The pool has already normalised and checked every image (clean_items).
         out: dict[str, Any] = {}
         if request.response_format == "url":
-            name = await self.store.put(decode_image_b64(clean), fmt)
+            data = decode_image_b64(item["b64_json"])
+            name = await self.store.put(data, sniff_format(data[:16]) or "png")
             out["url"] = self.store.signed_url(ctx.base_url, name)
         else:
-            out["b64_json"] = clean
+            out["b64_json"] = item["b64_json"]
         if isinstance(item.get("revised_prompt"), str):
             out["revised_prompt"] = item["revised_prompt"]
         return out
@@ -304,7 +299,7 @@ class Relay:
             opened = await self.pool.open_stream(
                 self.directory.channels_for(route.spec.pool), route.upstream_model, route.profile.default_size, request
             )
-            first = self._clean_event(opened.first)
+            first = opened.first  # already checked by the pool
         except BaseException as exc:
             await self._release(ctx, record, exc)
             raise
@@ -347,17 +342,10 @@ class Relay:
 
     @staticmethod
     def _clean_event(event: StreamEvent) -> StreamEvent:
-        payload = event.payload
-        if "error" in payload:
-            raise UpstreamError("The upstream reported an error during streaming; retry the request.")
-        if "b64_json" in payload:
-            try:
-                clean, _fmt = normalize_b64(payload["b64_json"])
-            except InvalidImagePayload:
-                raise UpstreamError("The upstream streamed an undecodable image; retry the request.") from None
-            if clean is not payload["b64_json"]:
-                payload = {**payload, "b64_json": clean}
-        return StreamEvent(payload)
+        try:
+            return clean_event(event)
+        except UpstreamFailure:
+            raise UpstreamError("The upstream stream failed; retry the request.") from None
 
     def _record(self, ctx: CallContext, route: ResolvedRoute | None, model: Any) -> UsageRecord:
         return UsageRecord(

@@ -28,7 +28,8 @@ FailureKind = Literal[
     "client",  # 4xx the caller caused (moderation, invalid value): return, never retry
 ]
 
-RETRYABLE: frozenset[str] = frozenset({"connect", "timeout", "rate_limited", "server", "bad_response"})
+# "auth" fails over too: the channel's key is bad, not the caller's request.
+RETRYABLE: frozenset[str] = frozenset({"connect", "timeout", "rate_limited", "server", "bad_response", "auth"})
 
 
 class UpstreamFailure(Exception):

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from imagerelay.catalog.model import ChannelSpec
+from imagerelay.domain.b64 import InvalidImagePayload, normalize_b64
 from imagerelay.domain.types import ImageRequest
 from imagerelay.errors import ApiError, UpstreamError
 from imagerelay.upstreams.base import CallTarget, Connector, StreamEvent, UpstreamFailure, UpstreamResult
@@ -56,6 +57,35 @@ class StreamOutcome:
     rest: AsyncIterator[StreamEvent]
     channel: str
     attempts: int
+
+
+def clean_items(result: UpstreamResult) -> None:
+    """Normalise every image in place (prefix, padding); an undecodable one fails the
+    attempt so the pool can try another channel. Shared by every connector."""
+    if not result.items:
+        raise UpstreamFailure("bad_response", "no images in the answer")
+    for i, item in enumerate(result.items):
+        try:
+            clean, _fmt = normalize_b64(item.get("b64_json"))
+        except InvalidImagePayload as exc:
+            raise UpstreamFailure("bad_response", f"image {i}: {exc}") from None
+        if clean is not item["b64_json"]:
+            result.items[i] = {**item, "b64_json": clean}
+
+
+def clean_event(event: StreamEvent) -> StreamEvent:
+    """Normalise a streamed event's image; an error event or a bad image is a failure."""
+    payload = event.payload
+    if "error" in payload:
+        raise UpstreamFailure("server", "error event in stream")
+    if "b64_json" in payload:
+        try:
+            clean, _fmt = normalize_b64(payload["b64_json"])
+        except InvalidImagePayload as exc:
+            raise UpstreamFailure("bad_response", f"streamed image: {exc}") from None
+        if clean is not payload["b64_json"]:
+            return StreamEvent({**payload, "b64_json": clean})
+    return event
 
 
 class NoChannel(UpstreamError):
@@ -187,6 +217,12 @@ class ChannelPool:
                 self._failed(ch.name, failure)
                 last = failure
                 continue
+            try:
+                clean_items(result)
+            except UpstreamFailure as failure:
+                self._failed(ch.name, failure)
+                last = failure
+                continue
             self._succeeded(ch.name)
             return CallOutcome(result, ch.name, attempts, int((self.clock() - t0) * 1000))
         raise self._exhausted(last, attempts)
@@ -220,6 +256,12 @@ class ChannelPool:
                 failure = UpstreamFailure(
                     "timeout" if isinstance(exc, TimeoutError) else "bad_response", "stream produced no event"
                 )
+                self._failed(ch.name, failure)
+                last = failure
+                continue
+            try:
+                first = clean_event(first)
+            except UpstreamFailure as failure:
                 self._failed(ch.name, failure)
                 last = failure
                 continue

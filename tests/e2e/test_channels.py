@@ -22,7 +22,7 @@ import openai
 import pytest
 from PIL import Image
 
-from imagerelay.simulation.upstream_server import create_upstream_app
+from imagerelay.simulation.upstream_server import DEFAULT_MODELS, create_upstream_app
 from tests.conftest import png_bytes
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
@@ -57,7 +57,8 @@ class Rig:
         return openai.OpenAI(base_url=self.gw.v1, api_key=self.gw.tokens[group], max_retries=0, **kw)
 
     def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(method, self.gw.base_url + path, headers={"Authorization": f"Bearer {ADMIN}"}, **kw)
+        kw.setdefault("headers", {"Authorization": f"Bearer {ADMIN}"})
+        return httpx.request(method, self.gw.base_url + path, **kw)
 
     def health(self, name: str) -> dict[str, Any]:
         channels = self.admin("GET", "/admin/channels").json()["data"]
@@ -68,7 +69,8 @@ class Rig:
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("channels")
     with (
-        run_asgi(create_upstream_app("openai", api_keys=[KEYS["LEGACY_KEY"]])) as legacy,
+        run_asgi(create_upstream_app("openai", api_keys=[KEYS["LEGACY_KEY"]],
+                                     models=(*DEFAULT_MODELS, "gpt-image-2-vip"))) as legacy,
         run_asgi(create_upstream_app("azure", api_keys=[KEYS["AZURE_KEY"]], deployments={"img2-deploy": "gpt-image-2"})) as azure,
         run_asgi(create_upstream_app("openai", api_keys=[KEYS["OPENAI_A_KEY"]])) as oa,
         run_asgi(create_upstream_app("openai", api_keys=[KEYS["OPENAI_B_KEY"]])) as ob,
@@ -91,7 +93,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 @pytest.fixture(autouse=True)
 def _clean(rig: Rig) -> Iterator[None]:
+    """Each test starts with no faults, no recorded requests and healthy channels."""
     rig.clear()
+    for name in rig.sims:
+        assert rig.admin("POST", f"/admin/channels/{name}/enable").status_code == 200
     yield
     rig.clear()
 
@@ -132,7 +137,7 @@ def test_azure_channel_exact_request_and_edit_parts(rig: Rig) -> None:
     c.images.generate(model="gpt-image-2", prompt="a boat", size="1024x1024", quality="medium", n=2)
     req = one(rig, "azure-1")
     assert req["path"] == "/openai/deployments/img2-deploy/images/generations"
-    assert "api-version=2025-04-01-preview" in (req.get("query") or "")
+    assert req["query_string"] == "api-version=2025-04-01-preview"
     assert header(req, "api-key") == KEYS["AZURE_KEY"] and header(req, "authorization") is None
     assert req["json"] == {"prompt": "a boat", "size": "1024x1024", "quality": "medium", "n": 2}  # no model
     httpx.delete(rig.sims["azure-1"] + "/_sim/requests")
