@@ -44,6 +44,9 @@ class ApiError(Exception):
         if type is not None:
             self.type = type
         self.headers: dict[str, str] = dict(headers or {})
+        # Which upstream attempts led here: for the usage record, never for the client.
+        self.attempts = 0
+        self.channel: str | None = None
 
     def to_body(self) -> dict[str, dict[str, str | None]]:
         return {

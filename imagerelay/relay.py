@@ -260,6 +260,8 @@ class Relay:
     async def _release(self, ctx: CallContext, record: UsageRecord, exc: BaseException) -> None:
         if isinstance(exc, ApiError):
             record.status, record.error_code = exc.status, exc.code
+            record.attempts = record.attempts or exc.attempts
+            record.channel = record.channel or exc.channel
         elif isinstance(exc, asyncio.CancelledError):
             record.status, record.error_code = 499, "client_disconnected"
         else:

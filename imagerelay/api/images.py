@@ -9,6 +9,7 @@ Each handler: authenticate, admit (per-token limits), parse, then one of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -22,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from imagerelay.api.deps import authenticate, services_of
-from imagerelay.api.parsing import images_from_json, read_json_object, read_multipart_edit
+from imagerelay.api.parsing import ClientGone, images_from_json, read_json_object, read_multipart_edit
 from imagerelay.api.responses import json_response
 from imagerelay.errors import ApiError, InvalidRequest
 from imagerelay.relay import CallContext, ParsedCall, RelayAnswer
@@ -221,9 +222,36 @@ async def _sync(
         return raw, answer.headers
 
     if keepalive is None:
-        raw, headers = await produce()
+        raw, headers = await _unless_disconnected(request, produce())
         return Response(raw, media_type="application/json", headers=headers)
     return _keepalive_response(produce, keepalive, ctx.request_id, admitted.pop_all())
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """Run ``work`` but cancel it if the client goes away first.
+
+    Starlette does not interrupt a plain handler when its client disconnects; an image
+    call would run to the end and be charged for an answer nobody receives. Cancelling
+    makes the relay release the hold and record the call as ``client_disconnected``.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        watcher.cancel()
+    if task.cancelled():
+        raise ClientGone("The client disconnected before the answer was ready.")
+    return task.result()
 
 
 def _keepalive_interval(request: Request, services: Services, token: TokenInfo, model: Any) -> float | None:

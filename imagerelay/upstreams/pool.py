@@ -59,6 +59,11 @@ class StreamOutcome:
     attempts: int
 
 
+def _attempted(err: ApiError, attempts: int, channel: str | None) -> ApiError:
+    err.attempts, err.channel = attempts, channel
+    return err
+
+
 def clean_items(result: UpstreamResult) -> None:
     """Normalise every image in place (prefix, padding); an undecodable one fails the
     attempt so the pool can try another channel. Shared by every connector."""
@@ -209,7 +214,7 @@ class ChannelPool:
                 self._failed(ch.name, failure)
                 last = failure
                 if not failure.retryable:
-                    raise self._client_error(failure) from None
+                    raise _attempted(self._client_error(failure), attempts, ch.name) from None
                 await self._backoff(failure, deadline)
                 continue
             except TimeoutError:
@@ -225,7 +230,7 @@ class ChannelPool:
                 continue
             self._succeeded(ch.name)
             return CallOutcome(result, ch.name, attempts, int((self.clock() - t0) * 1000))
-        raise self._exhausted(last, attempts)
+        raise _attempted(self._exhausted(last, attempts), attempts, None)
 
     async def open_stream(
         self, channels: Sequence[ChannelSpec], upstream_model: str, default_size: str, request: ImageRequest
@@ -249,7 +254,7 @@ class ChannelPool:
                 self._failed(ch.name, failure)
                 last = failure
                 if not failure.retryable:
-                    raise self._client_error(failure) from None
+                    raise _attempted(self._client_error(failure), attempts, ch.name) from None
                 await self._backoff(failure, deadline)
                 continue
             except (TimeoutError, StopAsyncIteration) as exc:
@@ -267,7 +272,7 @@ class ChannelPool:
                 continue
             self._succeeded(ch.name)
             return StreamOutcome(first, iterator, ch.name, attempts)
-        raise self._exhausted(last, attempts)
+        raise _attempted(self._exhausted(last, attempts), attempts, None)
 
     def _attempt_order(self, channels: Sequence[ChannelSpec]) -> list[ChannelSpec]:
         return self.order(channels)

@@ -11,6 +11,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 _BODY = b"upstream timeout"
 TIMEOUT_RESPONSE = (
@@ -68,17 +69,21 @@ def idle_proxy(target_port: int, idle_s: float) -> Iterator[str]:
     """Run the proxy in a background thread; yields its base URL."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
-    holder: dict[str, object] = {}
+    holder: dict[str, Any] = {}
 
     async def main() -> None:
-        server = await asyncio.start_server(
-            lambda r, w: _handle(r, w, target_port, idle_s), "127.0.0.1", 0
-        )
-        holder["server"] = server
+        stop = asyncio.Event()
+        holder["stop"] = stop
+        server = await asyncio.start_server(lambda r, w: _handle(r, w, target_port, idle_s), "127.0.0.1", 0)
         holder["port"] = server.sockets[0].getsockname()[1]
         started.set()
-        async with server:
-            await server.serve_forever()
+        await stop.wait()
+        server.close()
+        # Let open connections end (their readers see EOF) before the loop closes.
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
     thread.start()
@@ -86,5 +91,6 @@ def idle_proxy(target_port: int, idle_s: float) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{holder['port']}"
     finally:
-        loop.call_soon_threadsafe(lambda: holder["server"].close())  # type: ignore[attr-defined]
+        loop.call_soon_threadsafe(holder["stop"].set)
         thread.join(5)
+        loop.close()
