@@ -67,7 +67,7 @@ def _run(coro_fn: Any, settings: Settings) -> Any:
         try:
             return await coro_fn(services)
         finally:
-            await services.engine.dispose()
+            await services.close()
 
     return asyncio.run(_main())
 

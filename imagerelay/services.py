@@ -20,7 +20,7 @@ from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.billing import Billing
 from imagerelay.storage.channels import ChannelDirectory
 from imagerelay.storage.idempotency import IdempotencyStore
-from imagerelay.storage.db import create_engine, create_schema
+from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
 from imagerelay.upstreams.pool import ChannelPool, PoolPolicy
 from imagerelay.upstreams.registry import build_connectors
 
@@ -43,6 +43,7 @@ class Services:
     relay: Relay
     idempotency: IdempotencyStore
     jobs: JobService
+    runner: TransactionRunner
     limiter: TokenLimiter = field(default_factory=TokenLimiter)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -52,7 +53,8 @@ class Services:
         catalog = catalog or load_catalog(settings.catalog)
         engine = create_engine(settings.resolved_database_url())
         accounts = Accounts(engine, cache_ttl_s=settings.token_cache_ttl_s)
-        billing = Billing(engine)
+        runner = TransactionRunner(settings.resolved_database_url())
+        billing = Billing(engine, runner)
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
         directory = ChannelDirectory(engine, box, catalog.file.channels)
 
@@ -75,7 +77,7 @@ class Services:
             webhook_backoff_s=settings.webhook_backoff_s,
         )
         return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
-                   IdempotencyStore(engine), jobs)
+                   IdempotencyStore(engine), jobs, runner)
 
     async def start(self) -> None:
         await create_schema(self.engine)
@@ -110,4 +112,9 @@ class Services:
                 await task
         for connector in self.pool.connectors.values():
             await connector.aclose()
+        await self.close()
+
+    async def close(self) -> None:
+        """Release database resources (also used by one-shot CLI commands)."""
         await self.engine.dispose()
+        self.runner.close()

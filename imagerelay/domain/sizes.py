@@ -54,7 +54,9 @@ def _official_problems(width: int, height: int) -> list[str]:
 def nearest_official(width: int, height: int) -> tuple[int, int]:
     """The valid gpt-image-2 size closest to (width, height), keeping its shape."""
     ratio = max(1 / OFFICIAL_MAX_RATIO, min(OFFICIAL_MAX_RATIO, width / height))
-    pixels = min(OFFICIAL_MAX_PIXELS, max(OFFICIAL_MIN_PIXELS, width * height))
+    # The longest edge also caps the area: long <= 3840 means pixels <= 3840^2 * short/long.
+    max_pixels = min(OFFICIAL_MAX_PIXELS, OFFICIAL_MAX_EDGE**2 * min(ratio, 1 / ratio))
+    pixels = min(max_pixels, max(OFFICIAL_MIN_PIXELS, width * height))
     best: tuple[float, tuple[int, int]] | None = None
     # Search around the ideal edge lengths on the 16-pixel grid.
     ideal_w = math.sqrt(pixels * ratio)

@@ -7,8 +7,8 @@ Invariants (checked by ``audit``):
   its settle or release; a charge's ledger entry carries the call's request id.
 
 A hold is one conditional UPDATE (``balance - held >= amount``) plus one INSERT in a
-single transaction: two round trips on the hot path before the upstream call, and
-one transaction after it. Nothing is lost on a crash: an open hold past its
+single transaction before the upstream call, and settle/release one transaction
+after it. Nothing is lost on a crash: an open hold past its
 deadline is released by :meth:`Billing.release_stale_holds`.
 """
 
@@ -18,13 +18,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from typing import Literal
 
-from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import orjson
+
+from sqlalchemy import and_, func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.domain.types import Usage
+from imagerelay.storage.db import Connection, TransactionRunner
 from imagerelay.storage.schema import holds, ledger, tokens, usage_records, users
 
 HoldResult = Literal["ok", "balance", "spend_cap"]
@@ -77,75 +79,135 @@ class UsageRecord:
         }
 
 
+# Pre-built statements: compiled once, reused by every call (see TransactionRunner).
+_HOLD_USER = text(
+    "UPDATE users SET held_micros = held_micros + :amount "
+    "WHERE id = :user_id AND balance_micros - held_micros >= :amount"
+)
+_HOLD_TOKEN = text(
+    "UPDATE tokens SET held_micros = held_micros + :amount WHERE id = :token_id "
+    "AND (spend_cap_micros IS NULL OR spend_cap_micros - spent_micros - held_micros >= :amount)"
+)
+_INSERT_HOLD = text(
+    "INSERT INTO holds (request_id, user_id, token_id, amount_micros, deadline, created_at) "
+    "VALUES (:request_id, :user_id, :token_id, :amount, :deadline, :now)"
+)
+# Deleting first (with RETURNING) makes settle/release a writer from its first
+# statement, so SQLite never has to upgrade a read snapshot to a write lock.
+_TAKE_HOLD = text("DELETE FROM holds WHERE request_id = :request_id RETURNING amount_micros, token_id")
+_CHARGE_USER = text(
+    "UPDATE users SET balance_micros = balance_micros - :cost, held_micros = held_micros - :hold WHERE id = :user_id"
+)
+_CHARGE_TOKEN = text(
+    "UPDATE tokens SET spent_micros = spent_micros + :cost, held_micros = held_micros - :hold WHERE id = :token_id"
+)
+_CHARGE_UNHELD = text(
+    "UPDATE users SET balance_micros = balance_micros - :cost "
+    "WHERE id = :user_id AND balance_micros - held_micros >= :cost"
+)
+_SPEND_TOKEN = text("UPDATE tokens SET spent_micros = spent_micros + :cost WHERE id = :token_id")
+_UNHOLD_USER = text("UPDATE users SET held_micros = held_micros - :hold WHERE id = :user_id")
+_UNHOLD_TOKEN = text("UPDATE tokens SET held_micros = held_micros - :hold WHERE id = :token_id")
+_LEDGER = text(
+    "INSERT INTO ledger (user_id, amount_micros, kind, reason, request_id, created_at) "
+    "VALUES (:user_id, :amount, :kind, :reason, :request_id, :now)"
+)
+_ADJUST = text("UPDATE users SET balance_micros = balance_micros + :amount WHERE id = :user_id RETURNING balance_micros")
+_TAKE_STALE = text(
+    "DELETE FROM holds WHERE deadline < :now RETURNING user_id, token_id, amount_micros"
+)
+_INSERT_USAGE = usage_records.insert()
+
+
+def _hold_tx(conn: Connection, request_id: str, user_id: int, amount: int, ttl_s: float,
+             token_id: int | None) -> HoldResult:
+    if conn.execute(_HOLD_USER, {"amount": amount, "user_id": user_id}).rowcount != 1:
+        conn.rollback()
+        return "balance"
+    if token_id is not None and conn.execute(_HOLD_TOKEN, {"amount": amount, "token_id": token_id}).rowcount != 1:
+        conn.rollback()
+        return "spend_cap"
+    now = time.time()
+    conn.execute(_INSERT_HOLD, {"request_id": request_id, "user_id": user_id, "token_id": token_id,
+                                "amount": amount, "deadline": now + ttl_s, "now": now})
+    return "ok"
+
+
+def _settle_tx(conn: Connection, record: UsageRecord) -> int:
+    hold = conn.execute(_TAKE_HOLD, {"request_id": record.request_id}).first()
+    cost = record.cost_micros
+    if hold is not None:
+        hold_amount, token_id = int(hold[0]), hold[1]
+        if cost > hold_amount:
+            record.price_basis["capped_from_micros"] = cost
+            cost = hold_amount
+        conn.execute(_CHARGE_USER, {"cost": cost, "hold": hold_amount, "user_id": record.user_id})
+        if token_id is not None:
+            conn.execute(_CHARGE_TOKEN, {"cost": cost, "hold": hold_amount, "token_id": token_id})
+    else:
+        # The reconciler released this hold (we ran past its deadline): charge only
+        # what the balance can still cover, never below zero.
+        if conn.execute(_CHARGE_UNHELD, {"cost": cost, "user_id": record.user_id}).rowcount != 1:
+            record.price_basis["uncollected_micros"] = cost
+            cost = 0
+        elif cost:
+            conn.execute(_SPEND_TOKEN, {"cost": cost, "token_id": record.token_id})
+    record.cost_micros = cost
+    if cost:
+        conn.execute(_LEDGER, {"user_id": record.user_id, "amount": -cost, "kind": "charge",
+                               "reason": f"{record.endpoint} {record.model} ({record.group})",
+                               "request_id": record.request_id, "now": time.time()})
+    conn.execute(_INSERT_USAGE, record.row())
+    return cost
+
+
+def _release_tx(conn: Connection, record: UsageRecord) -> None:
+    hold = conn.execute(_TAKE_HOLD, {"request_id": record.request_id}).first()
+    if hold is not None:
+        _unhold(conn, record.user_id, int(hold[0]), hold[1])
+    conn.execute(_INSERT_USAGE, record.row())
+
+
+def _unhold(conn: Connection, user_id: int, amount: int, token_id: int | None) -> None:
+    conn.execute(_UNHOLD_USER, {"hold": amount, "user_id": user_id})
+    if token_id is not None:
+        conn.execute(_UNHOLD_TOKEN, {"hold": amount, "token_id": token_id})
+
+
+def _adjust_tx(conn: Connection, user_id: int, amount: int, reason: str, kind: str) -> int:
+    row = conn.execute(_ADJUST, {"amount": amount, "user_id": user_id}).first()
+    if row is None:
+        raise LookupError(f"no user {user_id}")
+    conn.execute(_LEDGER, {"user_id": user_id, "amount": amount, "kind": kind, "reason": reason,
+                           "request_id": None, "now": time.time()})
+    return int(row[0])
+
+
+def _release_stale_tx(conn: Connection, now: float) -> int:
+    rows = conn.execute(_TAKE_STALE, {"now": now}).all()
+    for user_id, token_id, amount in rows:
+        _unhold(conn, user_id, int(amount), token_id)
+    return len(rows)
+
+
 class Billing:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    """Every money movement, each one transaction on the :class:`TransactionRunner`."""
+
+    def __init__(self, engine: AsyncEngine, runner: TransactionRunner) -> None:
+        self._engine = engine  # read-only reports (audit)
+        self._runner = runner
 
     async def adjust(self, user_id: int, amount_micros: int, reason: str, *, kind: str = "topup") -> int:
         """Top up (positive) or adjust (either sign) a balance; returns the new balance."""
         if not reason:
             raise ValueError("a balance change needs a reason")
-        async with self._engine.begin() as conn:
-            res = await conn.execute(
-                update(users)
-                .where(users.c.id == user_id)
-                .values(balance_micros=users.c.balance_micros + amount_micros)
-            )
-            if res.rowcount != 1:
-                raise LookupError(f"no user {user_id}")
-            await conn.execute(
-                ledger.insert().values(
-                    user_id=user_id, amount_micros=amount_micros, kind=kind, reason=reason, created_at=time.time()
-                )
-            )
-            bal = (await conn.execute(select(users.c.balance_micros).where(users.c.id == user_id))).scalar_one()
-        return int(bal)
+        return await self._runner.run(_adjust_tx, user_id, amount_micros, reason, kind)
 
     async def place_hold(
         self, request_id: str, user_id: int, amount_micros: int, ttl_s: float, *, token_id: int | None = None
     ) -> HoldResult:
         """Reserve ``amount_micros`` against the balance and the token's spend cap."""
-        now = time.time()
-        async with self._engine.connect() as conn:
-            async with conn.begin() as tx:
-                res = await conn.execute(
-                    update(users)
-                    .where(
-                        users.c.id == user_id,
-                        users.c.balance_micros - users.c.held_micros >= amount_micros,
-                    )
-                    .values(held_micros=users.c.held_micros + amount_micros)
-                )
-                if res.rowcount != 1:
-                    await tx.rollback()
-                    return "balance"
-                if token_id is not None:
-                    res = await conn.execute(
-                        update(tokens)
-                        .where(
-                            tokens.c.id == token_id,
-                            or_(
-                                tokens.c.spend_cap_micros.is_(None),
-                                tokens.c.spend_cap_micros - tokens.c.spent_micros - tokens.c.held_micros
-                                >= amount_micros,
-                            ),
-                        )
-                        .values(held_micros=tokens.c.held_micros + amount_micros)
-                    )
-                    if res.rowcount != 1:
-                        await tx.rollback()
-                        return "spend_cap"
-                await conn.execute(
-                    holds.insert().values(
-                        request_id=request_id,
-                        user_id=user_id,
-                        token_id=token_id,
-                        amount_micros=amount_micros,
-                        deadline=now + ttl_s,
-                        created_at=now,
-                    )
-                )
-        return "ok"
+        return await self._runner.run(_hold_tx, request_id, user_id, amount_micros, ttl_s, token_id)
 
     async def settle(self, record: UsageRecord) -> int:
         """Charge the call and close its hold; returns the amount actually charged.
@@ -153,84 +215,21 @@ class Billing:
         The charge never exceeds the hold: the hold was the caller's worst case, and
         charging more could take a concurrent balance below zero.
         """
-        async with self._engine.begin() as conn:
-            hold = await _take_hold(conn, record.request_id)
-            cost = record.cost_micros
-            if hold is not None:
-                hold_amount, hold_token = hold
-                if cost > hold_amount:
-                    record.price_basis["capped_from_micros"] = cost
-                    cost = hold_amount
-                await conn.execute(
-                    update(users)
-                    .where(users.c.id == record.user_id)
-                    .values(
-                        balance_micros=users.c.balance_micros - cost,
-                        held_micros=users.c.held_micros - hold_amount,
-                    )
-                )
-                if hold_token is not None:
-                    await conn.execute(
-                        update(tokens)
-                        .where(tokens.c.id == hold_token)
-                        .values(
-                            spent_micros=tokens.c.spent_micros + cost,
-                            held_micros=tokens.c.held_micros - hold_amount,
-                        )
-                    )
-            else:
-                # The reconciler released this hold (we ran past its deadline): charge only
-                # what the balance can still cover, never below zero.
-                res = await conn.execute(
-                    update(users)
-                    .where(users.c.id == record.user_id, users.c.balance_micros - users.c.held_micros >= cost)
-                    .values(balance_micros=users.c.balance_micros - cost)
-                )
-                if res.rowcount != 1:
-                    record.price_basis["uncollected_micros"] = cost
-                    cost = 0
-            record.cost_micros = cost
-            if cost:
-                await conn.execute(
-                    ledger.insert().values(
-                        user_id=record.user_id,
-                        amount_micros=-cost,
-                        kind="charge",
-                        reason=f"{record.endpoint} {record.model} ({record.group})",
-                        request_id=record.request_id,
-                        created_at=time.time(),
-                    )
-                )
-            await conn.execute(usage_records.insert().values(**record.row()))
-        return cost
+        return await self._runner.run(_settle_tx, record)
 
     async def release(self, record: UsageRecord) -> None:
         """Close a failed call's hold without charging, and record it."""
         record.cost_micros = 0
-        async with self._engine.begin() as conn:
-            hold = await _take_hold(conn, record.request_id)
-            if hold is not None:
-                await _unhold(conn, record.user_id, *hold)
-            await conn.execute(usage_records.insert().values(**record.row()))
+        await self._runner.run(_release_tx, record)
 
     async def record_only(self, record: UsageRecord) -> None:
         """A call refused before any hold (bad input, no balance): record it, charge nothing."""
         record.cost_micros = 0
-        async with self._engine.begin() as conn:
-            await conn.execute(usage_records.insert().values(**record.row()))
+        await self._runner.run(lambda conn: conn.execute(_INSERT_USAGE, record.row()))
 
     async def release_stale_holds(self, now: float | None = None) -> int:
         """Release holds past their deadline (a crash mid-call). Returns how many."""
-        now = time.time() if now is None else now
-        released = 0
-        async with self._engine.begin() as conn:
-            rows = (await conn.execute(select(holds).where(holds.c.deadline < now))).mappings().all()
-            for row in rows:
-                res = await conn.execute(delete(holds).where(holds.c.request_id == row["request_id"]))
-                if res.rowcount == 1:
-                    await _unhold(conn, row["user_id"], int(row["amount_micros"]), row["token_id"])
-                    released += 1
-        return released
+        return await self._runner.run(_release_stale_tx, time.time() if now is None else now)
 
     async def audit(self) -> list[str]:
         """Every invariant violation, as sentences; empty when the books balance."""
@@ -302,27 +301,6 @@ class Billing:
             if orphans:
                 problems.append(f"{orphans} charge(s) without a usage record")
         return problems
-
-
-async def _take_hold(conn: AsyncConnection, request_id: str) -> tuple[int, int | None] | None:
-    """Delete the call's hold; (amount, token id), or None if it was already released."""
-    row = (
-        await conn.execute(select(holds.c.amount_micros, holds.c.token_id).where(holds.c.request_id == request_id))
-    ).first()
-    if row is None:
-        return None
-    res = await conn.execute(delete(holds).where(holds.c.request_id == request_id))
-    return (int(row[0]), row[1]) if res.rowcount == 1 else None
-
-
-async def _unhold(conn: AsyncConnection, user_id: int, amount: int, token_id: int | None) -> None:
-    await conn.execute(
-        update(users).where(users.c.id == user_id).values(held_micros=users.c.held_micros - amount)
-    )
-    if token_id is not None:
-        await conn.execute(
-            update(tokens).where(tokens.c.id == token_id).values(held_micros=tokens.c.held_micros - amount)
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,17 +3,23 @@ openai-compatible connectors.
 
 Vendors differ only in URL, auth header, small body adaptations and error shapes,
 so each vendor module overrides those few hooks and nothing else. One pooled
-keep-alive ``httpx.AsyncClient`` per channel; the client factory is injectable so
-a test can watch the exact outgoing request.
+keep-alive ``aiohttp.ClientSession`` per channel; the session factory is injectable
+so a test can point a connector anywhere.
+
+Why aiohttp rather than httpx: httpcore checks every pooled connection for
+readability on each request (a syscall per connection), which at 64 concurrent
+calls cost more CPU than the rest of the gateway together (measured with py-spy,
+see bench/RESULTS.md); aiohttp's pool does not.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
 
-import httpx
+import aiohttp
 import orjson
 
 from imagerelay.catalog.model import ChannelSpec
@@ -21,24 +27,22 @@ from imagerelay.domain.types import ImageRequest, Usage
 from imagerelay.errors import ApiError
 from imagerelay.upstreams.base import CallTarget, StreamEvent, UpstreamFailure, UpstreamResult
 
-ClientFactory = Callable[[ChannelSpec], httpx.AsyncClient]
+ClientFactory = Callable[[ChannelSpec], aiohttp.ClientSession]
 
 _META_KEYS = ("size", "quality", "background", "output_format")
 
 
-def default_client(channel: ChannelSpec) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(channel.timeout_s, connect=min(10.0, channel.timeout_s)),
-        limits=httpx.Limits(
-            max_connections=channel.max_connections,
-            max_keepalive_connections=channel.max_connections,
-            keepalive_expiry=60,
-        ),
-        follow_redirects=False,
+def default_client(channel: ChannelSpec) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=channel.max_connections, keepalive_timeout=60, ttl_dns_cache=300),
+        # The pool enforces the channel's overall timeout; these bound each phase.
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, channel.timeout_s), sock_read=channel.timeout_s),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
     )
 
 
-def retry_after_seconds(headers: httpx.Headers) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         try:
@@ -62,7 +66,7 @@ class OpenAIDialectConnector:
 
     def __init__(self, client_factory: ClientFactory = default_client) -> None:
         self._client_factory = client_factory
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._clients: dict[str, aiohttp.ClientSession] = {}
 
     # -- vendor hooks ----------------------------------------------------------------
 
@@ -108,7 +112,7 @@ class OpenAIDialectConnector:
 
     # -- wire ------------------------------------------------------------------------------
 
-    def _client(self, channel: ChannelSpec) -> httpx.AsyncClient:
+    def _client(self, channel: ChannelSpec) -> aiohttp.ClientSession:
         client = self._clients.get(channel.name)
         if client is None:
             client = self._clients[channel.name] = self._client_factory(channel)
@@ -127,19 +131,20 @@ class OpenAIDialectConnector:
         url = self.url(target, request.endpoint)
         if request.endpoint == "generations":
             headers["Content-Type"] = "application/json"
-            return {"url": url, "headers": headers, "content": orjson.dumps(fields)}
-        data = {k: _form_value(v) for k, v in fields.items()}
+            return {"url": url, "headers": headers, "data": orjson.dumps(fields)}
+        form = aiohttp.FormData(quote_fields=False)
+        for key, value in fields.items():
+            form.add_field(key, _form_value(value))
         name = "image" if len(request.images) == 1 else "image[]"
-        files: list[tuple[str, tuple[str, bytes, str]]] = [
-            (name, (img.filename or f"image_{i}.{img.mime.split('/')[1]}", img.data, img.mime))
-            for i, img in enumerate(request.images)
-        ]
+        for i, img in enumerate(request.images):
+            form.add_field(name, img.data, filename=img.filename or f"image_{i}.{img.mime.split('/')[1]}",
+                           content_type=img.mime)
         if request.mask is not None:
-            files.append(("mask", (request.mask.filename or "mask.png", request.mask.data, request.mask.mime)))
-        return {"url": url, "headers": headers, "data": data, "files": files}
+            form.add_field("mask", request.mask.data, filename=request.mask.filename or "mask.png",
+                           content_type=request.mask.mime)
+        return {"url": url, "headers": headers, "data": form}
 
-    def _failure_for_status(self, resp: httpx.Response, raw: bytes) -> UpstreamFailure:
-        status = resp.status_code
+    def _failure_for_status(self, status: int, headers: Mapping[str, str], raw: bytes) -> UpstreamFailure:
         error: dict[str, Any] = {}
         try:
             parsed = orjson.loads(raw) if raw else {}
@@ -152,25 +157,26 @@ class OpenAIDialectConnector:
         if status in (401, 403):
             return UpstreamFailure("auth", detail, status=status)
         if status == 429:
-            return UpstreamFailure("rate_limited", detail, status=status, retry_after=retry_after_seconds(resp.headers))
+            return UpstreamFailure("rate_limited", detail, status=status, retry_after=retry_after_seconds(headers))
         if status == 408:
             return UpstreamFailure("timeout", detail, status=status)
         if status >= 500 or status == 404:
             # A 404 is a channel misconfiguration (unknown deployment/path): try elsewhere.
-            return UpstreamFailure("server", detail, status=status, retry_after=retry_after_seconds(resp.headers))
+            return UpstreamFailure("server", detail, status=status, retry_after=retry_after_seconds(headers))
         return UpstreamFailure("client", detail, status=status, client_error=self.client_error(status, error))
 
     async def images(self, target: CallTarget, request: ImageRequest) -> UpstreamResult:
         spec = self._build(target, request, stream=False)
         try:
-            resp = await self._client(target.channel).post(**spec)
-            raw = resp.content
-        except httpx.TimeoutException:
+            async with self._client(target.channel).post(**spec, allow_redirects=False) as resp:
+                status, headers = resp.status, resp.headers
+                raw = await resp.read()
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailure("timeout", f"{target.channel.name}: timed out") from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None
-        if resp.status_code != 200:
-            raise self._failure_for_status(resp, raw)
+        if status != 200:
+            raise self._failure_for_status(status, headers, raw)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -192,12 +198,10 @@ class OpenAIDialectConnector:
 
     async def stream(self, target: CallTarget, request: ImageRequest) -> AsyncIterator[StreamEvent]:
         spec = self._build(target, request, stream=True)
-        client = self._client(target.channel)
         try:
-            async with client.stream("POST", **spec) as resp:
-                if resp.status_code != 200:
-                    raw = await resp.aread()
-                    raise self._failure_for_status(resp, raw)
+            async with self._client(target.channel).post(**spec, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise self._failure_for_status(resp.status, resp.headers, await resp.read())
                 async for payload in _sse_payloads(resp):
                     if payload is None:
                         return
@@ -208,25 +212,26 @@ class OpenAIDialectConnector:
                         if request.output_format:
                             payload["output_format"] = request.output_format
                     yield StreamEvent(payload)
-        except httpx.TimeoutException:
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailure("timeout", f"{target.channel.name}: stream timed out") from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None
 
     async def aclose(self) -> None:
         for client in self._clients.values():
-            await client.aclose()
+            await client.close()
         self._clients.clear()
 
 
-async def _sse_payloads(resp: httpx.Response) -> AsyncIterator[dict[str, Any] | None]:
+async def _sse_payloads(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any] | None]:
     """Parse server-sent events; yields each JSON payload, ``None`` at ``[DONE]``.
 
     Hand-rolled because SSE framing is twenty lines and a dependency for it would
     buffer differently from how we need to relay (event by event, as it arrives).
     """
     data_lines: list[str] = []
-    async for line in resp.aiter_lines():
+    async for raw_line in resp.content:
+        line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
         if line == "":
             if data_lines:
                 data = "\n".join(data_lines)

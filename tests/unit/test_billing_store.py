@@ -10,7 +10,7 @@ import pytest
 
 from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.billing import Billing, UsageRecord
-from imagerelay.storage.db import create_engine, create_schema
+from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
 from tests.support.services import drop_postgres_database, fresh_postgres_database
 
 
@@ -23,10 +23,12 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         url, dropped = fresh_postgres_database()
     engine = create_engine(url)
     await create_schema(engine)
+    runner = TransactionRunner(url)
     try:
-        yield Accounts(engine), Billing(engine)
+        yield Accounts(engine), Billing(engine, runner)
     finally:
         await engine.dispose()
+        runner.close()
         if dropped:
             drop_postgres_database(dropped)
 
