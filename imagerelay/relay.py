@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -365,7 +365,7 @@ class Relay:
 
 
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex
+    return "req_" + secrets.token_hex(16)
 
 
 def _ms_since(t0: float) -> int:

@@ -116,7 +116,10 @@ _ADJUST = text("UPDATE users SET balance_micros = balance_micros + :amount WHERE
 _TAKE_STALE = text(
     "DELETE FROM holds WHERE deadline < :now RETURNING user_id, token_id, amount_micros"
 )
-_INSERT_USAGE = usage_records.insert()
+_INSERT_USAGE = text(
+    f"INSERT INTO usage_records ({', '.join(c.name for c in usage_records.columns if c.name != 'id')}) "
+    f"VALUES ({', '.join(':' + c.name for c in usage_records.columns if c.name != 'id')})"
+)
 
 
 def _hold_tx(conn: Connection, request_id: str, user_id: int, amount: int, ttl_s: float,

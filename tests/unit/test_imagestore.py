@@ -19,7 +19,8 @@ async def test_sign_resolve_expire(tmp_path: Path) -> None:
     assert store.resolve(name, query["expires"], query["sig"], now=1050) == tmp_path / name
     assert store.resolve(name, query["expires"], query["sig"], now=1101) is None  # expired
     assert store.resolve(name, "1200", query["sig"], now=1050) is None  # expiry altered
-    assert store.resolve(name, query["expires"], "0" + query["sig"][1:], now=1050) is None
+    flipped = ("1" if query["sig"][0] == "0" else "0") + query["sig"][1:]
+    assert store.resolve(name, query["expires"], flipped, now=1050) is None
     assert store.resolve("../etc/passwd", query["expires"], query["sig"], now=1050) is None
     other = ImageStore(tmp_path, b"j" * 32, ttl_s=100)
     assert other.resolve(name, query["expires"], query["sig"], now=1050) is None  # other key
