@@ -262,6 +262,20 @@ def test_cancel_running_and_queued_jobs(rig: Rig) -> None:
     assert again.status_code == 409
 
 
+def test_failed_job_costs_nothing(rig: Rig) -> None:
+    group = "GPTImage2 Enterprise"
+    before = balance(rig.gw, group)
+    rig.fault("a", type="500")
+    rig.fault("b", type="500")
+    job_id = _submit(rig, group, "doomed")
+    wait_for(lambda: _job(rig.gw, group, job_id)["status"] in ("succeeded", "failed"))
+    job = _job(rig.gw, group, job_id)
+    assert job["status"] == "failed" and job["error"]["code"] in ("upstream_error", "upstream_overloaded")
+    assert set(job["error"]) == {"message", "type", "param", "code"} and "result" not in job
+    wait_for(lambda: balance(rig.gw, group) == before)
+    assert _charges(rig.data_dir, _request_id(rig.data_dir, job_id)) == []
+
+
 def test_restart_with_jobs_queued_and_running(rig: Rig) -> None:
     slow(rig, 3.0)
     group = "Sora2Official"
