@@ -17,6 +17,8 @@ from pathlib import Path
 
 import anyio
 
+from imagerelay.domain.b64 import decode_image_b64, sniff_format
+
 _EXT = {"png": "png", "jpeg": "jpeg", "webp": "webp"}
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -43,6 +45,16 @@ class ImageStore:
 
         await anyio.to_thread.run_sync(_write)
         return name
+
+    async def put_b64(self, clean_b64: str) -> str:
+        """Decode and store off the event loop (a 4K image is ~25 MB of decoding)."""
+
+        def _decode() -> tuple[bytes, str]:
+            data = decode_image_b64(clean_b64)
+            return data, sniff_format(data[:16]) or "png"
+
+        data, fmt = await anyio.to_thread.run_sync(_decode)
+        return await self.put(data, fmt)
 
     def signed_url(self, base_url: str, name: str, now: float | None = None) -> str:
         expires = int((time.time() if now is None else now) + self.ttl_s)

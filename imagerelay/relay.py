@@ -18,7 +18,6 @@ import orjson
 
 from imagerelay.catalog.loader import Catalog, ResolvedRoute
 from imagerelay.domain import pricing
-from imagerelay.domain.b64 import decode_image_b64, sniff_format
 from imagerelay.domain.sizes import dimensions_for
 from imagerelay.domain.types import ImageRequest, InputImage, Usage
 from imagerelay.domain.validation import RouteHints, build_hints, validate_edit, validate_generation
@@ -285,8 +284,7 @@ class Relay:
         # The pool has already normalised and checked every image (clean_items).
         out: dict[str, Any] = {}
         if request.response_format == "url":
-            data = decode_image_b64(item["b64_json"])
-            name = await self.store.put(data, sniff_format(data[:16]) or "png")
+            name = await self.store.put_b64(item["b64_json"])
             out["url"] = self.store.signed_url(ctx.base_url, name)
         else:
             out["b64_json"] = item["b64_json"]

@@ -25,6 +25,7 @@ from imagerelay.api.responses import json_response
 from imagerelay.config import Settings
 from imagerelay.errors import ApiError, NotFound
 from imagerelay.imagestore import MEDIA_TYPES
+from imagerelay.memory import tune_malloc
 from imagerelay.relay import new_request_id
 from imagerelay.services import Services
 
@@ -98,6 +99,7 @@ class EdgeMiddleware:
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
+    tune_malloc()
     settings = settings or Settings()
     svc = services or Services.build(settings)
 

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import ClientGone, images_from_json, read_json_object, read_multipart_edit
-from imagerelay.api.responses import json_response
+from imagerelay.api.responses import images_response, json_response
 from imagerelay.errors import ApiError, InvalidRequest
 from imagerelay.relay import CallContext, ParsedCall, RelayAnswer
 from imagerelay.services import Services
@@ -208,7 +208,7 @@ async def _sync(
             await asyncio.shield(services.idempotency.abandon(token.user_id, key))
         raise
 
-    async def produce() -> tuple[bytes, dict[str, str]]:
+    async def execute() -> RelayAnswer:
         try:
             answer = await services.relay.execute(prepared)
         except BaseException:
@@ -216,11 +216,18 @@ async def _sync(
                 await asyncio.shield(services.idempotency.abandon(token.user_id, key))
             raise
         assert isinstance(answer, RelayAnswer)
+        return answer
+
+    async def produce() -> tuple[bytes, dict[str, str]]:
+        answer = await execute()
         raw = orjson.dumps(answer.body)
         if key is not None:
             await asyncio.shield(services.idempotency.finish(token.user_id, key, 200, raw))
         return raw, answer.headers
 
+    if keepalive is None and key is None:
+        answer = await _unless_disconnected(request, execute())
+        return images_response(answer.body, answer.headers)
     if keepalive is None:
         raw, headers = await _unless_disconnected(request, produce())
         return Response(raw, media_type="application/json", headers=headers)

@@ -48,11 +48,11 @@ def normalize_b64(value: object) -> tuple[str, str]:
         s = s[m.end() :]
     # CPython returns the same object when nothing is stripped: no copy on the clean path.
     s = s.rstrip("=")
-    raw = s.encode("ascii", "strict") if s.isascii() else None
-    if raw is None:
+    if not s.isascii():
         raise InvalidImagePayload("non-ASCII characters in base64")
-    if raw.translate(None, _B64_ALPHABET):  # anything left is outside the alphabet
+    if not _in_alphabet(s):
         # Rare path: wrapped lines or url-safe alphabet. Normalise by a full round trip.
+        raw = s.encode("ascii")
         try:
             decoded = base64.b64decode(
                 raw.replace(b"-", b"+").replace(b"_", b"/").translate(None, b" \r\n\t")
@@ -65,11 +65,11 @@ def normalize_b64(value: object) -> tuple[str, str]:
         if fmt is None:
             raise InvalidImagePayload("base64 does not decode to a PNG, JPEG or WebP image")
         return base64.b64encode(decoded).decode("ascii"), fmt
-    if len(raw) % 4 == 1:
+    if len(s) % 4 == 1:
         raise InvalidImagePayload("base64 has an impossible length")
-    pad = (4 - len(raw) % 4) % 4
+    pad = (4 - len(s) % 4) % 4
     try:
-        head = base64.b64decode(raw[:24], validate=True)
+        head = base64.b64decode(s[:24], validate=True)
     except binascii.Error as exc:  # pragma: no cover - alphabet already checked
         raise InvalidImagePayload(f"undecodable base64: {exc}") from None
     fmt = sniff_format(head)
@@ -80,5 +80,19 @@ def normalize_b64(value: object) -> tuple[str, str]:
     return s + "=" * pad, fmt
 
 
+_SLICE = 1 << 20
+
+
+def _in_alphabet(s: str) -> bool:
+    """True when every character is in the standard base64 alphabet.
+
+    Checked 1 MB at a time so a 33 MB answer is never copied whole."""
+    for start in range(0, len(s), _SLICE):
+        if s[start:start + _SLICE].encode("ascii").translate(None, _B64_ALPHABET):
+            return False
+    return True
+
+
 def decode_image_b64(clean_b64: str) -> bytes:
-    return base64.b64decode(clean_b64)
+    # binascii reads an ASCII str in place; base64.b64decode would first copy it to bytes.
+    return binascii.a2b_base64(clean_b64)

@@ -144,7 +144,7 @@ class OpenAIDialectConnector:
                            content_type=request.mask.mime)
         return {"url": url, "headers": headers, "data": form}
 
-    def _failure_for_status(self, status: int, headers: Mapping[str, str], raw: bytes) -> UpstreamFailure:
+    def _failure_for_status(self, status: int, headers: Mapping[str, str], raw: bytes | bytearray) -> UpstreamFailure:
         error: dict[str, Any] = {}
         try:
             parsed = orjson.loads(raw) if raw else {}
@@ -170,7 +170,7 @@ class OpenAIDialectConnector:
         try:
             async with self._client(target.channel).post(**spec, allow_redirects=False) as resp:
                 status, headers = resp.status, resp.headers
-                raw = await resp.read()
+                raw = await _read_body(resp)
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailure("timeout", f"{target.channel.name}: timed out") from None
         except aiohttp.ClientError as exc:
@@ -181,6 +181,7 @@ class OpenAIDialectConnector:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamFailure("bad_response", f"{target.channel.name}: invalid JSON") from None
+        del raw  # a 4K answer is ~33 MB: keep only the parsed copy
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise UpstreamFailure("bad_response", f"{target.channel.name}: no data array")
         items = []
@@ -221,6 +222,26 @@ class OpenAIDialectConnector:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+
+
+async def _read_body(resp: aiohttp.ClientResponse) -> bytes | bytearray:
+    """The body in one buffer sized from content-length (aiohttp's read() keeps the
+    chunks and then joins them: two copies of a 33 MB answer at once)."""
+    length = resp.content_length
+    if not length or length < (1 << 20):
+        return await resp.read()
+    buf = bytearray(length)
+    view = memoryview(buf)
+    offset = 0
+    async for chunk in resp.content.iter_any():
+        end = offset + len(chunk)
+        if end > length:
+            raise aiohttp.ClientPayloadError("body longer than its content-length")
+        view[offset:end] = chunk
+        offset = end
+    if offset != length:
+        raise aiohttp.ClientPayloadError("body shorter than its content-length")
+    return buf
 
 
 async def _sse_payloads(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any] | None]:

@@ -1,0 +1,32 @@
+"""glibc malloc tuning for a process that moves 25-33 MB image buffers.
+
+glibc serves large blocks with mmap only below a *dynamic* threshold that grows (up
+to 32 MB) each time such a block is freed; after that, 4K answers land in the heap
+arenas, fragment them, and stay in RSS. Worker threads (image decoding, file
+writes) each get an arena of their own, which multiplies it. Pinning the mmap
+threshold at 1 MB returns every large buffer to the OS when freed, and two arenas
+are plenty for a process whose Python code holds the GIL anyway. Measured with
+bench/run.py: see bench/RESULTS.md. A no-op where glibc is absent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+
+
+def tune_malloc(mmap_threshold: int = 1024 * 1024, arena_max: int = 2) -> bool:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_ARENA_MAX, arena_max))
