@@ -9,7 +9,7 @@ import hmac
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -17,29 +17,12 @@ from starlette.routing import Route
 from imagerelay.api.deps import bearer, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
-from imagerelay.catalog.model import ChannelSpec, ChannelType
+from imagerelay.catalog.model import ChannelSpec
 from imagerelay.domain.types import ImageRequest
 from imagerelay.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
 from imagerelay.services import Services
 from imagerelay.storage.channels import ChannelConflict
 from imagerelay.upstreams.base import CallTarget, UpstreamFailure
-
-
-class NewChannel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=128)
-    type: ChannelType
-    pools: list[str] = Field(min_length=1)
-    base_url: str | None = None
-    api_key: str | None = None
-    api_version: str | None = None
-    azure_form: str = "deployment"
-    model_map: dict[str, str] = Field(default_factory=dict)
-    priority: int = 0
-    weight: int = Field(default=1, ge=1)
-    timeout_s: float = Field(default=180.0, gt=0)
-    enabled: bool = True
 
 
 async def require_admin(request: Request) -> None:
@@ -97,18 +80,17 @@ async def add_channel(request: Request) -> Response:
     await require_admin(request)
     services = services_of(request)
     body = await read_json_object(request, 1024 * 1024)
+    api_key = body.pop("api_key", None)
+    if api_key is not None and not isinstance(api_key, str):
+        raise InvalidRequest("api_key must be a string.", param="api_key")
     try:
-        new = NewChannel.model_validate(body)
-        spec = ChannelSpec.model_validate(new.model_dump(exclude={"api_key"}))
+        spec = ChannelSpec.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise InvalidRequest(
-            f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}", param=str(first["loc"][0]) if first["loc"] else None
-        ) from None
-    if spec.type in ("azure", "openai-compatible") and not spec.base_url:
-        raise InvalidRequest(f"a {spec.type} channel needs base_url", param="base_url")
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidRequest(f"{where or 'channel'}: {first['msg']}", param=where or None) from None
     try:
-        await services.directory.add(spec, new.api_key)
+        await services.directory.add(spec, api_key)
     except ChannelConflict as exc:
         raise ApiError(str(exc), status=409, code="conflict", param="name") from None
     view = next(v for v in services.directory.views() if v.spec.name == spec.name)

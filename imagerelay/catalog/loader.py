@@ -78,8 +78,6 @@ def parse_catalog(raw: Any, source: str = "<catalog>") -> Catalog:
         if ch.name in seen_channels:
             raise CatalogError(f"{source}: channels: duplicate channel name {ch.name!r}")
         seen_channels.add(ch.name)
-        if ch.type in ("azure", "openai-compatible") and not ch.base_url:
-            raise CatalogError(f"{source}: channels[{ch.name}]: type {ch.type} needs base_url")
 
     routes: dict[tuple[str, str], ResolvedRoute] = {}
     models_by_group: dict[str, list[str]] = {g: [] for g in doc.groups}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Endpoint = Literal["generations", "edits"]
 SizeMode = Literal["reject", "table", "official"]
@@ -145,6 +145,12 @@ class ChannelSpec(BaseModel):
     weight: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=180.0, gt=0)
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _needs_base_url(self) -> ChannelSpec:
+        if self.type in ("azure", "openai-compatible") and not self.base_url:
+            raise ValueError(f"type {self.type} needs base_url")
+        return self
 
 
 class CatalogFile(BaseModel):

@@ -54,7 +54,7 @@ def _broken(mutate: Any) -> str:
         (lambda d: d["param_profiles"]["vip"]["size_table"]["1:1"].update({"1K": "big"}), "size_table['1:1']['1K']"),
         (lambda d: d["param_profiles"]["official-gpt-image-2"].update(n_max=0), "param_profiles.official-gpt-image-2.n_max"),
         (lambda d: d["groups"]["default"].update(multiplier="lots"), "groups.default.multiplier"),
-        (lambda d: d["channels"].append({"name": "x", "type": "azure", "pools": ["legacy"]}), "channels[x]: type azure needs base_url"),
+        (lambda d: d["channels"].append({"name": "x", "type": "azure", "pools": ["legacy"]}), "type azure needs base_url"),
         (lambda d: d["channels"].append({"name": "simulator-legacy", "type": "simulator", "pools": []}), "duplicate channel name"),
         (lambda d: d.update(extra_key=1), "extra_key"),
     ],
