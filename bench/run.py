@@ -145,7 +145,7 @@ def wrk(url: str, token: str, body: dict[str, Any], connections: int, seconds: f
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "120s",
                           "-s", str(script), "--latency", url + "/images/generations"],
                          env=env, capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("BENCHJSON "))
+    line = next(text for text in out.splitlines() if text.startswith("BENCHJSON "))
     r = json.loads(line.split(" ", 1)[1])
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
     r["errors"] = r["socket_errors"] + r["non2xx"]
@@ -253,8 +253,8 @@ def run_config(name: str, database_url: str | None, quick: bool) -> tuple[list[t
 def machine() -> list[str]:
     cpu = "unknown"
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
+        cpu = next(text.split(":", 1)[1].strip() for text in Path("/proc/cpuinfo").read_text().splitlines()
+                   if text.startswith("model name"))
     except (OSError, StopIteration):
         pass
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]

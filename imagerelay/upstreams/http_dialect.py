@@ -15,7 +15,6 @@ see bench/RESULTS.md); aiohttp's pool does not.
 from __future__ import annotations
 
 import math
-import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
 
@@ -171,7 +170,7 @@ class OpenAIDialectConnector:
             async with self._client(target.channel).post(**spec, allow_redirects=False) as resp:
                 status, headers = resp.status, resp.headers
                 raw = await _read_body(resp)
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailure("timeout", f"{target.channel.name}: timed out") from None
         except aiohttp.ClientError as exc:
             raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None
@@ -213,7 +212,7 @@ class OpenAIDialectConnector:
                         if request.output_format:
                             payload["output_format"] = request.output_format
                     yield StreamEvent(payload)
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailure("timeout", f"{target.channel.name}: stream timed out") from None
         except aiohttp.ClientError as exc:
             raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None

@@ -218,9 +218,8 @@ class ChannelPool:
                 await self._backoff(failure, deadline)
                 continue
             except TimeoutError:
-                failure = UpstreamFailure("timeout", f"no answer within {ch.timeout_s:g}s")
-                self._failed(ch.name, failure)
-                last = failure
+                last = UpstreamFailure("timeout", f"no answer within {ch.timeout_s:g}s")
+                self._failed(ch.name, last)
                 continue
             try:
                 clean_items(result)
@@ -258,11 +257,10 @@ class ChannelPool:
                 await self._backoff(failure, deadline)
                 continue
             except (TimeoutError, StopAsyncIteration) as exc:
-                failure = UpstreamFailure(
+                last = UpstreamFailure(
                     "timeout" if isinstance(exc, TimeoutError) else "bad_response", "stream produced no event"
                 )
-                self._failed(ch.name, failure)
-                last = failure
+                self._failed(ch.name, last)
                 continue
             try:
                 first = clean_event(first)
