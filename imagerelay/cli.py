@@ -28,8 +28,9 @@ app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(balance_app, name="balance")
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (scripts, tests) gets wide lines instead of Rich's 80-column default.
+console = Console() if sys.stdout.isatty() else Console(width=200)
+err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=200)
 
 DEMO_USER = "demo"
 DEMO_CREDIT_USD = Decimal("100")

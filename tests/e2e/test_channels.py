@@ -308,3 +308,45 @@ def test_no_key_in_logs_or_answers(rig: Rig) -> None:
         assert key not in log
     assert "Traceback" not in log
     _ = Path
+
+
+def test_azure_v1_form(rig: Rig) -> None:
+    r = rig.admin("POST", "/admin/channels", json={
+        "name": "azure-v1", "type": "azure", "azure_form": "v1", "base_url": rig.sims["azure-1"],
+        "api_key": KEYS["AZURE_KEY"], "model_map": {"gpt-image-2": "img2-deploy"},
+        "pools": ["official-mixed"], "priority": 99})
+    assert r.status_code == 201, r.text
+    try:
+        res = rig.client("Sora2Official").images.generate(model="gpt-image-2", prompt="x", size="1024x1024",
+                                                          quality="low", output_format="webp")
+        img = decode(res.data[0].b64_json)
+        assert img.format == "WEBP"  # Azure cannot make webp: asked for png, transcoded
+        req = one(rig, "azure-1")
+        assert req["path"] == "/openai/v1/images/generations"
+        assert req["json"]["model"] == "img2-deploy" and req["json"]["output_format"] == "png"
+        assert header(req, "api-key") == KEYS["AZURE_KEY"]
+    finally:
+        assert rig.admin("POST", "/admin/channels/azure-v1/disable").status_code == 200
+
+
+def test_channels_cli(rig: Rig) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "imagerelay", "channels", *args, "--data-dir", str(rig.gw.data_dir)],
+                              input=stdin, capture_output=True, text=True, timeout=60)
+
+    secret = "sk-cli-added-secret-6"
+    added = cli("add", "--name", "cli-chan", "--type", "openai-compatible", "--pool", "legacy",
+                "--base-url", rig.sims["legacy"] + "/v1", "--key-stdin", stdin=secret + "\n")
+    assert added.returncode == 0, added.stderr
+    listed = cli("list")
+    assert "cli-chan" in listed.stdout and secret not in listed.stdout + listed.stderr + added.stdout
+    assert cli("disable", "cli-chan").returncode == 0
+    assert "no" in next(line for line in cli("list").stdout.splitlines() if "cli-chan" in line)
+    assert cli("enable", "cli-chan").returncode == 0
+    assert cli("disable", "nope").returncode == 2
+    bad = cli("add", "--name", "bad", "--type", "azure", "--pool", "x")
+    assert bad.returncode == 2 and "needs base_url" in bad.stdout + bad.stderr
+    assert cli("disable", "cli-chan").returncode == 0
