@@ -8,7 +8,7 @@ hot path can index the result without defensive checks.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,6 @@ class ResolvedRoute:
     profile: ParamProfile
     prices: ModelPrices | None
     upstream_model: str
-    # Filled by the relay layer at start-up (validation hints); kept opaque here.
-    extras: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
