@@ -98,9 +98,21 @@ class EdgeMiddleware:
             await response(scope, receive, send_tracking)
 
 
+def _configure_logging(level: str) -> None:
+    """One handler on the ``imagerelay`` logger (uvicorn configures only its own)."""
+    logger = logging.getLogger("imagerelay")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
     tune_malloc()
     settings = settings or Settings()
+    _configure_logging(settings.log_level)
     svc = services or Services.build(settings)
 
     @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ re-enables it. The caller never learns which channel failed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import time
@@ -24,6 +25,8 @@ from imagerelay.domain.b64 import InvalidImagePayload, normalize_b64
 from imagerelay.domain.types import ImageRequest
 from imagerelay.errors import ApiError, UpstreamError
 from imagerelay.upstreams.base import CallTarget, Connector, StreamEvent, UpstreamFailure, UpstreamResult
+
+log = logging.getLogger("imagerelay.upstreams")
 
 
 @dataclass(slots=True)
@@ -168,6 +171,8 @@ class ChannelPool:
         h.half_open_probe = False
 
     def _failed(self, name: str, failure: UpstreamFailure) -> None:
+        # Kind, status and channel name only: details never carry keys or addresses.
+        log.warning("channel %s: %s%s", name, failure.kind, f" (HTTP {failure.status})" if failure.status else "")
         h = self.health_of(name)
         h.failures += 1
         h.last_error = f"{failure.kind}: {failure.detail}"[:500]
