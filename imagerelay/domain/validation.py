@@ -1,14 +1,27 @@
-"""Per-route request validation: pure functions from (body, route, profile) to an
+"""Per-route request validation: pure functions from (body, route, profile, hints) to an
 :class:`ImageRequest`, or a 4xx that names the parameter and says what to do instead.
 
-Routes reject, they never clamp: an out-of-range value changes what a caller pays,
-so it is an error, not a silent correction.
+Why this is strict:
+
+- Routes reject, they never clamp. An out-of-range value changes what the caller gets and
+  pays for, so it is an error with a concrete alternative, not a silent correction.
+- Official routes pass the caller's parameters upstream; anything we let through must be
+  something the upstream accepts, in the native JSON type it expects (``n`` is ``2``, not
+  ``"2"``). Multipart can only carry strings, so edits sent as multipart get their
+  numbers and booleans parsed here; JSON bodies must already use the right types.
+- A JSON ``null`` means "not given": the official SDK never sends one, other clients do.
+- A parameter the route does not take is answered with where it *is* taken (another
+  model of the same group, or another group), computed from the catalog by
+  :func:`build_hints`, so the advice stays true when the operator edits the catalog.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from imagerelay.catalog.model import ParamProfile, RouteSpec
@@ -16,20 +29,47 @@ from imagerelay.domain.sizes import check_official_size, check_table_size
 from imagerelay.domain.types import ImageRequest, InputImage
 from imagerelay.errors import InvalidRequest, PayloadTooLarge, UnknownParameter
 
-# Parameters of the official Images API that a route may or may not accept.
+# Official Images API parameters that a route may or may not accept.
 OPTIONAL_PARAMS = (
     "size", "quality", "background", "output_format", "output_compression", "moderation",
     "stream", "partial_images", "input_fidelity",
 )
+# Accepted on every route (``n`` is bounded by the profile's ``n_max``).
 ALWAYS = ("prompt", "model", "n", "response_format", "user", "safety_identifier")
-PURPOSE = {"size": "explicit sizes", "quality": "quality control", "n": "several images per call",
-           "stream": "streaming", "partial_images": "streaming partial images"}
-PASSTHROUGH = ("n", "size", "quality", "background", "output_format", "output_compression", "moderation",
-               "partial_images", "user", "safety_identifier", "input_fidelity")
+# Parameters whose absence on a route is explained with hints.
+HINTED_PARAMS = (*OPTIONAL_PARAMS, "n")
+# The official parameters forwarded upstream (response_format and stream are the gateway's).
+PASSTHROUGH = (
+    "n", "size", "quality", "background", "output_format", "output_compression", "moderation",
+    "partial_images", "user", "safety_identifier", "input_fidelity",
+)
+# Keys that carry files; in an edit they arrive as ``images``/``mask`` arguments instead.
+FILE_KEYS = ("image", "images", "mask")
+PURPOSE = {
+    "size": "explicit sizes",
+    "quality": "quality control",
+    "n": "several images per call",
+    "stream": "streaming",
+    "partial_images": "streaming partial images",
+    "background": "background control",
+    "output_format": "jpeg or webp output",
+    "output_compression": "output compression",
+    "moderation": "moderation control",
+    "input_fidelity": "input fidelity control",
+}
+# dall-e values that people carry over to GPT image models.
+_DALLE_VALUES = {("quality", "hd"): "high", ("quality", "standard"): "medium"}
+_DALLE_PARAMS = ("style",)
+_MULTIPART_INT = re.compile(r"\s*([+-]?[0-9]{1,9})\s*")
+_JSON_DIGITS = re.compile(r"[+-]?[0-9]{1,9}")
 
 
 def accepts(profile: ParamProfile, param: str) -> bool:
-    """Whether a route with ``profile`` accepts ``param`` at all."""
+    """Whether a route with ``profile`` accepts ``param`` at all (any value).
+
+    ``stream`` counts as accepted only where ``stream=true`` is (``false`` is taken
+    everywhere); ``n`` counts only where more than one image per call is allowed.
+    """
     if param == "size":
         return profile.size != "reject"
     if param in ("quality", "background", "moderation"):
@@ -49,45 +89,87 @@ def accepts(profile: ParamProfile, param: str) -> bool:
     return param in ALWAYS
 
 
+def _or(items: Sequence[str]) -> str:
+    return " or ".join(items)
+
+
 @dataclass(frozen=True, slots=True)
 class RouteHints:
-    """Where else a parameter this route rejects is accepted, for helpful messages."""
+    """For one route (group, model): where else each parameter it rejects is accepted.
+
+    - ``same_group_models[param]``: other models of the same group that accept ``param``
+      (the caller's token works for them as is);
+    - ``other_groups[param]``: groups whose route for the *same model* accepts ``param``;
+      when no such group exists, the groups where any model accepts it;
+    - ``other_group_models[param]``: in the fallback case, the models to use in those
+      groups (empty when the same model name works there).
+    """
 
     group: str
     model: str
-    same_group_models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # param -> models
-    other_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # param -> groups
+    same_group_models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    other_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    other_group_models: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def advice(self, param: str) -> str:
-        options = []
-        models = self.same_group_models.get(param, ())
-        if models:
-            options.append(f"use model {' or '.join(models)}")
-        groups = self.other_groups.get(param, ())
-        if groups:
-            options.append(f"{'or ' if options else 'use '}group {' or '.join(groups)}")
+        """What to do instead, e.g. "use group Sora2Official or GPTImage2 Enterprise for quality control"."""
         purpose = PURPOSE.get(param, param)
-        if not options:
-            return f"remove {param} from the request"
-        return f"{', '.join(options)} for {purpose}"
+        models = self.same_group_models.get(param, ())
+        groups = self.other_groups.get(param, ())
+        group_models = self.other_group_models.get(param, ())
+        with_model = f", with model {_or(group_models)}" if group_models else ""
+        if models and groups:
+            return f"use model {_or(models)} for {purpose}, or group {_or(groups)}{with_model}"
+        if models:
+            return f"use model {_or(models)} for {purpose}"
+        if groups:
+            return f"use group {_or(groups)} for {purpose}{with_model}"
+        return f"remove {param} from the request"
 
 
-def build_hints(routes: Iterable[RouteSpec], profiles: Mapping[str, ParamProfile]) -> dict[tuple[str, str], RouteHints]:
+def build_hints(
+    routes: Iterable[RouteSpec], profiles: Mapping[str, ParamProfile]
+) -> dict[tuple[str, str], RouteHints]:
+    """``(group, model) -> RouteHints`` for every route, computed from the catalog alone.
+
+    Names keep catalog order, without duplicates. A route whose profile is missing from
+    ``profiles`` is a catalog error and raises ``KeyError`` (the loader prevents it).
+    """
     routes = list(routes)
+    takes = {(r.group, r.model): {p: accepts(profiles[r.params], p) for p in HINTED_PARAMS} for r in routes}
     hints: dict[tuple[str, str], RouteHints] = {}
     for route in routes:
         same: dict[str, tuple[str, ...]] = {}
-        other: dict[str, tuple[str, ...]] = {}
-        for param in (*OPTIONAL_PARAMS, "n"):
+        groups: dict[str, tuple[str, ...]] = {}
+        group_models: dict[str, tuple[str, ...]] = {}
+        for param in HINTED_PARAMS:
             same[param] = tuple(dict.fromkeys(
                 r.model for r in routes
-                if r.group == route.group and r.model != route.model and accepts(profiles[r.params], param)
+                if r.group == route.group and r.model != route.model and takes[(r.group, r.model)][param]
             ))
-            other[param] = tuple(dict.fromkeys(
-                r.group for r in routes if r.group != route.group and accepts(profiles[r.params], param)
-            ))
-        hints[(route.group, route.model)] = RouteHints(route.group, route.model, same, other)
+            elsewhere = [r for r in routes if r.group != route.group and takes[(r.group, r.model)][param]]
+            same_model = [r for r in elsewhere if r.model == route.model]
+            chosen = same_model or elsewhere
+            groups[param] = tuple(dict.fromkeys(r.group for r in chosen))
+            group_models[param] = () if same_model else tuple(dict.fromkeys(r.model for r in chosen))
+        hints[(route.group, route.model)] = RouteHints(
+            route.group, route.model,
+            MappingProxyType(same), MappingProxyType(groups), MappingProxyType(group_models),
+        )
     return hints
+
+
+# -- typed access to the body ------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 class _Reader:
@@ -97,179 +179,236 @@ class _Reader:
         self.body = {k: v for k, v in body.items() if v is not None}  # JSON null = not given
         self.multipart = from_multipart
 
-    def has(self, key: str) -> bool:
-        return key in self.body
-
     def string(self, key: str) -> str | None:
         value = self.body.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise InvalidRequest(f"{key} must be a string, not {_type_name(value)}.", param=key, code="invalid_type")
-        return value
+        if value is None or isinstance(value, str):
+            return value
+        raise InvalidRequest(f"{key} must be a string, not {_type_name(value)}.", param=key, code="invalid_type")
 
     def integer(self, key: str) -> int | None:
         value = self.body.get(key)
         if value is None:
             return None
-        if self.multipart and isinstance(value, str):
-            text = value.strip()
-            if text.lstrip("-").isdigit() and len(text) < 10:
-                return int(text)
-            raise InvalidRequest(f"{key} must be an integer, got '{value[:40]}'.", param=key, code="invalid_type")
+        if isinstance(value, str):
+            if self.multipart:
+                match = _MULTIPART_INT.fullmatch(value)
+                if match:
+                    return int(match.group(1))
+                raise InvalidRequest(
+                    f"{key} must be a whole number, got '{_show(value)}'.", param=key, code="invalid_type"
+                )
+            if _JSON_DIGITS.fullmatch(value.strip()):
+                raise InvalidRequest(
+                    f"{key} must be an integer, not a string; send {key}: {value.strip()} without quotes.",
+                    param=key, code="invalid_type",
+                )
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidRequest(f"{key} must be an integer, not {_type_name(value)}.", param=key, code="invalid_type")
+            raise InvalidRequest(
+                f"{key} must be an integer, not {_type_name(value)} ({_show(value)}).", param=key, code="invalid_type"
+            )
         return value
 
     def boolean(self, key: str) -> bool | None:
         value = self.body.get(key)
-        if value is None:
-            return None
-        if self.multipart and isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise InvalidRequest(f"{key} must be true or false, not {_type_name(value)}.", param=key, code="invalid_type")
-        return value
-
-
-def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "an object"}.get(type(value), type(value).__name__)
-
-
-def _choice(reader: _Reader, key: str, allowed: Sequence[str]) -> str | None:
-    value = reader.string(key)
-    if value is not None and value not in allowed:
+        if value is None or isinstance(value, bool):
+            return value
+        if self.multipart and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        hint = " without quotes" if isinstance(value, str) and value.strip().lower() in ("true", "false") else ""
         raise InvalidRequest(
-            f"Invalid value for {key}: '{value[:60]}'. Supported values are: {', '.join(repr(a) for a in allowed)}.",
-            param=key,
+            f"{key} must be true or false{hint}, not {_type_name(value)} ({_show(value)}).",
+            param=key, code="invalid_type",
         )
-    return value
 
 
 def _route_label(route: RouteSpec) -> str:
     return f"model {route.model} in group {route.group}"
 
 
-def _reject_unsupported(reader: _Reader, route: RouteSpec, profile: ParamProfile, hints: RouteHints,
-                        endpoint: str) -> None:
-    known = set(ALWAYS) | set(OPTIONAL_PARAMS)
+def _choice(reader: _Reader, key: str, allowed: Sequence[str]) -> str | None:
+    value = reader.string(key)
+    if value is None or value in allowed:
+        return value
+    quoted = [f"'{a}'" for a in allowed]
+    supported = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
+    hint = ""
+    dalle = _DALLE_VALUES.get((key, value.strip().lower()))
+    if dalle is not None and dalle in allowed:
+        hint = f" '{value}' is a dall-e value; for GPT image models use '{dalle}'."
+    elif value.strip().lower() in allowed:
+        hint = f" Values are lowercase: use '{value.strip().lower()}'."
+    raise InvalidRequest(
+        f"Invalid value for {key}: '{_show(value)}'. Supported values are: {supported}.{hint}", param=key
+    )
+
+
+def _unsupported(key: str, route: RouteSpec, hints: RouteHints) -> InvalidRequest:
+    return InvalidRequest(
+        f"{key} is not supported by {_route_label(route)}; {hints.advice(key)}.",
+        param=key, code="unsupported_parameter",
+    )
+
+
+def _check_keys(reader: _Reader, route: RouteSpec, profile: ParamProfile, hints: RouteHints, endpoint: str) -> None:
+    """Unknown keys -> ``unknown_parameter``; official keys this route lacks -> advice."""
+    known = (*ALWAYS, *OPTIONAL_PARAMS)
     for key in reader.body:
-        if key not in known:
-            raise UnknownParameter(
-                f"Unknown parameter: '{key}'. {_route_label(route)} accepts: "
-                f"{', '.join(p for p in (*ALWAYS, *OPTIONAL_PARAMS) if accepts(profile, p) or p in ALWAYS)}.",
-                param=key,
-            )
-        if key in OPTIONAL_PARAMS and not accepts(profile, key):
-            if key == "input_fidelity":
-                raise InvalidRequest(
-                    f"input_fidelity is not supported by {_route_label(route)} (gpt-image-2 always uses high "
-                    "fidelity); remove it from the request.",
-                    param=key, code="unsupported_parameter",
-                )
-            raise InvalidRequest(
-                f"{key} is not supported by {_route_label(route)}; {hints.advice(key)}.",
-                param=key, code="unsupported_parameter",
-            )
+        if key in FILE_KEYS and endpoint == "edits":
+            continue  # the files themselves arrive as the ``images``/``mask`` arguments
+        if key in known:
+            # stream=false is harmless everywhere; stream=true is judged with its value.
+            if key in OPTIONAL_PARAMS and key != "stream" and not accepts(profile, key):
+                if key == "input_fidelity":
+                    raise InvalidRequest(
+                        f"input_fidelity is not supported by {_route_label(route)} (gpt-image-2 always processes "
+                        "input images at high fidelity); remove it from the request.",
+                        param=key, code="unsupported_parameter",
+                    )
+                raise _unsupported(key, route, hints)
+            continue
+        offered = [p for p in known if p in ALWAYS or accepts(profile, p)]
+        if key in FILE_KEYS:
+            why = f"'{key}' belongs to image edits; send it to /v1/images/edits, or remove it."
+        elif key in _DALLE_PARAMS:
+            why = f"'{key}' is a dall-e-3 parameter that GPT image models do not take; remove it."
+        else:
+            close = difflib.get_close_matches(key, offered, n=1, cutoff=0.75)
+            why = f"Did you mean '{close[0]}'? " if close else ""
+            why += f"{_route_label(route)} accepts: {', '.join(offered)}."
+        raise UnknownParameter(f"Unknown parameter: '{_show(key)}'. {why}", param=key)
 
 
-def _validate_common(reader: _Reader, route: RouteSpec, profile: ParamProfile, hints: RouteHints,
-                     endpoint: str, first_image: InputImage | None) -> dict[str, Any]:
-    _reject_unsupported(reader, route, profile, hints, endpoint)
+def _validate_common(
+    reader: _Reader, route: RouteSpec, profile: ParamProfile, hints: RouteHints, endpoint: str
+) -> dict[str, Any]:
+    _check_keys(reader, route, profile, hints, endpoint)
+    label = _route_label(route)
+
     prompt = reader.body.get("prompt")
     if prompt is None:
         raise InvalidRequest("prompt is required: describe the image you want.", param="prompt",
                              code="missing_required_parameter")
     if not isinstance(prompt, str):
-        raise InvalidRequest(f"prompt must be a string, not {_type_name(prompt)}.", param="prompt", code="invalid_type")
+        raise InvalidRequest(f"prompt must be a string, not {_type_name(prompt)}.", param="prompt",
+                             code="invalid_type")
     if not prompt.strip():
         raise InvalidRequest("prompt is empty: describe the image you want.", param="prompt")
     if len(prompt) > profile.max_prompt_chars:
         raise InvalidRequest(
-            f"prompt is {len(prompt):,} characters; the maximum is {profile.max_prompt_chars} characters. Shorten it.",
+            f"prompt is {len(prompt):,} characters; the maximum is {profile.max_prompt_chars} characters. "
+            "Shorten it.",
             param="prompt", code="string_above_max_length",
         )
-    out: dict[str, Any] = {"prompt": prompt}
+    values: dict[str, Any] = {}
 
     n = reader.integer("n")
     if n is not None and not 1 <= n <= profile.n_max:
-        advice = hints.advice("n")
-        more = f" {advice[0].upper()}{advice[1:]}." if n > 1 and profile.n_max == 1 else ""
-        raise InvalidRequest(
-            f"n must be between 1 and {profile.n_max} for {_route_label(route)}; got {n}.{more}".rstrip(),
-            param="n",
-        )
-    out["n"] = n
+        if profile.n_max == 1:
+            advice = hints.advice("n")
+            more = f"; {advice}" if n > 1 and not advice.startswith("remove") else ""
+            message = f"{label} makes one image per call, so n must be 1 (got {_show(n)}){more}."
+        else:
+            message = f"n must be between 1 and {profile.n_max} for {label}; got {_show(n)}."
+        raise InvalidRequest(message, param="n")
+    values["n"] = n
 
     size = reader.string("size")
     if size is not None:
         if profile.size == "official":
             check_official_size(size)
         elif profile.size == "table":
-            check_table_size(size, profile.size_table, _route_label(route))
-    out["size"] = size
+            check_table_size(size, profile.size_table, label)
+    values["size"] = size
 
-    out["quality"] = _choice(reader, "quality", profile.quality or ())
+    values["quality"] = _choice(reader, "quality", profile.quality or ())
     output_format = _choice(reader, "output_format", profile.output_formats or ())
-    out["output_format"] = output_format
+    values["output_format"] = output_format
     background = _choice(reader, "background", profile.background or ())
     if background == "transparent" and (output_format or "png") not in ("png", "webp"):
         raise InvalidRequest(
             f"background 'transparent' needs output_format png or webp, not {output_format}; "
-            "change output_format or use an opaque background.",
+            "change output_format or use background 'opaque'.",
             param="background",
         )
-    out["background"] = background
+    values["background"] = background
 
     compression = reader.integer("output_compression")
     if compression is not None:
         if not 0 <= compression <= 100:
-            raise InvalidRequest(f"output_compression must be between 0 and 100; got {compression}.",
-                                 param="output_compression")
+            raise InvalidRequest(
+                f"output_compression must be between 0 and 100; got {_show(compression)}.", param="output_compression"
+            )
         if (output_format or "png") == "png" and compression != 100:
             raise InvalidRequest(
-                "output_compression applies to jpeg and webp only; set output_format to jpeg or webp, "
-                "or remove output_compression.",
+                "output_compression applies to jpeg and webp only (png is lossless, so only 100 is accepted); "
+                "set output_format to jpeg or webp, or remove output_compression.",
                 param="output_compression",
             )
-    out["output_compression"] = compression
-    out["moderation"] = _choice(reader, "moderation", profile.moderation or ())
+    values["output_compression"] = compression
+    values["moderation"] = _choice(reader, "moderation", profile.moderation or ())
 
     stream = reader.boolean("stream")
+    if stream and not profile.streaming:
+        raise _unsupported("stream", route, hints)
     partial = reader.integer("partial_images")
-    if partial is not None:
-        if not 0 <= partial <= profile.partial_images_max:
-            raise InvalidRequest(
-                f"partial_images must be between 0 and {profile.partial_images_max}; got {partial}.",
-                param="partial_images",
-            )
-    out["stream"] = bool(stream)
-    out["partial_images"] = partial
+    if partial is not None and not 0 <= partial <= profile.partial_images_max:
+        raise InvalidRequest(
+            f"partial_images must be between 0 and {profile.partial_images_max} for {label}; got {_show(partial)}.",
+            param="partial_images",
+        )
+    values["partial_images"] = partial
 
     response_format = _choice(reader, "response_format", ("b64_json", "url"))
-    out["response_format"] = response_format or "b64_json"
-    out["user"] = reader.string("user")
-    safety = reader.string("safety_identifier")
-    fidelity = _choice(reader, "input_fidelity", ("high", "low")) if profile.input_fidelity else None
+    values["user"] = reader.string("user")
+    values["safety_identifier"] = reader.string("safety_identifier")
+    fidelity = _choice(reader, "input_fidelity", ("high", "low"))
     if fidelity is not None and endpoint != "edits":
-        raise InvalidRequest("input_fidelity applies to image edits only; remove it.", param="input_fidelity")
+        raise InvalidRequest(
+            "input_fidelity applies to image edits only; remove it from a generation request.",
+            param="input_fidelity",
+        )
+    values["input_fidelity"] = fidelity
 
-    params: dict[str, Any] = {}
-    values = {**out, "safety_identifier": safety, "input_fidelity": fidelity}
-    for key in PASSTHROUGH:
-        if values.get(key) is not None:
-            params[key] = values[key]
-    out["upstream_params"] = params
-    out["n"] = n if n is not None else 1
-    return out
+    # Forward what the caller sent, in the caller's order, as native types.
+    upstream = {key: values[key] for key in reader.body if key in PASSTHROUGH and values.get(key) is not None}
+    return {
+        "prompt": prompt,
+        "n": n if n is not None else 1,
+        "size": size,
+        "quality": values["quality"],
+        "background": background,
+        "output_format": output_format,
+        "output_compression": compression,
+        "moderation": values["moderation"],
+        "partial_images": partial,
+        "stream": bool(stream),
+        "response_format": response_format or "b64_json",
+        "user": values["user"],
+        "upstream_params": upstream,
+    }
+
+
+def _require_object(body: Any) -> Mapping[str, Any]:
+    if not isinstance(body, Mapping):
+        raise InvalidRequest(
+            f"The request body must be a JSON object, not {_type_name(body)}; send "
+            '{"model": "...", "prompt": "..."}.',
+            code="invalid_type",
+        )
+    return body
 
 
 def validate_generation(
     body: Mapping[str, Any], route: RouteSpec, profile: ParamProfile, hints: RouteHints
 ) -> ImageRequest:
-    reader = _Reader(body, from_multipart=False)
-    values = _validate_common(reader, route, profile, hints, "generations", None)
+    """Validate a ``POST /v1/images/generations`` JSON body for ``route``.
+
+    ``body["model"]`` has already been resolved to ``route`` by the caller; the request
+    carries ``route.model``. Raises an :class:`~imagerelay.errors.ApiError` subclass with
+    ``param`` set on the first problem found.
+    """
+    reader = _Reader(_require_object(body), from_multipart=False)
+    values = _validate_common(reader, route, profile, hints, "generations")
     return ImageRequest(endpoint="generations", model=route.model, **values)
 
 
@@ -283,37 +422,55 @@ def validate_edit(
     *,
     from_multipart: bool,
 ) -> ImageRequest:
+    """Validate a ``POST /v1/images/edits`` call for ``route``.
+
+    ``fields`` are the non-file parameters: strings when ``from_multipart`` (``"2"`` for n,
+    ``"true"`` for stream), native JSON types otherwise (where ``"2"`` for n is an error).
+    ``images``/``mask`` were sniffed by the caller (type and dimensions come from the
+    bytes); here we apply the route's count and size limits and the mask rules.
+    Image sizes must be strictly below ``profile.max_image_bytes`` ("each < 50 MB").
+    """
+    fields = _require_object(fields)
     if not images:
         raise InvalidRequest(
-            "Attach at least one image to edit: -F image=@source.png (or image[] for several).",
+            "Attach at least one image to edit: -F image=@file.png (or -F 'image[]=@a.png' -F 'image[]=@b.png' "
+            "for several).",
             param="image", code="missing_required_parameter",
         )
     if len(images) > profile.max_input_images:
         raise InvalidRequest(
-            f"{len(images)} images were sent; {_route_label(route)} takes at most {profile.max_input_images}.",
+            f"{len(images)} images were sent; {_route_label(route)} takes at most {profile.max_input_images}. "
+            "Send fewer images.",
             param="image",
         )
-    for img in images:
-        if len(img.data) > profile.max_image_bytes:
+    for img in (*images, *((mask,) if mask is not None else ())):
+        if len(img.data) >= profile.max_image_bytes:
             raise PayloadTooLarge(
-                f"{img.part} is larger than {profile.max_image_bytes // (1024 * 1024)} MB; send a smaller image.",
+                f"{img.part} is {len(img.data):,} bytes; each image must be smaller than "
+                f"{profile.max_image_bytes:,} bytes. Send a smaller image.",
                 param=img.part,
             )
+    for img in images:
+        if img.mime not in ("image/png", "image/jpeg", "image/webp"):
+            raise InvalidRequest(f"{img.part} is not a PNG, JPEG or WebP image; upload one of those formats.",
+                                 param=img.part)
     if mask is not None:
         first = images[0]
         if mask.mime != "image/png":
-            raise InvalidRequest("mask must be a PNG with an alpha channel.", param="mask")
+            raise InvalidRequest(
+                f"mask must be a PNG with an alpha channel, not {mask.mime}; save it as an RGBA PNG.", param="mask"
+            )
         if not mask.has_alpha:
             raise InvalidRequest(
-                "mask must have an alpha channel: transparent pixels mark where to edit. Save it as RGBA PNG.",
+                "mask has no alpha channel: transparent pixels mark where to edit. Save it as an RGBA PNG.",
                 param="mask",
             )
         if (mask.width, mask.height) != (first.width, first.height):
             raise InvalidRequest(
-                f"mask is {mask.width}x{mask.height} but the first image is {first.width}x{first.height}; "
-                "they must have the same dimensions.",
+                f"mask is {mask.width}x{mask.height} but the first image ({first.part}) is "
+                f"{first.width}x{first.height}; they must have the same dimensions. Resize the mask.",
                 param="mask",
             )
     reader = _Reader(fields, from_multipart=from_multipart)
-    values = _validate_common(reader, route, profile, hints, "edits", images[0])
+    values = _validate_common(reader, route, profile, hints, "edits")
     return ImageRequest(endpoint="edits", model=route.model, images=tuple(images), mask=mask, **values)
