@@ -225,7 +225,8 @@ def test_cooldown_and_recovery(rig: Rig) -> None:
 def test_disable_on_401_and_reenable(rig: Rig) -> None:
     rig.fault("openai-b", type="401")
     c = rig.client("GPTImage2 Enterprise")
-    for _ in range(6):  # weighted random: sooner or later openai-b is picked
+    # Equal weights: the chance that 40 calls never pick openai-b is 2**-40.
+    for _ in range(40):
         c.images.generate(model="gpt-image-2", prompt="x", size="1024x1024", quality="low")
         if rig.requests("openai-b"):
             break
