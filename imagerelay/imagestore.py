@@ -17,9 +17,10 @@ from pathlib import Path
 
 import anyio
 
-from imagerelay.domain.b64 import decode_image_b64, sniff_format
+from imagerelay.domain.b64 import B64Payload, decode_image_b64, sniff_format
 
 _EXT = {"png": "png", "jpeg": "jpeg", "webp": "webp"}
+_DECODE_SLICE = 4 * 1024 * 1024
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -46,15 +47,26 @@ class ImageStore:
         await anyio.to_thread.run_sync(_write)
         return name
 
-    async def put_b64(self, clean_b64: str) -> str:
-        """Decode and store off the event loop (a 4K image is ~25 MB of decoding)."""
+    async def put_b64(self, clean_b64: B64Payload) -> str:
+        """Decode and store off the event loop, a few MB at a time: a 4K image is ~25 MB
+        decoded, and eight of them in flight would otherwise be 200 MB of short-lived copies."""
+        fmt = sniff_format(decode_image_b64(clean_b64[:24])) or "png"
+        name = f"{secrets.token_urlsafe(18)}.{_EXT[fmt]}"
+        path = self.root / name
+        tmp = self.root / (name + ".part")
 
-        def _decode() -> tuple[bytes, str]:
-            data = decode_image_b64(clean_b64)
-            return data, sniff_format(data[:16]) or "png"
+        def _write() -> None:
+            try:
+                with open(tmp, "wb") as out:
+                    for start in range(0, len(clean_b64), _DECODE_SLICE):  # a multiple of 4: slices decode alone
+                        out.write(decode_image_b64(clean_b64[start:start + _DECODE_SLICE]))
+                os.replace(tmp, path)  # readers never see a half-written file
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
-        data, fmt = await anyio.to_thread.run_sync(_decode)
-        return await self.put(data, fmt)
+        await anyio.to_thread.run_sync(_write)
+        return name
 
     def signed_url(self, base_url: str, name: str, now: float | None = None) -> str:
         expires = int((time.time() if now is None else now) + self.ttl_s)

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import ClientGone, images_from_json, read_json_object, read_multipart_edit
-from imagerelay.api.responses import images_response, json_response
+from imagerelay.api.responses import images_response, json_response, render_images
 from imagerelay.errors import ApiError, InvalidRequest
 from imagerelay.relay import CallContext, ParsedCall, RelayAnswer
 from imagerelay.services import Services
@@ -220,7 +220,7 @@ async def _sync(
 
     async def produce() -> tuple[bytes, dict[str, str]]:
         answer = await execute()
-        raw = orjson.dumps(answer.body)
+        raw = render_images(answer.body)
         if key is not None:
             await asyncio.shield(services.idempotency.finish(token.user_id, key, 200, raw))
         return raw, answer.headers

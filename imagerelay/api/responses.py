@@ -3,54 +3,81 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
 from starlette.responses import Response, StreamingResponse
+
+from imagerelay.domain.b64 import payload_chunks
 
 
 def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
 
 
+# Smaller strings are cheaper to copy once than to splice.
 _LARGE = 256 * 1024
 _CHUNK = 1024 * 1024
 
+_Piece = tuple[bytes, Any]  # (JSON text before, base64 payload to emit after it, or None)
 
-def images_response(body: dict[str, Any], headers: dict[str, str]) -> Response:
-    """An ``ImagesResponse``; large base64 images are streamed in 1 MB pieces.
 
-    orjson.dumps of a 4K answer makes a second 33 MB copy of a string we already
-    hold; splicing the base64 into the serialised skeleton instead keeps one copy.
-    Base64 needs no JSON escaping, so the spliced text is the same JSON.
+def _spliced(body: dict[str, Any]) -> tuple[list[_Piece], bytes] | None:
+    """The answer as JSON text with its large images left out as payload references.
+
+    ``orjson.dumps`` of a 4K answer makes a second 33 MB copy of an image we already
+    hold (and cannot serialise a ``memoryview`` at all); splicing the base64 into the
+    serialised skeleton instead keeps one copy. Base64 needs no JSON escaping, so the
+    spliced text is the same JSON. None when no image needs it.
     """
     data = body.get("data") or []
-    large = [i for i, item in enumerate(data) if len(item.get("b64_json") or "") > _LARGE]
-    if not large:
-        return json_response(body, headers=headers)
+    spliced = [i for i, item in enumerate(data)
+               if isinstance(item.get("b64_json"), (bytes, memoryview)) or len(item.get("b64_json") or "") > _LARGE]
+    if not spliced:
+        return None
     marker = secrets.token_hex(8)
-    skeleton = {**body, "data": [{**item, "b64_json": f"{marker}{i}"} if i in large else item
+    skeleton = {**body, "data": [{**item, "b64_json": f"{marker}{i}"} if i in spliced else item
                                  for i, item in enumerate(data)]}
     text = orjson.dumps(skeleton)
-    pieces: list[tuple[bytes, str | None]] = []  # (json text before, image after)
+    pieces: list[_Piece] = []
     pos = 0
-    for i in large:
+    for i in spliced:
         token = f'"{marker}{i}"'.encode()
         at = text.index(token, pos)
         pieces.append((text[pos:at] + b'"', data[i]["b64_json"]))
         pieces.append((b'"', None))  # the closing quote of the spliced string
         pos = at + len(token)
-    tail = text[pos:]
-    length = sum(len(prefix) + (len(b64) if b64 else 0) for prefix, b64 in pieces) + len(tail)
+    return pieces, text[pos:]
 
-    async def stream() -> AsyncIterator[bytes]:
-        for prefix, b64 in pieces:
-            yield prefix
-            if b64:
-                for start in range(0, len(b64), _CHUNK):
-                    yield b64[start:start + _CHUNK].encode("ascii")
-        yield tail
+
+def _chunks(pieces: list[_Piece], tail: bytes) -> Iterator[bytes | memoryview]:
+    for prefix, payload in pieces:
+        yield prefix
+        if payload is not None:
+            yield from payload_chunks(payload, _CHUNK)
+    yield tail
+
+
+def render_images(body: dict[str, Any]) -> bytes:
+    """The whole answer as one JSON document (for replays and kept-alive answers)."""
+    spliced = _spliced(body)
+    if spliced is None:
+        return orjson.dumps(body)
+    return b"".join(_chunks(*spliced))
+
+
+def images_response(body: dict[str, Any], headers: dict[str, str]) -> Response:
+    """An ``ImagesResponse``; images are streamed in 1 MB pieces, never copied whole."""
+    spliced = _spliced(body)
+    if spliced is None:
+        return json_response(body, headers=headers)
+    pieces, tail = spliced
+    length = sum(len(prefix) + (len(payload) if payload is not None else 0) for prefix, payload in pieces) + len(tail)
+
+    async def stream() -> AsyncIterator[bytes | memoryview]:
+        for chunk in _chunks(pieces, tail):
+            yield chunk
 
     return StreamingResponse(stream(), media_type="application/json",
                              headers={**headers, "content-length": str(length)})

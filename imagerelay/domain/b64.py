@@ -3,8 +3,12 @@
 Upstreams sometimes send ``data:image/png;base64,`` prefixes or drop ``=`` padding.
 Clients always get clean, padded base64 of a decodable image. The common case (an
 already clean string) is checked without decoding the whole image: we validate the
-alphabet with one C-level ``translate`` pass and decode only the head to sniff the
-magic bytes, so a 33 MB 4K answer is not copied more than once.
+alphabet with C-level ``translate`` passes over 1 MB slices and decode only the head
+to sniff the magic bytes, so a 33 MB 4K answer is never copied whole.
+
+A payload is either a ``str`` (small answers, streamed events) or a ``memoryview``
+of ASCII bytes cut straight out of the upstream's body (``upstreams/answer.py``);
+everything here takes both and hands the clean case back as the very same object.
 """
 
 from __future__ import annotations
@@ -12,14 +16,20 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Iterator
+
+B64Payload = str | bytes | memoryview
 
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _DATA_URL = re.compile(r"^data:[\w.+/-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
+_DATA_URL_BYTES = re.compile(_DATA_URL.pattern.encode(), re.IGNORECASE)
 
 _MAGIC = {
     b"\x89PNG\r\n\x1a\n": "png",
     b"\xff\xd8\xff": "jpeg",
 }
+
+_SLICE = 1 << 20
 
 
 class InvalidImagePayload(ValueError):
@@ -35,9 +45,17 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def normalize_b64(value: object) -> tuple[str, str]:
+def normalize_b64(value: object) -> tuple[B64Payload, str]:
     """Return ``(clean_padded_b64, format)`` or raise :class:`InvalidImagePayload`."""
-    if not isinstance(value, str) or not value:
+    if isinstance(value, str):
+        return _normalize_str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)) and len(value):
+        return _normalize_buffer(memoryview(value) if not isinstance(value, memoryview) else value)
+    raise InvalidImagePayload("b64_json is missing or not a string")
+
+
+def _normalize_str(value: str) -> tuple[B64Payload, str]:
+    if not value:
         raise InvalidImagePayload("b64_json is missing or not a string")
     s = value
     prefixed = s.startswith("data:")
@@ -50,49 +68,86 @@ def normalize_b64(value: object) -> tuple[str, str]:
     s = s.rstrip("=")
     if not s.isascii():
         raise InvalidImagePayload("non-ASCII characters in base64")
-    if not _in_alphabet(s):
-        # Rare path: wrapped lines or url-safe alphabet. Normalise by a full round trip.
-        raw = s.encode("ascii")
-        try:
-            decoded = base64.b64decode(
-                raw.replace(b"-", b"+").replace(b"_", b"/").translate(None, b" \r\n\t")
-                + b"=" * 3,
-                validate=False,
-            )
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidImagePayload(f"undecodable base64: {exc}") from None
-        fmt = sniff_format(decoded[:16])
-        if fmt is None:
-            raise InvalidImagePayload("base64 does not decode to a PNG, JPEG or WebP image")
-        return base64.b64encode(decoded).decode("ascii"), fmt
-    if len(s) % 4 == 1:
-        raise InvalidImagePayload("base64 has an impossible length")
-    pad = (4 - len(s) % 4) % 4
-    try:
-        head = base64.b64decode(s[:24], validate=True)
-    except binascii.Error as exc:  # pragma: no cover - alphabet already checked
-        raise InvalidImagePayload(f"undecodable base64: {exc}") from None
-    fmt = sniff_format(head)
-    if fmt is None:
-        raise InvalidImagePayload("base64 does not decode to a PNG, JPEG or WebP image")
+    if not all(_clean_slice(s[start:start + _SLICE].encode("ascii")) for start in range(0, len(s), _SLICE)):
+        return _round_trip(s.encode("ascii"))
+    fmt = _check_shape(s[:24].encode("ascii"), len(s))
+    pad = -len(s) % 4
     if not prefixed and len(value) - len(s) == pad:
         return value, fmt  # already clean: hand back the very same string
     return s + "=" * pad, fmt
 
 
-_SLICE = 1 << 20
+def _normalize_buffer(value: memoryview) -> tuple[B64Payload, str]:
+    view = value
+    prefixed = view[:5] == b"data:"
+    if prefixed:
+        m = _DATA_URL_BYTES.match(bytes(view[:256]))
+        if not m:
+            raise InvalidImagePayload("malformed data: URL")
+        view = view[m.end():]
+    end = len(view)
+    while end and view[end - 1] == 0x3D:  # '='
+        end -= 1
+    stripped = view[:end]
+    if not all(_clean_slice(stripped[start:start + _SLICE].tobytes()) for start in range(0, end, _SLICE)):
+        return _round_trip(stripped.tobytes())
+    fmt = _check_shape(stripped[:24].tobytes(), end)
+    pad = -end % 4
+    if not prefixed and len(view) - end == pad:
+        return value, fmt  # already clean: the very same view, no copy
+    return stripped.tobytes() + b"=" * pad, fmt
 
 
-def _in_alphabet(s: str) -> bool:
-    """True when every character is in the standard base64 alphabet.
-
-    Checked 1 MB at a time so a 33 MB answer is never copied whole."""
-    for start in range(0, len(s), _SLICE):
-        if s[start:start + _SLICE].encode("ascii").translate(None, _B64_ALPHABET):
-            return False
-    return True
+def _clean_slice(chunk: bytes) -> bool:
+    """True when every byte is in the standard base64 alphabet (no padding)."""
+    return not chunk.translate(None, _B64_ALPHABET)
 
 
-def decode_image_b64(clean_b64: str) -> bytes:
-    # binascii reads an ASCII str in place; base64.b64decode would first copy it to bytes.
+def _check_shape(head: bytes, length: int) -> str:
+    """The image format of a clean payload of ``length`` characters, from its head."""
+    if length % 4 == 1:
+        raise InvalidImagePayload("base64 has an impossible length")
+    try:
+        decoded = base64.b64decode(head + b"=" * (-len(head) % 4), validate=True)
+    except binascii.Error as exc:  # pragma: no cover - alphabet already checked
+        raise InvalidImagePayload(f"undecodable base64: {exc}") from None
+    fmt = sniff_format(decoded)
+    if fmt is None:
+        raise InvalidImagePayload("base64 does not decode to a PNG, JPEG or WebP image")
+    return fmt
+
+
+def _round_trip(raw: bytes) -> tuple[B64Payload, str]:
+    """Rare path: wrapped lines or the url-safe alphabet. Normalise by decoding fully."""
+    if not raw.isascii():
+        raise InvalidImagePayload("non-ASCII characters in base64")
+    text = raw.replace(b"-", b"+").replace(b"_", b"/").translate(None, b" \r\n\t").rstrip(b"=")
+    try:
+        # validate=True: only line breaks and the url-safe alphabet are forgiven, not junk.
+        decoded = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImagePayload(f"undecodable base64: {exc}") from None
+    fmt = sniff_format(decoded[:16])
+    if fmt is None:
+        raise InvalidImagePayload("base64 does not decode to a PNG, JPEG or WebP image")
+    return base64.b64encode(decoded).decode("ascii"), fmt
+
+
+def payload_chunks(value: B64Payload, size: int = _SLICE) -> Iterator[bytes | memoryview]:
+    """ASCII bytes of a payload in pieces of at most ``size``, without copying a view."""
+    for start in range(0, len(value), size):
+        piece = value[start:start + size]
+        yield piece.encode("ascii") if isinstance(piece, str) else piece
+
+
+def decode_image_b64(clean_b64: B64Payload) -> bytes:
+    # binascii reads an ASCII str or a buffer in place; base64.b64decode would first copy it.
     return binascii.a2b_base64(clean_b64)
+
+
+def decode_lenient(value: B64Payload) -> bytes:
+    """Bytes of a possibly prefixed or unpadded payload (for transcoding before the check)."""
+    data = value.encode("ascii", "replace") if isinstance(value, str) else bytes(value)
+    if data.startswith(b"data:"):
+        data = data.split(b",", 1)[-1]
+    return base64.b64decode(data + b"=" * (-len(data) % 4))

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from imagerelay.domain.b64 import B64Payload, decode_lenient
 from imagerelay.domain.types import ImageRequest
 from imagerelay.errors import ApiError
 from imagerelay.upstreams.base import CallTarget
@@ -50,11 +51,11 @@ class AzureConnector(OpenAIDialectConnector):
             params.pop("output_compression", None)
         return params
 
-    def transform_b64(self, request: ImageRequest, b64: str) -> str:
+    def transform_b64(self, request: ImageRequest, b64: B64Payload) -> B64Payload:
         if request.output_format != "webp":
             return b64
         try:
-            raw = base64.b64decode(b64.split(",", 1)[-1] + "=" * (-len(b64) % 4))
+            raw = decode_lenient(b64)
             img = Image.open(io.BytesIO(raw))
             out = io.BytesIO()
             quality = request.output_compression if request.output_compression is not None else 100

@@ -22,8 +22,10 @@ import aiohttp
 import orjson
 
 from imagerelay.catalog.model import ChannelSpec
+from imagerelay.domain.b64 import B64Payload
 from imagerelay.domain.types import ImageRequest, Usage
 from imagerelay.errors import ApiError
+from imagerelay.upstreams.answer import parse_images_answer
 from imagerelay.upstreams.base import CallTarget, StreamEvent, UpstreamFailure, UpstreamResult
 
 ClientFactory = Callable[[ChannelSpec], aiohttp.ClientSession]
@@ -105,7 +107,7 @@ class OpenAIDialectConnector:
             param=param,
         )
 
-    def transform_b64(self, request: ImageRequest, b64: str) -> str:
+    def transform_b64(self, request: ImageRequest, b64: B64Payload) -> B64Payload:
         """Hook for vendors that cannot produce a requested format (Azure: webp)."""
         return b64
 
@@ -177,17 +179,18 @@ class OpenAIDialectConnector:
         if status != 200:
             raise self._failure_for_status(status, headers, raw)
         try:
-            body = orjson.loads(raw)
+            # Images stay in ``raw`` as views: the answer is never copied whole (answer.py).
+            body = parse_images_answer(raw)
         except orjson.JSONDecodeError:
             raise UpstreamFailure("bad_response", f"{target.channel.name}: invalid JSON") from None
-        del raw  # a 4K answer is ~33 MB: keep only the parsed copy
+        del raw
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise UpstreamFailure("bad_response", f"{target.channel.name}: no data array")
         items = []
         for item in body["data"]:
             if not isinstance(item, dict):
                 raise UpstreamFailure("bad_response", f"{target.channel.name}: data item is not an object")
-            if isinstance(item.get("b64_json"), str):
+            if isinstance(item.get("b64_json"), (str, memoryview)):
                 item = {**item, "b64_json": self.transform_b64(request, item["b64_json"])}
             items.append(item)
         meta = {k: body[k] for k in _META_KEYS if isinstance(body.get(k), str)}

@@ -32,6 +32,22 @@ def test_repairs(given: str) -> None:
     out, fmt = normalize_b64(given)
     assert out == CLEAN and fmt == "png"
     assert base64.b64decode(out, validate=True) == PNG
+    # The same payload as a view into an upstream body (the zero-copy parser's output).
+    out, fmt = normalize_b64(memoryview(bytearray(given.encode())))
+    assert (out.encode() if isinstance(out, str) else bytes(out)) == CLEAN.encode() and fmt == "png"
+
+
+def test_clean_view_is_returned_as_is() -> None:
+    view = memoryview(bytearray(b'{"b64_json":"' + CLEAN.encode() + b'"}'))[13:-2]
+    out, fmt = normalize_b64(view)
+    assert out is view and fmt == "png"
+
+
+@pytest.mark.parametrize("junk", [b"\x01", b'"', b"\\", "é".encode()])
+def test_junk_inside_a_view_is_refused(junk: bytes) -> None:
+    middle = len(CLEAN) // 2
+    with pytest.raises(InvalidImagePayload):
+        normalize_b64(memoryview(CLEAN[:middle].encode() + junk * 3 + CLEAN[middle:].encode()))
 
 
 @pytest.mark.parametrize(
@@ -41,6 +57,9 @@ def test_repairs(given: str) -> None:
 def test_refuses_non_images(given: object) -> None:
     with pytest.raises(InvalidImagePayload):
         normalize_b64(given)
+    if isinstance(given, str):
+        with pytest.raises(InvalidImagePayload):
+            normalize_b64(memoryview(given.encode()))
 
 
 def test_jpeg_and_webp_detected() -> None:
