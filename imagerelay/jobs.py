@@ -44,6 +44,11 @@ from imagerelay.storage.schema import holds, jobs, usage_records
 
 log = logging.getLogger("imagerelay.jobs")
 
+# Jobs submitted to this process wake a worker at once; this poll only picks up jobs
+# queued by other replicas (or left by a crash), so it can be slow and cheap: idle
+# polling at 1 s by four workers was ~5% of the gateway's CPU under load (py-spy).
+IDLE_POLL_S = 3.0
+
 MAX_ATTEMPTS = 3
 WEBHOOK_MAX_ATTEMPTS = 6
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -85,6 +90,7 @@ class JobService:
         self._allow_private = webhook_allow_private
         self._webhook_backoff_s = webhook_backoff_s
         self._wake = asyncio.Event()
+        self._webhook_wake = asyncio.Event()
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
@@ -296,7 +302,7 @@ class JobService:
             if row is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    await asyncio.wait_for(self._wake.wait(), timeout=IDLE_POLL_S)
                 continue
             task = asyncio.ensure_future(self._run_job(row))
             self._running[row["id"]] = task
@@ -421,7 +427,7 @@ class JobService:
             await conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.webhook_url.is_not(None),
                                                   jobs.c.webhook_state.is_(None))
                                .values(webhook_state="pending", webhook_next_at=time.time()))
-        self._wake.set()
+        self._webhook_wake.set()
 
     async def _webhook_loop(self) -> None:
         while True:
@@ -429,7 +435,10 @@ class JobService:
                 await self._deliver_due()
             except Exception as exc:  # noqa: BLE001
                 log.error("webhook delivery loop: %s", type(exc).__name__)
-            await asyncio.sleep(0.2)
+            # Woken at once for a new delivery; the timeout catches due retries.
+            self._webhook_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._webhook_wake.wait(), timeout=min(1.0, self._webhook_backoff_s / 2))
 
     async def _deliver_due(self) -> None:
         now = time.time()

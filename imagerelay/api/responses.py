@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -19,6 +20,11 @@ def json_response(body: Any, *, status: int = 200, headers: dict[str, str] | Non
 # Smaller strings are cheaper to copy once than to splice.
 _LARGE = 256 * 1024
 _CHUNK = 1024 * 1024
+_ONE_PIECE = 2 * 1024 * 1024
+# Placeholders for spliced images: per-process random (so no image or prompt can collide
+# with one) plus a counter, instead of a system call for fresh randomness per answer.
+_MARKER_PREFIX = "imagerelay" + secrets.token_hex(8)
+_serial = itertools.count()
 
 _Piece = tuple[bytes, Any]  # (JSON text before, base64 payload to emit after it, or None)
 
@@ -36,7 +42,7 @@ def _spliced(body: dict[str, Any]) -> tuple[list[_Piece], bytes] | None:
                if isinstance(item.get("b64_json"), (bytes, memoryview)) or len(item.get("b64_json") or "") > _LARGE]
     if not spliced:
         return None
-    marker = secrets.token_hex(8)
+    marker = f"{_MARKER_PREFIX}-{next(_serial)}-"
     skeleton = {**body, "data": [{**item, "b64_json": f"{marker}{i}"} if i in spliced else item
                                  for i, item in enumerate(data)]}
     text = orjson.dumps(skeleton)
@@ -74,6 +80,9 @@ def images_response(body: dict[str, Any], headers: dict[str, str]) -> Response:
         return json_response(body, headers=headers)
     pieces, tail = spliced
     length = sum(len(prefix) + (len(payload) if payload is not None else 0) for prefix, payload in pieces) + len(tail)
+    if length <= _ONE_PIECE:
+        # One copy of a small answer costs less than the extra ASGI sends of streaming it.
+        return Response(b"".join(_chunks(pieces, tail)), media_type="application/json", headers=headers)
 
     async def stream() -> AsyncIterator[bytes | memoryview]:
         for chunk in _chunks(pieces, tail):

@@ -8,6 +8,7 @@ the hot path usually does no database I/O at all for authentication.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -74,6 +75,7 @@ class Accounts:
         # token hash -> (expires_monotonic, TokenInfo | None); misses are cached too so
         # a flood of bad tokens does not become a flood of queries.
         self._cache: dict[str, tuple[float, TokenInfo | None]] = {}
+        self._lookups: dict[str, asyncio.Future[TokenInfo | None]] = {}
 
     async def get_or_create_user(self, name: str, *, is_admin: bool = False) -> UserInfo:
         async with self._engine.begin() as conn:
@@ -149,18 +151,28 @@ class Accounts:
         self._cache.clear()
 
     async def authenticate(self, plain: str) -> TokenInfo | None:
-        """Token lookup for the hot path: cached, including misses."""
+        """Token lookup for the hot path: cached, including misses.
+
+        When an entry expires under load, every call in flight misses at once; one
+        lookup per token is shared by all of them rather than one each."""
         key = hash_token(plain)
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
+        pending = self._lookups.get(key)
+        if pending is None:
+            pending = self._lookups[key] = asyncio.ensure_future(self._lookup(key))
+            pending.add_done_callback(lambda _f: self._lookups.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _lookup(self, key: str) -> TokenInfo | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(_token_query().where(tokens.c.token_hash == key))).mappings().first()
         info = _token(row) if row else None
         if len(self._cache) > 100_000:
             self._cache.clear()
-        self._cache[key] = (now + self._cache_ttl_s, info)
+        self._cache[key] = (time.monotonic() + self._cache_ttl_s, info)
         return info
 
 

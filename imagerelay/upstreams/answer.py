@@ -18,6 +18,7 @@ prefix), so nothing that orjson would reject gets through.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from typing import Any
 
@@ -27,6 +28,9 @@ import orjson
 ZERO_COPY_MIN_BYTES = 32 * 1024
 _KEY = b'"b64_json"'
 _WHITESPACE = b" \t\r\n"
+# Placeholders: random per process (an upstream cannot predict one), unique per answer.
+_MARKER_PREFIX = "imagerelay" + secrets.token_hex(8)
+_serial = itertools.count()
 
 
 def parse_images_answer(raw: bytes | bytearray) -> Any:
@@ -39,7 +43,7 @@ def parse_images_answer(raw: bytes | bytearray) -> Any:
     spans = _b64_spans(raw)
     if not spans:
         return orjson.loads(raw)
-    marker = "imagerelay-" + secrets.token_hex(8) + "-"
+    marker = f"{_MARKER_PREFIX}-{next(_serial)}-"
     pieces: list[bytes | memoryview] = []
     view = memoryview(raw)
     pos = 0
