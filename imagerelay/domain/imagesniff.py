@@ -3,7 +3,8 @@
 Clients routinely upload a JPEG called ``photo.png``, or a file whose part says
 ``application/octet-stream``; upstreams reject a declared type that does not match the
 bytes, and a truncated file wastes a paid call. So the magic bytes decide the type, the
-image is fully decoded once to prove it is complete, and every problem is a 4xx that
+file's own framing proves it is complete (PNG chunk CRCs up to IEND, JPEG's end marker,
+WebP's RIFF length; a full decode where those are not conclusive), and every problem is a 4xx that
 names the multipart part (``image[1]``, ``mask``) so the caller knows which file to fix.
 """
 
@@ -131,13 +132,36 @@ def _decode(data: bytes, fmt: str, part: str) -> tuple[int, int, bool]:
                     param=part,
                 )
             if fmt == "png":
-                # verify() checks every chunk's CRC up to IEND: it catches a cut-off file even
-                # if some other code has set ImageFile.LOAD_TRUNCATED_IMAGES globally.
+                # verify() checks every chunk's CRC up to IEND: it catches a cut-off or
+                # corrupted file even if some other code has set ImageFile.LOAD_TRUNCATED_IMAGES
+                # globally, without inflating the pixels.
                 with Image.open(io.BytesIO(data), formats=formats) as check:
                     check.verify()
-            img.load()  # a truncated or corrupt file fails here
+            elif not _visibly_complete(data, fmt):
+                img.load()  # no end marker where one belongs: decode to tell truncated from odd
             has_alpha = img.mode in _ALPHA_MODES or "transparency" in img.info
     return width, height, has_alpha
+
+
+def _visibly_complete(data: bytes, fmt: str) -> bool:
+    """Whether a JPEG or WebP file's own framing says it is whole, without decoding it.
+
+    Decoding four 10 MB uploads just to prove they are complete took longer than the
+    rest of an edit call. A JPEG ends with the EOI marker (``FF D9``; inside the
+    compressed data ``FF`` is always escaped, so a cut-off file cannot end with it by
+    chance); a WebP file's RIFF header states its length. Anything else - trailing
+    bytes after EOI, an odd RIFF size - takes the full decode. Damage *inside* a
+    complete file is left to the upstream, which refuses it with a 400 that costs
+    the caller nothing.
+    """
+    if fmt == "jpeg":
+        end = len(data)
+        while end > 2 and data[end - 1] == 0:  # some encoders pad with zeros
+            end -= 1
+        return data[end - 2:end] == b"\xff\xd9"
+    if fmt == "webp":
+        return len(data) >= 12 and int.from_bytes(data[4:8], "little") + 8 in (len(data), len(data) - 1)
+    return False
 
 
 def _human(n: int) -> str:

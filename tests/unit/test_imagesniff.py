@@ -246,3 +246,30 @@ def test_pixel_bombs_are_refused_before_decoding(size: tuple[int, int], text: st
     data = encode("PNG", "1", size)  # a few KB that would decode to hundreds of MB
     error = rejected(data, "image")
     assert text in error.message and f"{MAX_PIXELS:,}" in error.message
+
+
+# -- completeness from the file's own framing (no full decode) ---------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_framing_says_complete_only_for_whole_files(fmt: str) -> None:
+    from imagerelay.domain.imagesniff import _visibly_complete
+
+    data = noisy(fmt)
+    name = fmt.lower()
+    assert _visibly_complete(data, name)
+    for cut in _cuts(len(data)):
+        assert not _visibly_complete(data[:cut], name), cut
+
+
+def test_jpeg_framing_edge_cases() -> None:
+    from imagerelay.domain.imagesniff import _visibly_complete
+
+    data = noisy("JPEG")
+    assert _visibly_complete(data + b"\x00" * 7, "jpeg")  # zero padding after EOI
+    assert not _visibly_complete(data + b"trailer", "jpeg")  # undecided: the full decode runs
+
+
+def test_jpeg_with_a_trailer_after_eoi_is_still_accepted() -> None:
+    image = sniff_image(noisy("JPEG") + b"vendor trailer", "image[0]", None)
+    assert (image.width, image.height) == (200, 150)
