@@ -27,9 +27,11 @@ import httpx  # noqa: E402
 from run import WRK_SCRIPT, start_stack, wrk  # noqa: E402
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def main() -> None:
@@ -62,11 +64,12 @@ def main() -> None:
                                                                  args.seconds - 2, script)))
         t.start()
         t.join()
-        used = cpu_seconds(stack.gateway.pid) - before
+        after = cpu_seconds(stack.gateway.pid)
+        user, system = (1000 * (b - a) / result["requests"] for a, b in zip(before, after, strict=True))
         if spy:
             spy.wait()
         print(f"calls/s {result['rps']:.0f}  errors {result['errors']}  p50 {result['p50_us'] / 1000:.2f} ms  "
-              f"gateway CPU {1000 * used / result['requests']:.3f} ms/call")
+              f"gateway CPU {user + system:.3f} ms/call (user {user:.3f}, system {system:.3f})")
         if spy:
             print(f"profile: {args.out}")
     finally:
