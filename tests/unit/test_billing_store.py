@@ -28,7 +28,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield Accounts(engine), Billing(engine, runner)
     finally:
         await engine.dispose()
-        runner.close()
+        await runner.aclose()
         if dropped:
             drop_postgres_database(dropped)
 
