@@ -6,10 +6,11 @@ Invariants (checked by ``audit``):
 - every call leaves exactly one usage record, written in the same transaction as
   its settle or release; a charge's ledger entry carries the call's request id.
 
-A hold is one conditional UPDATE (``balance - held >= amount``) plus one INSERT in a
-single transaction before the upstream call, and settle/release one transaction
-after it. Nothing is lost on a crash: an open hold past its
-deadline is released by :meth:`Billing.release_stale_holds`.
+A hold raises ``held`` only where ``balance - held >= amount`` and writes the hold row,
+in one transaction committed before the upstream call; settle/release is one
+transaction after it. On SQLite a transaction is a few statements inline; on PostgreSQL
+it is one autocommit statement (see the PostgreSQL section below). Nothing is lost on a
+crash: an open hold past its deadline is released by :meth:`Billing.release_stale_holds`.
 """
 
 from __future__ import annotations
