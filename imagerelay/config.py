@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 16 * 50 * 1024 * 1024 + 1024 * 1024
     max_json_body_bytes: int = 64 * 1024 * 1024
     token_cache_ttl_s: float = 5.0
+    # PostgreSQL connections for money statements (per process). Each is one short
+    # autocommit statement, so a few connections keep the database busy.
+    db_pool_size: int = Field(default=8, ge=1, le=100)
     # Channel pools: attempts per call, overall deadline, circuit breaker.
     max_attempts: int = Field(default=3, ge=1, le=10)
     call_deadline_s: float = Field(default=300.0, gt=0)

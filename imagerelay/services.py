@@ -53,7 +53,7 @@ class Services:
         catalog = catalog or load_catalog(settings.catalog)
         engine = create_engine(settings.resolved_database_url())
         accounts = Accounts(engine, cache_ttl_s=settings.token_cache_ttl_s)
-        runner = TransactionRunner(settings.resolved_database_url())
+        runner = TransactionRunner(settings.resolved_database_url(), pg_pool_size=settings.db_pool_size)
         billing = Billing(engine, runner)
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
         directory = ChannelDirectory(engine, box, catalog.file.channels)
@@ -117,4 +117,4 @@ class Services:
     async def close(self) -> None:
         """Release database resources (also used by one-shot CLI commands)."""
         await self.engine.dispose()
-        self.runner.close()
+        await self.runner.aclose()

@@ -6,14 +6,16 @@ Invariants (checked by ``audit``):
 - every call leaves exactly one usage record, written in the same transaction as
   its settle or release; a charge's ledger entry carries the call's request id.
 
-A hold is one conditional UPDATE (``balance - held >= amount``) plus one INSERT in a
-single transaction before the upstream call, and settle/release one transaction
-after it. Nothing is lost on a crash: an open hold past its
-deadline is released by :meth:`Billing.release_stale_holds`.
+A hold raises ``held`` only where ``balance - held >= amount`` and writes the hold row,
+in one transaction committed before the upstream call; settle/release is one
+transaction after it. On SQLite a transaction is a few statements inline; on PostgreSQL
+it is one autocommit statement (see the PostgreSQL section below). Nothing is lost on a
+crash: an open hold past its deadline is released by :meth:`Billing.release_stale_holds`.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +81,40 @@ class UsageRecord:
         }
 
 
-# Pre-built statements: compiled once, reused by every call (see TransactionRunner).
+class AlreadyRecorded(Exception):
+    """The call already has its usage record: a repeated settle/release/record rolled
+    back whole, and the first outcome stands."""
+
+
+def _charge_for(record: UsageRecord, hold: int | None, collected: bool) -> int:
+    """What a settled call is charged (one rule for both databases), noting in its
+    price basis why that differs from its price.
+
+    With its hold: the price, capped at the hold (the hold was the caller's worst
+    case; charging more could take a concurrent balance below zero). Without it (the
+    reconciler released the hold because the call outlived its deadline): the price
+    if the available balance still covers it, else nothing.
+    """
+    price = record.cost_micros
+    if hold is not None:
+        if price > hold:
+            record.price_basis["capped_from_micros"] = price
+            return hold
+        return price
+    if not collected:
+        record.price_basis["uncollected_micros"] = price
+        return 0
+    return price
+
+
+def _ledger_reason(record: UsageRecord) -> str:
+    return f"{record.endpoint} {record.model} ({record.group})"
+
+
+# ---------------------------------------------------------------------------------------
+# SQLite: each money movement is a short write transaction of several statements, run
+# inline by TransactionRunner.run (BEGIN IMMEDIATE: the whole database is the lock).
+# Pre-built statements: compiled once, reused by every call.
 _HOLD_USER = text(
     "UPDATE users SET held_micros = held_micros + :amount "
     "WHERE id = :user_id AND balance_micros - held_micros >= :amount"
@@ -116,9 +151,10 @@ _ADJUST = text("UPDATE users SET balance_micros = balance_micros + :amount WHERE
 _TAKE_STALE = text(
     "DELETE FROM holds WHERE deadline < :now RETURNING user_id, token_id, amount_micros"
 )
+_USAGE_COLUMNS = [c for c in usage_records.columns if c.name != "id"]
 _INSERT_USAGE = text(
-    f"INSERT INTO usage_records ({', '.join(c.name for c in usage_records.columns if c.name != 'id')}) "
-    f"VALUES ({', '.join(':' + c.name for c in usage_records.columns if c.name != 'id')})"
+    f"INSERT INTO usage_records ({', '.join(c.name for c in _USAGE_COLUMNS)}) "
+    f"VALUES ({', '.join(':' + c.name for c in _USAGE_COLUMNS)})"
 )
 
 
@@ -138,28 +174,21 @@ def _hold_tx(conn: Connection, request_id: str, user_id: int, amount: int, ttl_s
 
 def _settle_tx(conn: Connection, record: UsageRecord) -> int:
     hold = conn.execute(_TAKE_HOLD, {"request_id": record.request_id}).first()
-    cost = record.cost_micros
     if hold is not None:
         hold_amount, token_id = int(hold[0]), hold[1]
-        if cost > hold_amount:
-            record.price_basis["capped_from_micros"] = cost
-            cost = hold_amount
+        cost = _charge_for(record, hold_amount, True)
         conn.execute(_CHARGE_USER, {"cost": cost, "hold": hold_amount, "user_id": record.user_id})
         if token_id is not None:
             conn.execute(_CHARGE_TOKEN, {"cost": cost, "hold": hold_amount, "token_id": token_id})
     else:
-        # The reconciler released this hold (we ran past its deadline): charge only
-        # what the balance can still cover, never below zero.
-        if conn.execute(_CHARGE_UNHELD, {"cost": cost, "user_id": record.user_id}).rowcount != 1:
-            record.price_basis["uncollected_micros"] = cost
-            cost = 0
-        elif cost:
+        collected = conn.execute(_CHARGE_UNHELD, {"cost": record.cost_micros, "user_id": record.user_id}).rowcount == 1
+        cost = _charge_for(record, None, collected)
+        if cost:
             conn.execute(_SPEND_TOKEN, {"cost": cost, "token_id": record.token_id})
     record.cost_micros = cost
     if cost:
         conn.execute(_LEDGER, {"user_id": record.user_id, "amount": -cost, "kind": "charge",
-                               "reason": f"{record.endpoint} {record.model} ({record.group})",
-                               "request_id": record.request_id, "now": time.time()})
+                               "reason": _ledger_reason(record), "request_id": record.request_id, "now": time.time()})
     conn.execute(_INSERT_USAGE, record.row())
     return cost
 
@@ -168,6 +197,10 @@ def _release_tx(conn: Connection, record: UsageRecord) -> None:
     hold = conn.execute(_TAKE_HOLD, {"request_id": record.request_id}).first()
     if hold is not None:
         _unhold(conn, record.user_id, int(hold[0]), hold[1])
+    conn.execute(_INSERT_USAGE, record.row())
+
+
+def _record_tx(conn: Connection, record: UsageRecord) -> None:
     conn.execute(_INSERT_USAGE, record.row())
 
 
@@ -193,46 +226,246 @@ def _release_stale_tx(conn: Connection, now: float) -> int:
     return len(rows)
 
 
+# ---------------------------------------------------------------------------------------
+# PostgreSQL: each money movement is ONE statement in autocommit (data-modifying CTEs),
+# the same steps as the SQLite transaction above. One statement is one round trip, and a
+# hot balance row is locked only while that statement runs and commits. Under READ
+# COMMITTED a statement that waited for a row lock re-checks its guard against the
+# newest version of the row, which is what keeps concurrent holds from overspending.
+# Rows are locked in one order everywhere — the hold row, then the user, then the
+# token — and a CTE that must lock after another refers to it, which makes PostgreSQL
+# run it first; so two money statements never deadlock.
+_PG_TYPES = {"Integer": "int", "BigInteger": "bigint", "Float": "float8", "String": "text", "Text": "text"}
+
+
+def _pg_cast(column: Any) -> str:
+    # Parameters in a SELECT list have no type of their own: each needs its cast.
+    return _PG_TYPES[type(column.type).__name__]
+
+
+# Usage record columns are parameters $1..$21 in _USAGE_COLUMNS order; the statements
+# below rely on request_id = $1, user_id = $2, token_id = $3.
+_PG_USAGE_ARG = {c.name: f"${i}::{_pg_cast(c)}" for i, c in enumerate(_USAGE_COLUMNS, start=1)}
+assert [_PG_USAGE_ARG[n].split("::")[0] for n in ("request_id", "user_id", "token_id")] == ["$1", "$2", "$3"]
+_PG_USAGE_INTO = f"INSERT INTO usage_records ({', '.join(c.name for c in _USAGE_COLUMNS)})"
+_N = len(_USAGE_COLUMNS)
+
+_PG_HOLD = """
+WITH lu AS (
+    SELECT balance_micros - held_micros >= $4::bigint AS ok FROM users WHERE id = $2::int FOR UPDATE
+), lt AS (
+    SELECT spend_cap_micros IS NULL OR spend_cap_micros - spent_micros - held_micros >= $4::bigint AS ok
+    FROM tokens WHERE id = $3::int AND EXISTS (SELECT FROM lu) FOR UPDATE
+), d AS (
+    SELECT lu.ok AS balance_ok, lu.ok AND COALESCE((SELECT ok FROM lt), $3::int IS NULL) AS ok FROM lu
+), u AS (
+    UPDATE users SET held_micros = held_micros + $4::bigint FROM d WHERE users.id = $2::int AND d.ok
+), t AS (
+    UPDATE tokens SET held_micros = held_micros + $4::bigint FROM d WHERE tokens.id = $3::int AND d.ok
+), h AS (
+    INSERT INTO holds (request_id, user_id, token_id, amount_micros, deadline, created_at)
+    SELECT $1::text, $2::int, $3::int, $4::bigint, $5::float8, $6::float8 FROM d WHERE d.ok
+)
+SELECT d.ok, d.balance_ok FROM d
+"""
+
+# $cost: the price asked for; $capped / $uncollected: the record's price basis for
+# those outcomes (see _charge_for, which the caller applies to the record afterwards).
+_COST, _BASIS, _AT = _PG_USAGE_ARG["cost_micros"], _PG_USAGE_ARG["price_basis"], _PG_USAGE_ARG["created_at"]
+_PG_SETTLE_SELECT = ", ".join(
+    "k.cost" if c.name == "cost_micros"
+    else (f"CASE WHEN k.hold IS NOT NULL AND {_COST} > k.hold THEN ${_N + 1}::text "
+          f"WHEN NOT k.collected THEN ${_N + 2}::text ELSE {_BASIS} END") if c.name == "price_basis"
+    else _PG_USAGE_ARG[c.name]
+    for c in _USAGE_COLUMNS
+)
+_PG_SETTLE = f"""
+WITH h AS (
+    DELETE FROM holds WHERE request_id = $1::text RETURNING amount_micros, token_id
+), c AS (
+    SELECT h.amount_micros AS hold, h.token_id AS hold_token FROM (VALUES (1)) AS one (x) LEFT JOIN h ON true
+), u AS (
+    UPDATE users SET balance_micros = balance_micros - LEAST({_COST}, COALESCE(c.hold, {_COST})),
+                     held_micros = held_micros - COALESCE(c.hold, 0)
+    FROM c
+    WHERE users.id = $2::int AND (c.hold IS NOT NULL OR users.balance_micros - users.held_micros >= {_COST})
+    RETURNING LEAST({_COST}, COALESCE(c.hold, {_COST})) AS cost
+), k AS (
+    SELECT c.hold, c.hold_token, u.cost IS NOT NULL AS collected, COALESCE(u.cost, 0) AS cost
+    FROM c LEFT JOIN u ON true
+), t AS (
+    UPDATE tokens SET spent_micros = spent_micros + k.cost, held_micros = held_micros - COALESCE(k.hold, 0)
+    FROM k
+    WHERE tokens.id = CASE WHEN k.hold IS NULL THEN $3::int ELSE k.hold_token END
+      AND (k.hold IS NOT NULL OR k.cost > 0)
+), l AS (
+    INSERT INTO ledger (user_id, amount_micros, kind, reason, request_id, created_at)
+    SELECT $2::int, -k.cost, 'charge', ${_N + 3}::text, $1::text, {_AT} FROM k WHERE k.cost > 0
+), r AS (
+    {_PG_USAGE_INTO} SELECT {_PG_SETTLE_SELECT} FROM k
+)
+SELECT k.hold, k.collected FROM k
+"""
+
+_PG_RELEASE = f"""
+WITH h AS (
+    DELETE FROM holds WHERE request_id = $1::text RETURNING amount_micros, token_id
+), u AS (
+    UPDATE users SET held_micros = held_micros - h.amount_micros FROM h WHERE users.id = $2::int
+    RETURNING h.token_id, h.amount_micros
+), t AS (
+    UPDATE tokens SET held_micros = held_micros - u.amount_micros FROM u WHERE tokens.id = u.token_id
+), r AS (
+    {_PG_USAGE_INTO} VALUES ({', '.join(_PG_USAGE_ARG[c.name] for c in _USAGE_COLUMNS)})
+)
+SELECT count(*) FROM h
+"""
+
+_PG_RECORD = f"{_PG_USAGE_INTO} VALUES ({', '.join(_PG_USAGE_ARG[c.name] for c in _USAGE_COLUMNS)}) RETURNING 1"
+
+_PG_ADJUST = """
+WITH u AS (
+    UPDATE users SET balance_micros = balance_micros + $2::bigint WHERE id = $1::int RETURNING balance_micros
+), l AS (
+    INSERT INTO ledger (user_id, amount_micros, kind, reason, request_id, created_at)
+    SELECT $1::int, $2::bigint, $3::text, $4::text, NULL, $5::float8 FROM u
+)
+SELECT balance_micros FROM u
+"""
+
+# Rare (start-up and once a minute), so several statements in one transaction; users
+# before tokens, each in id order, like every other money statement.
+_PG_TAKE_STALE = "DELETE FROM holds WHERE deadline < $1::float8 RETURNING user_id, token_id, amount_micros"
+_PG_UNHOLD_USER = "UPDATE users SET held_micros = held_micros - $2::bigint WHERE id = $1::int"
+_PG_UNHOLD_TOKEN = "UPDATE tokens SET held_micros = held_micros - $2::bigint WHERE id = $1::int"
+
+
+def _pg_usage_args(record: UsageRecord) -> list[Any]:
+    row = record.row()
+    return [row[c.name] for c in _USAGE_COLUMNS]
+
+
+def _is_repeat(exc: BaseException) -> bool:
+    """A unique violation on a call's request id in the ledger or usage records: the
+    call was already settled, released or recorded."""
+    text_ = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError):
+        return "usage_records.request_id" in text_ or "ledger.request_id" in text_
+    constraint = getattr(exc, "constraint_name", None) or ""
+    return getattr(exc, "sqlstate", None) == "23505" and (
+        "usage_records_request_id" in constraint or "ledger_request_id" in constraint
+    )
+
+
 class Billing:
-    """Every money movement, each one transaction on the :class:`TransactionRunner`."""
+    """Every money movement, each one transaction on the :class:`TransactionRunner`.
+
+    Settle, release and record are idempotent per request id: the usage record (and
+    the ledger charge) are unique per request id, so a repeat rolls back whole and
+    returns the first outcome; it never charges twice.
+    """
 
     def __init__(self, engine: AsyncEngine, runner: TransactionRunner) -> None:
         self._engine = engine  # read-only reports (audit)
         self._runner = runner
+        self._sqlite = runner.is_sqlite
 
     async def adjust(self, user_id: int, amount_micros: int, reason: str, *, kind: str = "topup") -> int:
         """Top up (positive) or adjust (either sign) a balance; returns the new balance."""
         if not reason:
             raise ValueError("a balance change needs a reason")
-        return await self._runner.run(_adjust_tx, user_id, amount_micros, reason, kind)
+        if self._sqlite:
+            return await self._runner.run(_adjust_tx, user_id, amount_micros, reason, kind)
+        row = await self._runner.fetchrow(_PG_ADJUST, user_id, amount_micros, kind, reason, time.time())
+        if row is None:
+            raise LookupError(f"no user {user_id}")
+        return int(row[0])
 
     async def place_hold(
         self, request_id: str, user_id: int, amount_micros: int, ttl_s: float, *, token_id: int | None = None
     ) -> HoldResult:
-        """Reserve ``amount_micros`` against the balance and the token's spend cap."""
-        return await self._runner.run(_hold_tx, request_id, user_id, amount_micros, ttl_s, token_id)
+        """Reserve ``amount_micros`` against the balance and the token's spend cap.
+
+        Durable when this returns "ok": the hold is committed before the upstream call.
+        """
+        if self._sqlite:
+            return await self._runner.run(_hold_tx, request_id, user_id, amount_micros, ttl_s, token_id)
+        now = time.time()
+        row = await self._runner.fetchrow(_PG_HOLD, request_id, user_id, token_id, amount_micros, now + ttl_s, now)
+        if row is not None and row[0]:
+            return "ok"
+        return "spend_cap" if row is not None and row[1] else "balance"
 
     async def settle(self, record: UsageRecord) -> int:
-        """Charge the call and close its hold; returns the amount actually charged.
-
-        The charge never exceeds the hold: the hold was the caller's worst case, and
-        charging more could take a concurrent balance below zero.
-        """
-        return await self._runner.run(_settle_tx, record)
+        """Charge the call and close its hold; returns the amount actually charged
+        (see :func:`_charge_for`). A repeat returns the first settle's charge."""
+        try:
+            if self._sqlite:
+                return await self._runner.run(_settle_tx, record)
+            basis = record.price_basis
+            capped = orjson.dumps({**basis, "capped_from_micros": record.cost_micros}).decode()
+            uncollected = orjson.dumps({**basis, "uncollected_micros": record.cost_micros}).decode()
+            row = await self._runner.fetchrow(
+                _PG_SETTLE, *_pg_usage_args(record), capped, uncollected, _ledger_reason(record)
+            )
+        except Exception as exc:
+            if not _is_repeat(exc):
+                raise
+            record.cost_micros = await self._recorded_cost(record.request_id)
+            return record.cost_micros
+        hold = None if row[0] is None else int(row[0])
+        record.cost_micros = _charge_for(record, hold, bool(row[1]))
+        return record.cost_micros
 
     async def release(self, record: UsageRecord) -> None:
         """Close a failed call's hold without charging, and record it."""
         record.cost_micros = 0
-        await self._runner.run(_release_tx, record)
+        try:
+            if self._sqlite:
+                await self._runner.run(_release_tx, record)
+            else:
+                await self._runner.fetchrow(_PG_RELEASE, *_pg_usage_args(record))
+        except Exception as exc:
+            if not _is_repeat(exc):
+                raise
 
     async def record_only(self, record: UsageRecord) -> None:
         """A call refused before any hold (bad input, no balance): record it, charge nothing."""
         record.cost_micros = 0
-        await self._runner.run(lambda conn: conn.execute(_INSERT_USAGE, record.row()))
+        try:
+            if self._sqlite:
+                await self._runner.run(_record_tx, record)
+            else:
+                await self._runner.fetchrow(_PG_RECORD, *_pg_usage_args(record))
+        except Exception as exc:
+            if not _is_repeat(exc):
+                raise
 
     async def release_stale_holds(self, now: float | None = None) -> int:
         """Release holds past their deadline (a crash mid-call). Returns how many."""
-        return await self._runner.run(_release_stale_tx, time.time() if now is None else now)
+        now = time.time() if now is None else now
+        if self._sqlite:
+            return await self._runner.run(_release_stale_tx, now)
+        async with self._runner.pg_transaction() as conn:
+            rows = await conn.fetch(_PG_TAKE_STALE, now)
+            users_: dict[int, int] = {}
+            tokens_: dict[int, int] = {}
+            for user_id, token_id, amount in rows:
+                users_[user_id] = users_.get(user_id, 0) + int(amount)
+                if token_id is not None:
+                    tokens_[token_id] = tokens_.get(token_id, 0) + int(amount)
+            for user_id in sorted(users_):
+                await conn.execute(_PG_UNHOLD_USER, user_id, users_[user_id])
+            for token_id in sorted(tokens_):
+                await conn.execute(_PG_UNHOLD_TOKEN, token_id, tokens_[token_id])
+            return len(rows)
+
+    async def _recorded_cost(self, request_id: str) -> int:
+        async with self._engine.connect() as conn:
+            cost = (await conn.execute(
+                select(usage_records.c.cost_micros).where(usage_records.c.request_id == request_id)
+            )).scalar_one_or_none()
+        return int(cost or 0)
 
     async def audit(self) -> list[str]:
         """Every invariant violation, as sentences; empty when the books balance."""

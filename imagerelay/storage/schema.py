@@ -1,9 +1,9 @@
 """Database schema (SQLAlchemy Core tables), shared by SQLite and PostgreSQL.
 
 Money columns are BIGINT micro-dollars. ``users.held_micros`` is the sum of open
-holds; a hold is placed with one conditional UPDATE
-(``balance - held >= amount``), which is what keeps concurrent calls from ever
-overspending on either database.
+holds; a hold raises it only where ``balance - held >= amount``, checked under the
+row's write lock, which is what keeps concurrent calls from ever overspending on
+either database (storage/billing.py).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield Accounts(engine), Billing(engine, runner)
     finally:
         await engine.dispose()
-        runner.close()
+        await runner.aclose()
         if dropped:
             drop_postgres_database(dropped)
 
@@ -143,4 +143,143 @@ async def test_token_spend_cap(stores: tuple[Accounts, Billing]) -> None:
     await billing.release(rec_b)
     u = await accounts.get_user(user.id)
     assert u is not None and u.balance_micros == 980_000 and u.held_micros == 0  # the refused hold left nothing
+    assert await billing.audit() == []
+
+
+async def _count(billing: Billing, sql: str, **params: object) -> int:
+    from sqlalchemy import text
+
+    async with billing._engine.connect() as conn:  # noqa: SLF001 - read what the money path wrote
+        return int((await conn.execute(text(sql), params)).scalar_one())
+
+
+async def test_fifty_concurrent_holds_against_room_for_ten(stores: tuple[Accounts, Billing]) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 10 * 30_000, "exactly ten holds")
+    token = await accounts.authenticate(await accounts.create_token(user.id, "default"))
+    assert token is not None
+
+    results = await asyncio.gather(
+        *(billing.place_hold(f"r{i}", user.id, 30_000, ttl_s=60, token_id=token.id) for i in range(50))
+    )
+    assert results.count("ok") == 10 and results.count("balance") == 40
+    u = await accounts.get_user(user.id)
+    assert u is not None and (u.balance_micros, u.held_micros) == (300_000, 300_000)
+    assert await _count(billing, "SELECT count(*) FROM holds") == 10
+    assert await _count(billing, "SELECT held_micros FROM tokens WHERE id = :t", t=token.id) == 300_000
+    for i, result in enumerate(results):
+        if result == "ok":
+            await billing.release(record(f"r{i}", user.id, status=502))
+    assert await billing.audit() == []
+
+
+async def test_concurrent_holds_never_pass_the_spend_cap(stores: tuple[Accounts, Billing]) -> None:
+    from imagerelay.storage.accounts import TokenLimits
+
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 10 * 30_000, "room for ten")
+    plain = await accounts.create_token(user.id, "default", limits=TokenLimits(spend_cap_micros=5 * 30_000))
+    token = await accounts.authenticate(plain)
+    assert token is not None
+
+    results = await asyncio.gather(
+        *(billing.place_hold(f"r{i}", user.id, 30_000, ttl_s=60, token_id=token.id) for i in range(50))
+    )
+    assert results.count("ok") == 5 and results.count("spend_cap") == 45
+    u = await accounts.get_user(user.id)
+    assert u is not None and u.held_micros == 5 * 30_000  # a refused hold leaves nothing held
+    for i, result in enumerate(results):
+        if result == "ok":
+            rec = record(f"r{i}", user.id, cost=30_000)
+            rec.token_id = token.id
+            assert await billing.settle(rec) == 30_000
+    assert await billing.place_hold("more", user.id, 1, ttl_s=60, token_id=token.id) == "spend_cap"
+    assert await billing.audit() == []
+
+
+async def test_settle_and_release_are_idempotent(stores: tuple[Accounts, Billing]) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 100_000, "top up")
+
+    assert await billing.place_hold("s", user.id, 40_000, ttl_s=60) == "ok"
+    assert await billing.settle(record("s", user.id, cost=25_000)) == 25_000
+    again = record("s", user.id, cost=25_000)
+    assert await billing.settle(again) == 25_000 and again.cost_micros == 25_000  # the first outcome
+    await billing.release(record("s", user.id, status=502))  # a late release changes nothing either
+
+    assert await billing.place_hold("f", user.id, 40_000, ttl_s=60) == "ok"
+    await billing.release(record("f", user.id, status=502))
+    await billing.release(record("f", user.id, status=502))
+    assert await billing.settle(record("f", user.id, cost=25_000)) == 0  # released first: stays free
+
+    await billing.record_only(record("refused", user.id, status=400))
+    await billing.record_only(record("refused", user.id, status=400))
+
+    u = await accounts.get_user(user.id)
+    assert u is not None and (u.balance_micros, u.held_micros) == (75_000, 0)
+    assert await _count(billing, "SELECT count(*) FROM usage_records") == 3
+    assert await _count(billing, "SELECT count(*) FROM ledger WHERE kind = 'charge'") == 1
+    assert await billing.audit() == []
+
+
+async def test_settle_after_the_reconciler_released_the_hold(stores: tuple[Accounts, Billing]) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 50_000, "top up")
+    assert await billing.place_hold("late", user.id, 30_000, ttl_s=-1) == "ok"
+    assert await billing.place_hold("later", user.id, 20_000, ttl_s=-1) == "ok"
+    assert await billing.release_stale_holds() == 2
+    # The balance still covers the first call's price: it is charged without a hold.
+    assert await billing.settle(record("late", user.id, cost=30_000)) == 30_000
+    assert await billing.place_hold("other", user.id, 15_000, ttl_s=60) == "ok"
+    # Only 5_000 is available now: the second call's price goes uncollected.
+    rec = record("later", user.id, cost=20_000)
+    assert await billing.settle(rec) == 0
+    assert rec.price_basis["uncollected_micros"] == 20_000
+    await billing.release(record("other", user.id, status=502))
+    u = await accounts.get_user(user.id)
+    assert u is not None and (u.balance_micros, u.held_micros) == (20_000, 0)
+    assert await billing.audit() == []
+
+
+async def test_every_call_leaves_one_usage_record_under_concurrency(stores: tuple[Accounts, Billing]) -> None:
+    """Holds, settles, releases, refusals and the reconciler all at once, on one user
+    and one token: no deadlock, no overspend, one record per call, books balanced."""
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 60 * 10_000, "room for sixty")
+    token = await accounts.authenticate(await accounts.create_token(user.id, "default"))
+    assert token is not None
+
+    async def call(i: int) -> None:
+        rid = f"c{i}"
+        rec = record(rid, user.id, cost=10_000 if i % 3 else 4_000)
+        rec.token_id = token.id
+        # Every seventh hold is born stale, so the reconciler races its settle.
+        if await billing.place_hold(rid, user.id, 10_000, ttl_s=-1 if i % 7 == 0 else 60, token_id=token.id) != "ok":
+            rec.status = 429
+            await billing.record_only(rec)
+            return
+        await asyncio.sleep(0)
+        if i % 5 == 0:
+            rec.status = 502
+            await billing.release(rec)
+        else:
+            await billing.settle(rec)
+
+    async def reconcile() -> None:
+        for _ in range(20):
+            await billing.release_stale_holds()
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(call(i) for i in range(150)), reconcile())
+    await billing.release_stale_holds()
+    assert await _count(billing, "SELECT count(*) FROM usage_records") == 150
+    assert await _count(billing, "SELECT count(DISTINCT request_id) FROM usage_records") == 150
+    assert await _count(billing, "SELECT count(*) FROM holds") == 0
+    u = await accounts.get_user(user.id)
+    assert u is not None and u.balance_micros >= 0 and u.held_micros == 0
     assert await billing.audit() == []
