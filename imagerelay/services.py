@@ -13,7 +13,7 @@ from imagerelay.catalog.loader import Catalog, load_catalog
 from imagerelay.config import Settings
 from imagerelay.imagestore import ImageStore
 from imagerelay.jobs import JobService
-from imagerelay.limits import TokenLimiter
+from imagerelay.limits import Limiter, TokenLimiter
 from imagerelay.relay import Relay
 from imagerelay.secretbox import SecretBox
 from imagerelay.storage.accounts import Accounts
@@ -44,7 +44,7 @@ class Services:
     idempotency: IdempotencyStore
     jobs: JobService
     runner: TransactionRunner
-    limiter: TokenLimiter = field(default_factory=TokenLimiter)
+    limiter: Limiter = field(default_factory=TokenLimiter)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
