@@ -65,7 +65,7 @@ class SharedRedis:
     def succeeded(self) -> None:
         if self._down:
             self._down = False
-            log.warning("Redis reachable again: shared rate limits and channel cooldowns apply")
+            log.info("Redis reachable again: shared rate limits and channel cooldowns apply")
 
     async def ping(self) -> bool:
         try:
