@@ -1,6 +1,6 @@
 """Two real gateway processes sharing one Redis (and one database), as two hosts behind a
 load balancer would: per-token limits hold across both combined, and a channel cooled
-down in one is skipped by the other. A gateway whose Redis is down still answers."""
+down in one is skipped by the other."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ import pytest
 
 from imagerelay.simulation.upstream_server import DEFAULT_MODELS, create_upstream_app
 from tests.support.catalogs import write_catalog
-from tests.support.gateway import Gateway, free_port, run_gateway
+from tests.support.gateway import Gateway, run_gateway
 from tests.support.servers import run_asgi
 from tests.support.services import delete_redis_prefix, fresh_redis_prefix, redis_url
 
@@ -164,19 +163,3 @@ def test_channel_cooled_down_in_one_process_is_skipped_by_the_other(rig: Rig) ->
     assert rig.sim_requests("azure-1") == []  # b skipped it without failing on it itself
     assert len(rig.sim_requests("openai-a")) == 3
     assert rig.channel(rig.b, "azure-1")["health"]["consecutive_failures"] == 0
-
-
-
-def test_redis_down_fails_open(tmp_path: Path) -> None:
-    env = {"IMAGERELAY_ADMIN_TOKEN": ADMIN, "IMAGERELAY_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    with run_gateway(tmp_path, extra_env=env) as gw:
-        h = {"Authorization": f"Bearer {ADMIN}"}
-        r = httpx.post(gw.base_url + "/admin/tokens", headers=h,
-                       json={"user": "open", "group": "default", "rpm": 1, "concurrency": 1})
-        token = r.json()["token"]
-        httpx.post(f"{gw.base_url}/admin/users/open/balance", headers=h, json={"amount_usd": "1", "reason": "t"})
-        codes = [httpx.post(gw.v1 + "/images/generations", json=SMALL, timeout=60,
-                            headers={"Authorization": f"Bearer {token}"}).status_code for _ in range(3)]
-        assert codes == [200, 200, 200]  # limits cannot be checked: admitted, never a 500
-        log = gw.log_text()
-        assert "fail open" in log and "Traceback" not in log
