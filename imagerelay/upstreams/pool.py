@@ -5,9 +5,10 @@ retryable failure (connection error, timeout, 429, 5xx, undecodable answer) move
 on to another channel, within ``max_attempts`` and an overall deadline; a client
 error (moderation, invalid value) is returned at once. A channel that fails
 ``breaker_threshold`` times in a row is cooled down, then half-open: one probe call
-is let through, and its outcome closes or re-opens the breaker. A channel whose key
-is rejected (401/403) is disabled with the reason recorded until an operator
-re-enables it. The caller never learns which channel failed.
+is let through, and its outcome closes or re-opens the breaker. With ``shared`` set
+(Redis), a cooldown started here also keeps the other gateway processes off the
+channel. A channel whose key is rejected (401/403) is disabled with the reason
+recorded until an operator re-enables it. The caller never learns which channel failed.
 """
 
 from __future__ import annotations
