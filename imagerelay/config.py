@@ -34,10 +34,6 @@ class Settings(BaseSettings):
     max_body_bytes: int = 16 * 50 * 1024 * 1024 + 1024 * 1024
     max_json_body_bytes: int = 64 * 1024 * 1024
     token_cache_ttl_s: float = 5.0
-    # Redis shared by every gateway process for per-token limits and channel cooldowns;
-    # unset keeps both in process. The prefix separates deployments sharing one Redis.
-    redis_url: str | None = None
-    redis_prefix: str = "imagerelay:"
     # Channel pools: attempts per call, overall deadline, circuit breaker.
     max_attempts: int = Field(default=3, ge=1, le=10)
     call_deadline_s: float = Field(default=300.0, gt=0)
@@ -49,6 +45,10 @@ class Settings(BaseSettings):
     job_workers: int = Field(default=4, ge=0)
     webhook_allow_private: bool = False  # allow webhooks to loopback/private addresses
     webhook_backoff_s: float = Field(default=2.0, gt=0)
+    # Redis shared by every gateway process for per-token limits and channel cooldowns;
+    # unset keeps both in process. The prefix separates deployments sharing one Redis.
+    redis_url: str | None = None
+    redis_prefix: str = "imagerelay:"
     log_level: str = "info"
 
     def resolved_database_url(self) -> str:

@@ -122,7 +122,7 @@ class Services:
 
     async def close(self) -> None:
         """Release database resources (also used by one-shot CLI commands)."""
-        await self.engine.dispose()
-        self.runner.close()
         if self.shared is not None:
             await self.shared.aclose()
+        await self.engine.dispose()
+        self.runner.close()
