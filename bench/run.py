@@ -1,7 +1,7 @@
 """imagerelay benchmark: what the gateway adds on top of its upstream.
 
     .venv/bin/python bench/run.py                 # full run, SQLite, writes bench/RESULTS.md
-    .venv/bin/python bench/run.py --postgres      # also PostgreSQL (127.0.0.1:5432)
+    .venv/bin/python bench/run.py --postgres      # also PostgreSQL (127.0.0.1:5432) + Redis (127.0.0.1:6379)
     .venv/bin/python bench/run.py --quick --out /tmp/r.md   # seconds-long smoke run
 
 It starts the upstream simulator (openai protocol, zero latency, cached images so the
@@ -36,6 +36,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 SIM_KEY = "sk-sim-bench"
+ADMIN_TOKEN = "bench-admin-token"
+# The bench's token has limits it never reaches, so every call goes through the limiter
+# (in process, or a Redis round trip each way when Redis is configured).
+TOKEN_LIMITS = {"rpm": 1_000_000, "concurrency": 1_000}
+REDIS_PREFIX = "imagerelay-bench:"
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -104,7 +109,20 @@ class Stack:
                 proc.kill()
 
 
-def start_stack(workdir: Path, database_url: str | None) -> Stack:
+def flush_redis_prefix(url: str, prefix: str) -> None:
+    """Start from no limits or cooldowns: delete the bench's own keys, nobody else's."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def start_stack(workdir: Path, database_url: str | None, redis_url: str | None) -> Stack:
     sim_port, gw_port = free_port(), free_port()
     sim_log = open(workdir / "sim.log", "wb")
     sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai", "--port", str(sim_port),
@@ -119,18 +137,24 @@ def start_stack(workdir: Path, database_url: str | None) -> Stack:
     (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     data = workdir / "data"
     env = {**os.environ, "BENCH_SIM_KEY": SIM_KEY, "IMAGERELAY_CATALOG": str(workdir / "catalog.yaml"),
-           "IMAGERELAY_DATA_DIR": str(data)}
+           "IMAGERELAY_DATA_DIR": str(data), "IMAGERELAY_ADMIN_TOKEN": ADMIN_TOKEN}
     if database_url:
         env["IMAGERELAY_DATABASE_URL"] = database_url
-    tokens_file = workdir / "tokens.json"
+    if redis_url:
+        flush_redis_prefix(redis_url, REDIS_PREFIX)
+        env["IMAGERELAY_REDIS_URL"] = redis_url
+        env["IMAGERELAY_REDIS_PREFIX"] = REDIS_PREFIX
     subprocess.run([PY, "-m", "imagerelay", "users", "create", "demo"], env=env, check=True, capture_output=True)
     subprocess.run([PY, "-m", "imagerelay", "balance", "add", "--user", "demo", "--amount", "10000000",
                     "--reason", "benchmark credit"], env=env, check=True, capture_output=True)
     gw_log = open(workdir / "gateway.log", "wb")
-    gateway = subprocess.Popen([PY, "-m", "imagerelay", "serve", "--port", str(gw_port), "--demo",
-                                "--demo-tokens-out", str(tokens_file)], env=env, stdout=gw_log, stderr=subprocess.STDOUT)
+    gateway = subprocess.Popen([PY, "-m", "imagerelay", "serve", "--port", str(gw_port)], env=env, stdout=gw_log,
+                               stderr=subprocess.STDOUT)
     wait_http(f"http://127.0.0.1:{gw_port}/healthz", gateway, "gateway")
-    token = json.loads(tokens_file.read_text())["Sora2Official"]
+    created = httpx.post(f"http://127.0.0.1:{gw_port}/admin/tokens", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                         json={"user": "demo", "group": "Sora2Official", "name": "bench", **TOKEN_LIMITS}, timeout=30)
+    created.raise_for_status()
+    token = created.json()["token"]
     return Stack(sim, gateway, f"http://127.0.0.1:{sim_port}/v1", f"http://127.0.0.1:{gw_port}/v1", token, workdir)
 
 
@@ -161,10 +185,12 @@ def set_sim(stack: Stack, **config: Any) -> None:
     httpx.post(stack.sim_url.removesuffix("/v1") + "/_sim/config", json=config, timeout=10).raise_for_status()
 
 
-def run_config(name: str, database_url: str | None, quick: bool) -> tuple[list[tuple[str, str, str, str]], int]:
+def run_config(
+    name: str, database_url: str | None, redis_url: str | None, quick: bool
+) -> tuple[list[tuple[str, str, str, str]], int]:
     """Returns (rows: scenario, direct, via gateway, ratio/added), gateway error count."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"imagerelay-bench-{name}-"))
-    stack = start_stack(workdir, database_url)
+    workdir = Path(tempfile.mkdtemp(prefix=f"imagerelay-bench-{name.split()[0]}-"))
+    stack = start_stack(workdir, database_url, redis_url)
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
     dur = 2 if quick else 10
@@ -266,30 +292,31 @@ def machine() -> list[str]:
             f"- Python {platform.python_version()}, uvicorn {uvicorn.__version__}, starlette {starlette.__version__}",
             f"- commit {commit or 'uncommitted'}, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
             f"- load generator: {'wrk' if shutil.which('wrk') else 'bench/loadgen.py (httpx)'} in a separate process; "
-            "gateway: 1 worker, full billing path"]
+            "gateway: 1 worker, full billing path, a token with rpm and concurrency limits it never reaches"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
-    parser.add_argument("--postgres", action="store_true", help="also run against PostgreSQL")
+    parser.add_argument("--postgres", action="store_true", help="also run against PostgreSQL + Redis")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
 
-    configs: list[tuple[str, str | None]] = [("SQLite", None)]
+    configs: list[tuple[str, str | None, str | None]] = [("SQLite", None, None)]
     if args.postgres:
         import psycopg
 
         name = f"imagerelay_bench_{int(time.time())}"
         with psycopg.connect(args.pg_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        configs.append(("PostgreSQL", args.pg_url.rsplit("/", 1)[0] + "/" + name))
+        configs.append(("PostgreSQL + Redis", args.pg_url.rsplit("/", 1)[0] + "/" + name, args.redis_url))
     lines = ["# imagerelay benchmark results", "", *machine(), "",
              f"Command: `.venv/bin/python bench/run.py{' --postgres' if args.postgres else ''}{' --quick' if args.quick else ''}`", ""]
     total_errors = 0
-    for name, url in configs:
-        rows, errors = run_config(name, url, args.quick)
+    for name, url, redis_url in configs:
+        rows, errors = run_config(name, url, redis_url, args.quick)
         total_errors += errors
         lines += [f"## {name}", "", "| scenario | direct to simulator | through imagerelay | gateway cost |",
                   "|---|---|---|---|", *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],

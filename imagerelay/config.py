@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     job_workers: int = Field(default=4, ge=0)
     webhook_allow_private: bool = False  # allow webhooks to loopback/private addresses
     webhook_backoff_s: float = Field(default=2.0, gt=0)
+    # Redis shared by every gateway process for per-token limits and channel cooldowns;
+    # unset keeps both in process. The prefix separates deployments sharing one Redis.
+    redis_url: str | None = None
+    redis_prefix: str = "imagerelay:"
     log_level: str = "info"
 
     def resolved_database_url(self) -> str:

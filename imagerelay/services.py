@@ -13,9 +13,10 @@ from imagerelay.catalog.loader import Catalog, load_catalog
 from imagerelay.config import Settings
 from imagerelay.imagestore import ImageStore
 from imagerelay.jobs import JobService
-from imagerelay.limits import TokenLimiter
+from imagerelay.limits import Limiter, TokenLimiter
 from imagerelay.relay import Relay
 from imagerelay.secretbox import SecretBox
+from imagerelay.shared import SharedState
 from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.billing import Billing
 from imagerelay.storage.channels import ChannelDirectory
@@ -44,7 +45,8 @@ class Services:
     idempotency: IdempotencyStore
     jobs: JobService
     runner: TransactionRunner
-    limiter: TokenLimiter = field(default_factory=TokenLimiter)
+    limiter: Limiter = field(default_factory=TokenLimiter)
+    shared: SharedState | None = None  # Redis, when several processes share limits and cooldowns
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -66,8 +68,9 @@ class Services:
             breaker_threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s,
             max_retry_after_s=settings.max_retry_after_s,
         )
+        shared = SharedState.connect(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
         pool = ChannelPool(connectors=build_connectors(), policy=policy, key_resolver=directory.key_for,
-                           on_disable=persist_disable)
+                           on_disable=persist_disable, shared=shared.cooldowns if shared else None)
         store = ImageStore(settings.image_store_dir, settings.signing_key(), settings.image_url_ttl_s)
         relay = Relay(catalog, directory, pool, billing, store)
         jobs = JobService(
@@ -77,7 +80,8 @@ class Services:
             webhook_backoff_s=settings.webhook_backoff_s,
         )
         return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
-                   IdempotencyStore(engine), jobs, runner)
+                   IdempotencyStore(engine), jobs, runner,
+                   limiter=shared.limiter if shared else TokenLimiter(), shared=shared)
 
     async def start(self) -> None:
         await create_schema(self.engine)
@@ -86,6 +90,8 @@ class Services:
         if released:
             log.warning("released %d stale hold(s) left by an earlier run", released)
         await self.jobs.start()
+        if self.shared is not None:
+            await self.shared.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
 
     async def _housekeeping(self) -> None:
@@ -116,5 +122,7 @@ class Services:
 
     async def close(self) -> None:
         """Release database resources (also used by one-shot CLI commands)."""
+        if self.shared is not None:
+            await self.shared.aclose()
         await self.engine.dispose()
         await self.runner.aclose()

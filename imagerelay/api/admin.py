@@ -43,7 +43,6 @@ async def require_admin(request: Request) -> None:
 def _channel_json(services: Services, view: Any) -> dict[str, Any]:
     spec: ChannelSpec = view.spec
     health = services.pool.health_of(spec.name)
-    now = services.pool.clock()
     return {
         "name": spec.name,
         "type": spec.type,
@@ -59,7 +58,7 @@ def _channel_json(services: Services, view: Any) -> dict[str, Any]:
         "has_key": view.has_key,
         "health": {
             "disabled_reason": health.disabled_reason or view.disabled_reason,
-            "cooldown_remaining_s": max(0.0, round(health.cooldown_until - now, 1)),
+            "cooldown_remaining_s": round(services.pool.cooldown_remaining(spec.name), 1),
             "consecutive_failures": health.consecutive_failures,
             "successes": health.successes,
             "failures": health.failures,

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import ExitStack
+from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
@@ -95,8 +95,8 @@ def _base_url(request: Request, services: Services) -> str:
 async def _handle(request: Request, endpoint: str | None) -> Response:
     token = await authenticate(request)
     services = services_of(request)
-    with ExitStack() as admitted:
-        admitted.enter_context(services.limiter.admit(token))
+    async with AsyncExitStack() as admitted:
+        await admitted.enter_async_context(services.limiter.admit(token))
         as_job = endpoint is None or "respond-async" in request.headers.get("prefer", "").lower()
         call = await _parse(request, services, endpoint)
         ctx = CallContext(
@@ -162,19 +162,30 @@ async def _submit_job(services: Services, ctx: CallContext, call: ParsedCall) ->
     return json_response(job, status=202, headers={"location": location, "x-request-id": ctx.request_id})
 
 
-def _stream_response(result: RelayAnswer | AsyncIterator[bytes], request_id: str, admitted: ExitStack) -> Response:
+def _stream_response(result: RelayAnswer | AsyncIterator[bytes], request_id: str, admitted: AsyncExitStack) -> Response:
     assert not isinstance(result, RelayAnswer)
     slot = admitted.pop_all()  # a stream keeps its concurrency slot until its last byte
-
-    async def frames() -> AsyncIterator[bytes]:
-        with slot:
-            async for chunk in result:
-                yield chunk
-
-    return StreamingResponse(
-        frames(), media_type="text/event-stream",
+    return _HoldingSlot(
+        result, slot, media_type="text/event-stream",
         headers={"x-request-id": request_id, "cache-control": "no-cache", "x-accel-buffering": "no"},
     )
+
+
+class _HoldingSlot(StreamingResponse):
+    """A streamed answer that keeps the call's concurrency slot until it is done.
+
+    The slot is released around the whole response, not inside the body generator:
+    a client that leaves before the first chunk cancels the response without ever
+    starting the generator, and the slot would then never come back.
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], slot: AsyncExitStack, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._slot = slot
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async with self._slot:
+            await super().__call__(scope, receive, send)
 
 
 def _fingerprint(call: ParsedCall) -> str:
@@ -186,7 +197,7 @@ def _fingerprint(call: ParsedCall) -> str:
 
 
 async def _sync(
-    request: Request, services: Services, token: TokenInfo, ctx: CallContext, call: ParsedCall, admitted: ExitStack
+    request: Request, services: Services, token: TokenInfo, ctx: CallContext, call: ParsedCall, admitted: AsyncExitStack
 ) -> Response:
     """A synchronous call: idempotent when the caller sent Idempotency-Key, behind a
     whitespace keep-alive when the caller or the route asks for one."""
@@ -282,7 +293,7 @@ def _keepalive_response(
     produce: Callable[[], Awaitable[tuple[bytes, dict[str, str]]]],
     interval: float,
     request_id: str,
-    slot: ExitStack,
+    slot: AsyncExitStack,
 ) -> Response:
     """Answer 200 at once and send a space every ``interval`` seconds until the JSON.
 
@@ -294,29 +305,28 @@ def _keepalive_response(
     task = asyncio.ensure_future(produce())
 
     async def body() -> AsyncIterator[bytes]:
-        with slot:
-            try:
+        try:
+            yield b" "
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=interval)
+                if done:
+                    break
                 yield b" "
-                while True:
-                    done, _ = await asyncio.wait({task}, timeout=interval)
-                    if done:
-                        break
-                    yield b" "
-                try:
-                    raw, _headers = task.result()
-                except ApiError as err:
-                    raw = orjson.dumps(err.to_body())
-                except Exception as exc:  # noqa: BLE001 - the status is already sent
-                    log.error("unexpected %s in a keep-alive call (request %s)", type(exc).__name__, request_id)
-                    raw = orjson.dumps(ApiError(
-                        f"The gateway hit an internal error; retry, quoting request id {request_id}.",
-                        status=500, type="server_error", code="internal_error").to_body())
-                yield raw
-            finally:
-                if not task.done():
-                    task.cancel()  # the client left: the relay releases the hold
+            try:
+                raw, _headers = task.result()
+            except ApiError as err:
+                raw = orjson.dumps(err.to_body())
+            except Exception as exc:  # noqa: BLE001 - the status is already sent
+                log.error("unexpected %s in a keep-alive call (request %s)", type(exc).__name__, request_id)
+                raw = orjson.dumps(ApiError(
+                    f"The gateway hit an internal error; retry, quoting request id {request_id}.",
+                    status=500, type="server_error", code="internal_error").to_body())
+            yield raw
+        finally:
+            if not task.done():
+                task.cancel()  # the client left: the relay releases the hold
 
-    return StreamingResponse(
-        body(), media_type="application/json",
+    return _HoldingSlot(
+        body(), slot, media_type="application/json",
         headers={"x-request-id": request_id, "cache-control": "no-cache", "x-accel-buffering": "no"},
     )

@@ -5,9 +5,10 @@ retryable failure (connection error, timeout, 429, 5xx, undecodable answer) move
 on to another channel, within ``max_attempts`` and an overall deadline; a client
 error (moderation, invalid value) is returned at once. A channel that fails
 ``breaker_threshold`` times in a row is cooled down, then half-open: one probe call
-is let through, and its outcome closes or re-opens the breaker. A channel whose key
-is rejected (401/403) is disabled with the reason recorded until an operator
-re-enables it. The caller never learns which channel failed.
+is let through, and its outcome closes or re-opens the breaker. With ``shared`` set
+(Redis), a cooldown started here also keeps the other gateway processes off the
+channel. A channel whose key is rejected (401/403) is disabled with the reason
+recorded until an operator re-enables it. The caller never learns which channel failed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.domain.b64 import InvalidImagePayload, normalize_b64
@@ -101,6 +103,16 @@ class NoChannel(UpstreamError):
     code = "no_available_channel"
 
 
+class SharedCooldowns(Protocol):
+    """Cooldowns seen by every gateway process (``imagerelay.shared.cooldowns``)."""
+
+    def remaining(self, name: str, now: float) -> float: ...
+
+    def trip(self, name: str, seconds: float) -> None: ...
+
+    def clear(self, name: str) -> None: ...
+
+
 @dataclass
 class PoolPolicy:
     max_attempts: int = 3
@@ -119,6 +131,8 @@ class ChannelPool:
     )
     # Called when a channel's key is rejected, to persist the disable (admin sees why).
     on_disable: Callable[[str, str], Awaitable[None]] | None = None
+    # Lets a breaker tripped in one process cool the channel down in the others too.
+    shared: SharedCooldowns | None = None
     rng: random.Random = field(default_factory=random.Random)
     health: dict[str, ChannelHealth] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
@@ -138,7 +152,15 @@ class ChannelPool:
             return False
         if h.cooldown_until > now:
             return False
+        if self.shared is not None and self.shared.remaining(ch.name, now) > 0:
+            return False
         return True
+
+    def cooldown_remaining(self, name: str) -> float:
+        now = self.clock()
+        local = self.health_of(name).cooldown_until - now
+        shared = self.shared.remaining(name, now) if self.shared is not None else 0.0
+        return max(0.0, local, shared)
 
     def order(self, channels: Sequence[ChannelSpec]) -> list[ChannelSpec]:
         """Usable channels: priority tiers high to low, weighted-random inside a tier."""
@@ -191,9 +213,13 @@ class ChannelPool:
             h.cooldown_until = self.clock() + self.policy.cooldown_s
             # After the cooldown exactly one call probes; one more failure re-opens.
             h.half_open_probe = True
+            if self.shared is not None:
+                self.shared.trip(name, self.policy.cooldown_s)
 
     def enable(self, name: str) -> None:
         self.health[name] = ChannelHealth()
+        if self.shared is not None:
+            self.shared.clear(name)
 
     async def call(
         self, channels: Sequence[ChannelSpec], upstream_model: str, default_size: str, request: ImageRequest

@@ -48,3 +48,29 @@ def drop_postgres_database(name: str) -> None:
 
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def redis_url() -> str:
+    """The test Redis, once it is known to be reachable (skip, or fail in CI, otherwise)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(REDIS_URL)
+    require("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
+    return REDIS_URL
+
+
+def fresh_redis_prefix() -> str:
+    """A key prefix no other test uses; remove its keys with delete_redis_prefix."""
+    return f"imagerelay-test:{uuid.uuid4().hex[:12]}:"
+
+
+def delete_redis_prefix(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from imagerelay.errors import RateLimited
-from imagerelay.limits import TokenLimiter
+from imagerelay.limits import UNLIMITED, TokenLimiter
 from imagerelay.storage.accounts import TokenInfo
 
 
@@ -12,52 +12,53 @@ def token(rpm: int | None = None, concurrency: int | None = None, tid: int = 1) 
                      is_admin=False, rpm_limit=rpm, concurrency_limit=concurrency)
 
 
-def test_rpm_window_slides() -> None:
+async def test_rpm_window_slides() -> None:
     now = [1000.0]
     limiter = TokenLimiter(clock=lambda: now[0])
     t = token(rpm=2)
     for _ in range(2):
-        with limiter.admit(t):
+        async with limiter.admit(t):
             pass
     with pytest.raises(RateLimited) as info:
-        with limiter.admit(t):
+        async with limiter.admit(t):
             pass
     assert info.value.headers["retry-after"] == "60"
     now[0] += 30
     with pytest.raises(RateLimited) as info:
-        with limiter.admit(t):
+        async with limiter.admit(t):
             pass
     assert info.value.headers["retry-after"] == "30"
     now[0] += 30.001
-    with limiter.admit(t):
+    async with limiter.admit(t):
         pass
 
 
-def test_concurrency_slots_are_returned() -> None:
+async def test_concurrency_slots_are_returned() -> None:
     limiter = TokenLimiter()
     t = token(concurrency=2)
-    with limiter.admit(t), limiter.admit(t):
+    async with limiter.admit(t), limiter.admit(t):
         with pytest.raises(RateLimited):
-            with limiter.admit(t):
+            async with limiter.admit(t):
                 pass
-        with limiter.admit(token(concurrency=2, tid=2)):  # other tokens are unaffected
+        async with limiter.admit(token(concurrency=2, tid=2)):  # other tokens are unaffected
             pass
-    with limiter.admit(t):
+    async with limiter.admit(t):
         pass
 
 
-def test_slot_returned_on_error() -> None:
+async def test_slot_returned_on_error() -> None:
     limiter = TokenLimiter()
     t = token(concurrency=1)
     with pytest.raises(ValueError):
-        with limiter.admit(t):
+        async with limiter.admit(t):
             raise ValueError
-    with limiter.admit(t):
+    async with limiter.admit(t):
         pass
 
 
-def test_unlimited_tokens_pass() -> None:
+async def test_unlimited_tokens_pass() -> None:
     limiter = TokenLimiter()
+    assert limiter.admit(token()) is UNLIMITED  # no per-call state for tokens without limits
     for _ in range(1000):
-        with limiter.admit(token()):
+        async with limiter.admit(token()):
             pass

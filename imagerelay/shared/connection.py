@@ -1,0 +1,80 @@
+"""The Redis connection the shared limits and cooldowns use, and its fail-open policy.
+
+Redis here guards fairness (rate limits) and spares failing upstreams (cooldowns);
+neither is worth refusing a paying call over. So a Redis error never reaches the
+client: the caller admits the call as if no shared state existed, and this module
+logs one warning per outage window instead of one per call. After a failure Redis
+is not asked again for ``backoff_s``, so an unreachable host costs one connect
+timeout per window rather than one per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+log = logging.getLogger("imagerelay.shared")
+
+# What a failed Redis call can raise: redis-py wraps most socket trouble, not all.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
+
+
+class SharedRedis:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "imagerelay:",
+        *,
+        timeout_s: float = 1.0,
+        backoff_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # No client-side retries: a retry loop is exactly the latency fail-open avoids.
+        self.client: Redis = Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+        )
+        self.prefix = prefix
+        self._backoff_s = backoff_s
+        self._clock = clock
+        self._skip_until = 0.0
+        self._down = False
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    @property
+    def usable(self) -> bool:
+        """False for a short while after a failure: callers fail open without asking."""
+        return not self._down or self._clock() >= self._skip_until
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        if not self._down:
+            # The exception type only: a message could carry the URL and its password.
+            log.warning("Redis unavailable (%s) for %s: shared rate limits and channel cooldowns fail open "
+                        "(calls are admitted, per-process breakers still apply) until it is back",
+                        type(exc).__name__, what)
+        self._down = True
+        self._skip_until = self._clock() + self._backoff_s
+
+    def succeeded(self) -> None:
+        if self._down:
+            self._down = False
+            log.info("Redis reachable again: shared rate limits and channel cooldowns apply")
+
+    async def ping(self) -> bool:
+        try:
+            await self.client.ping()
+        except REDIS_ERRORS as exc:
+            self.failed("start-up", exc)
+            return False
+        self.succeeded()
+        return True
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
