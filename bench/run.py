@@ -122,7 +122,7 @@ def flush_redis_prefix(url: str, prefix: str) -> None:
         client.close()
 
 
-def start_stack(workdir: Path, database_url: str | None, redis_url: str | None) -> Stack:
+def start_stack(workdir: Path, database_url: str | None, redis_url: str | None = None) -> Stack:
     sim_port, gw_port = free_port(), free_port()
     sim_log = open(workdir / "sim.log", "wb")
     sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai", "--port", str(sim_port),

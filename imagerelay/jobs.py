@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -91,6 +92,7 @@ class JobService:
         self._webhook_backoff_s = webhook_backoff_s
         self._wake = asyncio.Event()
         self._webhook_wake = asyncio.Event()
+        self._next_retry_at = math.inf  # earliest retry this process scheduled
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._http: httpx.AsyncClient | None = None
@@ -435,10 +437,16 @@ class JobService:
                 await self._deliver_due()
             except Exception as exc:  # noqa: BLE001
                 log.error("webhook delivery loop: %s", type(exc).__name__)
-            # Woken at once for a new delivery; the timeout catches due retries.
+            # Woken at once for a new delivery; otherwise asleep until this process's
+            # next retry is due, or IDLE_POLL_S for deliveries other replicas scheduled.
+            # A query every second while idle stalled the loop often enough to show in p99.
             self._webhook_wake.clear()
+            until_retry = max(0.0, self._next_retry_at - time.time())
+            wait = min(IDLE_POLL_S, until_retry)
+            if until_retry <= IDLE_POLL_S:
+                self._next_retry_at = math.inf  # this wake-up is the one that delivers it
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._webhook_wake.wait(), timeout=min(1.0, self._webhook_backoff_s / 2))
+                await asyncio.wait_for(self._webhook_wake.wait(), timeout=wait)
 
     async def _deliver_due(self) -> None:
         now = time.time()
@@ -471,6 +479,7 @@ class JobService:
         else:
             values = {"webhook_attempts": attempts,
                       "webhook_next_at": time.time() + self._webhook_backoff_s * 2 ** (attempts - 1)}
+            self._next_retry_at = min(self._next_retry_at, values["webhook_next_at"])
         async with self._engine.begin() as conn:
             await conn.execute(update(jobs).where(jobs.c.id == row["id"]).values(**values))
 

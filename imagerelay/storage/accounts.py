@@ -164,6 +164,10 @@ class Accounts:
         if pending is None:
             pending = self._lookups[key] = asyncio.ensure_future(self._lookup(key))
             pending.add_done_callback(lambda _f: self._lookups.pop(key, None))
+        if hit is not None and hit[0] + self._cache_ttl_s > now:
+            # Just expired: answer from the entry while it refreshes, so no call waits
+            # on the lookup (a revocation still takes effect within two TTLs).
+            return hit[1]
         return await asyncio.shield(pending)
 
     async def _lookup(self, key: str) -> TokenInfo | None:
