@@ -51,7 +51,6 @@ app = Starlette(routes=[Route("/v1/images/generations", passthrough, methods=["P
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8)
-    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="imagerelay-floor-"))
     (work / "floor_app.py").write_text(APP)
@@ -61,11 +60,7 @@ def main() -> None:
                             "--api-key", SIM_KEY, "--cache"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "FLOOR_UPSTREAM": f"http://127.0.0.1:{sim_port}/v1/images/generations", "FLOOR_KEY": SIM_KEY,
            "PYTHONPATH": str(work)}
-    if args.server == "uvicorn":
-        cmd = [PY, "-m", "uvicorn", "floor_app:app", "--port", str(app_port), "--no-access-log", "--log-level", "warning"]
-    else:
-        cmd = [str(Path(PY).parent / "granian"), "--interface", "asgi", "--port", str(app_port), "--loop", "uvloop",
-               "--runtime-mode", "st", "--log-level", "warning", "floor_app:app"]
+    cmd = [PY, "-m", "uvicorn", "floor_app:app", "--port", str(app_port), "--no-access-log", "--log-level", "warning"]
     app = subprocess.Popen(cmd, env=env, cwd=work)
     try:
         wait_http(f"http://127.0.0.1:{sim_port}/_sim/health", sim, "simulator")
