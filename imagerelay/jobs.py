@@ -16,7 +16,6 @@ Input images of edit jobs are kept on disk next to the job until it ends.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -32,6 +31,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 import orjson
+import pybase64
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -224,7 +224,7 @@ class JobService:
                 entry["url"] = self._store.signed_url(base_url, name)
                 if want_b64:
                     raw = await anyio.to_thread.run_sync((self._store.root / name).read_bytes)
-                    entry["b64_json"] = base64.b64encode(raw).decode("ascii")
+                    entry["b64_json"] = pybase64.b64encode(raw).decode("ascii")
             data.append(entry)
         return {**result, "data": data}
 

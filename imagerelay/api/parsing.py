@@ -6,12 +6,12 @@ temporary files, not held in memory while the body arrives.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from typing import Any
 
 import orjson
+import pybase64
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
@@ -173,7 +173,8 @@ def _image_from_ref(ref: Any, part: str, max_image_bytes: int) -> InputImage:
     if len(payload) * 3 // 4 > max_image_bytes + 3:
         raise PayloadTooLarge(f"{part} is larger than {max_image_bytes // (1024 * 1024)} MB.", param=part)
     try:
-        data = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
+        pad = -len(payload) % 4
+        data = pybase64.b64decode(payload + "=" * pad if pad else payload, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest(f"{part}.image_url is not valid base64.", param=part) from None
     return sniff_image(data, part, None)
