@@ -25,7 +25,7 @@ from imagerelay.api.responses import json_response
 from imagerelay.config import Settings
 from imagerelay.errors import ApiError, NotFound
 from imagerelay.imagestore import MEDIA_TYPES
-from imagerelay.memory import tune_malloc
+from imagerelay.memory import tune_gc, tune_malloc
 from imagerelay.relay import new_request_id
 from imagerelay.services import Services
 
@@ -118,6 +118,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await svc.start()
+        tune_gc()
         try:
             yield
         finally:
