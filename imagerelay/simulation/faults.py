@@ -61,6 +61,7 @@ FAULT_TYPES: tuple[str, ...] = (
     "moderation",  # 400 image_generation_user_error / moderation_blocked
     "content_filter",  # 400 Azure contentFilter with inner_error ResponsibleAIPolicyViolation
     "reset",  # the connection is reset (RST) without any response byte
+    "drop",  # the connection is closed (FIN) without any response byte: an idle keep-alive timing out
     "truncate",  # content-length announces the full body, half is sent, connection closed
     "invalid_json",  # 200 application/json whose body is not valid JSON
     "data_url_prefix",  # b64_json starts with "data:image/png;base64,"

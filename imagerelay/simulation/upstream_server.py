@@ -98,6 +98,7 @@ from imagerelay.simulation.inbound import (
 from imagerelay.simulation.render import render_image
 from imagerelay.simulation.wire import (
     _SCOPE_SEND,
+    DropResponse,
     ResetResponse,
     SSEResponse,
     TruncatedResponse,
@@ -447,6 +448,8 @@ class _Handler:
             if fault is not None:
                 if fault.type == "reset":
                     return ResetResponse()
+                if fault.type == "drop":
+                    return DropResponse()
                 if fault.type == "stream_error" and not _wants_stream(body):
                     fault = FaultRule(type="server_error", message=fault.message, headers=fault.headers)
                 fault_error = self._fault_error(fault, self._model_hint(body, deployment))

@@ -70,6 +70,17 @@ class ResetResponse(Response):
         await _drop_connection(scope, reset=True)
 
 
+class DropResponse(Response):
+    """No answer at all: the connection is closed cleanly (FIN), as a server does when
+    its keep-alive timeout fires just as a request arrives on the idle connection."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _drop_connection(scope, reset=False)
+
+
 class TruncatedResponse(Response):
     """Headers promise ``len(body)`` bytes; half arrive, then the connection closes."""
 

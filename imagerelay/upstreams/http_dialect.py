@@ -119,6 +119,21 @@ class OpenAIDialectConnector:
             client = self._clients[channel.name] = self._client_factory(channel)
         return client
 
+    async def _open(self, target: CallTarget, request: ImageRequest, stream: bool) -> aiohttp.ClientResponse:
+        """Send the request; its response once the status line and headers are in.
+
+        An upstream may close an idle keep-alive connection just as we reuse it; the
+        request then fails before any answer with the server "disconnected". That is
+        retried once on a fresh connection, here: with a one-channel pool it would
+        otherwise be a 502 for a call the upstream never saw (seen under load against
+        a server whose keep-alive timeout is shorter than our pool's).
+        """
+        session = self._client(target.channel)
+        try:
+            return await session.post(**self._build(target, request, stream), allow_redirects=False)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError):
+            return await session.post(**self._build(target, request, stream), allow_redirects=False)
+
     def _build(self, target: CallTarget, request: ImageRequest, stream: bool) -> dict[str, Any]:
         params = self.adapt_params(target, request)
         model = self.body_model(target)
@@ -167,9 +182,8 @@ class OpenAIDialectConnector:
         return UpstreamFailure("client", detail, status=status, client_error=self.client_error(status, error))
 
     async def images(self, target: CallTarget, request: ImageRequest) -> UpstreamResult:
-        spec = self._build(target, request, stream=False)
         try:
-            async with self._client(target.channel).post(**spec, allow_redirects=False) as resp:
+            async with await self._open(target, request, stream=False) as resp:
                 status, headers = resp.status, resp.headers
                 raw = await _read_body(resp)
         except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -200,9 +214,8 @@ class OpenAIDialectConnector:
         return UpstreamResult(items=items, usage=Usage.from_official(body.get("usage")), meta=meta, created=created)
 
     async def stream(self, target: CallTarget, request: ImageRequest) -> AsyncIterator[StreamEvent]:
-        spec = self._build(target, request, stream=True)
         try:
-            async with self._client(target.channel).post(**spec, allow_redirects=False) as resp:
+            async with await self._open(target, request, stream=True) as resp:
                 if resp.status != 200:
                     raise self._failure_for_status(resp.status, resp.headers, await resp.read())
                 async for payload in _sse_payloads(resp):

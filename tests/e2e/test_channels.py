@@ -176,6 +176,23 @@ def test_failover_on_retryable_fault(rig: Rig, fault: Any) -> None:
     assert len(rig.requests("azure-1")) == 2
 
 
+def test_a_dropped_connection_is_retried_once_on_the_same_channel(rig: Rig) -> None:
+    # A clean close with no answer is what a reused keep-alive connection looks like
+    # when the upstream timed it out: retried on a fresh connection, not failed over.
+    rig.fault("azure-1", type="drop", count=1)
+    res = rig.client("Sora2Official").images.generate(model="gpt-image-2", prompt="x", size="1024x1024", quality="low")
+    assert decode(res.data[0].b64_json).size == (1024, 1024)
+    assert len(rig.requests("azure-1")) == 2 and rig.requests("openai-a") == []
+    assert rig.health("azure-1")["health"]["consecutive_failures"] == 0
+
+
+def test_a_dropped_connection_twice_fails_over(rig: Rig) -> None:
+    rig.fault("azure-1", type="drop", count=2)
+    res = rig.client("Sora2Official").images.generate(model="gpt-image-2", prompt="x", size="1024x1024", quality="low")
+    assert decode(res.data[0].b64_json).size == (1024, 1024)
+    assert len(rig.requests("azure-1")) == 2 and len(rig.requests("openai-a")) == 1
+
+
 @pytest.mark.parametrize("fault", ["data_url_prefix", "no_padding"])
 def test_repairable_payloads_are_cleaned_not_failed_over(rig: Rig, fault: str) -> None:
     rig.fault("azure-1", type=fault, count=1)
