@@ -176,9 +176,16 @@ def test_failover_on_retryable_fault(rig: Rig, fault: Any) -> None:
     assert len(rig.requests("azure-1")) == 2
 
 
+def _warm(rig: Rig) -> None:
+    """One clean call, so the gateway holds a pooled keep-alive connection to azure-1."""
+    rig.client("Sora2Official").images.generate(model="gpt-image-2", prompt="w", size="1024x1024", quality="low")
+    httpx.delete(rig.sims["azure-1"] + "/_sim/requests")
+
+
 def test_a_dropped_connection_is_retried_once_on_the_same_channel(rig: Rig) -> None:
-    # A clean close with no answer is what a reused keep-alive connection looks like
-    # when the upstream timed it out: retried on a fresh connection, not failed over.
+    # A clean close with no answer on a reused keep-alive connection is what an upstream
+    # timing the connection out looks like: retried on a fresh connection, not failed over.
+    _warm(rig)
     rig.fault("azure-1", type="drop", count=1)
     res = rig.client("Sora2Official").images.generate(model="gpt-image-2", prompt="x", size="1024x1024", quality="low")
     assert decode(res.data[0].b64_json).size == (1024, 1024)
@@ -187,6 +194,7 @@ def test_a_dropped_connection_is_retried_once_on_the_same_channel(rig: Rig) -> N
 
 
 def test_a_dropped_connection_twice_fails_over(rig: Rig) -> None:
+    _warm(rig)
     rig.fault("azure-1", type="drop", count=2)
     res = rig.client("Sora2Official").images.generate(model="gpt-image-2", prompt="x", size="1024x1024", quality="low")
     assert decode(res.data[0].b64_json).size == (1024, 1024)
