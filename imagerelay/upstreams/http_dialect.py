@@ -2,9 +2,12 @@
 openai-compatible connectors.
 
 Vendors differ only in URL, auth header, small body adaptations and error shapes,
-so each vendor module overrides those few hooks and nothing else. One pooled
-keep-alive ``aiohttp.ClientSession`` per channel; the session factory is injectable
-so a test can point a connector anywhere.
+so each vendor module overrides those few hooks and nothing else.
+
+Two transports, both pooled keep-alive per channel: JSON generations (the hot path)
+go over :mod:`imagerelay.upstreams.fastpost`, a lean HTTP/1.1 client, and streams
+and multipart edits over one ``aiohttp.ClientSession`` per channel. Injecting a
+session factory sends everything through aiohttp.
 
 Why aiohttp rather than httpx: httpcore checks every pooled connection for
 readability on each request (a syscall per connection), which at 64 concurrent
