@@ -107,6 +107,8 @@ class _Connection(asyncio.Protocol):
             head = [bytes(self._body[:self._filled])] if self._body is not None else []
             body = b"".join(head + self._chunks)
         answer = Answer(self._parser.get_status_code(), self._headers, body)
+        # A pooled connection must not keep its last answer alive: a 4K image is 33 MB.
+        self._body, self._chunks, self._headers = None, [], {}
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(answer)

@@ -199,3 +199,20 @@ async def test_a_reset_before_any_answer_is_not_retried(sim: str) -> None:
 def test_only_http_urls(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         FastPostPool("ftp://example.com", max_connections=1, connect_timeout_s=1)
+
+
+async def test_a_pooled_connection_keeps_no_answer_alive() -> None:
+    # Regression: idle connections held their last body, 33 MB per connection for 4K images.
+    big = b'{"data": [{"b64_json": "' + b"A" * (3 << 20) + b'"}]}'
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(big) + big
+    server, base = await _raw_server(answer, close=False)
+    pool = FastPostPool(base, max_connections=2, connect_timeout_s=2)
+    try:
+        got = await pool.post("/v1/images/generations", {}, b"{}", read_timeout_s=5)
+        assert got.body == big and isinstance(got.body, bytearray)  # read into one presized buffer
+        [idle] = pool._idle  # noqa: SLF001
+        assert idle._body is None and idle._chunks == []  # noqa: SLF001
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
