@@ -22,11 +22,12 @@ import openai
 import pytest
 from PIL import Image
 
-from imagerelay.simulation.upstream_server import DEFAULT_MODELS, create_upstream_app
+from imagerelay.simulation.upstream_server import create_upstream_app
 from tests.conftest import png_bytes
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.servers import run_asgi
+from tests.support.upstreams import simulated_channels
 
 ADMIN = "channels-admin-token"
 KEYS = {"LEGACY_KEY": "sk-legacy-secret-1", "AZURE_KEY": "az-secret-key-2", "OPENAI_A_KEY": "sk-openai-a-secret-3",
@@ -68,27 +69,12 @@ class Rig:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("channels")
-    with (
-        run_asgi(create_upstream_app("openai", api_keys=[KEYS["LEGACY_KEY"]],
-                                     models=(*DEFAULT_MODELS, "gpt-image-2-vip"))) as legacy,
-        run_asgi(create_upstream_app("azure", api_keys=[KEYS["AZURE_KEY"]], deployments={"img2-deploy": "gpt-image-2"})) as azure,
-        run_asgi(create_upstream_app("openai", api_keys=[KEYS["OPENAI_A_KEY"]])) as oa,
-        run_asgi(create_upstream_app("openai", api_keys=[KEYS["OPENAI_B_KEY"]])) as ob,
-    ):
-        catalog = write_catalog(tmp / "catalog.yaml", [
-            {"name": "legacy", "type": "openai-compatible", "base_url": legacy + "/v1", "api_key_env": "LEGACY_KEY",
-             "pools": ["legacy", "legacy-vip"]},
-            {"name": "azure-1", "type": "azure", "base_url": azure, "api_key_env": "AZURE_KEY",
-             "model_map": {"gpt-image-2": "img2-deploy"}, "pools": ["official-mixed"], "priority": 10},
-            {"name": "openai-a", "type": "openai", "base_url": oa + "/v1", "api_key_env": "OPENAI_A_KEY",
-             "pools": ["official-mixed", "official-pure"]},
-            {"name": "openai-b", "type": "openai", "base_url": ob + "/v1", "api_key_env": "OPENAI_B_KEY",
-             "pools": ["official-pure"]},
-        ])
+    with simulated_channels(KEYS) as (sims, channels):
+        catalog = write_catalog(tmp / "catalog.yaml", channels)
         env = {**KEYS, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
                "IMAGERELAY_BREAKER_COOLDOWN_S": str(COOLDOWN_S), "IMAGERELAY_MAX_RETRY_AFTER_S": "1"}
         with run_gateway(tmp, extra_env=env) as gw:
-            yield Rig(gw, {"legacy": legacy, "azure-1": azure, "openai-a": oa, "openai-b": ob})
+            yield Rig(gw, sims)
 
 
 @pytest.fixture(autouse=True)

@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from imagerelay.simulation.upstream_server import DEFAULT_MODELS, create_upstream_app
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
-from tests.support.servers import run_asgi
+from tests.support.upstreams import simulated_channels
 from tests.support.services import delete_redis_prefix, fresh_redis_prefix, redis_url
 
 ADMIN = "shared-redis-admin-token"
@@ -53,20 +52,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     url = redis_url()
     prefix = fresh_redis_prefix()
     tmp = tmp_path_factory.mktemp("shared-redis")
-    with (
-        run_asgi(create_upstream_app("openai", api_keys=[KEYS["LEGACY_KEY"]],
-                                     models=(*DEFAULT_MODELS, "gpt-image-2-vip"))) as legacy,
-        run_asgi(create_upstream_app("azure", api_keys=[KEYS["AZURE_KEY"]], deployments={"img2-deploy": "gpt-image-2"})) as azure,
-        run_asgi(create_upstream_app("openai", api_keys=[KEYS["OPENAI_A_KEY"]])) as oa,
-    ):
-        catalog = write_catalog(tmp / "catalog.yaml", [
-            {"name": "legacy", "type": "openai-compatible", "base_url": legacy + "/v1", "api_key_env": "LEGACY_KEY",
-             "pools": ["legacy", "legacy-vip"]},
-            {"name": "azure-1", "type": "azure", "base_url": azure, "api_key_env": "AZURE_KEY",
-             "model_map": {"gpt-image-2": "img2-deploy"}, "pools": ["official-mixed"], "priority": 10},
-            {"name": "openai-a", "type": "openai", "base_url": oa + "/v1", "api_key_env": "OPENAI_A_KEY",
-             "pools": ["official-mixed", "official-pure"]},
-        ])
+    with simulated_channels(KEYS) as (sims, channels):
+        catalog = write_catalog(tmp / "catalog.yaml", channels)
         # Two hosts: own data directories, one database and one Redis between them.
         env = {**KEYS, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
                "IMAGERELAY_DATABASE_URL": f"sqlite:///{tmp / 'shared.db'}",
@@ -76,7 +63,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         (tmp / "b").mkdir()
         try:
             with run_gateway(tmp / "a", extra_env=env) as a, run_gateway(tmp / "b", extra_env=env) as b:
-                yield Rig(a, b, {"legacy": legacy, "azure-1": azure, "openai-a": oa})
+                yield Rig(a, b, sims)
         finally:
             delete_redis_prefix(prefix)
 

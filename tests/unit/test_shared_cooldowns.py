@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,21 +14,9 @@ from imagerelay.shared.cooldowns import RedisCooldowns
 from imagerelay.upstreams.base import UpstreamFailure
 from imagerelay.upstreams.pool import ChannelPool, PoolPolicy
 from tests.support.gateway import free_port
-from tests.support.services import delete_redis_prefix, fresh_redis_prefix, redis_url
 
 CHANNELS = [ChannelSpec(name="flaky", type="simulator", pools=("p",)),
             ChannelSpec(name="steady", type="simulator", pools=("p",))]
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[SharedRedis]:
-    prefix = fresh_redis_prefix()
-    shared = SharedRedis(redis_url(), prefix)
-    try:
-        yield shared
-    finally:
-        await shared.aclose()
-        delete_redis_prefix(prefix)
 
 
 def pool(cooldowns: RedisCooldowns) -> ChannelPool:

@@ -5,7 +5,7 @@ per test; time is moved through an injected clock, never waited for."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -15,7 +15,6 @@ from imagerelay.shared.connection import SharedRedis
 from imagerelay.shared.limits import RedisTokenLimiter
 from imagerelay.storage.accounts import TokenInfo
 from tests.support.gateway import free_port
-from tests.support.services import delete_redis_prefix, fresh_redis_prefix, redis_url
 
 LEASE_S = 30.0
 
@@ -31,17 +30,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[SharedRedis]:
-    prefix = fresh_redis_prefix()
-    shared = SharedRedis(redis_url(), prefix)
-    try:
-        yield shared
-    finally:
-        await shared.aclose()
-        delete_redis_prefix(prefix)
 
 
 @pytest.fixture
