@@ -13,7 +13,9 @@ import hmac
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 
@@ -36,21 +38,20 @@ class ImageStore:
 
     async def put(self, data: bytes, fmt: str) -> str:
         """Store the image; returns its file name (``<random id>.<ext>``)."""
-        name = f"{secrets.token_urlsafe(18)}.{_EXT[fmt]}"
-        path = self.root / name
-        tmp = self.root / (name + ".part")
-
-        def _write() -> None:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)  # readers never see a half-written file
-
-        await anyio.to_thread.run_sync(_write)
-        return name
+        return await self._store(fmt, lambda out: out.write(data))
 
     async def put_b64(self, clean_b64: B64Payload) -> str:
-        """Decode and store off the event loop, a few MB at a time: a 4K image is ~25 MB
-        decoded, and eight of them in flight would otherwise be 200 MB of short-lived copies."""
-        fmt = sniff_format(decode_image_b64(clean_b64[:24])) or "png"
+        """Decode and store, a few MB at a time: a 4K image is ~25 MB decoded, and eight
+        of them in flight would otherwise be 200 MB of short-lived copies."""
+
+        def decode_into(out: BinaryIO) -> None:
+            for start in range(0, len(clean_b64), _DECODE_SLICE):  # a multiple of 4: slices decode alone
+                out.write(decode_image_b64(clean_b64[start:start + _DECODE_SLICE]))
+
+        return await self._store(sniff_format(decode_image_b64(clean_b64[:24])) or "png", decode_into)
+
+    async def _store(self, fmt: str, write: Callable[[BinaryIO], object]) -> str:
+        """Write a new image file off the event loop; returns its name."""
         name = f"{secrets.token_urlsafe(18)}.{_EXT[fmt]}"
         path = self.root / name
         tmp = self.root / (name + ".part")
@@ -58,8 +59,7 @@ class ImageStore:
         def _write() -> None:
             try:
                 with open(tmp, "wb") as out:
-                    for start in range(0, len(clean_b64), _DECODE_SLICE):  # a multiple of 4: slices decode alone
-                        out.write(decode_image_b64(clean_b64[start:start + _DECODE_SLICE]))
+                    write(out)
                 os.replace(tmp, path)  # readers never see a half-written file
             except BaseException:
                 tmp.unlink(missing_ok=True)
