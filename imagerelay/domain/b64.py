@@ -22,8 +22,7 @@ from collections.abc import Iterator
 
 B64Payload = str | bytes | memoryview
 
-_DATA_URL = re.compile(r"^data:[\w.+/-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
-_DATA_URL_BYTES = re.compile(_DATA_URL.pattern.encode(), re.IGNORECASE)
+_DATA_URL = re.compile(rb"^data:[\w.+/-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 
 _MAGIC = {
     b"\x89PNG\r\n\x1a\n": "png",
@@ -47,42 +46,29 @@ def sniff_format(head: bytes) -> str | None:
 
 
 def normalize_b64(value: object) -> tuple[B64Payload, str]:
-    """Return ``(clean_padded_b64, format)`` or raise :class:`InvalidImagePayload`."""
-    if isinstance(value, str):
-        return _normalize_str(value)
+    """Return ``(clean_padded_b64, format)`` or raise :class:`InvalidImagePayload`.
+
+    A ``str`` comes back as a ``str`` (streamed events are serialised with orjson), a
+    buffer as a buffer; either way the very same object when it was already clean.
+    """
+    if isinstance(value, str) and value:
+        if not value.isascii():
+            raise InvalidImagePayload("non-ASCII characters in base64")
+        view = memoryview(value.encode("ascii"))
+        clean, fmt = _normalize_buffer(view)
+        if clean is view:
+            return value, fmt
+        return (clean if isinstance(clean, str) else bytes(clean).decode("ascii")), fmt
     if isinstance(value, (bytes, bytearray, memoryview)) and len(value):
-        return _normalize_buffer(memoryview(value) if not isinstance(value, memoryview) else value)
+        return _normalize_buffer(value if isinstance(value, memoryview) else memoryview(value))
     raise InvalidImagePayload("b64_json is missing or not a string")
-
-
-def _normalize_str(value: str) -> tuple[B64Payload, str]:
-    if not value:
-        raise InvalidImagePayload("b64_json is missing or not a string")
-    s = value
-    prefixed = s.startswith("data:")
-    if prefixed:
-        m = _DATA_URL.match(s)
-        if not m:
-            raise InvalidImagePayload("malformed data: URL")
-        s = s[m.end() :]
-    # CPython returns the same object when nothing is stripped: no copy on the clean path.
-    s = s.rstrip("=")
-    if not s.isascii():
-        raise InvalidImagePayload("non-ASCII characters in base64")
-    if not _alphabet_only(s, len(s)):
-        return _round_trip(s.encode("ascii"))
-    fmt = _check_shape(s[:24].encode("ascii"), len(s))
-    pad = -len(s) % 4
-    if not prefixed and len(value) - len(s) == pad:
-        return value, fmt  # already clean: hand back the very same string
-    return s + "=" * pad, fmt
 
 
 def _normalize_buffer(value: memoryview) -> tuple[B64Payload, str]:
     view = value
     prefixed = view[:5] == b"data:"
     if prefixed:
-        m = _DATA_URL_BYTES.match(bytes(view[:256]))
+        m = _DATA_URL.match(bytes(view[:256]))
         if not m:
             raise InvalidImagePayload("malformed data: URL")
         view = view[m.end():]
@@ -99,7 +85,7 @@ def _normalize_buffer(value: memoryview) -> tuple[B64Payload, str]:
     return stripped.tobytes() + b"=" * pad, fmt
 
 
-def _alphabet_only(payload: str | memoryview, length: int) -> bool:
+def _alphabet_only(payload: memoryview, length: int) -> bool:
     """True when unpadded base64 text holds only the standard alphabet.
 
     pybase64's validating decoder (SIMD) checks 1 MB slices several times faster than
@@ -112,7 +98,7 @@ def _alphabet_only(payload: str | memoryview, length: int) -> bool:
             pybase64.b64decode(payload[start:min(start + _SLICE, whole)], validate=True)
         if whole < length:
             tail = payload[whole:length]
-            text = tail.encode("ascii") if isinstance(tail, str) else tail.tobytes()
+            text = tail.tobytes()
             pybase64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         return False
