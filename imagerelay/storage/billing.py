@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -419,24 +418,20 @@ class Billing:
 
     async def release(self, record: UsageRecord) -> None:
         """Close a failed call's hold without charging, and record it."""
-        record.cost_micros = 0
-        try:
-            if self._sqlite:
-                await self._runner.run(_release_tx, record)
-            else:
-                await self._runner.fetchrow(_PG_RELEASE, *_pg_usage_args(record))
-        except Exception as exc:
-            if not _is_repeat(exc):
-                raise
+        await self._record_free(record, _release_tx, _PG_RELEASE)
 
     async def record_only(self, record: UsageRecord) -> None:
         """A call refused before any hold (bad input, no balance): record it, charge nothing."""
+        await self._record_free(record, _record_tx, _PG_RECORD)
+
+    async def _record_free(self, record: UsageRecord, sqlite_tx: Callable[[Connection, UsageRecord], None],
+                           pg_statement: str) -> None:
         record.cost_micros = 0
         try:
             if self._sqlite:
-                await self._runner.run(_record_tx, record)
+                await self._runner.run(sqlite_tx, record)
             else:
-                await self._runner.fetchrow(_PG_RECORD, *_pg_usage_args(record))
+                await self._runner.fetchrow(pg_statement, *_pg_usage_args(record))
         except Exception as exc:
             if not _is_repeat(exc):
                 raise
