@@ -28,15 +28,19 @@ from imagerelay.limits import UNLIMITED, WINDOW_S, concurrency_exceeded, rpm_exc
 from imagerelay.shared.connection import REDIS_ERRORS, SharedRedis
 from imagerelay.storage.accounts import TokenInfo
 
-# KEYS: rpm zset, calls zset. ARGV: now ms (negative: use the server clock), window ms,
-# rpm limit (0: none), concurrency limit (0: none), call id, lease ms.
-# Returns {0, 0} admitted, {1, ms until a window slot frees} or {2, 0} refused.
-ADMIT = """
+# Both scripts take ARGV[1] = now in ms, or a negative number for the Redis server clock.
+_NOW_MS = """
 local now = tonumber(ARGV[1])
 if now < 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+"""
+
+# KEYS: rpm zset, calls zset. ARGV: now ms (negative: use the server clock), window ms,
+# rpm limit (0: none), concurrency limit (0: none), call id, lease ms.
+# Returns {0, 0} admitted, {1, ms until a window slot frees} or {2, 0} refused.
+ADMIT = _NOW_MS + """
 local window, rpm, conc = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local id, lease = ARGV[5], tonumber(ARGV[6])
 if rpm > 0 then
@@ -65,12 +69,7 @@ return {0, 0}
 
 # KEYS: calls zset. ARGV: now ms (negative: server clock), lease ms, call id.
 # XX: a lease that already expired (this process stalled past it) stays gone.
-RENEW = """
-local now = tonumber(ARGV[1])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+RENEW = _NOW_MS + """
 if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[3]) == 1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
