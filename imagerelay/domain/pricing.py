@@ -19,7 +19,6 @@ drove the price; the relay stores it with the usage record.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from typing import Any, Literal

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.storage.schema import tokens, users
+
+log = logging.getLogger("imagerelay.accounts")
 
 TOKEN_PREFIX = "sk-"
 
@@ -163,12 +166,18 @@ class Accounts:
         pending = self._lookups.get(key)
         if pending is None:
             pending = self._lookups[key] = asyncio.ensure_future(self._lookup(key))
-            pending.add_done_callback(lambda _f: self._lookups.pop(key, None))
+            pending.add_done_callback(lambda done: self._lookup_done(key, done))
         if hit is not None and hit[0] + self._cache_ttl_s > now:
             # Just expired: answer from the entry while it refreshes, so no call waits
             # on the lookup (a revocation still takes effect within two TTLs).
             return hit[1]
         return await asyncio.shield(pending)
+
+    def _lookup_done(self, key: str, done: asyncio.Future[TokenInfo | None]) -> None:
+        self._lookups.pop(key, None)
+        # A refresh nobody awaited (served from the stale entry) must not fail silently.
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("token lookup failed: %s", type(done.exception()).__name__)
 
     async def _lookup(self, key: str) -> TokenInfo | None:
         async with self._engine.connect() as conn:

@@ -18,9 +18,9 @@ see bench/RESULTS.md); aiohttp's pool does not.
 from __future__ import annotations
 
 import math
-from urllib.parse import urlsplit
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -30,8 +30,8 @@ from imagerelay.domain.b64 import B64Payload
 from imagerelay.domain.types import ImageRequest, Usage
 from imagerelay.errors import ApiError
 from imagerelay.upstreams.answer import parse_images_answer
-from imagerelay.upstreams.fastpost import BadHttp, FastPostPool, decoded_body
 from imagerelay.upstreams.base import CallTarget, StreamEvent, UpstreamFailure, UpstreamResult
+from imagerelay.upstreams.fastpost import BadHttp, FastPostPool, decoded_body
 
 ClientFactory = Callable[[ChannelSpec], aiohttp.ClientSession]
 
@@ -225,7 +225,6 @@ class OpenAIDialectConnector:
             body = parse_images_answer(raw)
         except orjson.JSONDecodeError:
             raise UpstreamFailure("bad_response", f"{target.channel.name}: invalid JSON") from None
-        del raw
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise UpstreamFailure("bad_response", f"{target.channel.name}: no data array")
         items = []
