@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import PY, SIM_KEY, WRK_SCRIPT, free_port, wait_http, wrk  # noqa: E402
+from run import PY, SIM_KEY, WRK_SCRIPT, free_ports, wait_http, wrk  # noqa: E402
 
 APP = '''
 import aiohttp, os
@@ -55,7 +55,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="imagerelay-floor-"))
     (work / "floor_app.py").write_text(APP)
     (work / "post.lua").write_text(WRK_SCRIPT)
-    sim_port, app_port = free_port(), free_port()
+    sim_port, app_port = free_ports(2)
     sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai", "--port", str(sim_port),
                             "--api-key", SIM_KEY, "--cache"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "FLOOR_UPSTREAM": f"http://127.0.0.1:{sim_port}/v1/images/generations", "FLOOR_KEY": SIM_KEY,

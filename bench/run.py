@@ -16,6 +16,7 @@ returned any error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -56,10 +57,15 @@ end
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: every socket stays bound until all are picked, since the kernel
+    may hand a just-closed port out again (the simulator and the gateway once got the same
+    one, and the gateway's admin calls reached the simulator)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -123,7 +129,7 @@ def flush_redis_prefix(url: str, prefix: str) -> None:
 
 
 def start_stack(workdir: Path, database_url: str | None, redis_url: str | None = None) -> Stack:
-    sim_port, gw_port = free_port(), free_port()
+    sim_port, gw_port = free_ports(2)
     sim_log = open(workdir / "sim.log", "wb")
     sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai", "--port", str(sim_port),
                             "--api-key", SIM_KEY, "--cache"], stdout=sim_log, stderr=subprocess.STDOUT)
