@@ -17,6 +17,7 @@ from rich.table import Table
 
 from imagerelay.catalog.loader import CatalogError, load_catalog
 from imagerelay.config import Settings
+from imagerelay.private_files import write_private
 
 app = typer.Typer(help="imagerelay: an OpenAI-compatible gateway for image generation.", no_args_is_help=True)
 users_app = typer.Typer(help="Create and list users.", no_args_is_help=True)
@@ -107,8 +108,7 @@ async def _ensure_demo(services: Any, groups: list[str]) -> dict[str, str]:
         if info is None or info.group != group or info.user_id != user.id:
             token = await services.accounts.create_token(user.id, group, name=f"demo-{group}")
         tokens[group] = token  # type: ignore[assignment]
-    store.write_text(json.dumps(tokens, indent=2))
-    store.chmod(0o600)
+    write_private(store, json.dumps(tokens, indent=2).encode())
     if user.balance_micros == 0 and user.held_micros == 0:
         await services.billing.adjust(user.id, int(DEMO_CREDIT_USD * 1_000_000), "demo credit", kind="topup")
     return tokens
@@ -155,7 +155,7 @@ def serve(
             console.print(f"  [cyan]{group}[/cyan]: {token}")
             console.print(f"    {_curl_example(base, group, token, cat)}", soft_wrap=True)
         if demo_tokens_out is not None:
-            demo_tokens_out.write_text(json.dumps(tokens, indent=2))
+            write_private(demo_tokens_out, json.dumps(tokens, indent=2).encode())
     # Worker processes rebuild settings from the environment: pass ours down.
     os.environ["IMAGERELAY_DATA_DIR"] = str(settings.data_dir.resolve())
     if settings.database_url:

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import anyio
 
 from imagerelay.domain.b64 import B64Payload, decode_image_b64, sniff_format
+from imagerelay.private_files import make_private_dir, private_opener
 
 _EXT = {"png": "png", "jpeg": "jpeg", "webp": "webp"}
 _DECODE_SLICE = 4 * 1024 * 1024
@@ -37,7 +38,7 @@ class ImageStore:
         self.root = root
         self._key = signing_key
         self.ttl_s = ttl_s
-        root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(root)
 
     def _sign(self, name: str, expires: int) -> str:
         return hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
@@ -64,7 +65,7 @@ class ImageStore:
 
         def _write() -> None:
             try:
-                with open(tmp, "wb") as out:
+                with open(tmp, "wb", opener=private_opener) as out:
                     write(out)
                 os.replace(tmp, path)  # readers never see a half-written file
             except BaseException:
