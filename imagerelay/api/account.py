@@ -150,6 +150,14 @@ async def admin_users(request: Request) -> Response:
     ]})
 
 
+def _label(value: object, limit: int = 128) -> str | None:
+    """A user or token name, or a ledger reason, as the database can store it on every
+    backend (PostgreSQL refuses NUL and text past the column's length): else None."""
+    if isinstance(value, str) and value.strip() and len(value) <= limit and value.isprintable():
+        return value
+    return None
+
+
 def _usd_field(body: dict[str, Any], name: str, *, signed: bool = False) -> int | None:
     """An optional money field of an admin body, as micro-dollars (see parse_usd_amount)."""
     if body.get(name) is None:
@@ -163,15 +171,17 @@ def _usd_field(body: dict[str, Any], name: str, *, signed: bool = False) -> int 
 async def admin_adjust_balance(request: Request) -> Response:
     await require_admin(request)
     services = services_of(request)
-    user = await services.accounts.find_user(request.path_params["name"])
+    name = _label(request.path_params["name"])
+    user = await services.accounts.find_user(name) if name else None
     if user is None:
         raise NotFound(f"No user named {request.path_params['name']!r}.")
     body = await read_json_object(request, 64 * 1024)
-    micros, reason = _usd_field(body, "amount_usd", signed=True), body.get("reason")
+    micros, reason = _usd_field(body, "amount_usd", signed=True), _label(body.get("reason"), 1000)
     if not micros:
         raise InvalidRequest('amount_usd is required and non-zero, e.g. "10.00" or "-2.50".', param="amount_usd")
-    if not isinstance(reason, str) or not reason.strip():
-        raise InvalidRequest("reason is required: it is recorded in the ledger.", param="reason")
+    if reason is None:
+        raise InvalidRequest("reason is required (up to 1,000 printable characters): it is recorded in the ledger.",
+                             param="reason")
     try:
         new_balance = await services.billing.adjust(user.id, micros, reason.strip(),
                                                     kind="topup" if micros > 0 else "adjust")
@@ -194,9 +204,12 @@ async def admin_create_token(request: Request) -> Response:
     await require_admin(request)
     services = services_of(request)
     body = await read_json_object(request, 64 * 1024)
-    user, group = body.get("user"), body.get("group")
-    if not isinstance(user, str) or not user:
-        raise InvalidRequest("user (a user name) is required.", param="user")
+    user, group = _label(body.get("user")), body.get("group")
+    if user is None:
+        raise InvalidRequest("user (a user name of up to 128 printable characters) is required.", param="user")
+    token_name = _label(body.get("name") or "default")
+    if token_name is None:
+        raise InvalidRequest("name must be up to 128 printable characters.", param="name")
     if group not in services.catalog.groups:
         raise InvalidRequest(f"group must be one of: {', '.join(services.catalog.groups)}.", param="group")
     cap_micros = _usd_field(body, "spend_cap_usd")
@@ -214,7 +227,7 @@ async def admin_create_token(request: Request) -> Response:
         raise InvalidRequest("expires_at must be a unix time.", param="expires_at")
     owner = await services.accounts.get_or_create_user(user)
     token = await services.accounts.create_token(
-        owner.id, group, name=str(body.get("name") or "default"), expires_at=expires,
+        owner.id, group, name=token_name, expires_at=expires,
         limits=TokenLimits(spend_cap_micros=cap_micros, allowed_models=tuple(allowed) if allowed else None,
                            rpm_limit=body.get("rpm"), concurrency_limit=body.get("concurrency")),
     )
@@ -226,7 +239,7 @@ async def admin_usage(request: Request) -> Response:
     user_id = None
     name = request.query_params.get("user")
     if name:
-        user = await services_of(request).accounts.find_user(name)
+        user = await services_of(request).accounts.find_user(name) if _label(name) else None
         if user is None:
             raise NotFound(f"No user named {name!r}.")
         user_id = user.id

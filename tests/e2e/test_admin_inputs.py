@@ -1,9 +1,11 @@
 """Hostile admin inputs over HTTP and on the command line (issue 10): money amounts and
 spend caps are plain bounded decimals, a debit never takes a balance below zero, and an
-admin user's expired token opens nothing under /admin/*. ``imagerelay audit`` passes after."""
+admin user's expired token opens nothing under /admin/*. ``imagerelay audit`` passes after.
+Each test runs against a gateway on SQLite and one on PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ import httpx
 import pytest
 
 from tests.support.gateway import Gateway, run_gateway
+from tests.support.services import drop_postgres_database, fresh_postgres_database
 
 ADMIN = "admin-secret-for-input-tests"
 H = {"Authorization": f"Bearer {ADMIN}"}
@@ -24,24 +27,35 @@ HOSTILE_AMOUNTS: list[Any] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    with run_gateway(tmp_path_factory.mktemp("admin-inputs"), extra_env={"IMAGERELAY_ADMIN_TOKEN": ADMIN}) as g:
-        yield g
+_database_url: dict[str, str] = {}  # gateway base URL -> its database URL ("": SQLite)
+_created: set[tuple[str, str]] = set()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    env = {"IMAGERELAY_ADMIN_TOKEN": ADMIN}
+    dropped = None
+    if request.param == "postgresql":
+        env["IMAGERELAY_DATABASE_URL"], dropped = fresh_postgres_database()
+    try:
+        with run_gateway(tmp_path_factory.mktemp("admin-inputs"), extra_env=env) as g:
+            _database_url[g.base_url] = env.get("IMAGERELAY_DATABASE_URL", "")
+            yield g
+    finally:
+        if dropped:
+            drop_postgres_database(dropped)
 
 
 def cli(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "IMAGERELAY_DATABASE_URL": _database_url[gw.base_url]} if _database_url[gw.base_url] else None
     return subprocess.run([sys.executable, "-m", "imagerelay", *args, "--data-dir", str(gw.data_dir)],
-                          capture_output=True, text=True, timeout=60)
-
-
-_created: set[str] = set()
+                          capture_output=True, text=True, timeout=60, env=env)
 
 
 def new_user(gw: Gateway, name: str, *, admin: bool = False) -> None:
-    if name not in _created:
+    if (gw.base_url, name) not in _created:
         assert cli(gw, "users", "create", name, *(["--admin"] if admin else [])).returncode == 0
-        _created.add(name)
+        _created.add((gw.base_url, name))
 
 
 def balance_of(gw: Gateway, name: str) -> int:
@@ -155,6 +169,28 @@ def test_admin_api_without_credentials_is_401(gw: Gateway) -> None:
     assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
     r = httpx.get(f"{gw.base_url}/admin/users", headers={"Authorization": "Bearer sk-not-a-token"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize(("field", "value"), [("user", "x" * 129), ("user", "a\u0000b"), ("user", ""),
+                                              ("user", 5), ("name", "n" * 129), ("name", "t\u0000")])
+def test_hostile_names_are_400(gw: Gateway, field: str, value: Any) -> None:
+    body = {"user": "named", "group": "default", field: value}
+    assert_error(httpx.post(f"{gw.base_url}/admin/tokens", headers=H, json=body), 400, field)
+
+
+@pytest.mark.parametrize("reason", ["r" * 1001, "a\u0000b", " ", 7])
+def test_hostile_reasons_are_400(gw: Gateway, reason: Any) -> None:
+    new_user(gw, "reasoned")
+    r = httpx.post(f"{gw.base_url}/admin/users/reasoned/balance", headers=H, json={"amount_usd": "1", "reason": reason})
+    assert_error(r, 400, "reason")
+
+
+@pytest.mark.parametrize("name", ["a%00b", "x" * 300])
+def test_hostile_user_names_in_urls_are_404(gw: Gateway, name: str) -> None:
+    r = httpx.post(f"{gw.base_url}/admin/users/{name}/balance", headers=H, json={"amount_usd": "1", "reason": "r"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.get(f"{gw.base_url}/admin/usage", headers=H, params={"user": name.replace("%00", "\u0000")})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
 def test_audit_passes_after_the_money_tests(gw: Gateway) -> None:
