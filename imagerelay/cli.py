@@ -7,7 +7,7 @@ import json
 import os
 import shlex
 import sys
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +17,7 @@ from rich.table import Table
 
 from imagerelay.catalog.loader import CatalogError, load_catalog
 from imagerelay.config import Settings
+from imagerelay.private_files import write_private
 
 app = typer.Typer(help="imagerelay: an OpenAI-compatible gateway for image generation.", no_args_is_help=True)
 users_app = typer.Typer(help="Create and list users.", no_args_is_help=True)
@@ -74,14 +75,16 @@ def _run(coro_fn: Any, settings: Settings) -> Any:
 
 
 def _usd_to_micros(text: str) -> int:
+    """A signed amount typed on the command line (see ``parse_usd_amount``)."""
+    from imagerelay.domain.pricing import MoneyInputError, parse_usd_amount
+
     try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise typer.BadParameter(f"{text!r} is not an amount in USD, e.g. 10 or 0.03") from None
-    micros = value * 1_000_000
-    if micros != micros.to_integral_value():
-        raise typer.BadParameter("amounts are exact to the micro-dollar (6 decimal places)")
-    return int(micros)
+        micros = parse_usd_amount(text, signed=True)
+    except MoneyInputError as exc:
+        raise typer.BadParameter(f"{text!r}: the amount {exc}") from None
+    if micros == 0:
+        raise typer.BadParameter("the amount must not be zero")
+    return micros
 
 
 async def _ensure_demo(services: Any, groups: list[str]) -> dict[str, str]:
@@ -105,8 +108,7 @@ async def _ensure_demo(services: Any, groups: list[str]) -> dict[str, str]:
         if info is None or info.group != group or info.user_id != user.id:
             token = await services.accounts.create_token(user.id, group, name=f"demo-{group}")
         tokens[group] = token  # type: ignore[assignment]
-    store.write_text(json.dumps(tokens, indent=2))
-    store.chmod(0o600)
+    write_private(store, json.dumps(tokens, indent=2).encode())
     if user.balance_micros == 0 and user.held_micros == 0:
         await services.billing.adjust(user.id, int(DEMO_CREDIT_USD * 1_000_000), "demo credit", kind="topup")
     return tokens
@@ -153,7 +155,7 @@ def serve(
             console.print(f"  [cyan]{group}[/cyan]: {token}")
             console.print(f"    {_curl_example(base, group, token, cat)}", soft_wrap=True)
         if demo_tokens_out is not None:
-            demo_tokens_out.write_text(json.dumps(tokens, indent=2))
+            write_private(demo_tokens_out, json.dumps(tokens, indent=2).encode())
     # Worker processes rebuild settings from the environment: pass ours down.
     os.environ["IMAGERELAY_DATA_DIR"] = str(settings.data_dir.resolve())
     if settings.database_url:
@@ -230,6 +232,9 @@ def balance_add(
     database_url: DbUrl = None,
 ) -> None:
     """Top up (or, with a negative amount, adjust) a user's balance."""
+    from imagerelay.domain.pricing import format_usd
+    from imagerelay.storage.billing import AdjustmentRefused
+
     micros = _usd_to_micros(amount)
 
     async def _add(s: Any) -> int:
@@ -237,7 +242,13 @@ def balance_add(
         if u is None:
             err_console.print(f"[red]no user {user!r}[/red]")
             raise typer.Exit(2)
-        return await s.billing.adjust(u.id, micros, reason, kind="topup" if micros > 0 else "adjust")  # type: ignore[no-any-return]
+        try:
+            return await s.billing.adjust(u.id, micros, reason, kind="topup" if micros > 0 else "adjust")  # type: ignore[no-any-return]
+        except AdjustmentRefused as refused:
+            why = "a debit cannot take it below zero" if micros < 0 else "the balance would pass its maximum"
+            err_console.print(f"[red]refused:[/red] {user}'s available balance is "
+                              f"{format_usd(refused.available_micros)}; {why}")
+            raise typer.Exit(2) from None
 
     balance = _run(_add, _settings(data_dir, database_url, None))
     console.print(f"{user}: balance ${Decimal(balance) / 1_000_000:.6f}")

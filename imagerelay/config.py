@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from imagerelay.private_files import create_private_file, make_private_dir
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGERELAY_", extra="ignore")
@@ -60,8 +62,7 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'imagerelay.db').resolve()}"
 
     def ensure_data_dir(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        return self.data_dir
+        return make_private_dir(self.data_dir)
 
     def signing_key(self) -> bytes:
         """The URL signing key: configured, or generated once and kept on disk."""
@@ -74,11 +75,7 @@ class Settings(BaseSettings):
         return self._generated_secret("webhook.key")
 
     def _generated_secret(self, name: str) -> bytes:
-        path = self.ensure_data_dir() / name
-        if not path.exists():
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
-        return path.read_text().strip().encode()
+        return create_private_file(self.ensure_data_dir() / name, secrets.token_hex(32).encode()).strip()
 
     @property
     def image_store_dir(self) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -20,10 +21,16 @@ from typing import BinaryIO
 import anyio
 
 from imagerelay.domain.b64 import B64Payload, decode_image_b64, sniff_format
+from imagerelay.private_files import make_private_dir, private_opener
 
 _EXT = {"png": "png", "jpeg": "jpeg", "webp": "webp"}
 _DECODE_SLICE = 4 * 1024 * 1024
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# The shape of what signed_url hands out, ASCII only: a url-safe random id and an
+# extension (no "/" and no leading "."), a unix time with room to spare, a hex SHA-256.
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.(?:png|jpeg|webp)", re.ASCII)
+_EXPIRES = re.compile(r"[0-9]{1,15}", re.ASCII)
+_SIG = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 class ImageStore:
@@ -31,7 +38,7 @@ class ImageStore:
         self.root = root
         self._key = signing_key
         self.ttl_s = ttl_s
-        root.mkdir(parents=True, exist_ok=True)
+        make_private_dir(root)
 
     def _sign(self, name: str, expires: int) -> str:
         return hmac.new(self._key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
@@ -58,7 +65,7 @@ class ImageStore:
 
         def _write() -> None:
             try:
-                with open(tmp, "wb") as out:
+                with open(tmp, "wb", opener=private_opener) as out:
                     write(out)
                 os.replace(tmp, path)  # readers never see a half-written file
             except BaseException:
@@ -73,13 +80,18 @@ class ImageStore:
         return f"{base_url.rstrip('/')}/v1/files/images/{name}?expires={expires}&sig={self._sign(name, expires)}"
 
     def resolve(self, name: str, expires: str, sig: str, now: float | None = None) -> Path | None:
-        """The file for a valid, unexpired signature; None otherwise (one answer for all failures)."""
-        if not expires.isdigit() or "/" in name or name.startswith("."):
+        """The file for a valid, unexpired signature; None otherwise (one answer for all failures).
+
+        Every part comes from a URL anyone can send, so each is matched against the exact
+        shape :meth:`signed_url` produces before it is used: ``str.isdigit`` would pass
+        "²" and 5,000 digits on to ``int`` (which raises), and ``compare_digest`` raises
+        on a non-ASCII ``str``."""
+        if not (_NAME.fullmatch(name) and _EXPIRES.fullmatch(expires) and _SIG.fullmatch(sig)):
             return None
         exp = int(expires)
         if exp < (time.time() if now is None else now):
             return None
-        if not hmac.compare_digest(self._sign(name, exp), sig):
+        if not hmac.compare_digest(self._sign(name, exp).encode(), sig.encode()):
             return None
         path = self.root / name
         return path if path.is_file() else None

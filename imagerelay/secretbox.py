@@ -11,6 +11,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from imagerelay.private_files import create_private_file, make_private_dir
+
 
 class SecretBoxError(ValueError):
     pass
@@ -30,12 +32,7 @@ class SecretBox:
     def from_settings(cls, configured: str | None, data_dir: Path) -> SecretBox:
         if configured:
             return cls(configured.encode())
-        path = data_dir / "secret.key"
-        if not path.exists():
-            data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(Fernet.generate_key())
-            path.chmod(0o600)
-        return cls(path.read_bytes().strip())
+        return cls(create_private_file(make_private_dir(data_dir) / "secret.key", Fernet.generate_key()).strip())
 
     def encrypt(self, plain: str) -> str:
         return self._fernet.encrypt(plain.encode()).decode("ascii")

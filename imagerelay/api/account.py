@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -13,12 +14,13 @@ from imagerelay.api.admin import require_admin
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
-from imagerelay.domain.pricing import usd_to_micros
+from imagerelay.domain.pricing import MoneyInputError, format_usd, parse_usd_amount
 from imagerelay.errors import InvalidRequest, NotFound
 from imagerelay.storage.accounts import TokenLimits
-from imagerelay.storage.billing import UsageQuery, usage_page
+from imagerelay.storage.billing import AdjustmentRefused, UsageQuery, usage_page
 
 MAX_PAGE = 500
+_MAX_UNIX_TIME = 253_402_300_799  # 9999-12-31: beyond it a date is a typo
 
 
 def usd(micros: int) -> str:
@@ -33,9 +35,13 @@ def _usage_query(request: Request, user_id: int | None) -> UsageQuery:
         if raw is None or raw == "":
             return None
         try:
-            return kind(raw)
+            value = kind(raw)
         except ValueError:
             raise InvalidRequest(f"{name} must be a {kind.__name__}", param=name) from None
+        # Past these the database driver fails (an int beyond 64 bits) or the filter is meaningless.
+        if not (math.isfinite(value) and abs(value) < 2**63):
+            raise InvalidRequest(f"{name} is out of range", param=name)
+        return value
 
     limit = number("limit", int) or 50
     if not 1 <= limit <= MAX_PAGE:
@@ -144,27 +150,53 @@ async def admin_users(request: Request) -> Response:
     ]})
 
 
+def _label(value: object, limit: int = 128) -> str | None:
+    """A user or token name, or a ledger reason, as the database can store it on every
+    backend (PostgreSQL refuses NUL and text past the column's length): else None."""
+    if isinstance(value, str) and value.strip() and len(value) <= limit and value.isprintable():
+        return value
+    return None
+
+
+def _usd_field(body: dict[str, Any], name: str, *, signed: bool = False) -> int | None:
+    """An optional money field of an admin body, as micro-dollars (see parse_usd_amount)."""
+    if body.get(name) is None:
+        return None
+    try:
+        return parse_usd_amount(body[name], signed=signed)
+    except MoneyInputError as exc:
+        raise InvalidRequest(f"{name} {exc}.", param=name) from None
+
+
 async def admin_adjust_balance(request: Request) -> Response:
     await require_admin(request)
     services = services_of(request)
-    user = await services.accounts.find_user(request.path_params["name"])
+    name = _label(request.path_params["name"])
+    user = await services.accounts.find_user(name) if name else None
     if user is None:
         raise NotFound(f"No user named {request.path_params['name']!r}.")
     body = await read_json_object(request, 64 * 1024)
-    amount, reason = body.get("amount_usd"), body.get("reason")
-    if not isinstance(amount, str):
-        raise InvalidRequest('amount_usd must be a decimal string such as "10.00" (never a float).', param="amount_usd")
-    if not isinstance(reason, str) or not reason.strip():
-        raise InvalidRequest("reason is required: it is recorded in the ledger.", param="reason")
+    micros, reason = _usd_field(body, "amount_usd", signed=True), _label(body.get("reason"), 1000)
+    if not micros:
+        raise InvalidRequest('amount_usd is required and non-zero, e.g. "10.00" or "-2.50".', param="amount_usd")
+    if reason is None:
+        raise InvalidRequest("reason is required (up to 1,000 printable characters): it is recorded in the ledger.",
+                             param="reason")
     try:
-        micros_dec = Decimal(amount) * 1_000_000
-    except ArithmeticError:
-        raise InvalidRequest("amount_usd is not a number.", param="amount_usd") from None
-    if micros_dec != micros_dec.to_integral_value() or micros_dec == 0:
-        raise InvalidRequest("amount_usd must be non-zero and exact to 6 decimal places.", param="amount_usd")
-    micros = int(micros_dec)
-    new_balance = await services.billing.adjust(user.id, micros, reason.strip(), kind="topup" if micros > 0 else "adjust")
+        new_balance = await services.billing.adjust(user.id, micros, reason.strip(),
+                                                    kind="topup" if micros > 0 else "adjust")
+    except AdjustmentRefused as refused:
+        raise InvalidRequest(
+            f"Refused: {user.name}'s available balance is {format_usd(refused.available_micros)}; "
+            + ("a debit cannot take it below zero." if micros < 0 else "the balance would pass its maximum."),
+            param="amount_usd", code="balance_limit",
+        ) from None
     return json_response({"user": user.name, "balance_micros": new_balance, "balance_usd": usd(new_balance)})
+
+
+# Per-token limits are counters in memory and Redis: bounded so no typo becomes an
+# integer the database or Redis cannot hold.
+_MAX_TOKEN_LIMIT = 1_000_000
 
 
 async def admin_create_token(request: Request) -> Response:
@@ -172,31 +204,30 @@ async def admin_create_token(request: Request) -> Response:
     await require_admin(request)
     services = services_of(request)
     body = await read_json_object(request, 64 * 1024)
-    user, group = body.get("user"), body.get("group")
-    if not isinstance(user, str) or not user:
-        raise InvalidRequest("user (a user name) is required.", param="user")
+    user, group = _label(body.get("user")), body.get("group")
+    if user is None:
+        raise InvalidRequest("user (a user name of up to 128 printable characters) is required.", param="user")
+    token_name = _label(body.get("name") or "default")
+    if token_name is None:
+        raise InvalidRequest("name must be up to 128 printable characters.", param="name")
     if group not in services.catalog.groups:
         raise InvalidRequest(f"group must be one of: {', '.join(services.catalog.groups)}.", param="group")
-    cap = body.get("spend_cap_usd")
-    if cap is not None and not isinstance(cap, str):
-        raise InvalidRequest('spend_cap_usd must be a decimal string such as "5.00".', param="spend_cap_usd")
+    cap_micros = _usd_field(body, "spend_cap_usd")
     allowed = body.get("allowed_models")
     if allowed is not None and not (isinstance(allowed, list) and all(isinstance(m, str) for m in allowed)):
         raise InvalidRequest("allowed_models must be a list of model names.", param="allowed_models")
     for key in ("rpm", "concurrency"):
         value = body.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise InvalidRequest(f"{key} must be a positive integer.", param=key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or not 1 <= value <= _MAX_TOKEN_LIMIT):
+            raise InvalidRequest(f"{key} must be an integer from 1 to {_MAX_TOKEN_LIMIT:,}.", param=key)
     expires = body.get("expires_at")
-    if expires is not None and (not isinstance(expires, (int, float)) or isinstance(expires, bool)):
+    if expires is not None and (not isinstance(expires, (int, float)) or isinstance(expires, bool)
+                                or not 0 <= expires <= _MAX_UNIX_TIME):
         raise InvalidRequest("expires_at must be a unix time.", param="expires_at")
-    try:
-        cap_micros = usd_to_micros(cap) if cap is not None else None
-    except (ArithmeticError, ValueError):
-        raise InvalidRequest("spend_cap_usd is not a number.", param="spend_cap_usd") from None
     owner = await services.accounts.get_or_create_user(user)
     token = await services.accounts.create_token(
-        owner.id, group, name=str(body.get("name") or "default"), expires_at=expires,
+        owner.id, group, name=token_name, expires_at=expires,
         limits=TokenLimits(spend_cap_micros=cap_micros, allowed_models=tuple(allowed) if allowed else None,
                            rpm_limit=body.get("rpm"), concurrency_limit=body.get("concurrency")),
     )
@@ -208,7 +239,7 @@ async def admin_usage(request: Request) -> Response:
     user_id = None
     name = request.query_params.get("user")
     if name:
-        user = await services_of(request).accounts.find_user(name)
+        user = await services_of(request).accounts.find_user(name) if _label(name) else None
         if user is None:
             raise NotFound(f"No user named {name!r}.")
         user_id = user.id

@@ -14,28 +14,25 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imagerelay.api.deps import bearer, services_of
+from imagerelay.api.deps import authenticate, bearer, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.domain.types import ImageRequest
-from imagerelay.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied
+from imagerelay.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
 from imagerelay.services import Services
 from imagerelay.storage.channels import ChannelConflict
 from imagerelay.upstreams.base import CallTarget, UpstreamFailure
 
 
 async def require_admin(request: Request) -> None:
+    """The configured admin token, or a user token that passes :func:`authenticate` (so
+    every check on a token applies here too: unknown, revoked, expired) and is an admin's."""
     token = bearer(request)
-    if token is None:
-        raise AuthenticationFailed("The admin API needs 'Authorization: Bearer <admin token>'.", code="missing_api_key")
-    services = services_of(request)
-    configured = services.settings.admin_token
-    if configured and hmac.compare_digest(configured.encode(), token.encode()):
+    configured = services_of(request).settings.admin_token
+    if token is not None and configured and hmac.compare_digest(configured.encode(), token.encode()):
         return
-    info = await services.accounts.authenticate(token)
-    if info is None or info.revoked:
-        raise AuthenticationFailed("Incorrect admin credential.")
+    info = await authenticate(request)
     if not info.is_admin:
         raise PermissionDenied("This token does not belong to an administrator.")
 

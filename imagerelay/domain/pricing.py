@@ -19,6 +19,7 @@ drove the price; the relay stores it with the usage record.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from typing import Any, Literal
@@ -28,10 +29,13 @@ from imagerelay.domain import usage as token_rules
 from imagerelay.domain.types import ImageRequest, Usage
 
 __all__ = [
+    "MAX_AMOUNT_MICROS",
     "MICROS_PER_USD",
+    "MoneyInputError",
     "PriceQuote",
     "fallback_quote",
     "format_usd",
+    "parse_usd_amount",
     "per_call_price",
     "price_model",
     "usage_price",
@@ -40,6 +44,9 @@ __all__ = [
 ]
 
 MICROS_PER_USD = 1_000_000
+# The largest amount an operator may type: $1,000,000,000. Far above any real top-up,
+# far below what a 64-bit integer column holds (about $9.2 trillion in micro-dollars).
+MAX_AMOUNT_MICROS = 1_000_000_000 * MICROS_PER_USD
 _PRECISION = 60  # digits: far beyond any token count x price x multiplier
 
 UsageSource = Literal["reported", "estimated_worst_case", "estimated_fallback"]
@@ -97,6 +104,41 @@ def usd_to_micros(amount: Decimal | str | int) -> int:
     with localcontext() as ctx:
         ctx.prec = _PRECISION
         return _round_micros(_decimal(amount, "amount") * MICROS_PER_USD)
+
+
+class MoneyInputError(ValueError):
+    """An amount typed by an operator is not a plain, bounded decimal; the message says why."""
+
+
+# ASCII digits only (``re.ASCII`` keeps ``\d`` out of it: "١٠" is a number to ``int``),
+# no exponent, no ``_``, no whitespace, at most 6 decimals. The length of the whole part
+# is bounded here so no huge string reaches ``int``.
+_PLAIN_USD = re.compile(r"(-?)([0-9]{1,10})(?:\.([0-9]{1,6}))?", re.ASCII)
+
+
+def parse_usd_amount(text: object, *, signed: bool = False) -> int:
+    """An amount an operator typed (API body, CLI option) -> exact micro-dollars.
+
+    Unlike :func:`usd_to_micros` (catalog prices, rounded half up) this refuses anything
+    but a plain decimal string such as ``"25"``, ``"25.5"`` or ``"0.000001"``: no float,
+    exponent, ``Infinity``, ``1_000``, non-ASCII digit or seventh decimal, and nothing past
+    :data:`MAX_AMOUNT_MICROS`. A leading ``-`` only when ``signed`` (a debit).
+    Raises :class:`MoneyInputError`."""
+    if not isinstance(text, str):
+        raise MoneyInputError(f'must be a decimal string such as "10.00", not a {type(text).__name__}')
+    match = _PLAIN_USD.fullmatch(text)
+    if match is None:
+        raise MoneyInputError(
+            'must be a plain decimal amount in USD such as "25" or "0.5" '
+            "(digits 0-9, at most 6 decimal places, no exponent)"
+        )
+    sign, whole, fraction = match.groups()
+    if sign and not signed:
+        raise MoneyInputError("must not be negative")
+    micros = int(whole) * MICROS_PER_USD + int((fraction or "").ljust(6, "0"))
+    if micros > MAX_AMOUNT_MICROS:
+        raise MoneyInputError(f"must be at most {format_usd(MAX_AMOUNT_MICROS)}")
+    return -micros if sign else micros
 
 
 def format_usd(micros: int) -> str:

@@ -13,6 +13,8 @@ import hashlib
 import logging
 import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -71,13 +73,52 @@ class UserInfo:
         return self.balance_micros - self.held_micros
 
 
+_Entry = tuple[float, TokenInfo | None]  # (fresh until, monotonic; the answer)
+
+
+class _LruCache:
+    """A bounded map that evicts its least recently used entry, one at a time.
+
+    Hand-rolled on ``OrderedDict`` (a dozen lines) rather than ``cachetools.TTLCache``:
+    the token cache must keep answering from an entry for one TTL after it expired while
+    a refresh runs, and a TTL cache drops expired entries on access."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def get(self, key: str) -> _Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: _Entry) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.bound:
+            self._entries.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def keys_where(self, keep: Callable[[_Entry], bool]) -> list[str]:
+        return [key for key, entry in self._entries.items() if keep(entry)]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Accounts:
-    def __init__(self, engine: AsyncEngine, *, cache_ttl_s: float = 5.0) -> None:
+    def __init__(self, engine: AsyncEngine, *, cache_ttl_s: float = 5.0,
+                 known_cache_size: int = 100_000, unknown_cache_size: int = 10_000) -> None:
         self._engine = engine
         self._cache_ttl_s = cache_ttl_s
-        # token hash -> (expires_monotonic, TokenInfo | None); misses are cached too so
-        # a flood of bad tokens does not become a flood of queries.
-        self._cache: dict[str, tuple[float, TokenInfo | None]] = {}
+        # token hash -> (fresh until, TokenInfo | None). Misses are cached too, so a flood
+        # of bad tokens does not become a flood of queries, but in their own LRU: a flood
+        # of distinct bad tokens evicts only other bad tokens, never a valid one.
+        self._known = _LruCache(known_cache_size)
+        self._unknown = _LruCache(unknown_cache_size)
         self._lookups: dict[str, asyncio.Future[TokenInfo | None]] = {}
 
     async def get_or_create_user(self, name: str, *, is_admin: bool = False) -> UserInfo:
@@ -151,7 +192,8 @@ class Accounts:
     async def revoke_token(self, token_id: int) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked=True))
-        self._cache.clear()
+        for key in self._known.keys_where(lambda entry: entry[1] is not None and entry[1].id == token_id):
+            self._known.pop(key)
 
     async def authenticate(self, plain: str) -> TokenInfo | None:
         """Token lookup for the hot path: cached, including misses.
@@ -160,7 +202,7 @@ class Accounts:
         lookup per token is shared by all of them rather than one each."""
         key = hash_token(plain)
         now = time.monotonic()
-        hit = self._cache.get(key)
+        hit = self._known.get(key) or self._unknown.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
         pending = self._lookups.get(key)
@@ -183,10 +225,18 @@ class Accounts:
         async with self._engine.connect() as conn:
             row = (await conn.execute(_token_query().where(tokens.c.token_hash == key))).mappings().first()
         info = _token(row) if row else None
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[key] = (time.monotonic() + self._cache_ttl_s, info)
+        entry = (time.monotonic() + self._cache_ttl_s, info)
+        if info is None:
+            self._known.pop(key)  # a token deleted since: not valid any longer
+            self._unknown.put(key, entry)
+        else:
+            self._unknown.pop(key)
+            self._known.put(key, entry)
         return info
+
+    def cached_tokens(self) -> tuple[int, int]:
+        """(known, unknown) token answers held in the cache: bounded by the sizes given."""
+        return len(self._known), len(self._unknown)
 
 
 def _token_query():  # type: ignore[no-untyped-def]

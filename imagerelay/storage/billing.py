@@ -32,6 +32,20 @@ from imagerelay.storage.schema import holds, ledger, tokens, usage_records, user
 
 HoldResult = Literal["ok", "balance", "spend_cap"]
 
+# An adjustment may take a balance no higher than this ($1 trillion): far below the
+# 64-bit column's limit, which SQLite would otherwise pass silently into a float.
+MAX_BALANCE_MICROS = 10**18
+
+
+class AdjustmentRefused(ValueError):
+    """A debit larger than the available balance (``audit`` treats a negative balance
+    as corruption), or a credit past :data:`MAX_BALANCE_MICROS`."""
+
+    def __init__(self, amount_micros: int, available_micros: int) -> None:
+        super().__init__(f"adjustment of {amount_micros} refused (available {available_micros})")
+        self.amount_micros = amount_micros
+        self.available_micros = available_micros
+
 
 @dataclass(slots=True)
 class UsageRecord:
@@ -146,7 +160,12 @@ _LEDGER = text(
     "INSERT INTO ledger (user_id, amount_micros, kind, reason, request_id, created_at) "
     "VALUES (:user_id, :amount, :kind, :reason, :request_id, :now)"
 )
-_ADJUST = text("UPDATE users SET balance_micros = balance_micros + :amount WHERE id = :user_id RETURNING balance_micros")
+_ADJUST = text(
+    "UPDATE users SET balance_micros = balance_micros + :amount WHERE id = :user_id "
+    "AND (:amount >= 0 OR balance_micros - held_micros + :amount >= 0) "
+    "AND (:amount <= 0 OR balance_micros + :amount <= :max) RETURNING balance_micros"
+)
+_AVAILABLE = text("SELECT balance_micros - held_micros FROM users WHERE id = :user_id")
 _TAKE_STALE = text(
     "DELETE FROM holds WHERE deadline < :now RETURNING user_id, token_id, amount_micros"
 )
@@ -210,9 +229,12 @@ def _unhold(conn: Connection, user_id: int, amount: int, token_id: int | None) -
 
 
 def _adjust_tx(conn: Connection, user_id: int, amount: int, reason: str, kind: str) -> int:
-    row = conn.execute(_ADJUST, {"amount": amount, "user_id": user_id}).first()
+    row = conn.execute(_ADJUST, {"amount": amount, "user_id": user_id, "max": MAX_BALANCE_MICROS}).first()
     if row is None:
-        raise LookupError(f"no user {user_id}")
+        available = conn.execute(_AVAILABLE, {"user_id": user_id}).first()
+        if available is None:
+            raise LookupError(f"no user {user_id}")
+        raise AdjustmentRefused(amount, int(available[0]))
     conn.execute(_LEDGER, {"user_id": user_id, "amount": amount, "kind": kind, "reason": reason,
                            "request_id": None, "now": time.time()})
     return int(row[0])
@@ -324,7 +346,10 @@ _PG_RECORD = f"{_PG_USAGE_INTO} VALUES ({', '.join(_PG_USAGE_ARG[c.name] for c i
 
 _PG_ADJUST = """
 WITH u AS (
-    UPDATE users SET balance_micros = balance_micros + $2::bigint WHERE id = $1::int RETURNING balance_micros
+    UPDATE users SET balance_micros = balance_micros + $2::bigint WHERE id = $1::int
+      AND ($2::bigint >= 0 OR balance_micros - held_micros + $2::bigint >= 0)
+      AND ($2::bigint <= 0 OR balance_micros + $2::bigint <= $6::bigint)
+    RETURNING balance_micros
 ), l AS (
     INSERT INTO ledger (user_id, amount_micros, kind, reason, request_id, created_at)
     SELECT $1::int, $2::bigint, $3::text, $4::text, NULL, $5::float8 FROM u
@@ -370,14 +395,22 @@ class Billing:
         self._sqlite = runner.is_sqlite
 
     async def adjust(self, user_id: int, amount_micros: int, reason: str, *, kind: str = "topup") -> int:
-        """Top up (positive) or adjust (either sign) a balance; returns the new balance."""
+        """Top up (positive) or adjust (either sign) a balance; returns the new balance.
+
+        Raises :class:`AdjustmentRefused` for a debit past the available balance or a
+        credit past :data:`MAX_BALANCE_MICROS`, ``LookupError`` for an unknown user."""
         if not reason:
             raise ValueError("a balance change needs a reason")
         if self._sqlite:
             return await self._runner.run(_adjust_tx, user_id, amount_micros, reason, kind)
-        row = await self._runner.fetchrow(_PG_ADJUST, user_id, amount_micros, kind, reason, time.time())
+        row = await self._runner.fetchrow(_PG_ADJUST, user_id, amount_micros, kind, reason, time.time(),
+                                          MAX_BALANCE_MICROS)
         if row is None:
-            raise LookupError(f"no user {user_id}")
+            available = await self._runner.fetchrow(
+                "SELECT balance_micros - held_micros FROM users WHERE id = $1::int", user_id)
+            if available is None:
+                raise LookupError(f"no user {user_id}")
+            raise AdjustmentRefused(amount_micros, int(available[0]))
         return int(row[0])
 
     async def place_hold(

@@ -8,11 +8,13 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from imagerelay.private_files import touch_private
 from imagerelay.storage.schema import metadata
 
 
@@ -25,8 +27,19 @@ def async_url(url: str) -> str:
     return url
 
 
+def _sqlite_path(url: str) -> str:
+    """The file of a SQLite URL (``:memory:`` for none), made 0600 if it is new: SQLite
+    gives the -wal and -shm files it creates next to it the database file's mode."""
+    path = url.split(":///", 1)[1] if ":///" in url else ":memory:"
+    if path != ":memory:" and not path.startswith("file:"):
+        touch_private(Path(path.split("?", 1)[0]))
+    return path
+
+
 def create_engine(url: str) -> AsyncEngine:
     aurl = async_url(url)
+    if aurl.startswith("sqlite"):
+        _sqlite_path(aurl)
     kwargs: dict[str, Any] = {}
     if aurl.startswith("sqlite"):
         # One connection per process: SQLite allows one writer at a time, and several
@@ -207,7 +220,7 @@ class TransactionRunner:
         self._pg_pool: Any = None  # asyncpg.Pool, created on first use (it needs the running loop)
         self._pg_pool_lock: asyncio.Lock | None = None
         if self.is_sqlite:
-            path = url.split(":///", 1)[1] if ":///" in url else ":memory:"
+            path = _sqlite_path(url)
             self._sqlite = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             _sqlite_pragmas(self._sqlite, None)
             self._inline = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)

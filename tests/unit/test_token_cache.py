@@ -56,3 +56,51 @@ async def test_concurrent_misses_share_one_lookup(accounts: Accounts) -> None:
     answers = await asyncio.gather(*[accounts.authenticate(plain) for _ in range(50)])
     assert len({id(a) for a in answers}) == 1  # one lookup, one TokenInfo object for all
     assert await accounts.authenticate("sk-not-a-token") is None
+
+
+async def test_a_flood_of_unknown_tokens_evicts_no_known_one(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'flood.db'}")
+    await create_schema(engine)
+    accounts = Accounts(engine, cache_ttl_s=60, known_cache_size=50, unknown_cache_size=20)
+    try:
+        user = await accounts.get_or_create_user("flooded")
+        plains = [await accounts.create_token(user.id, "default", name=f"t{i}") for i in range(10)]
+        infos = [await accounts.authenticate(p) for p in plains]
+        for i in range(500):
+            assert await accounts.authenticate(f"sk-bad-{i}") is None
+        assert accounts.cached_tokens() == (10, 20)  # bounded, and the misses stayed among themselves
+        for info in infos:
+            assert info is not None
+            await revoke_elsewhere(accounts, info.id)
+        # Still answered from the cache (the database now says revoked): the entries survived.
+        for plain, info in zip(plains, infos, strict=True):
+            assert await accounts.authenticate(plain) is info
+    finally:
+        await engine.dispose()
+
+
+async def test_known_tokens_past_the_bound_evict_the_least_recent_one_by_one(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'lru.db'}")
+    await create_schema(engine)
+    accounts = Accounts(engine, cache_ttl_s=60, known_cache_size=3, unknown_cache_size=3)
+    try:
+        user = await accounts.get_or_create_user("lru")
+        a, b, c, d = [await accounts.create_token(user.id, "default", name=n) for n in "abcd"]
+        first = {p: await accounts.authenticate(p) for p in (a, b, c)}
+        assert await accounts.authenticate(a) is first[a]  # a is now the most recent
+        await accounts.authenticate(d)  # evicts b only: no cliff
+        assert accounts.cached_tokens() == (3, 0)
+        assert await accounts.authenticate(a) is first[a] and await accounts.authenticate(c) is first[c]
+        assert await accounts.authenticate(b) is not first[b]  # looked up again
+    finally:
+        await engine.dispose()
+
+
+async def test_an_unknown_answer_does_not_outlive_a_token_created_later(accounts: Accounts) -> None:
+    plain = "sk-" + "x" * 40
+    assert await accounts.authenticate(plain) is None
+    user = await accounts.get_or_create_user("late")
+    await accounts.create_token(user.id, "default", token=plain)
+    await asyncio.sleep(TTL * 2.1)
+    assert await accounts.authenticate(plain) is not None
+    assert accounts.cached_tokens() == (1, 0)
