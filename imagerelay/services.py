@@ -99,6 +99,17 @@ class Services:
         if self.shared is not None:
             await self.shared.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks.append(asyncio.create_task(self._keep_lease()))
+
+    async def _keep_lease(self) -> None:
+        """Renew this process's lease three times per lease, in a loop of its own so
+        slow housekeeping can never let it lapse."""
+        while True:
+            await asyncio.sleep(self.instances.lease_s / 3)
+            try:
+                await self.instances.renew()
+            except Exception as exc:  # the next round tries again; say what, never a traceback
+                log.error("lease renewal failed: %s", type(exc).__name__)
 
     async def _housekeeping(self) -> None:
         ticks = 0
@@ -106,7 +117,6 @@ class Services:
             await asyncio.sleep(CHANNEL_RELOAD_EVERY_S)
             ticks += 1
             try:
-                await self.instances.renew()
                 # Other worker processes may have changed channels through the admin API.
                 await self.directory.load()
                 reconcile = ticks % int(RECONCILE_EVERY_S // CHANNEL_RELOAD_EVERY_S) == 0

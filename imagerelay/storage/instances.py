@@ -10,7 +10,7 @@ release those of a LIVE peer. Two signals tell a dead process from a live one:
   ``flock`` while it runs. The kernel drops the lock the moment the process dies,
   however it dies, so a peer that can see the file knows at once and for certain
   (a restart on the same machine releases the holds at start-up, not minutes later);
-- a **lease**: the process's row in ``instances``, renewed every housekeeping tick.
+- a **lease**: the process's row in ``instances``, renewed three times per lease.
   For a peer on another machine (no lock file here), a lapsed lease or a missing row
   means gone.
 
