@@ -185,3 +185,30 @@ def test_kill_9_with_calls_in_flight_then_restart(rig: Rig) -> None:
         env={**os.environ, **rig.env}, capture_output=True, text=True, timeout=60,
     )
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_a_live_peer_keeps_its_holds_and_a_dead_one_s_come_back(rig: Rig) -> None:
+    """Two gateways on one database: starting the second never touches the first's calls
+    in flight; once the first is killed, the second releases them within a tick."""
+    with run_gateway(rig.data_dir, extra_env=rig.env) as first:
+        full, _ = balance(first)
+        assert httpx.post(rig.sim + "/_sim/faults", json={"type": "latency", "latency_s": 60}).status_code in (200, 201)
+        httpx.delete(rig.sim + "/_sim/requests")
+        for _ in range(3):
+            in_background(sync_call, first, None)
+        in_background(stream_call, first)
+        wait_for(lambda: len(httpx.get(rig.sim + "/_sim/requests").json()["requests"]) == 4)
+        calls = {r[0] for r in rig.rows("SELECT request_id FROM holds")}
+        assert len(calls) == 4
+        with run_gateway(rig.data_dir, extra_env=rig.env) as second:
+            assert {r[0] for r in rig.rows("SELECT request_id FROM holds")} == calls  # a live peer's: untouched
+            assert "left by an earlier run" not in second.log_text()
+            first.process.kill()
+            first.process.wait()
+            killed_at = time.monotonic()
+            wait_for(lambda: not rig.rows("SELECT request_id FROM holds"), timeout=60)
+            print(f"\n[{rig.database_url and 'postgresql' or 'sqlite'}] a live peer released the killed process's "
+                  f"{len(calls)} holds {time.monotonic() - killed_at:.1f} s after the kill")
+            records = rig.rows("SELECT request_id, status, error_code FROM usage_records")
+            assert sorted(records) == sorted((c, 499, "interrupted") for c in calls)
+            assert balance(second) == (full, 0)
