@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.domain.types import Usage
 from imagerelay.storage.db import Connection, TransactionRunner
-from imagerelay.storage.schema import holds, ledger, tokens, usage_records, users
+from imagerelay.storage.schema import holds, instances, ledger, tokens, usage_records, users
 
 HoldResult = Literal["ok", "balance", "spend_cap"]
 
@@ -574,6 +574,12 @@ class Billing:
             stale = (await conn.execute(select(func.count()).select_from(holds).where(holds.c.deadline < now))).scalar_one()
             if stale:
                 problems.append(f"{stale} open hold(s) past their deadline")
+            live = select(instances.c.id).where(instances.c.expires_at >= now)
+            orphaned = (await conn.execute(select(func.count()).select_from(holds).where(
+                holds.c.instance_id.is_not(None), holds.c.instance_id.not_in(live)))).scalar_one()
+            if orphaned:
+                problems.append(f"{orphaned} open hold(s) of gateway processes that are gone (a running gateway "
+                                "releases them)")
             mismatched = (
                 await conn.execute(
                     select(func.count())

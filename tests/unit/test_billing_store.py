@@ -364,6 +364,7 @@ async def test_a_process_elsewhere_is_gone_once_its_lease_lapses(stores: tuple[A
     assert await survivor.dead() == set()
     async with billing._engine.begin() as conn:  # noqa: SLF001 - the lease lapses
         await conn.execute(text("UPDATE instances SET expires_at = 0 WHERE id = :i"), {"i": elsewhere.id})
+    assert any("processes that are gone" in p for p in await billing.audit())
     assert await _sweep(billing, survivor) == 1
     # Its row is forgotten; a hold naming a process without a row is released too.
     assert await survivor.dead() == set()
