@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     breaker_threshold: int = Field(default=3, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     max_retry_after_s: float = Field(default=10.0, ge=0)
+    # Lease of a gateway process on its row in the shared database, renewed every third:
+    # a peer on another machine takes a process whose lease lapsed for gone and releases
+    # its calls' holds (on one machine a lock file tells at once; storage/instances.py).
+    instance_lease_s: float = Field(default=30.0, ge=10)
     # Async jobs: lifetime (result kept, hold deadline), in-process workers, webhooks.
     job_ttl_s: float = Field(default=24 * 3600, ge=60)
     job_workers: int = Field(default=4, ge=0)

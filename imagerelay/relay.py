@@ -169,7 +169,10 @@ class Relay:
             record.route = route.spec.name
             record.billing_mode = route.spec.billing.mode
             request = validate(route)
-            hold = await self._hold(ctx, route, request, hold_ttl_s)
+            # A synchronous call's hold names this process (a peer releases it as
+            # interrupted if the process dies); a job's names none: the job outlives
+            # the process, and its re-run after a restart settles the same hold.
+            hold = await self._hold(ctx, route, request, hold_ttl_s, record if hold_ttl_s is None else None)
         except ApiError as err:
             record.status, record.error_code = err.status, err.code
             record.latency_ms = _ms_since(ctx.started)
@@ -178,11 +181,13 @@ class Relay:
         return PreparedCall(ctx, route, request, record, hold)
 
     async def _hold(
-        self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, hold_ttl_s: float | None
+        self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, hold_ttl_s: float | None,
+        call: UsageRecord | None = None,
     ) -> int:
         quote = self._worst_case(route, request)
         ttl = hold_ttl_s if hold_ttl_s is not None else self.pool.policy.deadline_s + HOLD_MARGIN_S
-        held = await self.billing.place_hold(ctx.request_id, ctx.token.user_id, quote.micros, ttl, token_id=ctx.token.id)
+        held = await self.billing.place_hold(ctx.request_id, ctx.token.user_id, quote.micros, ttl,
+                                             token_id=ctx.token.id, call=call)
         if held == "balance":
             raise InsufficientQuota(
                 f"Your balance does not cover this call (up to {pricing.format_usd(quote.micros)}). "

@@ -14,13 +14,14 @@ from imagerelay.config import Settings
 from imagerelay.imagestore import ImageStore
 from imagerelay.jobs import JobService
 from imagerelay.limits import Limiter, TokenLimiter
-from imagerelay.relay import Relay
+from imagerelay.relay import HOLD_MARGIN_S, Relay
 from imagerelay.secretbox import SecretBox
 from imagerelay.shared import SharedState
 from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.billing import Billing
 from imagerelay.storage.channels import ChannelDirectory
 from imagerelay.storage.idempotency import IdempotencyStore
+from imagerelay.storage.instances import Instances
 from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
 from imagerelay.upstreams.pool import ChannelPool, PoolPolicy
 from imagerelay.upstreams.registry import build_connectors
@@ -45,6 +46,7 @@ class Services:
     idempotency: IdempotencyStore
     jobs: JobService
     runner: TransactionRunner
+    instances: Instances
     limiter: Limiter = field(default_factory=TokenLimiter)
     shared: SharedState | None = None  # Redis, when several processes share limits and cooldowns
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -56,7 +58,8 @@ class Services:
         engine = create_engine(settings.resolved_database_url())
         accounts = Accounts(engine, cache_ttl_s=settings.token_cache_ttl_s)
         runner = TransactionRunner(settings.resolved_database_url(), pg_pool_size=settings.db_pool_size)
-        billing = Billing(engine, runner)
+        instances = Instances(engine, settings.data_dir / "instances", lease_s=settings.instance_lease_s)
+        billing = Billing(engine, runner, instance_id=instances.id)
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
         directory = ChannelDirectory(engine, box, catalog.file.channels)
 
@@ -79,20 +82,34 @@ class Services:
             webhook_secret=settings.webhook_master_key(), webhook_allow_private=settings.webhook_allow_private,
             webhook_backoff_s=settings.webhook_backoff_s,
         )
+        idempotency = IdempotencyStore(
+            engine, instances=instances, running_ttl_s=settings.call_deadline_s + HOLD_MARGIN_S)
         return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
-                   IdempotencyStore(engine), jobs, runner,
+                   idempotency, jobs, runner, instances,
                    limiter=shared.limiter if shared else TokenLimiter(), shared=shared)
 
     async def start(self) -> None:
         await create_schema(self.engine)
         await self.directory.load()
-        released = await self.billing.release_stale_holds()
+        await self.instances.register()
+        released = await self._release_orphans(with_deadline=True)
         if released:
-            log.warning("released %d stale hold(s) left by an earlier run", released)
+            log.warning("released %d hold(s) left by an earlier run", released)
         await self.jobs.start()
         if self.shared is not None:
             await self.shared.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks.append(asyncio.create_task(self._keep_lease()))
+
+    async def _keep_lease(self) -> None:
+        """Renew this process's lease three times per lease, in a loop of its own so
+        slow housekeeping can never let it lapse."""
+        while True:
+            await asyncio.sleep(self.instances.lease_s / 3)
+            try:
+                await self.instances.renew()
+            except Exception as exc:  # the next round tries again; say what, never a traceback
+                log.error("lease renewal failed: %s", type(exc).__name__)
 
     async def _housekeeping(self) -> None:
         ticks = 0
@@ -102,13 +119,30 @@ class Services:
             try:
                 # Other worker processes may have changed channels through the admin API.
                 await self.directory.load()
-                if ticks % int(RECONCILE_EVERY_S // CHANNEL_RELOAD_EVERY_S) == 0:
-                    await self.billing.release_stale_holds()
+                reconcile = ticks % int(RECONCILE_EVERY_S // CHANNEL_RELOAD_EVERY_S) == 0
+                # A peer's death is looked for every tick (cheap: the holds table is
+                # the calls in flight), so its calls' holds come back within a lease.
+                released = await self._release_orphans(with_deadline=reconcile)
+                if released:
+                    log.warning("released %d hold(s) of calls whose process is gone", released)
+                if reconcile:
                     await asyncio.to_thread(self.store.purge_expired)
                     await self.idempotency.purge()
                     await self.jobs.purge_expired()
             except Exception as exc:  # keep the loop alive; say what, never a traceback
                 log.error("housekeeping failed: %s", type(exc).__name__)
+
+    async def _release_orphans(self, *, with_deadline: bool) -> int:
+        """Release the holds (with their usage records) of calls whose process is gone,
+        then forget those processes; with ``with_deadline``, also holds past their
+        deadline (storage/billing.py)."""
+        owners = await self.billing.hold_owners()  # read before the leases: see Instances.dead
+        gone = await self.instances.dead(owners)
+        if not gone and not with_deadline:
+            return 0
+        released = await self.billing.release_stale_holds(gone=gone, past_deadline=with_deadline)
+        await self.instances.forget(gone)
+        return released
 
     async def stop(self) -> None:
         await self.jobs.stop()
@@ -116,6 +150,7 @@ class Services:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.instances.retire()
         for connector in self.pool.connectors.values():
             await connector.aclose()
         await self.close()

@@ -10,14 +10,15 @@ A hold raises ``held`` only where ``balance - held >= amount`` and writes the ho
 in one transaction committed before the upstream call; settle/release is one
 transaction after it. On SQLite a transaction is a few statements inline; on PostgreSQL
 it is one autocommit statement (see the PostgreSQL section below). Nothing is lost on a
-crash: an open hold past its deadline is released by :meth:`Billing.release_stale_holds`.
+crash: :meth:`Billing.release_stale_holds` releases the holds of calls whose process is
+gone (with their usage record, status 499 ``interrupted``) and holds past their deadline.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.domain.types import Usage
 from imagerelay.storage.db import Connection, TransactionRunner
-from imagerelay.storage.schema import holds, ledger, tokens, usage_records, users
+from imagerelay.storage.schema import holds, instances, ledger, tokens, usage_records, users
 
 HoldResult = Literal["ok", "balance", "spend_cap"]
 
@@ -93,6 +94,22 @@ class UsageRecord:
             "created_at": time.time(),
         }
 
+    def call_info(self) -> str:
+        """What an interrupted call's record will say (kept with its hold)."""
+        return orjson.dumps({"group": self.group, "model": self.model, "route": self.route,
+                             "endpoint": self.endpoint, "billing_mode": self.billing_mode}).decode()
+
+
+def interrupted_record(hold: Any, now: float) -> UsageRecord:
+    """The usage record of a call whose process died mid-call: free, status 499."""
+    info = orjson.loads(hold["call_info"] or "{}")
+    return UsageRecord(
+        request_id=hold["request_id"], user_id=int(hold["user_id"]), token_id=int(hold["token_id"] or 0),
+        group=info.get("group", ""), model=info.get("model", ""), route=info.get("route", ""),
+        endpoint=info.get("endpoint", ""), billing_mode=info.get("billing_mode", ""),
+        status=499, error_code="interrupted", latency_ms=max(0, int((now - float(hold["created_at"])) * 1000)),
+    )
+
 
 class AlreadyRecorded(Exception):
     """The call already has its usage record: a repeated settle/release/record rolled
@@ -137,8 +154,8 @@ _HOLD_TOKEN = text(
     "AND (spend_cap_micros IS NULL OR spend_cap_micros - spent_micros - held_micros >= :amount)"
 )
 _INSERT_HOLD = text(
-    "INSERT INTO holds (request_id, user_id, token_id, amount_micros, deadline, created_at) "
-    "VALUES (:request_id, :user_id, :token_id, :amount, :deadline, :now)"
+    "INSERT INTO holds (request_id, user_id, token_id, amount_micros, deadline, created_at, instance_id, call_info) "
+    "VALUES (:request_id, :user_id, :token_id, :amount, :deadline, :now, :instance_id, :call_info)"
 )
 # Deleting first (with RETURNING) makes settle/release a writer from its first
 # statement, so SQLite never has to upgrade a read snapshot to a write lock.
@@ -166,9 +183,14 @@ _ADJUST = text(
     "AND (:amount <= 0 OR balance_micros + :amount <= :max) RETURNING balance_micros"
 )
 _AVAILABLE = text("SELECT balance_micros - held_micros FROM users WHERE id = :user_id")
-_TAKE_STALE = text(
-    "DELETE FROM holds WHERE deadline < :now RETURNING user_id, token_id, amount_micros"
+# Past its deadline, a hold is released without a record only while its call may
+# still settle and record itself: a job's hold, or a call of a live process. The calls
+# of a process that is gone are released with their record first (see
+# Billing.release_stale_holds), and never here.
+_STALE_WHERE = (
+    "deadline < :now AND (instance_id IS NULL OR instance_id IN (SELECT id FROM instances WHERE expires_at >= :now))"
 )
+_TAKE_STALE = text(f"DELETE FROM holds WHERE {_STALE_WHERE} RETURNING user_id, token_id, amount_micros")
 _USAGE_COLUMNS = [c for c in usage_records.columns if c.name != "id"]
 _INSERT_USAGE = text(
     f"INSERT INTO usage_records ({', '.join(c.name for c in _USAGE_COLUMNS)}) "
@@ -177,7 +199,7 @@ _INSERT_USAGE = text(
 
 
 def _hold_tx(conn: Connection, request_id: str, user_id: int, amount: int, ttl_s: float,
-             token_id: int | None) -> HoldResult:
+             token_id: int | None, instance_id: str | None, call_info: str | None) -> HoldResult:
     if conn.execute(_HOLD_USER, {"amount": amount, "user_id": user_id}).rowcount != 1:
         conn.rollback()
         return "balance"
@@ -186,7 +208,8 @@ def _hold_tx(conn: Connection, request_id: str, user_id: int, amount: int, ttl_s
         return "spend_cap"
     now = time.time()
     conn.execute(_INSERT_HOLD, {"request_id": request_id, "user_id": user_id, "token_id": token_id,
-                                "amount": amount, "deadline": now + ttl_s, "now": now})
+                                "amount": amount, "deadline": now + ttl_s, "now": now,
+                                "instance_id": instance_id, "call_info": call_info})
     return "ok"
 
 
@@ -284,8 +307,8 @@ WITH lu AS (
 ), t AS (
     UPDATE tokens SET held_micros = held_micros + $4::bigint FROM d WHERE tokens.id = $3::int AND d.ok
 ), h AS (
-    INSERT INTO holds (request_id, user_id, token_id, amount_micros, deadline, created_at)
-    SELECT $1::text, $2::int, $3::int, $4::bigint, $5::float8, $6::float8 FROM d WHERE d.ok
+    INSERT INTO holds (request_id, user_id, token_id, amount_micros, deadline, created_at, instance_id, call_info)
+    SELECT $1::text, $2::int, $3::int, $4::bigint, $5::float8, $6::float8, $7::text, $8::text FROM d WHERE d.ok
 )
 SELECT d.ok, d.balance_ok FROM d
 """
@@ -359,7 +382,9 @@ SELECT balance_micros FROM u
 
 # Rare (start-up and once a minute), so several statements in one transaction; users
 # before tokens, each in id order, like every other money statement.
-_PG_TAKE_STALE = "DELETE FROM holds WHERE deadline < $1::float8 RETURNING user_id, token_id, amount_micros"
+_PG_TAKE_STALE = (
+    f"DELETE FROM holds WHERE {_STALE_WHERE.replace(':now', '$1::float8')} RETURNING user_id, token_id, amount_micros"
+)
 _PG_UNHOLD_USER = "UPDATE users SET held_micros = held_micros - $2::bigint WHERE id = $1::int"
 _PG_UNHOLD_TOKEN = "UPDATE tokens SET held_micros = held_micros - $2::bigint WHERE id = $1::int"
 
@@ -389,10 +414,11 @@ class Billing:
     returns the first outcome; it never charges twice.
     """
 
-    def __init__(self, engine: AsyncEngine, runner: TransactionRunner) -> None:
+    def __init__(self, engine: AsyncEngine, runner: TransactionRunner, *, instance_id: str | None = None) -> None:
         self._engine = engine  # read-only reports (audit)
         self._runner = runner
         self._sqlite = runner.is_sqlite
+        self.instance_id = instance_id  # this process (storage/instances.py), named by its calls' holds
 
     async def adjust(self, user_id: int, amount_micros: int, reason: str, *, kind: str = "topup") -> int:
         """Top up (positive) or adjust (either sign) a balance; returns the new balance.
@@ -414,16 +440,25 @@ class Billing:
         return int(row[0])
 
     async def place_hold(
-        self, request_id: str, user_id: int, amount_micros: int, ttl_s: float, *, token_id: int | None = None
+        self, request_id: str, user_id: int, amount_micros: int, ttl_s: float, *, token_id: int | None = None,
+        call: UsageRecord | None = None,
     ) -> HoldResult:
         """Reserve ``amount_micros`` against the balance and the token's spend cap.
 
         Durable when this returns "ok": the hold is committed before the upstream call.
+        ``call``: the usage record of a call this process runs; the hold then names this
+        process, and if the process dies a peer releases it with an ``interrupted``
+        record made from it. Without it the hold names no process (a job's hold: the
+        job outlives the process and its re-run settles the hold).
         """
+        instance_id = self.instance_id if call is not None else None
+        call_info = call.call_info() if call is not None else None
         if self._sqlite:
-            return await self._runner.run(_hold_tx, request_id, user_id, amount_micros, ttl_s, token_id)
+            return await self._runner.run(
+                _hold_tx, request_id, user_id, amount_micros, ttl_s, token_id, instance_id, call_info)
         now = time.time()
-        row = await self._runner.fetchrow(_PG_HOLD, request_id, user_id, token_id, amount_micros, now + ttl_s, now)
+        row = await self._runner.fetchrow(
+            _PG_HOLD, request_id, user_id, token_id, amount_micros, now + ttl_s, now, instance_id, call_info)
         if row is not None and row[0]:
             return "ok"
         return "spend_cap" if row is not None and row[1] else "balance"
@@ -469,9 +504,39 @@ class Billing:
             if not _is_repeat(exc):
                 raise
 
-    async def release_stale_holds(self, now: float | None = None) -> int:
-        """Release holds past their deadline (a crash mid-call). Returns how many."""
+    async def hold_owners(self) -> set[str]:
+        """The processes named by open holds."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(holds.c.instance_id).where(holds.c.instance_id.is_not(None)).distinct())
+            return {r[0] for r in rows}
+
+    async def release_stale_holds(
+        self, now: float | None = None, *, gone: Iterable[str] = (), past_deadline: bool = True
+    ) -> int:
+        """Release what no call will ever settle; returns how many holds.
+
+        - The holds of calls run by processes that are ``gone`` (see
+          storage/instances.py), each through :meth:`release` with a usage record of
+          status 499 ``interrupted``: one record per call, as for any failed call (if
+          the call did finish after all, the first of its settle and this release
+          stands, and the other is a no-op).
+        - Holds past their deadline whose call may still settle and record itself
+          (a job's, or a live process's call that outlived its deadline): released
+          without a record, which the call writes when it ends (unless
+          ``past_deadline`` is False).
+        """
         now = time.time() if now is None else now
+        gone = set(gone)
+        released = 0
+        if gone:
+            async with self._engine.connect() as conn:
+                orphans = (await conn.execute(select(holds).where(holds.c.instance_id.in_(gone)))).mappings().all()
+            for hold in orphans:
+                await self.release(interrupted_record(hold, now))
+            released = len(orphans)
+        return released + (await self._release_past_deadline(now) if past_deadline else 0)
+
+    async def _release_past_deadline(self, now: float) -> int:
         if self._sqlite:
             return await self._runner.run(_release_stale_tx, now)
         async with self._runner.pg_transaction() as conn:
@@ -542,6 +607,12 @@ class Billing:
             stale = (await conn.execute(select(func.count()).select_from(holds).where(holds.c.deadline < now))).scalar_one()
             if stale:
                 problems.append(f"{stale} open hold(s) past their deadline")
+            live = select(instances.c.id).where(instances.c.expires_at >= now)
+            orphaned = (await conn.execute(select(func.count()).select_from(holds).where(
+                holds.c.instance_id.is_not(None), holds.c.instance_id.not_in(live)))).scalar_one()
+            if orphaned:
+                problems.append(f"{orphaned} open hold(s) of gateway processes that are gone (a running gateway "
+                                "releases them)")
             mismatched = (
                 await conn.execute(
                     select(func.count())

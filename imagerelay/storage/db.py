@@ -354,3 +354,22 @@ __all__ = ["Connection", "TransactionRunner", "async_url", "create_engine", "cre
 async def create_schema(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
+        await conn.run_sync(_add_new_columns)
+
+
+def _add_new_columns(conn: Connection) -> None:
+    """Add the nullable columns a newer version declares to tables an older one created
+    (``create_all`` only creates missing tables). Both databases add a nullable column
+    without rewriting the table."""
+    from sqlalchemy import inspect
+    from sqlalchemy.schema import CreateColumn
+
+    existing = inspect(conn)
+    for table in metadata.sorted_tables:
+        if not existing.has_table(table.name):
+            continue
+        have = {c["name"] for c in existing.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                ddl = CreateColumn(column).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")

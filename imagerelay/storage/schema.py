@@ -84,7 +84,26 @@ holds = Table(
     Column("amount_micros", BigInteger, nullable=False),
     Column("deadline", Float, nullable=False),
     Column("created_at", Float, nullable=False),
+    # The gateway process whose call this is (instances.id): when that process is gone,
+    # a peer releases the hold as an interrupted call. NULL: the hold belongs to a job,
+    # which outlives any process (a restart re-runs it under the same hold).
+    Column("instance_id", String(64), nullable=True),
+    # The call's usage-record fields (JSON), for the record an interrupted call gets.
+    Column("call_info", Text, nullable=True),
     sqlite_with_rowid=False,
+)
+
+# Gateway processes sharing this database. Each renews a lease on its row; holds and
+# running idempotency claims name their process, and a peer that finds the process
+# gone releases what it left (storage/instances.py).
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
 )
 
 usage_records = Table(
@@ -142,6 +161,9 @@ idempotency = Table(
     Column("status", Integer, nullable=True),
     Column("response", LargeBinary, nullable=True),
     Column("created_at", Float, nullable=False, index=True),
+    # The process running the first call (instances.id): a retry takes over a running
+    # claim whose process is gone.
+    Column("instance_id", String(64), nullable=True),
 )
 
 # Async image jobs (Prefer: respond-async, POST /v1/images/jobs).

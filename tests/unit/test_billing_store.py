@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.billing import Billing, UsageRecord
 from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
+from imagerelay.storage.idempotency import IdempotencyConflict, IdempotencyStore
+from imagerelay.storage.instances import Instances
 from tests.support.services import drop_postgres_database, fresh_postgres_database
 
 
@@ -283,3 +289,142 @@ async def test_every_call_leaves_one_usage_record_under_concurrency(stores: tupl
     u = await accounts.get_user(user.id)
     assert u is not None and u.balance_micros >= 0 and u.held_micros == 0
     assert await billing.audit() == []
+
+
+# -- crash recovery: the holds and claims of a process that is gone --------------------
+
+
+def _instances(billing: Billing, lock_dir: Path | None, lease_s: float = 30.0) -> Instances:
+    return Instances(billing._engine, lock_dir, lease_s=lease_s)  # noqa: SLF001 - the same database
+
+
+def _die(process: Instances) -> None:
+    """What kill -9 does to a process's lock: the kernel drops it (its row stays)."""
+    assert process._lock_fd is not None  # noqa: SLF001
+    os.close(process._lock_fd)  # noqa: SLF001
+
+
+async def _sweep(billing: Billing, survivor: Instances, **kw: Any) -> int:
+    gone = await survivor.dead(await billing.hold_owners())
+    released = await billing.release_stale_holds(gone=gone, **kw)
+    await survivor.forget(gone)
+    return released
+
+
+async def test_a_dead_process_s_calls_are_released_with_one_record_each(
+    stores: tuple[Accounts, Billing], tmp_path: Path
+) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 100_000, "top up")
+    token = await accounts.authenticate(await accounts.create_token(user.id, "default"))
+    assert token is not None
+    crashed, survivor = _instances(billing, tmp_path), _instances(billing, tmp_path)
+    await crashed.register()
+    await survivor.register()
+    gateway = Billing(billing._engine, billing._runner, instance_id=crashed.id)  # noqa: SLF001
+    for rid in ("sync", "stream"):
+        call = record(rid, user.id, status=0)
+        call.token_id = token.id
+        assert await gateway.place_hold(rid, user.id, 20_000, ttl_s=600, token_id=token.id, call=call) == "ok"
+    # A job's hold names no process: the job's re-run after a restart settles it.
+    assert await gateway.place_hold("job", user.id, 20_000, ttl_s=600, token_id=token.id) == "ok"
+
+    assert await _sweep(billing, survivor) == 0  # alive: its lock is held, nothing is touched
+    _die(crashed)
+    assert await _sweep(billing, survivor) == 2
+    assert await _sweep(billing, survivor) == 0  # a second sweep (or a racing peer) changes nothing
+
+    u = await accounts.get_user(user.id)
+    assert u is not None and (u.balance_micros, u.held_micros) == (100_000, 20_000)  # the job's hold
+    assert await _count(billing, "SELECT count(*) FROM holds WHERE request_id = 'job'") == 1
+    assert await _count(billing, "SELECT count(*) FROM usage_records WHERE status = 499 AND error_code = 'interrupted' "
+                                 "AND cost_micros = 0 AND model = 'm' AND route = 'r' AND token_id = :t",
+                        t=token.id) == 2
+    assert await _count(billing, "SELECT count(*) FROM usage_records") == 2
+    assert await _count(billing, "SELECT held_micros FROM tokens WHERE id = :t", t=token.id) == 20_000
+    assert not (tmp_path / f"{crashed.id}.lock").exists()
+    assert await billing.audit() == []
+    # If the "dead" call did finish after all, the release stands: free, never twice.
+    assert await gateway.settle(record("sync", user.id, cost=20_000)) == 0
+    assert await billing.audit() == []
+
+
+async def test_a_process_elsewhere_is_gone_once_its_lease_lapses(stores: tuple[Accounts, Billing], tmp_path: Path) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 100_000, "top up")
+    elsewhere = _instances(billing, None)  # another machine: no lock file here
+    survivor = _instances(billing, tmp_path)
+    await elsewhere.register()
+    await survivor.register()
+    gateway = Billing(billing._engine, billing._runner, instance_id=elsewhere.id)  # noqa: SLF001
+    assert await gateway.place_hold("a", user.id, 10_000, ttl_s=600, call=record("a", user.id)) == "ok"
+    assert await _sweep(billing, survivor) == 0  # its lease runs
+    assert await survivor.dead() == set()
+    async with billing._engine.begin() as conn:  # noqa: SLF001 - the lease lapses
+        await conn.execute(text("UPDATE instances SET expires_at = 0 WHERE id = :i"), {"i": elsewhere.id})
+    assert any("processes that are gone" in p for p in await billing.audit())
+    assert await _sweep(billing, survivor) == 1
+    # Its row is forgotten; a hold naming a process without a row is released too.
+    assert await survivor.dead() == set()
+    assert await gateway.place_hold("b", user.id, 10_000, ttl_s=600, call=record("b", user.id)) == "ok"
+    assert await _sweep(billing, survivor) == 1
+    assert await _count(billing, "SELECT count(*) FROM usage_records WHERE error_code = 'interrupted'") == 2
+    # The process was only stalled: renewing writes its row back (with a warning).
+    await elsewhere.renew()
+    assert await survivor.dead() == set()
+    assert await billing.audit() == []
+
+
+async def test_past_its_deadline_a_dead_process_s_hold_still_gets_its_record(
+    stores: tuple[Accounts, Billing], tmp_path: Path
+) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 100_000, "top up")
+    crashed, survivor = _instances(billing, tmp_path), _instances(billing, tmp_path)
+    await crashed.register()
+    await survivor.register()
+    gateway = Billing(billing._engine, billing._runner, instance_id=crashed.id)  # noqa: SLF001
+    assert await gateway.place_hold("old", user.id, 10_000, ttl_s=-1, call=record("old", user.id)) == "ok"
+    _die(crashed)
+    async with billing._engine.begin() as conn:  # noqa: SLF001
+        await conn.execute(text("UPDATE instances SET expires_at = 0 WHERE id = :i"), {"i": crashed.id})
+    # The deadline pass leaves it to the pass that writes its record.
+    assert await billing.release_stale_holds() == 0
+    assert await _sweep(billing, survivor) == 1
+    assert await _count(billing, "SELECT count(*) FROM usage_records WHERE error_code = 'interrupted'") == 1
+    assert await billing.audit() == []
+
+
+async def test_a_retry_takes_over_the_idempotency_claim_of_a_dead_process(
+    stores: tuple[Accounts, Billing], tmp_path: Path
+) -> None:
+    _accounts, billing = stores
+    engine = billing._engine  # noqa: SLF001
+    crashed, survivor = _instances(billing, tmp_path), _instances(billing, tmp_path)
+    await crashed.register()
+    await survivor.register()
+    first = IdempotencyStore(engine, instances=crashed, running_ttl_s=600)
+    retry = IdempotencyStore(engine, instances=survivor, running_ttl_s=600, wait_s=0.3, poll_s=0.05)
+    assert await first.claim(1, "k", "fp") is None
+    with pytest.raises(IdempotencyConflict, match="still running"):
+        await retry.claim(1, "k", "fp")  # the first call's process is alive: wait for it
+    _die(crashed)
+    assert await retry.claim(1, "k", "fp") is None  # gone: the retry runs
+    await first.finish(1, "k", 200, b"late")  # a claim taken over is no longer the first's to end
+    await retry.finish(1, "k", 200, b"answer")
+    replay = await retry.claim(1, "k", "fp")
+    assert replay is not None and replay.body == b"answer"
+
+
+async def test_a_running_claim_older_than_a_call_can_last_is_taken_over(stores: tuple[Accounts, Billing]) -> None:
+    _accounts, billing = stores
+    engine = billing._engine  # noqa: SLF001
+    first = IdempotencyStore(engine, running_ttl_s=0.2)
+    retry = IdempotencyStore(engine, running_ttl_s=0.2, wait_s=5, poll_s=0.05)
+    assert await first.claim(1, "k", "fp") is None
+    started = time.monotonic()
+    assert await retry.claim(1, "k", "fp") is None
+    assert time.monotonic() - started < 4
