@@ -27,7 +27,7 @@ from imagerelay.api.parsing import (
     images_from_json,
     json_edit_limit,
     media_type,
-    read_json_object,
+    read_image_json,
     read_multipart_edit,
 )
 from imagerelay.api.responses import images_response, json_response, render_images
@@ -130,12 +130,13 @@ async def _parse(request: Request, services: Services, endpoint: str | None) -> 
         return ParsedCall("edits", dict(fields), images, mask, from_multipart=True)
     if kind == "application/json" or (endpoint == "generations" and not kind):
         limit = settings.max_json_body_bytes if endpoint == "generations" else json_edit_limit(settings.max_body_bytes)
-        body = await read_json_object(request, limit, pool)
+        body, large = await read_image_json(request, limit, pool)
         if endpoint is None:
             endpoint = _pop_job_endpoint(body, default=None, allowed=("generations", "edits"))
         if endpoint == "generations":
+            large.check_all_taken(body)
             return ParsedCall("generations", body)
-        fields, images, mask = await images_from_json(body, MAX_IMAGE_BYTES, pool)
+        fields, images, mask = await images_from_json(body, large, MAX_IMAGE_BYTES, pool)
         return ParsedCall("edits", fields, images, mask)
     raise InvalidRequest(
         "Send JSON (Content-Type: application/json), or multipart/form-data for edits "

@@ -29,6 +29,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
+from imagerelay.api.bigjson import LargeStrings, split_parse
 from imagerelay.domain.imagesniff import inspect_image, verify_image
 from imagerelay.domain.types import InputImage
 from imagerelay.errors import ApiError, InvalidRequest, PayloadTooLarge
@@ -36,9 +37,13 @@ from imagerelay.errors import ApiError, InvalidRequest, PayloadTooLarge
 MAX_IMAGES = 16  # the official limit per edit; a mask comes on top
 MAX_FIELDS = 64
 MAX_FIELD_BYTES = 256 * 1024  # a 32,000-character prompt is at most 128 KB of UTF-8
-# Bodies up to this size are parsed on the event loop; larger JSON is parsed in the
-# image-check pool (orjson takes ~1 ms per MB, which would stall every other caller).
+# Image-call JSON up to this size is parsed on the event loop as is; a larger body has
+# its long strings cut out first (orjson holds the GIL ~3 ms per MB of string).
 INLINE_JSON_BYTES = 1024 * 1024
+# Longer than any legitimate non-image string (a 32,000-character prompt, \u-escaped, is
+# 192 KB), and the room left for the rest: 17 images just under it, plus the fields.
+LARGE_STRING_BYTES = 256 * 1024
+MAX_JSON_SKELETON_BYTES = 8 * 1024 * 1024
 _IMAGE_PART = re.compile(r"^image(\[\d*\])?$")
 _DATA_URL = re.compile(r"^data:(image/[\w.+-]+)?(;[\w=.-]+)*;base64,", re.IGNORECASE)
 _T = TypeVar("_T")
@@ -83,8 +88,27 @@ async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
         raise ClientGone("client disconnected") from None
 
 
-async def read_json_object(request: Request, limit: int, pool: Executor | None = None) -> dict[str, Any]:
-    """The body as a JSON object; a body over ``INLINE_JSON_BYTES`` is parsed in ``pool``."""
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """A small JSON body (console and admin calls), parsed on the event loop."""
+    raw = await _read_body(request, limit)
+    return _object(_parse_json(orjson.loads, raw))
+
+
+async def read_image_json(request: Request, limit: int, pool: Executor) -> tuple[dict[str, Any], LargeStrings]:
+    """An image call's JSON body; a large one is split and parsed in ``pool``.
+
+    Strings longer than ``LARGE_STRING_BYTES`` come back as placeholders that only
+    :func:`images_from_json` takes (as image data URLs); see :mod:`imagerelay.api.bigjson`.
+    """
+    raw = await _read_body(request, limit)
+    if len(raw) <= INLINE_JSON_BYTES:
+        return _object(_parse_json(orjson.loads, raw)), LargeStrings("", [], LARGE_STRING_BYTES)
+    split = partial(split_parse, threshold=LARGE_STRING_BYTES, max_skeleton=MAX_JSON_SKELETON_BYTES)
+    body, large = await asyncio.get_running_loop().run_in_executor(pool, _parse_json, split, raw)
+    return _object(body), large
+
+
+async def _read_body(request: Request, limit: int) -> bytearray:
     raw = bytearray()
     async with aclosing(_limited(request, limit)) as chunks:
         async for chunk in chunks:
@@ -95,17 +119,20 @@ async def read_json_object(request: Request, limit: int, pool: Executor | None =
             '{"model": "gpt-image-2", "prompt": "a red apple"}.',
             code="invalid_json",
         )
+    return raw
+
+
+def _parse_json(parse: Callable[[bytearray], _T], raw: bytearray) -> _T:
     try:
-        if pool is not None and len(raw) > INLINE_JSON_BYTES:
-            body = await asyncio.get_running_loop().run_in_executor(pool, orjson.loads, raw)
-        else:
-            body = orjson.loads(raw)
+        return parse(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(
-            f"The request body is not valid JSON ({exc.msg} at character {exc.pos}); "
-            "send a JSON object with Content-Type: application/json.",
+            f"The request body is not valid JSON ({exc.msg}); send a JSON object with Content-Type: application/json.",
             code="invalid_json",
         ) from None
+
+
+def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest(
             f"The request body must be a JSON object ({{...}}), not {_json_kind(body)}.", code="invalid_json"
@@ -231,7 +258,7 @@ async def _read_upload(upload: UploadFile, max_image_bytes: int) -> bytes:
 
 
 async def images_from_json(
-    body: dict[str, Any], max_image_bytes: int, pool: Executor
+    body: dict[str, Any], large: LargeStrings, max_image_bytes: int, pool: Executor
 ) -> tuple[dict[str, Any], list[InputImage], InputImage | None]:
     """The JSON edit form: ``images: [{"image_url": "data:..."}]`` and ``mask: {...}``.
 
@@ -255,14 +282,15 @@ async def images_from_json(
     if len(raw_images) > MAX_IMAGES:
         raise InvalidRequest(f"{len(raw_images)} images were sent; an edit takes at most {MAX_IMAGES}.",
                              param="images", code="too_many_images")
-    images = [(_payload_of(ref, f"images[{i}]", max_image_bytes), f"images[{i}]", None)
+    images = [(_payload_of(ref, f"images[{i}]", large, max_image_bytes), f"images[{i}]", None)
               for i, ref in enumerate(raw_images)]
     mask_ref = body.get("mask")
-    mask = (_payload_of(mask_ref, "mask", max_image_bytes), "mask", None) if mask_ref is not None else None
+    mask = (_payload_of(mask_ref, "mask", large, max_image_bytes), "mask", None) if mask_ref is not None else None
+    large.check_all_taken(body)
     return (fields, *await check_images(images, mask, pool, max_image_bytes))
 
 
-def _payload_of(ref: Any, part: str, max_image_bytes: int) -> Callable[[], bytes]:
+def _payload_of(ref: Any, part: str, large: LargeStrings, max_image_bytes: int) -> Callable[[], bytes]:
     """A function decoding the data URL's base64 (run in the pool), after the cheap checks."""
     if not isinstance(ref, dict):
         raise InvalidRequest(f'{part} must be an object like {{"image_url": "data:image/png;base64,..."}}.', param=part)
@@ -272,24 +300,29 @@ def _payload_of(ref: Any, part: str, max_image_bytes: int) -> Callable[[], bytes
             param=part,
         )
     url = ref.get("image_url")
-    if not isinstance(url, str) or not url:
-        raise InvalidRequest(f"{part}.image_url must be a data URL string.", param=part)
-    match = _DATA_URL.match(url)
+    text: str | memoryview | None = large.take(url)
+    if text is None:
+        if not isinstance(url, str) or not url:
+            raise InvalidRequest(f"{part}.image_url must be a data URL string.", param=part)
+        text = url
+    head = text[:256] if isinstance(text, str) else bytes(text[:256]).decode("ascii", "replace")
+    match = _DATA_URL.match(head)
     if not match:
         raise InvalidRequest(
             f"{part}.image_url must be a base64 data URL (data:image/png;base64,...); "
             "remote http(s) URLs are not fetched — download the image and send it inline or with multipart.",
             param=part,
         )
-    start = match.end()
-    if (len(url) - start) * 3 // 4 > max_image_bytes + 3:
+    payload = text[match.end():]
+    if len(payload) * 3 // 4 > max_image_bytes + 3:
         raise PayloadTooLarge(f"{part} is larger than {max_image_bytes // (1024 * 1024)} MB.", param=part)
 
     def decode() -> bytes:
-        payload = url[start:]
+        pad = -len(payload) % 4
+        padded = payload if not pad else (
+            payload + "=" * pad if isinstance(payload, str) else bytes(payload) + b"=" * pad)
         try:
-            pad = -len(payload) % 4
-            return pybase64.b64decode(payload + "=" * pad if pad else payload, validate=True)
+            return pybase64.b64decode(padded, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidRequest(f"{part}.image_url is not valid base64.", param=part) from None
 

@@ -134,20 +134,53 @@ def test_hostile_edit_leaves_healthz_responsive(tight: Gateway) -> None:
                                  headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}",
                                           "Content-Type": "application/json"}))
 
-    worker = threading.Thread(target=hostile)
-    latencies: list[float] = []
-    with httpx.Client(timeout=60) as client:
-        client.get(tight.base_url + "/healthz")
-        worker.start()
-        while worker.is_alive():
-            started = time.monotonic()
-            assert client.get(tight.base_url + "/healthz").status_code == 200
-            latencies.append(time.monotonic() - started)
-            time.sleep(0.02)
-    worker.join()
+    latencies = _healthz_latencies_while(tight, threading.Thread(target=hostile))
     assert answer[0].status_code == 400 and answer[0].json()["error"]["param"] == "prompt", answer[0].text[:300]
     assert len(latencies) >= 3, "the edit finished before /healthz could be measured"
     assert max(latencies) < 1.0, f"/healthz took {max(latencies):.2f} s while the edit was checked"
+
+
+def _healthz_latencies_while(gw: Gateway, work: threading.Thread) -> list[float]:
+    latencies: list[float] = []
+    with httpx.Client(timeout=60) as client:
+        client.get(gw.base_url + "/healthz")
+        work.start()
+        while work.is_alive():
+            started = time.monotonic()
+            assert client.get(gw.base_url + "/healthz").status_code == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.02)
+    work.join()
+    return latencies
+
+
+def test_huge_json_edit_is_parsed_without_stalling_healthz(gateway: Gateway) -> None:
+    # The session gateway: default body timeouts, for a 336 MB upload on a busy machine.
+    junk = "data:image/png;base64," + "QUFB" * (12 * MB)  # 48 MB of base64 that is no image
+    body = orjson.dumps({"model": "gpt-image-2", "prompt": "x", "images": [{"image_url": junk}] * 7})
+    answer: list[httpx.Response] = []
+    worker = threading.Thread(target=lambda: answer.append(httpx.post(
+        gateway.v1 + "/images/edits", content=body, timeout=120,
+        headers={"Authorization": f"Bearer {gateway.tokens['Sora2Official']}", "Content-Type": "application/json"})))
+    latencies = _healthz_latencies_while(gateway, worker)
+    assert answer[0].status_code == 400 and answer[0].json()["error"]["param"] == "images[0]", answer[0].text[:300]
+    assert max(latencies) < 1.0, f"/healthz took {max(latencies):.2f} s while a {len(body) / MB:.0f} MB body was parsed"
+
+
+def test_json_edit_with_large_images_still_works(gateway: Gateway) -> None:
+    import os
+
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (800, 700), os.urandom(800 * 700 * 3)).save(buf, "PNG")
+    assert len(buf.getvalue()) > 1 * MB  # takes the large-body path
+    encoded = base64.b64encode(buf.getvalue()).decode().replace("/", "\\/")  # as PHP's json_encode writes it
+    body = ('{"model": "gpt-image-2", "prompt": "make it blue", "images": [{"image_url": "data:image/png;base64,'
+            + encoded + '"}]}').encode()
+    resp = httpx.post(gateway.v1 + "/images/edits", content=body, timeout=120,
+                      headers={"Authorization": f"Bearer {gateway.tokens['Sora2Official']}",
+                               "Content-Type": "application/json"})
+    assert resp.status_code == 200, resp.text[:300]
+    assert resp.json()["data"][0]["b64_json"]
 
 
 def test_seventeen_images_refused_before_any_decode(tight: Gateway) -> None:
@@ -228,18 +261,20 @@ def test_large_bodies_in_flight_share_one_budget(lean: Gateway) -> None:
 
 
 def test_multipart_image_over_limit_is_413_while_streaming(lean: Gateway) -> None:
-    def parts() -> Iterator[bytes]:
-        yield (b"--b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nx\r\n"
-               b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n\x89PNG\r\n\x1a\n")
-        for _ in range(60):
-            yield b"\0" * MB
-        yield b"\r\n--b--\r\n"
-
-    resp = httpx.post(lean.v1 + "/images/edits", content=parts(), timeout=60,
-                      headers={"Authorization": f"Bearer {lean.tokens['Sora2Official']}",
-                               "Content-Type": "multipart/form-data; boundary=b"})
-    assert resp.status_code == 413, resp.text[:300]
-    assert resp.json()["error"]["param"] == "image" and resp.json()["error"]["code"] == "payload_too_large"
+    sock = _connect(lean)
+    sock.sendall(_head(lean, "/v1/images/edits", headers={
+        "Content-Type": "multipart/form-data; boundary=b", "Transfer-Encoding": "chunked"}))
+    part = (b"--b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nx\r\n"
+            b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n\x89PNG\r\n\x1a\n")
+    sock.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
+    sent = _send_chunked_until_answer(sock, 300 * MB)  # the body limit is 801 MB; the image limit 50 MB
+    if sent >= 300 * MB:
+        sock.sendall(b"0\r\n\r\n")
+    raw = _read_response(sock, 60)
+    sock.close()
+    status, error = _status_and_error(raw)
+    assert status == 413 and error["param"] == "image" and error["code"] == "payload_too_large", raw[:300]
+    assert sent < 100 * MB, f"the server read {sent / MB:.0f} MB of a 50 MB-limited image before answering"
 
 
 # -- slow clients ------------------------------------------------------------------------------------
