@@ -1,6 +1,6 @@
 """uvicorn's HTTP protocol with the limits it lacks against slow and numerous clients.
 
-uvicorn (0.29-0.54, httptools protocol) arms no timer until a response has been sent:
+uvicorn (read at 0.54, httptools protocol) arms no timer until a response has been sent:
 a connection that sends half a request head, or nothing, stays open for ever, so
 ~20,000 such sockets exhausted the process's file descriptors. Its ``limit_concurrency``
 only answers 503 once a request head is complete, which a slow client never reaches,
