@@ -113,7 +113,7 @@ async def _read_body(request: Request, limit: int) -> bytearray:
     async with aclosing(_limited(request, limit)) as chunks:
         async for chunk in chunks:
             raw += chunk
-    if not raw.strip():
+    if not raw or raw.isspace():  # isspace stops at the first other byte; strip would copy the body
         raise InvalidRequest(
             "The request body is empty; send a JSON object such as "
             '{"model": "gpt-image-2", "prompt": "a red apple"}.',
