@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -93,15 +93,21 @@ def split_parse(raw: bytes | bytearray, *, threshold: int, max_skeleton: int) ->
             views.append(text)
             copied_to = end + 1
         pos = end + 1
+        if kept + pos - copied_to > max_skeleton:  # checked as we go: the scan's work is bounded too
+            _skeleton_too_large(max_skeleton)
     pieces.append(view[copied_to:])
     kept += len(raw) - copied_to
     if kept > max_skeleton:
-        raise PayloadTooLarge(
-            f"The JSON body has {kept:,} bytes outside its image data URLs; the limit is {max_skeleton:,}. "
-            "Send the edit's parameters and images only."
-        )
+        _skeleton_too_large(max_skeleton)
     skeleton = b"".join(pieces) if views else raw
     return orjson.loads(skeleton), LargeStrings(token, views, threshold)
+
+
+def _skeleton_too_large(max_skeleton: int) -> NoReturn:
+    raise PayloadTooLarge(
+        f"The JSON body has more than {max_skeleton:,} bytes outside its image data URLs; "
+        "send the edit's parameters and images only."
+    )
 
 
 def _string_end(raw: bytes | bytearray, start: int) -> int:

@@ -83,3 +83,13 @@ def test_a_body_without_long_strings_has_no_placeholders() -> None:
     body, large = split_parse(b'{"u": "data:image/png;base64,AAAA"}', threshold=1000, max_skeleton=1000)
     assert large.take(body["u"]) is None
     large.check_all_taken(body)
+
+
+def test_many_small_strings_stop_the_scan_at_the_skeleton_limit() -> None:
+    import time
+
+    raw = b"[" + b'"a",' * 2_000_000 + b'"a"]'
+    started = time.monotonic()
+    with pytest.raises(PayloadTooLarge):
+        split_parse(raw, threshold=1000, max_skeleton=10_000)
+    assert time.monotonic() - started < 1.0  # a scan of all 2 million strings took seconds
