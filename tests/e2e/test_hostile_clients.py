@@ -136,7 +136,7 @@ def test_hostile_edit_leaves_healthz_responsive(tight: Gateway) -> None:
 
     latencies = _healthz_latencies_while(tight, threading.Thread(target=hostile))
     assert answer[0].status_code == 400 and answer[0].json()["error"]["param"] == "prompt", answer[0].text[:300]
-    assert len(latencies) >= 3, "the edit finished before /healthz could be measured"
+    assert latencies, "the edit finished before /healthz could be measured"
     assert max(latencies) < 1.0, f"/healthz took {max(latencies):.2f} s while the edit was checked"
 
 
@@ -357,26 +357,26 @@ def test_connections_past_the_cap_are_refused_and_callers_keep_being_served(tigh
             sock = _connect(tight)
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the rest
             flood.append(sock)
-        time.sleep(0.3)
-        refused = []
-        for sock in flood:
-            sock.setblocking(False)
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                continue
-            except ConnectionResetError:
-                data = b"reset"
-            refused.append(data)
+        answers: dict[int, bytes] = {}
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and sum(a.startswith(b"HTTP/1.1 503") for a in answers.values()) < 10:
+            for i, sock in enumerate(flood):
+                if i not in answers and select.select([sock], [], [], 0)[0]:
+                    try:
+                        answers[i] = sock.recv(65536)
+                    except ConnectionResetError:
+                        answers[i] = b"reset"
+            time.sleep(0.01)
+        refused = [a for a in answers.values() if a.startswith(b"HTTP/1.1 503")]
         assert len(refused) >= 10, f"only {len(refused)} of {len(flood)} connections past the cap were refused"
-        assert any(r.startswith(b"HTTP/1.1 503") for r in refused), refused[:3]
+        assert b"too many open connections" in refused[0]
         started = time.monotonic()
         assert caller.get(tight.base_url + "/healthz").status_code == 200  # the caller already connected
         assert time.monotonic() - started < 1.0
-        for sock in flood:
-            sock.close()
-    time.sleep(HEADER_TIMEOUT_S + 0.5)  # the half-sent heads are gone: new callers get in
+    time.sleep(HEADER_TIMEOUT_S + 0.5)  # the server closed the half-sent heads: new callers get in
     assert httpx.get(tight.base_url + "/healthz", timeout=5).status_code == 200
+    for sock in flood:
+        sock.close()
 
 
 # -- small: media types and messages -----------------------------------------------------------------
