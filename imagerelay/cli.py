@@ -162,6 +162,9 @@ def serve(
         os.environ["IMAGERELAY_DATABASE_URL"] = settings.database_url
     if settings.catalog:
         os.environ["IMAGERELAY_CATALOG"] = str(Path(settings.catalog).resolve())
+    from imagerelay.api.connections import GuardedHttpToolsProtocol
+
+    _warn_if_descriptors_short(settings.max_connections)
     console.print(f"imagerelay listening on http://{host}:{port}/v1", highlight=False)
     sys.stdout.flush()
     uvicorn.run(
@@ -171,10 +174,25 @@ def serve(
         port=port,
         workers=workers,
         loop="auto",
-        http="auto",
+        # httptools with a head timeout, a head size limit and a connection cap
+        # (IMAGERELAY_HEADER_TIMEOUT_S, IMAGERELAY_MAX_CONNECTIONS): see api/connections.py.
+        http=GuardedHttpToolsProtocol,
         log_level=settings.log_level,
         access_log=False,
     )
+
+
+def _warn_if_descriptors_short(max_connections: int) -> None:
+    """The connection cap only protects the process if descriptors remain for upstream
+    sockets, the database and image files after it is reached."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and max_connections > soft - 256:
+        err_console.print(
+            f"[yellow]warning:[/yellow] IMAGERELAY_MAX_CONNECTIONS={max_connections} leaves too few of the "
+            f"{soft} file descriptors (ulimit -n) for upstreams and files; lower it or raise the limit."
+        )
 
 
 @users_app.command("create")

@@ -35,6 +35,20 @@ class Settings(BaseSettings):
     # Largest request body accepted (16 images x 50 MB plus fields).
     max_body_bytes: int = 16 * 50 * 1024 * 1024 + 1024 * 1024
     max_json_body_bytes: int = 64 * 1024 * 1024
+    # Request bodies held by calls in progress, per process (a 503 past it): bounds the
+    # memory that concurrent large edits take. Default: one maximal JSON edit at a time.
+    max_body_bytes_in_flight: int = Field(default=1280 * 1024 * 1024, ge=1024 * 1024)
+    # Slow clients: the request head must arrive within header_timeout_s of the connection
+    # (or of the first byte of the next request); a body may pause at most body_timeout_s,
+    # and on average must arrive at body_min_rate bytes/s after its first body_timeout_s.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    body_min_rate: int = Field(default=16 * 1024, ge=1)
+    # Open connections per process; past it a new connection gets a 503 and is closed.
+    max_connections: int = Field(default=4096, ge=1)
+    # Threads that decode uploaded images to check them: at most this many decodes run at
+    # once, whatever the number of images and calls.
+    image_check_threads: int = Field(default=2, ge=1, le=64)
     token_cache_ttl_s: float = 5.0
     # PostgreSQL connections for money statements (per process). Each is one short
     # autocommit statement, so a few connections keep the database busy.

@@ -10,9 +10,11 @@ code raises the most specific subclass and never formats responses itself.
     ├── AuthenticationFailed      401 invalid_api_key
     ├── PermissionDenied          403
     ├── ModelNotFound             404 model_not_found
+    ├── RequestTimeout            408 request_timeout (the body did not arrive in time)
     ├── PayloadTooLarge           413
     ├── RateLimited               429 rate_limit_exceeded (+ retry-after)
     ├── InsufficientQuota         429 insufficient_quota (x-should-retry: false)
+    ├── ServerBusy                503 server_busy (+ retry-after; e.g. too many large bodies in flight)
     └── UpstreamError             502/503/504 (never carries upstream detail)
 """
 
@@ -102,6 +104,12 @@ class PayloadTooLarge(ApiError):
     code = "payload_too_large"
 
 
+class RequestTimeout(ApiError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class RateLimited(ApiError):
     status = 429
     type = "requests"
@@ -117,6 +125,12 @@ class InsufficientQuota(ApiError):
         super().__init__(message, **kw)  # type: ignore[arg-type]
         # The official SDK retries 429s unless told not to; a retry cannot fix a balance.
         self.headers.setdefault("x-should-retry", "false")
+
+
+class ServerBusy(ApiError):
+    status = 503
+    type = "server_error"
+    code = "server_busy"
 
 
 class UpstreamError(ApiError):

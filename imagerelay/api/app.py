@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.applications import Starlette
@@ -14,6 +15,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from imagerelay.api import account, admin, images
+from imagerelay.api.bodyguard import BodyBudget, BodyGuard
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.errors import (
     api_error_handler,
@@ -114,6 +116,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     settings = settings or Settings()
     _configure_logging(settings.log_level)
     svc = services or Services.build(settings)
+    # Uploaded images are decoded here, off the event loop; the pool's size bounds how
+    # many decodes run at once in this process.
+    image_pool = ThreadPoolExecutor(settings.image_check_threads, thread_name_prefix="imagerelay-imagecheck")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -122,6 +127,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         try:
             yield
         finally:
+            image_pool.shutdown(wait=False, cancel_futures=True)
             await svc.stop()
 
     routes = [
@@ -141,6 +147,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         },
     )
     app.state.services = svc
+    app.state.image_pool = image_pool
+    app.add_middleware(BodyGuard, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate,
+                       budget=BodyBudget(settings.max_body_bytes_in_flight))
     app.add_middleware(EdgeMiddleware)
     return app
 

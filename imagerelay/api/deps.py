@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor
 
 from starlette.requests import Request
 
@@ -13,6 +14,11 @@ from imagerelay.storage.accounts import TokenInfo
 
 def services_of(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
+
+
+def image_pool_of(request: Request) -> Executor:
+    """The thread pool that decodes uploaded images (bounded: see ``create_app``)."""
+    return request.app.state.image_pool  # type: ignore[no-any-return]
 
 
 def bearer(request: Request) -> str | None:

@@ -21,8 +21,15 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from imagerelay.api.deps import authenticate, services_of
-from imagerelay.api.parsing import ClientGone, images_from_json, read_json_object, read_multipart_edit
+from imagerelay.api.deps import authenticate, image_pool_of, services_of
+from imagerelay.api.parsing import (
+    ClientGone,
+    images_from_json,
+    json_edit_limit,
+    media_type,
+    read_image_json,
+    read_multipart_edit,
+)
 from imagerelay.api.responses import images_response, json_response, render_images
 from imagerelay.errors import ApiError, InvalidRequest
 from imagerelay.relay import CallContext, ParsedCall, RelayAnswer
@@ -110,23 +117,26 @@ async def _handle(request: Request, endpoint: str | None) -> Response:
 
 
 async def _parse(request: Request, services: Services, endpoint: str | None) -> ParsedCall:
-    ctype = request.headers.get("content-type", "").lower()
-    if ctype.startswith("multipart/form-data"):
+    kind = media_type(request)
+    settings = services.settings
+    pool = image_pool_of(request)
+    if kind == "multipart/form-data":
         if endpoint == "generations":
             raise InvalidRequest("images/generations takes a JSON body (Content-Type: application/json).",
                                  code="unsupported_content_type")
-        fields, images, mask = await read_multipart_edit(request, services.settings.max_body_bytes, MAX_IMAGE_BYTES)
+        fields, images, mask = await read_multipart_edit(request, settings.max_body_bytes, MAX_IMAGE_BYTES, pool)
         if endpoint is None:
             _pop_job_endpoint(fields, default="edits", allowed=("edits",))
         return ParsedCall("edits", dict(fields), images, mask, from_multipart=True)
-    if ctype.startswith("application/json") or (endpoint == "generations" and not ctype):
-        limit = services.settings.max_json_body_bytes if endpoint == "generations" else services.settings.max_body_bytes
-        body = await read_json_object(request, limit)
+    if kind == "application/json" or (endpoint == "generations" and not kind):
+        limit = settings.max_json_body_bytes if endpoint == "generations" else json_edit_limit(settings.max_body_bytes)
+        body, large = await read_image_json(request, limit, pool)
         if endpoint is None:
             endpoint = _pop_job_endpoint(body, default=None, allowed=("generations", "edits"))
         if endpoint == "generations":
+            large.check_all_taken(body)
             return ParsedCall("generations", body)
-        fields, images, mask = images_from_json(body, MAX_IMAGE_BYTES)
+        fields, images, mask = await images_from_json(body, large, MAX_IMAGE_BYTES, pool)
         return ParsedCall("edits", fields, images, mask)
     raise InvalidRequest(
         "Send JSON (Content-Type: application/json), or multipart/form-data for edits "

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from PIL import Image
 
@@ -21,10 +23,14 @@ from imagerelay.errors import InvalidRequest, PayloadTooLarge
 
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+_FORMAT_OF_MIME = {mime: fmt for fmt, mime in MIME.items()}
 # Uploads must be strictly smaller than this (the official limit is "< 50 MB" per image).
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
-# Decoding is how we prove an upload is not truncated; refuse pixel bombs before decoding.
+# Decoding is how we prove an upload is not truncated; refuse pixel bombs before decoding,
+# from the dimensions the header declares. Pillow's own bomb check (an error at twice its
+# limit) backs ours up for any other code path that opens an image.
 MAX_PIXELS = 64_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 # Formats we recognise only to name them in the error message.
@@ -69,11 +75,24 @@ def describe_bytes(data: bytes) -> str:
 def sniff_image(data: bytes, part: str, filename: str | None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> InputImage:
     """Validate one upload and describe it; raises a 4xx naming ``part`` on any problem.
 
+    :func:`inspect_image` then :func:`verify_image`; the HTTP edge calls the two apart so
+    that every image of a call passes the cheap checks before any of them is decoded.
+    """
+    image = inspect_image(data, part, filename, max_bytes=max_bytes)
+    verify_image(image)
+    return image
+
+
+def inspect_image(data: bytes, part: str, filename: str | None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> InputImage:
+    """The cheap checks: size, type and the dimensions the file's header declares.
+
     - empty -> 400; ``len(data) >= max_bytes`` -> 413 (the limit is exclusive);
     - not PNG/JPEG/WebP by magic bytes -> 400 naming what it looks like;
-    - header or pixel data unreadable (truncated, corrupt, too many pixels) -> 400.
-    ``has_alpha`` is true for modes with an alpha channel and for PNG/palette ``tRNS``
-    transparency, which is what an edit mask needs.
+    - header unreadable or declaring more than ``MAX_PIXELS`` -> 400.
+    Only the header is parsed (Pillow's ``open`` is lazy), so this costs microseconds
+    whatever the image's size. ``has_alpha`` is true for modes with an alpha channel and
+    for PNG/palette ``tRNS`` transparency (which precedes the pixel data), which is what
+    an edit mask needs.
     """
     if not data:
         raise InvalidRequest(f"{part} is empty (0 bytes); attach a PNG, JPEG or WebP file.", param=part)
@@ -91,12 +110,60 @@ def sniff_image(data: bytes, part: str, filename: str | None, *, max_bytes: int 
             param=part,
             code="invalid_image_format",
         )
+    with _hostile_input(part, fmt), warnings.catch_warnings():
+        # Our own, lower pixel limit applies below; Pillow's warning would only be noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]]) as img:
+            width, height = img.size
+            has_alpha = img.mode in _ALPHA_MODES or "transparency" in img.info
+    if width * height > MAX_PIXELS:
+        raise InvalidRequest(
+            f"{part} is {width}x{height} ({width * height:,} pixels); images may have at most "
+            f"{MAX_PIXELS:,} pixels. Downscale it.",
+            param=part,
+        )
+    name = filename or f"{part.replace('[', '_').replace(']', '').replace('.', '_')}.{fmt}"
+    return InputImage(
+        data=data, mime=MIME[fmt], width=width, height=height, part=part, filename=name, has_alpha=has_alpha
+    )
+
+
+def verify_image(image: InputImage) -> None:
+    """Prove an inspected image is complete; raises a 400 naming its part if not.
+
+    This is the expensive half (up to a full entropy decode of 50 MB), so the HTTP edge
+    runs it in a worker thread, never on the event loop. PNG: every chunk's CRC up to
+    IEND, without inflating the pixels (catches a cut-off or corrupted file even if some
+    other code has set ``ImageFile.LOAD_TRUNCATED_IMAGES`` globally). JPEG/WebP: their own
+    framing when it is conclusive (:func:`_visibly_complete`), else a decode; a JPEG is
+    decoded in draft mode (libjpeg's 1/8 DCT scaling), which still reads every byte of
+    the entropy-coded data, so truncation shows, but needs 1/64 of the pixel memory.
+    """
+    fmt = _FORMAT_OF_MIME[image.mime]
+    data = image.data
+    if fmt in ("jpeg", "webp") and _visibly_complete(data, fmt):
+        return
+    with _hostile_input(image.part, fmt), Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[fmt]]) as img:
+        if fmt == "png":
+            img.verify()
+            return
+        if fmt == "jpeg":
+            img.draft("L", (max(1, img.width // 8), max(1, img.height // 8)))
+        img.load()
+
+
+@contextmanager
+def _hostile_input(part: str, fmt: str) -> Iterator[None]:
+    """Turn whatever Pillow raises on hostile input into a 400 naming ``part``."""
     try:
-        width, height, has_alpha = _decode(data, fmt, part)
-    except InvalidRequest:
+        yield
+    except (InvalidRequest, MemoryError):
         raise
-    except MemoryError:
-        raise
+    except Image.DecompressionBombError:
+        raise InvalidRequest(
+            f"{part} has too many pixels; images may have at most {MAX_PIXELS:,} pixels. Downscale it.",
+            param=part,
+        ) from None
     except Exception:  # Pillow raises many types on hostile input; all mean "not a usable image"
         raise InvalidRequest(
             f"{part} could not be decoded as a {fmt.upper()} image (truncated or corrupt); "
@@ -104,43 +171,6 @@ def sniff_image(data: bytes, part: str, filename: str | None, *, max_bytes: int 
             param=part,
             code="invalid_image",
         ) from None
-    name = filename or f"{part.replace('[', '_').replace(']', '').replace('.', '_')}.{fmt}"
-    return InputImage(
-        data=data, mime=MIME[fmt], width=width, height=height, part=part, filename=name, has_alpha=has_alpha
-    )
-
-
-def _decode(data: bytes, fmt: str, part: str) -> tuple[int, int, bool]:
-    """(width, height, has_alpha) after a full decode with only ``fmt``'s decoder."""
-    formats = [_PIL_FORMAT[fmt]]
-    with warnings.catch_warnings():
-        # We apply our own, lower pixel limit below; Pillow's warning would only be noise.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data), formats=formats)
-        except Image.DecompressionBombError:
-            raise InvalidRequest(
-                f"{part} has too many pixels; images may have at most {MAX_PIXELS:,} pixels. Downscale it.",
-                param=part,
-            ) from None
-        with img:
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise InvalidRequest(
-                    f"{part} is {width}x{height} ({width * height:,} pixels); images may have at most "
-                    f"{MAX_PIXELS:,} pixels. Downscale it.",
-                    param=part,
-                )
-            if fmt == "png":
-                # verify() checks every chunk's CRC up to IEND: it catches a cut-off or
-                # corrupted file even if some other code has set ImageFile.LOAD_TRUNCATED_IMAGES
-                # globally, without inflating the pixels.
-                with Image.open(io.BytesIO(data), formats=formats) as check:
-                    check.verify()
-            elif not _visibly_complete(data, fmt):
-                img.load()  # no end marker where one belongs: decode to tell truncated from odd
-            has_alpha = img.mode in _ALPHA_MODES or "transparency" in img.info
-    return width, height, has_alpha
 
 
 def _visibly_complete(data: bytes, fmt: str) -> bool:

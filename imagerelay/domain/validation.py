@@ -164,7 +164,7 @@ def build_hints(
 
 def _type_name(value: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "an object"}.get(type(value), type(value).__name__)
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _show(value: Any) -> str:
