@@ -65,20 +65,34 @@ class PinnedSender:
         )
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        """The receiver's status code; raises :class:`DeliveryFailed` for anything else."""
+        """Resolve, check and send under one deadline; the receiver's status code.
+        Raises :class:`DeliveryFailed` for anything but an answer."""
+
+        async def resolve_and_send() -> int:
+            target = await resolve_target(url, allow_private=self._allow_private)
+            return await self._send(target, body, headers)
+
+        return await self._bounded(resolve_and_send())
+
+    async def send_to(self, target: Target, body: bytes, headers: dict[str, str]) -> int:
+        """Send to an already checked target (its address, never its name resolved again)."""
+        return await self._bounded(self._send(target, body, headers))
+
+    async def _bounded(self, work: Awaitable[int]) -> int:
         try:
             async with asyncio.timeout(self._timeout_s):
-                target = await resolve_target(url, allow_private=self._allow_private)
-                request = self._request(target, body, headers)
-                response = await self._http.send(request, stream=True)
-                await response.aclose()  # the body is never read
-                return response.status_code
+                return await work
         except TimeoutError:
             raise DeliveryFailed(f"no answer within {self._timeout_s:g} s") from None
         except UnsafeUrl as exc:
             raise DeliveryFailed(f"refused target: {exc}") from None
         except httpx.HTTPError as exc:
             raise DeliveryFailed(type(exc).__name__) from None
+
+    async def _send(self, target: Target, body: bytes, headers: dict[str, str]) -> int:
+        response = await self._http.send(self._request(target, body, headers), stream=True)
+        await response.aclose()  # the body is never read
+        return response.status_code
 
     def _request(self, target: Target, body: bytes, headers: dict[str, str]) -> httpx.Request:
         url = httpx.URL(target.url)
