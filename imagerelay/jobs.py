@@ -81,6 +81,14 @@ def _image_meta(img: InputImage) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(slots=True)
+class _Turn:
+    """One user's submits in turn; ``users`` counts holders and waiters."""
+
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclasses.dataclass(slots=True)
 class _Claimed:
     row: Any
     slot: AbstractAsyncContextManager[None]  # the token's concurrency slot, held while it runs
@@ -123,7 +131,7 @@ class JobService:
         )
         self._wake = asyncio.Event()
         self._claim_lock = asyncio.Lock()  # claims in turn, so each sees the last one's share
-        self._submit_locks: dict[int, asyncio.Lock] = {}  # per user: count and insert in turn
+        self._submit_locks: dict[int, _Turn] = {}  # per user: count and insert in turn
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         root.mkdir(parents=True, exist_ok=True)
@@ -149,13 +157,15 @@ class JobService:
         Counting and inserting run in turn per user in this process, so the caps are
         exact here; each other replica can add at most one job past them at once.
         """
-        lock = self._submit_locks.setdefault(token.user_id, asyncio.Lock())
+        turn = self._submit_locks.setdefault(token.user_id, _Turn())
+        turn.users += 1
         try:
-            async with lock:
+            async with turn.lock:
                 await self._check_caps(token)
                 yield
         finally:
-            if not lock.locked() and self._submit_locks.get(token.user_id) is lock:
+            turn.users -= 1
+            if not turn.users:  # nobody waits: forget the user
                 del self._submit_locks[token.user_id]
 
     async def _check_caps(self, token: TokenInfo) -> None:
@@ -357,7 +367,11 @@ class JobService:
                 slot = await self._token_slot(group.token_id)
                 if slot is None:
                     continue  # the token is at its concurrency limit: try another owner's job
-                row = await self._claim_oldest(group)
+                try:
+                    row = await self._claim_oldest(group)
+                except BaseException:
+                    await asyncio.shield(slot.__aexit__(None, None, None))
+                    raise
                 if row is not None:
                     return _Claimed(row, slot)
                 await slot.__aexit__(None, None, None)

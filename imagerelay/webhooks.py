@@ -149,9 +149,13 @@ class WebhookDispatcher:
     # -- submit time ---------------------------------------------------------------------
 
     async def check(self, url: str) -> None:
-        """Refuse a URL we would not deliver to (raises :class:`UnsafeUrl`). Resolution
-        runs off the event loop; delivery checks again, since DNS answers change."""
-        await resolve_target(url, allow_private=self._allow_private)
+        """Refuse a URL we would not deliver to (raises :class:`UnsafeUrl`), within the
+        delivery deadline. Delivery checks again, since DNS answers change."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await resolve_target(url, allow_private=self._allow_private)
+        except TimeoutError:
+            raise UnsafeUrl(f"host did not resolve within {self._timeout_s:g} s") from None
 
     async def schedule(self, job_id: str) -> None:
         """Mark a finished job's webhook (if it has one) due now."""

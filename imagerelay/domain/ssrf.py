@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -29,6 +30,13 @@ _REFUSED = tuple(ipaddress.ip_network(n) for n in (
     "192.0.0.0/24", "192.88.99.0/24", "2002::/16", "::/96", "64:ff9b:1::/48",
 ))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known NAT64: the last 32 bits are an IPv4 address
+
+
+# Names in caller-supplied URLs resolve on threads of their own: a name whose DNS server
+# never answers holds a thread for the resolver's whole timeout, and on the event loop's
+# default executor (a handful of threads on a small machine) a few of them would stall
+# every other lookup, upstream connections included. Excess lookups queue here.
+_RESOLVER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="url-resolver")
 
 
 class UnsafeUrl(ValueError):
@@ -104,7 +112,8 @@ async def resolve_target(url: str, *, allow_private: bool) -> Target:
     """Syntax plus resolution off the event loop: the :class:`Target` to connect to."""
     host, port = check_url_syntax(url)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().run_in_executor(
+            _RESOLVER, lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
     except (socket.gaierror, UnicodeError):
         raise UnsafeUrl("host does not resolve") from None
     address = pick_address(_addresses(infos), allow_private=allow_private)
