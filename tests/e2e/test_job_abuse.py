@@ -73,7 +73,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         ])
         env = {"JOBS_KEY": KEY, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
                "IMAGERELAY_JOB_WORKERS": "2", "IMAGERELAY_JOB_MAX_ACTIVE_PER_USER": "12",
-               "IMAGERELAY_JOB_MAX_ACTIVE_PER_TOKEN": "10", "IMAGERELAY_TOKEN_CACHE_TTL_S": "0"}
+               "IMAGERELAY_JOB_MAX_ACTIVE_PER_TOKEN": "10", "IMAGERELAY_TOKEN_CACHE_TTL_S": "0",
+               "IMAGERELAY_BREAKER_THRESHOLD": "1000"}  # the failing-job test must not cool the channel
         data = tmp / "data"
         data.mkdir()
         with run_gateway(data, extra_env=env) as gw:
@@ -276,3 +277,23 @@ def test_job_images_live_as_long_as_the_job(tmp_path: Path) -> None:
         assert httpx.get(url).status_code == 404  # its URL ended with the job
         purge(tmp_path, env)
         assert not (tmp_path / "images" / name).exists()
+
+
+def test_cancel_through_another_replica_deletes_inputs(rig: Rig) -> None:
+    """Two processes on one data directory: this one runs no jobs, so the job it takes runs
+    in the other; the cancel reaches the running one through the database."""
+    token = new_token(rig, "edit-cancel-elsewhere")
+    hdr = {"Authorization": f"Bearer {token}"}
+    with run_gateway(rig.gw.data_dir, extra_env={**rig.env, "IMAGERELAY_JOB_WORKERS": "0"}) as other:
+        r = httpx.post(other.v1 + "/images/jobs", headers=hdr,
+                       data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue", "size": "1280x720"},
+                       files={"image": ("a.png", png_bytes(400, 300), "image/png")})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        inputs = rig.gw.data_dir / "jobs" / job_id
+        wait_for(lambda: job(rig, token, job_id)["status"] == "running")
+        assert inputs.is_dir()
+        assert httpx.delete(f"{other.v1}/images/jobs/{job_id}", headers=hdr).status_code == 200
+        wait_for(lambda: not inputs.exists(), timeout=5)
+        wait_for(lambda: httpx.get(other.v1 + "/account/balance", headers=hdr).json()["held_micros"] == 0, timeout=5)
+        assert job(rig, token, job_id)["status"] == "canceled"
