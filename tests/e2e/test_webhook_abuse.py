@@ -85,9 +85,14 @@ def endless_body(conn: socket.socket, _: Receiver) -> None:
 
 
 def trickle(conn: socket.socket, _: Receiver) -> None:
+    conn.settimeout(1.5)
     for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" * 100:
         conn.sendall(bytes([byte]))
-        time.sleep(1.5)
+        try:
+            if conn.recv(1) == b"":
+                return  # the gateway hung up
+        except TimeoutError:
+            continue  # a byte every 1.5 s
 
 
 def silent(conn: socket.socket, _: Receiver) -> None:
