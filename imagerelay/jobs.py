@@ -494,7 +494,10 @@ class JobService:
         result = dict(answer.body)
         result["data"] = [self._image_ref(item) for item in answer.body["data"]]
         for item in result["data"]:
-            await self._store.keep_until(item["image"], row["expires_at"])
+            try:
+                await self._store.keep_until(item["image"], row["expires_at"])
+            except OSError as exc:  # the call is paid for: answer it, with the URL lifetime
+                log.error("job %s: could not extend an image's lifetime: %s", job_id, type(exc).__name__)
         await self._finish(job_id, "succeeded", result=result)
 
     def _image_ref(self, item: dict[str, Any]) -> dict[str, Any]:
