@@ -385,6 +385,20 @@ def audit(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
     console.print("[green]✓[/green] balances equal ledgers, holds are current, usage records match charges")
 
 
+@app.command()
+def purge(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Delete now what has outlived its lifetime: image files, expired jobs and job inputs
+    (a running gateway does this every minute; run it with the gateway's settings)."""
+
+    async def _purge(s: Any) -> int:
+        removed = int(await asyncio.to_thread(s.store.purge_expired))
+        await s.jobs.purge_expired()
+        return removed
+
+    removed = _run(_purge, _settings(data_dir, database_url, None))
+    console.print(f"[green]✓[/green] removed {removed} expired image file(s); expired jobs purged")
+
+
 def _client_headers(key: str | None) -> dict[str, str]:
     if not key:
         err_console.print("[red]--key or IMAGERELAY_API_KEY is required[/red]")

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     # HMAC key for signed image URLs; generated and kept in data_dir when unset.
     url_signing_key: str | None = None
-    image_url_ttl_s: int = Field(default=3600, ge=60)
+    image_url_ttl_s: int = Field(default=3600, ge=1)
     # Fernet key encrypting upstream keys at rest; generated into data_dir when unset.
     secret_key: str | None = None
     # Bearer credential for the admin API, in addition to tokens of admin users.
@@ -64,10 +64,17 @@ class Settings(BaseSettings):
     # its calls' holds (on one machine a lock file tells at once; storage/instances.py).
     instance_lease_s: float = Field(default=30.0, ge=10)
     # Async jobs: lifetime (result kept, hold deadline), in-process workers, webhooks.
-    job_ttl_s: float = Field(default=24 * 3600, ge=60)
+    job_ttl_s: float = Field(default=24 * 3600, ge=1)
     job_workers: int = Field(default=4, ge=0)
+    # Jobs queued or running at once, per user and per token (429 too_many_jobs past it).
+    job_max_active_per_user: int = Field(default=100, ge=1)
+    job_max_active_per_token: int = Field(default=50, ge=1)
     webhook_allow_private: bool = False  # allow webhooks to loopback/private addresses
     webhook_backoff_s: float = Field(default=2.0, gt=0)
+    # One deadline per webhook delivery (resolve, connect, send, status line), and how
+    # many deliveries run at once per process (at most one per job owner).
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    webhook_concurrency: int = Field(default=16, ge=1)
     # Redis shared by every gateway process for per-token limits and channel cooldowns;
     # unset keeps both in process. The prefix separates deployments sharing one Redis.
     redis_url: str | None = None

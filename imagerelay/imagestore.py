@@ -75,8 +75,11 @@ class ImageStore:
         await anyio.to_thread.run_sync(_write)
         return name
 
-    def signed_url(self, base_url: str, name: str, now: float | None = None) -> str:
+    def signed_url(self, base_url: str, name: str, now: float | None = None, not_after: float | None = None) -> str:
+        """A URL valid for the URL lifetime, and never past ``not_after`` (a job's expiry)."""
         expires = int((time.time() if now is None else now) + self.ttl_s)
+        if not_after is not None:
+            expires = min(expires, int(not_after))
         return f"{base_url.rstrip('/')}/v1/files/images/{name}?expires={expires}&sig={self._sign(name, expires)}"
 
     def resolve(self, name: str, expires: str, sig: str, now: float | None = None) -> Path | None:
@@ -96,9 +99,25 @@ class ImageStore:
         path = self.root / name
         return path if path.is_file() else None
 
+    @property
+    def _kept_s(self) -> float:
+        # The URL lifetime plus a margin for clocks of hosts sharing the store (at most a
+        # minute, and no longer than the lifetime itself, so short lifetimes stay short).
+        return self.ttl_s + min(60, self.ttl_s)
+
+    async def keep_until(self, name: str, until: float) -> None:
+        """Keep an image at least until ``until`` (a job's result lives as long as the job).
+
+        The purge ages a file by its mtime, so the mtime is moved to where a file
+        written then would age out at ``until``: no index to keep in step with the disk,
+        and every replica sharing the store sees the same lifetime.
+        """
+        stamp = until - self._kept_s
+        await anyio.to_thread.run_sync(os.utime, self.root / name, (stamp, stamp))
+
     def purge_expired(self, now: float | None = None) -> int:
-        """Delete files older than the URL lifetime (no URL for them can still be valid)."""
-        cutoff = (time.time() if now is None else now) - self.ttl_s - 60
+        """Delete files past their lifetime (no URL for them can still be valid)."""
+        cutoff = (time.time() if now is None else now) - self._kept_s
         removed = 0
         for entry in os.scandir(self.root):
             try:

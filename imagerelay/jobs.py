@@ -10,7 +10,17 @@ job's request id, so a job is charged at most once whatever happens:
   settled (its hold is still open), and failed cleanly if the hold is gone;
 - cancel releases the hold; a running call is interrupted and its hold released.
 
-Input images of edit jobs are kept on disk next to the job until it ends.
+Abuse bounds: at most ``max_active_per_user`` / ``max_active_per_token`` jobs queued
+or running (429 ``too_many_jobs``); a free worker takes the next job fairly between
+owners (:mod:`imagerelay.domain.scheduling`); and a job holds one of its token's
+concurrency slots (the synchronous calls' limiter) while it runs upstream, its rpm
+having counted at submit. A job whose token is at its concurrency limit stays queued
+and the worker takes another job: no worker waits for a token.
+
+Input images of edit jobs are kept on disk next to the job until it ends, and deleted
+on every terminal path (success, failure, cancel here or in another replica, expiry);
+a sweep removes any a crash left behind. Result images live as long as the job.
+Webhook delivery is :mod:`imagerelay.webhooks`.
 """
 
 from __future__ import annotations
@@ -18,30 +28,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import hmac
 import logging
-import math
+import os
 import shutil
 import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
 import orjson
 import pybase64
-from sqlalchemy import select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from imagerelay.domain.ssrf import UnsafeUrl, check_url
+from imagerelay.domain.scheduling import QueuedGroup, fair_order
+from imagerelay.domain.ssrf import UnsafeUrl
 from imagerelay.domain.types import ImageRequest, InputImage
-from imagerelay.errors import ApiError, InvalidRequest, NotFound
+from imagerelay.errors import ApiError, InvalidRequest, NotFound, RateLimited
 from imagerelay.imagestore import ImageStore
+from imagerelay.limits import UNLIMITED, Limiter, concurrency_part
 from imagerelay.relay import CallContext, PreparedCall, Relay, RelayAnswer
-from imagerelay.storage.accounts import Accounts
+from imagerelay.storage.accounts import Accounts, TokenInfo
 from imagerelay.storage.schema import holds, jobs, usage_records
+from imagerelay.webhooks import WebhookDispatcher
 
 log = logging.getLogger("imagerelay.jobs")
 
@@ -51,8 +63,11 @@ log = logging.getLogger("imagerelay.jobs")
 IDLE_POLL_S = 3.0
 
 MAX_ATTEMPTS = 3
-WEBHOOK_MAX_ATTEMPTS = 6
 TERMINAL = ("succeeded", "failed", "canceled")
+ACTIVE = ("queued", "running")
+# An input folder this old with no live job behind it was left by a crash (a younger
+# one may belong to a submit that has saved its images but not yet inserted its row).
+ORPHAN_AGE_S = 120.0
 
 
 def _encode_request(request: ImageRequest) -> bytes:
@@ -63,6 +78,20 @@ def _encode_request(request: ImageRequest) -> bytes:
 def _image_meta(img: InputImage) -> dict[str, Any]:
     return {"mime": img.mime, "width": img.width, "height": img.height, "part": img.part,
             "filename": img.filename, "has_alpha": img.has_alpha}
+
+
+@dataclasses.dataclass(slots=True)
+class _Turn:
+    """One user's submits in turn; ``users`` counts holders and waiters."""
+
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class _Claimed:
+    row: Any
+    slot: AbstractAsyncContextManager[None]  # the token's concurrency slot, held while it runs
 
 
 class JobService:
@@ -79,6 +108,11 @@ class JobService:
         webhook_secret: bytes,
         webhook_allow_private: bool,
         webhook_backoff_s: float = 1.0,
+        webhook_timeout_s: float = 10.0,
+        webhook_concurrency: int = 16,
+        limiter: Limiter | None = None,
+        max_active_per_user: int = 100,
+        max_active_per_token: int = 50,
     ) -> None:
         self._engine = engine
         self._relay = relay
@@ -87,37 +121,68 @@ class JobService:
         self._root = root
         self.ttl_s = ttl_s
         self._workers = workers
-        self._webhook_secret = webhook_secret
+        self._limiter = limiter
+        self._max_per_user = max_active_per_user
+        self._max_per_token = max_active_per_token
         self._allow_private = webhook_allow_private
-        self._webhook_backoff_s = webhook_backoff_s
+        self.webhooks = WebhookDispatcher(
+            engine, self._webhook_body, secret=webhook_secret, allow_private=webhook_allow_private,
+            backoff_s=webhook_backoff_s, timeout_s=webhook_timeout_s, concurrency=webhook_concurrency,
+        )
         self._wake = asyncio.Event()
-        self._webhook_wake = asyncio.Event()
-        self._next_retry_at = math.inf  # earliest retry this process scheduled
+        self._claim_lock = asyncio.Lock()  # claims in turn, so each sees the last one's share
+        self._submit_locks: dict[int, _Turn] = {}  # per user: count and insert in turn
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._http: httpx.AsyncClient | None = None
         root.mkdir(parents=True, exist_ok=True)
 
-    # -- webhook signing (shown to each user for verification) ------------------------
-
     def webhook_secret_for(self, user_id: int) -> str:
-        return "whsec_" + hmac.new(self._webhook_secret, f"user:{user_id}".encode(), hashlib.sha256).hexdigest()
-
-    def sign(self, user_id: int, timestamp: int, body: bytes) -> str:
-        key = self.webhook_secret_for(user_id).encode()
-        mac = hmac.new(key, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-        return f"t={timestamp},v1={mac}"
+        return self.webhooks.secret_for(user_id)
 
     # -- submit / read / cancel -------------------------------------------------------
 
-    def check_webhook(self, url: Any) -> str | None:
+    async def check_webhook(self, url: Any) -> str | None:
         if url is None:
             return None
         try:
-            check_url(url, allow_private=self._allow_private)
+            await self.webhooks.check(url)
         except UnsafeUrl as exc:
             raise InvalidRequest(f"webhook_url {exc}.", param="webhook_url") from None
         return str(url)
+
+    @contextlib.asynccontextmanager
+    async def admission(self, token: TokenInfo) -> AsyncIterator[None]:
+        """Refuse a new job past the per-user and per-token caps; submit inside the block.
+
+        Counting and inserting run in turn per user in this process, so the caps are
+        exact here; each other replica can add at most one job past them at once.
+        """
+        turn = self._submit_locks.setdefault(token.user_id, _Turn())
+        turn.users += 1
+        try:
+            async with turn.lock:
+                await self._check_caps(token)
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:  # nobody waits: forget the user
+                del self._submit_locks[token.user_id]
+
+    async def _check_caps(self, token: TokenInfo) -> None:
+        query = select(func.count(), func.coalesce(func.sum(case((jobs.c.token_id == token.id, 1), else_=0)), 0)).where(
+            jobs.c.user_id == token.user_id, jobs.c.status.in_(ACTIVE))
+        async with self._engine.connect() as conn:
+            user_active, token_active = (await conn.execute(query)).one()
+        if user_active >= self._max_per_user:
+            raise RateLimited(
+                f"Your account has {user_active} jobs queued or running, the most allowed at once "
+                f"({self._max_per_user}); wait for some to finish, or cancel some, before submitting more.",
+                code="too_many_jobs", headers={"retry-after": "10"})
+        if token_active >= self._max_per_token:
+            raise RateLimited(
+                f"This API key has {token_active} jobs queued or running, the most allowed per key "
+                f"({self._max_per_token}); wait for some to finish, or cancel some, before submitting more.",
+                code="too_many_jobs", headers={"retry-after": "10"})
 
     async def submit(
         self, prepared: PreparedCall, *, include_b64: bool, webhook_url: str | None
@@ -148,7 +213,8 @@ class JobService:
                     created_at=now, expires_at=now + self.ttl_s,
                 ))
         except BaseException:
-            await self._relay.abandon(prepared, 500, "job_submit_failed")
+            await asyncio.shield(self._relay.abandon(prepared, 500, "job_submit_failed"))
+            await asyncio.shield(self._cleanup_inputs(job_id))
             raise
         self._wake.set()
         return await self.get(job_id, prepared.ctx.token.user_id, prepared.ctx.base_url)
@@ -169,22 +235,23 @@ class JobService:
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
         async with self._engine.begin() as conn:
             res = await conn.execute(
-                update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(("queued", "running")))
+                update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
                 .values(status="canceled", finished_at=time.time(), error=orjson.dumps(error).decode())
             )
         if res.rowcount != 1:
             return  # it finished meanwhile
         task = self._running.get(job_id)
         if task is not None:
-            task.cancel()  # the relay releases the hold when the call is interrupted
+            task.cancel()  # the relay releases the hold; the worker deletes the inputs
         else:
-            # Queued, or running in another replica (its cancel watch interrupts it):
-            # release the hold here if it is still open; releasing twice is a no-op.
-            prepared = await self._prepared(row)
+            # Queued, or running in another replica (its cancel watch interrupts it, and
+            # its worker deletes the inputs too): release the hold here if it is still
+            # open (releasing twice is a no-op) and delete the inputs now.
+            prepared = await self._prepared(row, load_images=False)
             if prepared is not None and await self._hold_open(prepared.ctx.request_id):
                 await self._relay.abandon(prepared, 499, code)
             await self._cleanup_inputs(job_id)
-        await self._schedule_webhook(job_id)
+        await self.webhooks.schedule(job_id)
 
     async def _hold_open(self, request_id: str) -> bool:
         async with self._engine.connect() as conn:
@@ -212,18 +279,27 @@ class JobService:
             out["error"] = orjson.loads(row["error"])
         if row["result"]:
             want_b64 = row["include_b64"] if include_b64 is None else include_b64
-            out["result"] = await self._result_for_client(orjson.loads(row["result"]), base_url, want_b64)
+            out["result"] = await self._result_for_client(orjson.loads(row["result"]), row, base_url, want_b64)
         return out
 
-    async def _result_for_client(self, result: dict[str, Any], base_url: str, want_b64: bool) -> dict[str, Any]:
+    async def _webhook_body(self, row: Any) -> bytes:
+        return orjson.dumps(await self._render(row, row["base_url"], None))
+
+    async def _result_for_client(
+        self, result: dict[str, Any], row: Any, base_url: str, want_b64: bool
+    ) -> dict[str, Any]:
         data = []
         for item in result.get("data", []):
             name = item.get("image")
             entry = {k: v for k, v in item.items() if k != "image"}
             if name:
-                entry["url"] = self._store.signed_url(base_url, name)
+                # A job's images live as long as the job, and so may its URLs, but no longer.
+                entry["url"] = self._store.signed_url(base_url, name, not_after=row["expires_at"])
                 if want_b64:
-                    raw = await anyio.to_thread.run_sync((self._store.root / name).read_bytes)
+                    try:
+                        raw = await anyio.to_thread.run_sync((self._store.root / name).read_bytes)
+                    except FileNotFoundError:
+                        raise NotFound(f"The images of job {row['id']} are no longer stored.") from None
                     entry["b64_json"] = pybase64.b64encode(raw).decode("ascii")
             data.append(entry)
         return {**result, "data": data}
@@ -232,10 +308,9 @@ class JobService:
 
     async def start(self) -> None:
         await self._recover()
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self._workers)]
-        self._tasks.append(asyncio.create_task(self._webhook_loop()))
         self._tasks.append(asyncio.create_task(self._cancel_watch()))
+        self.webhooks.start()
 
     async def stop(self) -> None:
         running = dict(self._running)
@@ -253,8 +328,7 @@ class JobService:
             async with self._engine.begin() as conn:
                 await conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running")
                                    .values(status="queued", started_at=None))
-        if self._http is not None:
-            await self._http.aclose()
+        await self.webhooks.stop()
 
     async def _recover(self) -> None:
         """After a crash: a job left running goes back to the queue. Its attempt either
@@ -276,47 +350,105 @@ class JobService:
                 await conn.execute(update(jobs).where(jobs.c.id == row["id"], jobs.c.status == "running")
                                    .values(status="queued", started_at=None))
 
-    async def _claim(self) -> Any | None:
+    async def _claim(self) -> _Claimed | None:
+        """The next job a free worker should run, with its token's concurrency slot;
+        None when nothing queued may run now (empty, or every token at its limit)."""
+        async with self._claim_lock:
+            async with self._engine.connect() as conn:
+                queued = [QueuedGroup(u, t, oldest) for u, t, oldest in (await conn.execute(
+                    select(jobs.c.user_id, jobs.c.token_id, func.min(jobs.c.created_at))
+                    .where(jobs.c.status == "queued").group_by(jobs.c.user_id, jobs.c.token_id))).all()]
+                if not queued:
+                    return None
+                running = {u: n for u, n in (await conn.execute(
+                    select(jobs.c.user_id, func.count()).where(jobs.c.status == "running")
+                    .group_by(jobs.c.user_id))).all()}
+            for group in fair_order(queued, running):
+                slot = await self._token_slot(group.token_id)
+                if slot is None:
+                    continue  # the token is at its concurrency limit: try another owner's job
+                try:
+                    row = await self._claim_oldest(group)
+                except BaseException:
+                    await asyncio.shield(slot.__aexit__(None, None, None))
+                    raise
+                if row is not None:
+                    return _Claimed(row, slot)
+                await slot.__aexit__(None, None, None)
+            return None
+
+    async def _token_slot(self, token_id: int) -> AbstractAsyncContextManager[None] | None:
+        """Enter one of the token's concurrency slots without waiting; None if all are taken.
+        A deleted token gets no slot to wait for: its job fails at once in ``_run_job``."""
+        token = await self._accounts.token_by_id(token_id)
+        if token is None or self._limiter is None:
+            return UNLIMITED
+        slot = self._limiter.admit(concurrency_part(token))
+        try:
+            await slot.__aenter__()
+        except RateLimited:
+            return None
+        return slot
+
+    async def _claim_oldest(self, group: QueuedGroup) -> Any | None:
         now = time.time()
         async with self._engine.begin() as conn:
-            row = (await conn.execute(
-                select(jobs.c.id).where(jobs.c.status == "queued").order_by(jobs.c.created_at).limit(1)
+            found = (await conn.execute(
+                select(jobs.c.id).where(jobs.c.status == "queued", jobs.c.user_id == group.user_id,
+                                        jobs.c.token_id == group.token_id)
+                .order_by(jobs.c.created_at).limit(1)
             )).first()
-            if row is None:
+            if found is None:
                 return None
             res = await conn.execute(
-                update(jobs).where(jobs.c.id == row[0], jobs.c.status == "queued")
+                update(jobs).where(jobs.c.id == found[0], jobs.c.status == "queued")
                 .values(status="running", started_at=now)
             )
             if res.rowcount != 1:
-                return False  # another worker won it; look again at once
-            return (await conn.execute(select(jobs).where(jobs.c.id == row[0]))).mappings().first()
+                return None  # another replica won it
+            return (await conn.execute(select(jobs).where(jobs.c.id == found[0]))).mappings().first()
 
     async def _worker(self) -> None:
         while True:
             try:
-                row = await self._claim()
+                claimed = await self._claim()
             except Exception as exc:  # noqa: BLE001 - keep the worker alive
                 log.error("job claim failed: %s", type(exc).__name__)
-                row = None
-            if row is False:
-                continue
-            if row is None:
+                claimed = None
+            if claimed is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=IDLE_POLL_S)
                 continue
-            task = asyncio.ensure_future(self._run_job(row))
-            self._running[row["id"]] = task
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                if not task.done():
-                    raise  # the worker itself is stopping
-            except Exception as exc:  # noqa: BLE001
-                log.error("job %s crashed: %s", row["id"], type(exc).__name__)
-            finally:
-                self._running.pop(row["id"], None)
+            await self._run_claimed(claimed)
+
+    async def _run_claimed(self, claimed: _Claimed) -> None:
+        job_id = claimed.row["id"]
+        task = asyncio.ensure_future(self._run_job(claimed.row))
+        self._running[job_id] = task
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise  # the worker itself is stopping; stop() puts the job back in the queue
+        except Exception as exc:  # noqa: BLE001
+            log.error("job %s crashed: %s", job_id, type(exc).__name__)
+            await self._fail_crashed(claimed.row)
+        finally:
+            self._running.pop(job_id, None)
+            await asyncio.shield(claimed.slot.__aexit__(None, None, None))
+            if task.done():
+                # Ended here one way or another (canceled ones included): the inputs go.
+                await asyncio.shield(self._cleanup_inputs(job_id))
+            self._wake.set()  # a token's slot came back: a job waiting for it may run
+
+    async def _fail_crashed(self, row: Any) -> None:
+        await self._finish(row["id"], "failed", error={
+            "message": "The gateway hit an internal error running this job; submit it again.",
+            "type": "server_error", "param": None, "code": "internal_error"})
+        prepared = await self._prepared(row, load_images=False)
+        if prepared is not None and await self._hold_open(prepared.ctx.request_id):
+            await self._relay.abandon(prepared, 500, "internal_error")
 
     async def _run_job(self, row: Any) -> None:
         job_id = row["id"]
@@ -324,7 +456,7 @@ class JobService:
             await self._finish(job_id, "failed", error={"message": "The job expired before it could run.",
                                                        "type": "invalid_request_error", "param": None,
                                                        "code": "job_expired"})
-            prepared = await self._prepared(row)
+            prepared = await self._prepared(row, load_images=False)
             if prepared is not None and await self._hold_open(prepared.ctx.request_id):
                 await self._relay.abandon(prepared, 408, "job_expired")
             return
@@ -361,6 +493,11 @@ class JobService:
         assert isinstance(answer, RelayAnswer)
         result = dict(answer.body)
         result["data"] = [self._image_ref(item) for item in answer.body["data"]]
+        for item in result["data"]:
+            try:
+                await self._store.keep_until(item["image"], row["expires_at"])
+            except OSError as exc:  # the call is paid for: answer it, with the URL lifetime
+                log.error("job %s: could not extend an image's lifetime: %s", job_id, type(exc).__name__)
         await self._finish(job_id, "succeeded", result=result)
 
     def _image_ref(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -374,35 +511,41 @@ class JobService:
                       error: dict[str, Any] | None = None) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
-                update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(("running", "queued")))
+                update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
                 .values(status=status, finished_at=time.time(),
                         result=orjson.dumps(result) if result is not None else None,
                         error=orjson.dumps(error).decode() if error is not None else None)
             )
         await self._cleanup_inputs(job_id)
-        await self._schedule_webhook(job_id)
+        await self.webhooks.schedule(job_id)
 
     async def _cleanup_inputs(self, job_id: str) -> None:
         await anyio.to_thread.run_sync(lambda: shutil.rmtree(self._root / job_id, ignore_errors=True))
 
-    async def _prepared(self, row: Any) -> PreparedCall | None:
+    async def _prepared(self, row: Any, *, load_images: bool = True) -> PreparedCall | None:
+        """The job's call as the relay runs it; without its input images when only
+        its hold is to be released (an edit's inputs can be hundreds of MB)."""
         token = await self._accounts.token_by_id(row["token_id"])
         if token is None:
             return None
         fields = orjson.loads(row["request"])
         images: list[InputImage] = []
         mask: InputImage | None = None
-        folder = self._root / row["id"]
-        if (folder / "images.json").exists():
-            meta = orjson.loads((folder / "images.json").read_bytes())
-            entries = [*meta["images"], *([meta["mask"]] if meta["mask"] else [])]
-            loaded = [InputImage(data=(folder / f"{i}.bin").read_bytes(), **m) for i, m in enumerate(entries)]
-            images = loaded[: len(meta["images"])]
-            mask = loaded[-1] if meta["mask"] else None
+        if load_images:
+            images, mask = await anyio.to_thread.run_sync(self._load_inputs, row["id"])
         request = ImageRequest(**fields, images=tuple(images), mask=mask)
         ctx = CallContext(request_id=attempt_request_id(row), token=token, endpoint=row["endpoint"],
                           base_url=row["base_url"], started=time.monotonic())
         return self._relay.restore(ctx, request, row["model"])
+
+    def _load_inputs(self, job_id: str) -> tuple[list[InputImage], InputImage | None]:
+        folder = self._root / job_id
+        if not (folder / "images.json").exists():
+            return [], None
+        meta = orjson.loads((folder / "images.json").read_bytes())
+        entries = [*meta["images"], *([meta["mask"]] if meta["mask"] else [])]
+        loaded = [InputImage(data=(folder / f"{i}.bin").read_bytes(), **m) for i, m in enumerate(entries)]
+        return loaded[: len(meta["images"])], (loaded[-1] if meta["mask"] else None)
 
     async def _cancel_watch(self) -> None:
         """Interrupt running calls whose job was canceled (possibly through another replica)."""
@@ -422,77 +565,38 @@ class JobService:
                 if task is not None:
                     task.cancel()
 
-    # -- webhooks ------------------------------------------------------------------------
-
-    async def _schedule_webhook(self, job_id: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.webhook_url.is_not(None),
-                                                  jobs.c.webhook_state.is_(None))
-                               .values(webhook_state="pending", webhook_next_at=time.time()))
-        self._webhook_wake.set()
-
-    async def _webhook_loop(self) -> None:
-        while True:
-            try:
-                await self._deliver_due()
-            except Exception as exc:  # noqa: BLE001
-                log.error("webhook delivery loop: %s", type(exc).__name__)
-            # Woken at once for a new delivery; otherwise asleep until this process's
-            # next retry is due, or IDLE_POLL_S for deliveries other replicas scheduled.
-            # A query every second while idle stalled the loop often enough to show in p99.
-            self._webhook_wake.clear()
-            until_retry = max(0.0, self._next_retry_at - time.time())
-            wait = min(IDLE_POLL_S, until_retry)
-            if until_retry <= IDLE_POLL_S:
-                self._next_retry_at = math.inf  # this wake-up is the one that delivers it
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._webhook_wake.wait(), timeout=wait)
-
-    async def _deliver_due(self) -> None:
-        now = time.time()
-        async with self._engine.connect() as conn:
-            due = (await conn.execute(select(jobs).where(jobs.c.webhook_state == "pending",
-                                                         jobs.c.webhook_next_at <= now))).mappings().all()
-        for row in due:
-            await self._deliver(row)
-
-    async def _deliver(self, row: Any) -> None:
-        assert self._http is not None
-        body = orjson.dumps(await self._render(row, row["base_url"], None))
-        ts = int(time.time())
-        ok = False
-        try:
-            check_url(row["webhook_url"], allow_private=self._allow_private)
-            resp = await self._http.post(row["webhook_url"], content=body, headers={
-                "Content-Type": "application/json",
-                "X-Imagerelay-Signature": self.sign(row["user_id"], ts, body),
-                "X-Imagerelay-Job-Id": row["id"],
-            })
-            ok = 200 <= resp.status_code < 300
-        except (httpx.HTTPError, UnsafeUrl) as exc:
-            log.info("webhook for %s failed: %s", row["id"], type(exc).__name__)
-        attempts = row["webhook_attempts"] + 1
-        if ok:
-            values: dict[str, Any] = {"webhook_state": "delivered", "webhook_attempts": attempts}
-        elif attempts >= WEBHOOK_MAX_ATTEMPTS:
-            values = {"webhook_state": "failed", "webhook_attempts": attempts}
-        else:
-            values = {"webhook_attempts": attempts,
-                      "webhook_next_at": time.time() + self._webhook_backoff_s * 2 ** (attempts - 1)}
-            self._next_retry_at = min(self._next_retry_at, values["webhook_next_at"])
-        async with self._engine.begin() as conn:
-            await conn.execute(update(jobs).where(jobs.c.id == row["id"]).values(**values))
+    # -- housekeeping ----------------------------------------------------------------------
 
     async def purge_expired(self) -> None:
         now = time.time()
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(jobs).where(jobs.c.expires_at < now))).mappings().all()
         for row in rows:
-            if row["status"] in ("queued", "running"):
+            if row["status"] in ACTIVE:
                 await self._cancel(row, "The job expired before it finished.", "job_expired")
             await self._cleanup_inputs(row["id"])
         async with self._engine.begin() as conn:
             await conn.execute(jobs.delete().where(jobs.c.expires_at < now - 3600, jobs.c.status.in_(TERMINAL)))
+        await self._sweep_orphan_inputs()
+
+    async def _sweep_orphan_inputs(self) -> None:
+        """Delete input folders no live job owns (left by a crash between the steps of
+        a submit, a cancel or a finish)."""
+        cutoff = time.time() - ORPHAN_AGE_S
+
+        def _old_folders() -> list[str]:
+            with os.scandir(self._root) as entries:
+                return [e.name for e in entries if e.is_dir() and e.stat().st_mtime < cutoff]
+
+        names = await anyio.to_thread.run_sync(_old_folders)
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            async with self._engine.connect() as conn:
+                live = {r[0] for r in (await conn.execute(
+                    select(jobs.c.id).where(jobs.c.id.in_(chunk), jobs.c.status.in_(ACTIVE)))).all()}
+            for name in chunk:
+                if name not in live:
+                    await self._cleanup_inputs(name)
 
 
 def attempt_request_id(row: Any) -> str:
@@ -500,10 +604,4 @@ def attempt_request_id(row: Any) -> str:
     return row["request_id"] if attempt <= 1 else f"{row['request_id']}.{attempt}"
 
 
-def parse_signature(header: str) -> tuple[int, str]:
-    """Split ``t=...,v1=...`` (for receivers and tests)."""
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    return int(parts["t"]), parts["v1"]
-
-
-__all__ = ["JobService", "attempt_request_id", "parse_signature"]
+__all__ = ["JobService", "attempt_request_id"]

@@ -13,6 +13,7 @@ worker processes each enforces its own share.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -46,6 +47,16 @@ def concurrency_exceeded(limit: int) -> RateLimited:
         f"This API key allows {limit} concurrent requests; wait for one to finish.",
         headers={"retry-after": "1"},
     )
+
+
+def rate_part(token: TokenInfo) -> TokenInfo:
+    """The token with only its rpm limit: a job counts against rpm when it is submitted."""
+    return dataclasses.replace(token, concurrency_limit=None)
+
+
+def concurrency_part(token: TokenInfo) -> TokenInfo:
+    """The token with only its concurrency limit: a job holds a slot while it runs upstream."""
+    return dataclasses.replace(token, rpm_limit=None)
 
 
 class Unlimited:

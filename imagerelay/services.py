@@ -76,17 +76,20 @@ class Services:
                            on_disable=persist_disable, shared=shared.cooldowns if shared else None)
         store = ImageStore(settings.image_store_dir, settings.signing_key(), settings.image_url_ttl_s)
         relay = Relay(catalog, directory, pool, billing, store)
+        limiter: Limiter = shared.limiter if shared else TokenLimiter()
         jobs = JobService(
             engine, relay, accounts, store, settings.data_dir / "jobs",
             ttl_s=settings.job_ttl_s, workers=settings.job_workers,
             webhook_secret=settings.webhook_master_key(), webhook_allow_private=settings.webhook_allow_private,
-            webhook_backoff_s=settings.webhook_backoff_s,
+            webhook_backoff_s=settings.webhook_backoff_s, webhook_timeout_s=settings.webhook_timeout_s,
+            webhook_concurrency=settings.webhook_concurrency, limiter=limiter,
+            max_active_per_user=settings.job_max_active_per_user,
+            max_active_per_token=settings.job_max_active_per_token,
         )
         idempotency = IdempotencyStore(
             engine, instances=instances, running_ttl_s=settings.call_deadline_s + HOLD_MARGIN_S)
         return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
-                   idempotency, jobs, runner, instances,
-                   limiter=shared.limiter if shared else TokenLimiter(), shared=shared)
+                   idempotency, jobs, runner, instances, limiter=limiter, shared=shared)
 
     async def start(self) -> None:
         await create_schema(self.engine)

@@ -32,6 +32,7 @@ from imagerelay.api.parsing import (
 )
 from imagerelay.api.responses import images_response, json_response, render_images
 from imagerelay.errors import ApiError, InvalidRequest
+from imagerelay.limits import rate_part
 from imagerelay.relay import CallContext, ParsedCall, RelayAnswer
 from imagerelay.services import Services
 from imagerelay.storage.accounts import TokenInfo
@@ -102,8 +103,9 @@ async def _handle(request: Request, endpoint: str | None) -> Response:
     token = await authenticate(request)
     services = services_of(request)
     async with AsyncExitStack() as admitted:
-        await admitted.enter_async_context(services.limiter.admit(token))
         as_job = endpoint is None or "respond-async" in request.headers.get("prefer", "").lower()
+        # A job counts against rpm now and takes a concurrency slot only while it runs.
+        await admitted.enter_async_context(services.limiter.admit(rate_part(token) if as_job else token))
         call = await _parse(request, services, endpoint)
         ctx = CallContext(
             request_id=request.state.request_id, token=token, endpoint=call.endpoint,
@@ -159,14 +161,15 @@ def _truthy(value: Any) -> bool:
 
 
 async def _submit_job(services: Services, ctx: CallContext, call: ParsedCall) -> Response:
-    webhook_url = services.jobs.check_webhook(call.fields.pop("webhook_url", None))
     if _truthy(call.fields.get("stream")):
         raise InvalidRequest("A job cannot stream; drop stream (poll the job, or use a webhook).", param="stream")
+    webhook_url = await services.jobs.check_webhook(call.fields.pop("webhook_url", None))
     include_b64 = call.fields.get("response_format") == "b64_json"
-    prepared = await services.relay.prepare(
-        ctx, call.fields.get("model"), services.relay.validator(call), hold_ttl_s=services.jobs.ttl_s
-    )
-    job = await services.jobs.submit(prepared, include_b64=include_b64, webhook_url=webhook_url)
+    async with services.jobs.admission(ctx.token):  # 429 past the per-user / per-token job caps
+        prepared = await services.relay.prepare(
+            ctx, call.fields.get("model"), services.relay.validator(call), hold_ttl_s=services.jobs.ttl_s
+        )
+        job = await services.jobs.submit(prepared, include_b64=include_b64, webhook_url=webhook_url)
     location = f"{ctx.base_url.rstrip('/')}/v1/images/jobs/{job['id']}"
     return json_response(job, status=202, headers={"location": location, "x-request-id": ctx.request_id})
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from imagerelay.jobs import parse_signature
+from imagerelay.webhooks import parse_signature
 from tests.conftest import png_bytes
 from tests.support.gateway import Gateway, run_gateway
 
@@ -183,9 +183,11 @@ def test_webhook_ssrf_rules(gw: Gateway) -> None:
 
 
 def test_webhook_private_address_refused_by_default() -> None:
-    from imagerelay.domain.ssrf import UnsafeUrl, check_url
+    import asyncio
+
+    from imagerelay.domain.ssrf import UnsafeUrl, resolve_target
 
     for url in ("http://127.0.0.1/x", "http://10.0.0.5/", "http://169.254.169.254/latest", "http://[::1]/"):
         with pytest.raises(UnsafeUrl):
-            check_url(url, allow_private=False)
-    check_url("http://127.0.0.1/x", allow_private=True)
+            asyncio.run(resolve_target(url, allow_private=False))
+    asyncio.run(resolve_target("http://127.0.0.1/x", allow_private=True))

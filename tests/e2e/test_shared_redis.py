@@ -150,3 +150,28 @@ def test_channel_cooled_down_in_one_process_is_skipped_by_the_other(rig: Rig) ->
     assert rig.sim_requests("azure-1") == []  # b skipped it without failing on it itself
     assert len(rig.sim_requests("openai-a")) == 3
     assert rig.channel(rig.b, "azure-1")["health"]["consecutive_failures"] == 0
+
+
+def test_job_concurrency_limit_holds_across_processes(rig: Rig) -> None:
+    """A concurrency-1 key's jobs, submitted to both processes (each runs job workers),
+    go upstream one at a time: the job holds the key's shared slot while it runs."""
+    token = new_token(rig, "conc-jobs-shared", concurrency=1)
+    rig.fault("legacy", type="latency", latency_s=3.0, count=2)
+    headers = {"Authorization": f"Bearer {token}"}
+    ids = []
+    for base in (rig.a.v1, rig.b.v1):
+        r = httpx.post(base + "/images/jobs", headers=headers, json={"endpoint": "generations", **SMALL})
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+    deadline = time.monotonic() + 10
+    while not rig.sim_requests("legacy"):
+        assert time.monotonic() < deadline, "no job reached upstream"
+        time.sleep(0.05)
+    time.sleep(1.5)  # well inside the first call's 3 s upstream
+    assert len(rig.sim_requests("legacy")) == 1, "a concurrency-1 key had two jobs upstream at once"
+    deadline = time.monotonic() + 30
+    for job_id in ids:
+        while httpx.get(f"{rig.a.v1}/images/jobs/{job_id}", headers=headers).json()["status"] != "succeeded":
+            assert time.monotonic() < deadline, "the key's jobs did not both finish"
+            time.sleep(0.1)
+    assert len(rig.sim_requests("legacy")) == 2
