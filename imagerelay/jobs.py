@@ -52,6 +52,7 @@ from imagerelay.imagestore import ImageStore
 from imagerelay.limits import UNLIMITED, Limiter, concurrency_part
 from imagerelay.relay import CallContext, PreparedCall, Relay, RelayAnswer
 from imagerelay.storage.accounts import Accounts, TokenInfo
+from imagerelay.storage.instances import Instances
 from imagerelay.storage.schema import holds, jobs, usage_records
 from imagerelay.webhooks import WebhookDispatcher
 
@@ -113,6 +114,7 @@ class JobService:
         limiter: Limiter | None = None,
         max_active_per_user: int = 100,
         max_active_per_token: int = 50,
+        instances: Instances | None = None,
     ) -> None:
         self._engine = engine
         self._relay = relay
@@ -124,6 +126,7 @@ class JobService:
         self._limiter = limiter
         self._max_per_user = max_active_per_user
         self._max_per_token = max_active_per_token
+        self._instances = instances
         self._allow_private = webhook_allow_private
         self.webhooks = WebhookDispatcher(
             engine, self._webhook_body, secret=webhook_secret, allow_private=webhook_allow_private,
@@ -307,7 +310,7 @@ class JobService:
     # -- workers -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._recover()
+        await self.recover(starting=True)
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self._workers)]
         self._tasks.append(asyncio.create_task(self._cancel_watch()))
         self.webhooks.start()
@@ -327,17 +330,26 @@ class JobService:
                 await task
             async with self._engine.begin() as conn:
                 await conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running")
-                                   .values(status="queued", started_at=None))
+                                   .values(status="queued", started_at=None, instance_id=None))
         await self.webhooks.stop()
 
-    async def _recover(self) -> None:
-        """After a crash: a job left running goes back to the queue. Its attempt either
-        never settled (the hold is still open and the next run reuses it) or was
-        released (the next run places a new hold under a new attempt id); a settled
-        attempt whose result was lost fails cleanly, charged once."""
+    async def recover(self, *, starting: bool = False) -> int:
+        """A job left running by a process that is gone goes back to the queue (at
+        start-up, and on every housekeeping tick for peers that die meanwhile). Jobs of a
+        live peer are left alone: running them here too would call upstream twice.
+        Its attempt either never settled (the hold is still open and the next run
+        reuses it) or was released (the next run places a new hold under a new attempt
+        id); a settled attempt whose result was lost fails cleanly, charged once."""
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(jobs).where(jobs.c.status == "running"))).mappings().all()
-        for row in rows:
+        rows = [r for r in rows if r["id"] not in self._running]
+        if not rows:
+            return 0
+        owners = {r["instance_id"] for r in rows}
+        gone = await self._instances.dead(owners) if self._instances is not None else set(owners)
+        # A row naming no process predates instance ids: only a start-up may take it.
+        orphans = [r for r in rows if r["instance_id"] in gone or (starting and r["instance_id"] is None)]
+        for row in orphans:
             async with self._engine.connect() as conn:
                 settled = (await conn.execute(select(usage_records.c.status).where(
                     usage_records.c.request_id == attempt_request_id(row)))).first()
@@ -347,8 +359,14 @@ class JobService:
                     "type": "server_error", "param": None, "code": "job_interrupted"})
                 continue
             async with self._engine.begin() as conn:
-                await conn.execute(update(jobs).where(jobs.c.id == row["id"], jobs.c.status == "running")
-                                   .values(status="queued", started_at=None))
+                await conn.execute(update(jobs).where(jobs.c.id == row["id"], jobs.c.status == "running",
+                                                      jobs.c.instance_id == row["instance_id"]
+                                                      if row["instance_id"] is not None
+                                                      else jobs.c.instance_id.is_(None))
+                                   .values(status="queued", started_at=None, instance_id=None))
+        if orphans:
+            self._wake.set()
+        return len(orphans)
 
     async def _claim(self) -> _Claimed | None:
         """The next job a free worker should run, with its token's concurrency slot;
@@ -402,7 +420,8 @@ class JobService:
                 return None
             res = await conn.execute(
                 update(jobs).where(jobs.c.id == found[0], jobs.c.status == "queued")
-                .values(status="running", started_at=now)
+                .values(status="running", started_at=now,
+                        instance_id=self._instances.id if self._instances is not None else None)
             )
             if res.rowcount != 1:
                 return None  # another replica won it

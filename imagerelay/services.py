@@ -84,7 +84,7 @@ class Services:
             webhook_backoff_s=settings.webhook_backoff_s, webhook_timeout_s=settings.webhook_timeout_s,
             webhook_concurrency=settings.webhook_concurrency, limiter=limiter,
             max_active_per_user=settings.job_max_active_per_user,
-            max_active_per_token=settings.job_max_active_per_token,
+            max_active_per_token=settings.job_max_active_per_token, instances=instances,
         )
         idempotency = IdempotencyStore(
             engine, instances=instances, running_ttl_s=settings.call_deadline_s + HOLD_MARGIN_S)
@@ -128,6 +128,9 @@ class Services:
                 released = await self._release_orphans(with_deadline=reconcile)
                 if released:
                     log.warning("released %d hold(s) of calls whose process is gone", released)
+                requeued = await self.jobs.recover()
+                if requeued:
+                    log.warning("re-queued %d job(s) whose process is gone", requeued)
                 if reconcile:
                     await asyncio.to_thread(self.store.purge_expired)
                     await self.idempotency.purge()

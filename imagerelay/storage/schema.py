@@ -193,4 +193,7 @@ jobs = Table(
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Column("expires_at", Float, nullable=False, index=True),
+    # The process running it (instances.id), so a peer re-queues it only once that
+    # process is gone; NULL while queued, and for rows written before processes were named.
+    Column("instance_id", String(32), nullable=True),
 )

@@ -212,3 +212,39 @@ def test_a_live_peer_keeps_its_holds_and_a_dead_one_s_come_back(rig: Rig) -> Non
             records = rig.rows("SELECT request_id, status, error_code FROM usage_records")
             assert sorted(records) == sorted((c, 499, "interrupted") for c in calls)
             assert balance(second) == (full, 0)
+
+
+def test_a_live_peer_keeps_its_running_job_and_takes_over_a_dead_one_s(rig: Rig) -> None:
+    """A second gateway starting on the same database leaves a job the first is running
+    alone (running it too would call upstream twice); once the first is killed, the
+    second re-queues the job within a tick, runs it, and it is charged once."""
+    with run_gateway(rig.data_dir, extra_env=rig.env) as first:
+        full, _ = balance(first)
+        assert httpx.post(rig.sim + "/_sim/faults", json={"type": "latency", "latency_s": 60}).status_code in (200, 201)
+        httpx.delete(rig.sim + "/_sim/requests")
+        submitted = httpx.post(first.v1 + "/images/jobs", headers=auth(first), json={**BODY, "endpoint": "generations"})
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        wait_for(lambda: len(httpx.get(rig.sim + "/_sim/requests").json()["requests"]) == 1)
+        with run_gateway(rig.data_dir, extra_env=rig.env) as second:
+            time.sleep(1.5)  # the second's workers claim at once; give them the chance to
+            assert len(httpx.get(rig.sim + "/_sim/requests").json()["requests"]) == 1
+            assert httpx.get(second.v1 + f"/images/jobs/{job_id}", headers=auth(second)).json()["status"] == "running"
+            first.process.kill()
+            first.process.wait()
+            httpx.delete(rig.sim + "/_sim/faults")
+
+            def succeeded() -> bool:
+                return httpx.get(second.v1 + f"/images/jobs/{job_id}", headers=auth(second)).json()["status"] == "succeeded"
+
+            wait_for(succeeded, timeout=60)
+            assert "re-queued 1 job(s) whose process is gone" in second.log_text()
+            records = rig.rows("SELECT status FROM usage_records WHERE cost_micros > 0")
+            assert records == [(200,)]
+            spent = full - balance(second)[0]
+            assert spent > 0 and balance(second)[1] == 0
+    audit = subprocess.run(
+        [sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(rig.data_dir)],
+        env={**os.environ, **rig.env}, capture_output=True, text=True, timeout=120,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
