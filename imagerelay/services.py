@@ -58,7 +58,8 @@ class Services:
         runner = TransactionRunner(settings.resolved_database_url(), pg_pool_size=settings.db_pool_size)
         billing = Billing(engine, runner)
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
-        directory = ChannelDirectory(engine, box, catalog.file.channels)
+        directory = ChannelDirectory(engine, box, catalog.file.channels,
+                                     known_pools={r.spec.pool for r in catalog.routes.values()})
 
         async def persist_disable(name: str, reason: str) -> None:
             await directory.set_enabled(name, False, reason)

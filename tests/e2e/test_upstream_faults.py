@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -301,3 +300,156 @@ def _wait_disable_persisted(rig: Rig, name: str) -> None:
 
 def test_zz_audit_passes_after_the_matrix(rig: Rig) -> None:
     rig.audit()
+
+
+# -- an upstream that echoes the key ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_an_echoed_key_reaches_no_client_record_health_or_log(rig: Rig, stream: bool) -> None:
+    rig.fault("solo", type="echo_key")
+    rig.fault("first", type="echo_key")
+    outs = [call(rig, group, stream=stream) for group in (ONE, TWO)]
+    for out in outs:
+        assert out.status == 400 and out.body is not None, out.text
+        err = out.body["error"]
+        assert err["code"] == "upstream_invalid_request" and err["param"] is None
+        assert "[redacted]" in err["message"]  # the upstream's words, scrubbed
+    exposed = [out.text for out in outs]
+    # the admin listing shows each channel's base_url by design; its health must not
+    exposed += [json.dumps(c["health"]) for c in rig.admin("GET", "/admin/channels").json()["data"]]
+    for group in (ONE, TWO):
+        exposed.append(httpx.get(rig.gw.v1 + "/account/usage", headers={
+            "Authorization": f"Bearer {rig.gw.tokens[group]}"}).text)
+    with rig.db() as db:
+        exposed.append(repr(db.execute("select * from usage_records").fetchall()))
+    exposed.append(rig.gw.log_text())
+    assert "key_rejected" in rig.channel("solo")["health"]["last_error"] or \
+        "HTTP 400" in rig.channel("solo")["health"]["last_error"]
+    text = "\n".join(exposed)
+    for key in KEYS.values():
+        assert key not in text
+        assert key[-12:] not in text  # not even a piece of it
+    for url in rig.sims.values():
+        assert url.removeprefix("http://") not in text
+
+
+# -- a stream cut after an image was delivered --------------------------------------------------
+
+
+def test_stream_cut_after_a_completed_image_is_charged_for_that_image(rig: Rig) -> None:
+    whole = call(rig, ONE, stream=True, n=2, partial_images=0)
+    assert whole.event_types == ["image_generation.completed"] * 2
+    full = rig.record(whole.request_id)
+
+    rig.fault("solo", type="stream_cut")
+    out = call(rig, ONE, stream=True, n=2, partial_images=0)
+    assert out.event_types == ["image_generation.completed", "error"], out.text
+    assert out.events[-1][1]["error"]["code"] == "upstream_stream_failed"
+    rec = rig.record(out.request_id)
+    assert rec["status"] == 502 and rec["error_code"] == "upstream_stream_failed"
+    assert 0 < rec["cost_micros"] < full["cost_micros"] and rec["charges"] == [-rec["cost_micros"]]
+    assert rec["price_basis"]["images_delivered"] == 1 and rec["price_basis"]["images_requested"] == 2
+    assert rec["price_basis"]["usage_source"] == "reported"
+    assert rec["output_tokens"] == -(-full["output_tokens"] // 2)
+    rig.audit()
+
+
+def test_stream_cut_before_any_image_costs_nothing(rig: Rig) -> None:
+    rig.fault("solo", type="stream_cut")
+    out = call(rig, ONE, stream=True, n=1, partial_images=1)
+    assert out.event_types == ["image_generation.partial_image", "error"], out.text
+    rec = rig.record(out.request_id)
+    assert rec["status"] == 502 and rec["error_code"] == "upstream_stream_failed"
+    assert rec["cost_micros"] == 0 and rec["charges"] == []
+    rig.audit()
+
+
+# -- a client that leaves while an upstream attempt fails ---------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_client_leaving_mid_failing_attempt_leaves_no_unretrieved_task(rig: Rig, stream: bool) -> None:
+    mark = len(rig.gw.log_text())
+    for name in ("first", "second"):
+        rig.fault(name, type="latency", latency_s=0.6)
+        rig.fault(name, type="reset")
+    for _ in range(3):
+        with pytest.raises(httpx.ReadTimeout):
+            call(rig, TWO, stream=stream, timeout=0.3)
+    time.sleep(2.0)  # both attempts fail after the clients left
+    log = rig.gw.log_text()[mark:]
+    assert "never retrieved" not in log, log
+    assert "Traceback" not in log, log
+
+
+# -- channel fields are checked where channels come in -------------------------------------------
+
+
+BAD_CHANNELS = [
+    ({"base_url": "ftp://upstream.example/v1"}, "base_url"),
+    ({"base_url": "http:///v1"}, "base_url"),
+    ({"base_url": "http://upstream.example:99999/v1"}, "base_url"),
+    ({"base_url": "https://user:pass@upstream.example/v1"}, "base_url"),
+    ({"base_url": "https://upstream.example/v1?x=1"}, "base_url"),
+    ({"base_url": "https://upstream.example/v 1"}, "base_url"),
+    ({"pools": ["no-such-pool"]}, "pools"),
+    ({"api_key": "sk-abc\r\nX-Injected: 1"}, "api_key"),
+    ({"api_key": "sk-clé"}, "api_key"),
+    ({"type": "azure", "model_map": {"gpt-image-2": "../../other?x="}}, "model_map"),
+    ({"type": "azure", "api_version": "2025-04-01&evil=1"}, "api_version"),
+    ({"api_key_env": "IMAGERELAY_SECRET_KEY"}, "api_key_env"),
+    ({"name": "bad name/with slash"}, "name"),
+]
+
+
+@pytest.mark.parametrize(("change", "param"), BAD_CHANNELS, ids=[f"{p}-{i}" for i, (_, p) in enumerate(BAD_CHANNELS)])
+def test_admin_refuses_channel_fields_that_would_break_calls(rig: Rig, change: dict[str, Any], param: str) -> None:
+    body = {"name": "bad-channel", "type": "openai", "base_url": "https://upstream.example/v1",
+            "api_key": "sk-fine-key", "pools": ["official-pure"], **change}
+    r = rig.admin("POST", "/admin/channels", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert all(c["name"] != body["name"] for c in rig.admin("GET", "/admin/channels").json()["data"])
+
+
+def test_cli_refuses_a_malformed_base_url_and_an_unknown_pool(rig: Rig) -> None:
+    def add(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "imagerelay", "channels", "add", "--name", "cli-bad",
+                               "--type", "openai-compatible", *args, "--data-dir", str(rig.gw.data_dir)],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **rig.env})
+    bad_url = add("--pool", "official-pure", "--base-url", "htp:/nowhere")
+    assert bad_url.returncode == 2 and "base_url" in bad_url.stderr, bad_url.stderr
+    bad_pool = add("--pool", "nope", "--base-url", "https://upstream.example/v1")
+    assert bad_pool.returncode == 2 and "pools" in bad_pool.stderr, bad_pool.stderr
+
+
+# -- a connector that raises something unexpected --------------------------------------------------
+
+
+def _insert_raw_channel(rig: Rig, name: str, spec: dict[str, Any]) -> None:
+    """A channel stored before fields were checked (or by hand): straight into the database."""
+    now = time.time()
+    with rig.db() as db:
+        db.execute("insert into channels (name, spec, key_ciphertext, enabled, created_at, updated_at) "
+                   "values (?, ?, NULL, 1, ?, ?)", (name, json.dumps({"name": name, **spec}), now, now))
+    # any admin change reloads the directory from the database
+    assert rig.admin("POST", "/admin/channels/second/enable").status_code == 200
+    assert rig.channel(name)["base_url"] == spec["base_url"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_malformed_stored_channel_fails_over_and_counts_as_a_channel_failure(rig: Rig, stream: bool) -> None:
+    name = f"malformed-{'stream' if stream else 'plain'}"
+    _insert_raw_channel(rig, name, {"type": "openai-compatible", "base_url": "ftp://upstream.example/v1",
+                                    "pools": ["official-mixed"], "priority": 99})
+    try:
+        out = call(rig, TWO, stream=stream)
+        assert out.status == 200, out.text
+        rec = rig.record(out.request_id)
+        assert rec["status"] == 200 and rec["attempts"] == 2 and rec["channel"] == "first"
+        health = rig.channel(name)["health"]
+        assert health["failures"] == 1 and health["last_error"].startswith(("connector", "connect")), health
+        assert "upstream.example" not in health["last_error"]
+    finally:
+        assert rig.admin("POST", f"/admin/channels/{name}/disable").status_code == 200
