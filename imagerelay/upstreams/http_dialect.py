@@ -286,23 +286,37 @@ class OpenAIDialectConnector:
         return UpstreamResult(items=items, usage=reported_usage(body.get("usage")), meta=meta, created=created)
 
     async def _stream(self, target: CallTarget, request: ImageRequest) -> AsyncGenerator[StreamEvent, None]:
+        # Once the consumer closes this generator, whatever closing the response raises
+        # is nobody's business: turned into an UpstreamFailure it would make aclose()
+        # fail, and an aclose() run by the garbage collector logs "Task exception was
+        # never retrieved".
+        closing = False
         try:
             async with await self._open(target, request, stream=True) as resp:
                 if resp.status != 200:
                     raise self._failure_for_status(resp.status, resp.headers, await resp.read())
-                async for payload in _sse_payloads(resp):
-                    if payload is None:
-                        return
-                    if "error" in payload:
-                        raise UpstreamFailure("server", f"{target.channel.name}: error event in stream")
-                    if isinstance(payload.get("b64_json"), str):
-                        payload = {**payload, "b64_json": self.transform_b64(request, payload["b64_json"])}
-                        if request.output_format:
-                            payload["output_format"] = request.output_format
-                    yield StreamEvent(payload)
+                async with aclosing(_sse_payloads(resp)) as payloads:
+                    async for payload in payloads:
+                        if payload is None:
+                            return
+                        if "error" in payload:
+                            raise UpstreamFailure("server", f"{target.channel.name}: error event in stream")
+                        if isinstance(payload.get("b64_json"), str):
+                            payload = {**payload, "b64_json": self.transform_b64(request, payload["b64_json"])}
+                            if request.output_format:
+                                payload["output_format"] = request.output_format
+                        try:
+                            yield StreamEvent(payload)
+                        except GeneratorExit:
+                            closing = True
+                            raise
         except (TimeoutError, aiohttp.ServerTimeoutError):
+            if closing:
+                return
             raise UpstreamFailure("timeout", f"{target.channel.name}: stream timed out") from None
         except (aiohttp.ClientError, OSError) as exc:
+            if closing:
+                return
             raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None
 
     async def aclose(self) -> None:
@@ -345,7 +359,7 @@ async def _read_body(resp: aiohttp.ClientResponse) -> bytes | bytearray:
     return buf
 
 
-async def _sse_payloads(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any] | None]:
+async def _sse_payloads(resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any] | None, None]:
     """Parse server-sent events; yields each JSON payload, ``None`` at ``[DONE]``.
 
     Hand-rolled because SSE framing is twenty lines and a dependency for it would
