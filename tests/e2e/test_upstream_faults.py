@@ -323,6 +323,10 @@ def test_an_echoed_key_reaches_no_client_record_health_or_log(rig: Rig, stream: 
             "Authorization": f"Bearer {rig.gw.tokens[group]}"}).text)
     with rig.db() as db:
         exposed.append(repr(db.execute("select * from usage_records").fetchall()))
+    for name in ("solo", "first"):  # the admin channel test shows the upstream's error, scrubbed
+        probe = rig.admin("POST", f"/admin/channels/{name}/test")
+        assert probe.status_code == 200 and probe.json()["ok"] is False
+        exposed.append(probe.text)
     exposed.append(rig.gw.log_text())
     assert "key_rejected" in rig.channel("solo")["health"]["last_error"] or \
         "HTTP 400" in rig.channel("solo")["health"]["last_error"]
@@ -381,6 +385,7 @@ def test_a_client_leaving_mid_failing_attempt_leaves_no_unretrieved_task(rig: Ri
     log = rig.gw.log_text()[mark:]
     assert "never retrieved" not in log, log
     assert "Traceback" not in log, log
+    rig.audit()  # and the calls nobody waited for cost nothing
 
 
 # -- channel fields are checked where channels come in -------------------------------------------
