@@ -359,20 +359,35 @@ async def _read_body(resp: aiohttp.ClientResponse) -> bytes | bytearray:
     return buf
 
 
+#: The largest server-sent event accepted from an upstream: a 4K partial image as
+#: base64 is ~45 MB; anything larger is a hostile or broken upstream, not an image.
+MAX_SSE_EVENT_BYTES = 64 * 1024 * 1024
+
+
 async def _sse_payloads(resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any] | None, None]:
     """Parse server-sent events; yields each JSON payload, ``None`` at ``[DONE]``.
 
     Hand-rolled because SSE framing is twenty lines and a dependency for it would
     buffer differently from how we need to relay (event by event, as it arrives).
+    Lines are split from raw chunks here, not with aiohttp's line reader: that one
+    refuses lines over 128 KiB (``LineTooLong``), and an image event is one line of
+    megabytes. Each chunk is scanned once; an event over ``MAX_SSE_EVENT_BYTES`` fails.
     """
-    data_lines: list[str] = []
-    async for raw_line in resp.content:
-        line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
-        if line == "":
-            if data_lines:
-                data = "\n".join(data_lines)
-                data_lines = []
-                if data.startswith("[DONE]"):
+    data_lines: list[bytes] = []
+    size = 0
+    pending = bytearray()
+    async for chunk in resp.content.iter_any():
+        pos = 0
+        while (newline := chunk.find(b"\n", pos)) != -1:
+            pending += chunk[pos:newline]
+            pos = newline + 1
+            line = bytes(pending).rstrip(b"\r")
+            pending.clear()
+            if line == b"":
+                if not data_lines:
+                    continue
+                data, data_lines, size = b"\n".join(data_lines), [], 0
+                if data.startswith(b"[DONE]"):
                     yield None
                     return
                 try:
@@ -381,10 +396,17 @@ async def _sse_payloads(resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str
                     raise UpstreamFailure("bad_response", "invalid JSON in stream") from None
                 if isinstance(payload, dict):
                     yield payload
-            continue
-        if line.startswith("data:"):
-            data_lines.append(line[5:].lstrip(" "))
-    if data_lines:
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data_lines.append(value[1:] if value.startswith(b" ") else value)
+                size += len(value)
+        pending += chunk[pos:]
+        if size + len(pending) > MAX_SSE_EVENT_BYTES:
+            raise UpstreamFailure("bad_response", "stream event larger than the limit")
+    if pending.strip().startswith(b"data:"):
+        value = bytes(pending.strip())[5:]
+        data_lines.append(value.lstrip(b" "))
+    if data_lines and not b"\n".join(data_lines).startswith(b"[DONE]"):
         raise UpstreamFailure("connect", "stream ended inside an event")
 
 

@@ -458,3 +458,42 @@ def test_a_malformed_stored_channel_fails_over_and_counts_as_a_channel_failure(r
         assert "upstream.example" not in health["last_error"]
     finally:
         assert rig.admin("POST", f"/admin/channels/{name}/disable").status_code == 200
+
+
+def test_a_client_leaving_a_blocked_stream_is_recorded_as_gone(rig: Rig) -> None:
+    """The client stops reading a stream of large events, then leaves while the gateway
+    is blocked sending: the call is released as 499 at once, nothing is charged, and no
+    task's exception goes unretrieved."""
+    group = ONE
+    auth = {"Authorization": f"Bearer {rig.gw.tokens[group]}"}
+    mark = len(rig.gw.log_text())
+    assert httpx.post(rig.sims["solo"] + "/_sim/config", json={"incompressible": True}).status_code == 200
+    try:
+        body = {"model": "gpt-image-2", "prompt": "noise", "size": "2048x2048", "quality": "low", "stream": True,
+                "partial_images": 3, "n": 2}
+        with httpx.stream("POST", rig.gw.v1 + "/images/generations", json=body, headers=auth, timeout=60) as r:
+            request_id = r.headers["x-request-id"]
+            next(r.iter_raw(1024))  # the stream began; now stop reading while the gateway sends
+            time.sleep(1.5)
+        rec = rig.record(request_id)
+    finally:
+        httpx.post(rig.sims["solo"] + "/_sim/config", json={"incompressible": False})
+    assert rec["status"] == 499 and rec["error_code"] == "client_disconnected", rec
+    assert rec["cost_micros"] == 0 and rec["charges"] == []
+    time.sleep(0.5)
+    log = rig.gw.log_text()[mark:]
+    assert "never retrieved" not in log and "Traceback" not in log, log
+    rig.audit()
+
+
+def test_stream_events_of_megabytes_are_relayed(rig: Rig) -> None:
+    """A real partial image is one SSE line of megabytes (aiohttp's line reader stops at 128 KiB)."""
+    assert httpx.post(rig.sims["solo"] + "/_sim/config", json={"incompressible": True}).status_code == 200
+    try:
+        out = call(rig, ONE, stream=True, n=1, partial_images=1)
+    finally:
+        httpx.post(rig.sims["solo"] + "/_sim/config", json={"incompressible": False})
+    assert out.event_types == ["image_generation.partial_image", "image_generation.completed"], out.text[:300]
+    assert len(out.events[-1][1]["b64_json"]) > 1_000_000
+    rec = rig.record(out.request_id)
+    assert rec["status"] == 200 and rec["cost_micros"] > 0 and rec["charges"] == [-rec["cost_micros"]]
