@@ -56,11 +56,11 @@ def channel_secrets(api_key: str | None, base_url: str | None) -> tuple[str, ...
 def redact(text: str, secrets: Iterable[str] = (), *, limit: int = MAX_TEXT) -> str:
     """``text`` with every secret and secret-shaped run replaced by ``[redacted]``,
     control characters turned into spaces, cut to ``limit`` characters."""
-    text = _CONTROL.sub(" ", text)
+    # Only the start can be kept; scanning a megabyte error page would be wasted work.
+    text = _CONTROL.sub(" ", text[: 4 * limit])
     mask = bytearray(len(text))
-    lowered = text.lower()
     for secret in secrets:
-        _mark_secret(lowered, secret.lower(), mask)
+        _mark_secret(text, secret, mask)
     for pattern in _PATTERNS:
         for match in pattern.finditer(text):
             mask[match.start():match.end()] = b"\x01" * (match.end() - match.start())
@@ -79,12 +79,13 @@ def redact(text: str, secrets: Iterable[str] = (), *, limit: int = MAX_TEXT) -> 
 
 
 def _mark_secret(text: str, secret: str, mask: bytearray) -> None:
-    """Mark every occurrence of ``secret``, and of every ``_KEY_PIECE``-long piece of it."""
+    """Mark every occurrence (any case) of ``secret`` and of every ``_KEY_PIECE``-long
+    piece of it; a lookahead finds overlapping occurrences too."""
     if len(secret) < 4:
         return  # too short to tell from ordinary words
     pieces = {secret} if len(secret) <= _KEY_PIECE else {secret[i:i + _KEY_PIECE] for i in range(len(secret) - _KEY_PIECE + 1)}
-    for piece in pieces:
-        start = text.find(piece)
-        while start != -1:
-            mask[start:start + len(piece)] = b"\x01" * len(piece)
-            start = text.find(piece, start + 1)
+    finder = re.compile("(?=(" + "|".join(re.escape(p) for p in pieces) + "))", re.IGNORECASE)
+    for match in finder.finditer(text):
+        start = match.start()
+        end = start + len(match.group(1))
+        mask[start:end] = b"\x01" * (end - start)

@@ -50,3 +50,10 @@ def test_a_failure_is_scrubbed_in_detail_message_and_param() -> None:
     assert KEY not in failure.detail and KEY not in str(failure)
     assert failure.client_error is not None
     assert KEY not in failure.client_error.message and failure.client_error.param is None
+
+
+def test_case_changes_and_characters_that_grow_when_lowered_do_not_shift_redaction() -> None:
+    text = "İİİİ " + KEY.upper() + " and " + KEY
+    out = redact(text, channel_secrets(KEY, None))
+    assert KEY not in out and KEY.upper() not in out and KEY[:8].upper() not in out
+    assert out.startswith("İİİİ ")
