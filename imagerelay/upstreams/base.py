@@ -5,7 +5,8 @@ upstream's answer into an :class:`UpstreamResult` (or a stream of
 :class:`StreamEvent`). It knows its wire dialect and nothing else: no billing, no
 failover, no response shaping for the client. Failures are raised as
 :class:`UpstreamFailure` with a ``kind`` the pool uses to decide on failover; the
-``detail`` is for operators' logs (already free of keys) and never reaches a client.
+``detail`` is for operators (logs, channel health); everything upstream-made in a
+failure is scrubbed by :meth:`UpstreamFailure.redacted` before it goes anywhere.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ error (moderation, invalid value) is returned at once. A channel that fails
 is let through, and its outcome closes or re-opens the breaker. With ``shared`` set
 (Redis), a cooldown started here also keeps the other gateway processes off the
 channel. A channel whose key is rejected (401/403) is disabled with the reason
-recorded until an operator re-enables it. The caller never learns which channel failed.
+recorded until an operator re-enables it. Anything else a connector raises is a failure
+of that channel (kind ``connector``), never of the call. The caller never learns which
+channel failed.
 """
 
 from __future__ import annotations
