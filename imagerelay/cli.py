@@ -305,7 +305,13 @@ def channels_add(
         raise typer.Exit(2) from None
 
     async def _add(s: Any) -> None:
-        await s.directory.add(spec, key)
+        from imagerelay.storage.channels import ChannelInvalid
+
+        try:
+            await s.directory.add(spec, key)
+        except ChannelInvalid as exc:
+            err_console.print(f"[red]invalid channel:[/red] {exc}")
+            raise typer.Exit(2) from None
 
     _run(_add, _settings(data_dir, database_url, None))
     console.print(f"channel {name} added ({type}, pools {', '.join(pools)}, key {'stored encrypted' if key else 'none'})")

@@ -8,16 +8,18 @@ call that reaches here leaves exactly one usage record, whatever happens.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from imagerelay.catalog.loader import Catalog, ResolvedRoute
 from imagerelay.domain import pricing
+from imagerelay.domain import usage as token_rules
 from imagerelay.domain.sizes import dimensions_for
 from imagerelay.domain.types import ImageRequest, InputImage, Usage
 from imagerelay.domain.validation import RouteHints, build_hints, validate_edit, validate_generation
@@ -34,7 +36,9 @@ from imagerelay.storage.accounts import TokenInfo
 from imagerelay.storage.billing import Billing, UsageRecord
 from imagerelay.storage.channels import ChannelDirectory
 from imagerelay.upstreams.base import StreamEvent, UpstreamFailure, UpstreamResult
-from imagerelay.upstreams.pool import ChannelPool, clean_event
+from imagerelay.upstreams.pool import ChannelPool
+
+log = logging.getLogger("imagerelay.relay")
 
 # A hold outlives the slowest legitimate call (pool deadline) with margin; past it the
 # reconciler may release it.
@@ -254,7 +258,7 @@ class Relay:
             await self._release(ctx, record, exc)
             raise
         record.status = 200
-        record.usage = outcome.result.usage
+        record.usage = quote.usage or outcome.result.usage
         record.cost_micros = quote.micros
         record.price_basis = dict(quote.basis)
         record.latency_ms = _ms_since(ctx.started)
@@ -262,16 +266,20 @@ class Relay:
         return RelayAnswer(body=body, headers={"x-request-id": ctx.request_id})
 
     async def _release(self, ctx: CallContext, record: UsageRecord, exc: BaseException) -> None:
+        self._note_failure(record, exc)
+        record.latency_ms = _ms_since(ctx.started)
+        await _shielded(self.billing.release(record))
+
+    @staticmethod
+    def _note_failure(record: UsageRecord, exc: BaseException) -> None:
         if isinstance(exc, ApiError):
             record.status, record.error_code = exc.status, exc.code
             record.attempts = record.attempts or exc.attempts
             record.channel = record.channel or exc.channel
-        elif isinstance(exc, asyncio.CancelledError):
+        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
             record.status, record.error_code = 499, "client_disconnected"
         else:
             record.status, record.error_code = 500, "internal_error"
-        record.latency_ms = _ms_since(ctx.started)
-        await _shielded(self.billing.release(record))
 
     async def _shape(self, ctx: CallContext, request: ImageRequest, result: UpstreamResult) -> dict[str, Any]:
         data = [await self._shape_item(ctx, request, item) for item in result.items]
@@ -304,53 +312,69 @@ class Relay:
             opened = await self.pool.open_stream(
                 self.directory.channels_for(route.spec.pool), route.upstream_model, route.profile.default_size, request
             )
-            first = opened.first  # already checked by the pool
         except BaseException as exc:
             await self._release(ctx, record, exc)
             raise
         record.channel, record.attempts = opened.channel, opened.attempts
 
         async def frames() -> AsyncIterator[bytes]:
+            # Images the client has been sent in full: what the call is charged for,
+            # however the stream ends (the upstream bills us for them all the same).
+            delivered = 0
             usage: Usage | None = None
-            completed = False
             try:
-                event = first
-                yield _sse(event)
-                async for raw in opened.rest:
-                    event = self._clean_event(raw)
-                    if event.type.endswith(".completed"):
-                        completed = True
-                        usage = usage or Usage.from_official(event.payload.get("usage"))
+                event: StreamEvent | None = opened.first
+                while event is not None:
                     yield _sse(event)
-                if first.type.endswith(".completed"):
-                    completed = True
-                    usage = usage or Usage.from_official(first.payload.get("usage"))
-                if not completed:
-                    raise UpstreamError("The upstream stream ended before the image was complete.")
+                    if event.type.endswith(".completed"):
+                        delivered += 1
+                        usage = usage or token_rules.reported_usage(event.payload.get("usage"))
+                    event = await anext(opened.rest, None)
+                if delivered == 0:
+                    raise UpstreamError(
+                        "The upstream stream ended before the image was complete; retry the request.",
+                        code="upstream_stream_failed",
+                    )
             except BaseException as exc:
-                await self._release(ctx, record, exc)
-                if isinstance(exc, ApiError):
-                    yield _sse_error(exc)
-                    return
-                if isinstance(exc, Exception):
-                    yield _sse_error(UpstreamError("The upstream stream failed; retry the request."))
+                failure = _stream_failure(exc)
+                # An upstream failure is recorded as the upstream's; anything else as itself.
+                recorded = failure if failure is not None and isinstance(exc, UpstreamFailure) else exc
+                if delivered:
+                    await self._settle_delivered(ctx, route, request, record, usage, delivered, recorded)
+                else:
+                    await self._release(ctx, record, recorded)
+                if failure is not None:
+                    yield _sse_error(failure)
                     return
                 raise
-            quote = self._final_quote(route, request, usage)
-            record.status, record.usage = 200, usage
-            record.cost_micros, record.price_basis = quote.micros, dict(quote.basis)
-            record.latency_ms = _ms_since(ctx.started)
-            await _shielded(self.billing.settle(record))
+            finally:
+                await opened.rest.aclose()
+            await self._settle_delivered(ctx, route, request, record, usage, delivered, None)
             yield b"data: [DONE]\n\n"
 
         return frames()
 
-    @staticmethod
-    def _clean_event(event: StreamEvent) -> StreamEvent:
-        try:
-            return clean_event(event)
-        except UpstreamFailure:
-            raise UpstreamError("The upstream stream failed; retry the request.") from None
+    async def _settle_delivered(
+        self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, record: UsageRecord,
+        usage: Usage | None, delivered: int, failure: BaseException | None,
+    ) -> None:
+        """Settle a stream for the ``delivered`` images the client received: all of
+        them on a clean end, a share after a cut (recorded with what cut it)."""
+        if delivered < request.n and usage is not None:
+            usage = token_rules.delivered_usage(usage, delivered, request.n)
+        estimate_for = request if usage is not None or delivered >= request.n else replace(request, n=delivered)
+        quote = self._final_quote(route, estimate_for, usage)
+        if failure is None:
+            record.status = 200
+        else:
+            self._note_failure(record, failure)
+        record.usage = quote.usage or usage
+        record.cost_micros = quote.micros
+        record.price_basis = dict(quote.basis)
+        if delivered < request.n:
+            record.price_basis.update(images_delivered=delivered, images_requested=request.n)
+        record.latency_ms = _ms_since(ctx.started)
+        await _shielded(self.billing.settle(record))
 
     def _record(self, ctx: CallContext, route: ResolvedRoute | None, model: Any) -> UsageRecord:
         return UsageRecord(
@@ -377,11 +401,37 @@ def _ms_since(t0: float) -> int:
 
 async def _shielded(aw: Awaitable[Any]) -> Any:
     """Money movements finish even if the client goes away mid-write."""
-    return await asyncio.shield(asyncio.ensure_future(aw))
+    task = asyncio.ensure_future(aw)
+    task.add_done_callback(_retrieved)
+    return await asyncio.shield(task)
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Retrieve a shielded task's outcome, which nobody awaits once its caller is cancelled."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a money movement failed after its caller left: %s", type(task.exception()).__name__)
 
 
 def _sse(event: StreamEvent) -> bytes:
     return b"event: " + event.type.encode() + b"\ndata: " + orjson.dumps(event.payload) + b"\n\n"
+
+
+def _stream_failure(exc: BaseException) -> ApiError | None:
+    """What to tell a streaming client about ``exc`` (None: the client is gone, re-raise).
+
+    An upstream failure mid-stream is the upstream's (502, recorded as such), never an
+    internal error; its detail stays in the channel's health, already scrubbed.
+    """
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, UpstreamFailure):
+        return UpstreamError(
+            "The upstream stream failed before every image was delivered; retry the request.",
+            code="upstream_stream_failed",
+        )
+    if isinstance(exc, Exception):
+        return UpstreamError("The upstream stream failed; retry the request.")
+    return None
 
 
 def _sse_error(err: ApiError) -> bytes:

@@ -61,7 +61,8 @@ class Services:
         instances = Instances(engine, settings.data_dir / "instances", lease_s=settings.instance_lease_s)
         billing = Billing(engine, runner, instance_id=instances.id)
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
-        directory = ChannelDirectory(engine, box, catalog.file.channels)
+        directory = ChannelDirectory(engine, box, catalog.file.channels,
+                                     known_pools={r.spec.pool for r in catalog.routes.values()})
 
         async def persist_disable(name: str, reason: str) -> None:
             await directory.set_enabled(name, False, reason)

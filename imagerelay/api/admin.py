@@ -21,7 +21,7 @@ from imagerelay.catalog.model import ChannelSpec
 from imagerelay.domain.types import ImageRequest
 from imagerelay.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
 from imagerelay.services import Services
-from imagerelay.storage.channels import ChannelConflict
+from imagerelay.storage.channels import ChannelConflict, ChannelInvalid
 from imagerelay.upstreams.base import CallTarget, UpstreamFailure
 
 
@@ -89,6 +89,8 @@ async def add_channel(request: Request) -> Response:
         await services.directory.add(spec, api_key)
     except ChannelConflict as exc:
         raise ApiError(str(exc), status=409, code="conflict", param="name") from None
+    except ChannelInvalid as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
     view = next(v for v in services.directory.views() if v.spec.name == spec.name)
     return json_response(_channel_json(services, view), status=201)
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from imagerelay.domain.types import ImageRequest, InputImage, Usage
 
@@ -33,8 +34,10 @@ __all__ = [
     "WorstCaseUsage",
     "auto_size",
     "input_image_tokens",
+    "delivered_usage",
     "output_image_tokens",
     "reported_quality",
+    "reported_usage",
     "request_input_image_tokens",
     "simulated_usage",
     "text_tokens",
@@ -288,3 +291,60 @@ def worst_case_usage(request: ImageRequest, model: str, width: int | None, heigh
         output_image_tokens=n * (per_image + _partials(request) * PARTIAL_IMAGE_OUTPUT_TOKENS),
     )
     return WorstCaseUsage(usage=usage, width=width, height=height, quality=quality)
+
+
+# --------------------------------------------------------------------------- upstream reports
+
+
+_USAGE_COUNTS = ("input_tokens", "output_tokens", "total_tokens")
+_DETAIL_COUNTS = ("text_tokens", "image_tokens", "cached_tokens")
+# More tokens than any image call can use: a report above it is garbage, not a bill.
+_MAX_TOKENS = 100_000_000
+
+
+def reported_usage(raw: Any) -> Usage | None:
+    """An upstream's ``usage`` if it can be billed from, else ``None`` (charge the estimate).
+
+    An image is never free, so a report is refused - treated like a missing one - when
+    it is not an object, when any count in it is not a whole number from 0 to 10^8
+    (strings, floats, negatives, booleans), or when it has no input or no output tokens
+    (``{}``, all zeros). Refusing means the caller pays the estimate for the request
+    (``pricing.fallback_quote``), and the usage record's price basis says so.
+    """
+    if not isinstance(raw, dict):
+        return None
+    for key in _USAGE_COUNTS:
+        if not _count_ok(raw.get(key)):
+            return None
+    for key in ("input_tokens_details", "output_tokens_details"):
+        details = raw.get(key)
+        if details is None:
+            continue
+        if not isinstance(details, dict) or not all(_count_ok(details.get(k)) for k in _DETAIL_COUNTS):
+            return None
+        cached = details.get("cached_tokens_details")
+        if cached is not None and (not isinstance(cached, dict) or not all(_count_ok(cached.get(k)) for k in _DETAIL_COUNTS)):
+            return None
+    usage = Usage.from_official(raw)
+    if usage is None or usage.input_tokens <= 0 or usage.output_tokens <= 0:
+        return None
+    return usage
+
+
+def _count_ok(value: Any) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_TOKENS
+
+
+def delivered_usage(usage: Usage, delivered: int, requested: int) -> Usage:
+    """The share of a call's ``usage`` for ``delivered`` of its ``requested`` images.
+
+    For a stream cut after some images were delivered: the inputs were consumed in
+    full, the output tokens are counted per image delivered (rounded up, so the
+    share of n images never sums below the whole).
+    """
+    if not 0 < delivered < requested:
+        return usage
+    share = -(-usage.output_image_tokens * delivered // requested)
+    return replace(usage, output_image_tokens=share, output_text_tokens=-(-usage.output_text_tokens * delivered // requested))

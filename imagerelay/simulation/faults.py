@@ -69,7 +69,14 @@ FAULT_TYPES: tuple[str, ...] = (
     "bad_base64",  # b64_json that is not decodable base64
     "stream_cut",  # stream: first event, then the connection drops (non-stream: like truncate)
     "stream_error",  # stream: first event, then an error event (non-stream: like server_error)
+    "echo_key",  # 400 whose message (and code) echo the key and URL the request came with: a hostile upstream
+    "no_usage",  # 200 without "usage" (plain answer and completed events)
+    "empty_usage",  # 200 with "usage": {}
+    "zero_usage",  # 200 with every usage count 0
+    "garbage_usage",  # 200 with usage counts that are not token counts (strings, negatives, floats)
 )
+#: The faults that only change the ``usage`` of a successful answer.
+USAGE_FAULTS = frozenset({"no_usage", "empty_usage", "zero_usage", "garbage_usage"})
 _FAULT_ALIASES = {
     "500": "server_error", "503": "overloaded", "429": "rate_limit", "401": "unauthorized",
     "connection_reset": "reset", "truncated": "truncate", "truncated_body": "truncate",
@@ -81,7 +88,8 @@ _FAULT_KEYS = frozenset(
      "retry_after_ms", "status", "body", "headers", "message"}
 )
 _RESPONSE_FAULTS = frozenset(
-    {"truncate", "invalid_json", "data_url_prefix", "no_padding", "bad_base64", "stream_cut", "stream_error"}
+    {"truncate", "invalid_json", "data_url_prefix", "no_padding", "bad_base64", "stream_cut", "stream_error",
+     *USAGE_FAULTS}
 )
 
 
@@ -201,3 +209,29 @@ class Verdict:
     outcome: FaultRule | None = None
 
 
+
+
+def faulty_usage(fault: FaultRule | None, usage: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``usage`` to answer with under ``fault`` (None: leave the key out)."""
+    kind = fault.type if fault is not None else None
+    if kind == "no_usage":
+        return None
+    if kind == "empty_usage":
+        return {}
+    if kind == "zero_usage":
+        return {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0,
+                "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
+                "output_tokens_details": {"image_tokens": 0, "text_tokens": 0}}
+    if kind == "garbage_usage":
+        return {"total_tokens": "many", "input_tokens": -5, "output_tokens": 1.5,
+                "input_tokens_details": {"text_tokens": "x"}, "output_tokens_details": None}
+    return usage
+
+
+def echo_key_error(given_key: str, url: str) -> SimError:
+    """What a careless upstream (or a proxy in front of one) answers: the caller's key
+    and its own address in the message, and the key in the code too."""
+    return openai_error(
+        400, f"Invalid request from key {given_key} to {url}: the key {given_key} is not allowed here.",
+        code=f"key_rejected:{given_key}", param=given_key,
+    )

@@ -74,6 +74,8 @@ from imagerelay.simulation.faults import (
     SimError,
     Verdict,
     azure_error,
+    echo_key_error,
+    faulty_usage,
     openai_error,
     parse_fault,
 )
@@ -450,6 +452,9 @@ class _Handler:
                     return ResetResponse()
                 if fault.type == "drop":
                     return DropResponse()
+                if fault.type == "echo_key":
+                    auth = request.headers.get("authorization", "")
+                    raise echo_key_error(request.headers.get("api-key") or auth[7:].strip(), str(request.url))
                 if fault.type == "stream_error" and not _wants_stream(body):
                     fault = FaultRule(type="server_error", message=fault.message, headers=fault.headers)
                 fault_error = self._fault_error(fault, self._model_hint(body, deployment))
@@ -552,8 +557,10 @@ class _Handler:
             "output_format": call.output_format,
             "quality": call.quality,
             "size": f"{call.width}x{call.height}",
-            "usage": usage,
+            "usage": faulty_usage(fault, usage),
         }
+        if body["usage"] is None:
+            del body["usage"]
         payload = orjson.dumps(body)
         headers = self._headers(started)
         if fault is not None and fault.type in ("truncate", "stream_cut"):
@@ -599,10 +606,13 @@ class _Handler:
                     yield f"event: {prefix}.completed\ndata: {{\"type\": \"{prefix}.completed\", \"b64_\n\n".encode()
                     sent += 1
                     continue
-                yield _sse_frame(f"{prefix}.completed", {
+                completed = {
                     "type": f"{prefix}.completed", "b64_json": _mangle(b64, fault, call.output_format),
-                    "created_at": int(time.time()), **meta, "usage": usage,
-                })
+                    "created_at": int(time.time()), **meta, "usage": faulty_usage(fault, usage),
+                }
+                if completed["usage"] is None:
+                    del completed["usage"]
+                yield _sse_frame(f"{prefix}.completed", completed)
                 sent += 1
                 if fault_type == "stream_error":
                     yield _stream_error_frame(fault)

@@ -10,8 +10,10 @@ Keys never leave this module except into a connector's outgoing request.
 from __future__ import annotations
 
 import os
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 
 import orjson
@@ -25,6 +27,76 @@ from imagerelay.storage.schema import channels as channels_table
 
 class ChannelConflict(ValueError):
     pass
+
+
+class ChannelInvalid(ValueError):
+    """A channel field that would break calls through it; ``param`` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+# Names that go into URL paths (Azure deployments), query strings (api-version), logs
+# and admin URLs: letters, digits and a few separators, nothing a URL or header treats
+# specially. Azure deployment names allow exactly these, up to 64 characters.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def check_channel(spec: ChannelSpec, api_key: str | None, known_pools: Collection[str] | None) -> None:
+    """Refuse a channel whose fields would make every call through it fail oddly.
+
+    Checked where channels come in at run time (admin API, CLI), before anything is
+    stored: an http(s) base URL with a host and nothing the connector appends to
+    (no query, fragment or credentials); pools some route uses; a key that can be
+    sent as a header value; names that are safe in URLs. Raises :class:`ChannelInvalid`.
+    """
+    if not _NAME.fullmatch(spec.name):
+        raise ChannelInvalid("name", "use 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    if spec.base_url is not None:
+        _check_base_url(spec.base_url)
+    if not spec.pools:
+        raise ChannelInvalid("pools", "list at least one pool")
+    if known_pools is not None:
+        unknown = sorted(set(spec.pools) - set(known_pools))
+        if unknown:
+            raise ChannelInvalid(
+                "pools", f"no route uses pool(s) {', '.join(unknown)}; known pools: {', '.join(sorted(known_pools))}"
+            )
+    if api_key is not None and (not api_key or not api_key.isascii() or not api_key.isprintable() or " " in api_key):
+        raise ChannelInvalid("api_key", "must be printable ASCII without spaces (it is sent as a header value)")
+    if spec.api_key_env is not None and (
+        not _ENV_NAME.fullmatch(spec.api_key_env) or spec.api_key_env.upper().startswith("IMAGERELAY_")
+    ):
+        raise ChannelInvalid("api_key_env", "must be an environment variable name outside the gateway's own settings")
+    if spec.api_version is not None and not _VERSION.fullmatch(spec.api_version):
+        raise ChannelInvalid("api_version", "use letters, digits, '.', '_' or '-' (e.g. 2025-04-01-preview)")
+    for source, target in spec.model_map.items():
+        # Azure puts the deployment name into the URL path; others send it as the model.
+        pattern = _NAME if spec.type == "azure" else _MODEL
+        if not _MODEL.fullmatch(source) or not pattern.fullmatch(target):
+            raise ChannelInvalid("model_map", f"{source!r} -> {target!r} is not a valid model or deployment name")
+
+
+def _check_base_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise ChannelInvalid("base_url", f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ChannelInvalid("base_url", "must be an http:// or https:// URL with a host, e.g. https://api.openai.com/v1")
+    if not url.isascii() or not url.isprintable() or " " in url:
+        raise ChannelInvalid("base_url", "must be printable ASCII without spaces")
+    if parts.username is not None or parts.password is not None:
+        raise ChannelInvalid("base_url", "must not carry credentials; give the key as api_key")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ChannelInvalid("base_url", "must not have a query or fragment (the connector adds its own)")
+    if port == 0:
+        raise ChannelInvalid("base_url", "port 0 is not a port")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +116,13 @@ class ChannelDirectory:
         box: SecretBox,
         catalog_channels: Sequence[ChannelSpec],
         env: Mapping[str, str] | None = None,
+        known_pools: Collection[str] | None = None,
     ) -> None:
         self._engine = engine
         self._box = box
         self._catalog = {c.name: c for c in catalog_channels}
         self._env = env if env is not None else os.environ
+        self._known_pools = known_pools  # pools some route uses; None: not checked
         self._specs: dict[str, ChannelSpec] = dict(self._catalog)
         self._keys: dict[str, str | None] = {}
         self._disabled: dict[str, str] = {}
@@ -105,6 +179,7 @@ class ChannelDirectory:
     async def add(self, spec: ChannelSpec, api_key: str | None) -> None:
         if spec.name in self._specs:
             raise ChannelConflict(f"a channel named {spec.name!r} already exists")
+        check_channel(spec, api_key, self._known_pools)
         now = time.time()
         async with self._engine.begin() as conn:
             await conn.execute(

@@ -5,18 +5,20 @@ upstream's answer into an :class:`UpstreamResult` (or a stream of
 :class:`StreamEvent`). It knows its wire dialect and nothing else: no billing, no
 failover, no response shaping for the client. Failures are raised as
 :class:`UpstreamFailure` with a ``kind`` the pool uses to decide on failover; the
-``detail`` is for operators' logs (already free of keys) and never reaches a client.
+``detail`` is for operators (logs, channel health); everything upstream-made in a
+failure is scrubbed by :meth:`UpstreamFailure.redacted` before it goes anywhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.domain.types import ImageRequest, Usage
 from imagerelay.errors import ApiError
+from imagerelay.upstreams.redact import redact
 
 FailureKind = Literal[
     "connect",  # could not connect / connection reset: retry elsewhere
@@ -26,10 +28,13 @@ FailureKind = Literal[
     "auth",  # 401/403: key rejected, disable the channel
     "bad_response",  # undecodable answer: retry elsewhere
     "client",  # 4xx the caller caused (moderation, invalid value): return, never retry
+    "connector",  # the connector itself raised something unexpected: the channel failed, retry elsewhere
 ]
 
 # "auth" fails over too: the channel's key is bad, not the caller's request.
-RETRYABLE: frozenset[str] = frozenset({"connect", "timeout", "rate_limited", "server", "bad_response", "auth"})
+RETRYABLE: frozenset[str] = frozenset(
+    {"connect", "timeout", "rate_limited", "server", "bad_response", "auth", "connector"}
+)
 
 
 class UpstreamFailure(Exception):
@@ -53,6 +58,25 @@ class UpstreamFailure(Exception):
     @property
     def retryable(self) -> bool:
         return self.kind in RETRYABLE
+
+    def redacted(self, secrets: Iterable[str]) -> UpstreamFailure:
+        """Scrub everything upstream-made this failure carries (in place; returns self)."""
+        secrets = tuple(secrets)
+        self.detail = redact(self.detail, secrets)
+        self.args = (self.detail,)
+        err = self.client_error
+        if err is not None:
+            err.message = redact(err.message, secrets)
+            err.args = (err.message,)
+            if err.param is not None and redact(err.param, secrets) != err.param:
+                err.param = None
+        return self
+
+    @classmethod
+    def unexpected(cls, exc: BaseException) -> UpstreamFailure:
+        """A connector raised something it should not have (a malformed channel, a bug):
+        a failure of that channel, named by type only (its text may hold a URL or key)."""
+        return cls("connector", f"unexpected {type(exc).__name__} in the connector")
 
 
 @dataclass(slots=True)

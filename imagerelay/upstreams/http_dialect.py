@@ -18,7 +18,9 @@ see bench/RESULTS.md); aiohttp's pool does not.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -27,15 +29,34 @@ import orjson
 
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.domain.b64 import B64Payload
-from imagerelay.domain.types import ImageRequest, Usage
+from imagerelay.domain.types import ImageRequest
+from imagerelay.domain.usage import reported_usage
 from imagerelay.errors import ApiError
 from imagerelay.upstreams.answer import parse_images_answer
 from imagerelay.upstreams.base import CallTarget, StreamEvent, UpstreamFailure, UpstreamResult
 from imagerelay.upstreams.fastpost import BadHttp, FastPostPool, decoded_body
+from imagerelay.upstreams.redact import channel_secrets, redact
 
 ClientFactory = Callable[[ChannelSpec], aiohttp.ClientSession]
 
 _META_KEYS = ("size", "quality", "background", "output_format")
+
+#: Upstream error codes a caller can act on; they pass through as they are. Any other
+#: code is replaced: an unknown one tells the caller nothing and may carry anything.
+CLIENT_ERROR_CODES = frozenset({
+    "moderation_blocked", "content_policy_violation", "invalid_value", "invalid_type",
+    "missing_required_parameter", "unknown_parameter", "unsupported_parameter", "unsupported_value",
+    "invalid_size", "invalid_image", "invalid_image_format", "invalid_image_size", "image_too_large",
+    "invalid_mask", "invalid_image_mask", "string_above_max_length", "integer_above_max_value",
+    "integer_below_min_value", "invalid_prompt",
+})
+#: 4xx codes that are the channel's fault, not the caller's (its account, its model
+#: mapping): they fail over like a 5xx instead of being handed to the caller.
+CHANNEL_ERROR_CODES = frozenset({
+    "billing_hard_limit_reached", "insufficient_quota", "model_not_found", "deploymentnotfound",
+    "invalid_api_key", "account_deactivated", "unsupported_country_region_territory",
+})
+_PARAM = re.compile(r"[a-z_][a-z0-9_.\[\]]{0,39}")
 
 
 def default_client(channel: ChannelSpec) -> aiohttp.ClientSession:
@@ -92,7 +113,13 @@ class OpenAIDialectConnector:
         return dict(request.upstream_params)
 
     def client_error(self, status: int, error: dict[str, Any]) -> ApiError:
-        """Turn an upstream 4xx the caller caused into the official error shape."""
+        """Turn an upstream 4xx the caller caused into the official error shape.
+
+        Only a known ``code`` passes through (anything else becomes
+        ``upstream_invalid_request``), ``param`` only when it looks like a parameter
+        name, and the message only scrubbed (:mod:`.redact`); the connector scrubs it
+        again with the channel's own key and address before it leaves.
+        """
         code = error.get("code") if isinstance(error.get("code"), str) else None
         if code == "moderation_blocked" or error.get("type") == "image_generation_user_error":
             return ApiError(
@@ -102,15 +129,15 @@ class OpenAIDialectConnector:
                 code="moderation_blocked",
                 param=None,
             )
-        param = error.get("param") if isinstance(error.get("param"), str) else None
+        param = error.get("param")
         message = error.get("message")
-        safe = isinstance(message, str) and len(message) < 500 and "http" not in message.lower()
+        text = redact(message) if isinstance(message, str) else ""
         return ApiError(
-            f"The upstream rejected the request: {message}" if safe else "The upstream rejected the request as invalid.",
-            status=400 if status not in (404, 422) else status,
+            f"The upstream rejected the request: {text}" if text else "The upstream rejected the request as invalid.",
+            status=400 if status not in (404, 413, 422) else status,
             type="invalid_request_error",
-            code=code or "upstream_invalid_request",
-            param=param,
+            code=code if code in CLIENT_ERROR_CODES else "upstream_invalid_request",
+            param=param if isinstance(param, str) and _PARAM.fullmatch(param) else None,
         )
 
     def transform_b64(self, request: ImageRequest, b64: B64Payload) -> B64Payload:
@@ -191,19 +218,37 @@ class OpenAIDialectConnector:
         except orjson.JSONDecodeError:
             pass
         code = error.get("code")
-        detail = f"HTTP {status}" + (f" {code}" if isinstance(code, str) else "")
+        detail = f"HTTP {status}" + (f" {redact(code, limit=60)}" if isinstance(code, str) else "")
         if status in (401, 403):
             return UpstreamFailure("auth", detail, status=status)
         if status == 429:
             return UpstreamFailure("rate_limited", detail, status=status, retry_after=retry_after_seconds(headers))
         if status == 408:
             return UpstreamFailure("timeout", detail, status=status)
-        if status >= 500 or status == 404:
+        if status >= 500 or status == 404 or _channel_side(error):
             # A 404 is a channel misconfiguration (unknown deployment/path): try elsewhere.
             return UpstreamFailure("server", detail, status=status, retry_after=retry_after_seconds(headers))
         return UpstreamFailure("client", detail, status=status, client_error=self.client_error(status, error))
 
     async def images(self, target: CallTarget, request: ImageRequest) -> UpstreamResult:
+        try:
+            return await self._images(target, request)
+        except UpstreamFailure as failure:
+            raise failure.redacted(_secrets(target)) from None
+        except Exception as exc:  # noqa: BLE001 - a malformed channel or a bug: the channel failed
+            raise UpstreamFailure.unexpected(exc) from None
+
+    async def stream(self, target: CallTarget, request: ImageRequest) -> AsyncIterator[StreamEvent]:
+        try:
+            async with aclosing(self._stream(target, request)) as events:
+                async for event in events:
+                    yield event
+        except UpstreamFailure as failure:
+            raise failure.redacted(_secrets(target)) from None
+        except Exception as exc:  # noqa: BLE001 - a malformed channel or a bug: the channel failed
+            raise UpstreamFailure.unexpected(exc) from None
+
+    async def _images(self, target: CallTarget, request: ImageRequest) -> UpstreamResult:
         headers: Mapping[str, str]
         try:
             if request.endpoint == "generations" and self._client_factory is default_client:
@@ -238,26 +283,40 @@ class OpenAIDialectConnector:
         if request.output_format and "output_format" in meta:
             meta["output_format"] = request.output_format
         created = body.get("created") if isinstance(body.get("created"), int) else None
-        return UpstreamResult(items=items, usage=Usage.from_official(body.get("usage")), meta=meta, created=created)
+        return UpstreamResult(items=items, usage=reported_usage(body.get("usage")), meta=meta, created=created)
 
-    async def stream(self, target: CallTarget, request: ImageRequest) -> AsyncIterator[StreamEvent]:
+    async def _stream(self, target: CallTarget, request: ImageRequest) -> AsyncGenerator[StreamEvent, None]:
+        # Once the consumer closes this generator, whatever closing the response raises
+        # is nobody's business: turned into an UpstreamFailure it would make aclose()
+        # fail, and an aclose() run by the garbage collector logs "Task exception was
+        # never retrieved".
+        closing = False
         try:
             async with await self._open(target, request, stream=True) as resp:
                 if resp.status != 200:
                     raise self._failure_for_status(resp.status, resp.headers, await resp.read())
-                async for payload in _sse_payloads(resp):
-                    if payload is None:
-                        return
-                    if "error" in payload:
-                        raise UpstreamFailure("server", f"{target.channel.name}: error event in stream")
-                    if isinstance(payload.get("b64_json"), str):
-                        payload = {**payload, "b64_json": self.transform_b64(request, payload["b64_json"])}
-                        if request.output_format:
-                            payload["output_format"] = request.output_format
-                    yield StreamEvent(payload)
+                async with aclosing(_sse_payloads(resp)) as payloads:
+                    async for payload in payloads:
+                        if payload is None:
+                            return
+                        if "error" in payload:
+                            raise UpstreamFailure("server", f"{target.channel.name}: error event in stream")
+                        if isinstance(payload.get("b64_json"), str):
+                            payload = {**payload, "b64_json": self.transform_b64(request, payload["b64_json"])}
+                            if request.output_format:
+                                payload["output_format"] = request.output_format
+                        try:
+                            yield StreamEvent(payload)
+                        except GeneratorExit:
+                            closing = True
+                            raise
         except (TimeoutError, aiohttp.ServerTimeoutError):
+            if closing:
+                return
             raise UpstreamFailure("timeout", f"{target.channel.name}: stream timed out") from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
+            if closing:
+                return
             raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None
 
     async def aclose(self) -> None:
@@ -267,6 +326,17 @@ class OpenAIDialectConnector:
         for pool in self._fast_pools.values():
             pool.close()
         self._fast_pools.clear()
+
+
+def _secrets(target: CallTarget) -> tuple[str, ...]:
+    return channel_secrets(target.api_key, target.channel.base_url)
+
+
+def _channel_side(error: dict[str, Any]) -> bool:
+    """A 4xx that the channel caused: its account or model mapping, never the caller
+    (whose model the gateway has already checked)."""
+    code = error.get("code")
+    return (isinstance(code, str) and code.lower() in CHANNEL_ERROR_CODES) or error.get("param") == "model"
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes | bytearray:
@@ -289,20 +359,35 @@ async def _read_body(resp: aiohttp.ClientResponse) -> bytes | bytearray:
     return buf
 
 
-async def _sse_payloads(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any] | None]:
+#: The largest server-sent event accepted from an upstream: a 4K partial image as
+#: base64 is ~45 MB; anything larger is a hostile or broken upstream, not an image.
+MAX_SSE_EVENT_BYTES = 64 * 1024 * 1024
+
+
+async def _sse_payloads(resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any] | None, None]:
     """Parse server-sent events; yields each JSON payload, ``None`` at ``[DONE]``.
 
     Hand-rolled because SSE framing is twenty lines and a dependency for it would
     buffer differently from how we need to relay (event by event, as it arrives).
+    Lines are split from raw chunks here, not with aiohttp's line reader: that one
+    refuses lines over 128 KiB (``LineTooLong``), and an image event is one line of
+    megabytes. Each chunk is scanned once; an event over ``MAX_SSE_EVENT_BYTES`` fails.
     """
-    data_lines: list[str] = []
-    async for raw_line in resp.content:
-        line = raw_line.decode("utf-8", "replace").rstrip("\r\n")
-        if line == "":
-            if data_lines:
-                data = "\n".join(data_lines)
-                data_lines = []
-                if data.startswith("[DONE]"):
+    data_lines: list[bytes] = []
+    size = 0
+    pending = bytearray()
+    async for chunk in resp.content.iter_any():
+        pos = 0
+        while (newline := chunk.find(b"\n", pos)) != -1:
+            pending += chunk[pos:newline]
+            pos = newline + 1
+            line = bytes(pending).rstrip(b"\r")
+            pending.clear()
+            if line == b"":
+                if not data_lines:
+                    continue
+                data, data_lines, size = b"\n".join(data_lines), [], 0
+                if data.startswith(b"[DONE]"):
                     yield None
                     return
                 try:
@@ -311,10 +396,17 @@ async def _sse_payloads(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str,
                     raise UpstreamFailure("bad_response", "invalid JSON in stream") from None
                 if isinstance(payload, dict):
                     yield payload
-            continue
-        if line.startswith("data:"):
-            data_lines.append(line[5:].lstrip(" "))
-    if data_lines:
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data_lines.append(value[1:] if value.startswith(b" ") else value)
+                size += len(value)
+        pending += chunk[pos:]
+        if size + len(pending) > MAX_SSE_EVENT_BYTES:
+            raise UpstreamFailure("bad_response", "stream event larger than the limit")
+    if pending.strip().startswith(b"data:"):
+        value = bytes(pending.strip())[5:]
+        data_lines.append(value.lstrip(b" "))
+    if data_lines and not b"\n".join(data_lines).startswith(b"[DONE]"):
         raise UpstreamFailure("connect", "stream ended inside an event")
 
 

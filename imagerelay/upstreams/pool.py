@@ -8,7 +8,9 @@ error (moderation, invalid value) is returned at once. A channel that fails
 is let through, and its outcome closes or re-opens the breaker. With ``shared`` set
 (Redis), a cooldown started here also keeps the other gateway processes off the
 channel. A channel whose key is rejected (401/403) is disabled with the reason
-recorded until an operator re-enables it. The caller never learns which channel failed.
+recorded until an operator re-enables it. Anything else a connector raises is a failure
+of that channel (kind ``connector``), never of the call. The caller never learns which
+channel failed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +29,7 @@ from imagerelay.domain.b64 import InvalidImagePayload, normalize_b64
 from imagerelay.domain.types import ImageRequest
 from imagerelay.errors import ApiError, UpstreamError
 from imagerelay.upstreams.base import CallTarget, Connector, StreamEvent, UpstreamFailure, UpstreamResult
+from imagerelay.upstreams.redact import channel_secrets
 
 log = logging.getLogger("imagerelay.upstreams")
 
@@ -59,7 +62,7 @@ class CallOutcome:
 @dataclass(slots=True)
 class StreamOutcome:
     first: StreamEvent
-    rest: AsyncIterator[StreamEvent]
+    rest: AsyncGenerator[StreamEvent, None]
     channel: str
     attempts: int
 
@@ -96,6 +99,21 @@ def clean_event(event: StreamEvent) -> StreamEvent:
         if clean is not payload["b64_json"]:
             return StreamEvent({**payload, "b64_json": clean})
     return event
+
+
+def _secrets(target: CallTarget) -> tuple[str, ...]:
+    return channel_secrets(target.api_key, target.channel.base_url)
+
+
+async def _close_quietly(events: AsyncIterator[StreamEvent]) -> None:
+    """Close a connector's stream; its own failure while closing changes nothing here."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:  # noqa: BLE001, S110 - the outcome is already decided
+        pass
 
 
 class NoChannel(UpstreamError):
@@ -192,9 +210,10 @@ class ChannelPool:
         h.cooldown_until = 0.0
         h.half_open_probe = False
 
-    def _failed(self, name: str, failure: UpstreamFailure) -> None:
-        # Kind, status and channel name only: details never carry keys or addresses.
-        log.warning("channel %s: %s%s", name, failure.kind, f" (HTTP {failure.status})" if failure.status else "")
+    def _failed(self, name: str, failure: UpstreamFailure) -> UpstreamFailure:
+        """Count ``failure`` (already scrubbed: see :meth:`UpstreamFailure.redacted`)
+        against channel ``name``; returns it."""
+        log.warning("channel %s: %s (%s)", name, failure.kind, failure.detail)
         h = self.health_of(name)
         h.failures += 1
         h.last_error = f"{failure.kind}: {failure.detail}"[:500]
@@ -204,10 +223,10 @@ class ChannelPool:
             if self.on_disable is not None:
                 task = asyncio.ensure_future(self.on_disable(name, h.disabled_reason))
                 self._background.add(task)
-                task.add_done_callback(self._background.discard)
-            return
+                task.add_done_callback(self._disable_done)
+            return failure
         if failure.kind == "client":
-            return  # the caller's fault, not the channel's
+            return failure  # the caller's fault, not the channel's
         h.consecutive_failures += 1
         if h.consecutive_failures >= self.policy.breaker_threshold or h.half_open_probe:
             h.cooldown_until = self.clock() + self.policy.cooldown_s
@@ -215,6 +234,12 @@ class ChannelPool:
             h.half_open_probe = True
             if self.shared is not None:
                 self.shared.trip(name, self.policy.cooldown_s)
+        return failure
+
+    def _disable_done(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("could not persist a channel disable: %s", type(task.exception()).__name__)
 
     def enable(self, name: str) -> None:
         self.health[name] = ChannelHealth()
@@ -233,39 +258,37 @@ class ChannelPool:
                 break
             attempts += 1
             self._begin_attempt(ch)
-            connector = self.connectors[ch.type]
+            target = self._target(ch, upstream_model, default_size)
             t0 = self.clock()
             try:
-                remaining = max(0.001, deadline - t0)
-                result = await asyncio.wait_for(
-                    connector.images(self._target(ch, upstream_model, default_size), request),
-                    timeout=min(remaining, ch.timeout_s),
-                )
-            except UpstreamFailure as failure:
-                self._failed(ch.name, failure)
-                last = failure
-                if not failure.retryable:
-                    raise _attempted(self._client_error(failure), attempts, ch.name) from None
-                await self._backoff(failure, deadline)
-                continue
-            except TimeoutError:
-                last = UpstreamFailure("timeout", f"no answer within {ch.timeout_s:g}s")
-                self._failed(ch.name, last)
-                continue
-            try:
+                # asyncio.timeout, not wait_for: no second task whose exception could go
+                # unretrieved (or swallow a cancellation) when the client leaves.
+                async with asyncio.timeout(min(max(0.001, deadline - t0), ch.timeout_s)):
+                    result = await self.connectors[ch.type].images(target, request)
                 clean_items(result)
-            except UpstreamFailure as failure:
-                self._failed(ch.name, failure)
-                last = failure
-                continue
-            self._succeeded(ch.name)
-            return CallOutcome(result, ch.name, attempts, int((self.clock() - t0) * 1000))
+            except TimeoutError:
+                failure = UpstreamFailure("timeout", f"no answer within {ch.timeout_s:g}s")
+            except UpstreamFailure as exc:
+                failure = exc
+            except Exception as exc:  # noqa: BLE001 - whatever a connector raises fails the channel, not the call
+                failure = UpstreamFailure.unexpected(exc)
+            else:
+                self._succeeded(ch.name)
+                return CallOutcome(result, ch.name, attempts, int((self.clock() - t0) * 1000))
+            last = self._failed(ch.name, failure.redacted(_secrets(target)))
+            if not failure.retryable:
+                raise _attempted(self._client_error(failure), attempts, ch.name) from None
+            await self._backoff(failure, deadline)
         raise _attempted(self._exhausted(last, attempts), attempts, None)
 
     async def open_stream(
         self, channels: Sequence[ChannelSpec], upstream_model: str, default_size: str, request: ImageRequest
     ) -> StreamOutcome:
-        """Fail over until a channel yields its first event; after that, no more failover."""
+        """Fail over until a channel yields its first event; after that, no more failover.
+
+        The rest of the stream comes through :meth:`_relayed`, which cleans each event
+        and counts a failure mid-stream against the channel like any other.
+        """
         deadline = self.clock() + self.policy.deadline_s
         attempts = 0
         last: UpstreamFailure | None = None
@@ -274,34 +297,46 @@ class ChannelPool:
                 break
             attempts += 1
             self._begin_attempt(ch)
-            connector = self.connectors[ch.type]
-            iterator = connector.stream(self._target(ch, upstream_model, default_size), request).__aiter__()
+            target = self._target(ch, upstream_model, default_size)
+            events = self.connectors[ch.type].stream(target, request)
             try:
-                first = await asyncio.wait_for(
-                    iterator.__anext__(), timeout=min(max(0.001, deadline - self.clock()), ch.timeout_s)
-                )
-            except UpstreamFailure as failure:
-                self._failed(ch.name, failure)
-                last = failure
-                if not failure.retryable:
-                    raise _attempted(self._client_error(failure), attempts, ch.name) from None
-                await self._backoff(failure, deadline)
-                continue
-            except (TimeoutError, StopAsyncIteration) as exc:
-                last = UpstreamFailure(
-                    "timeout" if isinstance(exc, TimeoutError) else "bad_response", "stream produced no event"
-                )
-                self._failed(ch.name, last)
-                continue
-            try:
-                first = clean_event(first)
-            except UpstreamFailure as failure:
-                self._failed(ch.name, failure)
-                last = failure
-                continue
-            self._succeeded(ch.name)
-            return StreamOutcome(first, iterator, ch.name, attempts)
+                async with asyncio.timeout(min(max(0.001, deadline - self.clock()), ch.timeout_s)):
+                    first = clean_event(await anext(events))
+            except TimeoutError:
+                failure = UpstreamFailure("timeout", "stream produced no event in time")
+            except StopAsyncIteration:
+                failure = UpstreamFailure("bad_response", "stream produced no event")
+            except UpstreamFailure as exc:
+                failure = exc
+            except Exception as exc:  # noqa: BLE001 - whatever a connector raises fails the channel, not the call
+                failure = UpstreamFailure.unexpected(exc)
+            except BaseException:
+                await _close_quietly(events)
+                raise
+            else:
+                self._succeeded(ch.name)
+                return StreamOutcome(first, self._relayed(ch.name, target, events), ch.name, attempts)
+            await _close_quietly(events)
+            last = self._failed(ch.name, failure.redacted(_secrets(target)))
+            if not failure.retryable:
+                raise _attempted(self._client_error(failure), attempts, ch.name) from None
+            await self._backoff(failure, deadline)
         raise _attempted(self._exhausted(last, attempts), attempts, None)
+
+    async def _relayed(
+        self, name: str, target: CallTarget, events: AsyncIterator[StreamEvent]
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """The events after the first, cleaned; any failure is scrubbed, counted against
+        the channel and raised as an :class:`UpstreamFailure`."""
+        try:
+            async for event in events:
+                yield clean_event(event)
+        except UpstreamFailure as failure:
+            raise self._failed(name, failure.redacted(_secrets(target))) from None
+        except Exception as exc:  # noqa: BLE001 - a connector bug mid-stream is still the channel's failure
+            raise self._failed(name, UpstreamFailure.unexpected(exc)) from None
+        finally:
+            await _close_quietly(events)
 
     def _attempt_order(self, channels: Sequence[ChannelSpec]) -> list[ChannelSpec]:
         return self.order(channels)

@@ -12,9 +12,11 @@ from imagerelay.domain.usage import (
     QUALITIES,
     STANDARD_SIZES,
     auto_size,
+    delivered_usage,
     input_image_tokens,
     output_image_tokens,
     reported_quality,
+    reported_usage,
     request_input_image_tokens,
     simulated_usage,
     text_tokens,
@@ -365,3 +367,43 @@ def test_worst_case_usage_counts_everything_per_output_image() -> None:
     assert worst.usage.input_text_tokens == 4 * 8
     assert worst.usage.input_image_tokens == 4 * (194 + 4160 + 323 + 6240)
     assert worst.usage.cached_text_tokens == worst.usage.cached_image_tokens == 0
+
+
+# -- what an upstream reports -------------------------------------------------------------------
+
+
+GOOD = {"total_tokens": 210, "input_tokens": 14, "output_tokens": 196,
+        "input_tokens_details": {"text_tokens": 14, "image_tokens": 0},
+        "output_tokens_details": {"image_tokens": 196, "text_tokens": 0}}
+
+
+def test_a_real_report_is_used() -> None:
+    usage = reported_usage(GOOD)
+    assert usage is not None and usage.input_text_tokens == 14 and usage.output_image_tokens == 196
+
+
+@pytest.mark.parametrize("raw", [
+    None, [], "usage", {},
+    {**GOOD, "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
+     "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
+     "output_tokens_details": {"image_tokens": 0, "text_tokens": 0}},
+    {**GOOD, "output_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0},
+    {**GOOD, "total_tokens": "many"},
+    {**GOOD, "input_tokens": -5},
+    {**GOOD, "output_tokens": 1.5},
+    {**GOOD, "output_tokens": True},
+    {**GOOD, "input_tokens_details": {"text_tokens": "x"}},
+    {**GOOD, "output_tokens_details": ["image_tokens"]},
+    {**GOOD, "output_tokens": 10**12},
+], ids=lambda r: repr(r)[:40])
+def test_empty_zero_or_garbage_reports_count_as_missing(raw: object) -> None:
+    assert reported_usage(raw) is None
+
+
+def test_a_delivered_share_keeps_inputs_and_splits_outputs() -> None:
+    usage = reported_usage(GOOD)
+    assert usage is not None
+    half = delivered_usage(usage, 1, 2)
+    assert half.input_tokens == usage.input_tokens and half.output_image_tokens == 98
+    assert delivered_usage(usage, 1, 3).output_image_tokens == 66  # rounded up
+    assert delivered_usage(usage, 2, 2) == usage
