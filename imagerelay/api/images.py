@@ -196,8 +196,16 @@ class _HoldingSlot(StreamingResponse):
         self._slot = slot
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def send_then_yield(message: Any) -> None:
+            await send(message)
+            # uvicorn drops sends to a client that is gone without a word, and events the
+            # upstream already delivered are relayed without awaiting anything else: one
+            # turn of the loop per event lets Starlette's disconnect listener cancel the
+            # stream, so the call is recorded as 499 instead of completing for nobody.
+            await asyncio.sleep(0)
+
         async with self._slot:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_then_yield)
 
 
 def _fingerprint(call: ParsedCall) -> str:
