@@ -77,7 +77,16 @@ def _prepare_schema(settings: Settings) -> None:
     from imagerelay.storage.migrate import prepare
 
     settings.ensure_data_dir()
-    _schema_action(lambda: prepare(settings.resolved_database_url(), auto_upgrade=settings.auto_migrate))
+    before, after = _schema_action(lambda: prepare(settings.resolved_database_url(),
+                                                   auto_upgrade=settings.auto_migrate))
+    if before.revision is None:
+        err_console.print(f"created the database schema at revision {after.revision}", highlight=False)
+    elif before.revision != after.revision:
+        err_console.print(f"upgraded the database schema from {before.revision} to {after.revision} "
+                          "(IMAGERELAY_AUTO_MIGRATE)", highlight=False)
+    elif not before.stamped:
+        err_console.print(f"recorded the database schema as revision {after.revision} (made before migrations)",
+                          highlight=False)
 
 
 def _run(coro_fn: Any, settings: Settings) -> Any:

@@ -249,27 +249,28 @@ def _upgrade(conn: sa.Connection, to: str) -> tuple[SchemaState, SchemaState]:
     return before, after
 
 
-def prepare(url: str, *, auto_upgrade: bool = False) -> SchemaState:
+def prepare(url: str, *, auto_upgrade: bool = False) -> tuple[SchemaState, SchemaState]:
     """At start-up: create the schema in an empty database; refuse one that is behind
     (:class:`SchemaBehind`, naming the command to run) unless ``auto_upgrade``; record
-    the revision of a pre-migration database that already has this release's layout."""
+    the revision of a pre-migration database that already has this release's layout.
+    Returns the states before and after."""
     current = state(url)
     if current.at_head and current.stamped:
-        return current  # the usual start: one read, no lock
+        return current, current  # the usual start: one read, no lock
     with _locked(url) as conn:
         current = _state(conn)  # again: another process may have changed it meanwhile
         if not current.known:
             raise SchemaError(f"the database is at {current.describe()}; run that release, or restore a backup")
         if current.at_head and current.stamped:
-            return current
+            return current, current
         if current.at_head:
             command.stamp(_config(conn), current.head)
-            return _state(conn)
+            return current, _state(conn)
         if current.revision is not None and not auto_upgrade:
             raise SchemaBehind(
                 f"the database schema is at revision {current.revision} and this release needs {current.head}: "
                 f"back it up, then run `{UPGRADE_COMMAND}` (or set IMAGERELAY_AUTO_MIGRATE=true)")
-        return _upgrade(conn, "head")[1]
+        return _upgrade(conn, "head")
 
 
 def history() -> list[tuple[str, str]]:

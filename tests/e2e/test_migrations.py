@@ -215,6 +215,7 @@ def test_database_made_before_migrations_with_todays_layout_starts_as_is(db: Db,
     with run_gateway(db.data_dir, extra_env=db.env) as gw:
         assert gw.tokens == tokens
         assert balance(gw.v1, tokens["default"]) == DEMO_CREDIT - 30_000
+        assert "recorded the database schema as revision 0002 (made before migrations)" in gw.log_text()
     assert db.scalar("SELECT version_num FROM alembic_version") == "0002"
     assert migrate.differences(db.url) == []
 
@@ -224,6 +225,7 @@ def test_auto_migrate_upgrades_at_start(db: Db) -> None:
     assert "0001" in refused_start(db)[0]
     with run_gateway(db.data_dir, extra_env={**db.env, "IMAGERELAY_AUTO_MIGRATE": "true"}) as gw:
         assert balance(gw.v1, gw.tokens["default"]) == DEMO_CREDIT
+        assert "upgraded the database schema from 0001 to 0002" in gw.log_text()
     assert db.scalar("SELECT version_num FROM alembic_version") == "0002"
 
 
@@ -255,6 +257,8 @@ def test_replicas_starting_together_on_an_empty_database(db: Db) -> None:
                 time.sleep(0.1)
     assert db.scalar("SELECT count(*) FROM alembic_version") == 1
     assert migrate.differences(db.url) == []
+    logs = [(data / "gateway.log").read_text() for _proc, _port, data in procs]
+    assert sum("created the database schema at revision 0002" in log for log in logs) == 1, logs
 
 
 def test_database_of_a_newer_release_is_refused(db: Db) -> None:
