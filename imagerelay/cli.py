@@ -24,6 +24,8 @@ users_app = typer.Typer(help="Create and list users.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
 balance_app = typer.Typer(help="Top up and adjust balances.", no_args_is_help=True)
 channels_app = typer.Typer(help="Upstream channels: add, list, enable/disable, test.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema: current revision, upgrade, history.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 app.add_typer(channels_app, name="channels")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
@@ -53,9 +55,45 @@ DbUrl = Annotated[str | None, typer.Option("--database-url", help="Database URL 
 CatalogOpt = Annotated[Path | None, typer.Option("--catalog", help="Catalog file (env IMAGERELAY_CATALOG).")]
 
 
+def _schema_action(action: Any) -> Any:
+    """Run a schema action; its refusal, or a database that cannot be reached, is one
+    line on stderr and exit code 2."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from imagerelay.storage.migrate import SchemaError
+
+    try:
+        return action()
+    except SchemaError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
+        err_console.print(f"[red]database error:[/red] {reason[0] if reason else type(exc).__name__}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _prepare_schema(settings: Settings) -> None:
+    """Create the schema in an empty database; refuse one that is behind (exit 2)."""
+    from imagerelay.storage.migrate import prepare
+
+    settings.ensure_data_dir()
+    before, after = _schema_action(lambda: prepare(settings.resolved_database_url(),
+                                                   auto_upgrade=settings.auto_migrate))
+    if before.revision is None:
+        err_console.print(f"created the database schema at revision {after.revision}", highlight=False)
+    elif before.revision != after.revision:
+        err_console.print(f"upgraded the database schema from {before.revision} to {after.revision} "
+                          "(IMAGERELAY_AUTO_MIGRATE)", highlight=False)
+    elif not before.stamped:
+        err_console.print(f"recorded the database schema as revision {after.revision} (made before migrations)",
+                          highlight=False)
+
+
 def _run(coro_fn: Any, settings: Settings) -> Any:
     """Run an async admin action against the configured database."""
     from imagerelay.services import Services
+
+    _prepare_schema(settings)
 
     async def _main() -> Any:
         try:
@@ -63,9 +101,6 @@ def _run(coro_fn: Any, settings: Settings) -> Any:
         except CatalogError as exc:
             err_console.print(f"[red]catalog error:[/red] {exc}")
             raise typer.Exit(2) from None
-        from imagerelay.storage.db import create_schema
-
-        await create_schema(services.engine)
         try:
             return await coro_fn(services)
         finally:
@@ -147,6 +182,8 @@ def serve(
     except CatalogError as exc:
         err_console.print(f"[red]catalog error:[/red] {exc}")
         raise typer.Exit(2) from None
+    # Here, once, before any worker process starts: a refusal is one line, not N.
+    _prepare_schema(settings)
     if demo:
         tokens = _run(lambda s: _ensure_demo(s, list(cat.groups)), settings)
         base = f"http://{host}:{port}"
@@ -403,6 +440,55 @@ def purge(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
 
     removed = _run(_purge, _settings(data_dir, database_url, None))
     console.print(f"[green]✓[/green] removed {removed} expired image file(s); expired jobs purged")
+
+
+@db_app.command("current")
+def db_current(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Print the database's schema revision; exits 1 unless it is this release's (head)."""
+    from imagerelay.storage.migrate import state
+
+    settings = _settings(data_dir, database_url, None)
+    current = _schema_action(lambda: state(settings.resolved_database_url()))
+    console.print(current.describe(), highlight=False)
+    if not current.at_head:
+        raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    to: Annotated[str, typer.Option("--to", help="Target revision (default: this release's head).")] = "head",
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Upgrade the database schema (creating it in an empty database). Back the database up first."""
+    from imagerelay.storage.migrate import upgrade
+
+    settings = _settings(data_dir, database_url, None)
+    settings.ensure_data_dir()
+    before, after = _schema_action(lambda: upgrade(settings.resolved_database_url(), to))
+    if before.revision == after.revision and before.stamped:
+        console.print(f"already at {after.describe()}", highlight=False)
+    else:
+        console.print(f"upgraded from {before.revision or 'an empty database'} to {after.describe()}", highlight=False)
+
+
+@db_app.command("history")
+def db_history() -> None:
+    """List this release's schema revisions, oldest first."""
+    from imagerelay.storage.migrate import history
+
+    for revision, description in history():
+        console.print(f"{revision}  {description}", highlight=False)
+
+
+@db_app.command("revision")
+def db_revision(message: Annotated[str, typer.Option("--message", "-m", help="What the migration changes.")]) -> None:
+    """(Developers) write the migration from the head revision to the models in schema.py."""
+    from imagerelay.storage.migrate import new_revision
+
+    path = _schema_action(lambda: new_revision(message))
+    console.print(f"wrote {path}; review it (docs/migrations.md), then run ./scripts/test tests/e2e/test_migrations.py",
+                  highlight=False)
 
 
 def _client_headers(key: str | None) -> dict[str, str]:

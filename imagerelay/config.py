@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_prefix: str = "imagerelay:"
     log_level: str = "info"
+    # Upgrade a database whose schema is behind at start-up, instead of refusing to start
+    # until `imagerelay db upgrade` has run (an empty database is always created).
+    auto_migrate: bool = False
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -22,7 +22,8 @@ from imagerelay.storage.billing import Billing
 from imagerelay.storage.channels import ChannelDirectory
 from imagerelay.storage.idempotency import IdempotencyStore
 from imagerelay.storage.instances import Instances
-from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
+from imagerelay.storage.db import TransactionRunner, create_engine
+from imagerelay.storage.migrate import prepare as prepare_schema
 from imagerelay.upstreams.pool import ChannelPool, PoolPolicy
 from imagerelay.upstreams.registry import build_connectors
 
@@ -93,7 +94,9 @@ class Services:
                    idempotency, jobs, runner, instances, limiter=limiter, shared=shared)
 
     async def start(self) -> None:
-        await create_schema(self.engine)
+        # Usually a no-op here: `serve` prepared the schema before starting the workers.
+        await asyncio.to_thread(prepare_schema, self.settings.resolved_database_url(),
+                                auto_upgrade=self.settings.auto_migrate)
         await self.directory.load()
         await self.instances.register()
         released = await self._release_orphans(with_deadline=True)

@@ -15,7 +15,6 @@ from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from imagerelay.private_files import touch_private
-from imagerelay.storage.schema import metadata
 
 
 def async_url(url: str) -> str:
@@ -352,24 +351,8 @@ __all__ = ["Connection", "TransactionRunner", "async_url", "create_engine", "cre
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
-        await conn.run_sync(_add_new_columns)
+    """Bring the engine's database to this release's schema: create it when empty,
+    refuse one that is behind (storage/migrate.py)."""
+    from imagerelay.storage.migrate import prepare
 
-
-def _add_new_columns(conn: Connection) -> None:
-    """Add the nullable columns a newer version declares to tables an older one created
-    (``create_all`` only creates missing tables). Both databases add a nullable column
-    without rewriting the table."""
-    from sqlalchemy import inspect
-    from sqlalchemy.schema import CreateColumn
-
-    existing = inspect(conn)
-    for table in metadata.sorted_tables:
-        if not existing.has_table(table.name):
-            continue
-        have = {c["name"] for c in existing.get_columns(table.name)}
-        for column in table.columns:
-            if column.name not in have and column.nullable:
-                ddl = CreateColumn(column).compile(dialect=conn.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+    await asyncio.to_thread(prepare, engine.url.render_as_string(hide_password=False))

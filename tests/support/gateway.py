@@ -39,7 +39,8 @@ class Gateway:
 
 
 @contextmanager
-def run_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None) -> Iterator[Gateway]:
+def run_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
+                cwd: Path | None = None) -> Iterator[Gateway]:
     port = free_port()
     tokens_file = data_dir / "demo-tokens-out.json"
     log_path = data_dir / "gateway.log"
@@ -49,7 +50,7 @@ def run_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extr
         "--port", str(port), "--data-dir", str(data_dir), *(extra_args or []),
     ]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
