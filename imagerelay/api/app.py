@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from imagerelay.api import account, admin, images
+from imagerelay.api import account, admin, images, tokens
 from imagerelay.api.bodyguard import BodyBudget, BodyGuard
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.errors import (
@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         Route("/healthz", healthz, methods=["GET"]),
         *admin.routes,
         *account.routes,
+        *tokens.routes,
     ]
     app = Starlette(
         routes=routes,
