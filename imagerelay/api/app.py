@@ -40,6 +40,7 @@ async def list_models(request: Request) -> Response:
     data = [
         {"id": model, "object": "model", "created": 0, "owned_by": "imagerelay"}
         for model in services.relay.models_for(token.group)
+        if token.allowed_models is None or model in token.allowed_models  # what this key may call
     ]
     return json_response({"object": "list", "data": data})
 
