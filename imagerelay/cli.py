@@ -105,7 +105,7 @@ async def _ensure_demo(services: Any, groups: list[str]) -> tuple[dict[str, str]
     for group in groups:
         token = known.get(group)
         info = await services.accounts.authenticate(token) if token else None
-        if info is None or info.group != group or info.user_id != user.id:
+        if info is None or info.revoked or info.group != group or info.user_id != user.id:
             token = await services.accounts.create_token(user.id, group, name=f"demo-{group}")
         tokens[group] = token  # type: ignore[assignment]
     write_private(store, json.dumps(tokens, indent=2).encode())

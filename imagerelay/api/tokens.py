@@ -70,7 +70,10 @@ def _token_filter(request: Request, user_id: int | None) -> TokenFilter:
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}.", param="limit")
     before = params.get("before")
-    return TokenFilter(user_id=user_id, group=params.get("group") or None, status=status, limit=limit,
+    group = params.get("group") or None
+    if group is not None and label(group) is None:  # PostgreSQL refuses NUL in a text parameter
+        raise InvalidRequest("group must be a group name.", param="group")
+    return TokenFilter(user_id=user_id, group=group, status=status, limit=limit,
                        before_id=_small_int(before, "before", 0) if before else None)
 
 
@@ -166,7 +169,7 @@ async def admin_create_token(request: Request) -> Response:
     group = body.pop("group", None)
     if group not in services.catalog.groups:
         raise InvalidRequest(f"group must be one of: {', '.join(services.catalog.groups)}.", param="group")
-    token_changes(body)  # refuse a bad field before the user is created
+    token_changes(body, models=services.catalog.models_by_group.get(group, ()))  # before the user is created
     return await _create(services, await services.accounts.get_or_create_user(name), group, body)
 
 

@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import orjson
 from sqlalchemy import and_, or_, select, update
@@ -82,8 +83,8 @@ def check_token(info: TokenInfo | None, now: float) -> TokenInfo:
     return info
 
 
-TokenStatus = str  # "active" | "revoked" | "expired"
-TOKEN_STATUSES = ("active", "revoked", "expired")
+TokenStatus = Literal["active", "revoked", "expired"]
+TOKEN_STATUSES: tuple[TokenStatus, ...] = ("active", "revoked", "expired")
 
 
 @dataclass(frozen=True, slots=True)

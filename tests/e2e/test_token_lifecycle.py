@@ -151,7 +151,8 @@ def test_admin_token_filters_and_paging(pair: Pair) -> None:
     assert first["has_more"] and [t["id"] for t in first["data"]] == ids[:0:-1]
     rest = page(limit=3, before=first["next_before"])
     assert not rest["has_more"] and [t["id"] for t in rest["data"]] == [ids[0]]
-    for params, param in (({"status": "gone"}, "status"), ({"limit": "0"}, "limit"), ({"before": "9" * 40}, "before")):
+    for params, param in (({"status": "gone"}, "status"), ({"limit": "0"}, "limit"), ({"before": "9" * 40}, "before"),
+                          ({"group": "a\u0000b"}, "group")):
         assert_error(httpx.get(f"{pair.a.base_url}/admin/tokens", headers=H, params=params), 400, "invalid_value", param)
     assert_error(httpx.get(f"{pair.a.base_url}/admin/tokens", headers=H, params={"user": "nobody"}), 404,
                  "not_found", "user")
@@ -445,11 +446,19 @@ def test_audit_passes(pair: Pair) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_demo_banner_shows_the_real_balance(tmp_path: Path) -> None:
+def test_the_demo_banner_shows_the_real_balance_and_live_tokens(tmp_path: Path) -> None:
     with run_gateway(tmp_path) as gw:
         assert "$100.000000 available" in gw.log_text()
         r = httpx.post(gw.v1 + "/images/generations", headers=auth(gw.tokens["default"]),
                        json={"model": "gpt-image-2", "prompt": "x"}, timeout=60)
         assert r.status_code == 200, r.text
+    listed = subprocess.run([sys.executable, "-m", "imagerelay", "tokens", "list", "--user", "demo", "--group",
+                             "default", "--json", "--data-dir", str(tmp_path)], capture_output=True, text=True, check=True)
+    revoked_id = json.loads(listed.stdout)[0]["id"]
+    subprocess.run([sys.executable, "-m", "imagerelay", "tokens", "revoke", str(revoked_id), "--data-dir", str(tmp_path)],
+                   capture_output=True, check=True)
     with run_gateway(tmp_path) as again:
         assert "$99.970000 available" in again.log_text()
+        # A revoked demo token is replaced, not printed again.
+        assert again.tokens["default"] != gw.tokens["default"]
+        assert models_status(again, again.tokens["default"]).status_code == 200
