@@ -20,8 +20,8 @@ from imagerelay.config import Settings
 from imagerelay.private_files import write_private
 
 app = typer.Typer(help="imagerelay: an OpenAI-compatible gateway for image generation.", no_args_is_help=True)
-users_app = typer.Typer(help="Create and list users.", no_args_is_help=True)
-tokens_app = typer.Typer(help="Create API tokens.", no_args_is_help=True)
+users_app = typer.Typer(help="Create, list, disable/enable users.", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens: create, list, update, revoke.", no_args_is_help=True)
 balance_app = typer.Typer(help="Top up and adjust balances.", no_args_is_help=True)
 channels_app = typer.Typer(help="Upstream channels: add, list, enable/disable, test.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema: current revision, upgrade, history.", no_args_is_help=True)
@@ -122,7 +122,7 @@ def _usd_to_micros(text: str) -> int:
     return micros
 
 
-async def _ensure_demo(services: Any, groups: list[str]) -> dict[str, str]:
+async def _ensure_demo(services: Any, groups: list[str]) -> tuple[dict[str, str], int]:
     """Idempotent: one demo user, one token per group, credited once.
 
     Only token hashes live in the database, so the demo tokens' plain text is kept in
@@ -140,13 +140,14 @@ async def _ensure_demo(services: Any, groups: list[str]) -> dict[str, str]:
     for group in groups:
         token = known.get(group)
         info = await services.accounts.authenticate(token) if token else None
-        if info is None or info.group != group or info.user_id != user.id:
+        if info is None or info.revoked or info.group != group or info.user_id != user.id:
             token = await services.accounts.create_token(user.id, group, name=f"demo-{group}")
         tokens[group] = token  # type: ignore[assignment]
     write_private(store, json.dumps(tokens, indent=2).encode())
     if user.balance_micros == 0 and user.held_micros == 0:
         await services.billing.adjust(user.id, int(DEMO_CREDIT_USD * 1_000_000), "demo credit", kind="topup")
-    return tokens
+    now = await services.accounts.get_user(user.id)
+    return tokens, now.available_micros
 
 
 def _curl_example(base: str, group: str, token: str, catalog: Any) -> str:
@@ -185,9 +186,12 @@ def serve(
     # Here, once, before any worker process starts: a refusal is one line, not N.
     _prepare_schema(settings)
     if demo:
-        tokens = _run(lambda s: _ensure_demo(s, list(cat.groups)), settings)
+        from imagerelay.domain.pricing import format_usd
+
+        tokens, available = _run(lambda s: _ensure_demo(s, list(cat.groups)), settings)
         base = f"http://{host}:{port}"
-        console.print(f"[bold]Demo tokens[/bold] (user {DEMO_USER!r}, ${DEMO_CREDIT_USD} credit):")
+        # The real balance: the demo credit is given once, and a reused data dir has spent some.
+        console.print(f"[bold]Demo tokens[/bold] (user {DEMO_USER!r}, {format_usd(available)} available):")
         for group, token in tokens.items():
             console.print(f"  [cyan]{group}[/cyan]: {token}")
             console.print(f"    {_curl_example(base, group, token, cat)}", soft_wrap=True)
@@ -248,11 +252,70 @@ def users_create(
 def users_list(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
     """List users with their balances."""
     users = _run(lambda s: s.accounts.list_users(), _settings(data_dir, database_url, None))
-    table = Table("id", "name", "admin", "balance (USD)", "held (USD)")
+    table = Table("id", "name", "admin", "disabled", "token groups", "balance (USD)", "held (USD)")
     for u in users:
-        table.add_row(str(u.id), u.name, "yes" if u.is_admin else "", f"{Decimal(u.balance_micros) / 1_000_000:.6f}",
-                      f"{Decimal(u.held_micros) / 1_000_000:.6f}")
+        groups = ",".join(u.allowed_groups) if u.allowed_groups is not None else "(its tokens' groups)"
+        table.add_row(str(u.id), u.name, "yes" if u.is_admin else "", "yes" if u.disabled else "", groups,
+                      f"{Decimal(u.balance_micros) / 1_000_000:.6f}", f"{Decimal(u.held_micros) / 1_000_000:.6f}")
     console.print(table)
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]{message}[/red]")
+    return typer.Exit(2)
+
+
+def _expiry(text: str | None) -> float | None | str:
+    """``--expires-at``: a unix time, an ISO 8601 date-time (UTC if no offset), or ``never``."""
+    if text is None:
+        return "unchanged"
+    if text == "never":
+        return None
+    try:
+        return float(text) if text.replace(".", "", 1).isdigit() else _iso(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: a unix time, an ISO 8601 date-time, or never") from None
+
+
+def _iso(text: str) -> float:
+    from datetime import UTC, datetime
+
+    moment = datetime.fromisoformat(text)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _token_body(name: str | None, rpm: int | None, concurrency: int | None, spend_cap: str | None,
+                models: list[str] | None, expires_at: str | None, clear: list[str]) -> dict[str, Any]:
+    """CLI options as the API's fields, so the one rule (domain.accountrules) reads both."""
+    body: dict[str, Any] = {"rpm": rpm, "concurrency": concurrency, "spend_cap_usd": spend_cap,
+                            "allowed_models": models or None, "name": name}
+    body = {k: v for k, v in body.items() if v is not None}
+    expiry = _expiry(expires_at)
+    if expiry != "unchanged":
+        body["expires_at"] = expiry
+    for field in clear:
+        if field not in ("rpm", "concurrency", "spend_cap_usd", "allowed_models", "expires_at"):
+            raise typer.BadParameter(f"--clear {field!r}: one of rpm, concurrency, spend_cap_usd, "
+                                     "allowed_models, expires_at")
+        body[field] = None
+    return body
+
+
+def _changes(body: dict[str, Any], models: Any) -> dict[str, object]:
+    from imagerelay.domain.accountrules import token_changes
+    from imagerelay.errors import ApiError
+
+    try:
+        return token_changes(body, models=models)
+    except ApiError as exc:
+        raise _fail(f"{exc.param or 'token'}: {exc.message}") from None
+
+
+RpmOpt = Annotated[int | None, typer.Option("--rpm", help="Requests per minute.")]
+ConcurrencyOpt = Annotated[int | None, typer.Option("--concurrency", help="Calls at once.")]
+SpendCapOpt = Annotated[str | None, typer.Option("--spend-cap", help="USD this key may spend, e.g. 25.50.")]
+ModelsOpt = Annotated[list[str] | None, typer.Option("--allowed-model", help="A model the key may call (repeat).")]
+ExpiresOpt = Annotated[str | None, typer.Option("--expires-at", help="Unix time, ISO 8601 (UTC), or never.")]
 
 
 @tokens_app.command("create")
@@ -260,22 +323,176 @@ def tokens_create(
     user: Annotated[str, typer.Option("--user", help="User name (created if missing).")],
     group: Annotated[str, typer.Option("--group", help="Token group, e.g. default, Sora2Official.")],
     name: Annotated[str, typer.Option("--name", help="A label for the token.")] = "default",
+    rpm: RpmOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    spend_cap: SpendCapOpt = None,
+    allowed_model: ModelsOpt = None,
+    expires_at: ExpiresOpt = None,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
     catalog: CatalogOpt = None,
 ) -> None:
-    """Create an API token in a group; prints it once (only its hash is stored)."""
+    """Create an API token in a group, with optional limits; prints it once (only its hash is stored)."""
+    from imagerelay.storage.accounts import TokenLimits
+
     settings = _settings(data_dir, database_url, catalog)
     cat = load_catalog(settings.catalog)
     if group not in cat.groups:
         err_console.print(f"[red]unknown group {group!r}[/red]; groups: {', '.join(cat.groups)}")
         raise typer.Exit(2)
+    changes = _changes(_token_body(name, rpm, concurrency, spend_cap, allowed_model, expires_at, []),
+                       cat.models_by_group.get(group, ()))
 
     async def _create(s: Any) -> str:
         u = await s.accounts.get_or_create_user(user)
-        return await s.accounts.create_token(u.id, group, name=name)  # type: ignore[no-any-return]
+        limits = TokenLimits(spend_cap_micros=changes.get("spend_cap_micros"),  # type: ignore[arg-type]
+                             allowed_models=changes.get("allowed_models"),  # type: ignore[arg-type]
+                             rpm_limit=changes.get("rpm_limit"),  # type: ignore[arg-type]
+                             concurrency_limit=changes.get("concurrency_limit"))  # type: ignore[arg-type]
+        return await s.accounts.create_token(u.id, group, name=str(changes["name"]),  # type: ignore[no-any-return]
+                                             expires_at=changes.get("expires_at"), limits=limits)
 
     print(_run(_create, settings))
+
+
+@tokens_app.command("list")
+def tokens_list(
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's tokens.")] = None,
+    group: Annotated[str | None, typer.Option("--group")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="active | revoked | expired")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The API's JSON instead of a table.")] = False,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """List tokens (never their secret: a hint such as sk-abcd…wxyz to recognise one)."""
+    import time
+
+    from imagerelay.api.tokens import token_json
+    from imagerelay.storage.accounts import TOKEN_STATUSES, TokenFilter
+
+    if status is not None and status not in TOKEN_STATUSES:
+        raise typer.BadParameter(f"--status: one of {', '.join(TOKEN_STATUSES)}")
+
+    async def _list(s: Any) -> list[dict[str, Any]]:
+        user_id = None
+        if user is not None:
+            u = await s.accounts.find_user(user)
+            if u is None:
+                raise _fail(f"no user {user!r}")
+            user_id = u.id
+        views, _more = await s.accounts.list_tokens(TokenFilter(user_id=user_id, group=group, status=status,
+                                                                limit=100_000))
+        return [token_json(v, time.time()) for v in views]
+
+    rows = _run(_list, _settings(data_dir, database_url, None))
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    table = Table("id", "user", "name", "group", "key", "status", "rpm", "conc.", "spend cap", "spent", "models",
+                  "expires at")
+    for t in rows:
+        lim = t["limits"]
+        table.add_row(str(t["id"]), t["user"], t["name"], t["group"], t["key_hint"], t["status"],
+                      str(lim["rpm"] or ""), str(lim["concurrency"] or ""), lim["spend_cap_usd"] or "",
+                      t["spent_usd"], ",".join(lim["allowed_models"] or []),
+                      str(int(t["expires_at"])) if t["expires_at"] else "")
+    console.print(table)
+
+
+def _existing_token(s: Any, token_id: int) -> Any:
+    async def _get() -> Any:
+        view = await s.accounts.view_token(token_id)
+        if view is None:
+            raise _fail(f"no token {token_id}")
+        return view
+    return _get()
+
+
+@tokens_app.command("update")
+def tokens_update(
+    token_id: Annotated[int, typer.Argument(help="The token's id (tokens list).")],
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    rpm: RpmOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    spend_cap: SpendCapOpt = None,
+    allowed_model: ModelsOpt = None,
+    expires_at: ExpiresOpt = None,
+    clear: Annotated[list[str], typer.Option("--clear", help="Remove a limit: rpm, concurrency, spend_cap_usd, "
+                                                              "allowed_models, expires_at (repeat).")] = [],  # noqa: B006
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Rename a token or change its limits (a running gateway applies it within one token-cache TTL)."""
+    settings = _settings(data_dir, database_url, catalog)
+    cat = load_catalog(settings.catalog)
+    body = _token_body(name, rpm, concurrency, spend_cap, allowed_model, expires_at, clear)
+    if not body:
+        raise _fail("nothing to change; see --help")
+
+    async def _update(s: Any) -> None:
+        view = await _existing_token(s, token_id)
+        await s.accounts.update_token(token_id, _changes(body, cat.models_by_group.get(view.group, ())))
+
+    _run(_update, settings)
+    console.print(f"token {token_id} updated")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[int, typer.Argument(help="The token's id (tokens list).")],
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Revoke a token: refused by every gateway process within one token-cache TTL."""
+
+    async def _revoke(s: Any) -> None:
+        await _existing_token(s, token_id)
+        await s.accounts.revoke_token(token_id)
+
+    _run(_revoke, _settings(data_dir, database_url, None))
+    console.print(f"token {token_id} revoked")
+
+
+@users_app.command("update")
+def users_update(
+    name: str,
+    disabled: Annotated[bool | None, typer.Option("--disable/--enable", help="Refuse (or accept again) "
+                                                  "every token of the user.")] = None,
+    admin: Annotated[bool | None, typer.Option("--admin/--no-admin")] = None,
+    group: Annotated[list[str] | None, typer.Option("--group", help="A group the user may create tokens in "
+                                                    "(repeat; replaces the list).")] = None,
+    default_groups: Annotated[bool, typer.Option("--default-groups", help="Reset to the groups of the "
+                                                 "user's tokens.")] = False,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Disable or enable a user, set the admin flag, or the groups they may create tokens in."""
+    from imagerelay.domain.accountrules import user_changes
+    from imagerelay.errors import ApiError
+
+    settings = _settings(data_dir, database_url, catalog)
+    cat = load_catalog(settings.catalog)
+    body: dict[str, Any] = {k: v for k, v in (("disabled", disabled), ("is_admin", admin), ("allowed_groups", group))
+                            if v is not None}
+    if default_groups:
+        body["allowed_groups"] = None
+    if not body:
+        raise _fail("nothing to change; see --help")
+    try:
+        changes = user_changes(body, groups=list(cat.groups))
+    except ApiError as exc:
+        raise _fail(f"{exc.param}: {exc.message}") from None
+
+    async def _update(s: Any) -> None:
+        u = await s.accounts.find_user(name)
+        if u is None:
+            raise _fail(f"no user {name!r}")
+        await s.accounts.update_user(u.id, changes)
+
+    _run(_update, settings)
+    console.print(f"user {name} updated")
 
 
 @balance_app.command("add")

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 import anyio
 import orjson
 import pybase64
-from sqlalchemy import case, func, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.domain.scheduling import QueuedGroup, fair_order
@@ -51,7 +51,7 @@ from imagerelay.errors import ApiError, InvalidRequest, NotFound, RateLimited
 from imagerelay.imagestore import ImageStore
 from imagerelay.limits import UNLIMITED, Limiter, concurrency_part
 from imagerelay.relay import CallContext, PreparedCall, Relay, RelayAnswer
-from imagerelay.storage.accounts import Accounts, TokenInfo
+from imagerelay.storage.accounts import Accounts, TokenInfo, check_token
 from imagerelay.storage.instances import Instances
 from imagerelay.storage.schema import holds, jobs, usage_records
 from imagerelay.webhooks import WebhookDispatcher
@@ -225,6 +225,27 @@ class JobService:
     async def get(self, job_id: str, user_id: int, base_url: str, *, include_b64: bool | None = None) -> dict[str, Any]:
         row = await self._row(job_id, user_id)
         return await self._render(row, base_url, include_b64)
+
+    async def page(self, user_id: int, base_url: str, *, status: str | None, limit: int,
+                   before: str | None) -> tuple[list[dict[str, Any]], bool]:
+        """A page of the user's jobs, newest first, each as its poll shows it (without
+        b64), and whether there are more; ``before`` (a job id of the previous page)
+        pages on. A job id the user cannot see as a cursor is a 400."""
+        query = select(jobs).where(jobs.c.user_id == user_id, jobs.c.expires_at >= time.time())
+        if status is not None:
+            query = query.where(jobs.c.status == status)
+        async with self._engine.connect() as conn:
+            if before is not None:
+                cursor = (await conn.execute(select(jobs.c.created_at).where(
+                    jobs.c.id == before, jobs.c.user_id == user_id))).first()
+                if cursor is None:
+                    raise InvalidRequest(f"before: no job {before}; pass the last id of the previous page.",
+                                         param="before")
+                query = query.where(or_(jobs.c.created_at < cursor[0],
+                                        and_(jobs.c.created_at == cursor[0], jobs.c.id < before)))
+            rows = (await conn.execute(
+                query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1))).mappings().all()
+        return [await self._render(r, base_url, False) for r in rows[:limit]], len(rows) > limit
 
     async def cancel(self, job_id: str, user_id: int, base_url: str) -> dict[str, Any]:
         row = await self._row(job_id, user_id)
@@ -484,6 +505,15 @@ class JobService:
             await self._finish(job_id, "failed", error={"message": "The API key behind this job no longer exists.",
                                                        "type": "invalid_request_error", "param": None,
                                                        "code": "invalid_api_key"})
+            return
+        try:
+            # The key may have been revoked, have expired or lost its user since the
+            # job was queued: the same rule as at the door, and the hold goes back.
+            check_token(prepared.ctx.token, time.time())
+        except ApiError as err:
+            await self._finish(job_id, "failed", error=err.to_body()["error"])
+            if await self._hold_open(prepared.ctx.request_id):
+                await self._relay.abandon(prepared, err.status, err.code or "invalid_api_key")
             return
         if not await self._hold_open(prepared.ctx.request_id):
             # The previous attempt was interrupted and released its hold (a graceful

@@ -199,8 +199,9 @@ class Relay:
             )
         if held == "spend_cap":
             raise InsufficientQuota(
-                f"This API key has reached its spend cap (this call may cost up to "
-                f"{pricing.format_usd(quote.micros)}). Raise the key's cap or use another key.",
+                f"This call may cost up to {pricing.format_usd(quote.micros)}, which exceeds what remains "
+                "of this API key's spend cap (the worst case is held until the call settles). Raise the key's "
+                "spend cap, lower n, size or quality, or use another key.",
             )
         return quote.micros
 

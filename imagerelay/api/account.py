@@ -14,13 +14,12 @@ from imagerelay.api.admin import require_admin
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
-from imagerelay.domain.pricing import MoneyInputError, format_usd, parse_usd_amount
+from imagerelay.domain.accountrules import label, usd_field
+from imagerelay.domain.pricing import format_usd
 from imagerelay.errors import InvalidRequest, NotFound
-from imagerelay.storage.accounts import TokenLimits
 from imagerelay.storage.billing import AdjustmentRefused, UsageQuery, usage_page
 
 MAX_PAGE = 500
-_MAX_UNIX_TIME = 253_402_300_799  # 9999-12-31: beyond it a date is a typo
 
 
 def usd(micros: int) -> str:
@@ -96,6 +95,13 @@ async def _page(request: Request, user_id: int | None) -> Response:
     })
 
 
+def _plain(value: Decimal | None) -> str:
+    """A price as a plain decimal ("30", "0.03"): never the exponent form ("3E+1") that
+    ``str(Decimal.normalize())`` gives, which clients parsing decimals mis-read."""
+    assert value is not None
+    return f"{Decimal(value).normalize():f}"
+
+
 async def balance(request: Request) -> Response:
     token = await authenticate(request)
     user = await services_of(request).accounts.get_user(token.user_id)
@@ -128,55 +134,28 @@ async def pricing(request: Request) -> Response:
             "endpoints": list(route.spec.endpoints),
         }
         if route.spec.billing.mode == "per_call":
-            entry["price_per_call_usd"] = str(route.spec.billing.price_per_call)
+            entry["price_per_call_usd"] = _plain(route.spec.billing.price_per_call)
         else:
             assert route.prices is not None
             multiplier = route.group.multiplier
-            entry["multiplier"] = str(multiplier)
+            entry["multiplier"] = _plain(multiplier)
             entry["usd_per_million_tokens"] = {
-                name: str((value * multiplier).normalize())
+                name: _plain(value * multiplier)
                 for name, value in route.prices.model_dump().items() if value
             }
         data.append(entry)
     return json_response({"object": "list", "group": token.group, "data": data})
 
 
-async def admin_users(request: Request) -> Response:
-    await require_admin(request)
-    users = await services_of(request).accounts.list_users()
-    return json_response({"object": "list", "data": [
-        {"id": u.id, "name": u.name, "is_admin": u.is_admin, "balance_micros": u.balance_micros,
-         "held_micros": u.held_micros, "balance_usd": usd(u.balance_micros)} for u in users
-    ]})
-
-
-def _label(value: object, limit: int = 128) -> str | None:
-    """A user or token name, or a ledger reason, as the database can store it on every
-    backend (PostgreSQL refuses NUL and text past the column's length): else None."""
-    if isinstance(value, str) and value.strip() and len(value) <= limit and value.isprintable():
-        return value
-    return None
-
-
-def _usd_field(body: dict[str, Any], name: str, *, signed: bool = False) -> int | None:
-    """An optional money field of an admin body, as micro-dollars (see parse_usd_amount)."""
-    if body.get(name) is None:
-        return None
-    try:
-        return parse_usd_amount(body[name], signed=signed)
-    except MoneyInputError as exc:
-        raise InvalidRequest(f"{name} {exc}.", param=name) from None
-
-
 async def admin_adjust_balance(request: Request) -> Response:
     await require_admin(request)
     services = services_of(request)
-    name = _label(request.path_params["name"])
+    name = label(request.path_params["name"])
     user = await services.accounts.find_user(name) if name else None
     if user is None:
         raise NotFound(f"No user named {request.path_params['name']!r}.")
     body = await read_json_object(request, 64 * 1024)
-    micros, reason = _usd_field(body, "amount_usd", signed=True), _label(body.get("reason"), 1000)
+    micros, reason = usd_field(body, "amount_usd", signed=True), label(body.get("reason"), 1000)
     if not micros:
         raise InvalidRequest('amount_usd is required and non-zero, e.g. "10.00" or "-2.50".', param="amount_usd")
     if reason is None:
@@ -194,52 +173,12 @@ async def admin_adjust_balance(request: Request) -> Response:
     return json_response({"user": user.name, "balance_micros": new_balance, "balance_usd": usd(new_balance)})
 
 
-# Per-token limits are counters in memory and Redis: bounded so no typo becomes an
-# integer the database or Redis cannot hold.
-_MAX_TOKEN_LIMIT = 1_000_000
-
-
-async def admin_create_token(request: Request) -> Response:
-    """Create a token (user created if missing) with optional limits; shown once."""
-    await require_admin(request)
-    services = services_of(request)
-    body = await read_json_object(request, 64 * 1024)
-    user, group = _label(body.get("user")), body.get("group")
-    if user is None:
-        raise InvalidRequest("user (a user name of up to 128 printable characters) is required.", param="user")
-    token_name = _label(body.get("name") or "default")
-    if token_name is None:
-        raise InvalidRequest("name must be up to 128 printable characters.", param="name")
-    if group not in services.catalog.groups:
-        raise InvalidRequest(f"group must be one of: {', '.join(services.catalog.groups)}.", param="group")
-    cap_micros = _usd_field(body, "spend_cap_usd")
-    allowed = body.get("allowed_models")
-    if allowed is not None and not (isinstance(allowed, list) and all(isinstance(m, str) for m in allowed)):
-        raise InvalidRequest("allowed_models must be a list of model names.", param="allowed_models")
-    for key in ("rpm", "concurrency"):
-        value = body.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or not 1 <= value <= _MAX_TOKEN_LIMIT):
-            raise InvalidRequest(f"{key} must be an integer from 1 to {_MAX_TOKEN_LIMIT:,}.", param=key)
-    expires = body.get("expires_at")
-    if expires is not None and (not isinstance(expires, (int, float)) or isinstance(expires, bool)
-                                or not 0 <= expires <= _MAX_UNIX_TIME):
-        raise InvalidRequest("expires_at must be a unix time.", param="expires_at")
-    owner = await services.accounts.get_or_create_user(user)
-    token = await services.accounts.create_token(
-        owner.id, group, name=token_name, expires_at=expires,
-        limits=TokenLimits(spend_cap_micros=cap_micros, allowed_models=tuple(allowed) if allowed else None,
-                           rpm_limit=body.get("rpm"), concurrency_limit=body.get("concurrency")),
-    )
-    return json_response({"token": token, "user": user, "group": group}, status=201)
-
-
 async def admin_usage(request: Request) -> Response:
     await require_admin(request)
     user_id = None
     name = request.query_params.get("user")
     if name:
-        user = await services_of(request).accounts.find_user(name) if _label(name) else None
+        user = await services_of(request).accounts.find_user(name) if label(name) else None
         if user is None:
             raise NotFound(f"No user named {name!r}.")
         user_id = user.id
@@ -250,8 +189,6 @@ routes = [
     Route("/v1/account/balance", balance, methods=["GET"]),
     Route("/v1/account/usage", usage, methods=["GET"]),
     Route("/v1/pricing", pricing, methods=["GET"]),
-    Route("/admin/users", admin_users, methods=["GET"]),
     Route("/admin/users/{name}/balance", admin_adjust_balance, methods=["POST"]),
     Route("/admin/usage", admin_usage, methods=["GET"]),
-    Route("/admin/tokens", admin_create_token, methods=["POST"]),
 ]

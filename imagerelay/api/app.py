@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from imagerelay.api import account, admin, images
+from imagerelay.api import account, admin, images, tokens
 from imagerelay.api.bodyguard import BodyBudget, BodyGuard
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.errors import (
@@ -40,6 +40,7 @@ async def list_models(request: Request) -> Response:
     data = [
         {"id": model, "object": "model", "created": 0, "owned_by": "imagerelay"}
         for model in services.relay.models_for(token.group)
+        if token.allowed_models is None or model in token.allowed_models  # what this key may call
     ]
     return json_response({"object": "list", "data": data})
 
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         Route("/healthz", healthz, methods=["GET"]),
         *admin.routes,
         *account.routes,
+        *tokens.routes,
     ]
     app = Starlette(
         routes=routes,

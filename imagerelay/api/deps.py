@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from imagerelay.errors import AuthenticationFailed
 from imagerelay.services import Services
-from imagerelay.storage.accounts import TokenInfo
+from imagerelay.storage.accounts import TokenInfo, check_token
 
 
 def services_of(request: Request) -> Services:
@@ -33,9 +33,4 @@ async def authenticate(request: Request) -> TokenInfo:
         raise AuthenticationFailed(
             "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'.", code="missing_api_key"
         )
-    info = await services_of(request).accounts.authenticate(token)
-    if info is None or info.revoked:
-        raise AuthenticationFailed("Incorrect API key provided. Check the key, or create one in the console.")
-    if info.expires_at is not None and info.expires_at < time.time():
-        raise AuthenticationFailed("This API key has expired; create a new one.", code="expired_api_key")
-    return info
+    return check_token(await services_of(request).accounts.authenticate(token), time.time())

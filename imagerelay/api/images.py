@@ -68,6 +68,30 @@ async def get_job(request: Request) -> Response:
     return json_response(body)
 
 
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+MAX_JOB_PAGE = 100
+
+
+async def list_jobs(request: Request) -> Response:
+    token = await authenticate(request)
+    services = services_of(request)
+    params = request.query_params
+    status = params.get("status") or None
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidRequest(f"status must be one of: {', '.join(JOB_STATUSES)}.", param="status")
+    raw_limit = params.get("limit") or "20"
+    if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit[:4]) <= MAX_JOB_PAGE
+            and len(raw_limit) <= 3):
+        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_JOB_PAGE}.", param="limit")
+    before = params.get("before") or None
+    if before is not None and (len(before) > 64 or not before.isprintable()):
+        raise InvalidRequest("before must be a job id.", param="before")
+    data, more = await services.jobs.page(token.user_id, _base_url(request, services), status=status,
+                                          limit=int(raw_limit), before=before)
+    return json_response({"object": "list", "data": data, "has_more": more,
+                          "next_before": data[-1]["id"] if more and data else None})
+
+
 async def cancel_job(request: Request) -> Response:
     token = await authenticate(request)
     services = services_of(request)
@@ -86,6 +110,7 @@ routes = [
     Route("/v1/images/generations", generations, methods=["POST"]),
     Route("/v1/images/edits", edits, methods=["POST"]),
     Route("/v1/images/jobs", create_job, methods=["POST"]),
+    Route("/v1/images/jobs", list_jobs, methods=["GET"]),
     Route("/v1/images/jobs/{job_id}", get_job, methods=["GET"]),
     Route("/v1/images/jobs/{job_id}", cancel_job, methods=["DELETE"]),
     Route("/v1/account/webhook-secret", webhook_secret, methods=["GET"]),

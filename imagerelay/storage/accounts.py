@@ -16,11 +16,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from imagerelay.errors import AuthenticationFailed
 from imagerelay.storage.schema import tokens, users
 
 log = logging.getLogger("imagerelay.accounts")
@@ -58,6 +60,72 @@ class TokenInfo:
     allowed_models: tuple[str, ...] | None = None
     rpm_limit: int | None = None
     concurrency_limit: int | None = None
+    user_disabled: bool = False
+
+    @property
+    def restricted(self) -> bool:
+        """A key limited in what it may spend or call: it may not mint keys without those limits."""
+        return self.spend_cap_micros is not None or self.allowed_models is not None
+
+
+def check_token(info: TokenInfo | None, now: float) -> TokenInfo:
+    """The one rule for whether a token may act now, for the HTTP edge and for job
+    workers alike: unknown, revoked, expired, or its user disabled is a 401."""
+    if info is None:
+        raise AuthenticationFailed("Incorrect API key provided. Check the key, or create one in the console.")
+    if info.revoked:
+        raise AuthenticationFailed("This API key has been revoked; create a new one.", code="revoked_api_key")
+    if info.expires_at is not None and info.expires_at < now:
+        raise AuthenticationFailed("This API key has expired; create a new one.", code="expired_api_key")
+    if info.user_disabled:
+        raise AuthenticationFailed("This account is disabled; contact the gateway's administrator.",
+                                   code="account_disabled")
+    return info
+
+
+TokenStatus = Literal["active", "revoked", "expired"]
+TOKEN_STATUSES: tuple[TokenStatus, ...] = ("active", "revoked", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    """A token as lists show it: never its secret or hash, only a hint to recognise it."""
+
+    id: int
+    user_id: int
+    user_name: str
+    name: str
+    group: str
+    hint: str  # "sk-abcd…wxyz"
+    created_at: float
+    expires_at: float | None
+    revoked: bool
+    spend_cap_micros: int | None
+    spent_micros: int
+    held_micros: int
+    allowed_models: tuple[str, ...] | None
+    rpm_limit: int | None
+    concurrency_limit: int | None
+
+    def status(self, now: float) -> TokenStatus:
+        if self.revoked:
+            return "revoked"
+        return "expired" if self.expires_at is not None and self.expires_at < now else "active"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenFilter:
+    user_id: int | None = None
+    group: str | None = None
+    status: TokenStatus | None = None
+    limit: int = 100
+    before_id: int | None = None
+
+
+# Columns a token update may set; None in ``TokenChanges`` values clears a limit.
+TOKEN_CHANGE_COLUMNS = ("name", "expires_at", "spend_cap_micros", "allowed_models", "rpm_limit",
+                        "concurrency_limit")
+USER_CHANGE_COLUMNS = ("disabled", "is_admin", "allowed_groups")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +135,8 @@ class UserInfo:
     is_admin: bool
     balance_micros: int
     held_micros: int
+    disabled: bool = False
+    allowed_groups: tuple[str, ...] | None = None  # None: the groups of the user's tokens
 
     @property
     def available_micros(self) -> int:
@@ -162,13 +232,14 @@ class Accounts:
                     group_name=group,
                     token_hash=hash_token(plain),
                     prefix=plain[:7],
+                    suffix=plain[-4:],
                     created_at=time.time(),
                     expires_at=expires_at,
                     revoked=False,
                     spent_micros=0,
                     held_micros=0,
                     spend_cap_micros=limits.spend_cap_micros,
-                    allowed_models=orjson.dumps(list(limits.allowed_models)).decode() if limits.allowed_models else None,
+                    allowed_models=_json_list(limits.allowed_models),
                     rpm_limit=limits.rpm_limit,
                     concurrency_limit=limits.concurrency_limit,
                 )
@@ -192,7 +263,70 @@ class Accounts:
     async def revoke_token(self, token_id: int) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked=True))
-        for key in self._known.keys_where(lambda entry: entry[1] is not None and entry[1].id == token_id):
+        self._forget(lambda info: info.id == token_id)
+
+    async def update_token(self, token_id: int, changes: dict[str, object]) -> None:
+        """Set some of :data:`TOKEN_CHANGE_COLUMNS` (``allowed_models`` as a tuple or None);
+        this process applies them at once, others within one cache TTL."""
+        values = {k: (_json_list(v) if k == "allowed_models" else v)  # type: ignore[arg-type]
+                  for k, v in changes.items() if k in TOKEN_CHANGE_COLUMNS}
+        if values:
+            async with self._engine.begin() as conn:
+                await conn.execute(update(tokens).where(tokens.c.id == token_id).values(**values))
+        self._forget(lambda info: info.id == token_id)
+
+    async def update_user(self, user_id: int, changes: dict[str, object]) -> None:
+        """Set some of :data:`USER_CHANGE_COLUMNS` (``allowed_groups`` as a tuple, or None
+        for the default); the user's tokens' cached answers are dropped, so a disable
+        applies in this process at once and in others within one cache TTL."""
+        values = {k: (_json_list(v) if k == "allowed_groups" else v)  # type: ignore[arg-type]
+                  for k, v in changes.items() if k in USER_CHANGE_COLUMNS}
+        if values:
+            async with self._engine.begin() as conn:
+                await conn.execute(update(users).where(users.c.id == user_id).values(**values))
+        self._forget(lambda info: info.user_id == user_id)
+
+    async def token_groups(self, user_id: int) -> tuple[str, ...]:
+        """The groups of the tokens a user holds (revoked ones included: an administrator gave them)."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(
+                select(tokens.c.group_name).where(tokens.c.user_id == user_id).distinct())).all()
+        return tuple(sorted(r[0] for r in rows))
+
+    async def view_token(self, token_id: int) -> TokenView | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_view_query().where(tokens.c.id == token_id))).mappings().first()
+        return _view(row) if row else None
+
+    async def view_token_by_secret(self, plain: str) -> TokenView | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_view_query().where(tokens.c.token_hash == hash_token(plain)))).mappings().first()
+        return _view(row) if row else None
+
+    async def list_tokens(self, where: TokenFilter) -> tuple[list[TokenView], bool]:
+        """A page of tokens, newest first, and whether there are more (``before_id`` pages on)."""
+        query = _view_query()
+        if where.user_id is not None:
+            query = query.where(tokens.c.user_id == where.user_id)
+        if where.group is not None:
+            query = query.where(tokens.c.group_name == where.group)
+        if where.before_id is not None:
+            query = query.where(tokens.c.id < where.before_id)
+        now = time.time()
+        unexpired = or_(tokens.c.expires_at.is_(None), tokens.c.expires_at >= now)
+        if where.status == "revoked":
+            query = query.where(tokens.c.revoked.is_(True))
+        elif where.status == "expired":
+            query = query.where(tokens.c.revoked.is_(False), tokens.c.expires_at < now)
+        elif where.status == "active":
+            query = query.where(and_(tokens.c.revoked.is_(False), unexpired))
+        query = query.order_by(tokens.c.id.desc()).limit(where.limit + 1)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_view(r) for r in rows[: where.limit]], len(rows) > where.limit
+
+    def _forget(self, matches: Callable[[TokenInfo], bool]) -> None:
+        for key in self._known.keys_where(lambda entry: entry[1] is not None and matches(entry[1])):
             self._known.pop(key)
 
     async def authenticate(self, plain: str) -> TokenInfo | None:
@@ -209,9 +343,10 @@ class Accounts:
         if pending is None:
             pending = self._lookups[key] = asyncio.ensure_future(self._lookup(key))
             pending.add_done_callback(lambda done: self._lookup_done(key, done))
-        if hit is not None and hit[0] + self._cache_ttl_s > now:
-            # Just expired: answer from the entry while it refreshes, so no call waits
-            # on the lookup (a revocation still takes effect within two TTLs).
+        if hit is not None and hit[0] + self._cache_ttl_s / 2 > now:
+            # Fresh for half a TTL, then answered from while it refreshes for the other
+            # half, so no call waits on the lookup and a change made by another process
+            # (a revocation, a disabled user) applies here within one TTL.
             return hit[1]
         return await asyncio.shield(pending)
 
@@ -225,7 +360,7 @@ class Accounts:
         async with self._engine.connect() as conn:
             row = (await conn.execute(_token_query().where(tokens.c.token_hash == key))).mappings().first()
         info = _token(row) if row else None
-        entry = (time.monotonic() + self._cache_ttl_s, info)
+        entry = (time.monotonic() + self._cache_ttl_s / 2, info)
         if info is None:
             self._known.pop(key)  # a token deleted since: not valid any longer
             self._unknown.put(key, entry)
@@ -253,7 +388,36 @@ def _token_query():  # type: ignore[no-untyped-def]
         tokens.c.concurrency_limit,
         users.c.name.label("user_name"),
         users.c.is_admin,
+        users.c.disabled.label("user_disabled"),
     ).join(users, users.c.id == tokens.c.user_id)
+
+
+def _view_query():  # type: ignore[no-untyped-def]
+    return select(
+        tokens.c.id, tokens.c.user_id, tokens.c.name, tokens.c.group_name, tokens.c.prefix, tokens.c.suffix,
+        tokens.c.created_at, tokens.c.expires_at, tokens.c.revoked, tokens.c.spend_cap_micros,
+        tokens.c.spent_micros, tokens.c.held_micros, tokens.c.allowed_models, tokens.c.rpm_limit,
+        tokens.c.concurrency_limit, users.c.name.label("user_name"),
+    ).join(users, users.c.id == tokens.c.user_id)
+
+
+def _view(row) -> TokenView:  # type: ignore[no-untyped-def]
+    return TokenView(
+        id=row["id"], user_id=row["user_id"], user_name=row["user_name"], name=row["name"],
+        group=row["group_name"], hint=f"{row['prefix']}…{row['suffix'] or ''}", created_at=row["created_at"],
+        expires_at=row["expires_at"], revoked=bool(row["revoked"]), spend_cap_micros=row["spend_cap_micros"],
+        spent_micros=int(row["spent_micros"]), held_micros=int(row["held_micros"]),
+        allowed_models=_tuple(row["allowed_models"]), rpm_limit=row["rpm_limit"],
+        concurrency_limit=row["concurrency_limit"],
+    )
+
+
+def _json_list(values: tuple[str, ...] | None) -> str | None:
+    return orjson.dumps(list(values)).decode() if values is not None else None
+
+
+def _tuple(text: str | None) -> tuple[str, ...] | None:
+    return tuple(orjson.loads(text)) if text else None
 
 
 def _token(row) -> TokenInfo:  # type: ignore[no-untyped-def]
@@ -267,9 +431,10 @@ def _token(row) -> TokenInfo:  # type: ignore[no-untyped-def]
         revoked=bool(row["revoked"]),
         is_admin=bool(row["is_admin"]),
         spend_cap_micros=row["spend_cap_micros"],
-        allowed_models=tuple(orjson.loads(row["allowed_models"])) if row["allowed_models"] else None,
+        allowed_models=_tuple(row["allowed_models"]),
         rpm_limit=row["rpm_limit"],
         concurrency_limit=row["concurrency_limit"],
+        user_disabled=bool(row["user_disabled"]),
     )
 
 
@@ -280,4 +445,6 @@ def _user(row) -> UserInfo:  # type: ignore[no-untyped-def]
         is_admin=bool(row["is_admin"]),
         balance_micros=int(row["balance_micros"]),
         held_micros=int(row["held_micros"]),
+        disabled=bool(row["disabled"]),
+        allowed_groups=_tuple(row["allowed_groups"]),
     )

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -31,6 +32,11 @@ users = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(128), nullable=False, unique=True),
     Column("is_admin", Boolean, nullable=False, default=False),
+    # A disabled user's tokens are refused (401 account_disabled); their queued jobs fail.
+    Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
+    # Groups the user may create tokens in through /v1/account/tokens (JSON list);
+    # NULL: the groups of the tokens an administrator gave them.
+    Column("allowed_groups", Text, nullable=True),
     Column("balance_micros", BigInteger, nullable=False, default=0),
     Column("held_micros", BigInteger, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
@@ -46,6 +52,7 @@ tokens = Table(
     # sha256 of the full token: tokens are 256-bit random, so a fast hash is enough.
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("prefix", String(16), nullable=False),
+    Column("suffix", String(8), nullable=True),  # last 4 characters, to recognise a token in a list
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=True),
     Column("revoked", Boolean, nullable=False, default=False),
@@ -195,5 +202,5 @@ jobs = Table(
     Column("expires_at", Float, nullable=False, index=True),
     # The process running it (instances.id), so a peer re-queues it only once that
     # process is gone; NULL while queued, and for rows written before processes were named.
-    Column("instance_id", String(32), nullable=True),
+    Column("instance_id", String(64), nullable=True),
 )

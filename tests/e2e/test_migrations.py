@@ -27,7 +27,8 @@ from tests.support.services import drop_postgres_database, fresh_postgres_databa
 
 REPO = Path(__file__).resolve().parents[2]
 PREVIOUS_RELEASE = "8c7e7cb"  # the last release before crash recovery (no instances table)
-BEFORE_MIGRATIONS = "fae98c1"  # main just before migrations: today's layout made by create_all
+BEFORE_MIGRATIONS = "fae98c1"  # main just before migrations: 0002's layout made by create_all
+HEAD = "0003"  # the newest revision in imagerelay/storage/migrations/versions/
 CALL = {"model": "gpt-image-2", "prompt": "a white mug on a gray desk"}  # default group: $0.03 a call
 DEMO_CREDIT = 100_000_000
 
@@ -143,14 +144,14 @@ def test_empty_database_upgrades_to_models(db: Db) -> None:
     current = cli(db, "db", "current")
     assert current.returncode == 1 and "empty database" in current.stdout, current
     upgraded = cli(db, "db", "upgrade")
-    assert upgraded.returncode == 0 and "revision 0002 (head)" in upgraded.stdout, upgraded
-    assert db.scalar("SELECT version_num FROM alembic_version") == "0002"
+    assert upgraded.returncode == 0 and f"revision {HEAD} (head)" in upgraded.stdout, upgraded
+    assert db.scalar("SELECT version_num FROM alembic_version") == HEAD
     differences = migrate.differences(db.url)
     assert not differences, (
         "the models in imagerelay/storage/schema.py and the head migration differ: "
         f"{differences}; write a migration: `imagerelay db revision -m '...'` (docs/migrations.md)")
     current = cli(db, "db", "current")
-    assert current.returncode == 0 and current.stdout.strip() == "revision 0002 (head)", current
+    assert current.returncode == 0 and current.stdout.strip() == f"revision {HEAD} (head)", current
 
 
 def test_the_guard_sees_a_column_without_migration(db: Db) -> None:
@@ -159,8 +160,8 @@ def test_the_guard_sees_a_column_without_migration(db: Db) -> None:
     models = sa.MetaData()
     for table in migrate.metadata.tables.values():
         table.to_metadata(models)
-    models.tables["users"].append_column(sa.Column("disabled", sa.Boolean, nullable=True))
-    assert migrate.differences(db.url, models) == ["add_column users.disabled"]
+    models.tables["users"].append_column(sa.Column("nickname", sa.Text, nullable=True))
+    assert migrate.differences(db.url, models) == ["add_column users.nickname"]
 
 
 def test_revision_0001_is_the_previous_release_schema(db: Db, releases: dict[str, Path]) -> None:
@@ -188,13 +189,13 @@ def test_previous_release_database_is_refused_then_upgraded(db: Db, releases: di
     current = cli(db, "db", "current")
     assert current.returncode == 1, current
     assert current.stdout.strip() == ("revision 0001 (made before migrations; not yet stamped); "
-                                      "head is 0002: run `imagerelay db upgrade`")
+                                      f"head is {HEAD}: run `imagerelay db upgrade`")
     lines = refused_start(db)
     assert len(lines) == 1 and "imagerelay db upgrade" in lines[0] and "0001" in lines[0], lines
 
     upgraded = cli(db, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded
-    assert upgraded.stdout.strip() == "upgraded from 0001 to revision 0002 (head)"
+    assert upgraded.stdout.strip() == f"upgraded from 0001 to revision {HEAD} (head)"
     assert migrate.differences(db.url) == []
 
     with run_gateway(db.data_dir, extra_env=db.env) as gw:
@@ -207,16 +208,23 @@ def test_previous_release_database_is_refused_then_upgraded(db: Db, releases: di
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
-def test_database_made_before_migrations_with_todays_layout_starts_as_is(db: Db, releases: dict[str, Path]) -> None:
-    """A database the release just before migrations made already has today's layout:
-    the gateway records its revision at start-up and serves it, no upgrade step."""
+def test_database_made_before_migrations_is_recognised_as_0002(db: Db, releases: dict[str, Path]) -> None:
+    """A database the release just before migrations made has 0002's layout: it is
+    recognised as 0002 (never guessed at), refused as behind, and upgraded in place."""
     tokens = make_with_release(releases[BEFORE_MIGRATIONS], db)
     assert "instances" in db.tables() and "alembic_version" not in db.tables()
+    current = cli(db, "db", "current")
+    assert current.returncode == 1, current
+    assert current.stdout.strip() == ("revision 0002 (made before migrations; not yet stamped); "
+                                      f"head is {HEAD}: run `imagerelay db upgrade`")
+    lines = refused_start(db)
+    assert len(lines) == 1 and "imagerelay db upgrade" in lines[0] and "0002" in lines[0], lines
+    upgraded = cli(db, "db", "upgrade")
+    assert upgraded.returncode == 0 and upgraded.stdout.strip() == f"upgraded from 0002 to revision {HEAD} (head)"
     with run_gateway(db.data_dir, extra_env=db.env) as gw:
         assert gw.tokens == tokens
         assert balance(gw.v1, tokens["default"]) == DEMO_CREDIT - 30_000
-        assert "recorded the database schema as revision 0002 (made before migrations)" in gw.log_text()
-    assert db.scalar("SELECT version_num FROM alembic_version") == "0002"
+    assert db.scalar("SELECT version_num FROM alembic_version") == HEAD
     assert migrate.differences(db.url) == []
 
 
@@ -225,8 +233,8 @@ def test_auto_migrate_upgrades_at_start(db: Db) -> None:
     assert "0001" in refused_start(db)[0]
     with run_gateway(db.data_dir, extra_env={**db.env, "IMAGERELAY_AUTO_MIGRATE": "true"}) as gw:
         assert balance(gw.v1, gw.tokens["default"]) == DEMO_CREDIT
-        assert "upgraded the database schema from 0001 to 0002" in gw.log_text()
-    assert db.scalar("SELECT version_num FROM alembic_version") == "0002"
+        assert f"upgraded the database schema from 0001 to {HEAD}" in gw.log_text()
+    assert db.scalar("SELECT version_num FROM alembic_version") == HEAD
 
 
 def test_replicas_starting_together_on_an_empty_database(db: Db) -> None:
@@ -258,7 +266,7 @@ def test_replicas_starting_together_on_an_empty_database(db: Db) -> None:
     assert db.scalar("SELECT count(*) FROM alembic_version") == 1
     assert migrate.differences(db.url) == []
     logs = [(data / "gateway.log").read_text() for _proc, _port, data in procs]
-    assert sum("created the database schema at revision 0002" in log for log in logs) == 1, logs
+    assert sum(f"created the database schema at revision {HEAD}" in log for log in logs) == 1, logs
 
 
 def test_database_of_a_newer_release_is_refused(db: Db) -> None:

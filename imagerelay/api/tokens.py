@@ -1,0 +1,268 @@
+"""API keys and users: one API for the console, scripts and the CLI's habits.
+
+- ``/admin/tokens`` (list, create, read, update, revoke) and ``PATCH /admin/users/{name}``
+  (disable/enable, admin flag, groups a user may create tokens in): administrators.
+- ``/v1/account/tokens`` (list, create, rename/limit, revoke): a user's own keys, with any
+  of their keys that is not itself restricted (a spend cap or allowed models): a
+  restricted key must not mint itself an unrestricted one. Another user's key id is a 404.
+
+A key's secret is returned once, by the call that creates it; lists show ``key_hint``
+(``sk-abcd…wxyz``) to recognise it, never the secret or its hash.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from imagerelay.api.admin import require_admin
+from imagerelay.api.deps import authenticate, services_of
+from imagerelay.api.parsing import read_json_object
+from imagerelay.api.responses import json_response
+from imagerelay.domain.accountrules import TOKEN_FIELDS, label, refuse_unknown, token_changes, user_changes
+from imagerelay.domain.pricing import format_usd
+from imagerelay.errors import InvalidRequest, NotFound, PermissionDenied
+from imagerelay.services import Services
+from imagerelay.storage.accounts import TOKEN_STATUSES, TokenFilter, TokenInfo, TokenLimits, TokenView, UserInfo
+
+MAX_PAGE = 500
+_MAX_ROW_ID = 2**31 - 1  # an INTEGER primary key: past it PostgreSQL refuses the query
+_BODY_LIMIT = 64 * 1024
+
+
+def _usd(micros: int | None) -> str | None:
+    return None if micros is None else format_usd(micros).replace("$", "")
+
+
+def token_json(view: TokenView, now: float) -> dict[str, Any]:
+    return {
+        "id": view.id, "object": "api_key", "name": view.name, "user": view.user_name, "group": view.group,
+        "key_hint": view.hint, "status": view.status(now), "created_at": int(view.created_at),
+        "expires_at": view.expires_at,
+        "limits": {
+            "rpm": view.rpm_limit, "concurrency": view.concurrency_limit,
+            "spend_cap_usd": _usd(view.spend_cap_micros),
+            "allowed_models": list(view.allowed_models) if view.allowed_models is not None else None,
+        },
+        "spent_usd": _usd(view.spent_micros), "held_usd": _usd(view.held_micros),
+    }
+
+
+def user_json(user: UserInfo) -> dict[str, Any]:
+    return {
+        "id": user.id, "name": user.name, "is_admin": user.is_admin, "disabled": user.disabled,
+        "allowed_groups": list(user.allowed_groups) if user.allowed_groups is not None else None,
+        "balance_micros": user.balance_micros, "held_micros": user.held_micros,
+        "balance_usd": _usd(user.balance_micros),
+    }
+
+
+def _token_filter(request: Request, user_id: int | None) -> TokenFilter:
+    params = request.query_params
+    status = params.get("status") or None
+    if status is not None and status not in TOKEN_STATUSES:
+        raise InvalidRequest(f"status must be one of: {', '.join(TOKEN_STATUSES)}.", param="status")
+    limit = _small_int(params.get("limit"), "limit", 100)
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}.", param="limit")
+    before = params.get("before")
+    group = params.get("group") or None
+    if group is not None and label(group) is None:  # PostgreSQL refuses NUL in a text parameter
+        raise InvalidRequest("group must be a group name.", param="group")
+    return TokenFilter(user_id=user_id, group=group, status=status, limit=limit,
+                       before_id=_small_int(before, "before", 0) if before else None)
+
+
+def _small_int(raw: str | None, name: str, default: int) -> int:
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) <= _MAX_ROW_ID):
+        raise InvalidRequest(f"{name} must be a whole number.", param=name)
+    return int(raw)
+
+
+async def _token_page(request: Request, user_id: int | None) -> Response:
+    views, more = await services_of(request).accounts.list_tokens(_token_filter(request, user_id))
+    now = time.time()
+    data = [token_json(v, now) for v in views]
+    return json_response({"object": "list", "data": data, "has_more": more,
+                          "next_before": data[-1]["id"] if more and data else None})
+
+
+async def _token_of(request: Request, owner_id: int | None) -> TokenView:
+    """The token named by the path, if ``owner_id`` (None: anyone's) holds it; else 404,
+    the same for a key that does not exist and for another user's."""
+    raw = request.path_params["token_id"]
+    view = None
+    if raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) <= _MAX_ROW_ID:
+        view = await services_of(request).accounts.view_token(int(raw))
+    if view is None or (owner_id is not None and view.user_id != owner_id):
+        raise NotFound(f"No API key {raw!r}.", param="token_id")
+    return view
+
+
+async def _create(services: Services, user: UserInfo, group: str, body: dict[str, Any]) -> Response:
+    changes = token_changes(body, models=services.catalog.models_by_group.get(group, ()))
+    plain = await services.accounts.create_token(
+        user.id, group, name=str(changes.get("name") or "default"),
+        expires_at=changes.get("expires_at"),  # type: ignore[arg-type]
+        limits=TokenLimits(
+            spend_cap_micros=changes.get("spend_cap_micros"),  # type: ignore[arg-type]
+            allowed_models=changes.get("allowed_models"),  # type: ignore[arg-type]
+            rpm_limit=changes.get("rpm_limit"),  # type: ignore[arg-type]
+            concurrency_limit=changes.get("concurrency_limit"),  # type: ignore[arg-type]
+        ),
+    )
+    view = await services.accounts.view_token_by_secret(plain)
+    assert view is not None
+    # The only answer that carries the secret: it is stored as a hash.
+    return json_response({**token_json(view, time.time()), "token": plain}, status=201)
+
+
+async def _update(request: Request, view: TokenView) -> Response:
+    services = services_of(request)
+    body = await read_json_object(request, _BODY_LIMIT)
+    refuse_unknown(body, TOKEN_FIELDS)
+    changes = token_changes(body, models=services.catalog.models_by_group.get(view.group, ()))
+    await services.accounts.update_token(view.id, changes)
+    updated = await services.accounts.view_token(view.id)
+    assert updated is not None
+    return json_response(token_json(updated, time.time()))
+
+
+async def _revoke(request: Request, view: TokenView) -> Response:
+    services = services_of(request)
+    await services.accounts.revoke_token(view.id)
+    revoked = await services.accounts.view_token(view.id)
+    assert revoked is not None
+    return json_response(token_json(revoked, time.time()))
+
+
+# -- administrators ---------------------------------------------------------------------
+
+
+async def admin_list_tokens(request: Request) -> Response:
+    await require_admin(request)
+    user_id = None
+    name = request.query_params.get("user")
+    if name:
+        user = await services_of(request).accounts.find_user(name) if label(name) else None
+        if user is None:
+            raise NotFound(f"No user named {name!r}.", param="user")
+        user_id = user.id
+    return await _token_page(request, user_id)
+
+
+async def admin_create_token(request: Request) -> Response:
+    """Create a token (user created if missing) with optional limits; shown once."""
+    await require_admin(request)
+    services = services_of(request)
+    body = await read_json_object(request, _BODY_LIMIT)
+    refuse_unknown(body, ("user", "group", *TOKEN_FIELDS))
+    name = label(body.pop("user", None))
+    if name is None:
+        raise InvalidRequest("user (a user name of up to 128 printable characters) is required.", param="user")
+    group = body.pop("group", None)
+    if group not in services.catalog.groups:
+        raise InvalidRequest(f"group must be one of: {', '.join(services.catalog.groups)}.", param="group")
+    token_changes(body, models=services.catalog.models_by_group.get(group, ()))  # before the user is created
+    return await _create(services, await services.accounts.get_or_create_user(name), group, body)
+
+
+async def admin_get_token(request: Request) -> Response:
+    await require_admin(request)
+    return json_response(token_json(await _token_of(request, None), time.time()))
+
+
+async def admin_update_token(request: Request) -> Response:
+    await require_admin(request)
+    return await _update(request, await _token_of(request, None))
+
+
+async def admin_revoke_token(request: Request) -> Response:
+    await require_admin(request)
+    return await _revoke(request, await _token_of(request, None))
+
+
+async def admin_users(request: Request) -> Response:
+    await require_admin(request)
+    users = await services_of(request).accounts.list_users()
+    return json_response({"object": "list", "data": [user_json(u) for u in users]})
+
+
+async def admin_update_user(request: Request) -> Response:
+    """Disable or enable a user (their tokens are refused: 401 ``account_disabled``),
+    make them an admin or not, and set the groups they may create tokens in."""
+    await require_admin(request)
+    services = services_of(request)
+    name = label(request.path_params["name"])
+    user = await services.accounts.find_user(name) if name else None
+    if user is None:
+        raise NotFound(f"No user named {request.path_params['name']!r}.")
+    body = await read_json_object(request, _BODY_LIMIT)
+    await services.accounts.update_user(user.id, user_changes(body, groups=list(services.catalog.groups)))
+    updated = await services.accounts.get_user(user.id)
+    assert updated is not None
+    return json_response(user_json(updated))
+
+
+# -- a user's own keys -----------------------------------------------------------------
+
+
+async def _manager(request: Request) -> TokenInfo:
+    token = await authenticate(request)
+    if token.restricted:
+        raise PermissionDenied("This API key has a spend cap or a model list, so it cannot manage keys; "
+                               "use an unrestricted key of this account.", code="restricted_api_key")
+    return token
+
+
+async def my_tokens(request: Request) -> Response:
+    token = await authenticate(request)
+    return await _token_page(request, token.user_id)
+
+
+async def my_create_token(request: Request) -> Response:
+    token = await _manager(request)
+    services = services_of(request)
+    body = await read_json_object(request, _BODY_LIMIT)
+    refuse_unknown(body, ("group", *TOKEN_FIELDS))
+    group = body.pop("group", None) or token.group
+    user = await services.accounts.get_user(token.user_id)
+    assert user is not None
+    allowed = user.allowed_groups if user.allowed_groups is not None else await services.accounts.token_groups(user.id)
+    if group not in allowed or group not in services.catalog.groups:
+        raise PermissionDenied(
+            f"This account may not create keys in group {group!r}; it may use: "
+            f"{', '.join(g for g in allowed if g in services.catalog.groups) or 'none'}.",
+            param="group", code="group_not_allowed")
+    return await _create(services, user, group, body)
+
+
+async def my_update_token(request: Request) -> Response:
+    token = await _manager(request)
+    return await _update(request, await _token_of(request, token.user_id))
+
+
+async def my_revoke_token(request: Request) -> Response:
+    token = await _manager(request)
+    return await _revoke(request, await _token_of(request, token.user_id))
+
+
+routes = [
+    Route("/admin/tokens", admin_list_tokens, methods=["GET"]),
+    Route("/admin/tokens", admin_create_token, methods=["POST"]),
+    Route("/admin/tokens/{token_id}", admin_get_token, methods=["GET"]),
+    Route("/admin/tokens/{token_id}", admin_update_token, methods=["PATCH"]),
+    Route("/admin/tokens/{token_id}", admin_revoke_token, methods=["DELETE"]),
+    Route("/admin/users", admin_users, methods=["GET"]),
+    Route("/admin/users/{name}", admin_update_user, methods=["PATCH"]),
+    Route("/v1/account/tokens", my_tokens, methods=["GET"]),
+    Route("/v1/account/tokens", my_create_token, methods=["POST"]),
+    Route("/v1/account/tokens/{token_id}", my_update_token, methods=["PATCH"]),
+    Route("/v1/account/tokens/{token_id}", my_revoke_token, methods=["DELETE"]),
+]
