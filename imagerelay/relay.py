@@ -117,18 +117,24 @@ class Relay:
                 param="model",
                 code="model_not_allowed",
             )
-        route = self.catalog.route(group, model)
-        if route is None:
-            raise ModelNotFound(
-                f"The model '{model}' is not offered in group {group}. "
-                f"Models in this group: {', '.join(offered) or 'none'}.",
-                param="model",
-            )
+        route = self.offered_route(group, model)
         if endpoint not in route.spec.endpoints:
             raise InvalidRequest(
                 f"model {model} in group {group} does not support images/{endpoint}",
                 param="model",
                 code="unsupported_endpoint",
+            )
+        return route
+
+    def offered_route(self, group: str, model: str) -> ResolvedRoute:
+        """The route for ``model`` in ``group``, or a 404 that lists the group's models."""
+        route = self.catalog.route(group, model)
+        if route is None:
+            offered = self.catalog.models_by_group.get(group, ())
+            raise ModelNotFound(
+                f"The model '{model}' is not offered in group {group}. "
+                f"Models in this group: {', '.join(offered) or 'none'}.",
+                param="model",
             )
         return route
 

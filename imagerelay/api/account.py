@@ -14,6 +14,7 @@ from imagerelay.api.admin import require_admin
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
+from imagerelay.domain import capabilities
 from imagerelay.domain.pricing import MoneyInputError, format_usd, parse_usd_amount
 from imagerelay.errors import InvalidRequest, NotFound
 from imagerelay.storage.accounts import TokenLimits
@@ -124,19 +125,11 @@ async def pricing(request: Request) -> Response:
         assert route is not None
         entry: dict[str, Any] = {
             "model": model, "group": token.group, "route": route.spec.name,
-            "description": route.spec.description, "billing_mode": route.spec.billing.mode,
-            "endpoints": list(route.spec.endpoints),
+            "description": route.spec.description, "endpoints": list(route.spec.endpoints),
         }
-        if route.spec.billing.mode == "per_call":
-            entry["price_per_call_usd"] = str(route.spec.billing.price_per_call)
-        else:
-            assert route.prices is not None
-            multiplier = route.group.multiplier
-            entry["multiplier"] = str(multiplier)
-            entry["usd_per_million_tokens"] = {
-                name: str((value * multiplier).normalize())
-                for name, value in route.prices.model_dump().items() if value
-            }
+        price = capabilities.billing(route)
+        entry["billing_mode"] = price.pop("mode")
+        entry.update(price)
         data.append(entry)
     return json_response({"object": "list", "group": token.group, "data": data})
 

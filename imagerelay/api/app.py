@@ -25,6 +25,7 @@ from imagerelay.api.errors import (
 )
 from imagerelay.api.responses import json_response
 from imagerelay.config import Settings
+from imagerelay.domain.capabilities import model_object
 from imagerelay.errors import ApiError, NotFound
 from imagerelay.imagestore import MEDIA_TYPES
 from imagerelay.memory import tune_gc, tune_malloc
@@ -37,11 +38,16 @@ log = logging.getLogger("imagerelay.api")
 async def list_models(request: Request) -> Response:
     token = await authenticate(request)
     services = services_of(request)
-    data = [
-        {"id": model, "object": "model", "created": 0, "owned_by": "imagerelay"}
-        for model in services.relay.models_for(token.group)
-    ]
+    relay = services.relay
+    data = [model_object(relay.offered_route(token.group, model)) for model in relay.models_for(token.group)]
     return json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """The SDK's ``models.retrieve``; the ``imagerelay`` field is what the route accepts."""
+    token = await authenticate(request)
+    route = services_of(request).relay.offered_route(token.group, request.path_params["model"])
+    return json_response(model_object(route))
 
 
 async def image_file(request: Request) -> Response:
@@ -133,6 +139,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     routes = [
         *images.routes,
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/v1/files/images/{name}", image_file, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         *admin.routes,
