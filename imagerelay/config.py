@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,6 +81,12 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_prefix: str = "imagerelay:"
     log_level: str = "info"
+    # Observability (docs/monitoring.md): "json" writes one JSON object per log line with
+    # the request id; /metrics takes METRICS_TOKEN, else the admin credential, unless
+    # METRICS_OPEN (for a port the network already restricts).
+    log_format: Literal["text", "json"] = "text"
+    metrics_token: str | None = None
+    metrics_open: bool = False
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -86,9 +86,12 @@ class RelayAnswer:
 
 class Relay:
     def __init__(
-        self, catalog: Catalog, directory: ChannelDirectory, pool: ChannelPool, billing: Billing, store: ImageStore
+        self, catalog: Catalog, directory: ChannelDirectory, pool: ChannelPool, billing: Billing, store: ImageStore,
+        observe: Callable[[UsageRecord], None] | None = None,
     ) -> None:
         self.catalog = catalog
+        # Told every finished usage record (metrics); must be cheap and never raise.
+        self._observe = observe
         self.directory = directory
         self.pool = pool
         self.billing = billing
@@ -187,6 +190,7 @@ class Relay:
             record.status, record.error_code = err.status, err.code
             record.latency_ms = _ms_since(ctx.started)
             await self.billing.record_only(record)
+            self._finished(record)
             raise
         return PreparedCall(ctx, route, request, record, hold)
 
@@ -233,6 +237,7 @@ class Relay:
         prepared.record.status, prepared.record.error_code = status, code
         prepared.record.latency_ms = _ms_since(prepared.ctx.started)
         await _shielded(self.billing.release(prepared.record))
+        self._finished(prepared.record)
 
     def _worst_case(self, route: ResolvedRoute, request: ImageRequest) -> pricing.PriceQuote:
         dims = dimensions_for(request.size, route.profile.default_size)
@@ -269,12 +274,18 @@ class Relay:
         record.price_basis = dict(quote.basis)
         record.latency_ms = _ms_since(ctx.started)
         await _shielded(self.billing.settle(record))
+        self._finished(record)
         return RelayAnswer(body=body, headers={"x-request-id": ctx.request_id})
 
     async def _release(self, ctx: CallContext, record: UsageRecord, exc: BaseException) -> None:
         self._note_failure(record, exc)
         record.latency_ms = _ms_since(ctx.started)
         await _shielded(self.billing.release(record))
+        self._finished(record)
+
+    def _finished(self, record: UsageRecord) -> None:
+        if self._observe is not None:
+            self._observe(record)
 
     @staticmethod
     def _note_failure(record: UsageRecord, exc: BaseException) -> None:
@@ -381,6 +392,7 @@ class Relay:
             record.price_basis.update(images_delivered=delivered, images_requested=request.n)
         record.latency_ms = _ms_since(ctx.started)
         await _shielded(self.billing.settle(record))
+        self._finished(record)
 
     def _record(self, ctx: CallContext, route: ResolvedRoute | None, model: Any) -> UsageRecord:
         return UsageRecord(
