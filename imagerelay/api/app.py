@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from imagerelay.api import account, admin, images, observe
+from imagerelay.api import account, admin, apidoc, images, observe
 from imagerelay.api.bodyguard import BodyBudget, BodyGuard
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.errors import (
@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         Route("/v1/files/images/{name}", image_file, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         *observe.routes,
+        *apidoc.routes,
         *admin.routes,
         *account.routes,
     ]
