@@ -32,6 +32,7 @@ from imagerelay.errors import (
     UpstreamError,
 )
 from imagerelay.imagestore import ImageStore
+from imagerelay.logs import request_id_var
 from imagerelay.storage.accounts import TokenInfo
 from imagerelay.storage.billing import Billing, UsageRecord
 from imagerelay.storage.channels import ChannelDirectory
@@ -189,8 +190,8 @@ class Relay:
         except ApiError as err:
             record.status, record.error_code = err.status, err.code
             record.latency_ms = _ms_since(ctx.started)
-            await self.billing.record_only(record)
             self._finished(record)
+            await self.billing.record_only(record)
             raise
         return PreparedCall(ctx, route, request, record, hold)
 
@@ -228,16 +229,21 @@ class Relay:
     async def execute(self, prepared: PreparedCall) -> RelayAnswer | AsyncIterator[bytes]:
         """Call upstream and settle (or release) the hold placed by :meth:`prepare`."""
         ctx, route, request, record = prepared.ctx, prepared.route, prepared.request, prepared.record
-        if request.stream:
-            return await self._stream(ctx, route, request, record)
-        return await self._call(ctx, route, request, record)
+        # Job workers run calls outside any request: give their log lines the call's id.
+        logged_as = request_id_var.set(ctx.request_id)
+        try:
+            if request.stream:
+                return await self._stream(ctx, route, request, record)
+            return await self._call(ctx, route, request, record)
+        finally:
+            request_id_var.reset(logged_as)
 
     async def abandon(self, prepared: PreparedCall, status: int, code: str) -> None:
         """Release a prepared call's hold without calling upstream (e.g. a canceled job)."""
         prepared.record.status, prepared.record.error_code = status, code
         prepared.record.latency_ms = _ms_since(prepared.ctx.started)
-        await _shielded(self.billing.release(prepared.record))
         self._finished(prepared.record)
+        await _shielded(self.billing.release(prepared.record))
 
     def _worst_case(self, route: ResolvedRoute, request: ImageRequest) -> pricing.PriceQuote:
         dims = dimensions_for(request.size, route.profile.default_size)
@@ -273,17 +279,19 @@ class Relay:
         record.cost_micros = quote.micros
         record.price_basis = dict(quote.basis)
         record.latency_ms = _ms_since(ctx.started)
-        await _shielded(self.billing.settle(record))
         self._finished(record)
+        await _shielded(self.billing.settle(record))
         return RelayAnswer(body=body, headers={"x-request-id": ctx.request_id})
 
     async def _release(self, ctx: CallContext, record: UsageRecord, exc: BaseException) -> None:
         self._note_failure(record, exc)
         record.latency_ms = _ms_since(ctx.started)
-        await _shielded(self.billing.release(record))
         self._finished(record)
+        await _shielded(self.billing.release(record))
 
     def _finished(self, record: UsageRecord) -> None:
+        """Report a final record, before its write: a client leaving during the write
+        cancels the awaiting task, and the call must still be counted."""
         if self._observe is not None:
             self._observe(record)
 
@@ -391,8 +399,8 @@ class Relay:
         if delivered < request.n:
             record.price_basis.update(images_delivered=delivered, images_requested=request.n)
         record.latency_ms = _ms_since(ctx.started)
-        await _shielded(self.billing.settle(record))
         self._finished(record)
+        await _shielded(self.billing.settle(record))
 
     def _record(self, ctx: CallContext, route: ResolvedRoute | None, model: Any) -> UsageRecord:
         return UsageRecord(

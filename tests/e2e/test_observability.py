@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,3 +203,23 @@ def test_workers_share_their_counts(tmp_path: Path) -> None:
             m = parse(httpx.get(gw.base_url + "/metrics", headers={"connection": "close"}).text)
             assert value(m, "imagerelay_calls_total", **labels) == 8
         assert (tmp_path / "metrics").is_dir()
+
+
+def test_job_log_lines_carry_the_call_id(rig: Rig) -> None:
+    """A job runs in a worker task, outside any request: its lines still name its call.
+    (Runs last in this module: its calls would change the counts above.)"""
+    httpx.post(rig.sims["first"] + "/_sim/faults", json={"type": "server_error", "count": 1}).raise_for_status()
+    key = {"Authorization": f"Bearer {rig.gw.tokens[GROUP]}"}
+    r = httpx.post(rig.gw.v1 + "/images/jobs", headers=key, timeout=30, json={
+        "endpoint": "generations", "model": "gpt-image-2", "prompt": "a kite", "size": "1024x1024", "quality": "low"})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    deadline = time.monotonic() + 30
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        job = httpx.get(rig.gw.v1 + f"/images/jobs/{job['id']}", headers=key).json()
+    assert job["status"] == "succeeded"
+    lines = [json.loads(line) for line in rig.gw.log_text().splitlines() if line.startswith("{")]
+    warnings = [x for x in lines if x["logger"] == "imagerelay.upstreams"]
+    assert warnings[-1]["request_id"] == r.headers["x-request-id"]
