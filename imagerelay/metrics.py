@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
@@ -75,24 +75,35 @@ class Metrics:
             "imagerelay_charged_usd_micros", "Money settled (charged to balances), in micro-dollars.",
             ["group", "route"], registry=reg)
 
+        # prometheus-client's labels() validates and locks on every call (~2 us each);
+        # a label set seen once is looked up in a dict afterwards.
+        self._calls = _Children(self.calls)
+        self._call_duration = _Children(self.call_duration)
+        self._upstream_duration = _Children(self.upstream_duration)
+        self._upstream_attempts = _Children(self.upstream_attempts)
+        self._upstream_failures = _Children(self.upstream_failures)
+        self._charged = _Children(self.charged)
+        self.http_request = _Children(self.http_requests)
+        self.http_time = _Children(self.http_duration)
+
     # -- hot path ---------------------------------------------------------------------
 
     def observe_call(self, record: UsageRecord) -> None:
         """One finished call, from its usage record (the relay's single source of truth)."""
         model = record.model if record.route or record.model in self._models else UNKNOWN
         route = record.route or "none"
-        self.calls.labels(record.group, model, route, record.endpoint, str(record.status)).inc()
-        self.call_duration.labels(record.group, route, record.endpoint).observe(record.latency_ms / 1000)
+        self._calls(record.group, model, route, record.endpoint, str(record.status)).inc()
+        self._call_duration(record.group, route, record.endpoint).observe(record.latency_ms / 1000)
         if record.channel and record.upstream_latency_ms:
-            self.upstream_duration.labels(record.channel).observe(record.upstream_latency_ms / 1000)
+            self._upstream_duration(record.channel).observe(record.upstream_latency_ms / 1000)
         if record.cost_micros:
-            self.charged.labels(record.group, route).inc(record.cost_micros)
+            self._charged(record.group, route).inc(record.cost_micros)
 
     def observe_attempt(self, channel: str, failure_kind: str | None) -> None:
         """One upstream result as the pool counts it (``None``: success)."""
-        self.upstream_attempts.labels(channel, failure_kind or "ok").inc()
+        self._upstream_attempts(channel, failure_kind or "ok").inc()
         if failure_kind is not None:
-            self.upstream_failures.labels(channel, failure_kind).inc()
+            self._upstream_failures(channel, failure_kind).inc()
 
     # -- scrape -------------------------------------------------------------------------
 
@@ -111,6 +122,23 @@ class Metrics:
         """Drop this process's live gauges (in-flight) from the multiprocess sums."""
         if self.multiproc_dir:
             multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)
+
+
+class _Children:
+    """A metric's children by label values, created once each. Every label value the
+    gateway uses is bounded (catalog names, statuses, failure kinds), so is this dict."""
+
+    __slots__ = ("_metric", "_children")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        return child
 
 
 class _Fixed(Collector):

@@ -132,8 +132,8 @@ class MetricsMiddleware:
             m.in_flight.dec()
             path = self.paths.get(scope.get("endpoint"), "other")
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            m.http_requests.labels(method, path, str(status)).inc()
-            m.http_duration.labels(path).observe(time.perf_counter() - started)
+            m.http_request(method, path, str(status)).inc()
+            m.http_time(path).observe(time.perf_counter() - started)
 
 
 routes = [
