@@ -11,7 +11,7 @@ from imagerelay.domain.capabilities import capabilities, size_rules
 
 def test_every_default_route_has_capabilities_matching_its_profile() -> None:
     catalog = load_catalog()
-    for (group, model), route in catalog.routes.items():
+    for (group, _model), route in catalog.routes.items():
         caps = capabilities(route)
         assert caps["group"] == group and caps["n"]["max"] == route.profile.n_max
         assert caps["quality"] == (list(route.profile.quality) if route.profile.quality else None)
