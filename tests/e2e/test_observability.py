@@ -170,6 +170,15 @@ def test_metrics_takes_the_admin_credential_without_a_metrics_token(gateway: Gat
     assert user.status_code == 403
 
 
+def test_unknown_paths_share_one_label(rig: Rig) -> None:
+    """A caller requesting made-up paths must not mint a series per path."""
+    for i in range(3):
+        assert httpx.get(rig.gw.base_url + f"/no-such-path-{i}").status_code == 404
+    text = httpx.get(rig.gw.base_url + "/metrics", headers={"Authorization": f"Bearer {SCRAPER}"}).text
+    assert "no-such-path" not in text
+    assert value(parse(text), "imagerelay_http_requests_total", method="GET", path="other", status="404") >= 3
+
+
 def test_readyz_ready(rig: Rig) -> None:
     r = httpx.get(rig.gw.base_url + "/readyz")
     assert r.status_code == 200
