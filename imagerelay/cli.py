@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from imagerelay.catalog.loader import CatalogError, load_catalog
 from imagerelay.config import Settings
-from imagerelay.private_files import write_private
+from imagerelay.private_files import make_private_dir, write_private
 
 app = typer.Typer(help="imagerelay: an OpenAI-compatible gateway for image generation.", no_args_is_help=True)
 users_app = typer.Typer(help="Create, list, disable/enable users.", no_args_is_help=True)
@@ -203,6 +204,8 @@ def serve(
         os.environ["IMAGERELAY_DATABASE_URL"] = settings.database_url
     if settings.catalog:
         os.environ["IMAGERELAY_CATALOG"] = str(Path(settings.catalog).resolve())
+    if workers > 1:
+        _share_metrics(settings)
     from imagerelay.api.connections import GuardedHttpToolsProtocol
 
     _warn_if_descriptors_short(settings.max_connections)
@@ -221,6 +224,20 @@ def serve(
         log_level=settings.log_level,
         access_log=False,
     )
+
+
+def _share_metrics(settings: Settings) -> None:
+    """Workers share one socket, so a scrape reaches any one of them: let each write its
+    metrics to files that every scrape sums (prometheus-client multiprocess mode). The
+    directory is emptied first (the documented requirement: stale files would be summed)."""
+    from imagerelay.metrics import MULTIPROC_ENV
+
+    if os.environ.get(MULTIPROC_ENV):
+        return  # the operator's own directory, managed by them
+    directory = settings.data_dir.resolve() / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    make_private_dir(directory)
+    os.environ[MULTIPROC_ENV] = str(directory)
 
 
 def _warn_if_descriptors_short(max_connections: int) -> None:

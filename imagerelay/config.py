@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -83,6 +84,12 @@ class Settings(BaseSettings):
     # Upgrade a database whose schema is behind at start-up, instead of refusing to start
     # until `imagerelay db upgrade` has run (an empty database is always created).
     auto_migrate: bool = False
+    # Observability (docs/monitoring.md): "json" writes one JSON object per log line with
+    # the request id; /metrics takes METRICS_TOKEN, else the admin credential, unless
+    # METRICS_OPEN (for a port the network already restricts).
+    log_format: Literal["text", "json"] = "text"
+    metrics_token: str | None = None
+    metrics_open: bool = False
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -32,6 +32,7 @@ from imagerelay.errors import (
     UpstreamError,
 )
 from imagerelay.imagestore import ImageStore
+from imagerelay.logs import request_id_var
 from imagerelay.storage.accounts import TokenInfo
 from imagerelay.storage.billing import Billing, UsageRecord
 from imagerelay.storage.channels import ChannelDirectory
@@ -86,9 +87,12 @@ class RelayAnswer:
 
 class Relay:
     def __init__(
-        self, catalog: Catalog, directory: ChannelDirectory, pool: ChannelPool, billing: Billing, store: ImageStore
+        self, catalog: Catalog, directory: ChannelDirectory, pool: ChannelPool, billing: Billing, store: ImageStore,
+        observe: Callable[[UsageRecord], None] | None = None,
     ) -> None:
         self.catalog = catalog
+        # Told every finished usage record (metrics); must be cheap and never raise.
+        self._observe = observe
         self.directory = directory
         self.pool = pool
         self.billing = billing
@@ -117,18 +121,24 @@ class Relay:
                 param="model",
                 code="model_not_allowed",
             )
-        route = self.catalog.route(group, model)
-        if route is None:
-            raise ModelNotFound(
-                f"The model '{model}' is not offered in group {group}. "
-                f"Models in this group: {', '.join(offered) or 'none'}.",
-                param="model",
-            )
+        route = self.offered_route(group, model)
         if endpoint not in route.spec.endpoints:
             raise InvalidRequest(
                 f"model {model} in group {group} does not support images/{endpoint}",
                 param="model",
                 code="unsupported_endpoint",
+            )
+        return route
+
+    def offered_route(self, group: str, model: str) -> ResolvedRoute:
+        """The route for ``model`` in ``group``, or a 404 that lists the group's models."""
+        route = self.catalog.route(group, model)
+        if route is None:
+            offered = self.catalog.models_by_group.get(group, ())
+            raise ModelNotFound(
+                f"The model '{model}' is not offered in group {group}. "
+                f"Models in this group: {', '.join(offered) or 'none'}.",
+                param="model",
             )
         return route
 
@@ -180,6 +190,7 @@ class Relay:
         except ApiError as err:
             record.status, record.error_code = err.status, err.code
             record.latency_ms = _ms_since(ctx.started)
+            self._finished(record)
             await self.billing.record_only(record)
             raise
         return PreparedCall(ctx, route, request, record, hold)
@@ -219,14 +230,20 @@ class Relay:
     async def execute(self, prepared: PreparedCall) -> RelayAnswer | AsyncIterator[bytes]:
         """Call upstream and settle (or release) the hold placed by :meth:`prepare`."""
         ctx, route, request, record = prepared.ctx, prepared.route, prepared.request, prepared.record
-        if request.stream:
-            return await self._stream(ctx, route, request, record)
-        return await self._call(ctx, route, request, record)
+        # Job workers run calls outside any request: give their log lines the call's id.
+        logged_as = request_id_var.set(ctx.request_id)
+        try:
+            if request.stream:
+                return await self._stream(ctx, route, request, record)
+            return await self._call(ctx, route, request, record)
+        finally:
+            request_id_var.reset(logged_as)
 
     async def abandon(self, prepared: PreparedCall, status: int, code: str) -> None:
         """Release a prepared call's hold without calling upstream (e.g. a canceled job)."""
         prepared.record.status, prepared.record.error_code = status, code
         prepared.record.latency_ms = _ms_since(prepared.ctx.started)
+        self._finished(prepared.record)
         await _shielded(self.billing.release(prepared.record))
 
     def _worst_case(self, route: ResolvedRoute, request: ImageRequest) -> pricing.PriceQuote:
@@ -263,13 +280,21 @@ class Relay:
         record.cost_micros = quote.micros
         record.price_basis = dict(quote.basis)
         record.latency_ms = _ms_since(ctx.started)
+        self._finished(record)
         await _shielded(self.billing.settle(record))
         return RelayAnswer(body=body, headers={"x-request-id": ctx.request_id})
 
     async def _release(self, ctx: CallContext, record: UsageRecord, exc: BaseException) -> None:
         self._note_failure(record, exc)
         record.latency_ms = _ms_since(ctx.started)
+        self._finished(record)
         await _shielded(self.billing.release(record))
+
+    def _finished(self, record: UsageRecord) -> None:
+        """Report a final record, before its write: a client leaving during the write
+        cancels the awaiting task, and the call must still be counted."""
+        if self._observe is not None:
+            self._observe(record)
 
     @staticmethod
     def _note_failure(record: UsageRecord, exc: BaseException) -> None:
@@ -375,6 +400,7 @@ class Relay:
         if delivered < request.n:
             record.price_basis.update(images_delivered=delivered, images_requested=request.n)
         record.latency_ms = _ms_since(ctx.started)
+        self._finished(record)
         await _shielded(self.billing.settle(record))
 
     def _record(self, ctx: CallContext, route: ResolvedRoute | None, model: Any) -> UsageRecord:

@@ -14,6 +14,7 @@ from imagerelay.config import Settings
 from imagerelay.imagestore import ImageStore
 from imagerelay.jobs import JobService
 from imagerelay.limits import Limiter, TokenLimiter
+from imagerelay.metrics import Metrics
 from imagerelay.relay import HOLD_MARGIN_S, Relay
 from imagerelay.secretbox import SecretBox
 from imagerelay.shared import SharedState
@@ -50,6 +51,7 @@ class Services:
     instances: Instances
     limiter: Limiter = field(default_factory=TokenLimiter)
     shared: SharedState | None = None  # Redis, when several processes share limits and cooldowns
+    metrics: Metrics | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -74,10 +76,12 @@ class Services:
             max_retry_after_s=settings.max_retry_after_s,
         )
         shared = SharedState.connect(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
+        metrics = Metrics(catalog.file.models)
         pool = ChannelPool(connectors=build_connectors(), policy=policy, key_resolver=directory.key_for,
-                           on_disable=persist_disable, shared=shared.cooldowns if shared else None)
+                           on_disable=persist_disable, shared=shared.cooldowns if shared else None,
+                           observe=metrics.observe_attempt)
         store = ImageStore(settings.image_store_dir, settings.signing_key(), settings.image_url_ttl_s)
-        relay = Relay(catalog, directory, pool, billing, store)
+        relay = Relay(catalog, directory, pool, billing, store, observe=metrics.observe_call)
         limiter: Limiter = shared.limiter if shared else TokenLimiter()
         jobs = JobService(
             engine, relay, accounts, store, settings.data_dir / "jobs",
@@ -91,7 +95,7 @@ class Services:
         idempotency = IdempotencyStore(
             engine, instances=instances, running_ttl_s=settings.call_deadline_s + HOLD_MARGIN_S)
         return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
-                   idempotency, jobs, runner, instances, limiter=limiter, shared=shared)
+                   idempotency, jobs, runner, instances, limiter=limiter, shared=shared, metrics=metrics)
 
     async def start(self) -> None:
         # Usually a no-op here: `serve` prepared the schema before starting the workers.

@@ -14,6 +14,7 @@ from imagerelay.api.admin import require_admin
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
+from imagerelay.domain import capabilities
 from imagerelay.domain.accountrules import label, usd_field
 from imagerelay.domain.pricing import format_usd
 from imagerelay.errors import InvalidRequest, NotFound
@@ -95,13 +96,6 @@ async def _page(request: Request, user_id: int | None) -> Response:
     })
 
 
-def _plain(value: Decimal | None) -> str:
-    """A price as a plain decimal ("30", "0.03"): never the exponent form ("3E+1") that
-    ``str(Decimal.normalize())`` gives, which clients parsing decimals mis-read."""
-    assert value is not None
-    return f"{Decimal(value).normalize():f}"
-
-
 async def balance(request: Request) -> Response:
     token = await authenticate(request)
     user = await services_of(request).accounts.get_user(token.user_id)
@@ -130,19 +124,11 @@ async def pricing(request: Request) -> Response:
         assert route is not None
         entry: dict[str, Any] = {
             "model": model, "group": token.group, "route": route.spec.name,
-            "description": route.spec.description, "billing_mode": route.spec.billing.mode,
-            "endpoints": list(route.spec.endpoints),
+            "description": route.spec.description, "endpoints": list(route.spec.endpoints),
         }
-        if route.spec.billing.mode == "per_call":
-            entry["price_per_call_usd"] = _plain(route.spec.billing.price_per_call)
-        else:
-            assert route.prices is not None
-            multiplier = route.group.multiplier
-            entry["multiplier"] = _plain(multiplier)
-            entry["usd_per_million_tokens"] = {
-                name: _plain(value * multiplier)
-                for name, value in route.prices.model_dump().items() if value
-            }
+        price = capabilities.billing(route)
+        entry["billing_mode"] = price.pop("mode")
+        entry.update(price)
         data.append(entry)
     return json_response({"object": "list", "group": token.group, "data": data})
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from imagerelay.api import account, admin, images, tokens
+from imagerelay.api import account, admin, apidoc, images, observe, tokens
 from imagerelay.api.bodyguard import BodyBudget, BodyGuard
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.errors import (
@@ -23,10 +23,13 @@ from imagerelay.api.errors import (
     http_error_handler,
     unexpected_error_handler,
 )
+from imagerelay.api.observe import MetricsMiddleware
 from imagerelay.api.responses import json_response
 from imagerelay.config import Settings
+from imagerelay.domain.capabilities import model_object
 from imagerelay.errors import ApiError, NotFound
 from imagerelay.imagestore import MEDIA_TYPES
+from imagerelay.logs import configure_logging, request_id_var
 from imagerelay.memory import tune_gc, tune_malloc
 from imagerelay.relay import new_request_id
 from imagerelay.services import Services
@@ -37,12 +40,17 @@ log = logging.getLogger("imagerelay.api")
 async def list_models(request: Request) -> Response:
     token = await authenticate(request)
     services = services_of(request)
-    data = [
-        {"id": model, "object": "model", "created": 0, "owned_by": "imagerelay"}
-        for model in services.relay.models_for(token.group)
-        if token.allowed_models is None or model in token.allowed_models  # what this key may call
-    ]
+    relay = services.relay
+    data = [model_object(relay.offered_route(token.group, model)) for model in relay.models_for(token.group)
+            if token.allowed_models is None or model in token.allowed_models]  # what this key may call
     return json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """The SDK's ``models.retrieve``; the ``imagerelay`` field is what the route accepts."""
+    token = await authenticate(request)
+    route = services_of(request).relay.offered_route(token.group, request.path_params["model"])
+    return json_response(model_object(route))
 
 
 async def image_file(request: Request) -> Response:
@@ -78,6 +86,7 @@ class EdgeMiddleware:
             return
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
+        request_id_var.set(request_id)  # for log lines (imagerelay/logs.py)
         started = False
 
         header = (b"x-request-id", request_id.encode())
@@ -101,21 +110,10 @@ class EdgeMiddleware:
             await response(scope, receive, send_tracking)
 
 
-def _configure_logging(level: str) -> None:
-    """One handler on the ``imagerelay`` logger (uvicorn configures only its own)."""
-    logger = logging.getLogger("imagerelay")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(level.upper())
-        logger.propagate = False
-
-
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
     tune_malloc()
     settings = settings or Settings()
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     svc = services or Services.build(settings)
     # Uploaded images are decoded here, off the event loop; the pool's size bounds how
     # many decodes run at once in this process.
@@ -130,12 +128,17 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         finally:
             image_pool.shutdown(wait=False, cancel_futures=True)
             await svc.stop()
+            if svc.metrics is not None:
+                svc.metrics.process_exiting()
 
     routes = [
         *images.routes,
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/v1/files/images/{name}", image_file, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        *observe.routes,
+        *apidoc.routes,
         *admin.routes,
         *account.routes,
         *tokens.routes,
@@ -153,6 +156,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(BodyGuard, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate,
                        budget=BodyBudget(settings.max_body_bytes_in_flight))
     app.add_middleware(EdgeMiddleware)
+    if svc.metrics is not None:
+        paths = {route.endpoint: route.path for route in routes if isinstance(route, Route)}
+        app.add_middleware(MetricsMiddleware, metrics=svc.metrics, paths=paths)
     return app
 
 

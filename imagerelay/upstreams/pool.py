@@ -151,6 +151,8 @@ class ChannelPool:
     on_disable: Callable[[str, str], Awaitable[None]] | None = None
     # Lets a breaker tripped in one process cool the channel down in the others too.
     shared: SharedCooldowns | None = None
+    # Told every result counted against a channel: (name, failure kind or None for ok).
+    observe: Callable[[str, str | None], None] | None = None
     rng: random.Random = field(default_factory=random.Random)
     health: dict[str, ChannelHealth] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
@@ -204,6 +206,8 @@ class ChannelPool:
         )
 
     def _succeeded(self, name: str) -> None:
+        if self.observe is not None:
+            self.observe(name, None)
         h = self.health_of(name)
         h.successes += 1
         h.consecutive_failures = 0
@@ -214,6 +218,8 @@ class ChannelPool:
         """Count ``failure`` (already scrubbed: see :meth:`UpstreamFailure.redacted`)
         against channel ``name``; returns it."""
         log.warning("channel %s: %s (%s)", name, failure.kind, failure.detail)
+        if self.observe is not None:
+            self.observe(name, failure.kind)
         h = self.health_of(name)
         h.failures += 1
         h.last_error = f"{failure.kind}: {failure.detail}"[:500]

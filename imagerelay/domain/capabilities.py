@@ -1,0 +1,102 @@
+"""What a route accepts and what it costs, as data a client can build a form from.
+
+Pure functions of the catalog's own objects (the parameter profile, the size rules in
+``domain/sizes.py``, the billing and the usage prices): the playground and clients read
+the result from ``GET /v1/models/{id}`` instead of hard-coding the route matrix.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from imagerelay.catalog.loader import ResolvedRoute
+from imagerelay.catalog.model import ParamProfile
+from imagerelay.domain import sizes
+from imagerelay.domain.validation import accepts
+
+
+def size_rules(profile: ParamProfile) -> dict[str, Any]:
+    """The sizes a route takes: none, a table of named sizes, or the official rules."""
+    if profile.size == "reject":
+        return {"mode": "fixed", "default": profile.default_size}
+    if profile.size == "table":
+        return {
+            "mode": "table",
+            "default": profile.default_size,
+            "table": {ratio: dict(tiers) for ratio, tiers in profile.size_table.items()},
+            "values": sorted(profile.table_sizes(), key=_pixels),
+        }
+    return {
+        "mode": "rules",
+        "default": profile.default_size,
+        "auto": True,
+        "multiple_of": sizes.OFFICIAL_STEP,
+        "max_edge": sizes.OFFICIAL_MAX_EDGE,
+        "max_aspect_ratio": sizes.OFFICIAL_MAX_RATIO,
+        "min_pixels": sizes.OFFICIAL_MIN_PIXELS,
+        "max_pixels": sizes.OFFICIAL_MAX_PIXELS,
+        "examples": list(sizes.OFFICIAL_EXAMPLES),
+    }
+
+
+def _pixels(size: str) -> tuple[int, str]:
+    w, _, h = size.partition("x")
+    return int(w) * int(h), size
+
+
+def _choices(values: tuple[str, ...] | None) -> list[str] | None:
+    return list(values) if values is not None else None
+
+
+def billing(route: ResolvedRoute) -> dict[str, Any]:
+    """The route's price for its group, as ``GET /v1/pricing`` shows it (USD strings)."""
+    spec = route.spec
+    if spec.billing.mode == "per_call":
+        return {"mode": "per_call", "price_per_call_usd": str(spec.billing.price_per_call)}
+    assert route.prices is not None  # the loader refuses usage billing without prices
+    multiplier: Decimal = route.group.multiplier
+    return {
+        "mode": "usage",
+        "multiplier": str(multiplier),
+        "usd_per_million_tokens": {
+            name: _plain(value * multiplier) for name, value in route.prices.model_dump().items() if value
+        },
+    }
+
+
+def _plain(value: Decimal) -> str:
+    """``30.00`` -> ``"30"``, ``1.250`` -> ``"1.25"`` (``normalize()`` alone gives ``"3E+1"``)."""
+    return format(value.normalize(), "f")
+
+
+def capabilities(route: ResolvedRoute) -> dict[str, Any]:
+    """Everything a caller may send on ``route`` and what it is billed.
+
+    A list is the accepted values; ``None`` means the parameter is refused on this route.
+    """
+    profile = route.profile
+    return {
+        "group": route.spec.group,
+        "route": route.spec.name,
+        "description": route.spec.description,
+        "endpoints": list(route.spec.endpoints),
+        "size": size_rules(profile),
+        "quality": _choices(profile.quality),
+        "background": _choices(profile.background),
+        "output_format": _choices(profile.output_formats),
+        "output_compression": profile.output_compression,
+        "moderation": _choices(profile.moderation),
+        "n": {"min": 1, "max": profile.n_max},
+        "streaming": {"supported": accepts(profile, "stream"), "partial_images_max": profile.partial_images_max},
+        "input_fidelity": profile.input_fidelity,
+        "prompt_max_chars": profile.max_prompt_chars,
+        "edits": {"max_images": profile.max_input_images, "max_image_bytes": profile.max_image_bytes},
+        "billing": billing(route),
+    }
+
+
+def model_object(route: ResolvedRoute) -> dict[str, Any]:
+    """The official model object, with the route's capabilities as an extension field."""
+    return {"id": route.spec.model, "object": "model", "created": 0, "owned_by": "imagerelay",
+            "imagerelay": capabilities(route)}
