@@ -62,7 +62,8 @@ class Services:
         billing = Billing(engine, runner, instance_id=instances.id)
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
         directory = ChannelDirectory(engine, box, catalog.file.channels,
-                                     known_pools={r.spec.pool for r in catalog.routes.values()})
+                                     known_pools={r.spec.pool for r in catalog.routes.values()},
+                                     mixed_pools=catalog.file.mixed_simulator_pools)
 
         async def persist_disable(name: str, reason: str) -> None:
             await directory.set_enabled(name, False, reason)
