@@ -162,5 +162,8 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise CatalogError(f"{source}: not valid YAML/JSON: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CatalogError(f"{source}: not valid YAML/JSON{where}: {problem}") from None
     return parse_catalog(raw, source)
