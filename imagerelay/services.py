@@ -76,6 +76,7 @@ class Services:
         shared = SharedState.connect(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
         pool = ChannelPool(connectors=build_connectors(), policy=policy, key_resolver=directory.key_for,
                            on_disable=persist_disable, shared=shared.cooldowns if shared else None)
+        directory.on_reenabled = pool.enable  # re-enabled elsewhere: forget local disables
         store = ImageStore(settings.image_store_dir, settings.signing_key(), settings.image_url_ttl_s)
         relay = Relay(catalog, directory, pool, billing, store)
         limiter: Limiter = shared.limiter if shared else TokenLimiter()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,7 @@ class ChannelDirectory:
         self._keys: dict[str, str | None] = {}
         self._disabled: dict[str, str] = {}
         self._by_pool: dict[str, tuple[ChannelSpec, ...]] = {}
+        self.on_reenabled: Callable[[str], None] | None = None
         self._reindex()
 
     # -- hot path ---------------------------------------------------------------------
@@ -92,6 +93,10 @@ class ChannelDirectory:
         ]
 
     async def load(self) -> None:
+        """Read the stored channels and rebuild the index. A channel disabled at the
+        previous load and enabled now (by an administrator, maybe through another process
+        or the CLI) is passed to ``on_reenabled``, so this process forgets its own reasons
+        to skip it (a rejected key disables a channel in memory too)."""
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(channels_table))).mappings().all()
         specs = dict(self._catalog)
@@ -109,8 +114,13 @@ class ChannelDirectory:
             specs[name] = spec.model_copy(update={"enabled": bool(row["enabled"])})
             if not row["enabled"] and row["disabled_reason"]:
                 disabled[name] = row["disabled_reason"]
+        reenabled = {n for n, spec in specs.items() if spec.enabled and n in self._specs
+                     and not self._specs[n].enabled}
         self._specs, self._keys, self._disabled = specs, keys, disabled
         self._reindex()
+        if self.on_reenabled is not None:
+            for name in sorted(reenabled):
+                self.on_reenabled(name)
 
     async def add(self, spec: ChannelSpec, api_key: str | None) -> None:
         if await self.knows(spec.name):

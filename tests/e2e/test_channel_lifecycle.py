@@ -235,3 +235,22 @@ def test_a_channel_failing_its_test_prints_one_line(rig: Rig) -> None:
     assert tested.returncode == 1 and "Traceback" not in tested.stderr
     assert tested.stderr.strip().startswith("error: channel rt-bad-key: failed after ")
     assert tested.stderr.count("\n") == 1 and "sk-not-accepted-here" not in tested.stderr
+
+
+def test_a_channel_disabled_for_its_key_comes_back_when_enabled_from_the_cli(rig: Rig) -> None:
+    # The gateway disables a channel whose key is rejected in its own memory as well as
+    # in the database; an enable written by another process (the CLI) must reach it.
+    one, _two = rig.extra
+    add(rig, "rt-rotate", one, api_key="sk-revoked-key")
+    rig.generate()  # 401 from rt-rotate, served by openai-a
+    view = next(c for c in rig.admin("GET", "/admin/channels").json()["data"] if c["name"] == "rt-rotate")
+    assert view["enabled"] is False and "401" in view["health"]["disabled_reason"]
+    rig.clear()
+    assert rig.cli("channels", "update", "rt-rotate", "--key-stdin", stdin=EXTRA_KEYS[0] + "\n").returncode == 0
+    assert rig.cli("channels", "enable", "rt-rotate").returncode == 0
+    deadline = time.monotonic() + 15
+    while not rig.seen(one):
+        assert time.monotonic() < deadline, "the re-enabled channel stayed disabled in the gateway"
+        time.sleep(0.5)
+        rig.generate()
+    assert key_used(rig.seen(one)[-1]) == EXTRA_KEYS[0]
