@@ -1,3 +1,3 @@
-from imagerelay.cli import app
+from imagerelay.cli import main
 
-app(prog_name="imagerelay")
+main()

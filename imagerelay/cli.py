@@ -10,7 +10,7 @@ import shutil
 import sys
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -186,6 +186,7 @@ def serve(
         raise typer.Exit(2) from None
     # Here, once, before any worker process starts: a refusal is one line, not N.
     _prepare_schema(settings)
+    _check_pools_at_start(cat, settings, demo)
     if demo:
         from imagerelay.domain.pricing import format_usd
 
@@ -566,7 +567,7 @@ def channels_add(
 
     key = sys.stdin.readline().strip() if key_stdin else None
     try:
-        mapping = dict(item.split("=", 1) for item in model_map)
+        mapping = _model_map(model_map)
         spec = ChannelSpec(
             name=name, type=type, pools=tuple(pools), base_url=base_url, api_version=api_version,  # type: ignore[arg-type]
             azure_form=azure_form, model_map=mapping, priority=priority, weight=weight, timeout_s=timeout_s,  # type: ignore[arg-type]
@@ -601,6 +602,87 @@ def channels_list(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
         table.add_row(v.spec.name, v.spec.type, ",".join(v.spec.pools), str(v.spec.priority), str(v.spec.weight),
                       "yes" if v.spec.enabled else "no", v.source, "set" if v.has_key else "-", v.disabled_reason or "")
     console.print(table)
+
+
+@channels_app.command("update")
+def channels_update(
+    name: str,
+    pools: Annotated[list[str] | None, typer.Option("--pool", help="Replace the pools (repeat).")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url")] = None,
+    key_stdin: Annotated[bool, typer.Option("--key-stdin", help="Replace the key with one read from stdin.")] = False,
+    clear_key: Annotated[bool, typer.Option("--clear-key", help="Remove the stored key.")] = False,
+    api_version: Annotated[str | None, typer.Option("--api-version")] = None,
+    azure_form: Annotated[str | None, typer.Option("--azure-form", help="deployment | v1")] = None,
+    model_map: Annotated[list[str] | None, typer.Option("--model-map", help="Replace the map: FROM=TO (repeat).")] = None,
+    priority: Annotated[int | None, typer.Option("--priority")] = None,
+    weight: Annotated[int | None, typer.Option("--weight")] = None,
+    timeout_s: Annotated[float | None, typer.Option("--timeout")] = None,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Change a channel added at run time; fields not given keep their value. Running
+    gateways follow within the channel reload interval (10 s)."""
+    if key_stdin and clear_key:
+        raise typer.BadParameter("give --key-stdin or --clear-key, not both")
+    changes: dict[str, Any] = {
+        field: value for field, value in (
+            ("pools", pools), ("base_url", base_url), ("api_version", api_version), ("azure_form", azure_form),
+            ("model_map", None if model_map is None else _model_map(model_map)), ("priority", priority),
+            ("weight", weight), ("timeout_s", timeout_s),
+        ) if value is not None
+    }
+    key = sys.stdin.readline().strip() if key_stdin else None
+    if not changes and not (key_stdin or clear_key):
+        raise typer.BadParameter("nothing to change: give at least one field")
+
+    async def _update(s: Any) -> None:
+        from imagerelay.storage.channels import ChannelConflict, ChannelInvalid
+
+        try:
+            await s.directory.update(name, changes, set_key=key_stdin or clear_key, api_key=key)
+        except KeyError:
+            _fail(f"no channel {name!r}")
+        except (ChannelInvalid, ChannelConflict) as exc:
+            _fail(f"invalid channel: {exc}" if isinstance(exc, ChannelInvalid) else str(exc))
+
+    _run(_update, _settings(data_dir, database_url, None))
+    what = ", ".join([*changes, *(["key"] if key_stdin or clear_key else [])])
+    console.print(f"channel {name} updated ({what})", highlight=False)
+
+
+@channels_app.command("remove")
+def channels_remove(name: str, data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Remove a channel added at run time (catalog channels are removed from the file).
+    Running gateways stop using it within the channel reload interval (10 s)."""
+
+    async def _remove(s: Any) -> None:
+        from imagerelay.storage.channels import ChannelConflict
+
+        try:
+            await s.directory.remove(name)
+        except KeyError:
+            _fail(f"no channel {name!r}")
+        except ChannelConflict as exc:
+            _fail(str(exc))
+
+    _run(_remove, _settings(data_dir, database_url, None))
+    console.print(f"channel {name} removed", highlight=False)
+
+
+def _model_map(items: list[str]) -> dict[str, str]:
+    pairs = [item.partition("=") for item in items]
+    bad = [item for item, (_src, sep, dst) in zip(items, pairs, strict=True) if not sep or not dst]
+    if bad:
+        raise typer.BadParameter(f"--model-map {bad[0]!r}: use FROM=TO, e.g. gpt-image-2=my-deployment")
+    return {src: dst for src, _sep, dst in pairs}
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One red line on stderr, then exit ``code``."""
+    from rich.markup import escape
+
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _set_enabled(name: str, enabled: bool, data_dir: Path | None, database_url: str | None) -> None:
@@ -642,13 +724,24 @@ def channels_test(
         raise typer.Exit(2)
     resp = httpx.post(f"{url.rstrip('/')}/admin/channels/{name}/test",
                       headers={"Authorization": f"Bearer {admin_token}"}, timeout=300)
-    body = resp.json()
+    body = _json_answer(resp)
     if resp.status_code != 200:
-        err_console.print(f"[red]{body.get('error', {}).get('message', resp.text)}[/red]")
-        raise typer.Exit(1)
-    console.print(body)
-    if not body.get("ok"):
-        raise typer.Exit(1)
+        _fail(f"{resp.status_code}: {body.get('error', {}).get('message') or resp.reason_phrase}", 1)
+    if body.get("ok"):
+        console.print(f"channel {name}: ok, one image in {body.get('latency_ms')} ms", highlight=False)
+        return
+    _fail(f"channel {name}: failed after {body.get('latency_ms')} ms: {body.get('error')}", 1)
+
+
+def _json_answer(resp: Any) -> dict[str, Any]:
+    """The gateway's JSON object, or one line saying the URL is not a gateway."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        _fail(f"{resp.request.url} answered {resp.status_code} without a JSON object; is --url a gateway?", 1)
+    return body  # type: ignore[return-value]
 
 
 @app.command()
@@ -753,7 +846,7 @@ def _client_call(method_url: str, key: str | None, **kwargs: Any) -> dict[str, A
     import httpx
 
     resp = httpx.post(method_url, headers=_client_headers(key), timeout=600, **kwargs)
-    body = resp.json()
+    body = _json_answer(resp)
     if resp.status_code != 200:
         err = body.get("error", {})
         err_console.print(f"[red]{resp.status_code} {err.get('code')}[/red]: {err.get('message')}")
@@ -831,15 +924,127 @@ def simulate_upstream(
 
 
 @app.command("check-catalog")
-def check_catalog(path: Path) -> None:
-    """Validate a catalog file without starting the gateway."""
+def check_catalog(path: Path, data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Validate a catalog file without starting the gateway: every entry, and an enabled
+    channel for every route (with --data-dir/--database-url, counting stored channels)."""
     try:
         cat = load_catalog(path)
     except CatalogError as exc:
-        err_console.print(f"[red]catalog error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    console.print(f"ok: {len(cat.routes)} routes in {len(cat.groups)} groups")
+        _fail(f"catalog error: {exc}")
+    with_db = data_dir is not None or database_url is not None or bool(os.environ.get("IMAGERELAY_DATABASE_URL"))
+    settings = _settings(data_dir, database_url, path)
+    problems = _pool_problems(cat, settings if with_db else None)
+    if problems.unserved:
+        where = "" if with_db else " (stored channels not counted: pass --data-dir or --database-url)"
+        _fail(f"catalog error: no enabled channel serves {'; '.join(problems.unserved)}{where}")
+    console.print(f"ok: {len(cat.routes)} routes in {len(cat.groups)} groups", highlight=False)
+
+
+def _pool_problems(cat: Any, settings: Settings | None) -> Any:
+    """How the catalog's channels, plus the stored ones when ``settings`` is given, cover
+    the routes (``catalog.channel_rules.pool_problems``)."""
+    from imagerelay.catalog.channel_rules import pool_problems
+    from imagerelay.catalog.loader import route_pools
+
+    async def _specs(s: Any) -> list[Any]:
+        await s.directory.load()
+        return [v.spec for v in s.directory.views()]
+
+    specs = list(cat.file.channels) if settings is None else _run(_specs, settings)
+    return pool_problems(route_pools(cat), specs, cat.file.mixed_simulator_pools)
+
+
+def _check_pools_at_start(cat: Any, settings: Settings, demo: bool) -> None:
+    """Refuse to start with a route nobody serves (it would answer 503 forever); warn
+    loudly when, outside a demo, customers would get the simulator's pictures."""
+    problems = _pool_problems(cat, settings)
+    if problems.unserved:
+        _fail(f"no enabled channel serves {'; '.join(problems.unserved)}: add or enable a channel "
+              "in that pool (docs/channels.md), or remove the route from the catalog")
+    if problems.simulator_only and not demo:
+        err_console.print(
+            "[bold yellow]WARNING:[/bold yellow] only the offline simulator serves "
+            f"{'; '.join(problems.simulator_only)}: callers get locally rendered test pictures, not real "
+            "images. Add real channels (docs/channels.md), or pass --demo if this is a demo.",
+            highlight=False, soft_wrap=True,
+        )
+
+
+def main() -> None:
+    """The ``imagerelay`` command: any failure is one line on stderr and a non-zero exit
+    status, never a traceback (a server that is down, a missing file, bad input)."""
+    try:  # Typer 0.29 carries its own copy of click
+        from typer._click import exceptions as cx
+    except ImportError:  # pragma: no cover - older Typer uses click itself
+        from click import exceptions as cx  # type: ignore[no-redef]
+
+    try:
+        code = app(prog_name="imagerelay", standalone_mode=False)
+    except cx.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        code = 2
+    except cx.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "imagerelay"
+        _print_error(f"{exc.format_message()} (see {command} --help)")
+        code = 2
+    except cx.ClickException as exc:
+        _print_error(exc.format_message())
+        code = exc.exit_code
+    except typer.Abort:
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        _print_error(_describe(exc))
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _print_error(message: str) -> None:
+    from rich.markup import escape
+
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _describe(exc: Exception) -> str:
+    """One line for an exception an operator can act on, without secrets or internals."""
+    import httpx
+    from pydantic import ValidationError
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    if isinstance(exc, httpx.TransportError):
+        where = exc.request.url.copy_with(query=None) if _has_request(exc) else "the gateway"
+        return f"cannot reach {where}: {type(exc).__name__} ({_first_line(exc) or 'no answer'}); is it running?"
+    if isinstance(exc, CatalogError):
+        return f"catalog error: {exc}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in ("psycopg", "asyncpg"):
+        return "PostgreSQL needs the postgres extra: .venv/bin/pip install -e '.[postgres]'"
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] == "redis":
+        return "Redis needs the redis extra: .venv/bin/pip install -e '.[redis]'"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"cannot open {exc.filename}: {exc.strerror}"
+    if isinstance(exc, DBAPIError):
+        return f"database error: {_first_line(exc.orig) or type(exc.orig).__name__}"
+    if isinstance(exc, ArgumentError):
+        return f"invalid database URL: {_first_line(exc)}"
+    if isinstance(exc, OSError):  # e.g. a database server that refuses connections
+        return f"{type(exc).__name__}: {exc.strerror or _first_line(exc)} (is the database or server running?)"
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"invalid setting {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+def _has_request(exc: Any) -> bool:
+    try:
+        exc.request  # noqa: B018 - httpx raises RuntimeError when the error has no request
+    except RuntimeError:
+        return False
+    return True
+
+
+def _first_line(value: object) -> str:
+    lines = str(value).strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

@@ -65,7 +65,8 @@ class Services:
         billing = Billing(engine, runner, instance_id=instances.id)
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
         directory = ChannelDirectory(engine, box, catalog.file.channels,
-                                     known_pools={r.spec.pool for r in catalog.routes.values()})
+                                     known_pools={r.spec.pool for r in catalog.routes.values()},
+                                     mixed_pools=catalog.file.mixed_simulator_pools)
 
         async def persist_disable(name: str, reason: str) -> None:
             await directory.set_enabled(name, False, reason)
@@ -80,6 +81,7 @@ class Services:
         pool = ChannelPool(connectors=build_connectors(), policy=policy, key_resolver=directory.key_for,
                            on_disable=persist_disable, shared=shared.cooldowns if shared else None,
                            observe=metrics.observe_attempt)
+        directory.on_reenabled = pool.enable  # re-enabled elsewhere: forget local disables
         store = ImageStore(settings.image_store_dir, settings.signing_key(), settings.image_url_ttl_s)
         relay = Relay(catalog, directory, pool, billing, store, observe=metrics.observe_call)
         limiter: Limiter = shared.limiter if shared else TokenLimiter()

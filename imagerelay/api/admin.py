@@ -1,4 +1,5 @@
-"""Admin HTTP API: channels (add, list, enable/disable, test). Keys go in, never out.
+"""Admin HTTP API: channels (add, list, update, remove, enable/disable, test). Keys go in,
+never out.
 
 Authenticated by ``IMAGERELAY_ADMIN_TOKEN`` or by the token of an admin user.
 """
@@ -76,9 +77,7 @@ async def add_channel(request: Request) -> Response:
     await require_admin(request)
     services = services_of(request)
     body = await read_json_object(request, 1024 * 1024)
-    api_key = body.pop("api_key", None)
-    if api_key is not None and not isinstance(api_key, str):
-        raise InvalidRequest("api_key must be a string.", param="api_key")
+    api_key = _key_of(body)
     try:
         spec = ChannelSpec.model_validate(body)
     except ValidationError as exc:
@@ -93,6 +92,51 @@ async def add_channel(request: Request) -> Response:
         raise InvalidRequest(str(exc), param=exc.param) from None
     view = next(v for v in services.directory.views() if v.spec.name == spec.name)
     return json_response(_channel_json(services, view), status=201)
+
+
+def _key_of(body: dict[str, Any]) -> str | None:
+    api_key = body.pop("api_key", None)
+    if api_key is not None and not isinstance(api_key, str):
+        raise InvalidRequest("api_key must be a string.", param="api_key")
+    return api_key
+
+
+async def update_channel(request: Request) -> Response:
+    """Change fields of a run-time channel; absent fields keep their value, ``api_key``
+    replaces the key (``null`` removes it). Calls follow at once in this process and
+    within the channel reload interval in the others."""
+    await require_admin(request)
+    services = services_of(request)
+    name = request.path_params["name"]
+    body = await read_json_object(request, 1024 * 1024)
+    set_key = "api_key" in body
+    api_key = _key_of(body)
+    try:
+        await services.directory.update(name, body, set_key=set_key, api_key=api_key)
+    except KeyError:
+        raise NotFound(f"No channel named {name!r}.") from None
+    except ChannelConflict as exc:
+        raise ApiError(str(exc), status=409, code="conflict", param="name") from None
+    except ChannelInvalid as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
+    if body.get("enabled") is True:
+        services.pool.enable(name)
+    view = next(v for v in services.directory.views() if v.spec.name == name)
+    return json_response(_channel_json(services, view))
+
+
+async def remove_channel(request: Request) -> Response:
+    await require_admin(request)
+    services = services_of(request)
+    name = request.path_params["name"]
+    try:
+        await services.directory.remove(name)
+    except KeyError:
+        raise NotFound(f"No channel named {name!r}.") from None
+    except ChannelConflict as exc:
+        raise ApiError(str(exc), status=409, code="conflict", param="name") from None
+    services.pool.enable(name)  # forget its health: a new channel of that name starts clean
+    return json_response({"name": name, "object": "channel", "deleted": True})
 
 
 async def set_enabled(request: Request) -> Response:
@@ -122,6 +166,9 @@ async def test_channel(request: Request) -> Response:
     await require_admin(request)
     services = services_of(request)
     name = request.path_params["name"]
+    # Read the database first: the CLI writes channels there directly, and a test right
+    # after `channels add` or `channels update` must see what was just written.
+    await services.directory.load()
     spec = services.directory.get(name)
     if spec is None:
         raise NotFound(f"No channel named {name!r}.")
@@ -143,6 +190,8 @@ async def test_channel(request: Request) -> Response:
 routes = [
     Route("/admin/channels", list_channels, methods=["GET"]),
     Route("/admin/channels", add_channel, methods=["POST"]),
+    Route("/admin/channels/{name}", update_channel, methods=["PATCH"]),
+    Route("/admin/channels/{name}", remove_channel, methods=["DELETE"]),
     Route("/admin/channels/{name}/test", test_channel, methods=["POST"]),
     Route("/admin/channels/{name}/{action:str}", set_enabled, methods=["POST"]),
 ]

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from imagerelay.catalog.channel_rules import ChannelInvalid, check_channel, pool_problems
 from imagerelay.catalog.model import (
     CatalogFile,
     GroupSpec,
@@ -109,12 +110,38 @@ def parse_catalog(raw: Any, source: str = "<catalog>") -> Catalog:
             upstream_model=upstream_model,
         )
         models_by_group[r.group].append(r.model)
+    _check_channels(doc, source)
     return Catalog(
         source=source,
         file=doc,
         routes=routes,
         models_by_group={g: tuple(ms) for g, ms in models_by_group.items()},
     )
+
+
+def _check_channels(doc: CatalogFile, source: str) -> None:
+    """The same field checks as channels added at run time, and no pool where enabled
+    simulator and real channels meet unless ``mixed_simulator_pools`` says so."""
+    pools = {r.pool for r in doc.routes}
+    for i, ch in enumerate(doc.channels):
+        try:
+            check_channel(ch, None, pools)
+        except ChannelInvalid as exc:
+            raise CatalogError(f"{source}: channels[{i}] ({ch.name}): {exc}") from None
+    unknown = sorted(set(doc.mixed_simulator_pools) - pools)
+    if unknown:
+        raise CatalogError(f"{source}: mixed_simulator_pools: no route uses pool(s) {', '.join(unknown)}")
+    mixed = pool_problems({}, doc.channels, doc.mixed_simulator_pools).mixed
+    if mixed:
+        raise CatalogError(
+            f"{source}: channels: {mixed[0]}; disable or remove the simulator channels, or list the pool "
+            "under mixed_simulator_pools to allow it"
+        )
+
+
+def route_pools(catalog: Catalog) -> dict[str, str]:
+    """Route label (as error messages name it) -> the pool that serves it."""
+    return {f"route {r.spec.name} ({group} / {model})": r.spec.pool for (group, model), r in catalog.routes.items()}
 
 
 def default_catalog_text() -> str:
@@ -135,5 +162,8 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> Catalog:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise CatalogError(f"{source}: not valid YAML/JSON: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CatalogError(f"{source}: not valid YAML/JSON{where}: {problem}") from None
     return parse_catalog(raw, source)

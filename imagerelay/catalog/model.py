@@ -163,3 +163,6 @@ class CatalogFile(BaseModel):
     param_profiles: dict[str, ParamProfile]
     routes: tuple[RouteSpec, ...]
     channels: tuple[ChannelSpec, ...] = ()
+    # Pools where simulator channels may serve beside real ones (otherwise refused: a
+    # customer of a real route must never get a locally rendered picture by chance).
+    mixed_simulator_pools: tuple[str, ...] = ()

@@ -10,93 +10,27 @@ Keys never leave this module except into a connector's outgoing request.
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Collection, Mapping, Sequence
-from urllib.parse import urlsplit
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
-from sqlalchemy import select, update
+from pydantic import ValidationError
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from imagerelay.catalog.channel_rules import ChannelInvalid, check_channel, serving_index
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.secretbox import SecretBox
 from imagerelay.storage.schema import channels as channels_table
 
 
+__all__ = ["ChannelConflict", "ChannelDirectory", "ChannelInvalid", "ChannelView", "check_channel"]
+
+
 class ChannelConflict(ValueError):
-    pass
-
-
-class ChannelInvalid(ValueError):
-    """A channel field that would break calls through it; ``param`` names the field."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
-
-
-# Names that go into URL paths (Azure deployments), query strings (api-version), logs
-# and admin URLs: letters, digits and a few separators, nothing a URL or header treats
-# specially. Azure deployment names allow exactly these, up to 64 characters.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-
-
-def check_channel(spec: ChannelSpec, api_key: str | None, known_pools: Collection[str] | None) -> None:
-    """Refuse a channel whose fields would make every call through it fail oddly.
-
-    Checked where channels come in at run time (admin API, CLI), before anything is
-    stored: an http(s) base URL with a host and nothing the connector appends to
-    (no query, fragment or credentials); pools some route uses; a key that can be
-    sent as a header value; names that are safe in URLs. Raises :class:`ChannelInvalid`.
-    """
-    if not _NAME.fullmatch(spec.name):
-        raise ChannelInvalid("name", "use 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)")
-    if spec.base_url is not None:
-        _check_base_url(spec.base_url)
-    if not spec.pools:
-        raise ChannelInvalid("pools", "list at least one pool")
-    if known_pools is not None:
-        unknown = sorted(set(spec.pools) - set(known_pools))
-        if unknown:
-            raise ChannelInvalid(
-                "pools", f"no route uses pool(s) {', '.join(unknown)}; known pools: {', '.join(sorted(known_pools))}"
-            )
-    if api_key is not None and (not api_key or not api_key.isascii() or not api_key.isprintable() or " " in api_key):
-        raise ChannelInvalid("api_key", "must be printable ASCII without spaces (it is sent as a header value)")
-    if spec.api_key_env is not None and (
-        not _ENV_NAME.fullmatch(spec.api_key_env) or spec.api_key_env.upper().startswith("IMAGERELAY_")
-    ):
-        raise ChannelInvalid("api_key_env", "must be an environment variable name outside the gateway's own settings")
-    if spec.api_version is not None and not _VERSION.fullmatch(spec.api_version):
-        raise ChannelInvalid("api_version", "use letters, digits, '.', '_' or '-' (e.g. 2025-04-01-preview)")
-    for source, target in spec.model_map.items():
-        # Azure puts the deployment name into the URL path; others send it as the model.
-        pattern = _NAME if spec.type == "azure" else _MODEL
-        if not _MODEL.fullmatch(source) or not pattern.fullmatch(target):
-            raise ChannelInvalid("model_map", f"{source!r} -> {target!r} is not a valid model or deployment name")
-
-
-def _check_base_url(url: str) -> None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises on a port that is not a number from 0 to 65535
-    except ValueError as exc:
-        raise ChannelInvalid("base_url", f"not a valid URL ({exc})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ChannelInvalid("base_url", "must be an http:// or https:// URL with a host, e.g. https://api.openai.com/v1")
-    if not url.isascii() or not url.isprintable() or " " in url:
-        raise ChannelInvalid("base_url", "must be printable ASCII without spaces")
-    if parts.username is not None or parts.password is not None:
-        raise ChannelInvalid("base_url", "must not carry credentials; give the key as api_key")
-    if parts.query or parts.fragment or "?" in url or "#" in url:
-        raise ChannelInvalid("base_url", "must not have a query or fragment (the connector adds its own)")
-    if port == 0:
-        raise ChannelInvalid("base_url", "port 0 is not a port")
+    """The name is taken, or the channel is the catalog file's to change."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,16 +51,19 @@ class ChannelDirectory:
         catalog_channels: Sequence[ChannelSpec],
         env: Mapping[str, str] | None = None,
         known_pools: Collection[str] | None = None,
+        mixed_pools: Collection[str] = (),
     ) -> None:
         self._engine = engine
         self._box = box
         self._catalog = {c.name: c for c in catalog_channels}
         self._env = env if env is not None else os.environ
         self._known_pools = known_pools  # pools some route uses; None: not checked
+        self._mixed_pools = frozenset(mixed_pools)  # pools where simulators may serve beside real channels
         self._specs: dict[str, ChannelSpec] = dict(self._catalog)
         self._keys: dict[str, str | None] = {}
         self._disabled: dict[str, str] = {}
         self._by_pool: dict[str, tuple[ChannelSpec, ...]] = {}
+        self.on_reenabled: Callable[[str], None] | None = None
         self._reindex()
 
     # -- hot path ---------------------------------------------------------------------
@@ -156,6 +93,10 @@ class ChannelDirectory:
         ]
 
     async def load(self) -> None:
+        """Read the stored channels and rebuild the index. A channel disabled at the
+        previous load and enabled now (by an administrator, maybe through another process
+        or the CLI) is passed to ``on_reenabled``, so this process forgets its own reasons
+        to skip it (a rejected key disables a channel in memory too)."""
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(channels_table))).mappings().all()
         specs = dict(self._catalog)
@@ -173,11 +114,16 @@ class ChannelDirectory:
             specs[name] = spec.model_copy(update={"enabled": bool(row["enabled"])})
             if not row["enabled"] and row["disabled_reason"]:
                 disabled[name] = row["disabled_reason"]
+        reenabled = {n for n, spec in specs.items() if spec.enabled and n in self._specs
+                     and not self._specs[n].enabled}
         self._specs, self._keys, self._disabled = specs, keys, disabled
         self._reindex()
+        if self.on_reenabled is not None:
+            for name in sorted(reenabled):
+                self.on_reenabled(name)
 
     async def add(self, spec: ChannelSpec, api_key: str | None) -> None:
-        if spec.name in self._specs:
+        if await self.knows(spec.name):
             raise ChannelConflict(f"a channel named {spec.name!r} already exists")
         check_channel(spec, api_key, self._known_pools)
         now = time.time()
@@ -194,8 +140,15 @@ class ChannelDirectory:
             )
         await self.load()
 
-    async def set_enabled(self, name: str, enabled: bool, reason: str | None = None) -> None:
+    async def knows(self, name: str) -> bool:
+        """Whether a channel exists, reading the database when this process has not seen
+        it yet (another process or the CLI may have added it since the last load)."""
         if name not in self._specs:
+            await self.load()
+        return name in self._specs
+
+    async def set_enabled(self, name: str, enabled: bool, reason: str | None = None) -> None:
+        if not await self.knows(name):
             raise KeyError(name)
         now = time.time()
         values = {"enabled": enabled, "disabled_reason": None if enabled else reason, "updated_at": now}
@@ -207,9 +160,56 @@ class ChannelDirectory:
                 )
         await self.load()
 
+    async def update(
+        self, name: str, changes: Mapping[str, Any], *, set_key: bool = False, api_key: str | None = None
+    ) -> None:
+        """Change fields of a channel added at run time; every field is checked again as
+        on :meth:`add`. ``set_key`` replaces the key with ``api_key`` (``None`` removes it).
+        ``enabled`` goes to the state column that :meth:`set_enabled` writes."""
+        if "name" in changes and changes["name"] != name:
+            raise ChannelInvalid("name", "a channel cannot be renamed; add a new one and remove this one")
+        now = time.time()
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(select(channels_table).where(channels_table.c.name == name).with_for_update())
+            ).mappings().first()
+            if row is None or not row["spec"]:
+                self._refuse_catalog(name, "change")
+                raise KeyError(name)
+            merged = {**orjson.loads(row["spec"]), "enabled": bool(row["enabled"]), **changes, "name": name}
+            try:
+                spec = ChannelSpec.model_validate(merged)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise ChannelInvalid(".".join(str(p) for p in first["loc"]) or "channel", first["msg"]) from None
+            enabled = spec.enabled
+            check_channel(spec, api_key if set_key else None, self._known_pools)
+            values: dict[str, Any] = {"spec": orjson.dumps(spec.model_dump(mode="json")).decode(),
+                                      "enabled": enabled, "updated_at": now}
+            if "enabled" in changes:
+                values["disabled_reason"] = None if enabled else "disabled by an administrator"
+            if set_key:
+                values["key_ciphertext"] = self._box.encrypt(api_key) if api_key else None
+            await conn.execute(update(channels_table).where(channels_table.c.name == name).values(**values))
+        await self.load()
+
+    async def remove(self, name: str) -> None:
+        """Delete a channel added at run time; it stops serving here at once (other
+        processes drop it on their next :meth:`load`)."""
+        async with self._engine.begin() as conn:
+            res = await conn.execute(
+                delete(channels_table).where(channels_table.c.name == name, channels_table.c.spec != "")
+            )
+        if res.rowcount == 0:
+            self._refuse_catalog(name, "remove")
+            raise KeyError(name)
+        await self.load()
+
+    def _refuse_catalog(self, name: str, verb: str) -> None:
+        if name in self._catalog:
+            raise ChannelConflict(
+                f"channel {name!r} comes from the catalog file; {verb} it there (or disable it here)"
+            )
+
     def _reindex(self) -> None:
-        by_pool: dict[str, list[ChannelSpec]] = {}
-        for spec in self._specs.values():
-            for pool in spec.pools:
-                by_pool.setdefault(pool, []).append(spec)
-        self._by_pool = {pool: tuple(specs) for pool, specs in by_pool.items()}
+        self._by_pool = serving_index(self._specs.values(), self._mixed_pools)

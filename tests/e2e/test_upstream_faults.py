@@ -102,6 +102,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
              "model_map": {"gpt-image-2": "img2"}, "pools": ["official-mixed"], "priority": 10},
             {"name": "second", "type": "openai", "base_url": second + "/v1", "api_key_env": "SECOND_KEY",
              "pools": ["official-mixed"]},
+            # every route needs an enabled channel to start; these tests do not call the legacy ones
+            {"name": "sim-legacy", "type": "simulator", "pools": ["legacy", "legacy-vip"]},
         ])
         env = {**KEYS, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
                "IMAGERELAY_MAX_RETRY_AFTER_S": "0.1"}

@@ -31,9 +31,21 @@ def require(service: str, host: str, port: int) -> None:
     pytest.skip(f"{service} not reachable on {host}:{port}; start it to run this test")
 
 
+def _address(url: str, default_port: int) -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def pg_address() -> tuple[str, int]:
+    """Where the test PostgreSQL is (IMAGERELAY_TEST_PG), to decide whether to skip."""
+    return _address(PG_ADMIN_URL, 5432)
+
+
 def fresh_postgres_database() -> tuple[str, str]:
     """Create an empty database; returns (url, name). Caller drops it with drop_postgres_database."""
-    require("PostgreSQL", "127.0.0.1", 5432)
+    require("PostgreSQL", *pg_address())
     import psycopg
 
     name = "imagerelay_test_" + uuid.uuid4().hex[:12]
@@ -52,10 +64,7 @@ def drop_postgres_database(name: str) -> None:
 
 def redis_url() -> str:
     """The test Redis, once it is known to be reachable (skip, or fail in CI, otherwise)."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(REDIS_URL)
-    require("Redis", parts.hostname or "127.0.0.1", parts.port or 6379)
+    require("Redis", *_address(REDIS_URL, 6379))
     return REDIS_URL
 
 
