@@ -66,11 +66,10 @@ def _schema_action(action: Any) -> Any:
     try:
         return action()
     except SchemaError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        _fail(str(exc))
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
-        err_console.print(f"[red]database error:[/red] {reason[0] if reason else type(exc).__name__}", highlight=False)
-    raise typer.Exit(2)
+        _fail(f"database error: {reason[0] if reason else type(exc).__name__}")
 
 
 def _prepare_schema(settings: Settings) -> None:
@@ -278,9 +277,12 @@ def users_list(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
     console.print(table)
 
 
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]{message}[/red]")
-    return typer.Exit(2)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One red line on stderr, then exit ``code``."""
+    from rich.markup import escape
+
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _expiry(text: str | None) -> float | None | str:
@@ -326,7 +328,7 @@ def _changes(body: dict[str, Any], models: Any) -> dict[str, object]:
     try:
         return token_changes(body, models=models)
     except ApiError as exc:
-        raise _fail(f"{exc.param or 'token'}: {exc.message}") from None
+        _fail(f"{exc.param or 'token'}: {exc.message}")
 
 
 RpmOpt = Annotated[int | None, typer.Option("--rpm", help="Requests per minute.")]
@@ -396,7 +398,7 @@ def tokens_list(
         if user is not None:
             u = await s.accounts.find_user(user)
             if u is None:
-                raise _fail(f"no user {user!r}")
+                _fail(f"no user {user!r}")
             user_id = u.id
         views, _more = await s.accounts.list_tokens(TokenFilter(user_id=user_id, group=group, status=status,
                                                                 limit=100_000))
@@ -421,7 +423,7 @@ def _existing_token(s: Any, token_id: int) -> Any:
     async def _get() -> Any:
         view = await s.accounts.view_token(token_id)
         if view is None:
-            raise _fail(f"no token {token_id}")
+            _fail(f"no token {token_id}")
         return view
     return _get()
 
@@ -446,7 +448,7 @@ def tokens_update(
     cat = load_catalog(settings.catalog)
     body = _token_body(name, rpm, concurrency, spend_cap, allowed_model, expires_at, clear)
     if not body:
-        raise _fail("nothing to change; see --help")
+        _fail("nothing to change; see --help")
 
     async def _update(s: Any) -> None:
         view = await _existing_token(s, token_id)
@@ -497,16 +499,16 @@ def users_update(
     if default_groups:
         body["allowed_groups"] = None
     if not body:
-        raise _fail("nothing to change; see --help")
+        _fail("nothing to change; see --help")
     try:
         changes = user_changes(body, groups=list(cat.groups))
     except ApiError as exc:
-        raise _fail(f"{exc.param}: {exc.message}") from None
+        _fail(f"{exc.param}: {exc.message}")
 
     async def _update(s: Any) -> None:
         u = await s.accounts.find_user(name)
         if u is None:
-            raise _fail(f"no user {name!r}")
+            _fail(f"no user {name!r}")
         await s.accounts.update_user(u.id, changes)
 
     _run(_update, settings)
@@ -675,14 +677,6 @@ def _model_map(items: list[str]) -> dict[str, str]:
     if bad:
         raise typer.BadParameter(f"--model-map {bad[0]!r}: use FROM=TO, e.g. gpt-image-2=my-deployment")
     return {src: dst for src, _sep, dst in pairs}
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    """One red line on stderr, then exit ``code``."""
-    from rich.markup import escape
-
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _set_enabled(name: str, enabled: bool, data_dir: Path | None, database_url: str | None) -> None:

@@ -299,4 +299,4 @@ def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
     for args in (("db", "current"), ("db", "upgrade")):
         proc = cli(db, *args)
         assert proc.returncode == 2, proc
-        assert proc.stderr.startswith("database error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("error: database error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
