@@ -359,6 +359,7 @@ class ChannelPool:
         last: UpstreamFailure | None = None
         while True:
             wait_hint = 0.0
+            before = attempts
             for ch in self._attempt_order(channels):
                 if attempts >= limit or self.clock() >= deadline:
                     break
@@ -376,10 +377,10 @@ class ChannelPool:
                     continue
                 self._succeeded(ch.name)
                 return outcome
-            if attempts == 0 or attempts >= limit:
-                break
+            if attempts == before or attempts >= limit:
+                break  # nothing left to try (every channel disabled), or no attempts left
             rounds += 1
-            step = min(self.policy.backoff_max_s, self.policy.backoff_base_s * 2 ** (rounds - 1))
+            step = min(self.policy.backoff_max_s, self.policy.backoff_base_s * 2 ** min(rounds - 1, 30))
             wait = max(wait_hint, step / 2 + self.rng.uniform(0, step / 2))
             if self.clock() + wait >= deadline:
                 break

@@ -10,7 +10,6 @@ import datetime
 import gzip
 import ipaddress
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
