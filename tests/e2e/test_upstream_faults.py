@@ -409,6 +409,9 @@ BAD_CHANNELS = [
     ({"type": "azure", "api_version": "2025-04-01&evil=1"}, "api_version"),
     ({"api_key_env": "IMAGERELAY_SECRET_KEY"}, "api_key_env"),
     ({"name": "bad name/with slash"}, "name"),
+    ({"proxy": "ftp://proxy.example:21"}, "proxy"),
+    ({"proxy": "http://proxy.example:3128\r\nX-Injected: 1"}, "proxy"),
+    ({"ca_bundle": "/nonexistent/ca.pem"}, "ca_bundle"),
 ]
 
 
