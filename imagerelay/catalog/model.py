@@ -161,6 +161,13 @@ class ChannelSpec(BaseModel):
             raise ValueError(f"type {self.type} needs base_url")
         return self
 
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_scheme(cls, proxy: str | None) -> str | None:
+        if proxy is not None and not proxy.lower().startswith(("http://", "https://", "socks5://", "socks5h://")):
+            raise ValueError("must be an http://, https:// or socks5:// URL")
+        return proxy
+
 
 class CatalogFile(BaseModel):
     """The raw catalog document as an operator writes it (YAML or JSON)."""

@@ -1,8 +1,9 @@
-"""A minimal HTTP forward proxy on loopback: ``CONNECT host:port`` tunnels and
-absolute-form requests (``POST http://host:port/path``), as an operator's egress
-proxy would see a gateway's upstream calls.
+"""Minimal forward proxies on loopback, as an operator's egress proxy would see a
+gateway's upstream calls: HTTP (``CONNECT host:port`` tunnels and absolute-form
+requests such as ``POST http://host:port/path``) and SOCKS5 (no authentication,
+``CONNECT`` only, RFC 1928).
 
-Hand-rolled (~60 lines) rather than a proxy package: the tests need only to know the
+Hand-rolled (~90 lines) rather than a proxy package: the tests need only to know the
 call went through a proxy and which targets it was asked for, and a dependency that
 runs its own process and plugins would be harder to start, stop and observe.
 Plain-HTTP forwarding handles one request per connection (it answers with
@@ -60,5 +61,41 @@ async def forward_proxy() -> AsyncIterator[tuple[str, list[str]]]:
     port = server.sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}", seen
+    finally:
+        server.close()
+
+
+@contextlib.asynccontextmanager
+async def socks5_proxy() -> AsyncIterator[tuple[str, list[str]]]:
+    """Yields ``socks5://127.0.0.1:port`` and the list of ``host:port`` it connected to."""
+    seen: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            _version, methods = await reader.readexactly(2)
+            await reader.readexactly(methods)
+            writer.write(b"\x05\x00")  # no authentication
+            _v, _cmd, _rsv, atyp = await reader.readexactly(4)
+            if atyp == 1:
+                host = ".".join(str(b) for b in await reader.readexactly(4))
+            elif atyp == 3:
+                host = (await reader.readexactly((await reader.readexactly(1))[0])).decode()
+            else:
+                writer.close()
+                return
+            port = int.from_bytes(await reader.readexactly(2), "big")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        seen.append(f"{host}:{port}")
+        up_reader, up_writer = await asyncio.open_connection(host, port)
+        writer.write(b"\x05\x00\x00\x01" + bytes(4) + bytes(2))
+        await writer.drain()
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"socks5://127.0.0.1:{port}", seen
     finally:
         server.close()

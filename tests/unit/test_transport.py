@@ -26,7 +26,7 @@ from imagerelay.simulation.upstream_server import create_upstream_app
 from imagerelay.upstreams.base import CallTarget, UpstreamFailure
 from imagerelay.upstreams.azure import AzureConnector
 from imagerelay.upstreams.openai import OpenAIConnector
-from tests.support.forward_proxy import forward_proxy
+from tests.support.forward_proxy import forward_proxy, socks5_proxy
 from tests.support.servers import run_asgi
 
 KEY = "sk-fast"
@@ -316,6 +316,17 @@ async def test_a_channel_behind_an_http_proxy(sim: str) -> None:
             assert len(result.items) == 1
             assert seen == [f"POST {sim}/v1/images/generations"]
             assert len(requests_seen(sim)) == 1
+        finally:
+            await connector.aclose()
+
+
+async def test_a_channel_behind_a_socks5_proxy(sim: str) -> None:
+    connector = OpenAIConnector()
+    async with socks5_proxy() as (proxy, seen):
+        try:
+            result = await connector.images(target(sim, proxy=proxy), REQUEST)
+            assert len(result.items) == 1
+            assert seen == [sim.removeprefix("http://")]
         finally:
             await connector.aclose()
 
