@@ -54,12 +54,20 @@ class Settings(BaseSettings):
     # PostgreSQL connections for money statements (per process). Each is one short
     # autocommit statement, so a few connections keep the database busy.
     db_pool_size: int = Field(default=8, ge=1, le=100)
-    # Channel pools: attempts per call, overall deadline, circuit breaker.
-    max_attempts: int = Field(default=3, ge=1, le=10)
+    # Channel pools: attempts per call (every channel, then again after a backoff),
+    # overall deadline, circuit breaker (a count and a rate of failures over a window).
+    max_attempts: int = Field(default=8, ge=1, le=20)
     call_deadline_s: float = Field(default=300.0, gt=0)
+    retry_backoff_s: float = Field(default=0.25, ge=0)
+    retry_backoff_max_s: float = Field(default=4.0, ge=0)
     breaker_threshold: int = Field(default=3, ge=1)
+    breaker_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    breaker_window_s: float = Field(default=60.0, gt=0)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     max_retry_after_s: float = Field(default=10.0, ge=0)
+    # The largest upstream answer read (declared or, after decompression, received): a
+    # clean channel failure past it. Ten 4K images as base64 are ~330 MB.
+    upstream_max_answer_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     # Lease of a gateway process on its row in the shared database, renewed every third:
     # a peer on another machine takes a process whose lease lapsed for gone and releases
     # its calls' holds (on one machine a lock file tells at once; storage/instances.py).

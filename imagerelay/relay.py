@@ -267,7 +267,8 @@ class Relay:
         self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, record: UsageRecord
     ) -> RelayAnswer:
         try:
-            outcome = await self.pool.call(self.directory.channels_for(route.spec.pool), route.upstream_model, route.profile.default_size, request)
+            outcome = await self.pool.call(self.directory.channels_for(route.spec.pool), route.upstream_model,
+                                           route.profile.default_size, request, max_attempts=route.spec.max_attempts)
             record.channel, record.attempts = outcome.channel, outcome.attempts
             record.upstream_latency_ms = outcome.upstream_latency_ms
             body = await self._shape(ctx, request, outcome.result)
@@ -336,7 +337,8 @@ class Relay:
     ) -> AsyncIterator[bytes]:
         try:
             opened = await self.pool.open_stream(
-                self.directory.channels_for(route.spec.pool), route.upstream_model, route.profile.default_size, request
+                self.directory.channels_for(route.spec.pool), route.upstream_model, route.profile.default_size, request,
+                max_attempts=route.spec.max_attempts,
             )
         except BaseException as exc:
             await self._release(ctx, record, exc)

@@ -74,13 +74,15 @@ class Services:
         policy = PoolPolicy(
             max_attempts=settings.max_attempts, deadline_s=settings.call_deadline_s,
             breaker_threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s,
+            breaker_failure_rate=settings.breaker_failure_rate, breaker_window_s=settings.breaker_window_s,
             max_retry_after_s=settings.max_retry_after_s,
+            backoff_base_s=settings.retry_backoff_s, backoff_max_s=settings.retry_backoff_max_s,
         )
         shared = SharedState.connect(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
         metrics = Metrics(catalog.file.models)
-        pool = ChannelPool(connectors=build_connectors(), policy=policy, key_resolver=directory.key_for,
-                           on_disable=persist_disable, shared=shared.cooldowns if shared else None,
-                           observe=metrics.observe_attempt)
+        pool = ChannelPool(connectors=build_connectors(settings.upstream_max_answer_bytes), policy=policy,
+                           key_resolver=directory.key_for, on_disable=persist_disable,
+                           shared=shared.cooldowns if shared else None, observe=metrics.observe_attempt)
         directory.on_reenabled = pool.enable  # re-enabled elsewhere: forget local disables
         store = ImageStore(settings.image_store_dir, settings.signing_key(), settings.image_url_ttl_s)
         relay = Relay(catalog, directory, pool, billing, store, observe=metrics.observe_call)

@@ -6,6 +6,7 @@ refused with a message naming it instead of surfacing later as a 503 or a fake i
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -59,11 +60,27 @@ def check_channel(spec: ChannelSpec, api_key: str | None, known_pools: Collectio
         raise ChannelInvalid("api_key_env", "must be an environment variable name outside the gateway's own settings")
     if spec.api_version is not None and not _VERSION.fullmatch(spec.api_version):
         raise ChannelInvalid("api_version", "use letters, digits, '.', '_' or '-' (e.g. 2025-04-01-preview)")
+    if spec.proxy is not None:
+        _check_proxy(spec.proxy)
+    if spec.ca_bundle is not None and not os.path.isfile(spec.ca_bundle):
+        raise ChannelInvalid("ca_bundle", "must be the path of a PEM file on the gateway's machine")
     for source, target in spec.model_map.items():
         # Azure puts the deployment name into the URL path; others send it as the model.
         pattern = _NAME if spec.type == "azure" else _MODEL
         if not _MODEL.fullmatch(source) or not pattern.fullmatch(target):
             raise ChannelInvalid("model_map", f"{source!r} -> {target!r} is not a valid model or deployment name")
+
+
+def _check_proxy(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise ChannelInvalid("proxy", f"not a valid URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https", "socks5", "socks5h") or not parts.hostname:
+        raise ChannelInvalid("proxy", "must be an http://, https:// or socks5:// URL with a host")
+    if not url.isascii() or not url.isprintable() or " " in url:
+        raise ChannelInvalid("proxy", "must be printable ASCII without spaces")
 
 
 def _check_base_url(url: str) -> None:

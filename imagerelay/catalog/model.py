@@ -123,6 +123,9 @@ class RouteSpec(BaseModel):
     # Whitespace keep-alive interval for non-streaming calls on this route (seconds);
     # callers can also ask per request with the X-Imagerelay-Keepalive header.
     keepalive_s: float | None = Field(default=None, ge=1, le=60)
+    # Upstream attempts per call on this route (failover and retries); None: the
+    # gateway's IMAGERELAY_MAX_ATTEMPTS. Set lower for a stricter route.
+    max_attempts: int | None = Field(default=None, ge=1, le=20)
 
 
 class ChannelSpec(BaseModel):
@@ -145,12 +148,25 @@ class ChannelSpec(BaseModel):
     weight: int = Field(default=1, ge=1)
     timeout_s: float = Field(default=180.0, gt=0)
     enabled: bool = True
+    # How to reach the upstream: an http://, https:// or socks5:// proxy (None: the
+    # HTTPS_PROXY/HTTP_PROXY/NO_PROXY environment), a PEM CA bundle file for a private
+    # upstream (None: the system's), and whether to verify its certificate at all.
+    proxy: str | None = None
+    ca_bundle: str | None = None
+    verify: bool = True
 
     @model_validator(mode="after")
     def _needs_base_url(self) -> ChannelSpec:
         if self.type in ("azure", "openai-compatible") and not self.base_url:
             raise ValueError(f"type {self.type} needs base_url")
         return self
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_scheme(cls, proxy: str | None) -> str | None:
+        if proxy is not None and not proxy.lower().startswith(("http://", "https://", "socks5://", "socks5h://")):
+            raise ValueError("must be an http://, https:// or socks5:// URL")
+        return proxy
 
 
 class CatalogFile(BaseModel):

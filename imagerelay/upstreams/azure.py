@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+from urllib.parse import quote
 from typing import Any, ClassVar
 
 from PIL import Image
@@ -33,10 +34,12 @@ class AzureConnector(OpenAIDialectConnector):
         base = (target.channel.base_url or "").rstrip("/")
         if target.channel.azure_form == "v1":
             version = target.channel.api_version
-            query = f"?api-version={version}" if version and version != "v1" else ""
+            query = f"?api-version={quote(version, safe='')}" if version and version != "v1" else ""
             return f"{base}/openai/v1/images/{endpoint}{query}"
-        version = target.channel.api_version or DEFAULT_API_VERSION
-        return f"{base}/openai/deployments/{target.upstream_model}/images/{endpoint}?api-version={version}"
+        version = quote(target.channel.api_version or DEFAULT_API_VERSION, safe="")
+        # The deployment is one path segment whatever it holds (a space, "/", non-ASCII).
+        deployment = quote(target.upstream_model, safe="")
+        return f"{base}/openai/deployments/{deployment}/images/{endpoint}?api-version={version}"
 
     def auth_headers(self, target: CallTarget) -> dict[str, str]:
         return {"api-key": target.api_key} if target.api_key else {}

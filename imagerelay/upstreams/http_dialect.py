@@ -4,15 +4,17 @@ openai-compatible connectors.
 Vendors differ only in URL, auth header, small body adaptations and error shapes,
 so each vendor module overrides those few hooks and nothing else.
 
-Two transports, both pooled keep-alive per channel: JSON generations (the hot path)
-go over :mod:`imagerelay.upstreams.fastpost`, a lean HTTP/1.1 client, and streams
-and multipart edits over one ``aiohttp.ClientSession`` per channel. Injecting a
-session factory sends everything through aiohttp.
+One transport: one ``aiohttp.ClientSession`` per channel (a pool of at most
+``max_connections``) carries generations, multipart edits and streams. The wire
+itself lives in :mod:`imagerelay.upstreams.transport` (sessions, proxies, TLS, safe
+URLs and headers, bounded answers).
 
 Why aiohttp rather than httpx: httpcore checks every pooled connection for
 readability on each request (a syscall per connection), which at 64 concurrent
 calls cost more CPU than the rest of the gateway together (measured with py-spy,
-see bench/RESULTS.md); aiohttp's pool does not.
+see bench/RESULTS.md); aiohttp's pool does not, and since 3.13.3 it decompresses in
+bounded steps. The hand-written HTTP/1.1 client that used to carry generations
+(``fastpost``) saved ~0.2 ms of CPU per call and had five defects; it is gone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from contextlib import aclosing
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -34,8 +35,16 @@ from imagerelay.domain.usage import reported_usage
 from imagerelay.errors import ApiError
 from imagerelay.upstreams.answer import parse_images_answer
 from imagerelay.upstreams.base import CallTarget, StreamEvent, UpstreamFailure, UpstreamResult
-from imagerelay.upstreams.fastpost import BadHttp, FastPostPool, decoded_body
 from imagerelay.upstreams.redact import channel_secrets, redact
+from imagerelay.upstreams.transport import (
+    DEFAULT_MAX_ANSWER_BYTES,
+    AnswerTooLarge,
+    UnsafeValue,
+    default_client,
+    read_capped,
+    safe_headers,
+    safe_url,
+)
 
 ClientFactory = Callable[[ChannelSpec], aiohttp.ClientSession]
 
@@ -57,16 +66,6 @@ CHANNEL_ERROR_CODES = frozenset({
     "invalid_api_key", "account_deactivated", "unsupported_country_region_territory",
 })
 _PARAM = re.compile(r"[a-z_][a-z0-9_.\[\]]{0,39}")
-
-
-def default_client(channel: ChannelSpec) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=channel.max_connections, keepalive_timeout=60, ttl_dns_cache=300),
-        # The pool enforces the channel's overall timeout; these bound each phase.
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, channel.timeout_s), sock_read=channel.timeout_s),
-        auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
-    )
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -91,10 +90,14 @@ class OpenAIDialectConnector:
 
     type: ClassVar[str] = ""
 
-    def __init__(self, client_factory: ClientFactory = default_client) -> None:
+    def __init__(
+        self, client_factory: ClientFactory = default_client, *, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    ) -> None:
         self._client_factory = client_factory
-        self._clients: dict[str, aiohttp.ClientSession] = {}
-        self._fast_pools: dict[tuple[str, str, str], FastPostPool] = {}
+        self._max_answer_bytes = max_answer_bytes
+        # One session (one connection pool) per channel, keyed by everything that shapes
+        # it, so a channel edited at run time gets a fresh pool.
+        self._clients: dict[tuple[Any, ...], aiohttp.ClientSession] = {}
 
     # -- vendor hooks ----------------------------------------------------------------
 
@@ -147,26 +150,12 @@ class OpenAIDialectConnector:
     # -- wire ------------------------------------------------------------------------------
 
     def _client(self, channel: ChannelSpec) -> aiohttp.ClientSession:
-        client = self._clients.get(channel.name)
+        key = (channel.name, channel.max_connections, channel.proxy, channel.ca_bundle, channel.verify,
+               channel.timeout_s)
+        client = self._clients.get(key)
         if client is None:
-            client = self._clients[channel.name] = self._client_factory(channel)
+            client = self._clients[key] = self._client_factory(channel)
         return client
-
-    async def _post_fast(
-        self, target: CallTarget, request: ImageRequest
-    ) -> tuple[int, Mapping[str, str], bytes | bytearray]:
-        """A JSON generation over :mod:`fastpost` (see there for why not aiohttp)."""
-        spec = self._build(target, request, stream=False)
-        parts = urlsplit(spec["url"])
-        key = (target.channel.name, parts.scheme, parts.netloc)
-        pool = self._fast_pools.get(key)
-        if pool is None:
-            pool = self._fast_pools[key] = FastPostPool(
-                spec["url"], max_connections=target.channel.max_connections,
-                connect_timeout_s=min(10.0, target.channel.timeout_s))
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        answer = await pool.post(path, spec["headers"], spec["data"], read_timeout_s=target.channel.timeout_s)
-        return answer.status, answer.headers, decoded_body(answer)
 
     async def _open(self, target: CallTarget, request: ImageRequest, stream: bool) -> aiohttp.ClientResponse:
         """Send the request; its response once the status line and headers are in.
@@ -180,7 +169,7 @@ class OpenAIDialectConnector:
         session = self._client(target.channel)
         try:
             return await session.post(**self._build(target, request, stream), allow_redirects=False)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError):
+        except aiohttp.ServerDisconnectedError:
             return await session.post(**self._build(target, request, stream), allow_redirects=False)
 
     def _build(self, target: CallTarget, request: ImageRequest, stream: bool) -> dict[str, Any]:
@@ -192,8 +181,10 @@ class OpenAIDialectConnector:
         fields.update(params)
         if stream:
             fields["stream"] = True
-        headers = self.auth_headers(target)
-        url = self.url(target, request.endpoint)
+        # Header values and the URL are checked and encoded here, by construction: a CR/LF
+        # in a key can never inject a header, a deployment name never breaks the path.
+        headers = safe_headers(self.auth_headers(target))
+        url = safe_url(self.url(target, request.endpoint))
         if request.endpoint == "generations":
             headers["Content-Type"] = "application/json"
             return {"url": url, "headers": headers, "data": orjson.dumps(fields)}
@@ -251,16 +242,15 @@ class OpenAIDialectConnector:
     async def _images(self, target: CallTarget, request: ImageRequest) -> UpstreamResult:
         headers: Mapping[str, str]
         try:
-            if request.endpoint == "generations" and self._client_factory is default_client:
-                status, headers, raw = await self._post_fast(target, request)
-            else:
-                async with await self._open(target, request, stream=False) as resp:
-                    status, headers = resp.status, resp.headers
-                    raw = await _read_body(resp)
+            async with await self._open(target, request, stream=False) as resp:
+                status, headers = resp.status, resp.headers
+                raw = await read_capped(resp, self._max_answer_bytes)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailure("timeout", f"{target.channel.name}: timed out") from None
-        except BadHttp as exc:
+        except AnswerTooLarge as exc:
             raise UpstreamFailure("bad_response", f"{target.channel.name}: {exc}") from None
+        except UnsafeValue as exc:
+            raise UpstreamFailure("connector", f"{target.channel.name}: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:  # OSError covers refused, reset, TLS and closed
             raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None
         if status != 200:
@@ -294,7 +284,8 @@ class OpenAIDialectConnector:
         try:
             async with await self._open(target, request, stream=True) as resp:
                 if resp.status != 200:
-                    raise self._failure_for_status(resp.status, resp.headers, await resp.read())
+                    error_body = await read_capped(resp, min(self._max_answer_bytes, 1 << 20))
+                    raise self._failure_for_status(resp.status, resp.headers, error_body)
                 async with aclosing(_sse_payloads(resp)) as payloads:
                     async for payload in payloads:
                         if payload is None:
@@ -314,6 +305,10 @@ class OpenAIDialectConnector:
             if closing:
                 return
             raise UpstreamFailure("timeout", f"{target.channel.name}: stream timed out") from None
+        except AnswerTooLarge as exc:
+            raise UpstreamFailure("bad_response", f"{target.channel.name}: {exc}") from None
+        except UnsafeValue as exc:
+            raise UpstreamFailure("connector", f"{target.channel.name}: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
             if closing:
                 return
@@ -323,9 +318,6 @@ class OpenAIDialectConnector:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
-        for pool in self._fast_pools.values():
-            pool.close()
-        self._fast_pools.clear()
 
 
 def _secrets(target: CallTarget) -> tuple[str, ...]:
@@ -337,26 +329,6 @@ def _channel_side(error: dict[str, Any]) -> bool:
     (whose model the gateway has already checked)."""
     code = error.get("code")
     return (isinstance(code, str) and code.lower() in CHANNEL_ERROR_CODES) or error.get("param") == "model"
-
-
-async def _read_body(resp: aiohttp.ClientResponse) -> bytes | bytearray:
-    """The body in one buffer sized from content-length (aiohttp's read() keeps the
-    chunks and then joins them: two copies of a 33 MB answer at once)."""
-    length = resp.content_length
-    if not length or length < (1 << 20):
-        return await resp.read()
-    buf = bytearray(length)
-    view = memoryview(buf)
-    offset = 0
-    async for chunk in resp.content.iter_any():
-        end = offset + len(chunk)
-        if end > length:
-            raise aiohttp.ClientPayloadError("body longer than its content-length")
-        view[offset:end] = chunk
-        offset = end
-    if offset != length:
-        raise aiohttp.ClientPayloadError("body shorter than its content-length")
-    return buf
 
 
 #: The largest server-sent event accepted from an upstream: a 4K partial image as

@@ -1,28 +1,34 @@
-"""Channel pools: choose a channel, fail over, cool down failing channels.
+"""Channel pools: choose a channel, fail over, retry, cool down failing channels.
 
 A call tries the highest-priority tier first, weighted-random within it. A
 retryable failure (connection error, timeout, 429, 5xx, undecodable answer) moves
-on to another channel, within ``max_attempts`` and an overall deadline; a client
-error (moderation, invalid value) is returned at once. A channel that fails
-``breaker_threshold`` times in a row is cooled down, then half-open: one probe call
-is let through, and its outcome closes or re-opens the breaker. With ``shared`` set
-(Redis), a cooldown started here also keeps the other gateway processes off the
-channel. A channel whose key is rejected (401/403) is disabled with the reason
-recorded until an operator re-enables it. Anything else a connector raises is a failure
-of that channel (kind ``connector``), never of the call. The caller never learns which
-channel failed.
+on to another channel; once every channel was tried, the round starts again after
+an exponential backoff with jitter (honouring ``retry-after``), within
+``max_attempts`` and an overall deadline. A client error (moderation, invalid value)
+is returned at once. Plain calls and streams share that one loop (:meth:`ChannelPool._attempts`).
+
+A channel whose failures over the breaker window reach both a count and a rate is
+cooled down, then half-open: one probe call is let through, and its outcome closes or
+re-opens the breaker. When every channel of a pool is cooling, the least recently
+failed one is still tried: breakers degrade a pool, they never black it out. With
+``shared`` set (Redis), a cooldown started here also keeps the other gateway
+processes off the channel. A channel whose key is rejected (401/403) is disabled with
+the reason recorded until an operator re-enables it. Anything else a connector raises
+is a failure of that channel (kind ``connector``), never of the call. The caller never
+learns which channel failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.domain.b64 import InvalidImagePayload, normalize_b64
@@ -32,6 +38,7 @@ from imagerelay.upstreams.base import CallTarget, Connector, StreamEvent, Upstre
 from imagerelay.upstreams.redact import channel_secrets
 
 log = logging.getLogger("imagerelay.upstreams")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -44,6 +51,8 @@ class ChannelHealth:
     failures: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
+    last_failed: float = 0.0  # clock() of the last failure: the least recent is tried first when all cool
+    window: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
 
     @property
     def success_rate(self) -> float | None:
@@ -133,11 +142,22 @@ class SharedCooldowns(Protocol):
 
 @dataclass
 class PoolPolicy:
-    max_attempts: int = 3
+    max_attempts: int = 8
     deadline_s: float = 300.0
+    # The breaker trips when, over the last ``breaker_window_s``, a channel failed at
+    # least ``breaker_threshold`` times AND at least ``breaker_failure_rate`` of its calls:
+    # sporadic errors under load (many calls, few failures) never trip it.
     breaker_threshold: int = 3
+    breaker_failure_rate: float = 0.5
+    breaker_window_s: float = 60.0
     cooldown_s: float = 30.0
     max_retry_after_s: float = 10.0
+    # Between rounds (every channel tried once): base * 2**(round-1), capped, half of it jittered.
+    backoff_base_s: float = 0.25
+    backoff_max_s: float = 4.0
+
+
+_WINDOW_CAP = 1024  # outcomes kept per channel: bounds memory whatever the call rate
 
 
 @dataclass
@@ -156,6 +176,7 @@ class ChannelPool:
     rng: random.Random = field(default_factory=random.Random)
     health: dict[str, ChannelHealth] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     _background: set[asyncio.Future[None]] = field(default_factory=set)
 
     def health_of(self, name: str) -> ChannelHealth:
@@ -164,11 +185,13 @@ class ChannelPool:
             h = self.health[name] = ChannelHealth()
         return h
 
+    @staticmethod
+    def _enabled(ch: ChannelSpec, h: ChannelHealth) -> bool:
+        return ch.enabled and not h.disabled_reason
+
     def _usable(self, ch: ChannelSpec, now: float) -> bool:
-        if not ch.enabled:
-            return False
         h = self.health_of(ch.name)
-        if h.disabled_reason:
+        if not self._enabled(ch, h):
             return False
         if h.cooldown_until > now:
             return False
@@ -205,6 +228,16 @@ class ChannelPool:
             default_size=default_size,
         )
 
+    def _note(self, h: ChannelHealth, ok: bool) -> tuple[int, int]:
+        """Record one outcome in the channel's window; (failures, calls) within it."""
+        now = self.clock()
+        h.window.append((now, ok))
+        horizon = now - self.policy.breaker_window_s
+        while h.window and (h.window[0][0] < horizon or len(h.window) > _WINDOW_CAP):
+            h.window.popleft()
+        failures = sum(1 for _, good in h.window if not good)
+        return failures, len(h.window)
+
     def _succeeded(self, name: str) -> None:
         if self.observe is not None:
             self.observe(name, None)
@@ -213,6 +246,7 @@ class ChannelPool:
         h.consecutive_failures = 0
         h.cooldown_until = 0.0
         h.half_open_probe = False
+        self._note(h, True)
 
     def _failed(self, name: str, failure: UpstreamFailure) -> UpstreamFailure:
         """Count ``failure`` (already scrubbed: see :meth:`UpstreamFailure.redacted`)
@@ -234,10 +268,14 @@ class ChannelPool:
         if failure.kind == "client":
             return failure  # the caller's fault, not the channel's
         h.consecutive_failures += 1
-        if h.consecutive_failures >= self.policy.breaker_threshold or h.half_open_probe:
+        h.last_failed = self.clock()
+        failures, calls = self._note(h, False)
+        tripped = failures >= self.policy.breaker_threshold and failures >= self.policy.breaker_failure_rate * calls
+        if tripped or h.half_open_probe:
             h.cooldown_until = self.clock() + self.policy.cooldown_s
             # After the cooldown exactly one call probes; one more failure re-opens.
             h.half_open_probe = True
+            h.window.clear()  # the probe starts the channel's record afresh
             if self.shared is not None:
                 self.shared.trip(name, self.policy.cooldown_s)
         return failure
@@ -253,81 +291,107 @@ class ChannelPool:
             self.shared.clear(name)
 
     async def call(
-        self, channels: Sequence[ChannelSpec], upstream_model: str, default_size: str, request: ImageRequest
+        self, channels: Sequence[ChannelSpec], upstream_model: str, default_size: str, request: ImageRequest,
+        *, max_attempts: int | None = None,
     ) -> CallOutcome:
-        start = self.clock()
-        deadline = start + self.policy.deadline_s
-        attempts = 0
-        last: UpstreamFailure | None = None
-        for ch in self._attempt_order(channels):
-            if attempts >= self.policy.max_attempts or self.clock() >= deadline:
-                break
-            attempts += 1
-            self._begin_attempt(ch)
-            target = self._target(ch, upstream_model, default_size)
+        """One image answer, failing over and retrying (see :meth:`_attempts`)."""
+
+        async def attempt(ch: ChannelSpec, target: CallTarget, budget: float, attempts: int) -> CallOutcome:
             t0 = self.clock()
             try:
                 # asyncio.timeout, not wait_for: no second task whose exception could go
                 # unretrieved (or swallow a cancellation) when the client leaves.
-                async with asyncio.timeout(min(max(0.001, deadline - t0), ch.timeout_s)):
+                async with asyncio.timeout(budget):
                     result = await self.connectors[ch.type].images(target, request)
                 clean_items(result)
             except TimeoutError:
-                failure = UpstreamFailure("timeout", f"no answer within {ch.timeout_s:g}s")
-            except UpstreamFailure as exc:
-                failure = exc
+                raise UpstreamFailure("timeout", f"no answer within {budget:g}s") from None
+            except UpstreamFailure:
+                raise
             except Exception as exc:  # noqa: BLE001 - whatever a connector raises fails the channel, not the call
-                failure = UpstreamFailure.unexpected(exc)
-            else:
-                self._succeeded(ch.name)
-                return CallOutcome(result, ch.name, attempts, int((self.clock() - t0) * 1000))
-            last = self._failed(ch.name, failure.redacted(_secrets(target)))
-            if not failure.retryable:
-                raise _attempted(self._client_error(failure), attempts, ch.name) from None
-            await self._backoff(failure, deadline)
-        raise _attempted(self._exhausted(last, attempts), attempts, None)
+                raise UpstreamFailure.unexpected(exc) from None
+            return CallOutcome(result, ch.name, attempts, int((self.clock() - t0) * 1000))
+
+        return await self._attempts(channels, upstream_model, default_size, attempt, max_attempts)
 
     async def open_stream(
-        self, channels: Sequence[ChannelSpec], upstream_model: str, default_size: str, request: ImageRequest
+        self, channels: Sequence[ChannelSpec], upstream_model: str, default_size: str, request: ImageRequest,
+        *, max_attempts: int | None = None,
     ) -> StreamOutcome:
-        """Fail over until a channel yields its first event; after that, no more failover.
+        """Fail over and retry until a channel yields its first event; after that, no more failover.
 
         The rest of the stream comes through :meth:`_relayed`, which cleans each event
         and counts a failure mid-stream against the channel like any other.
         """
-        deadline = self.clock() + self.policy.deadline_s
-        attempts = 0
-        last: UpstreamFailure | None = None
-        for ch in self._attempt_order(channels):
-            if attempts >= self.policy.max_attempts or self.clock() >= deadline:
-                break
-            attempts += 1
-            self._begin_attempt(ch)
-            target = self._target(ch, upstream_model, default_size)
+
+        async def attempt(ch: ChannelSpec, target: CallTarget, budget: float, attempts: int) -> StreamOutcome:
             events = self.connectors[ch.type].stream(target, request)
             try:
-                async with asyncio.timeout(min(max(0.001, deadline - self.clock()), ch.timeout_s)):
+                async with asyncio.timeout(budget):
                     first = clean_event(await anext(events))
-            except TimeoutError:
-                failure = UpstreamFailure("timeout", "stream produced no event in time")
-            except StopAsyncIteration:
-                failure = UpstreamFailure("bad_response", "stream produced no event")
-            except UpstreamFailure as exc:
-                failure = exc
-            except Exception as exc:  # noqa: BLE001 - whatever a connector raises fails the channel, not the call
-                failure = UpstreamFailure.unexpected(exc)
-            except BaseException:
+            except BaseException as exc:
                 await _close_quietly(events)
-                raise
-            else:
+                if isinstance(exc, TimeoutError):
+                    raise UpstreamFailure("timeout", "stream produced no event in time") from None
+                if isinstance(exc, StopAsyncIteration):
+                    raise UpstreamFailure("bad_response", "stream produced no event") from None
+                if isinstance(exc, UpstreamFailure | asyncio.CancelledError) or not isinstance(exc, Exception):
+                    raise
+                raise UpstreamFailure.unexpected(exc) from None
+            return StreamOutcome(first, self._relayed(ch.name, target, events), ch.name, attempts)
+
+        return await self._attempts(channels, upstream_model, default_size, attempt, max_attempts)
+
+    async def _attempts(
+        self,
+        channels: Sequence[ChannelSpec],
+        upstream_model: str,
+        default_size: str,
+        attempt: Callable[[ChannelSpec, CallTarget, float, int], Awaitable[T]],
+        max_attempts: int | None,
+    ) -> T:
+        """The one failover loop, for plain calls and streams alike.
+
+        A round tries every usable channel once (priority, then weight); a retryable
+        failure moves on to the next. When a round is spent, the channels are tried
+        again after an exponential backoff with jitter (at least the upstream's
+        ``retry-after``, capped), up to ``max_attempts`` attempts in all and within the
+        deadline. Since a call holds one hold and is settled once by the relay, retries
+        never charge twice. A client error ends the loop at once.
+        """
+        limit = max_attempts or self.policy.max_attempts
+        deadline = self.clock() + self.policy.deadline_s
+        attempts, rounds = 0, 0
+        last: UpstreamFailure | None = None
+        while True:
+            wait_hint = 0.0
+            before = attempts
+            for ch in self._attempt_order(channels):
+                if attempts >= limit or self.clock() >= deadline:
+                    break
+                attempts += 1
+                self._begin_attempt(ch)
+                target = self._target(ch, upstream_model, default_size)
+                budget = min(max(0.001, deadline - self.clock()), ch.timeout_s)
+                try:
+                    outcome = await attempt(ch, target, budget, attempts)
+                except UpstreamFailure as failure:
+                    last = self._failed(ch.name, failure.redacted(_secrets(target)))
+                    if not failure.retryable:
+                        raise _attempted(self._client_error(failure), attempts, ch.name) from None
+                    wait_hint = max(wait_hint, min(failure.retry_after or 0.0, self.policy.max_retry_after_s))
+                    continue
                 self._succeeded(ch.name)
-                return StreamOutcome(first, self._relayed(ch.name, target, events), ch.name, attempts)
-            await _close_quietly(events)
-            last = self._failed(ch.name, failure.redacted(_secrets(target)))
-            if not failure.retryable:
-                raise _attempted(self._client_error(failure), attempts, ch.name) from None
-            await self._backoff(failure, deadline)
-        raise _attempted(self._exhausted(last, attempts), attempts, None)
+                return outcome
+            if attempts == before or attempts >= limit:
+                break  # nothing left to try (every channel disabled), or no attempts left
+            rounds += 1
+            step = min(self.policy.backoff_max_s, self.policy.backoff_base_s * 2 ** min(rounds - 1, 30))
+            wait = max(wait_hint, step / 2 + self.rng.uniform(0, step / 2))
+            if self.clock() + wait >= deadline:
+                break
+            await self.sleep(wait)
+        raise _attempted(self._exhausted(last, attempts, self._retry_hint(channels)), attempts, None)
 
     async def _relayed(
         self, name: str, target: CallTarget, events: AsyncIterator[StreamEvent]
@@ -345,7 +409,21 @@ class ChannelPool:
             await _close_quietly(events)
 
     def _attempt_order(self, channels: Sequence[ChannelSpec]) -> list[ChannelSpec]:
-        return self.order(channels)
+        """The usable channels; when every enabled one is cooling down, the least recently
+        failed of them (half-open): a pool degrades, it never blacks out on its own breakers."""
+        ordered = self.order(channels)
+        if ordered:
+            return ordered
+        cooling = [c for c in channels if self._enabled(c, self.health_of(c.name))]
+        if not cooling:
+            return []
+        return [min(cooling, key=lambda c: self.health_of(c.name).last_failed)]
+
+    def _retry_hint(self, channels: Sequence[ChannelSpec]) -> int:
+        """Seconds a caller should wait: the soonest a channel leaves its cooldown (1-30)."""
+        waits = [self.cooldown_remaining(c.name) for c in channels if c.enabled]
+        soonest = min(waits) if waits else 5.0
+        return max(1, min(30, int(soonest + 0.999)))
 
     def _begin_attempt(self, ch: ChannelSpec) -> None:
         h = self.health_of(ch.name)
@@ -354,12 +432,6 @@ class ChannelPool:
             # until it reports back (success clears it, failure re-opens the breaker).
             h.cooldown_until = self.clock() + self.policy.cooldown_s
 
-    async def _backoff(self, failure: UpstreamFailure, deadline: float) -> None:
-        if failure.retry_after:
-            wait = min(failure.retry_after, self.policy.max_retry_after_s, max(0.0, deadline - self.clock()))
-            if wait > 0:
-                await asyncio.sleep(wait)
-
     @staticmethod
     def _client_error(failure: UpstreamFailure) -> ApiError:
         if failure.client_error is not None:
@@ -367,11 +439,11 @@ class ChannelPool:
         return ApiError("The upstream rejected the request.", status=400, code="upstream_rejected")
 
     @staticmethod
-    def _exhausted(last: UpstreamFailure | None, attempts: int) -> ApiError:
+    def _exhausted(last: UpstreamFailure | None, attempts: int, retry_after: int) -> ApiError:
         if attempts == 0:
             return NoChannel(
                 "No upstream channel is available for this route right now; retry shortly.",
-                headers={"retry-after": "5"},
+                headers={"retry-after": str(retry_after)},
             )
         if last is not None and last.kind == "timeout":
             return UpstreamError("The upstream did not answer in time; retry the request.", status=504, code="upstream_timeout")
@@ -380,6 +452,11 @@ class ChannelPool:
                 "The upstream is rate limited right now; retry shortly.",
                 status=503,
                 code="upstream_overloaded",
-                headers={"retry-after": str(int(last.retry_after or 5))},
+                headers={"retry-after": str(max(retry_after, int(last.retry_after or 0)))},
             )
-        return UpstreamError("The upstream failed to produce an image; retry the request.", status=502)
+        return UpstreamError(
+            "The upstream is failing right now; retry shortly.",
+            status=503,
+            code="upstream_unavailable",
+            headers={"retry-after": str(retry_after)},
+        )

@@ -9,33 +9,34 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from imagerelay.upstreams.base import Connector
+from imagerelay.upstreams.transport import DEFAULT_MAX_ANSWER_BYTES
 
 
-def _simulator() -> Connector:
+def _simulator(max_answer_bytes: int) -> Connector:
     from imagerelay.upstreams.simulator import SimulatorConnector
 
     return SimulatorConnector()
 
 
-def _openai() -> Connector:
+def _openai(max_answer_bytes: int) -> Connector:
     from imagerelay.upstreams.openai import OpenAIConnector
 
-    return OpenAIConnector()
+    return OpenAIConnector(max_answer_bytes=max_answer_bytes)
 
 
-def _azure() -> Connector:
+def _azure(max_answer_bytes: int) -> Connector:
     from imagerelay.upstreams.azure import AzureConnector
 
-    return AzureConnector()
+    return AzureConnector(max_answer_bytes=max_answer_bytes)
 
 
-def _compatible() -> Connector:
+def _compatible(max_answer_bytes: int) -> Connector:
     from imagerelay.upstreams.compatible import CompatibleConnector
 
-    return CompatibleConnector()
+    return CompatibleConnector(max_answer_bytes=max_answer_bytes)
 
 
-CONNECTOR_FACTORIES: dict[str, Callable[[], Connector]] = {
+CONNECTOR_FACTORIES: dict[str, Callable[[int], Connector]] = {
     "simulator": _simulator,
     "openai": _openai,
     "azure": _azure,
@@ -43,5 +44,5 @@ CONNECTOR_FACTORIES: dict[str, Callable[[], Connector]] = {
 }
 
 
-def build_connectors() -> dict[str, Connector]:
-    return {name: factory() for name, factory in CONNECTOR_FACTORIES.items()}
+def build_connectors(max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES) -> dict[str, Connector]:
+    return {name: factory(max_answer_bytes) for name, factory in CONNECTOR_FACTORIES.items()}

@@ -72,7 +72,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     with simulated_channels(KEYS) as (sims, channels):
         catalog = write_catalog(tmp / "catalog.yaml", channels)
         env = {**KEYS, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
-               "IMAGERELAY_BREAKER_COOLDOWN_S": str(COOLDOWN_S), "IMAGERELAY_MAX_RETRY_AFTER_S": "1"}
+               "IMAGERELAY_BREAKER_COOLDOWN_S": str(COOLDOWN_S), "IMAGERELAY_MAX_RETRY_AFTER_S": "1",
+               "IMAGERELAY_RETRY_BACKOFF_S": "0.02", "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.1"}
         with run_gateway(tmp, extra_env=env) as gw:
             yield Rig(gw, sims)
 
@@ -205,13 +206,23 @@ def test_no_retry_on_moderation_block(rig: Rig) -> None:
     assert rig.requests("openai-a") == []
 
 
-def test_all_channels_failing_gives_one_clean_502(rig: Rig) -> None:
+def test_all_channels_failing_once_is_retried_and_served(rig: Rig) -> None:
+    """Every channel of the pool fails once: the next round (after a backoff) serves the call
+    (before retries, this was a 502)."""
     rig.fault("azure-1", type="500", count=1)
     rig.fault("openai-a", type="503", count=1)
+    rig.client("Sora2Official").images.generate(model="gpt-image-2", prompt="x", quality="low")
+    assert len(rig.requests("azure-1")) + len(rig.requests("openai-a")) == 3
+
+
+def test_all_channels_failing_gives_one_clean_503(rig: Rig) -> None:
+    rig.fault("azure-1", type="500")
+    rig.fault("openai-a", type="503")
     with pytest.raises(openai.InternalServerError) as info:
         rig.client("Sora2Official").images.generate(model="gpt-image-2", prompt="x", quality="low")
+    assert info.value.status_code == 503 and int(info.value.response.headers["retry-after"]) >= 1
     body = info.value.body
-    assert isinstance(body, dict) and body["code"] in ("upstream_error", "upstream_overloaded")
+    assert isinstance(body, dict) and body["code"] == "upstream_unavailable"
     text = str(body)
     assert "127.0.0.1" not in text and "azure" not in text.lower() and "secret" not in text
 

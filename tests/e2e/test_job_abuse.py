@@ -74,7 +74,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         env = {"JOBS_KEY": KEY, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
                "IMAGERELAY_JOB_WORKERS": "2", "IMAGERELAY_JOB_MAX_ACTIVE_PER_USER": "12",
                "IMAGERELAY_JOB_MAX_ACTIVE_PER_TOKEN": "10", "IMAGERELAY_TOKEN_CACHE_TTL_S": "0",
-               "IMAGERELAY_BREAKER_THRESHOLD": "1000"}  # the failing-job test must not cool the channel
+               "IMAGERELAY_BREAKER_THRESHOLD": "1000", "IMAGERELAY_RETRY_BACKOFF_S": "0.02",
+               "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.1"}  # the failing-job test must not cool the channel
         data = tmp / "data"
         data.mkdir()
         with run_gateway(data, extra_env=env) as gw:
@@ -208,7 +209,8 @@ def test_failed_and_queued_canceled_edit_jobs_delete_their_inputs(rig: Rig) -> N
     token = new_token(rig, "edit-fail")
     hdr = {"Authorization": f"Bearer {token}"}
     form = {"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue", "size": "1280x720"}
-    httpx.post(rig.urls["legacy"] + "/_sim/faults", json={"type": "500", "count": 10})
+    # until removed: each job now retries its channel up to IMAGERELAY_MAX_ATTEMPTS times
+    httpx.post(rig.urls["legacy"] + "/_sim/faults", json={"type": "500"})
     try:
         ids = [httpx.post(rig.gw.v1 + "/images/jobs", headers=hdr, data=form,
                           files={"image": ("a.png", png_bytes(64, 64), "image/png")}).json()["id"] for _ in range(4)]

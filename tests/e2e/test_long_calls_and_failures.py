@@ -64,7 +64,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
              "pools": ["legacy", "legacy-vip"], "timeout_s": 1.0},
         ])
         env = {"SLOW_KEY": KEY, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_JOB_WORKERS": "1",
-               "IMAGERELAY_MAX_RETRY_AFTER_S": "0.2"}
+               "IMAGERELAY_MAX_RETRY_AFTER_S": "0.2",
+               "IMAGERELAY_RETRY_BACKOFF_S": "0.02", "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.1"}
         data = tmp / "data"
         data.mkdir()
         with run_gateway(data, extra_env=env) as gw:
@@ -121,8 +122,8 @@ def test_upstream_500_after_failover_exhausted(rig: Rig) -> None:
     client = openai.OpenAI(base_url=rig.gw.v1, api_key=rig.gw.tokens[group], max_retries=0)
     with pytest.raises(openai.InternalServerError):
         client.images.generate(model="gpt-image-2", prompt="x", quality="low")
-    rec = _assert_nothing_charged(rig, group, before, n, 502)
-    assert rec["attempts"] == 2
+    rec = _assert_nothing_charged(rig, group, before, n, 503)
+    assert rec["attempts"] == 8  # both channels, then again, up to IMAGERELAY_MAX_ATTEMPTS
 
 
 def test_timeout_costs_nothing(rig: Rig) -> None:
@@ -205,7 +206,7 @@ def test_keepalive_error_after_first_byte_is_an_error_body(rig: Rig) -> None:
                    timeout=60)
     assert r.status_code == 200
     assert r.content.startswith(b" ")
-    assert r.json()["error"]["code"] in ("upstream_error", "upstream_overloaded")
+    assert r.json()["error"]["code"] in ("upstream_unavailable", "upstream_overloaded")
 
 
 def test_keepalive_validation_errors_keep_their_status(rig: Rig) -> None:
@@ -270,7 +271,7 @@ def test_failed_job_costs_nothing(rig: Rig) -> None:
     job_id = _submit(rig, group, "doomed")
     wait_for(lambda: _job(rig.gw, group, job_id)["status"] in ("succeeded", "failed"))
     job = _job(rig.gw, group, job_id)
-    assert job["status"] == "failed" and job["error"]["code"] in ("upstream_error", "upstream_overloaded")
+    assert job["status"] == "failed" and job["error"]["code"] in ("upstream_unavailable", "upstream_overloaded")
     assert set(job["error"]) == {"message", "type", "param", "code"} and "result" not in job
     wait_for(lambda: balance(rig.gw, group) == before)
     assert _charges(rig.data_dir, _request_id(rig.data_dir, job_id)) == []

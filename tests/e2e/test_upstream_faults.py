@@ -106,7 +106,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             {"name": "sim-legacy", "type": "simulator", "pools": ["legacy", "legacy-vip"]},
         ])
         env = {**KEYS, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
-               "IMAGERELAY_MAX_RETRY_AFTER_S": "0.1"}
+               "IMAGERELAY_MAX_RETRY_AFTER_S": "0.1", "IMAGERELAY_RETRY_BACKOFF_S": "0.01",
+               "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.05"}
         data = tmp / "data"
         data.mkdir()
         with run_gateway(data, extra_env=env) as gw:
@@ -130,6 +131,7 @@ class Outcome:
     body: dict[str, Any] | None = None  # plain answers and errors before a stream began
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (event, payload)
     text: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def event_types(self) -> list[str]:
@@ -145,7 +147,7 @@ def call(rig: Rig, group: str, *, stream: bool, n: int = 1, partial_images: int 
     headers = {"Authorization": f"Bearer {rig.gw.tokens[group]}"}
     with httpx.stream("POST", rig.gw.v1 + "/images/generations", json=body, headers=headers, timeout=timeout) as r:
         text = r.read().decode()
-        out = Outcome(r.status_code, r.headers.get("x-request-id", ""), text=text)
+        out = Outcome(r.status_code, r.headers.get("x-request-id", ""), text=text, headers=dict(r.headers))
         if r.headers.get("content-type", "").startswith("text/event-stream"):
             out.events = _sse(text)
         else:
@@ -201,13 +203,13 @@ def _rows() -> list[Row]:
     rules: dict[str, dict[str, Any]] = {
         "latency": {"latency_s": 0.2}, "rate_limit": {"retry_after": 0.1}, "status": {"status": 502},
     }
-    failed_one = {  # a channel failure with nowhere to fail over to
-        "server_error": (502, "upstream_error"), "overloaded": (502, "upstream_error"),
-        "rate_limit": (503, "upstream_overloaded"), "unauthorized": (502, "upstream_error"),
-        "status": (502, "upstream_error"), "reset": (502, "upstream_error"), "drop": (502, "upstream_error"),
-        "truncate": (502, "upstream_error"), "invalid_json": (502, "upstream_error"),
-        "bad_base64": (502, "upstream_error"), "stream_cut": (502, "upstream_error"),
-        "stream_error": (502, "upstream_error"),
+    # A channel failure with nowhere to fail over to, on every retry: a 503 with
+    # retry-after once the attempts are spent (it was a 502 when nothing was retried).
+    down = (503, "upstream_unavailable")
+    failed_one = {
+        "server_error": down, "overloaded": down, "rate_limit": (503, "upstream_overloaded"), "unauthorized": down,
+        "status": down, "reset": down, "drop": down, "truncate": down, "invalid_json": down, "bad_base64": down,
+        "stream_cut": down, "stream_error": down,
     }
     refused = {  # the caller's request refused upstream: no failover, nothing charged
         "moderation": {"one": (400, "moderation_blocked"), "two": (400, "moderation_blocked")},
@@ -266,6 +268,8 @@ def test_fault_matrix(rig: Rig, row: Row) -> None:
             assert out.body is not None and len(out.body["data"]) == 1
         else:
             assert out.body is not None and out.body["error"]["code"] == code, out.text
+            if status == 503:
+                assert int(out.headers["retry-after"]) >= 1
     for key in KEYS.values():
         assert key not in out.text
     assert "127.0.0.1" not in out.text
@@ -407,6 +411,9 @@ BAD_CHANNELS = [
     ({"type": "azure", "api_version": "2025-04-01&evil=1"}, "api_version"),
     ({"api_key_env": "IMAGERELAY_SECRET_KEY"}, "api_key_env"),
     ({"name": "bad name/with slash"}, "name"),
+    ({"proxy": "ftp://proxy.example:21"}, "proxy"),
+    ({"proxy": "http://proxy.example:3128\r\nX-Injected: 1"}, "proxy"),
+    ({"ca_bundle": "/nonexistent/ca.pem"}, "ca_bundle"),
 ]
 
 

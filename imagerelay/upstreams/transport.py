@@ -1,0 +1,122 @@
+"""The upstream wire: one aiohttp session per channel, safe requests, bounded answers.
+
+- one session, hence one connection pool of at most ``max_connections``, per channel;
+- the channel's ``proxy`` (``http://``, ``https://``; ``socks5://`` through
+  aiohttp-socks), else the ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` environment;
+- the channel's ``ca_bundle`` (a PEM file) and ``verify`` switch for private upstreams;
+- header values checked and URLs percent-encoded by construction;
+- answers read against a cap on their size, declared or (after decompression,
+  which aiohttp >= 3.13.3 does in bounded steps) received.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+
+import aiohttp
+from yarl import URL
+
+from imagerelay.catalog.model import ChannelSpec
+
+#: Ten 4K images as base64 are ~330 MB: generous, and still a bound.
+DEFAULT_MAX_ANSWER_BYTES = 512 * 1024 * 1024
+_PREALLOCATE_FROM = 1 << 20  # answers this large go into one buffer sized from content-length
+_UNSAFE = re.compile(r"[^\x21-\x7e \t]")  # header text: printable ASCII, space and tab only
+SOCKS_SCHEMES = ("socks5://", "socks5h://")
+PROXY_SCHEMES = ("http://", "https://", *SOCKS_SCHEMES)
+
+
+class AnswerTooLarge(Exception):
+    """An upstream answer over the cap (declared or received)."""
+
+
+class UnsafeValue(ValueError):
+    """A value that cannot go on the wire as it is (CR/LF in a header, a broken URL)."""
+
+
+def tls_setting(channel: ChannelSpec) -> ssl.SSLContext | bool:
+    """``False`` with verification off, a context trusting the channel's CA bundle, or
+    ``True`` for the system's trust store."""
+    if not channel.verify:
+        return False
+    if channel.ca_bundle:
+        return ssl.create_default_context(cafile=channel.ca_bundle)
+    return True
+
+
+def default_client(channel: ChannelSpec) -> aiohttp.ClientSession:
+    tls = tls_setting(channel)
+    proxy = channel.proxy
+    connector: aiohttp.BaseConnector
+    if proxy and proxy.lower().startswith(SOCKS_SCHEMES):
+        from aiohttp_socks import ProxyConnector
+
+        connector = ProxyConnector.from_url(proxy, limit=channel.max_connections, keepalive_timeout=60, ssl=tls)
+        proxy = None
+    else:
+        connector = aiohttp.TCPConnector(limit=channel.max_connections, keepalive_timeout=60, ssl=tls,
+                                         ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        # The pool enforces the channel's overall timeout; these bound each phase.
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, channel.timeout_s), sock_read=channel.timeout_s),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+        proxy=proxy,
+        # No proxy of its own: HTTPS_PROXY / HTTP_PROXY / NO_PROXY decide, as for the SDK.
+        trust_env=channel.proxy is None,
+    )
+
+
+def safe_headers(headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` if every name and value can be sent as it is; :class:`UnsafeValue` otherwise."""
+    for name, value in headers.items():
+        if _UNSAFE.search(name) or _UNSAFE.search(value) or " " in name:
+            raise UnsafeValue(f"header {name.strip()[:40]!r} holds characters a header cannot carry")
+    return headers
+
+
+def safe_url(url: str) -> URL:
+    """``url`` percent-encoded (existing %XX escapes kept); control characters refused."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise UnsafeValue("the upstream URL holds control characters")
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError) as exc:
+        raise UnsafeValue(f"the upstream URL is malformed ({type(exc).__name__})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UnsafeValue("the upstream URL is not http(s) with a host")
+    return parsed
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | bytearray:
+    """The (decoded) body, refused with :class:`AnswerTooLarge` once over ``cap`` bytes.
+
+    An uncompressed answer of known length goes into one buffer of that size (a 4K
+    image is ~33 MB: no chunk list then join holding two copies), but only after the
+    length was checked against the cap: a declared length is a claim, not a budget.
+    """
+    length = resp.content_length
+    if length is not None and length > cap:
+        raise AnswerTooLarge(f"answer declares {length} bytes, over the {cap}-byte limit")
+    encoded = resp.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
+    if length is not None and length >= _PREALLOCATE_FROM and not encoded:
+        buf = bytearray(length)
+        view = memoryview(buf)
+        offset = 0
+        async for chunk in resp.content.iter_any():
+            end = offset + len(chunk)
+            if end > length:
+                raise aiohttp.ClientPayloadError("body longer than its content-length")
+            view[offset:end] = chunk
+            offset = end
+        if offset != length:
+            raise aiohttp.ClientPayloadError("body shorter than its content-length")
+        return buf
+    body = bytearray()
+    async for chunk in resp.content.iter_any():
+        if len(body) + len(chunk) > cap:
+            raise AnswerTooLarge(f"answer over the {cap}-byte limit")
+        body += chunk
+    return body
