@@ -18,6 +18,8 @@ _ERRORS = {
     "401": "Missing, unknown, revoked or expired key",
     "403": "The key may not do this",
     "404": "Not found",
+    "409": "Conflict (the message says with what)",
+    "413": "The request body is too large",
     "429": "Rate, concurrency or job limit reached, or the balance or spend cap does not cover the call",
 }
 
@@ -82,6 +84,17 @@ _USAGE_QUERY = [
     query("before", "next_before of the previous page", {"type": "integer"}),
 ]
 _CHANNEL = path_param("name", "channel name")
+_TOKEN_ID = path_param("token_id", "API key id (the id field; another user's key is a 404 too)", {"type": "integer"})
+_TOKEN_QUERY = [
+    query("group", "only keys of this group", {"type": "string"}),
+    query("status", "only keys in this state", {"enum": ["active", "revoked", "expired"]}),
+    query("limit", "page size (default 100)", {"type": "integer", "minimum": 1, "maximum": 500}),
+    query("before", "next_before of the previous page", {"type": "integer", "minimum": 0}),
+]
+_KEY = _json(ref("ApiKey"), "The key (key_hint, never the secret)")
+_KEY_CREATED = _json(ref("ApiKeyCreated"), "The key, with its secret in token: shown this once")
+_SELF_SERVICE = ("A restricted key (one with a spend cap or allowed_models) cannot manage keys: "
+                 "403 restricted_api_key.")
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
     # -- public: images ----------------------------------------------------------------
@@ -101,13 +114,22 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             "application/json": {"schema": ref("JobRequest")},
             "multipart/form-data": {"schema": ref("EditRequestMultipart")},
         }, params=_CALL_HEADERS[:1], errors=_CALL_ERRORS),
+    ("GET", "/v1/images/jobs"): op(
+        "jobs", "The key's user's jobs, newest first (expired jobs are gone)",
+        _json(ref("JobList"), "A page (results carry URLs, never b64_json)"), params=[
+            query("status", "only jobs in this state",
+                  {"enum": ["queued", "running", "succeeded", "failed", "canceled"]}),
+            query("limit", "page size (default 20)", {"type": "integer", "minimum": 1, "maximum": 100}),
+            query("before", "next_before of the previous page (a job id of this user, else 400)",
+                  {"type": "string", "maxLength": 64})]),
     ("GET", "/v1/images/jobs/{job_id}"): op(
         "jobs", "Get a job", _json(ref("Job"), "The job"), errors=("401", "404"), params=[
             path_param("job_id", "job id"),
             query("include", "b64_json: inline the images", {"enum": ["b64_json"]})]),
     ("DELETE", "/v1/images/jobs/{job_id}"): op(
-        "jobs", "Cancel a job", _json(ref("Job"), "The job, canceled (or already finished)"),
-        errors=("401", "404"), params=[path_param("job_id", "job id")]),
+        "jobs", "Cancel a job", _json(ref("Job"), "The job, canceled"),
+        errors=("401", "404"), params=[path_param("job_id", "job id")],
+        extra={"409": _json(ref("Error"), "The job already finished (code job_finished)")}),
     ("GET", "/v1/files/images/{name}"): op(
         "images", "An image behind a signed URL", {"description": "The image", "content": {
             "image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}},
@@ -126,11 +148,30 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/v1/account/balance"): op("account", "Balance", _json(ref("Balance"), "Balance"), errors=("401",)),
     ("GET", "/v1/account/usage"): op("account", "Usage records of the key's user", _json(ref("UsagePage"), "A page"),
                                      params=_USAGE_QUERY),
+    ("GET", "/v1/account/tokens"): op(
+        "account", "The user's API keys", _json(ref("ApiKeyList"), "A page, newest first"), params=_TOKEN_QUERY,
+        description="Any key of the user may list (restricted ones too)."),
+    ("POST", "/v1/account/tokens"): op(
+        "account", "Create an API key for yourself", _KEY_CREATED, status="201",
+        body={"application/json": {"schema": ref("AccountTokenCreate")}}, errors=("400", "401", "403", "413"),
+        description=_SELF_SERVICE + " A group outside the user's allowed_groups (default: the groups of "
+                                    "their keys) is 403 group_not_allowed."),
+    ("PATCH", "/v1/account/tokens/{token_id}"): op(
+        "account", "Rename one of your keys or change its limits", _KEY,
+        body={"application/json": {"schema": ref("TokenUpdate")}}, errors=("400", "401", "403", "404", "413"),
+        params=[_TOKEN_ID], description=_SELF_SERVICE),
+    ("DELETE", "/v1/account/tokens/{token_id}"): op(
+        "account", "Revoke one of your keys", _json(ref("ApiKey"), "The key, revoked (again: the same answer)"),
+        errors=("401", "403", "404"), params=[_TOKEN_ID], description=_SELF_SERVICE),
     ("GET", "/v1/account/webhook-secret"): op("jobs", "The secret that signs your job webhooks",
                                               _json(ref("WebhookSecret"), "Secret"), errors=("401",)),
     # -- admin ----------------------------------------------------------------------------
     ("GET", "/admin/users"): op("admin", "Users", _json(ref("UserList"), "Users"), auth="admin",
                                 errors=("401", "403")),
+    ("PATCH", "/admin/users/{name}"): op(
+        "admin", "Disable or enable a user, set the admin flag and the groups they may create keys in",
+        _json(ref("User"), "The user"), auth="admin", body={"application/json": {"schema": ref("UserUpdate")}},
+        errors=("400", "401", "403", "404", "413"), params=[path_param("name", "user name")]),
     ("POST", "/admin/users/{name}/balance"): op(
         "admin", "Top up or adjust a balance", _json(ref("BalanceAdjusted"), "New balance"), auth="admin",
         body={"application/json": {"schema": ref("BalanceAdjustment")}}, errors=("400", "401", "403", "404"),
@@ -138,15 +179,39 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/admin/usage"): op("admin", "Usage records of everyone (or one user)", _json(ref("UsagePage"), "A page"),
                                 auth="admin", errors=("400", "401", "403", "404"),
                                 params=[query("user", "user name", {"type": "string"}), *_USAGE_QUERY]),
-    ("POST", "/admin/tokens"): op("admin", "Create an API key", _json(ref("TokenCreated"), "The key, shown once"),
-                                  status="201", auth="admin", body={"application/json": {"schema": ref("TokenCreate")}},
-                                  errors=("400", "401", "403")),
+    ("GET", "/admin/tokens"): op(
+        "admin", "API keys of everyone (or one user)", _json(ref("ApiKeyList"), "A page, newest first"),
+        auth="admin", errors=("400", "401", "403", "404"),
+        params=[query("user", "only this user's keys (unknown: 404)", {"type": "string"}), *_TOKEN_QUERY]),
+    ("POST", "/admin/tokens"): op(
+        "admin", "Create an API key (and its user if missing)", _KEY_CREATED, status="201", auth="admin",
+        body={"application/json": {"schema": ref("TokenCreate")}}, errors=("400", "401", "403", "413")),
+    ("GET", "/admin/tokens/{token_id}"): op("admin", "One API key", _KEY, auth="admin", errors=("401", "403", "404"),
+                                            params=[_TOKEN_ID]),
+    ("PATCH", "/admin/tokens/{token_id}"): op(
+        "admin", "Rename an API key or change its limits", _KEY, auth="admin",
+        body={"application/json": {"schema": ref("TokenUpdate")}}, errors=("400", "401", "403", "404", "413"),
+        params=[_TOKEN_ID]),
+    ("DELETE", "/admin/tokens/{token_id}"): op(
+        "admin", "Revoke an API key", _json(ref("ApiKey"), "The key, revoked (again: the same answer)"),
+        auth="admin", errors=("401", "403", "404"), params=[_TOKEN_ID]),
     ("GET", "/admin/channels"): op("admin", "Channels and their health", _json(ref("ChannelList"), "Channels"),
                                    auth="admin", errors=("401", "403")),
     ("POST", "/admin/channels"): op("admin", "Add a channel", _json(ref("Channel"), "The channel"), status="201",
                                     auth="admin", body={"application/json": {"schema": ref("ChannelCreate")}},
-                                    errors=("400", "401", "403"),
+                                    errors=("400", "401", "403", "413"),
                                     extra={"409": _json(ref("Error"), "A channel with this name exists")}),
+    ("PATCH", "/admin/channels/{name}"): op(
+        "admin", "Change a channel added at run time", _json(ref("Channel"), "The channel"), auth="admin",
+        body={"application/json": {"schema": ref("ChannelUpdate")}}, errors=("400", "401", "403", "404", "413"),
+        params=[_CHANNEL], description="Calls follow at once in this process, within the channel reload interval "
+                                       "in the others.",
+        extra={"409": _json(ref("Error"), "The channel comes from the catalog file: change it there")}),
+    ("DELETE", "/admin/channels/{name}"): op(
+        "admin", "Remove a channel added at run time", _json(ref("ChannelDeleted"), "Removed"), auth="admin",
+        errors=("401", "403", "404"), params=[_CHANNEL],
+        extra={"409": _json(ref("Error"), "The channel comes from the catalog file: remove it there "
+                                          "(or disable it here)")}),
     ("POST", "/admin/channels/{name}/test"): op(
         "admin", "One small real generation through this channel", _json(ref("ChannelTest"), "Result"),
         auth="admin", errors=("401", "403", "404"), params=[_CHANNEL]),

@@ -38,6 +38,42 @@ BOOL: Schema = {"type": "boolean"}
 USD: Schema = {"type": "string", "description": "US dollars as a decimal string, e.g. \"0.030000\"", "examples": ["0.030000"]}
 MICROS: Schema = {"type": "integer", "description": "micro-dollars (1 USD = 1,000,000)"}
 
+_LABEL: Schema = {"type": "string", "minLength": 1, "maxLength": 128, "description": "printable, not blank"}
+_NAMES: Schema = {"type": "array", "minItems": 1, "maxItems": 64, "items": _LABEL}
+_TOKEN_LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 1_000_000}
+# imagerelay.domain.accountrules.token_changes: one reading for admin, self-service and CLI.
+_TOKEN_SETTINGS: dict[str, Schema] = {
+    "name": {**_LABEL, "description": "default: \"default\""},
+    "expires_at": nullable({"type": "number", "minimum": 0, "maximum": 253_402_300_799,
+                            "description": "unix time; null: never"}),
+    "spend_cap_usd": nullable({"type": "string", "pattern": "^[0-9]{1,10}(\\.[0-9]{1,6})?$",
+                               "description": "plain decimal USD, at most 1000000000; null: no cap",
+                               "examples": ["25.00"]}),
+    "allowed_models": nullable({**_NAMES, "description": "models of the key's group; null: all of them"}),
+    "rpm": nullable({**_TOKEN_LIMIT, "description": "requests per minute; null: no limit"}),
+    "concurrency": nullable({**_TOKEN_LIMIT, "description": "calls at once; null: no limit"}),
+}
+_API_KEY: dict[str, Schema] = {
+    "id": INT, "object": {"const": "api_key"}, "name": STR, "user": STR, "group": STR,
+    "key_hint": {"type": "string", "examples": ["sk-abcd…wxyz"]},
+    "status": {"enum": ["active", "revoked", "expired"]}, "created_at": INT, "expires_at": nullable(NUM),
+    "limits": obj({"rpm": nullable(INT), "concurrency": nullable(INT), "spend_cap_usd": nullable(USD),
+                   "allowed_models": nullable({"type": "array", "items": STR})},
+                  ("rpm", "concurrency", "spend_cap_usd", "allowed_models")),
+    "spent_usd": USD, "held_usd": USD,
+}
+_API_KEY_REQUIRED = ("id", "object", "name", "user", "group", "key_hint", "status", "created_at", "expires_at",
+                     "limits", "spent_usd", "held_usd")
+_CHANNEL_FIELDS: dict[str, Schema] = {
+    "name": STR, "type": {"enum": ["simulator", "openai", "azure", "openai-compatible"]},
+    "pools": {"type": "array", "items": STR}, "base_url": nullable(STR),
+    "api_key_env": nullable({"type": "string", "description": "environment variable holding the key"}),
+    "api_version": nullable(STR), "azure_form": {"enum": ["deployment", "v1"]},
+    "max_connections": {"type": "integer", "minimum": 1}, "model_map": {"type": "object", "additionalProperties": STR},
+    "priority": INT, "weight": {"type": "integer", "minimum": 1}, "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+    "enabled": BOOL,
+}
+
 _GENERATION_FIELDS: dict[str, Schema] = {
     "model": {"type": "string", "examples": ["gpt-image-2"]},
     "prompt": STR,
@@ -99,6 +135,7 @@ SCHEMAS: dict[str, Schema] = {
         "error": obj({"message": STR, "type": STR, "param": nullable(STR), "code": nullable(STR)}),
         "result": ref("ImagesResponse"),
     }, ("id", "object", "status", "endpoint", "model", "created_at", "expires_at")),
+    "JobList": list_of(ref("Job"), has_more=BOOL, next_before=nullable(STR)),
     "Capabilities": obj({
         "group": STR, "route": STR, "description": STR,
         "endpoints": {"type": "array", "items": {"enum": ["generations", "edits"]}},
@@ -145,26 +182,42 @@ SCHEMAS: dict[str, Schema] = {
     }),
     "UsagePage": list_of(ref("UsageRecord"), has_more=BOOL, next_before=nullable(INT)),
     "WebhookSecret": obj({"secret": STR, "header": STR, "scheme": STR}, ("secret", "header", "scheme")),
-    "User": obj({"id": INT, "name": STR, "is_admin": BOOL, "balance_micros": MICROS, "held_micros": MICROS,
-                 "balance_usd": USD}),
+    "User": obj({"id": INT, "name": STR, "is_admin": BOOL, "disabled": BOOL,
+                 "allowed_groups": nullable({"type": "array", "items": STR,
+                                             "description": "null: the groups of the user's keys"}),
+                 "balance_micros": MICROS, "held_micros": MICROS, "balance_usd": USD},
+                ("id", "name", "is_admin", "disabled", "allowed_groups", "balance_micros", "held_micros",
+                 "balance_usd")),
+    "UserUpdate": obj({
+        "disabled": {"type": "boolean", "description": "true: every key of the user is refused (401 account_disabled)"},
+        "is_admin": BOOL,
+        "allowed_groups": nullable({**_NAMES, "description": "catalog groups the user may create keys in; "
+                                                              "null: the groups of their keys"}),
+    }, additionalProperties=False),
     "UserList": list_of(ref("User")),
     "BalanceAdjustment": obj({"amount_usd": {"type": "string", "examples": ["10.00", "-2.50"]},
                               "reason": {"type": "string", "maxLength": 1000}}, ("amount_usd", "reason")),
     "BalanceAdjusted": obj({"user": STR, "balance_micros": MICROS, "balance_usd": USD}),
-    "TokenCreate": obj({
-        "user": {"type": "string", "maxLength": 128}, "group": STR, "name": {"type": "string", "maxLength": 128},
-        "spend_cap_usd": STR, "allowed_models": {"type": "array", "items": STR},
-        "rpm": {"type": "integer", "minimum": 1}, "concurrency": {"type": "integer", "minimum": 1},
-        "expires_at": {"type": "number", "description": "unix time"},
-    }, ("user", "group")),
-    "TokenCreated": obj({"token": {"type": "string", "description": "shown once"}, "user": STR, "group": STR}),
-    "ChannelCreate": obj({
-        "name": STR, "type": {"enum": ["simulator", "openai", "azure", "openai-compatible"]},
-        "pools": {"type": "array", "items": STR}, "base_url": STR, "api_key": STR, "api_key_env": STR,
-        "api_version": STR, "azure_form": {"enum": ["deployment", "v1"]}, "max_connections": INT,
-        "model_map": {"type": "object", "additionalProperties": STR}, "priority": INT, "weight": INT,
-        "timeout_s": NUM, "enabled": BOOL,
-    }, ("name", "type", "pools")),
+    "TokenCreate": obj({"user": {**_LABEL, "description": "created if missing"}, "group": STR, **_TOKEN_SETTINGS},
+                       ("user", "group"), additionalProperties=False),
+    "AccountTokenCreate": obj({"group": {"type": "string", "description": "default: the calling key's group; one of "
+                                                                   "the user's allowed_groups"}, **_TOKEN_SETTINGS},
+                              additionalProperties=False),
+    "TokenUpdate": obj(_TOKEN_SETTINGS, additionalProperties=False,
+                       description="Absent fields keep their value; null clears a limit (or the expiry)."),
+    "ApiKey": obj(_API_KEY, _API_KEY_REQUIRED, **{"not": {"required": ["token"]}},
+                  description="An API key as lists show it: key_hint, never the secret."),
+    "ApiKeyCreated": obj({**_API_KEY, "token": {"type": "string", "description": "the secret, shown once"}},
+                         (*_API_KEY_REQUIRED, "token")),
+    "ApiKeyList": list_of(ref("ApiKey"), has_more=BOOL, next_before=nullable(INT)),
+    "ChannelCreate": obj({**_CHANNEL_FIELDS, "api_key": STR}, ("name", "type", "pools"), additionalProperties=False,
+                         description="base_url is required for azure and openai-compatible."),
+    "ChannelUpdate": obj({**_CHANNEL_FIELDS, "name": {"type": "string", "description": "if sent, the path's name"},
+                          "api_key": nullable({"type": "string", "description": "replaces the key; null removes it"})},
+                         additionalProperties=False, description="Absent fields keep their value; every field is "
+                         "checked again as on create. Channels of the catalog file are changed there (409)."),
+    "ChannelDeleted": obj({"name": STR, "object": {"const": "channel"}, "deleted": {"const": True}},
+                          ("name", "object", "deleted")),
     "Channel": obj({
         "name": STR, "type": STR, "pools": {"type": "array", "items": STR}, "base_url": nullable(STR),
         "api_version": nullable(STR), "model_map": {"type": "object", "additionalProperties": STR},
