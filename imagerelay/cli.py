@@ -559,6 +559,9 @@ def channels_add(
     priority: Annotated[int, typer.Option("--priority")] = 0,
     weight: Annotated[int, typer.Option("--weight")] = 1,
     timeout_s: Annotated[float, typer.Option("--timeout")] = 180.0,
+    proxy: Annotated[str | None, typer.Option("--proxy", help="http://, https:// or socks5:// proxy for this channel.")] = None,
+    ca_bundle: Annotated[str | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust for this upstream.")] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Verify the upstream's certificate.")] = True,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
 ) -> None:
@@ -573,6 +576,7 @@ def channels_add(
         spec = ChannelSpec(
             name=name, type=type, pools=tuple(pools), base_url=base_url, api_version=api_version,  # type: ignore[arg-type]
             azure_form=azure_form, model_map=mapping, priority=priority, weight=weight, timeout_s=timeout_s,  # type: ignore[arg-type]
+            proxy=proxy, ca_bundle=ca_bundle, verify=verify,
         )
     except (ValueError, ValidationError) as exc:
         err_console.print(f"[red]invalid channel:[/red] {exc}")
@@ -619,6 +623,9 @@ def channels_update(
     priority: Annotated[int | None, typer.Option("--priority")] = None,
     weight: Annotated[int | None, typer.Option("--weight")] = None,
     timeout_s: Annotated[float | None, typer.Option("--timeout")] = None,
+    proxy: Annotated[str | None, typer.Option("--proxy", help="http://, https:// or socks5:// proxy for this channel.")] = None,
+    ca_bundle: Annotated[str | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust for this upstream.")] = None,
+    verify: Annotated[bool | None, typer.Option("--verify/--no-verify", help="Verify the upstream's certificate.")] = None,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
 ) -> None:
@@ -630,7 +637,7 @@ def channels_update(
         field: value for field, value in (
             ("pools", pools), ("base_url", base_url), ("api_version", api_version), ("azure_form", azure_form),
             ("model_map", None if model_map is None else _model_map(model_map)), ("priority", priority),
-            ("weight", weight), ("timeout_s", timeout_s),
+            ("weight", weight), ("timeout_s", timeout_s), ("proxy", proxy), ("ca_bundle", ca_bundle), ("verify", verify),
         ) if value is not None
     }
     key = sys.stdin.readline().strip() if key_stdin else None

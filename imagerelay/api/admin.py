@@ -6,6 +6,7 @@ Authenticated by ``IMAGERELAY_ADMIN_TOKEN`` or by the token of an admin user.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
 import hmac
 import time
 from typing import Any
@@ -51,6 +52,9 @@ def _channel_json(services: Services, view: Any) -> dict[str, Any]:
         "priority": spec.priority,
         "weight": spec.weight,
         "timeout_s": spec.timeout_s,
+        "proxy": _without_credentials(spec.proxy),
+        "ca_bundle": spec.ca_bundle,
+        "verify": spec.verify,
         "enabled": spec.enabled and not health.disabled_reason,
         "source": view.source,
         "has_key": view.has_key,
@@ -65,6 +69,20 @@ def _channel_json(services: Services, view: Any) -> dict[str, Any]:
             "last_error_at": health.last_error_at,
         },
     }
+
+
+def _without_credentials(url: str | None) -> str | None:
+    """A proxy URL as listings show it: a proxy's user and password are secrets too."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, "***@" + netloc, parts.path, parts.query, parts.fragment))
 
 
 async def list_channels(request: Request) -> Response:

@@ -254,3 +254,34 @@ def test_a_channel_disabled_for_its_key_comes_back_when_enabled_from_the_cli(rig
         time.sleep(0.5)
         rig.generate()
     assert key_used(rig.seen(one)[-1]) == EXTRA_KEYS[0]
+
+
+def test_cli_sets_proxy_and_tls_fields_and_listings_hide_proxy_credentials(rig: Rig) -> None:
+    one, _ = rig.extra
+    added = rig.cli("channels", "add", "--name", "cli-proxy", "--type", "openai", "--pool", "official-pure",
+                    "--base-url", one + "/v1", "--proxy", "http://scott:tiger@127.0.0.1:3128", "--no-verify")
+    assert added.returncode == 0, added.stderr
+    try:
+        def listed() -> dict[str, Any]:
+            return {c["name"]: c for c in httpx.get(rig.gw.base_url + "/admin/channels", headers=H).json()["data"]}
+
+        deadline = time.monotonic() + 15  # added by another process: seen within the channel reload
+        while "cli-proxy" not in listed():
+            assert time.monotonic() < deadline, "the gateway never loaded the channel the CLI added"
+            time.sleep(0.2)
+        entry = listed()["cli-proxy"]
+        assert entry["proxy"] == "http://***@127.0.0.1:3128" and entry["verify"] is False and entry["ca_bundle"] is None
+        assert "tiger" not in httpx.get(rig.gw.base_url + "/admin/channels", headers=H).text
+
+        missing = rig.cli("channels", "update", "cli-proxy", "--ca-bundle", "/nonexistent/ca.pem")
+        assert missing.returncode == 2 and "ca_bundle" in missing.stderr and "Traceback" not in missing.stderr
+        bad = rig.cli("channels", "update", "cli-proxy", "--proxy", "ftp://127.0.0.1:21")
+        assert bad.returncode == 2 and "proxy" in bad.stderr
+        cleared = rig.cli("channels", "update", "cli-proxy", "--verify")
+        assert cleared.returncode == 0, cleared.stderr
+        deadline = time.monotonic() + 15
+        while listed()["cli-proxy"]["verify"] is not True:
+            assert time.monotonic() < deadline, "the gateway never loaded the updated channel"
+            time.sleep(0.2)
+    finally:
+        rig.cli("channels", "remove", "cli-proxy")

@@ -72,6 +72,10 @@ _CHANNEL_FIELDS: dict[str, Schema] = {
     "max_connections": {"type": "integer", "minimum": 1}, "model_map": {"type": "object", "additionalProperties": STR},
     "priority": INT, "weight": {"type": "integer", "minimum": 1}, "timeout_s": {"type": "number", "exclusiveMinimum": 0},
     "enabled": BOOL,
+    "proxy": nullable({"type": "string", "description": "http://, https:// or socks5:// proxy for this channel "
+                                                         "(null: HTTPS_PROXY/NO_PROXY from the environment)"}),
+    "ca_bundle": nullable({"type": "string", "description": "PEM file of CAs to trust for this upstream"}),
+    "verify": {"type": "boolean", "description": "verify the upstream's certificate (default true)"},
 }
 
 _GENERATION_FIELDS: dict[str, Schema] = {
@@ -222,7 +226,8 @@ SCHEMAS: dict[str, Schema] = {
         "name": STR, "type": STR, "pools": {"type": "array", "items": STR}, "base_url": nullable(STR),
         "api_version": nullable(STR), "model_map": {"type": "object", "additionalProperties": STR},
         "priority": INT, "weight": INT, "timeout_s": NUM, "enabled": BOOL,
-        "source": {"enum": ["catalog", "database"]}, "has_key": BOOL,
+        "proxy": nullable({"type": "string", "description": "without credentials"}), "ca_bundle": nullable(STR),
+        "verify": BOOL, "source": {"enum": ["catalog", "database"]}, "has_key": BOOL,
         "health": obj({"disabled_reason": nullable(STR), "cooldown_remaining_s": NUM, "consecutive_failures": INT,
                        "successes": INT, "failures": INT, "success_rate": nullable(NUM),
                        "last_error": nullable(STR), "last_error_at": nullable(NUM)}),
