@@ -167,7 +167,7 @@ async def admin_create_token(request: Request) -> Response:
     if name is None:
         raise InvalidRequest("user (a user name of up to 128 printable characters) is required.", param="user")
     group = body.pop("group", None)
-    if group not in services.catalog.groups:
+    if not isinstance(group, str) or group not in services.catalog.groups:  # a list or object is no group either
         raise InvalidRequest(f"group must be one of: {', '.join(services.catalog.groups)}.", param="group")
     token_changes(body, models=services.catalog.models_by_group.get(group, ()))  # before the user is created
     return await _create(services, await services.accounts.get_or_create_user(name), group, body)
@@ -232,6 +232,8 @@ async def my_create_token(request: Request) -> Response:
     body = await read_json_object(request, _BODY_LIMIT)
     refuse_unknown(body, ("group", *TOKEN_FIELDS))
     group = body.pop("group", None) or token.group
+    if not isinstance(group, str):
+        raise InvalidRequest("group must be the name of a group, as a string.", param="group")
     user = await services.accounts.get_user(token.user_id)
     assert user is not None
     allowed = user.allowed_groups if user.allowed_groups is not None else await services.accounts.token_groups(user.id)

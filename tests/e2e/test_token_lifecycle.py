@@ -161,6 +161,17 @@ def test_admin_token_filters_and_paging(pair: Pair) -> None:
 # -- revocation and updates -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("group", [[1], {"a": 1}, 7, None])
+def test_a_group_that_is_no_string_is_a_400_naming_it(pair: Pair, group: Any) -> None:
+    """A list or object as the group was a 500 (an unhashable value tested against the catalog)."""
+    made = httpx.post(f"{pair.a.base_url}/admin/tokens", headers=H, json={"user": "groupless", "group": group})
+    assert_error(made, 400, "invalid_value", "group")
+    own = new_token(pair, "groupless-self", credit=None)["token"]
+    if group is not None:  # absent or null: the calling key's own group
+        mine = httpx.post(pair.a.v1 + "/account/tokens", headers=auth(own), json={"group": group})
+        assert_error(mine, 400, "invalid_value", "group")
+
+
 def test_revoke_is_refused_here_at_once_and_by_another_process_within_the_ttl(pair: Pair) -> None:
     token = new_token(pair, "revokee", credit=None)
     for gw in (pair.a, pair.b):  # both processes have the token cached as valid
