@@ -53,6 +53,7 @@ class ChannelHealth:
     last_error_at: float | None = None
     last_failed: float = 0.0  # clock() of the last failure: the least recent is tried first when all cool
     window: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
+    window_failures: int = 0  # failures in ``window``, kept as outcomes come and go (no scan per call)
 
     @property
     def success_rate(self) -> float | None:
@@ -232,11 +233,11 @@ class ChannelPool:
         """Record one outcome in the channel's window; (failures, calls) within it."""
         now = self.clock()
         h.window.append((now, ok))
+        h.window_failures += not ok
         horizon = now - self.policy.breaker_window_s
         while h.window and (h.window[0][0] < horizon or len(h.window) > _WINDOW_CAP):
-            h.window.popleft()
-        failures = sum(1 for _, good in h.window if not good)
-        return failures, len(h.window)
+            h.window_failures -= not h.window.popleft()[1]
+        return h.window_failures, len(h.window)
 
     def _succeeded(self, name: str) -> None:
         if self.observe is not None:
@@ -276,6 +277,7 @@ class ChannelPool:
             # After the cooldown exactly one call probes; one more failure re-opens.
             h.half_open_probe = True
             h.window.clear()  # the probe starts the channel's record afresh
+            h.window_failures = 0
             if self.shared is not None:
                 self.shared.trip(name, self.policy.cooldown_s)
         return failure
