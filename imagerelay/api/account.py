@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imagerelay.api.admin import require_admin
+from imagerelay.api.admin import require_admin, user_filter
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
@@ -161,14 +161,7 @@ async def admin_adjust_balance(request: Request) -> Response:
 
 async def admin_usage(request: Request) -> Response:
     await require_admin(request)
-    user_id = None
-    name = request.query_params.get("user")
-    if name:
-        user = await services_of(request).accounts.find_user(name) if label(name) else None
-        if user is None:
-            raise NotFound(f"No user named {name!r}.")
-        user_id = user.id
-    return await _page(request, user_id)
+    return await _page(request, await user_filter(request))
 
 
 routes = [

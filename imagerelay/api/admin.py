@@ -6,10 +6,10 @@ Authenticated by ``IMAGERELAY_ADMIN_TOKEN`` or by the token of an admin user.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
 import hmac
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -20,6 +20,7 @@ from imagerelay.api.deps import authenticate, bearer, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
 from imagerelay.catalog.model import ChannelSpec
+from imagerelay.domain.accountrules import label
 from imagerelay.domain.types import ImageRequest
 from imagerelay.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
 from imagerelay.services import Services
@@ -37,6 +38,18 @@ async def require_admin(request: Request) -> None:
     info = await authenticate(request)
     if not info.is_admin:
         raise PermissionDenied("This token does not belong to an administrator.")
+
+
+async def user_filter(request: Request) -> int | None:
+    """The id of the user an admin listing's ``?user=NAME`` names (None: every user);
+    a name no user has is a 404."""
+    name = request.query_params.get("user")
+    if not name:
+        return None
+    user = await services_of(request).accounts.find_user(name) if label(name) else None
+    if user is None:
+        raise NotFound(f"No user named {name!r}.", param="user")
+    return user.id
 
 
 def _channel_json(services: Services, view: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imagerelay.api.admin import require_admin
+from imagerelay.api.admin import require_admin, user_filter
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
@@ -147,14 +147,7 @@ async def _revoke(request: Request, view: TokenView) -> Response:
 
 async def admin_list_tokens(request: Request) -> Response:
     await require_admin(request)
-    user_id = None
-    name = request.query_params.get("user")
-    if name:
-        user = await services_of(request).accounts.find_user(name) if label(name) else None
-        if user is None:
-            raise NotFound(f"No user named {name!r}.", param="user")
-        user_id = user.id
-    return await _token_page(request, user_id)
+    return await _token_page(request, await user_filter(request))
 
 
 async def admin_create_token(request: Request) -> Response:
