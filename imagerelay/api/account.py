@@ -10,14 +10,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imagerelay.api.admin import require_admin, user_filter
+from imagerelay.api.admin import require_admin, user_filter, user_named
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
 from imagerelay.domain import capabilities
 from imagerelay.domain.accountrules import label, usd_field
 from imagerelay.domain.pricing import format_usd
-from imagerelay.errors import InvalidRequest, NotFound
+from imagerelay.errors import InvalidRequest
 from imagerelay.storage.billing import AdjustmentRefused, UsageQuery, usage_page
 
 MAX_PAGE = 500
@@ -136,10 +136,7 @@ async def pricing(request: Request) -> Response:
 async def admin_adjust_balance(request: Request) -> Response:
     await require_admin(request)
     services = services_of(request)
-    name = label(request.path_params["name"])
-    user = await services.accounts.find_user(name) if name else None
-    if user is None:
-        raise NotFound(f"No user named {request.path_params['name']!r}.")
+    user = await user_named(request)
     body = await read_json_object(request, 64 * 1024)
     micros, reason = usd_field(body, "amount_usd", signed=True), label(body.get("reason"), 1000)
     if not micros:

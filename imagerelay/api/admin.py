@@ -24,6 +24,7 @@ from imagerelay.domain.accountrules import label
 from imagerelay.domain.types import ImageRequest
 from imagerelay.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
 from imagerelay.services import Services
+from imagerelay.storage.accounts import UserInfo
 from imagerelay.storage.channels import ChannelConflict, ChannelInvalid
 from imagerelay.upstreams.base import CallTarget, UpstreamFailure
 
@@ -38,6 +39,15 @@ async def require_admin(request: Request) -> None:
     info = await authenticate(request)
     if not info.is_admin:
         raise PermissionDenied("This token does not belong to an administrator.")
+
+
+async def user_named(request: Request) -> UserInfo:
+    """The user the path's ``{name}`` names; a name no user has (or could have) is a 404."""
+    name = label(request.path_params["name"])
+    user = await services_of(request).accounts.find_user(name) if name else None
+    if user is None:
+        raise NotFound(f"No user named {request.path_params['name']!r}.")
+    return user
 
 
 async def user_filter(request: Request) -> int | None:
@@ -180,8 +190,8 @@ async def set_enabled(request: Request) -> Response:
     reason = "disabled by an administrator"
     if not enable and request.headers.get("content-length", "0") != "0":
         body = await read_json_object(request, 64 * 1024)
-        if isinstance(body.get("reason"), str) and body["reason"]:
-            reason = body["reason"]
+        # Stored and shown in listings: printable and at most 1,000 characters, else the default.
+        reason = label(body.get("reason"), 1000) or reason
     try:
         await services.directory.set_enabled(name, enable, reason)
     except KeyError:

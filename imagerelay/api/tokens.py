@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imagerelay.api.admin import require_admin, user_filter
+from imagerelay.api.admin import require_admin, user_filter, user_named
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
@@ -192,10 +192,7 @@ async def admin_update_user(request: Request) -> Response:
     make them an admin or not, and set the groups they may create tokens in."""
     await require_admin(request)
     services = services_of(request)
-    name = label(request.path_params["name"])
-    user = await services.accounts.find_user(name) if name else None
-    if user is None:
-        raise NotFound(f"No user named {request.path_params['name']!r}.")
+    user = await user_named(request)
     body = await read_json_object(request, _BODY_LIMIT)
     await services.accounts.update_user(user.id, user_changes(body, groups=list(services.catalog.groups)))
     updated = await services.accounts.get_user(user.id)
