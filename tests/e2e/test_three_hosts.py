@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -100,7 +99,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     database_url, db_name = fresh_postgres_database()
     prefix = fresh_redis_prefix()
     try:
-        with simulated_channels(KEYS) as (sims, channels):
+        with simulated_channels(KEYS, log_level="critical") as (sims, channels):
             catalog = write_catalog(root / "catalog.yaml", channels)
             port = free_port()
             env = {**KEYS, **shared_settings(database_url, redis_url(), prefix, f"http://127.0.0.1:{port}"),
