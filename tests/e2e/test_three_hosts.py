@@ -163,6 +163,23 @@ def test_the_balancer_spreads_calls_over_every_host(rig: Rig) -> None:
     assert len(dirs) == 3
 
 
+def test_a_new_user_s_first_tokens_made_on_every_host_at_once(rig: Rig) -> None:
+    """An operator's script creating a new customer's keys through the balancer: the
+    user is created once, whichever hosts race to create it, and no call is a 500."""
+
+    async def create() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as c:
+            return list(await asyncio.gather(*(
+                c.post(rig.fleet.hosts[i % 3].base_url + "/admin/tokens", headers=rig.admin,
+                       json={"user": "fleet-newcomer", "group": "default", "name": f"key-{i}"})
+                for i in range(12))))
+
+    responses = asyncio.run(create())
+    assert [r.status_code for r in responses] == [201] * 12, [r.text for r in responses if r.status_code != 201]
+    assert len({r.json()["user"] for r in responses}) == 1
+    assert rig.rows("SELECT count(*) FROM users WHERE name = %s", "fleet-newcomer") == [(1,)]
+
+
 def test_balance_race_spread_over_all_hosts_never_overspends(rig: Rig) -> None:
     token, _ = rig.new_token("fleet-racer", usd="1.5")  # exactly 50 calls at $0.03
     responses = asyncio.run(_post_many(rig.lb, 150, token, SMALL))
