@@ -9,6 +9,7 @@ that kills a host runs last.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +25,9 @@ import pytest
 
 from tests.support.catalogs import write_catalog
 from tests.support.fleet import Fleet, run_fleet, shared_settings
+from tests.conftest import png_bytes
 from tests.support.gateway import free_port
+from tests.support.s3 import S3Server
 from tests.support.services import (
     delete_redis_prefix,
     drop_postgres_database,
@@ -47,6 +51,8 @@ class Rig:
     fleet: Fleet
     sims: dict[str, str]
     database_url: str
+    s3: S3Server
+    bucket: str
 
     @property
     def admin(self) -> dict[str, str]:
@@ -93,8 +99,9 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+def rig(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[Rig]:
     require_program("nginx", "/usr/sbin/nginx")
+    bucket = s3_server.create_bucket()
     root = tmp_path_factory.mktemp("three-hosts")
     database_url, db_name = fresh_postgres_database()
     prefix = fresh_redis_prefix()
@@ -103,13 +110,14 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             catalog = write_catalog(root / "catalog.yaml", channels)
             port = free_port()
             env = {**KEYS, **shared_settings(database_url, redis_url(), prefix, f"http://127.0.0.1:{port}"),
+                   **s3_server.env(bucket, "fleet/"),
                    "IMAGERELAY_CATALOG": str(catalog),
                    "IMAGERELAY_TOKEN_CACHE_TTL_S": str(TOKEN_CACHE_TTL_S),
                    "IMAGERELAY_INSTANCE_LEASE_S": str(LEASE_S),
                    "IMAGERELAY_BREAKER_COOLDOWN_S": "120",
                    "IMAGERELAY_JOB_WORKERS": "2"}
             with run_fleet(root, env, balancer_port=port) as fleet:
-                yield Rig(fleet, sims, database_url)
+                yield Rig(fleet, sims, database_url, s3_server, bucket)
     finally:
         delete_redis_prefix(prefix)
         drop_postgres_database(db_name)
@@ -291,6 +299,80 @@ def test_a_channel_cooled_on_one_host_is_avoided_by_all(rig: Rig) -> None:
     finally:
         # Enabling a channel clears its shared cooldown, for the tests that follow.
         httpx.post(rig.fleet.balancer.base_url + "/admin/channels/azure-1/enable", headers=rig.admin)
+
+
+def _local_image_files(rig: Rig) -> list[Path]:
+    """Image or job files on any host's own disk (there must be none: the store is shared)."""
+    return [f for gw in rig.fleet.hosts for area in ("images", "jobs") if (gw.data_dir / area).exists()
+            for f in (gw.data_dir / area).rglob("*") if f.is_file()]
+
+
+def test_a_url_image_written_through_one_host_is_fetched_through_the_others(rig: Rig) -> None:
+    token, _ = rig.new_token("fleet-urls")
+    r = httpx.post(rig.host(0) + "/images/generations", json={**SMALL, "response_format": "url"},
+                   headers=auth(token), timeout=60)
+    assert r.status_code == 200, r.text
+    url = r.json()["data"][0]["url"]
+    assert url.startswith(rig.fleet.balancer.base_url + "/"), url  # IMAGERELAY_PUBLIC_BASE_URL: the balancer
+    served: dict[int, bytes] = {}
+    for _ in range(6):
+        got = httpx.get(url, timeout=30)
+        assert got.status_code == 200, got.text
+        served[rig.fleet.served_by(got)] = got.content
+    assert set(served) == {0, 1, 2}
+    assert len(set(served.values())) == 1 and served[1][:8] == b"\x89PNG\r\n\x1a\n"
+    # Straight from the hosts that did not write it, too.
+    path = url.removeprefix(rig.fleet.balancer.base_url)
+    for i in (1, 2):
+        direct = httpx.get(rig.fleet.hosts[i].base_url + path, timeout=30)
+        assert direct.status_code == 200 and direct.content == served[0]
+    assert any(k.startswith("fleet/") for k in rig.s3.keys(rig.bucket)), "the image is not in the shared store"
+    assert _local_image_files(rig) == []
+
+
+def test_an_edit_job_submitted_through_one_host_is_run_by_another_after_it_stopped(rig: Rig) -> None:
+    r = httpx.post(rig.fleet.balancer.base_url + "/admin/tokens", headers=rig.admin,
+                   json={"user": "fleet-jobs", "group": "default", "concurrency": 1})
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    assert httpx.post(f"{rig.fleet.balancer.base_url}/admin/users/fleet-jobs/balance", headers=rig.admin,
+                      json={"amount_usd": "1", "reason": "rehearsal credit"}).status_code == 200
+    # A slow call on host 1 holds the token's one concurrency slot (shared through
+    # Redis): no worker anywhere may start the job while host 0, which took it, stops.
+    rig.fault("legacy", type="latency", latency_s=4.0, count=1)
+    slow: list[httpx.Response] = []
+    holder = threading.Thread(target=lambda: slow.append(httpx.post(
+        rig.host(1) + "/images/generations", json=SMALL, headers=auth(token), timeout=60)))
+    holder.start()
+    wait_for("the slot holder reaching upstream", lambda: len(rig.sim_requests("legacy")) == 1, timeout=20)
+    source = png_bytes(320, 240, (20, 120, 220))
+    submitted = httpx.post(rig.host(0) + "/images/edits", headers={**auth(token), "Prefer": "respond-async"},
+                           data={"model": "gpt-image-2", "prompt": "make it red"},
+                           files={"image": ("in.png", source, "image/png")}, timeout=60)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    rig.fleet.stop(0)
+    try:
+        holder.join(timeout=60)
+        assert slow and slow[0].status_code == 200, slow
+
+        def job() -> dict[str, Any]:
+            return dict(httpx.get(f"{rig.lb}/images/jobs/{job_id}", headers=auth(token), timeout=30).json())
+
+        wait_for("the job finishing on another host", lambda: job()["status"] in ("succeeded", "failed"), timeout=60)
+        done = job()
+        assert done["status"] == "succeeded", done
+        # The upstream got the very image host 0 accepted, read back from the shared store.
+        edits = [q for q in rig.sim_requests("legacy") if q["path"].endswith("/images/edits")]
+        assert len(edits) == 1
+        assert {p["sha256"] for p in edits[0]["parts"] if p.get("filename")} == {hashlib.sha256(source).hexdigest()}
+        result = httpx.get(f"{rig.lb}/images/jobs/{job_id}", headers=auth(token), timeout=30).json()
+        assert result["status"] == "succeeded"
+        assert _local_image_files(rig) == []
+        assert balance(rig.lb, token) == (1_000_000 - 2 * PER_CALL, 0)
+    finally:
+        rig.fleet.restart(0)
+        rig.fleet.wait_balanced()
 
 
 def test_killing_a_host_with_calls_in_flight_loses_no_money_and_the_others_serve(rig: Rig) -> None:

@@ -175,6 +175,19 @@ class Fleet:
         stop_gateway(self.hosts[index])
         self.stopped.add(index)
 
+    def wait_balanced(self, timeout_s: float = 30.0) -> None:
+        """Until the balancer sends calls to every live host again (nginx leaves a host
+        that refused a connection alone for fail_timeout)."""
+        deadline = time.monotonic() + timeout_s
+        seen: set[int] = set()
+        while set(self.live()) - seen:
+            assert time.monotonic() < deadline, f"the balancer never sent to hosts {set(self.live()) - seen}"
+            try:
+                seen.add(self.served_by(httpx.get(self.balancer.base_url + "/healthz", timeout=5)))
+            except (httpx.HTTPError, KeyError, StopIteration):
+                pass
+            time.sleep(0.05)
+
     def restart(self, index: int, extra_env: dict[str, str] | None = None) -> Gateway:
         """Start host ``index`` again on its port and data directory."""
         old = self.hosts[index]
