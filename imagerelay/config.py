@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     # Bearer credential for the admin API, in addition to tokens of admin users.
     admin_token: str | None = None
+    # Master key each user's webhook signing secret derives from; generated into data_dir
+    # when unset, which only works for one machine: any host may deliver a job's webhook.
+    webhook_key: str | None = None
     # Largest request body accepted (16 images x 50 MB plus fields).
     max_body_bytes: int = 16 * 50 * 1024 * 1024 + 1024 * 1024
     max_json_body_bytes: int = 64 * 1024 * 1024
@@ -139,7 +142,10 @@ class Settings(BaseSettings):
         return self._generated_secret("url-signing.key")
 
     def webhook_master_key(self) -> bytes:
-        """Master key from which each user's webhook signing secret is derived."""
+        """Master key from which each user's webhook signing secret is derived:
+        configured, or generated once and kept on disk."""
+        if self.webhook_key:
+            return self.webhook_key.encode()
         return self._generated_secret("webhook.key")
 
     def _generated_secret(self, name: str) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import pytest
 
 from tests.support.catalogs import write_catalog
 from tests.support.fleet import Fleet, run_fleet, shared_settings
+from imagerelay.webhooks import parse_signature
 from tests.conftest import png_bytes
 from tests.support.gateway import free_port
 from tests.support.s3 import S3Server
@@ -115,7 +118,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterat
                    "IMAGERELAY_TOKEN_CACHE_TTL_S": str(TOKEN_CACHE_TTL_S),
                    "IMAGERELAY_INSTANCE_LEASE_S": str(LEASE_S),
                    "IMAGERELAY_BREAKER_COOLDOWN_S": "120",
-                   "IMAGERELAY_JOB_WORKERS": "2"}
+                   "IMAGERELAY_JOB_WORKERS": "2",
+                   "IMAGERELAY_WEBHOOK_ALLOW_PRIVATE": "true"}  # the test's receiver is on loopback
             with run_fleet(root, env, balancer_port=port) as fleet:
                 yield Rig(fleet, sims, database_url, s3_server, bucket)
     finally:
@@ -269,6 +273,14 @@ def test_a_token_revoked_through_one_host_is_refused_by_all_within_the_cache_ttl
     assert rig.sim_requests("legacy") == []  # no refused call went upstream
 
 
+def test_a_user_s_webhook_secret_is_the_same_on_every_host(rig: Rig) -> None:
+    """A job's webhook is signed by whichever host runs it, so every host must derive the
+    same per-user secret (IMAGERELAY_WEBHOOK_KEY, shared like the URL signing key)."""
+    token, _ = rig.new_token("fleet-webhooks")
+    secrets = {httpx.get(rig.host(i) + "/account/webhook-secret", headers=auth(token)).json()["secret"]
+               for i in range(3)}
+    assert len(secrets) == 1, "hosts sign webhooks with different secrets"
+
 def _channel(rig: Rig, i: int, name: str) -> dict[str, Any]:
     data = httpx.get(rig.fleet.hosts[i].base_url + "/admin/channels", headers=rig.admin).json()["data"]
     return dict(next(c for c in data if c["name"] == name))
@@ -299,6 +311,22 @@ def test_a_channel_cooled_on_one_host_is_avoided_by_all(rig: Rig) -> None:
     finally:
         # Enabling a channel clears its shared cooldown, for the tests that follow.
         httpx.post(rig.fleet.balancer.base_url + "/admin/channels/azure-1/enable", headers=rig.admin)
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """A webhook receiver: records every delivery, answers 200."""
+
+    calls: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server API
+        body = self.rfile.read(int(self.headers["content-length"]))
+        type(self).calls.append((dict(self.headers), body))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return
 
 
 def _local_image_files(rig: Rig) -> list[Path]:
@@ -346,8 +374,13 @@ def test_an_edit_job_submitted_through_one_host_is_run_by_another_after_it_stopp
     holder.start()
     wait_for("the slot holder reaching upstream", lambda: len(rig.sim_requests("legacy")) == 1, timeout=20)
     source = png_bytes(320, 240, (20, 120, 220))
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    # The user learns their webhook secret from the host they talk to.
+    secret = httpx.get(rig.host(0) + "/account/webhook-secret", headers=auth(token)).json()["secret"]
     submitted = httpx.post(rig.host(0) + "/images/edits", headers={**auth(token), "Prefer": "respond-async"},
-                           data={"model": "gpt-image-2", "prompt": "make it red"},
+                           data={"model": "gpt-image-2", "prompt": "make it red", "webhook_url": hook},
                            files={"image": ("in.png", source, "image/png")}, timeout=60)
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
@@ -370,7 +403,14 @@ def test_an_edit_job_submitted_through_one_host_is_run_by_another_after_it_stopp
         assert result["status"] == "succeeded"
         assert _local_image_files(rig) == []
         assert balance(rig.lb, token) == (1_000_000 - 2 * PER_CALL, 0)
+        # The host that ran it delivered the webhook, signed with the secret host 0 gave.
+        wait_for("the webhook delivery", lambda: bool(_Receiver.calls), timeout=30)
+        headers, body = _Receiver.calls[0]
+        ts, mac = parse_signature(headers["X-Imagerelay-Signature"])
+        assert hmac.compare_digest(mac, hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest())
+        assert headers["X-Imagerelay-Job-Id"] == job_id
     finally:
+        receiver.shutdown()
         rig.fleet.restart(0)
         rig.fleet.wait_balanced()
 

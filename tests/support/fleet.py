@@ -3,7 +3,7 @@
 Each host is a real ``imagerelay serve`` process with a data directory of its own (as a
 separate machine would have): they share only what the docs say they share — one
 PostgreSQL database, one Redis prefix, the catalog and the settings that must match
-(URL signing key, secret key, admin token). In front, nginx from Debian, started with
+(URL signing key, secret key, webhook key, admin token). In front, nginx from Debian, started with
 ``balancer_config``: the timeouts and body limits docs/operations.md recommends, so
 the rehearsal runs the configuration operators are told to run.
 
@@ -210,6 +210,7 @@ def shared_settings(database_url: str, redis_url: str, redis_prefix: str, public
         "IMAGERELAY_REDIS_PREFIX": redis_prefix,
         "IMAGERELAY_SECRET_KEY": Fernet.generate_key().decode(),
         "IMAGERELAY_URL_SIGNING_KEY": secrets.token_hex(32),
+        "IMAGERELAY_WEBHOOK_KEY": secrets.token_hex(32),
         "IMAGERELAY_ADMIN_TOKEN": "fleet-admin-" + secrets.token_hex(8),
         "IMAGERELAY_PUBLIC_BASE_URL": public_base_url,
     }
@@ -231,7 +232,7 @@ def run_fleet(root: Path, env: dict[str, str], *, size: int = 3, balancer_port: 
 
         def wait(gw: Gateway) -> None:
             try:
-                wait_until_serving(gw, timeout_s=60)
+                wait_until_serving(gw, timeout_s=180)
             except BaseException as exc:  # noqa: BLE001 - reported below, with the host's log
                 errors.append(exc)
 
