@@ -35,9 +35,10 @@ SERVED_BY = "x-served-by"
 def balancer_config(port: int, hosts: Sequence[str], run_dir: Path) -> str:
     """nginx.conf for ``hosts`` (``127.0.0.1:PORT``) behind ``127.0.0.1:port``.
 
-    The ``server`` block is docs/operations.md's, minus TLS and the per-client limits
-    (every call of the test comes from one address); the ``upstream`` block is
-    docs/scaling.md's. Paths nginx writes go to ``run_dir``.
+    The ``upstream`` and ``server`` blocks are docs/scaling.md's ("The load balancer"),
+    minus TLS and the per-client limits (every call of the test comes from one address),
+    plus the ``X-Served-By`` header. Paths nginx writes go to ``run_dir``. Keep the two
+    in step: the docs call this configuration the tested one.
     """
     servers = "\n".join(f"        server {h} max_fails=1 fail_timeout=10s;" for h in hosts)
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
@@ -76,7 +77,7 @@ http {{
             proxy_pass http://imagerelay;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
+            proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_connect_timeout 5s;
