@@ -1,6 +1,9 @@
 """The three-host rehearsal (issue 16): three gateway hosts with their own data
-directories behind nginx, sharing one PostgreSQL database, one Redis prefix and the
-settings that must match. Nothing about a call may depend on which host it lands on.
+directories behind nginx, sharing one PostgreSQL database, one Redis prefix, the S3
+stand-in as image store and the settings that must match. Nothing about a call may
+depend on which host it lands on, and no call may touch a host's own disk: the data
+directories are read-only once the hosts serve (file permissions bind the gateways even
+when the tests run as root), so a call that wrote there would fail.
 
 The fleet is module-scoped and comes up once; the tests run in file order, and the one
 that kills a host runs last.
@@ -26,7 +29,7 @@ import httpx
 import pytest
 
 from tests.support.catalogs import write_catalog
-from tests.support.fleet import Fleet, run_fleet, shared_settings
+from tests.support.fleet import Fleet, binding_permissions, run_fleet, shared_settings
 from imagerelay.webhooks import parse_signature
 from tests.conftest import png_bytes
 from tests.support.gateway import free_port
@@ -120,7 +123,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterat
                    "IMAGERELAY_BREAKER_COOLDOWN_S": "120",
                    "IMAGERELAY_JOB_WORKERS": "2",
                    "IMAGERELAY_WEBHOOK_ALLOW_PRIVATE": "true"}  # the test's receiver is on loopback
-            with run_fleet(root, env, balancer_port=port) as fleet:
+            with run_fleet(root, env, balancer_port=port, read_only=True) as fleet:
                 yield Rig(fleet, sims, database_url, s3_server, bucket)
     finally:
         delete_redis_prefix(prefix)
@@ -170,9 +173,14 @@ def test_the_balancer_spreads_calls_over_every_host(rig: Rig) -> None:
         assert r.status_code == 200, r.text
         served.append(rig.fleet.served_by(r))
     assert set(served) == {0, 1, 2}, served
-    # Separate machines: no host has another's data directory, and each has its own.
+    # Separate machines: no host has another's data directory, and each has its own,
+    # read-only for the gateway since it started (a write there fails, even as root).
     dirs = {gw.data_dir.resolve() for gw in rig.fleet.hosts}
     assert len(dirs) == 3
+    for d in dirs:
+        probe = subprocess.run([*binding_permissions(), sys.executable, "-c", f"open({str(d / 'probe')!r}, 'w')"],
+                               capture_output=True, text=True)
+        assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
 
 
 def test_a_new_user_s_first_tokens_made_on_every_host_at_once(rig: Rig) -> None:
@@ -385,6 +393,9 @@ def test_an_edit_job_submitted_through_one_host_is_run_by_another_after_it_stopp
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
     rig.fleet.stop(0)
+    # A clean stop, though its data directory is read-only (the lock file stays behind).
+    stopped_log = rig.fleet.hosts[0].log_text()
+    assert "Application shutdown complete" in stopped_log and "Traceback" not in stopped_log, stopped_log
     try:
         holder.join(timeout=60)
         assert slow and slow[0].status_code == 200, slow

@@ -147,12 +147,33 @@ def run_balancer(port: int, hosts: Sequence[str], run_dir: Path) -> Iterator[Bal
             proc.wait()
 
 
+def binding_permissions() -> list[str]:
+    """A command prefix under which file permissions bind the process even as root (as
+    they bind an unprivileged service user): setpriv drops the capabilities that override
+    them. Nothing is needed when the tests do not run as root."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = require_program("setpriv", "/usr/bin/setpriv")
+    return [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def set_read_only(path: Path, read_only: bool) -> None:
+    """Take write permission away from a data directory and everything in it (or give it
+    back): a host whose calls touched its own disk would then fail them."""
+    for item in [path, *path.rglob("*")]:
+        if item.is_symlink():
+            continue
+        mode = item.stat().st_mode & 0o7777
+        item.chmod(mode & ~0o222 if read_only else mode | 0o200)
+
+
 @dataclass
 class Fleet:
     hosts: list[Gateway]
     balancer: Balancer
     env: dict[str, str]  # the settings every host shares
     root: Path
+    read_only: bool = False  # the hosts' data directories, once they serve
     stopped: set[int] = field(default_factory=set)
 
     def address(self, index: int) -> str:
@@ -194,8 +215,12 @@ class Fleet:
         old = self.hosts[index]
         stop_gateway(old)
         port = int(old.base_url.rsplit(":", 1)[1])
-        gw = launch_gateway(old.data_dir, extra_env={**self.env, **(extra_env or {})}, port=port)
-        wait_until_serving(gw)
+        set_read_only(old.data_dir, False)  # a start writes its lock file there
+        gw = launch_gateway(old.data_dir, extra_env={**self.env, **(extra_env or {})}, port=port,
+                            wrapper=binding_permissions())
+        wait_until_serving(gw, timeout_s=180)
+        if self.read_only:
+            set_read_only(gw.data_dir, True)
         self.hosts[index] = gw
         self.stopped.discard(index)
         return gw
@@ -218,9 +243,12 @@ def shared_settings(database_url: str, redis_url: str, redis_prefix: str, public
 
 
 @contextmanager
-def run_fleet(root: Path, env: dict[str, str], *, size: int = 3, balancer_port: int | None = None) -> Iterator[Fleet]:
+def run_fleet(root: Path, env: dict[str, str], *, size: int = 3, balancer_port: int | None = None,
+              read_only: bool = False) -> Iterator[Fleet]:
     """``size`` hosts with separate data directories, all started at once (a fleet
-    coming up together on one database), behind nginx on ``balancer_port``."""
+    coming up together on one database), behind nginx on ``balancer_port``. With
+    ``read_only``, each data directory is made read-only once its host serves: what a
+    call needs must then live in the shared services."""
     require_program("nginx", "/usr/sbin/nginx")
     balancer_port = balancer_port or free_port()
     hosts: list[Gateway] = []
@@ -228,7 +256,7 @@ def run_fleet(root: Path, env: dict[str, str], *, size: int = 3, balancer_port: 
         for i in range(size):
             data = root / f"host-{i}"
             data.mkdir(parents=True)
-            hosts.append(launch_gateway(data, extra_env=env))
+            hosts.append(launch_gateway(data, extra_env=env, wrapper=binding_permissions()))
         errors: list[BaseException] = []
 
         def wait(gw: Gateway) -> None:
@@ -244,10 +272,14 @@ def run_fleet(root: Path, env: dict[str, str], *, size: int = 3, balancer_port: 
             t.join()
         if errors:
             raise errors[0]
+        if read_only:
+            for gw in hosts:
+                set_read_only(gw.data_dir, True)
         addresses = [gw.base_url.removeprefix("http://") for gw in hosts]
         with run_balancer(balancer_port, addresses, root / "balancer") as balancer:
-            fleet = Fleet(hosts, balancer, env, root)
+            fleet = Fleet(hosts, balancer, env, root, read_only)
             yield fleet
     finally:
         for gw in hosts:
             stop_gateway(gw)
+            set_read_only(gw.data_dir, False)  # for pytest's clean-up of old temp dirs

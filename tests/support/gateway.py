@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,14 +52,15 @@ def start_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, ex
 
 
 def launch_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                   cwd: Path | None = None, port: int | None = None) -> Gateway:
-    """Start the process without waiting for it (several hosts start at once this way)."""
+                   cwd: Path | None = None, port: int | None = None, wrapper: Sequence[str] = ()) -> Gateway:
+    """Start the process without waiting for it (several hosts start at once this way).
+    ``wrapper`` prefixes the command (e.g. setpriv, to run it with fewer privileges)."""
     port = port or free_port()
     tokens_file = data_dir / "demo-tokens-out.json"
     log_path = data_dir / "gateway.log"
     env = {**os.environ, **(extra_env or {})}
     cmd = [
-        sys.executable, "-m", "imagerelay", "serve", "--demo", "--demo-tokens-out", str(tokens_file),
+        *wrapper, sys.executable, "-m", "imagerelay", "serve", "--demo", "--demo-tokens-out", str(tokens_file),
         "--port", str(port), "--data-dir", str(data_dir), *(extra_args or []),
     ]
     with open(log_path, "wb") as log:
