@@ -410,8 +410,15 @@ def test_an_edit_job_submitted_through_one_host_is_run_by_another_after_it_stopp
         edits = [q for q in rig.sim_requests("legacy") if q["path"].endswith("/images/edits")]
         assert len(edits) == 1
         assert {p["sha256"] for p in edits[0]["parts"] if p.get("filename")} == {hashlib.sha256(source).hexdigest()}
-        result = httpx.get(f"{rig.lb}/images/jobs/{job_id}", headers=auth(token), timeout=30).json()
-        assert result["status"] == "succeeded"
+        # Its result image, kept in the store, is served by every live host.
+        url = done["result"]["data"][0]["url"]
+        assert url.startswith(rig.fleet.balancer.base_url + "/"), url
+        images = {}
+        for _ in range(4):
+            got = httpx.get(url, timeout=30)
+            assert got.status_code == 200 and got.content[:4] == b"\x89PNG", got.text
+            images[rig.fleet.served_by(got)] = got.content
+        assert set(images) == {1, 2} and len(set(images.values())) == 1
         assert _local_image_files(rig) == []
         assert balance(rig.lb, token) == (1_000_000 - 2 * PER_CALL, 0)
         # The host that ran it delivered the webhook, signed with the secret host 0 gave.
