@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -210,3 +213,21 @@ def test_a_job_whose_inputs_cannot_be_read_fails_cleanly_and_is_not_charged(flee
         for host in (a, b):
             assert "Traceback" not in host.log_text()
             assert fleet.env["IMAGERELAY_IMAGE_STORE_S3_SECRET_ACCESS_KEY"] not in host.log_text()
+
+
+def test_purge_expires_url_images_in_the_shared_store(fleet: Fleet) -> None:
+    if fleet.kind in ("s3-presigned", "database-postgres"):
+        pytest.skip("the same sweep as s3 and database-sqlite")
+    env = {**fleet.env, "IMAGERELAY_IMAGE_URL_TTL_S": "1"}
+    with ExitStack() as stack:
+        gw = fleet.host("host", stack, IMAGERELAY_IMAGE_URL_TTL_S="1")
+        r = httpx.post(gw.v1 + "/images/generations", headers=auth(gw), timeout=60,
+                       json={"model": "gpt-image-2", "prompt": "brief", "response_format": "url"})
+        assert r.status_code == 200, r.text
+        assert len(fleet.stored("images")) == 1
+        time.sleep(3.5)  # past the URL lifetime and its clock margin (1 s each), LastModified's second
+        done = subprocess.run([sys.executable, "-m", "imagerelay", "purge", "--data-dir", str(gw.data_dir)],
+                              capture_output=True, text=True, env={**os.environ, **env})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "removed 1 expired stored image(s)" in done.stdout
+        assert fleet.stored("images") == []
