@@ -150,7 +150,3 @@ class Settings(BaseSettings):
 
     def _generated_secret(self, name: str) -> bytes:
         return create_private_file(self.ensure_data_dir() / name, secrets.token_hex(32).encode()).strip()
-
-    @property
-    def image_store_dir(self) -> Path:
-        return self.data_dir / "images"

@@ -466,6 +466,8 @@ class JobService:
         except asyncio.CancelledError:
             if not task.done():
                 raise  # the worker itself is stopping; stop() puts the job back in the queue
+        except StoreUnavailable as err:  # its inputs could not be read (logged by the store)
+            await self._fail_crashed(claimed.row, err)
         except Exception as exc:  # noqa: BLE001
             log.error("job %s crashed: %s", job_id, type(exc).__name__)
             await self._fail_crashed(claimed.row)
@@ -477,13 +479,14 @@ class JobService:
                 await asyncio.shield(self._cleanup_inputs(job_id))
             self._wake.set()  # a token's slot came back: a job waiting for it may run
 
-    async def _fail_crashed(self, row: Any) -> None:
-        await self._finish(row["id"], "failed", error={
+    async def _fail_crashed(self, row: Any, err: ApiError | None = None) -> None:
+        error = err.to_body()["error"] if err is not None else {
             "message": "The gateway hit an internal error running this job; submit it again.",
-            "type": "server_error", "param": None, "code": "internal_error"})
+            "type": "server_error", "param": None, "code": "internal_error"}
+        await self._finish(row["id"], "failed", error=error)
         prepared = await self._prepared(row, load_images=False)
         if prepared is not None and await self._hold_open(prepared.ctx.request_id):
-            await self._relay.abandon(prepared, 500, "internal_error")
+            await self._relay.abandon(prepared, err.status if err else 500, error["code"] or "internal_error")
 
     async def _run_job(self, row: Any) -> None:
         job_id = row["id"]

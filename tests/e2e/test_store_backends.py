@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -168,14 +171,15 @@ def test_url_images_and_edit_jobs_live_in_the_shared_store(fleet: Fleet) -> None
 def test_an_unreachable_store_is_a_clean_503(s3_server: S3Server, tmp_path: Path) -> None:
     env = s3_server.env("bucket-that-does-not-exist")
     with run_gateway(tmp_path, extra_env=env) as gw:
+        before = httpx.get(gw.v1 + "/account/balance", headers=auth(gw)).json()
         r = httpx.post(gw.v1 + "/images/generations", headers=auth(gw), timeout=60,
                        json={"model": "gpt-image-2", "prompt": "nowhere to put it", "response_format": "url"})
         assert r.status_code == 503, r.text
         error = r.json()["error"]
         assert error["code"] == "image_store_unavailable" and error["type"] == "server_error"
         # Not charged: the answer never reached the caller.
-        balance = httpx.get(gw.v1 + "/account/balance", headers=auth(gw)).json()
-        assert balance["held_micros"] == 0
+        after = httpx.get(gw.v1 + "/account/balance", headers=auth(gw)).json()
+        assert after == before and after["held_micros"] == 0
         # b64 answers need no store and still work.
         ok = httpx.post(gw.v1 + "/images/generations", headers=auth(gw), timeout=60,
                         json={"model": "gpt-image-2", "prompt": "inline", "response_format": "b64_json"})
@@ -183,3 +187,47 @@ def test_an_unreachable_store_is_a_clean_503(s3_server: S3Server, tmp_path: Path
         log = gw.log_text()
         assert "NoSuchBucket" in log and "Traceback" not in log
         assert env["IMAGERELAY_IMAGE_STORE_S3_SECRET_ACCESS_KEY"] not in log
+
+
+def test_a_job_whose_inputs_cannot_be_read_fails_cleanly_and_is_not_charged(fleet: Fleet) -> None:
+    if fleet.s3 is None:
+        pytest.skip("the s3 store is the one that can lose its bucket under a running fleet")
+    with ExitStack() as stack:
+        a = fleet.host("host-a", stack, IMAGERELAY_JOB_WORKERS="0")
+        before = httpx.get(a.v1 + "/account/balance", headers=auth(a)).json()
+        submitted = httpx.post(a.v1 + "/images/jobs", headers=auth(a),
+                               files={"image": ("a.png", png_bytes(64, 64), "image/png")},
+                               data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue",
+                                     "size": "1280x720"})
+        assert submitted.status_code == 202, submitted.text
+        client = fleet.s3.client()
+        for key in fleet.s3.keys(fleet.bucket):
+            client.delete_object(Bucket=fleet.bucket, Key=key)
+        client.delete_bucket(Bucket=fleet.bucket)  # the store is gone under the fleet
+        b = fleet.host("host-b", stack, IMAGERELAY_JOB_WORKERS="1")
+        done = poll(b, submitted.json()["id"])
+        assert done["status"] == "failed", done
+        assert done["error"]["code"] == "image_store_unavailable" and done["error"]["type"] == "server_error"
+        after = httpx.get(a.v1 + "/account/balance", headers=auth(a)).json()
+        assert after == before  # the hold went back; nothing charged
+        for host in (a, b):
+            assert "Traceback" not in host.log_text()
+            assert fleet.env["IMAGERELAY_IMAGE_STORE_S3_SECRET_ACCESS_KEY"] not in host.log_text()
+
+
+def test_purge_expires_url_images_in_the_shared_store(fleet: Fleet) -> None:
+    if fleet.kind in ("s3-presigned", "database-postgres"):
+        pytest.skip("the same sweep as s3 and database-sqlite")
+    env = {**fleet.env, "IMAGERELAY_IMAGE_URL_TTL_S": "1"}
+    with ExitStack() as stack:
+        gw = fleet.host("host", stack, IMAGERELAY_IMAGE_URL_TTL_S="1")
+        r = httpx.post(gw.v1 + "/images/generations", headers=auth(gw), timeout=60,
+                       json={"model": "gpt-image-2", "prompt": "brief", "response_format": "url"})
+        assert r.status_code == 200, r.text
+        assert len(fleet.stored("images")) == 1
+        time.sleep(3.5)  # past the URL lifetime and its clock margin (1 s each), LastModified's second
+        done = subprocess.run([sys.executable, "-m", "imagerelay", "purge", "--data-dir", str(gw.data_dir)],
+                              capture_output=True, text=True, env={**os.environ, **env})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "removed 1 expired stored image(s)" in done.stdout
+        assert fleet.stored("images") == []

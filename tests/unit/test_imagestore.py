@@ -47,3 +47,20 @@ async def test_a_job_result_lives_until_its_job_ends(tmp_path: Path) -> None:
     assert name.startswith("job-")
     assert await store.purge_expired(now=time.time() + 600) == 0  # past the URL lifetime
     assert await store.purge_expired(now=until + 1) == 1
+
+
+def test_store_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from imagerelay.config import Settings
+
+    with pytest.raises(ValidationError, match="IMAGERELAY_IMAGE_STORE_S3_BUCKET"):
+        Settings(data_dir=tmp_path, image_store="s3")
+    with pytest.raises(ValidationError, match="IMAGERELAY_IMAGE_STORE=s3"):
+        Settings(data_dir=tmp_path, image_urls="presigned")
+    with pytest.raises(ValidationError):
+        Settings(data_dir=tmp_path, image_store="ftp")
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    s3 = Settings(data_dir=tmp_path, image_store="s3", image_store_s3_bucket="b",
+                  image_store_s3_secret_access_key=secret)
+    assert secret not in repr(s3) and secret not in str(s3.model_dump())
