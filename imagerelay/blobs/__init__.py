@@ -22,14 +22,14 @@ clean 503 for the client; the backend logs what went wrong without credentials.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from imagerelay.errors import ApiError
 
-__all__ = ["Blob", "BlobMissing", "BlobStore", "StoreUnavailable", "CHUNK_BYTES"]
+__all__ = ["Blob", "BlobMissing", "BlobStore", "StoreUnavailable", "CHUNK_BYTES", "rechunked"]
 
 # Streaming granularity on every backend: big enough for few round trips, small enough
 # that ten 4K images (~25 MB each) in flight never sit in memory whole.
@@ -49,6 +49,29 @@ class StoreUnavailable(ApiError):
 
     def __init__(self, message: str = "The image store is unavailable; retry the request shortly.") -> None:
         super().__init__(message)
+
+
+def rechunked(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Pieces of exactly ``size`` bytes (the last one shorter, none for no bytes), whatever
+    the producer yields: a 50 MB input image becomes pieces without a second whole copy.
+    Views of the producer's chunks wait in a list and are joined once per piece, so
+    nothing is copied twice and nothing is kept while the piece is sent."""
+    pending: list[memoryview] = []
+    filled = 0
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            take = min(size - filled, len(view))
+            pending.append(view[:take])
+            filled += take
+            view = view[take:]
+            if filled == size:
+                piece = b"".join(pending)
+                pending.clear()
+                filled = 0
+                yield piece
+    if pending:
+        yield b"".join(pending)
 
 
 async def _no_chunks() -> AsyncIterator[bytes]:

@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from imagerelay.blobs import CHUNK_BYTES, Blob, BlobMissing, StoreUnavailable
+from imagerelay.blobs import CHUNK_BYTES, Blob, BlobMissing, StoreUnavailable, rechunked
 from imagerelay.storage.schema import blob_chunks
 
 log = logging.getLogger("imagerelay.store")
@@ -44,18 +44,6 @@ class _failures:
             raise StoreUnavailable() from None
 
 
-def _rechunked(chunks: Iterable[bytes]) -> Iterable[bytes]:
-    """Rows of exactly CHUNK_BYTES (the last one shorter), whatever the producer yields."""
-    buffer = bytearray()
-    for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= CHUNK_BYTES:
-            yield bytes(buffer[:CHUNK_BYTES])
-            del buffer[:CHUNK_BYTES]
-    if buffer:
-        yield bytes(buffer)
-
-
 class DatabaseBlobs:
     def __init__(self, engine: AsyncEngine, area: str, lifetime_s: float) -> None:
         self._engine = engine
@@ -71,7 +59,7 @@ class DatabaseBlobs:
         async with _failures("write an object"), self._engine.begin() as conn:
             await conn.execute(delete(blob_chunks).where(self._of(key)))  # a rewrite replaces
             wrote = False
-            for seq, data in enumerate(_rechunked(chunks)):
+            for seq, data in enumerate(rechunked(chunks, CHUNK_BYTES)):
                 await conn.execute(blob_chunks.insert().values(
                     area=self.area, key=key, seq=seq, data=data, created_at=now, expires_at=expires_at))
                 wrote = True

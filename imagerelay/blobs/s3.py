@@ -7,9 +7,9 @@ uses for upstreams, so calls never block the event loop and no thread pool is ne
 boto3 in threads would hold a thread for the whole of every streamed download;
 aioboto3 is a thin wrapper of aiobotocore adding nothing used here.
 
-Writes stream: an object is sent whole (``PutObject``) when it fits one part, and as a
-multipart upload of parts of at least ``PART_BYTES`` otherwise, so a write holds at most
-a part (and the chunks it is joined from).
+Writes stream: an object is sent whole (``PutObject``) when it is smaller than a part,
+and as a multipart upload of ``PART_BYTES`` parts otherwise, so a write holds one part
+(and the piece being filled) whatever the object's size.
 Reads stream ``CHUNK_BYTES`` at a time from the response body.
 
 An object expires ``lifetime_s`` after its ``LastModified`` (:meth:`S3Blobs.expire` lists
@@ -31,7 +31,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from imagerelay.blobs import CHUNK_BYTES, Blob, BlobMissing, StoreUnavailable
+from imagerelay.blobs import CHUNK_BYTES, Blob, BlobMissing, StoreUnavailable, rechunked
 
 log = logging.getLogger("imagerelay.store")
 
@@ -134,38 +134,23 @@ class S3Blobs:
         name = self.prefix + key
         async with _failures("write an object"):
             client = await self._conn.client()
-            # Chunks wait in a list and are joined once per part: no growing buffer to
-            # copy, so a write holds at most a part and the chunks that make it.
-            pending: list[bytes] = []
-            pending_bytes = 0
             upload_id: str | None = None
             parts: list[dict[str, Any]] = []
-
-            async def send_part() -> None:
-                nonlocal upload_id, pending_bytes
-                if upload_id is None:
-                    upload_id = (await client.create_multipart_upload(
-                        Bucket=self.bucket, Key=name, ContentType=content_type))["UploadId"]
-                body = b"".join(pending)
-                pending.clear()
-                pending_bytes = 0
-                number = len(parts) + 1
-                sent = await client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload_id,
-                                                PartNumber=number, Body=body)
-                parts.append({"PartNumber": number, "ETag": sent["ETag"]})
-
             try:
-                for chunk in chunks:
-                    pending.append(chunk)
-                    pending_bytes += len(chunk)
-                    if pending_bytes >= PART_BYTES:  # parts may differ in size; all but the last >= 5 MiB
-                        await send_part()
-                if upload_id is None:
-                    await client.put_object(Bucket=self.bucket, Key=name, Body=b"".join(pending),
-                                            ContentType=content_type)
+                for part in rechunked(chunks, PART_BYTES):  # one part in memory at a time
+                    if upload_id is None and len(part) < PART_BYTES:  # the whole object fits one request
+                        await client.put_object(Bucket=self.bucket, Key=name, Body=part, ContentType=content_type)
+                        return
+                    if upload_id is None:
+                        upload_id = (await client.create_multipart_upload(
+                            Bucket=self.bucket, Key=name, ContentType=content_type))["UploadId"]
+                    number = len(parts) + 1
+                    sent = await client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload_id,
+                                                    PartNumber=number, Body=part)
+                    parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+                if upload_id is None:  # no bytes at all
+                    await client.put_object(Bucket=self.bucket, Key=name, Body=b"", ContentType=content_type)
                     return
-                if pending:
-                    await send_part()
                 await client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id,
                                                        MultipartUpload={"Parts": parts})
             except BaseException:

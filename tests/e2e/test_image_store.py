@@ -98,6 +98,9 @@ async def test_put_read_and_stream_a_big_object_in_bounded_chunks(rig: Rig) -> N
     assert size == len(data)
     assert b"".join(chunks) == data
     assert len(chunks) > 1 and max(len(c) for c in chunks) <= CHUNK_BYTES
+    # An input image arrives as one big bytes object: written in pieces all the same.
+    await rig.areas.inputs.put("imgjob_a/1.bin", iter((data,)), expires_at=time.time() + 60)
+    assert await rig.areas.inputs.read("imgjob_a/1.bin") == data
 
 
 async def test_small_and_empty_objects(rig: Rig) -> None:

@@ -64,3 +64,13 @@ def test_store_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
     s3 = Settings(data_dir=tmp_path, image_store="s3", image_store_s3_bucket="b",
                   image_store_s3_secret_access_key=secret)
     assert secret not in repr(s3) and secret not in str(s3.model_dump())
+
+
+@pytest.mark.parametrize("sizes", [[], [0], [1], [7], [8], [9], [3, 3, 3], [20], [5, 0, 11, 2], [8, 8]])
+def test_rechunked_pieces_are_exact_and_lose_nothing(sizes: list[int]) -> None:
+    from imagerelay.blobs import rechunked
+
+    produced = [bytes([i]) * n for i, n in enumerate(sizes)]
+    pieces = list(rechunked(iter(produced), 8))
+    assert b"".join(pieces) == b"".join(produced)
+    assert all(len(p) == 8 for p in pieces[:-1]) and all(0 < len(p) <= 8 for p in pieces)
