@@ -762,12 +762,12 @@ def purge(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
     (a running gateway does this every minute; run it with the gateway's settings)."""
 
     async def _purge(s: Any) -> int:
-        removed = int(await asyncio.to_thread(s.store.purge_expired))
+        removed = await s.store.purge_expired()
         await s.jobs.purge_expired()
         return removed
 
     removed = _run(_purge, _settings(data_dir, database_url, None))
-    console.print(f"[green]✓[/green] removed {removed} expired image file(s); expired jobs purged")
+    console.print(f"[green]✓[/green] removed {removed} expired stored image(s); expired jobs purged")
 
 
 @db_app.command("current")

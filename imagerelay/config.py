@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imagerelay.private_files import create_private_file, make_private_dir
@@ -29,10 +29,30 @@ class Settings(BaseSettings):
     # HMAC key for signed image URLs; generated and kept in data_dir when unset.
     url_signing_key: str | None = None
     image_url_ttl_s: int = Field(default=3600, ge=1)
+    # Where URL images, job results and job inputs are kept (docs/storage.md): "local"
+    # files in data_dir (one machine), an S3-compatible bucket, or the gateway's database.
+    image_store: Literal["local", "s3", "database"] = "local"
+    image_store_s3_bucket: str | None = None
+    image_store_s3_prefix: str = ""  # e.g. "imagerelay/": objects go under <prefix>images/ ...
+    image_store_s3_region: str | None = None
+    image_store_s3_endpoint_url: str | None = None  # for non-AWS stores (R2, MinIO, Ceph RGW)
+    # Unset: botocore's credential chain (AWS_ACCESS_KEY_ID..., profile, instance role).
+    image_store_s3_access_key_id: str | None = None
+    image_store_s3_secret_access_key: SecretStr | None = None
+    image_store_s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # "gateway": image URLs are the gateway's signed links, streamed from the store;
+    # "presigned" (s3 only): URLs presigned by the store itself, fetched from it directly.
+    image_urls: Literal["gateway", "presigned"] = "gateway"
+    # Delete expired objects from the housekeeping loop (every minute); turn off when a
+    # bucket lifecycle rule does it instead (docs/storage.md).
+    image_store_sweep: bool = True
     # Fernet key encrypting upstream keys at rest; generated into data_dir when unset.
     secret_key: str | None = None
     # Bearer credential for the admin API, in addition to tokens of admin users.
     admin_token: str | None = None
+    # Master key each user's webhook signing secret derives from; generated into data_dir
+    # when unset, which only works for one machine: any host may deliver a job's webhook.
+    webhook_key: str | None = None
     # Largest request body accepted (16 images x 50 MB plus fields).
     max_body_bytes: int = 16 * 50 * 1024 * 1024 + 1024 * 1024
     max_json_body_bytes: int = 64 * 1024 * 1024
@@ -99,6 +119,14 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     metrics_open: bool = False
 
+    @model_validator(mode="after")
+    def _store_settings_agree(self) -> Settings:
+        if self.image_store == "s3" and not self.image_store_s3_bucket:
+            raise ValueError("IMAGERELAY_IMAGE_STORE=s3 needs IMAGERELAY_IMAGE_STORE_S3_BUCKET")
+        if self.image_urls == "presigned" and self.image_store != "s3":
+            raise ValueError("IMAGERELAY_IMAGE_URLS=presigned needs IMAGERELAY_IMAGE_STORE=s3")
+        return self
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -114,12 +142,11 @@ class Settings(BaseSettings):
         return self._generated_secret("url-signing.key")
 
     def webhook_master_key(self) -> bytes:
-        """Master key from which each user's webhook signing secret is derived."""
+        """Master key from which each user's webhook signing secret is derived:
+        configured, or generated once and kept on disk."""
+        if self.webhook_key:
+            return self.webhook_key.encode()
         return self._generated_secret("webhook.key")
 
     def _generated_secret(self, name: str) -> bytes:
         return create_private_file(self.ensure_data_dir() / name, secrets.token_hex(32).encode()).strip()
-
-    @property
-    def image_store_dir(self) -> Path:
-        return self.data_dir / "images"

@@ -17,7 +17,8 @@ concurrency slots (the synchronous calls' limiter) while it runs upstream, its r
 having counted at submit. A job whose token is at its concurrency limit stays queued
 and the worker takes another job: no worker waits for a token.
 
-Input images of edit jobs are kept on disk next to the job until it ends, and deleted
+Input images of edit jobs are kept in the image store's inputs area (imagerelay/blobs:
+local files, S3 or the database, so any host may run the job) until it ends, and deleted
 on every terminal path (success, failure, cancel here or in another replica, expiry);
 a sweep removes any a crash left behind. Result images live as long as the job.
 Webhook delivery is :mod:`imagerelay.webhooks`.
@@ -29,16 +30,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-import shutil
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 import orjson
 import pybase64
 from sqlalchemy import and_, case, func, or_, select, update
@@ -48,6 +45,7 @@ from imagerelay.domain.scheduling import QueuedGroup, fair_order
 from imagerelay.domain.ssrf import UnsafeUrl
 from imagerelay.domain.types import ImageRequest, InputImage
 from imagerelay.errors import ApiError, InvalidRequest, NotFound, RateLimited
+from imagerelay.blobs import BlobMissing, StoreUnavailable
 from imagerelay.imagestore import ImageStore
 from imagerelay.limits import UNLIMITED, Limiter, concurrency_part
 from imagerelay.relay import CallContext, PreparedCall, Relay, RelayAnswer
@@ -102,7 +100,6 @@ class JobService:
         relay: Relay,
         accounts: Accounts,
         store: ImageStore,
-        root: Path,
         *,
         ttl_s: float,
         workers: int,
@@ -120,7 +117,6 @@ class JobService:
         self._relay = relay
         self._accounts = accounts
         self._store = store
-        self._root = root
         self.ttl_s = ttl_s
         self._workers = workers
         self._limiter = limiter
@@ -137,7 +133,6 @@ class JobService:
         self._submit_locks: dict[int, _Turn] = {}  # per user: count and insert in turn
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        root.mkdir(parents=True, exist_ok=True)
 
     def webhook_secret_for(self, user_id: int) -> str:
         return self.webhooks.secret_for(user_id)
@@ -192,21 +187,21 @@ class JobService:
     ) -> dict[str, Any]:
         job_id = prepared.ctx.request_id.replace("req_", "imgjob_", 1)
         request = dataclasses.replace(prepared.request, response_format="url", stream=False)
-        folder = self._root / job_id
         images = [*request.images, *([request.mask] if request.mask else [])]
+        now = time.time()
 
-        def _save() -> None:
-            folder.mkdir(parents=True, exist_ok=True)
+        async def _save() -> None:
+            # images.json last: a job whose inputs are incomplete has none (_load_inputs).
             for i, img in enumerate(images):
-                (folder / f"{i}.bin").write_bytes(img.data)
+                await self._store.inputs.put(f"{job_id}/{i}.bin", (img.data,), expires_at=now + self.ttl_s)
             meta = {"images": [_image_meta(i) for i in request.images],
                     "mask": _image_meta(request.mask) if request.mask else None}
-            (folder / "images.json").write_bytes(orjson.dumps(meta))
+            await self._store.inputs.put(f"{job_id}/images.json", (orjson.dumps(meta),), expires_at=now + self.ttl_s,
+                                         content_type="application/json")
 
         try:
             if images:
-                await anyio.to_thread.run_sync(_save)
-            now = time.time()
+                await _save()
             async with self._engine.begin() as conn:
                 await conn.execute(jobs.insert().values(
                     id=job_id, user_id=prepared.ctx.token.user_id, token_id=prepared.ctx.token.id,
@@ -318,11 +313,11 @@ class JobService:
             entry = {k: v for k, v in item.items() if k != "image"}
             if name:
                 # A job's images live as long as the job, and so may its URLs, but no longer.
-                entry["url"] = self._store.signed_url(base_url, name, not_after=row["expires_at"])
+                entry["url"] = await self._store.url(base_url, name, not_after=row["expires_at"])
                 if want_b64:
                     try:
-                        raw = await anyio.to_thread.run_sync((self._store.root / name).read_bytes)
-                    except FileNotFoundError:
+                        raw = await self._store.read(name)
+                    except BlobMissing:
                         raise NotFound(f"The images of job {row['id']} are no longer stored.") from None
                     entry["b64_json"] = pybase64.b64encode(raw).decode("ascii")
             data.append(entry)
@@ -471,6 +466,8 @@ class JobService:
         except asyncio.CancelledError:
             if not task.done():
                 raise  # the worker itself is stopping; stop() puts the job back in the queue
+        except StoreUnavailable as err:  # its inputs could not be read (logged by the store)
+            await self._fail_crashed(claimed.row, err)
         except Exception as exc:  # noqa: BLE001
             log.error("job %s crashed: %s", job_id, type(exc).__name__)
             await self._fail_crashed(claimed.row)
@@ -482,13 +479,14 @@ class JobService:
                 await asyncio.shield(self._cleanup_inputs(job_id))
             self._wake.set()  # a token's slot came back: a job waiting for it may run
 
-    async def _fail_crashed(self, row: Any) -> None:
-        await self._finish(row["id"], "failed", error={
+    async def _fail_crashed(self, row: Any, err: ApiError | None = None) -> None:
+        error = err.to_body()["error"] if err is not None else {
             "message": "The gateway hit an internal error running this job; submit it again.",
-            "type": "server_error", "param": None, "code": "internal_error"})
+            "type": "server_error", "param": None, "code": "internal_error"}
+        await self._finish(row["id"], "failed", error=error)
         prepared = await self._prepared(row, load_images=False)
         if prepared is not None and await self._hold_open(prepared.ctx.request_id):
-            await self._relay.abandon(prepared, 500, "internal_error")
+            await self._relay.abandon(prepared, err.status if err else 500, error["code"] or "internal_error")
 
     async def _run_job(self, row: Any) -> None:
         job_id = row["id"]
@@ -542,11 +540,6 @@ class JobService:
         assert isinstance(answer, RelayAnswer)
         result = dict(answer.body)
         result["data"] = [self._image_ref(item) for item in answer.body["data"]]
-        for item in result["data"]:
-            try:
-                await self._store.keep_until(item["image"], row["expires_at"])
-            except OSError as exc:  # the call is paid for: answer it, with the URL lifetime
-                log.error("job %s: could not extend an image's lifetime: %s", job_id, type(exc).__name__)
         await self._finish(job_id, "succeeded", result=result)
 
     def _image_ref(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -569,7 +562,10 @@ class JobService:
         await self.webhooks.schedule(job_id)
 
     async def _cleanup_inputs(self, job_id: str) -> None:
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(self._root / job_id, ignore_errors=True))
+        try:
+            await self._store.inputs.delete_prefix(f"{job_id}/")
+        except StoreUnavailable:  # logged by the store; the sweep deletes them by their lifetime
+            pass
 
     async def _prepared(self, row: Any, *, load_images: bool = True) -> PreparedCall | None:
         """The job's call as the relay runs it; without its input images when only
@@ -581,19 +577,20 @@ class JobService:
         images: list[InputImage] = []
         mask: InputImage | None = None
         if load_images:
-            images, mask = await anyio.to_thread.run_sync(self._load_inputs, row["id"])
+            images, mask = await self._load_inputs(row["id"])
         request = ImageRequest(**fields, images=tuple(images), mask=mask)
         ctx = CallContext(request_id=attempt_request_id(row), token=token, endpoint=row["endpoint"],
-                          base_url=row["base_url"], started=time.monotonic())
+                          base_url=row["base_url"], started=time.monotonic(), images_until=row["expires_at"])
         return self._relay.restore(ctx, request, row["model"])
 
-    def _load_inputs(self, job_id: str) -> tuple[list[InputImage], InputImage | None]:
-        folder = self._root / job_id
-        if not (folder / "images.json").exists():
+    async def _load_inputs(self, job_id: str) -> tuple[list[InputImage], InputImage | None]:
+        try:
+            meta = orjson.loads(await self._store.inputs.read(f"{job_id}/images.json"))
+            entries = [*meta["images"], *([meta["mask"]] if meta["mask"] else [])]
+            loaded = [InputImage(data=await self._store.inputs.read(f"{job_id}/{i}.bin"), **m)
+                      for i, m in enumerate(entries)]
+        except BlobMissing:
             return [], None
-        meta = orjson.loads((folder / "images.json").read_bytes())
-        entries = [*meta["images"], *([meta["mask"]] if meta["mask"] else [])]
-        loaded = [InputImage(data=(folder / f"{i}.bin").read_bytes(), **m) for i, m in enumerate(entries)]
         return loaded[: len(meta["images"])], (loaded[-1] if meta["mask"] else None)
 
     async def _cancel_watch(self) -> None:
@@ -631,13 +628,7 @@ class JobService:
     async def _sweep_orphan_inputs(self) -> None:
         """Delete input folders no live job owns (left by a crash between the steps of
         a submit, a cancel or a finish)."""
-        cutoff = time.time() - ORPHAN_AGE_S
-
-        def _old_folders() -> list[str]:
-            with os.scandir(self._root) as entries:
-                return [e.name for e in entries if e.is_dir() and e.stat().st_mtime < cutoff]
-
-        names = await anyio.to_thread.run_sync(_old_folders)
+        names = await self._store.inputs.folders(written_before=time.time() - ORPHAN_AGE_S)
         for start in range(0, len(names), 500):
             chunk = names[start:start + 500]
             async with self._engine.connect() as conn:

@@ -55,6 +55,8 @@ class CallContext:
     endpoint: str  # generations | edits
     base_url: str  # for signed image URLs
     started: float
+    # A job's call: its images are the job's results, kept until the job expires.
+    images_until: float | None = None
 
 
 @dataclass(slots=True)
@@ -324,8 +326,8 @@ class Relay:
         # The pool has already normalised and checked every image (clean_items).
         out: dict[str, Any] = {}
         if request.response_format == "url":
-            name = await self.store.put_b64(item["b64_json"])
-            out["url"] = self.store.signed_url(ctx.base_url, name)
+            name = await self.store.put_b64(item["b64_json"], until=ctx.images_until)
+            out["url"] = await self.store.url(ctx.base_url, name, not_after=ctx.images_until)
         else:
             out["b64_json"] = item["b64_json"]
         if isinstance(item.get("revised_prompt"), str):

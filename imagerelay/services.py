@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.catalog.loader import Catalog, load_catalog
 from imagerelay.config import Settings
+from imagerelay.blobs import StoreUnavailable
+from imagerelay.blobs.areas import build_areas
 from imagerelay.imagestore import ImageStore
 from imagerelay.jobs import JobService
 from imagerelay.limits import Limiter, TokenLimiter
@@ -84,11 +86,12 @@ class Services:
                            key_resolver=directory.key_for, on_disable=persist_disable,
                            shared=shared.cooldowns if shared else None, observe=metrics.observe_attempt)
         directory.on_reenabled = pool.enable  # re-enabled elsewhere: forget local disables
-        store = ImageStore(settings.image_store_dir, settings.signing_key(), settings.image_url_ttl_s)
+        store = ImageStore(build_areas(settings, engine), settings.signing_key(), settings.image_url_ttl_s,
+                           presigned=settings.image_urls == "presigned")
         relay = Relay(catalog, directory, pool, billing, store, observe=metrics.observe_call)
         limiter: Limiter = shared.limiter if shared else TokenLimiter()
         jobs = JobService(
-            engine, relay, accounts, store, settings.data_dir / "jobs",
+            engine, relay, accounts, store,
             ttl_s=settings.job_ttl_s, workers=settings.job_workers,
             webhook_secret=settings.webhook_master_key(), webhook_allow_private=settings.webhook_allow_private,
             webhook_backoff_s=settings.webhook_backoff_s, webhook_timeout_s=settings.webhook_timeout_s,
@@ -106,6 +109,10 @@ class Services:
         await asyncio.to_thread(prepare_schema, self.settings.resolved_database_url(),
                                 auto_upgrade=self.settings.auto_migrate)
         await self.directory.load()
+        try:  # say so now if the store is unreachable; calls answer 503 until it is back
+            await self.store.areas.check()
+        except StoreUnavailable:
+            log.error("the image store is unreachable; url images and jobs fail until it is back")
         await self.instances.register()
         released = await self._release_orphans(with_deadline=True)
         if released:
@@ -144,7 +151,8 @@ class Services:
                 if requeued:
                     log.warning("re-queued %d job(s) whose process is gone", requeued)
                 if reconcile:
-                    await asyncio.to_thread(self.store.purge_expired)
+                    if self.settings.image_store_sweep:
+                        await self.store.purge_expired()
                     await self.idempotency.purge()
                     await self.jobs.purge_expired()
             except Exception as exc:  # keep the loop alive; say what, never a traceback
@@ -177,5 +185,6 @@ class Services:
         """Release database resources (also used by one-shot CLI commands)."""
         if self.shared is not None:
             await self.shared.aclose()
+        await self.store.aclose()
         await self.engine.dispose()
         await self.runner.aclose()

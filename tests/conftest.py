@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.support.gateway import Gateway, run_gateway
+from tests.support.s3 import s3_server  # noqa: F401 - the S3 stand-in fixture, for every test
 
 
 @pytest.fixture(scope="session")

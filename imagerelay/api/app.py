@@ -11,7 +11,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imagerelay.api import account, admin, apidoc, images, observe, tokens
@@ -28,7 +28,8 @@ from imagerelay.api.responses import json_response
 from imagerelay.config import Settings
 from imagerelay.domain.capabilities import model_object
 from imagerelay.errors import ApiError, NotFound
-from imagerelay.imagestore import MEDIA_TYPES
+from imagerelay.blobs import BlobMissing
+from imagerelay.imagestore import media_type
 from imagerelay.logs import configure_logging, request_id_var
 from imagerelay.memory import tune_gc, tune_malloc
 from imagerelay.relay import new_request_id
@@ -55,14 +56,21 @@ async def retrieve_model(request: Request) -> Response:
 
 async def image_file(request: Request) -> Response:
     name = request.path_params["name"]
-    path = services_of(request).store.resolve(
-        name, request.query_params.get("expires", ""), request.query_params.get("sig", "")
-    )
-    if path is None:
-        raise NotFound("This image link is invalid or has expired; request the image again.")
-    ext = name.rsplit(".", 1)[-1]
-    return FileResponse(path, media_type=MEDIA_TYPES.get(ext, "application/octet-stream"),
-                        headers={"cache-control": "private, max-age=3600"})
+    store = services_of(request).store
+    gone = NotFound("This image link is invalid or has expired; request the image again.")
+    if store.resolve(name, request.query_params.get("expires", ""), request.query_params.get("sig", "")) is None:
+        raise gone
+    try:
+        blob = await store.open(name)  # a store failure is a 503 (StoreUnavailable)
+    except BlobMissing:
+        raise gone from None
+    headers = {"cache-control": "private, max-age=3600"}
+    if blob.path is not None:  # a local file: sendfile, ranges and validators
+        await blob.aclose()
+        return FileResponse(blob.path, media_type=media_type(name), headers=headers)
+    if blob.size is not None:
+        headers["content-length"] = str(blob.size)
+    return StreamingResponse(blob.chunks, media_type=media_type(name), headers=headers)
 
 
 async def healthz(request: Request) -> Response:

@@ -20,6 +20,7 @@ from typing import Literal
 
 import orjson
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.errors import AuthenticationFailed
@@ -192,15 +193,24 @@ class Accounts:
         self._lookups: dict[str, asyncio.Future[TokenInfo | None]] = {}
 
     async def get_or_create_user(self, name: str, *, is_admin: bool = False) -> UserInfo:
-        async with self._engine.begin() as conn:
+        """The user of that name, created when new. Several processes or hosts may
+        create the same new user at once: the unique name lets one insert win, and the
+        others read the winner's row (no 500 for the losers)."""
+        async with self._engine.connect() as conn:
             row = (await conn.execute(select(users).where(users.c.name == name))).mappings().first()
-            if row is None:
+        if row is not None:
+            return _user(row)
+        try:
+            async with self._engine.begin() as conn:
                 await conn.execute(
                     users.insert().values(
                         name=name, is_admin=is_admin, balance_micros=0, held_micros=0, created_at=time.time()
                     )
                 )
-                row = (await conn.execute(select(users).where(users.c.name == name))).mappings().one()
+        except IntegrityError:
+            pass  # created meanwhile by another request, process or host
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(users).where(users.c.name == name))).mappings().one()
         return _user(row)
 
     async def get_user(self, user_id: int) -> UserInfo | None:

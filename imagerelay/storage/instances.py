@@ -127,14 +127,14 @@ class Instances:
             await conn.execute(delete(instances).where(instances.c.id.in_(ids)))
         if self._lock_dir is not None:
             for i in ids:
-                (self._lock_dir / f"{i}.lock").unlink(missing_ok=True)
+                _remove_lock_file(self._lock_dir / f"{i}.lock")
 
     async def retire(self) -> None:
         """A clean stop: remove the row and let go of the lock."""
         async with self._engine.begin() as conn:
             await conn.execute(delete(instances).where(instances.c.id == self.id))
         if self._lock_fd is not None and self._lock_dir is not None:
-            (self._lock_dir / f"{self.id}.lock").unlink(missing_ok=True)
+            _remove_lock_file(self._lock_dir / f"{self.id}.lock")
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -157,6 +157,16 @@ class Instances:
         finally:
             os.close(fd)  # closing drops the lock if this call took it
         return "free"
+
+
+def _remove_lock_file(path: Path) -> None:
+    """Tidy a lock file away. A data directory made read-only after start keeps it: a
+    lock file nobody holds says "gone" to peers all the same, and the clean-up of the
+    rest of a stop must not be skipped for it."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.debug("cannot remove %s: %s", path.name, exc.strerror)
 
 
 def _take_lock(lock_dir: Path, instance_id: str) -> int:

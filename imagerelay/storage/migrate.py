@@ -222,6 +222,12 @@ def state(url: str) -> SchemaState:
     if _sqlite_missing(url):
         return SchemaState(None, _head())
     with _engine(url) as engine, engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # One snapshot for the revision read and the tables read: under READ COMMITTED
+            # a replica creating the schema between the two shows head's tables with no
+            # revision, which looks like a database no release made. (SQLite's read
+            # transaction already sees one snapshot.)
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
         return _state(conn)
 
 

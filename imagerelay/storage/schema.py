@@ -204,3 +204,17 @@ jobs = Table(
     # process is gone; NULL while queued, and for rows written before processes were named.
     Column("instance_id", String(64), nullable=True),
 )
+
+# The ``database`` image store (imagerelay/blobs/database.py): each object as rows of at
+# most 1 MiB, so neither a write nor a read holds a big image whole.
+blob_chunks = Table(
+    "blob_chunks",
+    metadata,
+    Column("area", String(16), primary_key=True),  # images | results | inputs
+    Column("key", String(255), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_blob_chunks_area_expires_at", "area", "expires_at"),
+)

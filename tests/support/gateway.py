@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,39 +38,70 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
 
-@contextmanager
-def run_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                cwd: Path | None = None) -> Iterator[Gateway]:
-    port = free_port()
+def start_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
+                  cwd: Path | None = None, port: int | None = None, timeout_s: float = 30.0) -> Gateway:
+    """Start the gateway and wait until it answers /healthz; the caller stops it
+    (``stop_gateway``). ``run_gateway`` is the usual way; fleets of hosts use this pair."""
+    gw = launch_gateway(data_dir, extra_env=extra_env, extra_args=extra_args, cwd=cwd, port=port)
+    try:
+        wait_until_serving(gw, timeout_s=timeout_s)
+    except BaseException:
+        stop_gateway(gw)
+        raise
+    return gw
+
+
+def launch_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
+                   cwd: Path | None = None, port: int | None = None, wrapper: Sequence[str] = ()) -> Gateway:
+    """Start the process without waiting for it (several hosts start at once this way).
+    ``wrapper`` prefixes the command (e.g. setpriv, to run it with fewer privileges)."""
+    port = port or free_port()
     tokens_file = data_dir / "demo-tokens-out.json"
     log_path = data_dir / "gateway.log"
     env = {**os.environ, **(extra_env or {})}
     cmd = [
-        sys.executable, "-m", "imagerelay", "serve", "--demo", "--demo-tokens-out", str(tokens_file),
+        *wrapper, sys.executable, "-m", "imagerelay", "serve", "--demo", "--demo-tokens-out", str(tokens_file),
         "--port", str(port), "--data-dir", str(data_dir), *(extra_args or []),
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gateway exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        tokens = json.loads(tokens_file.read_text())
-        yield Gateway(base, tokens, data_dir, log_path, proc)
-    finally:
-        proc.terminate()
+    return Gateway(f"http://127.0.0.1:{port}", {}, data_dir, log_path, proc)
+
+
+def wait_until_serving(gw: Gateway, *, timeout_s: float = 30.0) -> None:
+    """Block until ``gw`` answers /healthz, then read its demo tokens into ``gw.tokens``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if gw.process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {gw.process.returncode}:\n{gw.log_text()}")
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            if httpx.get(gw.base_url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gateway did not start:\n{gw.log_text()}")
+        time.sleep(0.1)
+    gw.tokens.clear()
+    gw.tokens.update(json.loads((gw.data_dir / "demo-tokens-out.json").read_text()))
+
+
+def stop_gateway(gw: Gateway) -> None:
+    """SIGTERM (calls in flight finish), SIGKILL after 10 s; a no-op on a dead process."""
+    if gw.process.poll() is None:
+        gw.process.terminate()
+    try:
+        gw.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        gw.process.kill()
+        gw.process.wait()
+
+
+@contextmanager
+def run_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
+                cwd: Path | None = None) -> Iterator[Gateway]:
+    gw = start_gateway(data_dir, extra_env=extra_env, extra_args=extra_args, cwd=cwd)
+    try:
+        yield gw
+    finally:
+        stop_gateway(gw)

@@ -83,3 +83,17 @@ def delete_redis_prefix(prefix: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def require_program(name: str, *candidates: str) -> str:
+    """The path of a program the test starts itself (a load balancer from Debian…):
+    skip when absent, fail in CI (IMAGERELAY_REQUIRE_SERVICES=1), where .ci/run installs it."""
+    import shutil
+
+    for candidate in (name, *candidates):
+        path = shutil.which(candidate)
+        if path:
+            return path
+    if os.environ.get("IMAGERELAY_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{name} is required in CI but is not installed (.ci/run installs it with apt-get)")
+    pytest.skip(f"{name} is not installed; install it (apt-get install {name}) to run this test")

@@ -11,18 +11,20 @@ from tests.support.servers import run_asgi
 
 
 @contextlib.contextmanager
-def simulated_channels(keys: Mapping[str, str]) -> Iterator[tuple[dict[str, str], list[dict[str, Any]]]]:
+def simulated_channels(keys: Mapping[str, str], *, log_level: str = "warning") -> Iterator[tuple[dict[str, str], list[dict[str, Any]]]]:
     """Start the simulators and yield (channel name -> base URL, catalog channel entries).
 
     - ``legacy``: openai-compatible reseller for the legacy pools (``LEGACY_KEY``);
     - ``azure-1``: Azure deployment form, priority 10 in official-mixed (``AZURE_KEY``);
     - ``openai-a``: official-mixed and official-pure (``OPENAI_A_KEY``);
     - ``openai-b``: official-pure, only when ``keys`` has ``OPENAI_B_KEY``.
-    Each channel reads its key from the environment variable of that name.
+    Each channel reads its key from the environment variable of that name. ``log_level``
+    "critical" keeps quiet about calls a test leaves sleeping upstream (a killed gateway's).
     """
     with contextlib.ExitStack() as stack:
         def serve(protocol: str, key_env: str, **options: Any) -> str:
-            return stack.enter_context(run_asgi(create_upstream_app(protocol, api_keys=[keys[key_env]], **options)))
+            return stack.enter_context(run_asgi(create_upstream_app(protocol, api_keys=[keys[key_env]], **options),
+                                                log_level=log_level))
 
         urls = {
             "legacy": serve("openai", "LEGACY_KEY", models=(*DEFAULT_MODELS, "gpt-image-2-vip")),

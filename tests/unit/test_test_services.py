@@ -30,3 +30,17 @@ def test_skip_follows_the_configured_address(variable: str, url: str, call: str)
     out = subprocess.run([sys.executable, "-c", PROBE.format(call=call)], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, env={**env, variable: url})
     assert out.stdout.startswith("SKIP") and "127.0.0.1:1;" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_missing_program_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The load balancer of the three-host rehearsal: absent, the test says what to install;
+    in CI (IMAGERELAY_REQUIRE_SERVICES=1) it is a failure, since .ci/run installs it."""
+    from tests.support.services import require_program
+
+    monkeypatch.delenv("IMAGERELAY_REQUIRE_SERVICES", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="imagerelay-no-such-balancer is not installed"):
+        require_program("imagerelay-no-such-balancer", "/nonexistent/imagerelay-no-such-balancer")
+    monkeypatch.setenv("IMAGERELAY_REQUIRE_SERVICES", "1")
+    with pytest.raises(pytest.fail.Exception, match="required in CI"):
+        require_program("imagerelay-no-such-balancer")
+    assert require_program("sh").endswith("/sh")
