@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from imagerelay.blobs import BlobStore
-from imagerelay.blobs.s3 import S3Connection
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # botocore takes a while to import: only the s3 store loads it
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from imagerelay.blobs.s3 import S3Connection
     from imagerelay.config import Settings
 
 
@@ -59,7 +59,7 @@ def build_areas(settings: Settings, engine: AsyncEngine | None) -> StoreAreas:
     url_life = settings.image_url_ttl_s + margin
     job_life = settings.job_ttl_s + margin
     if settings.image_store == "s3":
-        from imagerelay.blobs.s3 import S3Blobs, S3Settings
+        from imagerelay.blobs.s3 import S3Blobs, S3Connection, S3Settings
 
         secret = settings.image_store_s3_secret_access_key
         assert settings.image_store_s3_bucket  # Settings refuses s3 without a bucket
