@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,32 +60,16 @@ class ConsoleGateway:
                             timeout=30)
 
 
-def _cli(gw: Gateway, *args: str, stdin: str | None = None) -> str:
-    """The operator's CLI on the running gateway's data directory."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "imagerelay", *args, "--data-dir", str(gw.data_dir)],
-        input=stdin, capture_output=True, text=True, timeout=60,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"imagerelay {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
-
-
-def provision_account(gw: Gateway, name: str, password: str, *, admin: bool = False) -> Account:
-    """A console account made the way an operator makes one: `imagerelay user create`."""
-    _cli(gw, "user", "create", name, *(["--admin"] if admin else []), stdin=f"{password}\n{password}\n")
-    return Account(name, password)
-
-
 def start_console_gateway(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[ConsoleGateway]:
+    """`serve --demo` with the console on: it creates a demo admin and gives the demo user
+    (tokens in every group, $100 of credit) a console password, printed and written out."""
     admin_token = "adm-" + secrets.token_urlsafe(24)
     env = {"IMAGERELAY_CONSOLE": "true", "IMAGERELAY_SIGNUP": "open", "IMAGERELAY_ADMIN_TOKEN": admin_token,
            **(extra_env or {})}
     with run_gateway(tmp, extra_env=env) as gw:
-        admin = provision_account(gw, "console-admin", "admin-" + secrets.token_urlsafe(12), admin=True)
-        user = Account("demo", "demo-" + secrets.token_urlsafe(12))
-        _cli(gw, "user", "set-password", "demo", stdin=f"{user.password}\n{user.password}\n")
-        yield ConsoleGateway(gw, admin_token, admin, user)
+        creds = gw.console
+        assert creds.get("admin") and creds.get("user"), f"serve --demo wrote no console credentials: {creds}"
+        yield ConsoleGateway(gw, admin_token, Account(**creds["admin"]), Account(**creds["user"]))
 
 
 @pytest.fixture(scope="module")
