@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from imagerelay.domain.accountrules import label
-from imagerelay.storage.schema import tokens, usage_records, users
+from imagerelay.storage.schema import ledger, tokens, usage_records, users
 
 MAX_PAGE = 200
 CSV_CHUNK = 1000
@@ -283,3 +283,11 @@ def window(now: float, span: str) -> tuple[float, float, int]:
 
 def with_window(f: UsageFilter, since: float, until: float) -> UsageFilter:
     return replace(f, since=since, until=until)
+
+
+async def ledger_entries(engine: AsyncEngine, user_id: int, *, limit: int = 20) -> list[dict[str, Any]]:
+    """A user's latest money movements other than call charges (top-ups, adjustments)."""
+    stmt = (select(ledger).where(ledger.c.user_id == user_id, ledger.c.kind != "charge")
+            .order_by(ledger.c.id.desc()).limit(limit))
+    async with engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
