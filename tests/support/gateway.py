@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -29,6 +29,9 @@ class Gateway:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes]
+    # Console sign-in of the demo admin and the demo user: {"admin"|"user": {"name", "password"}}
+    # (empty when the console is off).
+    console: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def v1(self) -> str:
@@ -43,10 +46,12 @@ def run_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extr
                 cwd: Path | None = None) -> Iterator[Gateway]:
     port = free_port()
     tokens_file = data_dir / "demo-tokens-out.json"
+    console_file = data_dir / "demo-console-out.json"
     log_path = data_dir / "gateway.log"
     env = {**os.environ, **(extra_env or {})}
     cmd = [
         sys.executable, "-m", "imagerelay", "serve", "--demo", "--demo-tokens-out", str(tokens_file),
+        "--demo-console-out", str(console_file),
         "--port", str(port), "--data-dir", str(data_dir), *(extra_args or []),
     ]
     with open(log_path, "wb") as log:
@@ -66,7 +71,8 @@ def run_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extr
                 raise RuntimeError(f"gateway did not start:\n{log_path.read_text()}")
             time.sleep(0.1)
         tokens = json.loads(tokens_file.read_text())
-        yield Gateway(base, tokens, data_dir, log_path, proc)
+        creds = json.loads(console_file.read_text()) if console_file.exists() else {}
+        yield Gateway(base, tokens, data_dir, log_path, proc, creds)
     finally:
         proc.terminate()
         try:
