@@ -1,6 +1,7 @@
 """Every console page, signed out, as a user and as an admin: no CSP violation or uncaught
 error in the browser, axe-core with no serious/critical violation, a name on every
-control, every interactive element reachable with Tab, and screenshots at 375 and 1280 px.
+control, every interactive element reachable with Tab, no sideways scrolling at 375 px, and
+screenshots at 375 and 1280 px.
 Plus the keyboard-only sign-in: skip link, Tab order through the form, Enter to submit."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 from tests.console.browser import ConsoleLog, check_axe, save_screenshots
 from tests.console.conftest import ConsoleGateway
-from tests.console.pages import page_cases, unnamed_controls, unreachable_by_keyboard
+from tests.console.pages import page_cases, sideways_overflow, unnamed_controls, unreachable_by_keyboard
 
 
 def _shot_name(role: str, path: str) -> str:
@@ -33,6 +34,7 @@ def test_console_page_is_accessible(open_as: Callable[[str], Any], role: str, pa
     save_screenshots(page, _shot_name(role, path))
     check_axe(page)
     assert unnamed_controls(page) == [], f"{path}: controls without an accessible name"
+    assert sideways_overflow(page, 375) == [], f"{path}: wider than a 375 px screen"
     assert unreachable_by_keyboard(page) == [], f"{path}: interactive elements Tab never reaches"
     assert browser_log.csp == [], browser_log.csp
 

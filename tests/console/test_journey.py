@@ -35,6 +35,7 @@ from PIL import Image
 import imagerelay.catalog
 from imagerelay.simulation.upstream_server import create_upstream_app
 from tests.console.browser import ConsoleLog, check_axe, save_screenshots
+from tests.console.pages import sideways_overflow
 from tests.console.conftest import Account, ConsoleGateway, assert_clean, open_page, sign_in
 from tests.support.servers import run_asgi
 
@@ -63,13 +64,19 @@ def money(text: str) -> Decimal:
     return Decimal(match.group(1).replace(",", ""))
 
 
+def look(page: Any, shot: str) -> None:
+    """Screenshot the page as it is now, check it with axe, and that it fits a 375 px screen."""
+    save_screenshots(page, shot)
+    check_axe(page)
+    assert sideways_overflow(page, 375) == [], f"{shot}: wider than a 375 px screen"
+
+
 def visit(page: Any, path: str, shot: str) -> Any:
-    """Go to a console page, wait for it, screenshot it and check it with axe."""
+    """Go to a console page, wait for it, then `look` at it."""
     response = page.goto(path)
     assert response is not None and response.status == 200, f"{path}: HTTP {response and response.status}"
     page.wait_for_load_state("networkidle")
-    save_screenshots(page, shot)
-    check_axe(page)
+    look(page, shot)
     return response
 
 
@@ -124,8 +131,7 @@ def create_key(page: Any, group: str, key_name: str) -> tuple[str, str]:
     page.wait_for_function("() => document.querySelector('[data-copy-status=\"new-key\"]').textContent.includes('Copied')")
     copied = page.evaluate("() => navigator.clipboard.readText()")
     assert copied == shown and copied.startswith("sk-"), (copied, shown)
-    save_screenshots(page, "journey-token-created")
-    check_axe(page)
+    look(page, "journey-token-created")
     # Shown once: the page reloaded no longer has it.
     page.reload()
     assert page.locator("#new-key").count() == 0 or copied not in page.inner_text("main")
@@ -196,8 +202,7 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
     check_axe(page)  # the whole form, as the route shaped it
     page.get_by_role("button", name="Generate").click()
     wait_for_result(page)
-    save_screenshots(page, "journey-playground-result")
-    check_axe(page)
+    look(page, "journey-playground-result")
     (shown,) = natural_and_rendered(page)
     assert (shown["nw"], shown["nh"]) == (1536, 1024), shown
     assert (shown["w"], shown["h"]) == (1536, 1024), f"the image is scaled, not at its natural size: {shown}"
@@ -234,8 +239,7 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
                               json={"model": "gpt-image-2", "prompt": "x", "size": "1000x1000"}, timeout=60)
     assert gateway_says.status_code == 400
     assert size_error.inner_text().strip() == gateway_says.json()["error"]["message"]
-    save_screenshots(page, "journey-playground-refused-size")
-    check_axe(page)
+    look(page, "journey-playground-refused-size")
     custom.fill("1024x1024")
     size_error.wait_for(state="hidden")
 
@@ -254,13 +258,13 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
     mask_error = page.locator("#pg-mask-error")
     mask_error.wait_for(state="visible", timeout=CALL_TIMEOUT_MS)
     assert re.search(r"same dimensions", mask_error.inner_text()), mask_error.inner_text()
-    save_screenshots(page, "journey-playground-refused-mask")
+    look(page, "journey-playground-refused-mask")
     page.get_by_label(re.compile(r"^Mask")).set_input_files(str(mask))
     page.get_by_role("button", name="Edit", exact=True).click()
     wait_for_result(page)
     assert mask_error.is_hidden()
     assert [(s["nw"], s["nh"]) for s in natural_and_rendered(page)] == [(1024, 1024)]
-    save_screenshots(page, "journey-playground-edit")
+    look(page, "journey-playground-edit")
     costs.append(cost_micros(page))
 
     # Streaming: partial images appear before the final image.
@@ -270,7 +274,7 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
       new MutationObserver((records) => records.forEach((r) => r.addedNodes.forEach((n) =>
         window.__order.push(r.target.id)))).observe(document.getElementById('pg-output'), {childList: true, subtree: true});
     }""")
-    page.get_by_label(re.compile(r"^Partial images")).select_option("2")
+    page.get_by_label("Partial images (streaming)").select_option("2")
     page.get_by_role("button", name="Generate").click()
     page.locator("#pg-partials img").first.wait_for(state="attached", timeout=CALL_TIMEOUT_MS)
     wait_for_result(page)
@@ -279,20 +283,18 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
     assert order.index("pg-partials") < order.index("pg-results"), f"no partial image before the result: {order}"
     assert page.evaluate("() => Array.from(document.querySelectorAll('#pg-partials img'))"
                          ".every(i => i.complete && i.naturalWidth > 0)")
-    save_screenshots(page, "journey-playground-streamed")
-    check_axe(page)
+    look(page, "journey-playground-streamed")
     costs.append(cost_micros(page))
 
     # The size-enhanced route: exactly its 30 sizes, and no quality control.
     choose_key(page, re.compile(r"Session test key · default"))
     page.wait_for_function("() => Array.from(document.getElementById('pg-model').options).some(o => o.value === 'gpt-image-2-vip')")
-    page.get_by_label("Model").select_option("gpt-image-2-vip")
+    page.get_by_label("Model", exact=True).select_option("gpt-image-2-vip")
     offered = page.evaluate("() => Array.from(document.querySelectorAll('#pg-size option')).map(o => o.value)")
     assert sorted(offered) == sorted(vip_sizes()) and len(offered) == 30, offered
     assert page.locator("#pg-size optgroup").count() == 10  # grouped by ratio
     assert page.get_by_label("Quality").count() == 0 or not page.get_by_label("Quality").is_visible()
-    save_screenshots(page, "journey-playground-vip")
-    check_axe(page)
+    look(page, "journey-playground-vip")
 
     # Usage lists the calls (the curl run too) and the balance fell by exactly their cost.
     with httpx.Client(base_url=console_gw.gw.v1, headers={"Authorization": f"Bearer {key}"}, timeout=30) as api:
@@ -356,8 +358,7 @@ def test_admin_adds_tests_and_disables_a_channel(admin_page: Any, console_gw: Co
     admin.wait_for_load_state()
     result = admin.locator("#test-result")
     assert re.search(r"Test passed", result.inner_text()), result.inner_text()
-    save_screenshots(admin, "journey-admin-channel-tested")
-    check_axe(admin)
+    look(admin, "journey-admin-channel-tested")
 
     # Disable with a reason; the list and the admin API agree.
     admin.get_by_label(re.compile(r"^Reason")).fill("journey: done testing")
