@@ -72,3 +72,38 @@ def test_keyboard_alone_skips_to_content_and_signs_in(page: Any, console_gw: Con
         names.append(page.evaluate("() => (document.activeElement.textContent || '').trim()"))
     for action in ("Tokens", "Playground", "Usage", "Sign out"):
         assert any(n.startswith(action) for n in names), f"Tab never reaches {action!r}: {names}"
+
+
+def tab_to(page: Any, selector: str, max_steps: int = 80) -> None:
+    """Press Tab (only) until the element matching selector has the focus."""
+    for _ in range(max_steps):
+        if page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reaches {selector}")
+
+
+def test_playground_works_with_the_keyboard_alone(open_as: Callable[[str], Any]) -> None:
+    """Choose a key and a model, write a prompt, generate and copy the code, all with keys."""
+    page = open_as("user")
+    page.goto("/console/playground")
+    tab_to(page, "#pg-key")
+    for _ in range(10):  # arrow through the closed select, as a keyboard user does
+        if "GPTImage2 Enterprise" in page.evaluate("() => document.activeElement.selectedOptions[0].text"):
+            break
+        page.keyboard.press("ArrowDown")
+    page.wait_for_selector("#pg-form:not([hidden])")
+    tab_to(page, "#pg-prompt")
+    page.keyboard.type("a lighthouse at dusk")
+    tab_to(page, "#pg-submit")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => /^Done in/.test(document.getElementById('pg-progress').textContent)"
+                           " || !document.getElementById('pg-error').hidden", timeout=120_000)
+    assert page.locator("#pg-error").is_hidden(), page.inner_text("#pg-error")
+    page.wait_for_selector("#pg-results img.pg-image")
+    # The natural-size frame scrolls with the keyboard too; the code can be copied.
+    tab_to(page, "#pg-results .pg-natural")
+    tab_to(page, ".pg-copy[data-copy=pg-curl]")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('pg-copy-status').textContent.length > 0")
+    assert unreachable_by_keyboard(page) == [], "playground controls Tab never reaches"
