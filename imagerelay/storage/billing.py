@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import orjson
 
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.domain.types import Usage
@@ -647,6 +647,7 @@ class UsageQuery:
     status: int | None = None
     limit: int = 50
     before_id: int | None = None  # page backwards from this record id
+    request_id: str | None = None  # one call: its record, and for a job every attempt's ("<id>.2", ...)
     token_id: int | None = None
     failed: bool | None = None  # True: status >= 400 only; False: successes only
 
@@ -669,6 +670,8 @@ def usage_conditions(q: UsageQuery) -> list[Any]:
         terms.append(c.token_id == q.token_id)
     if q.failed is not None:
         terms.append(c.status >= 400 if q.failed else c.status < 400)
+    if q.request_id is not None:
+        terms.append(or_(c.request_id == q.request_id, c.request_id.startswith(q.request_id + ".", autoescape=True)))
     return terms
 
 
