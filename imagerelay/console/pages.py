@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from imagerelay.api.deps import services_of
-from imagerelay.console import accounts
+from imagerelay.console import accounts, playground
 from imagerelay.console.auth import (
     PageDenied,
     SignInRequired,
@@ -141,6 +141,9 @@ async def signup_submit(request: Request) -> Response:
 
 async def signout(request: Request) -> Response:
     await read_form(request)
+    user = await console_user(request)
+    if user is not None:  # the playground's test keys end with the session
+        await playground.revoke_session_keys(request, user)
     sid = request.cookies.get("imagerelay_session")
     if sid:
         await logins_of(request).close_session(sid)
