@@ -92,10 +92,10 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-def open_page(browser: Any, base_url: str, log: ConsoleLog) -> tuple[Any, Any]:
+def open_page(browser: Any, base_url: str, log: ConsoleLog, storage_state: str | None = None) -> tuple[Any, Any]:
     """A new context (own cookies, clipboard allowed) and page, its console recorded in log."""
     context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": VIEWPORT_HEIGHT},
-                                  permissions=["clipboard-read", "clipboard-write"])
+                                  permissions=["clipboard-read", "clipboard-write"], storage_state=storage_state)
     context.add_init_script(CSP_LISTENER)
     page = context.new_page()
     log.attach(page)
@@ -150,3 +150,49 @@ def shots() -> Callable[[Any, str], list[Path]]:
 @pytest.fixture
 def axe() -> Callable[[Any], list[dict[str, Any]]]:
     return check_axe
+
+
+@pytest.fixture(scope="module")
+def ids(console_gw: ConsoleGateway) -> dict[str, str]:
+    """Real ids for the pages that show one thing: a demo token, the demo user, a channel."""
+    with console_gw.admin_api() as api:
+        tokens = api.get("/admin/tokens", params={"user": console_gw.user.name}).json()["data"]
+    return {"token_id": str(tokens[0]["id"]), "user_name": console_gw.user.name, "channel_name": "simulator-legacy"}
+
+
+@pytest.fixture(scope="module")
+def session_states(browser: Any, console_gw: ConsoleGateway, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Sign each role in once per module (login throttling is per account), saving its
+    cookies; pages then open in fresh contexts with them."""
+    states: dict[str, Path] = {}
+    folder = tmp_path_factory.mktemp("states")
+    for role, account in (("user", console_gw.user), ("admin", console_gw.admin)):
+        log = ConsoleLog()
+        context, pg = open_page(browser, console_gw.base_url, log)
+        try:
+            sign_in(pg, account.name, account.password)
+            states[role] = folder / f"{role}.json"
+            context.storage_state(path=str(states[role]))
+        finally:
+            context.close()
+        assert_clean(log)
+    return states
+
+
+@pytest.fixture
+def open_as(browser: Any, console_gw: ConsoleGateway, session_states: dict[str, Path],
+            browser_log: ConsoleLog) -> Iterator[Callable[[str], Any]]:
+    """open_as('anon'|'user'|'admin'): a fresh page with that role's cookies; the test
+    fails at teardown if the browser reported a CSP violation or an uncaught error."""
+    contexts: list[Any] = []
+
+    def open_(role: str) -> Any:
+        context, pg = open_page(browser, console_gw.base_url, browser_log,
+                                storage_state=str(session_states[role]) if role != "anon" else None)
+        contexts.append(context)
+        return pg
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert_clean(browser_log)
