@@ -243,6 +243,22 @@ def test_the_copied_curl_and_python_snippets_run(page: Any, console_gw: ConsoleG
     assert Image.open(tmp_path / "image-1.png").size == (1280, 720)
 
 
+def test_a_key_created_in_this_tab_needs_no_paste(page: Any, console_gw: ConsoleGateway) -> None:
+    sign_in(page, console_gw.user.name, console_gw.user.password)
+    page.goto("/console/tokens/new")
+    page.get_by_label("Name", exact=True).fill("playground-check")
+    page.get_by_label("GPTImage2 Enterprise").check()
+    page.get_by_role("button", name="Create key").click()
+    key = page.locator("#new-key").inner_text().strip()
+    page.get_by_role("main").get_by_role("link", name="playground", exact=True).click()
+    expect(page.locator("#pg-key-status")).to_contain_text("Using the key this browser kept")
+    expect(page.get_by_label("Model", exact=True)).to_be_enabled()
+    expect(page.get_by_label("Quality")).to_be_visible()  # the Enterprise route's form
+    assert f"Bearer {key}" in page.inner_text("#pg-curl")
+    selected = page.get_by_label("API key").evaluate("(s) => s.options[s.selectedIndex].textContent")
+    assert selected.startswith("playground-check · GPTImage2 Enterprise")
+
+
 def test_a_pasted_key_and_keyboard_only_use(page: Any, console_gw: ConsoleGateway) -> None:
     """A token whose key this browser never saw: paste it; then run a call with keys alone."""
     sign_in(page, console_gw.user.name, console_gw.user.password)

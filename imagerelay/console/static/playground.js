@@ -707,5 +707,9 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
   el.form.addEventListener("submit", run);
   el.cancel.addEventListener("click", cancel);
   Array.prototype.forEach.call(document.querySelectorAll(".pg-copy"), function (b) { b.addEventListener("click", copy); });
+  var wanted = new URLSearchParams(location.search).get("token");  // from a token's page
+  if (wanted && el.key.querySelector('option[value="token:' + wanted.replace(/\D/g, "") + '"]')) {
+    el.key.value = "token:" + wanted.replace(/\D/g, "");
+  }
   if (el.key.value) chooseKey();
 })();
