@@ -295,6 +295,9 @@ def test_playground_with_a_result_is_accessible(page: Any, console_gw: ConsoleGa
     request_id_shown(page)
     axe(page)
     shots(page, "playground-result")
+    page.set_viewport_size({"width": 375, "height": 800})
+    # A phone scrolls the image and the code inside their frames, never the page sideways.
+    assert page.evaluate("() => document.documentElement.scrollWidth") == 375
 
 
 # -- the session test key (HTTP level, through the signed-in browser's cookies) -----------------
