@@ -222,6 +222,21 @@ def test_streaming_shows_partial_images_as_they_arrive(page: Any, console_gw: Co
     assert record["status"] == 200 and record["endpoint"] == "generations"
 
 
+def test_a_streamed_edit_shows_its_partial_image(page: Any, console_gw: ConsoleGateway, tmp_path: Path) -> None:
+    first, _, _ = write_edit_inputs(tmp_path)
+    open_playground(page, console_gw)
+    page.get_by_label("Edit images").check()
+    page.get_by_label("Images to edit").set_input_files(first)
+    page.get_by_label("Prompt").fill("make it blue")
+    page.get_by_label("Size", exact=True).select_option("1024x1024")
+    page.get_by_label("Partial images (streaming)").select_option("1")
+    page.get_by_role("button", name="Edit", exact=True).click()
+    expect(page.locator("img.pg-image")).to_have_attribute("data-natural", "1024x1024", timeout=LONG)
+    expect(page.get_by_role("img", name="Partial image 1")).to_be_visible()
+    record = usage_record(console_gw, request_id_shown(page))
+    assert record["endpoint"] == "edits" and record["status"] == 200
+
+
 def test_the_copied_curl_and_python_snippets_run(page: Any, console_gw: ConsoleGateway, tmp_path: Path) -> None:
     open_playground(page, console_gw, key=DEFAULT, model="gpt-image-2-vip")
     page.get_by_label("Prompt").fill("a red bicycle")
