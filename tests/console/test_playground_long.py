@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.console.browser import chromium_path
-from tests.console.conftest import ConsoleGateway, start_console_gateway
-from tests.console.test_playground import ENTERPRISE, open_playground, usage_record
+from tests.console.browser import ConsoleLog, chromium_path
+from tests.console.conftest import ConsoleGateway, assert_clean, open_page, start_console_gateway
+from tests.console.test_playground import ENTERPRISE, LONG, open_playground, shown_key, usage_record
 from tests.support.catalogs import write_catalog
+from tests.support.idle_proxy import idle_proxy
 from tests.support.upstreams import simulated_channels
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -70,3 +71,33 @@ def test_a_running_job_shows_elapsed_time_and_can_be_canceled(page: Any, slow: t
         assert record["cost_micros"] == 0  # a canceled job costs nothing
     finally:
         httpx.delete(upstream + "/_sim/faults")
+
+
+def test_a_call_longer_than_the_proxys_idle_timeout_completes(browser: Any, slow: tuple[ConsoleGateway, str]) -> None:
+    """Behind a proxy that cuts any answer silent for 3 s (Cloudflare's 524, shortened), an
+    8 s call still completes in the playground: it runs as a job, and no request waits."""
+    gw, upstream = slow
+    httpx.delete(upstream + "/_sim/faults")
+    assert httpx.post(upstream + "/_sim/faults", json={"type": "latency", "latency_s": 8}).status_code in (200, 201)
+    port = int(gw.base_url.rsplit(":", 1)[1])
+    log = ConsoleLog()
+    try:
+        with idle_proxy(port, idle_s=3) as proxied:
+            context, page = open_page(browser, proxied, log)
+            try:
+                open_playground(page, gw, key=ENTERPRISE)  # pages open on the proxy's address
+                page.get_by_label("Prompt").fill("a very slow painting")
+                page.get_by_label("Size", exact=True).select_option("1024x1024")
+                page.get_by_role("button", name="Generate").click()
+                expect(page.locator("img.pg-image")).to_have_attribute("data-natural", "1024x1024", timeout=LONG)
+                expect(page.locator("#pg-progress")).to_have_text(re.compile(r"^Done in ([89]|\d\d) s\.$"))
+                key = shown_key(page)
+            finally:
+                context.close()
+            # The same call made synchronously through the same proxy is cut.
+            cut = httpx.post(proxied + "/v1/images/generations", headers={"Authorization": f"Bearer {key}"},
+                             json={"model": "gpt-image-2", "prompt": "a very slow painting"}, timeout=60)
+            assert cut.status_code == 524
+    finally:
+        httpx.delete(upstream + "/_sim/faults")
+    assert_clean(log)
