@@ -270,12 +270,12 @@ def channel_body(form: FormData, *, editing: bool) -> dict[str, Any]:
         if not raw:
             continue
         try:
-            value = kind(raw)
+            number: float = kind(raw)
         except ValueError:
             raise InvalidRequest(f"{field} must be a number.", param=field) from None
-        if kind is float and not (0 < value < 86_400):
+        if kind is float and not (0 < number < 86_400):  # also refuses nan and inf
             raise InvalidRequest(f"{field} must be between 0 and 86400 seconds.", param=field)
-        body[field] = value
+        body[field] = number
     body["verify"] = form.get("verify") is not None
     model_map: dict[str, str] = {}
     for line in str(form.get("model_map") or "").splitlines():
