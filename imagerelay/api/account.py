@@ -45,6 +45,9 @@ def _usage_query(request: Request, user_id: int | None) -> UsageQuery:
             raise InvalidRequest(f"{name} is out of range", param=name)
         return value
 
+    request_id = params.get("request_id") or None
+    if request_id is not None and label(request_id, 200) is None:  # PostgreSQL refuses NUL in a text parameter
+        raise InvalidRequest("request_id must be the x-request-id of a call (req_...).", param="request_id")
     limit = number("limit", int) or 50
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}", param="limit")
@@ -56,6 +59,7 @@ def _usage_query(request: Request, user_id: int | None) -> UsageQuery:
         status=number("status", int),
         limit=limit,
         before_id=number("before", int),
+        request_id=request_id,
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import orjson
 
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.domain.types import Usage
@@ -647,6 +647,7 @@ class UsageQuery:
     status: int | None = None
     limit: int = 50
     before_id: int | None = None  # page backwards from this record id
+    request_id: str | None = None  # one call: its record, and for a job every attempt's ("<id>.2", ...)
 
 
 async def usage_page(engine: AsyncEngine, q: UsageQuery) -> tuple[list[dict[str, Any]], bool]:
@@ -664,6 +665,9 @@ async def usage_page(engine: AsyncEngine, q: UsageQuery) -> tuple[list[dict[str,
         stmt = stmt.where(usage_records.c.status == q.status)
     if q.before_id is not None:
         stmt = stmt.where(usage_records.c.id < q.before_id)
+    if q.request_id is not None:
+        stmt = stmt.where(or_(usage_records.c.request_id == q.request_id,
+                              usage_records.c.request_id.startswith(q.request_id + ".", autoescape=True)))
     async with engine.connect() as conn:
         rows = [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
     for r in rows:

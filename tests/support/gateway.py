@@ -46,12 +46,11 @@ def run_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extr
                 cwd: Path | None = None) -> Iterator[Gateway]:
     port = free_port()
     tokens_file = data_dir / "demo-tokens-out.json"
-    console_file = data_dir / "demo-console-out.json"
+    console_file = data_dir / "demo-console.json"  # serve --demo keeps it there (older releases: absent)
     log_path = data_dir / "gateway.log"
     env = {**os.environ, **(extra_env or {})}
     cmd = [
         sys.executable, "-m", "imagerelay", "serve", "--demo", "--demo-tokens-out", str(tokens_file),
-        "--demo-console-out", str(console_file),
         "--port", str(port), "--data-dir", str(data_dir), *(extra_args or []),
     ]
     with open(log_path, "wb") as log:
