@@ -173,3 +173,4 @@ def test_chart_geometry() -> None:
     assert chart.lines[1].segments == [] and chart.lines[1].dots == [(342.0, 120.0)]  # a lone point is a dot
     assert chart.y_ticks[-1][1] == "5" and [t[1] for t in chart.x_ticks] == ["00:00", "01:00", "02:00"]
     assert line_chart("Empty", [0], 3600, []).empty
+    assert not line_chart("No errors", [0, 3600], 3600, [Series("a", [0.0, 0.0])]).empty
