@@ -185,12 +185,12 @@ async def _ensure_demo_console(services: Any) -> dict[str, dict[str, str]]:
 
 
 def _curl_example(base: str, group: str, token: str, catalog: Any) -> str:
+    from imagerelay.domain.capabilities import example_body
+
     models = catalog.models_by_group.get(group, ())
     model = models[0] if models else "gpt-image-2"
-    body = {"model": model, "prompt": "a white ceramic mug on a gray desk"}
     route = catalog.route(group, model)
-    if route is not None and route.profile.size == "table":
-        body["size"] = "2048x2048"
+    body = example_body(route) if route is not None else {"model": model, "prompt": "a white ceramic mug"}
     return (
         f"curl {base}/v1/images/generations -H 'Authorization: Bearer {token}' "
         f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"

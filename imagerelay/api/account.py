@@ -14,6 +14,7 @@ from imagerelay.api.admin import require_admin, user_filter, user_named
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
+from imagerelay.catalog.loader import Catalog
 from imagerelay.domain import capabilities
 from imagerelay.domain.accountrules import label, usd_field
 from imagerelay.domain.pricing import format_usd
@@ -121,22 +122,28 @@ async def usage(request: Request) -> Response:
     return await _page(request, token.user_id)
 
 
-async def pricing(request: Request) -> Response:
-    token = await authenticate(request)
-    catalog = services_of(request).catalog
+def group_pricing(catalog: Catalog, group: str) -> list[dict[str, Any]]:
+    """The models of ``group`` with their route, billing mode and prices (``GET
+    /v1/pricing``'s entries; the console's pricing matrix)."""
     data = []
-    for model in catalog.models_by_group.get(token.group, ()):
-        route = catalog.route(token.group, model)
+    for model in catalog.models_by_group.get(group, ()):
+        route = catalog.route(group, model)
         assert route is not None
         entry: dict[str, Any] = {
-            "model": model, "group": token.group, "route": route.spec.name,
+            "model": model, "group": group, "route": route.spec.name,
             "description": route.spec.description, "endpoints": list(route.spec.endpoints),
         }
         price = capabilities.billing(route)
         entry["billing_mode"] = price.pop("mode")
         entry.update(price)
         data.append(entry)
-    return json_response({"object": "list", "group": token.group, "data": data})
+    return data
+
+
+async def pricing(request: Request) -> Response:
+    token = await authenticate(request)
+    catalog = services_of(request).catalog
+    return json_response({"object": "list", "group": token.group, "data": group_pricing(catalog, token.group)})
 
 
 async def adjust_balance(services: Services, user: UserInfo, amount: object, reason: object) -> int:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from imagerelay.api.deps import services_of
+from imagerelay.api.tokens import usable_groups
 from imagerelay.storage.logins import Logins
 
 SESSION_COOKIE = "imagerelay_session"
@@ -51,14 +52,6 @@ def logins_of(request: Request) -> Logins:
     return logins  # type: ignore[no-any-return]
 
 
-async def allowed_groups(request: Request, user_id: int, configured: tuple[str, ...] | None) -> tuple[str, ...]:
-    """The catalog groups a user may create tokens in: the administrator's list, else the
-    groups of the tokens they were given (the same rule as ``POST /v1/account/tokens``)."""
-    services = services_of(request)
-    groups = configured if configured is not None else await services.accounts.token_groups(user_id)
-    return tuple(g for g in groups if g in services.catalog.groups)
-
-
 async def console_user(request: Request) -> ConsoleUser | None:
     if "console_user" in request.scope.get("state", {}):
         return request.state.console_user  # type: ignore[no-any-return]
@@ -71,8 +64,7 @@ async def console_user(request: Request) -> ConsoleUser | None:
             info = await services_of(request).accounts.get_user(row.user_id)
             if info is not None and not info.disabled:
                 user = ConsoleUser(info.id, info.name, info.is_admin,
-                                   await allowed_groups(request, info.id, info.allowed_groups),
-                                   row.id_hash, row.csrf_token)
+                                   await usable_groups(services_of(request), info), row.id_hash, row.csrf_token)
     request.state.console_user = user
     return user
 

@@ -6,6 +6,7 @@ catalog) and render; the data shaping lives in ``console/views.py``.
 
 from __future__ import annotations
 
+import asyncio
 import urllib.parse
 
 from starlette.requests import Request
@@ -13,7 +14,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from imagerelay.api.deps import services_of
-from imagerelay.console import accounts
+from imagerelay.storage.accounts import TokenFilter
+from imagerelay.console import accounts, token_pages, usage_pages
 from imagerelay.console.auth import (
     PageDenied,
     SignInRequired,
@@ -23,6 +25,7 @@ from imagerelay.console.auth import (
     require_user,
     set_session_cookie,
 )
+from imagerelay.console.passwords import verify_password
 from imagerelay.console.web import FormTooLarge, read_form, redirect, render, url
 
 
@@ -160,9 +163,6 @@ async def password_submit(request: Request) -> Response:
     logins = logins_of(request)
     services = services_of(request)
     current, new, confirm = (str(form.get(k) or "") for k in ("current", "password", "confirm"))
-    from imagerelay.console.passwords import verify_password
-    import asyncio
-
     error, field = None, None
     if not await asyncio.to_thread(verify_password, current, await logins.password_hash(user.id)):
         error, field = "The current password is wrong.", "current"
@@ -189,13 +189,13 @@ async def home(request: Request) -> Response:
     services = services_of(request)
     info = await services.accounts.get_user(user.id)
     assert info is not None
-    from imagerelay.storage.accounts import TokenFilter
-
     tokens, _ = await services.accounts.list_tokens(TokenFilter(user_id=user.id, status="active", limit=5))
     return await render(request, "home.html", {"info": info, "tokens": tokens})
 
 
 routes = [
+    *token_pages.routes,
+    *usage_pages.routes,
     Route("/", root, methods=["GET"]),
     Route("/playground", playground_redirect, methods=["GET"]),
     Route("/console", console_bare, methods=["GET"]),

@@ -648,26 +648,38 @@ class UsageQuery:
     limit: int = 50
     before_id: int | None = None  # page backwards from this record id
     request_id: str | None = None  # one call: its record, and for a job every attempt's ("<id>.2", ...)
+    token_id: int | None = None
+    failed: bool | None = None  # True: status >= 400 only; False: successes only
+
+
+def usage_conditions(q: UsageQuery) -> list[Any]:
+    """The WHERE terms of ``q``'s filters (not its paging), for pages and totals alike."""
+    c = usage_records.c
+    terms: list[Any] = []
+    if q.user_id is not None:
+        terms.append(c.user_id == q.user_id)
+    if q.since is not None:
+        terms.append(c.created_at >= q.since)
+    if q.until is not None:
+        terms.append(c.created_at < q.until)
+    if q.model is not None:
+        terms.append(c.model == q.model)
+    if q.status is not None:
+        terms.append(c.status == q.status)
+    if q.token_id is not None:
+        terms.append(c.token_id == q.token_id)
+    if q.failed is not None:
+        terms.append(c.status >= 400 if q.failed else c.status < 400)
+    if q.request_id is not None:
+        terms.append(or_(c.request_id == q.request_id, c.request_id.startswith(q.request_id + ".", autoescape=True)))
+    return terms
 
 
 async def usage_page(engine: AsyncEngine, q: UsageQuery) -> tuple[list[dict[str, Any]], bool]:
     """Newest first; returns (records, has_more)."""
-    stmt = select(usage_records).order_by(usage_records.c.id.desc()).limit(q.limit + 1)
-    if q.user_id is not None:
-        stmt = stmt.where(usage_records.c.user_id == q.user_id)
-    if q.since is not None:
-        stmt = stmt.where(usage_records.c.created_at >= q.since)
-    if q.until is not None:
-        stmt = stmt.where(usage_records.c.created_at < q.until)
-    if q.model is not None:
-        stmt = stmt.where(usage_records.c.model == q.model)
-    if q.status is not None:
-        stmt = stmt.where(usage_records.c.status == q.status)
+    stmt = select(usage_records).where(*usage_conditions(q)).order_by(usage_records.c.id.desc()).limit(q.limit + 1)
     if q.before_id is not None:
         stmt = stmt.where(usage_records.c.id < q.before_id)
-    if q.request_id is not None:
-        stmt = stmt.where(or_(usage_records.c.request_id == q.request_id,
-                              usage_records.c.request_id.startswith(q.request_id + ".", autoescape=True)))
     async with engine.connect() as conn:
         rows = [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
     for r in rows:
