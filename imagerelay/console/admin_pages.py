@@ -40,6 +40,7 @@ from imagerelay.domain.accountrules import label, user_changes
 from imagerelay.errors import ApiError, InvalidRequest
 from imagerelay.services import Services
 from imagerelay.storage.accounts import TOKEN_STATUSES, TokenFilter, UserInfo
+from imagerelay.storage.billing import UsageQuery
 
 TOKENS_PAGE = 50
 USAGE_PAGE = 50
@@ -66,7 +67,7 @@ async def dashboard(request: Request) -> Response:
     if span not in ("24h", "7d", "30d") or by not in ("route", "channel"):
         span, by = "24h", "route"
     since, until, size = reports.window(time.time(), span)
-    f = reports.UsageFilter(since=since, until=until)
+    f = UsageQuery(since=since, until=until)
     buckets = await reports.usage_buckets(services.engine, f, size_s=size, by=by)
     starts = list(range(int(since), int(until), size))
     figures = []
@@ -397,7 +398,7 @@ async def catalog_page(request: Request) -> Response:
 # -- usage ------------------------------------------------------------------------------
 
 
-async def _usage_filter(request: Request) -> tuple[reports.UsageFilter, str | None]:
+async def _usage_filter(request: Request) -> tuple[UsageQuery, str | None]:
     """The page's filter and the error to show (a filter that cannot be read matches nothing)."""
     params = request.query_params
     user_name = (params.get("user") or "").strip()
@@ -405,12 +406,12 @@ async def _usage_filter(request: Request) -> tuple[reports.UsageFilter, str | No
     if user_name:
         found = await services_of(request).accounts.find_user(user_name) if label(user_name) else None
         if found is None:
-            return reports.UsageFilter(user_id=-1), f"No user named {user_name!r}."
+            return UsageQuery(user_id=-1), f"No user named {user_name!r}."
         user_id = found.id
     try:
         return reports.parse_usage_filter(params, user_id=user_id), None
-    except reports.FilterError as exc:
-        return reports.UsageFilter(user_id=-1), str(exc)
+    except InvalidRequest as exc:
+        return UsageQuery(user_id=-1), exc.message
 
 
 USAGE_FIELDS = ("since", "until", "user", "token", "model", "route", "channel", "status")
