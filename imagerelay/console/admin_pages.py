@@ -51,6 +51,15 @@ async def _missing(request: Request, message: str) -> Response:
     return await render(request, "error.html", {"title": "Not found", "message": message}, status=404)
 
 
+def _row_id(raw: str) -> int | None:
+    """A row id from a URL, or None: ASCII digits within an INTEGER column (PostgreSQL
+    refuses a larger parameter; ``"²".isdigit()`` is true but no int)."""
+    try:
+        return reports.parse_id(raw, "id")
+    except InvalidRequest:
+        return None
+
+
 def _error(exc: ApiError) -> dict[str, Any]:
     """A refusal from the shared functions, for a form: the message and the field."""
     return {"error": exc.message, "error_param": exc.param}
@@ -210,7 +219,7 @@ async def tokens_page(request: Request) -> Response:
         error, status = "Status must be active, revoked or expired.", None
     if group is not None and group not in services.catalog.groups:
         error, group = f"No group named {group!r}.", None
-    before_id = int(before) if before.isascii() and before.isdigit() and len(before) <= 10 else None
+    before_id = _row_id(before)
     views, more = await services.accounts.list_tokens(TokenFilter(
         user_id=user_id, group=group, status=status, limit=TOKENS_PAGE, before_id=before_id))  # type: ignore[arg-type]
     filters = {"user": user_name, "group": group or "", "status": status or ""}
@@ -226,7 +235,8 @@ async def revoke_token(request: Request) -> Response:
     services = services_of(request)
     form = await read_form(request)
     raw = request.path_params["token_id"]
-    view = await services.accounts.view_token(int(raw)) if raw.isdigit() and len(raw) <= 10 else None
+    token_id = _row_id(raw)
+    view = await services.accounts.view_token(token_id) if token_id is not None else None
     back = str(form.get("back") or "/console/admin/tokens")
     if not back.startswith("/console/admin/"):
         back = "/console/admin/tokens"
@@ -422,7 +432,7 @@ async def usage_page(request: Request) -> Response:
     services = services_of(request)
     f, error = await _usage_filter(request)
     before = request.query_params.get("before") or ""
-    before_id = int(before) if before.isascii() and before.isdigit() and len(before) <= 10 else None
+    before_id = _row_id(before)
     rows, more = await reports.usage_rows(services.engine, f, limit=USAGE_PAGE, before_id=before_id)
     filters = {k: request.query_params.get(k) or "" for k in USAGE_FIELDS}
     return await render(request, "admin/usage.html", {

@@ -223,6 +223,12 @@ def test_revoke_any_token(gw: Gateway, admin: Browser) -> None:
         client.models.list()
     assert "<td>to-revoke</td>" not in admin.get("/console/admin/tokens?user=demo&status=active").text
     assert admin.get("/console/admin/tokens?status=bogus").status_code == 400
+    # Hostile ids are no 500: not a row, or past what an INTEGER column holds.
+    for raw in ("\u00b2", "99999999999", "-1"):
+        assert admin.post(f"/console/admin/tokens/{raw}/revoke", {}).status_code == 303
+        assert admin.get(f"/console/admin/tokens?before={raw}").status_code == 200
+        assert admin.get(f"/console/admin/usage?before={raw}").status_code == 200
+    assert admin.get("/console/admin/usage?token=\u00b2").status_code == 400
 
 
 def test_usage_filters_totals_csv_dashboard_and_catalog(gw: Gateway, admin: Browser) -> None:
