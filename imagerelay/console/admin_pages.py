@@ -11,9 +11,9 @@ the small pure readers below.
 from __future__ import annotations
 
 import time
-from urllib.parse import urlencode
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -139,7 +139,7 @@ async def create_user(request: Request) -> Response:
     await services.accounts.update_user(user.id, changes)
     if password:
         await set_password(services, logins_of(request), user.id, name, password)
-    return redirect(request, f"/console/admin/users/{name}", flash=f"User {name} created.")
+    return redirect(request, f"/console/admin/users/{quote(name, safe='')}", flash=f"User {name} created.")
 
 
 async def create_invite(request: Request) -> Response:
@@ -177,7 +177,7 @@ async def user_action(request: Request) -> Response:
         return await _missing(request, f"No user named {request.path_params['name']!r}.")
     action = request.path_params["action"]
     form = await read_form(request)
-    path = f"/console/admin/users/{user.name}"
+    path = f"/console/admin/users/{quote(user.name, safe='')}"  # API-made names may hold spaces, ? or #
     try:
         if action == "balance":
             amount = str(form.get("amount") or "").strip()

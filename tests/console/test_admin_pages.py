@@ -152,6 +152,18 @@ def test_top_up_is_exact_and_leaves_a_ledger_entry(gw: Gateway, admin: Browser) 
     assert _balance(gw, "demo") == before + 12_345_677
 
 
+def test_a_user_named_with_url_characters(gw: Gateway, admin: Browser) -> None:
+    name = "ann marie #1?"  # the admin API takes any printable name
+    r = httpx.post(gw.base_url + "/admin/tokens", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                   json={"user": name, "group": "default"})
+    assert r.status_code == 201
+    path = "/console/admin/users/ann%20marie%20%231%3F"
+    assert name in html.unescape(admin.get(path).text)
+    r = admin.post(path + "/balance", {"amount": "3", "reason": "welcome"})
+    assert r.status_code == 303 and r.headers["location"].endswith(path)
+    assert _balance(gw, name) == 3_000_000
+
+
 def test_disable_and_groups_and_create_user(gw: Gateway, admin: Browser) -> None:
     admin.get("/console/admin/users")
     r = admin.post("/console/admin/users", {"name": "carol", "password": "a long enough passphrase 42",
