@@ -34,7 +34,8 @@ def test_console_page_is_accessible(open_as: Callable[[str], Any], role: str, pa
     save_screenshots(page, _shot_name(role, path))
     check_axe(page)
     assert unnamed_controls(page) == [], f"{path}: controls without an accessible name"
-    assert sideways_overflow(page, 375) == [], f"{path}: wider than a 375 px screen"
+    wide = sideways_overflow(page, 375)
+    assert not wide, f"{path}: wider than a 375 px screen because of:\n" + "\n".join(wide)
     assert unreachable_by_keyboard(page) == [], f"{path}: interactive elements Tab never reaches"
     assert browser_log.csp == [], browser_log.csp
 
