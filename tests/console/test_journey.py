@@ -122,10 +122,12 @@ def admin_tops_up(admin: Any, name: str, amount: str, reason: str) -> None:
 def create_key(page: Any, group: str, key_name: str) -> tuple[str, str]:
     """Create a key in `group` from the console; returns (token id, the key from the clipboard)."""
     visit(page, "/console/tokens/new", "journey-token-new")
-    text = page.inner_text("main")
     # The group picker explains each group's route, billing and parameters.
-    assert "$0.03 per call" in text, "the default group's per-call price is not explained"
-    assert "1.2" in text and re.search(r"quality", text, re.I), "the Enterprise group's ×1.2 and quality are not explained"
+    def choice(name: str) -> str:
+        text: str = page.locator(".group-choice", has=page.get_by_role("radio", name=name, exact=True)).inner_text()
+        return text
+    assert re.search(r"\$0\.03 per call, no size or quality", choice("default")), choice("default")
+    assert re.search(r"official price ×1\.2, quality and custom sizes", choice(ENTERPRISE)), choice(ENTERPRISE)
     page.get_by_label("Name", exact=True).fill(key_name)
     page.get_by_role("radio", name=group, exact=True).check()
     page.get_by_role("button", name="Create key").click()
