@@ -143,6 +143,8 @@ async def signup_submit(request: Request) -> Response:
 
 
 async def signout(request: Request) -> Response:
+    if await console_user(request) is None:  # already out (session expired): nothing to change
+        return redirect(request, "/console/signin")
     await read_form(request)
     sid = request.cookies.get("imagerelay_session")
     if sid:
