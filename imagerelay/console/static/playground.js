@@ -635,7 +635,8 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
       lines = ["curl " + shellQuote(base + "/images/edits") + (stream ? " -N" : "") + " \\",
         "  -H " + shellQuote("Authorization: Bearer " + key) + " \\"];
       if (!stream) lines.push("  -H 'X-Imagerelay-Keepalive: 15' \\");
-      f.forEach(function (kv) { lines.push("  -F " + shellQuote(kv[0] + "=" + kv[1]) + " \\"); });
+      // --form-string: a prompt starting with @ or < is text, never a file to upload.
+      f.forEach(function (kv) { lines.push("  --form-string " + shellQuote(kv[0] + "=" + kv[1]) + " \\"); });
       names.forEach(function (n) { lines.push("  -F " + shellQuote("image[]=@" + n) + " \\"); });
       if (maskName) lines.push("  -F " + shellQuote("mask=@" + maskName) + " \\");
     } else {
