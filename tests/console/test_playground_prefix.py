@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,9 @@ expect = sync_api.expect
 def prefixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ConsoleGateway, str]]:
     chromium_path()
     tmp: Path = tmp_path_factory.mktemp("playground-prefix")
-    gateways = start_console_gateway(tmp, extra_env={"IMAGERELAY_ROOT_PATH": "/relay"})
-    gw = next(gateways)
-    try:
-        with prefix_proxy(gw.base_url, "/relay") as proxy:
-            yield gw, proxy + "/relay"
-    finally:
-        gateways.close()
+    with contextmanager(start_console_gateway)(tmp, extra_env={"IMAGERELAY_ROOT_PATH": "/relay"}) as gw, \
+            prefix_proxy(gw.base_url, "/relay") as proxy:
+        yield gw, proxy + "/relay"
 
 
 def test_playground_works_under_a_path_prefix(browser: Any, prefixed: tuple[ConsoleGateway, str]) -> None:

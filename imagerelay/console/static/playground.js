@@ -400,6 +400,7 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
     el.partials.textContent = "";
     show(el.partialsWrap, false);
     el.cost.textContent = "";
+    delete el.cost.dataset.costMicros;
   }
 
   function end() {
