@@ -11,9 +11,9 @@ the small pure readers below.
 from __future__ import annotations
 
 import time
-from urllib.parse import urlencode
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -40,6 +40,7 @@ from imagerelay.domain.accountrules import label, user_changes
 from imagerelay.errors import ApiError, InvalidRequest
 from imagerelay.services import Services
 from imagerelay.storage.accounts import TOKEN_STATUSES, TokenFilter, UserInfo
+from imagerelay.storage.billing import UsageQuery
 
 TOKENS_PAGE = 50
 USAGE_PAGE = 50
@@ -48,6 +49,15 @@ CHANNEL_TYPES = ChannelSpec.model_fields["type"].annotation.__args__  # type: ig
 
 async def _missing(request: Request, message: str) -> Response:
     return await render(request, "error.html", {"title": "Not found", "message": message}, status=404)
+
+
+def _row_id(raw: str) -> int | None:
+    """A row id from a URL, or None: ASCII digits within an INTEGER column (PostgreSQL
+    refuses a larger parameter; ``"²".isdigit()`` is true but no int)."""
+    try:
+        return reports.parse_id(raw, "id")
+    except InvalidRequest:
+        return None
 
 
 def _error(exc: ApiError) -> dict[str, Any]:
@@ -66,7 +76,7 @@ async def dashboard(request: Request) -> Response:
     if span not in ("24h", "7d", "30d") or by not in ("route", "channel"):
         span, by = "24h", "route"
     since, until, size = reports.window(time.time(), span)
-    f = reports.UsageFilter(since=since, until=until)
+    f = UsageQuery(since=since, until=until)
     buckets = await reports.usage_buckets(services.engine, f, size_s=size, by=by)
     starts = list(range(int(since), int(until), size))
     figures = []
@@ -129,7 +139,7 @@ async def create_user(request: Request) -> Response:
     await services.accounts.update_user(user.id, changes)
     if password:
         await set_password(services, logins_of(request), user.id, name, password)
-    return redirect(request, f"/console/admin/users/{name}", flash=f"User {name} created.")
+    return redirect(request, f"/console/admin/users/{quote(name, safe='')}", flash=f"User {name} created.")
 
 
 async def create_invite(request: Request) -> Response:
@@ -167,7 +177,7 @@ async def user_action(request: Request) -> Response:
         return await _missing(request, f"No user named {request.path_params['name']!r}.")
     action = request.path_params["action"]
     form = await read_form(request)
-    path = f"/console/admin/users/{user.name}"
+    path = f"/console/admin/users/{quote(user.name, safe='')}"  # API-made names may hold spaces, ? or #
     try:
         if action == "balance":
             amount = str(form.get("amount") or "").strip()
@@ -209,7 +219,7 @@ async def tokens_page(request: Request) -> Response:
         error, status = "Status must be active, revoked or expired.", None
     if group is not None and group not in services.catalog.groups:
         error, group = f"No group named {group!r}.", None
-    before_id = int(before) if before.isascii() and before.isdigit() and len(before) <= 10 else None
+    before_id = _row_id(before)
     views, more = await services.accounts.list_tokens(TokenFilter(
         user_id=user_id, group=group, status=status, limit=TOKENS_PAGE, before_id=before_id))  # type: ignore[arg-type]
     filters = {"user": user_name, "group": group or "", "status": status or ""}
@@ -225,7 +235,8 @@ async def revoke_token(request: Request) -> Response:
     services = services_of(request)
     form = await read_form(request)
     raw = request.path_params["token_id"]
-    view = await services.accounts.view_token(int(raw)) if raw.isdigit() and len(raw) <= 10 else None
+    token_id = _row_id(raw)
+    view = await services.accounts.view_token(token_id) if token_id is not None else None
     back = str(form.get("back") or "/console/admin/tokens")
     if not back.startswith("/console/admin/"):
         back = "/console/admin/tokens"
@@ -270,12 +281,12 @@ def channel_body(form: FormData, *, editing: bool) -> dict[str, Any]:
         if not raw:
             continue
         try:
-            value = kind(raw)
+            number: float = kind(raw)
         except ValueError:
             raise InvalidRequest(f"{field} must be a number.", param=field) from None
-        if kind is float and not (0 < value < 86_400):
+        if kind is float and not (0 < number < 86_400):  # also refuses nan and inf
             raise InvalidRequest(f"{field} must be between 0 and 86400 seconds.", param=field)
-        body[field] = value
+        body[field] = number
     body["verify"] = form.get("verify") is not None
     model_map: dict[str, str] = {}
     for line in str(form.get("model_map") or "").splitlines():
@@ -397,7 +408,7 @@ async def catalog_page(request: Request) -> Response:
 # -- usage ------------------------------------------------------------------------------
 
 
-async def _usage_filter(request: Request) -> tuple[reports.UsageFilter, str | None]:
+async def _usage_filter(request: Request) -> tuple[UsageQuery, str | None]:
     """The page's filter and the error to show (a filter that cannot be read matches nothing)."""
     params = request.query_params
     user_name = (params.get("user") or "").strip()
@@ -405,12 +416,12 @@ async def _usage_filter(request: Request) -> tuple[reports.UsageFilter, str | No
     if user_name:
         found = await services_of(request).accounts.find_user(user_name) if label(user_name) else None
         if found is None:
-            return reports.UsageFilter(user_id=-1), f"No user named {user_name!r}."
+            return UsageQuery(user_id=-1), f"No user named {user_name!r}."
         user_id = found.id
     try:
         return reports.parse_usage_filter(params, user_id=user_id), None
-    except reports.FilterError as exc:
-        return reports.UsageFilter(user_id=-1), str(exc)
+    except InvalidRequest as exc:
+        return UsageQuery(user_id=-1), exc.message
 
 
 USAGE_FIELDS = ("since", "until", "user", "token", "model", "route", "channel", "status")
@@ -421,7 +432,7 @@ async def usage_page(request: Request) -> Response:
     services = services_of(request)
     f, error = await _usage_filter(request)
     before = request.query_params.get("before") or ""
-    before_id = int(before) if before.isascii() and before.isdigit() and len(before) <= 10 else None
+    before_id = _row_id(before)
     rows, more = await reports.usage_rows(services.engine, f, limit=USAGE_PAGE, before_id=before_id)
     filters = {k: request.query_params.get(k) or "" for k in USAGE_FIELDS}
     return await render(request, "admin/usage.html", {

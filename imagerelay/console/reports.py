@@ -1,9 +1,10 @@
-"""Usage reports for the console: one filter, a page of records, totals, a CSV export
-and per-hour/per-day aggregates, as plain functions over ``usage_records``.
+"""Usage reports for the admin console: a page of records with user and key names,
+totals with latency, a CSV export and per-hour/per-day aggregates by route or channel.
 
-Shared by the admin pages (every user) and usable by a user's own pages (``user_id``
-set). Filters come from query strings a person typed, so :func:`parse_usage_filter`
-reads them strictly and names the field it refuses (:class:`FilterError`).
+Every function filters with storage/billing.py's :class:`UsageQuery` and
+``usage_conditions``, the same terms as ``/admin/usage`` and the user's usage page.
+Filters come from query strings a person typed, so :func:`parse_usage_filter` reads
+them strictly and names the field it refuses (:class:`InvalidRequest`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import csv
 import datetime as dt
 import io
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -20,106 +21,59 @@ from sqlalchemy import Integer, and_, case, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from imagerelay.console.views import parse_day
 from imagerelay.domain.accountrules import label
+from imagerelay.errors import InvalidRequest
+from imagerelay.storage.billing import UsageQuery, usage_conditions
 from imagerelay.storage.schema import ledger, tokens, usage_records, users
 
-MAX_PAGE = 200
 CSV_CHUNK = 1000
 _MAX_ID = 2**31 - 1
 DAY_S = 86_400
 HOUR_S = 3_600
 
 
-class FilterError(ValueError):
-    """A filter field that cannot be read; ``param`` names it for the form."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-@dataclass(frozen=True, slots=True)
-class UsageFilter:
-    """Which records: every field None means "any". ``until`` is exclusive."""
-
-    since: float | None = None
-    until: float | None = None
-    user_id: int | None = None
-    token_id: int | None = None
-    model: str | None = None
-    route: str | None = None
-    channel: str | None = None
-    status: str | None = None  # "ok" (< 400), "error" (>= 400) or an HTTP status code
-
-
-def parse_day(raw: str, param: str) -> float:
-    """``YYYY-MM-DD`` (what ``<input type=date>`` sends) -> the unix time of 00:00 UTC."""
-    try:
-        day = dt.date.fromisoformat(raw)
-    except ValueError:
-        raise FilterError(param, f"{param} must be a date as YYYY-MM-DD.") from None
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp()
-
-
-def parse_status(raw: str) -> str:
+def parse_status(raw: str) -> tuple[int | None, bool | None]:
+    """``ok``, ``error`` or a three-digit HTTP status -> (status, failed) of a :class:`UsageQuery`."""
     if raw in ("ok", "error"):
-        return raw
+        return None, raw == "error"
     if raw.isascii() and raw.isdigit() and len(raw) == 3:
-        return raw
-    raise FilterError("status", "status must be ok, error or a three-digit HTTP status.")
+        return int(raw), None
+    raise InvalidRequest("status must be ok, error or a three-digit HTTP status.", param="status")
 
 
 def parse_id(raw: str, param: str) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) <= _MAX_ID):
-        raise FilterError(param, f"{param} must be a whole number.")
+        raise InvalidRequest(f"{param} must be a whole number.", param=param)
     return int(raw)
 
 
-def parse_usage_filter(params: Mapping[str, str], *, user_id: int | None = None) -> UsageFilter:
+def parse_usage_filter(params: Mapping[str, str], *, user_id: int | None = None) -> UsageQuery:
     """Read ``since``/``until`` (days, both inclusive), ``token``, ``model``, ``route``,
-    ``channel`` and ``status`` from a query string. The user is resolved by the caller
-    (a name needs the database) and passed as ``user_id``."""
+    ``channel`` and ``status`` from a query string into storage/billing.py's query (paging
+    aside). The user is resolved by the caller (a name needs the database) and passed as
+    ``user_id``. Raises :class:`InvalidRequest` naming the field."""
 
     def text(name: str) -> str | None:
         raw = (params.get(name) or "").strip()
         if not raw:
             return None
         if label(raw) is None:  # PostgreSQL refuses NUL; nothing longer is a name here
-            raise FilterError(name, f"{name} must be a name of up to 128 printable characters.")
+            raise InvalidRequest(f"{name} must be a name of up to 128 printable characters.", param=name)
         return raw
 
     since_raw, until_raw = text("since"), text("until")
-    since = parse_day(since_raw, "since") if since_raw else None
-    until = parse_day(until_raw, "until") + DAY_S if until_raw else None
+    since = float(parse_day(since_raw, "since")) if since_raw else None
+    until = float(parse_day(until_raw, "until") + DAY_S) if until_raw else None
     if since is not None and until is not None and until <= since:
-        raise FilterError("until", "until must be on or after since.")
+        raise InvalidRequest("until must be on or after since.", param="until")
     token_raw, status_raw = text("token"), text("status")
-    return UsageFilter(
+    status, failed = parse_status(status_raw) if status_raw else (None, None)
+    return UsageQuery(
         since=since, until=until, user_id=user_id,
         token_id=parse_id(token_raw, "token") if token_raw else None,
-        model=text("model"), route=text("route"), channel=text("channel"),
-        status=parse_status(status_raw) if status_raw else None,
+        model=text("model"), route=text("route"), channel=text("channel"), status=status, failed=failed,
     )
-
-
-def _conditions(f: UsageFilter) -> list[ColumnElement[bool]]:
-    u = usage_records.c
-    where: list[ColumnElement[bool]] = []
-    if f.since is not None:
-        where.append(u.created_at >= f.since)
-    if f.until is not None:
-        where.append(u.created_at < f.until)
-    for column, value in ((u.user_id, f.user_id), (u.token_id, f.token_id), (u.model, f.model),
-                          (u.route, f.route), (u.channel, f.channel)):
-        if value is not None:
-            where.append(column == value)
-    if f.status == "ok":
-        where.append(u.status < 400)
-    elif f.status == "error":
-        where.append(u.status >= 400)
-    elif f.status is not None:
-        where.append(u.status == int(f.status))
-    return where
 
 
 def _listing() -> Any:
@@ -130,10 +84,10 @@ def _listing() -> Any:
     )
 
 
-async def usage_rows(engine: AsyncEngine, f: UsageFilter, *, limit: int = 50,
+async def usage_rows(engine: AsyncEngine, f: UsageQuery, *, limit: int = 50,
                      before_id: int | None = None) -> tuple[list[dict[str, Any]], bool]:
     """A page of records, newest first, and whether older ones remain."""
-    stmt = _listing().where(and_(True, *_conditions(f)))
+    stmt = _listing().where(and_(True, *usage_conditions(f)))
     if before_id is not None:
         stmt = stmt.where(usage_records.c.id < before_id)
     stmt = stmt.order_by(usage_records.c.id.desc()).limit(limit + 1)
@@ -151,12 +105,12 @@ class UsageTotals:
     avg_upstream_latency_ms: int | None
 
 
-async def usage_totals(engine: AsyncEngine, f: UsageFilter) -> UsageTotals:
+async def usage_totals(engine: AsyncEngine, f: UsageQuery) -> UsageTotals:
     u = usage_records.c
     stmt = select(
         func.count(), func.coalesce(func.sum(case((u.status >= 400, 1), else_=0)), 0),
         func.coalesce(func.sum(u.cost_micros), 0), func.avg(u.latency_ms), func.avg(u.upstream_latency_ms),
-    ).where(and_(True, *_conditions(f)))
+    ).where(and_(True, *usage_conditions(f)))
     async with engine.connect() as conn:
         calls, errors, cost, latency, upstream = (await conn.execute(stmt)).one()
     return UsageTotals(int(calls), int(errors), int(cost), _whole(latency), _whole(upstream))
@@ -200,7 +154,7 @@ def csv_row(r: Mapping[str, Any]) -> list[object]:
     )]
 
 
-async def usage_csv(engine: AsyncEngine, f: UsageFilter) -> AsyncIterator[str]:
+async def usage_csv(engine: AsyncEngine, f: UsageQuery) -> AsyncIterator[str]:
     """Every matching record as CSV text (header first), read in chunks so an export of
     millions of records never sits in memory."""
     buf = io.StringIO()
@@ -248,7 +202,7 @@ def _bucket_expr(engine: AsyncEngine, size_s: int) -> ColumnElement[Any]:
     return cast(func.floor(scaled), Integer)
 
 
-async def usage_buckets(engine: AsyncEngine, f: UsageFilter, *, size_s: int, by: str) -> list[Bucket]:
+async def usage_buckets(engine: AsyncEngine, f: UsageQuery, *, size_s: int, by: str) -> list[Bucket]:
     """Calls, errors, spend and upstream latency per ``size_s`` bucket and per ``by``
     (``route`` or ``channel``; records that reached no channel count as ``(none)``)."""
     if by not in ("route", "channel"):
@@ -260,7 +214,7 @@ async def usage_buckets(engine: AsyncEngine, f: UsageFilter, *, size_s: int, by:
         select(bucket, key, func.count(), func.coalesce(func.sum(case((u.status >= 400, 1), else_=0)), 0),
                func.coalesce(func.sum(u.cost_micros), 0), func.coalesce(func.sum(u.upstream_latency_ms), 0),
                func.count(u.upstream_latency_ms))
-        .where(and_(True, *_conditions(f)))
+        .where(and_(True, *usage_conditions(f)))
         .group_by(bucket, key)
         .order_by(bucket, key)
     )
@@ -275,14 +229,10 @@ def window(now: float, span: str) -> tuple[float, float, int]:
     aligned to bucket boundaries so the first and last buckets are whole."""
     spans = {"24h": (24, HOUR_S), "7d": (7, DAY_S), "30d": (30, DAY_S)}
     if span not in spans:
-        raise FilterError("span", "span must be one of: 24h, 7d, 30d.")
+        raise InvalidRequest("span must be one of: 24h, 7d, 30d.", param="span")
     count, size = spans[span]
     end = (int(now) // size + 1) * size
     return float(end - count * size), float(end), size
-
-
-def with_window(f: UsageFilter, since: float, until: float) -> UsageFilter:
-    return replace(f, since=since, until=until)
 
 
 async def ledger_entries(engine: AsyncEngine, user_id: int, *, limit: int = 20) -> list[dict[str, Any]]:

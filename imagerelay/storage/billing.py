@@ -650,6 +650,8 @@ class UsageQuery:
     request_id: str | None = None  # one call: its record, and for a job every attempt's ("<id>.2", ...)
     token_id: int | None = None
     failed: bool | None = None  # True: status >= 400 only; False: successes only
+    route: str | None = None
+    channel: str | None = None
 
 
 def usage_conditions(q: UsageQuery) -> list[Any]:
@@ -670,6 +672,10 @@ def usage_conditions(q: UsageQuery) -> list[Any]:
         terms.append(c.token_id == q.token_id)
     if q.failed is not None:
         terms.append(c.status >= 400 if q.failed else c.status < 400)
+    if q.route is not None:
+        terms.append(c.route == q.route)
+    if q.channel is not None:
+        terms.append(c.channel == q.channel)
     if q.request_id is not None:
         terms.append(or_(c.request_id == q.request_id, c.request_id.startswith(q.request_id + ".", autoescape=True)))
     return terms

@@ -16,8 +16,6 @@ from imagerelay.console.charts import OTHER, line_chart, nice_ceiling, pivot
 from imagerelay.console.reports import (
     DAY_S,
     HOUR_S,
-    FilterError,
-    UsageFilter,
     parse_usage_filter,
     usage_buckets,
     usage_csv,
@@ -26,7 +24,8 @@ from imagerelay.console.reports import (
     window,
 )
 from imagerelay.storage.accounts import Accounts
-from imagerelay.storage.billing import Billing, UsageRecord
+from imagerelay.errors import InvalidRequest
+from imagerelay.storage.billing import Billing, UsageQuery, UsageRecord
 from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
 from imagerelay.storage.schema import usage_records
 from tests.support.services import drop_postgres_database, fresh_postgres_database
@@ -82,7 +81,7 @@ async def test_filters_totals_and_paging(db: tuple[AsyncEngine, Accounts, Billin
     await accounts.create_token(user.id, "g", name="+main")
     await _seed(engine, billing, user.id, 1, ROWS)
 
-    totals = await usage_totals(engine, UsageFilter())
+    totals = await usage_totals(engine, UsageQuery())
     assert (totals.calls, totals.errors, totals.cost_micros) == (5, 2, 183_457)
     assert totals.avg_upstream_latency_ms == 667  # (400 + 600 + 1000) / 3, rounded
 
@@ -92,12 +91,12 @@ async def test_filters_totals_and_paging(db: tuple[AsyncEngine, Accounts, Billin
     assert (await usage_totals(engine, errors)).calls == 2
     exact = parse_usage_filter({"status": "502", "channel": "sim-b"})
     assert (await usage_totals(engine, exact)).calls == 1
-    assert (await usage_totals(engine, UsageFilter(user_id=user.id + 1))).calls == 0
+    assert (await usage_totals(engine, UsageQuery(user_id=user.id + 1))).calls == 0
 
-    first, more = await usage_rows(engine, UsageFilter(), limit=2)
+    first, more = await usage_rows(engine, UsageQuery(), limit=2)
     assert more and [r["id"] for r in first] == [5, 4]
     assert first[0]["user_name"] == "=alice" and first[0]["token_name"] == "+main"
-    rest, more = await usage_rows(engine, UsageFilter(), limit=10, before_id=first[-1]["id"])
+    rest, more = await usage_rows(engine, UsageQuery(), limit=10, before_id=first[-1]["id"])
     assert not more and [r["id"] for r in rest] == [3, 2, 1]
 
 
@@ -118,14 +117,14 @@ async def test_buckets_by_hour_route_and_channel(db: tuple[AsyncEngine, Accounts
     engine, accounts, billing = db
     user = await accounts.get_or_create_user("bob")
     await _seed(engine, billing, user.id, 1, ROWS)
-    by_route = await usage_buckets(engine, UsageFilter(since=T0, until=T0 + DAY_S), size_s=HOUR_S, by="route")
+    by_route = await usage_buckets(engine, UsageQuery(since=T0, until=T0 + DAY_S), size_s=HOUR_S, by="route")
     cells = {(b.start, b.key): (b.calls, b.errors, b.cost_micros, b.avg_upstream_latency_ms) for b in by_route}
     assert cells == {
         (int(T0), "legacy"): (2, 0, 60_000, 500.0),
         (int(T0), "official"): (1, 1, 0, None),
         (int(T0) + HOUR_S, "official"): (1, 0, 123_457, 1000.0),
     }
-    by_channel = await usage_buckets(engine, UsageFilter(), size_s=DAY_S, by="channel")
+    by_channel = await usage_buckets(engine, UsageQuery(), size_s=DAY_S, by="channel")
     assert {(b.start - int(T0), b.key, b.calls) for b in by_channel} == {
         (0, "sim-a", 2), (0, "sim-b", 2), (DAY_S, "(none)", 1)}
 
@@ -134,7 +133,7 @@ def test_filter_parsing_refuses_with_the_field_named() -> None:
     for params, param in [({"since": "2026-13-01"}, "since"), ({"status": "bad"}, "status"),
                           ({"token": "1e3"}, "token"), ({"model": "a\x00b"}, "model"),
                           ({"since": "2026-01-02", "until": "2026-01-01"}, "until")]:
-        with pytest.raises(FilterError) as err:
+        with pytest.raises(InvalidRequest) as err:
             parse_usage_filter(params)
         assert err.value.param == param
     f = parse_usage_filter({"since": "2026-01-01", "until": "2026-01-01", "token": "7"})
@@ -146,7 +145,7 @@ def test_window_is_aligned_to_whole_buckets() -> None:
     assert (size, until - since, until) == (HOUR_S, 24 * HOUR_S, T0 + 6 * HOUR_S)
     since, until, size = window(T0 + 5, "7d")
     assert (size, since, until) == (DAY_S, T0 - 6 * DAY_S, T0 + DAY_S)
-    with pytest.raises(FilterError):
+    with pytest.raises(InvalidRequest):
         window(T0, "1y")
 
 
@@ -173,3 +172,4 @@ def test_chart_geometry() -> None:
     assert chart.lines[1].segments == [] and chart.lines[1].dots == [(342.0, 120.0)]  # a lone point is a dot
     assert chart.y_ticks[-1][1] == "5" and [t[1] for t in chart.x_ticks] == ["00:00", "01:00", "02:00"]
     assert line_chart("Empty", [0], 3600, []).empty
+    assert not line_chart("No errors", [0, 3600], 3600, [Series("a", [0.0, 0.0])]).empty
