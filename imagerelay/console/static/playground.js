@@ -452,7 +452,7 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
       tick(start);
       if (job.status === "succeeded" || job.status === "failed" || job.status === "canceled") break;
       await sleep(POLL_MS[Math.min(i, POLL_MS.length - 1)]);
-      var poll = await api("/images/jobs/" + encodeURIComponent(job.id) + "?include=b64_json", {signal: state.abort.signal});
+      var poll = await pollJob(job.id);
       if (!poll.ok) { refused(await errorOf(poll)); return requestId; }
       job = await poll.json();
     }
@@ -466,6 +466,20 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
       setProgress("Canceled after " + elapsed(start) + ".");
     }
     return requestId;
+  }
+
+  /* One poll; a dropped connection (a proxy closing an idle keep-alive socket, a network
+   * blip) is retried a few times: the job runs on regardless, so only the view was lost. */
+  async function pollJob(id) {
+    for (var attempt = 0; ; attempt++) {
+      try {
+        var r = await api("/images/jobs/" + encodeURIComponent(id) + "?include=b64_json", {signal: state.abort.signal});
+        if (r.status < 502 || attempt >= 4) return r;  // 502-504 from a proxy: try again too
+      } catch (e) {
+        if ((e && e.name === "AbortError") || attempt >= 4) throw e;
+      }
+      await sleep(1000 * (attempt + 1));
+    }
   }
 
   async function runStream(start) {
