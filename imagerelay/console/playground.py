@@ -75,6 +75,7 @@ async def page(request: Request) -> Response:
         "groups": list(user.allowed_groups),
         "api_base": url(request, "/v1"),
         "test_key_url": url(request, "/console/playground/test-key"),
+        "test_key_name": test_key_name(user),
     })
 
 

@@ -366,3 +366,24 @@ def test_session_test_key_only_in_the_users_groups(page: Any, console_gw: Consol
     csrf = page.locator("#playground").get_attribute("data-csrf")
     refused = post_test_key(page, {"group": "GPTImage2 Enterprise"}, csrf)
     assert refused.status == 403 and refused.json()["error"]["code"] == "group_not_allowed"
+
+
+def test_a_tab_never_lends_one_accounts_test_key_to_another(page: Any, console_gw: ConsoleGateway) -> None:
+    open_playground(page, console_gw, key=DEFAULT)
+    first_key = shown_key(page)
+    # Someone else signs in on the same tab without signing the first user out.
+    page.goto("/console/signup")
+    page.get_by_label("User name").fill("second")
+    page.get_by_label("Password", exact=True).fill("another-long-passphrase-2")
+    page.get_by_label("Password again").fill("another-long-passphrase-2")
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_load_state()
+    page.goto("/console/playground")
+    page.get_by_label("API key").select_option(DEFAULT)
+    expect(page.locator("#pg-key-status")).to_contain_text("Using a new session test key")
+    second_key = shown_key(page)
+    assert second_key != first_key
+    with console_gw.admin_api() as api:
+        owners = {t["user"] for t in api.get("/admin/tokens", params={"limit": 100}).json()["data"]
+                  if t["name"].startswith("playground session ") and t["status"] == "active"}
+    assert {"demo", "second"} <= owners

@@ -12,6 +12,7 @@
   var API = root.dataset.apiBase.replace(/\/$/, "");
   var TEST_KEY_URL = root.dataset.testKeyUrl;
   var CSRF = root.dataset.csrf;
+  var SESSION_KEY_NAME = root.dataset.testKeyName;  // the name this session's test keys carry
   var KEY_STORE = "imagerelay.key.";          // + token id: keys the console showed this tab
   var TEST_STORE = "imagerelay.testkey.";     // + group: this session's test key
   var COMMON_SIZES = ["auto", "1024x1024", "1536x1024", "1024x1536", "2048x2048", "2048x1152", "1152x2048",
@@ -101,7 +102,8 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
     if (value.indexOf("test:") === 0) {
       var group = value.slice(5);
       var kept = JSON.parse(recall(TEST_STORE + group) || "null");
-      if (kept && kept.expires_at * 1000 > Date.now() &&
+      // Only this session's own key: another account signed in on this tab earlier never lends its key.
+      if (kept && kept.name === SESSION_KEY_NAME && kept.expires_at * 1000 > Date.now() &&
           await useKey(kept.key, "Using this session's test key for " + group + " (" + kept.hint + ").")) {
         return;
       }
