@@ -1,7 +1,7 @@
 """Console account rules: sign-up, sign-in with throttling, password changes.
 
 Shared by the pages and the CLI (``imagerelay user ...``); hashing runs in a thread so a
-sign-in never stalls the event loop for the ~50 ms scrypt takes.
+sign-in never stalls the event loop for the time scrypt takes (tenths of a second on a busy core).
 """
 
 from __future__ import annotations

@@ -10,11 +10,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from imagerelay.api.deps import services_of
-from imagerelay.api.tokens import check_group_allowed, create_token_for, update_token_of
+from imagerelay.api.parsing import read_json_object
+from imagerelay.api.responses import json_response
+from imagerelay.api.tokens import check_group_allowed, create_token_for, token_json, update_token_of
 from imagerelay.console import views
-from imagerelay.console.auth import ConsoleUser, require_user
+from imagerelay.console.auth import ConsoleUser, require_json_user, require_user
 from imagerelay.console.web import read_form, redirect, render
-from imagerelay.errors import ApiError
+from imagerelay.errors import ApiError, NotFound
 from imagerelay.storage.accounts import TokenFilter, TokenView
 
 PAGE = 50
@@ -128,11 +130,24 @@ async def token_revoke(request: Request) -> Response:
     return redirect(request, "/console/tokens", flash=f"Key {view.name!r} ({view.hint}) is revoked.")
 
 
+async def token_patch_json(request: Request) -> Response:
+    """Rename or re-limit a key from page script: JSON body as ``PATCH /v1/account/tokens/{id}``,
+    authenticated by the session cookie plus the ``X-CSRF-Token`` header."""
+    user = await require_json_user(request)
+    view = await _own_token(request, user)
+    if view is None:
+        raise NotFound(f"No API key {request.path_params['token_id']!r}.", param="token_id")
+    body = await read_json_object(request, 64 * 1024)
+    updated = await update_token_of(services_of(request), view, body)
+    return json_response(token_json(updated, time.time()))
+
+
 routes = [
     Route("/console/tokens", token_list, methods=["GET"]),
     Route("/console/tokens/new", token_new, methods=["GET"]),
     Route("/console/tokens/new", token_create, methods=["POST"]),
     Route("/console/tokens/{token_id}", token_detail, methods=["GET"]),
     Route("/console/tokens/{token_id}", token_update, methods=["POST"]),
+    Route("/console/tokens/{token_id}", token_patch_json, methods=["PATCH"]),
     Route("/console/tokens/{token_id}/revoke", token_revoke, methods=["POST"]),
 ]
