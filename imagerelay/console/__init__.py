@@ -37,11 +37,12 @@ class StaticAssets(StaticFiles):
 
 
 def console_routes(settings: Settings) -> list[BaseRoute]:
-    from imagerelay.console import admin_pages, pages
+    from imagerelay.console import admin_pages, pages, playground
 
     return [
         Mount("/console/static", app=StaticAssets(packages=[("imagerelay.console", "static")]), name="console-static"),
         *pages.routes,
+        *playground.routes,
         *admin_pages.routes,
     ]
 

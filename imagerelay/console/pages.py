@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from imagerelay.api.deps import services_of
 from imagerelay.storage.accounts import TokenFilter
-from imagerelay.console import accounts, token_pages, usage_pages
+from imagerelay.console import accounts, playground, token_pages, usage_pages
 from imagerelay.console.auth import (
     PageDenied,
     SignInRequired,
@@ -144,6 +144,9 @@ async def signup_submit(request: Request) -> Response:
 
 async def signout(request: Request) -> Response:
     await read_form(request)
+    user = await console_user(request)
+    if user is not None:  # the playground's test keys end with the session
+        await playground.revoke_session_keys(request, user)
     sid = request.cookies.get("imagerelay_session")
     if sid:
         await logins_of(request).close_session(sid)

@@ -37,13 +37,15 @@ def test_key_name(user: ConsoleUser) -> str:
 
 
 async def _session_ends(services: Services, user: ConsoleUser) -> float:
-    """When the session ends at the latest (its absolute expiry); an idle session ends
-    sooner, and sign-out revokes the key at once (:func:`revoke_session_keys`)."""
+    """When the key stops working: when the session would end if left idle from now, and
+    never after the session's absolute end. (Sign-out revokes it at once:
+    :func:`revoke_session_keys`; a session kept busy past the idle span mints a new key.)"""
     settings = services.settings
     async with services.engine.connect() as conn:
         created = (await conn.execute(select(console_sessions.c.created_at)
                                       .where(console_sessions.c.id_hash == user.session_id))).scalar()
-    return float(created if created is not None else time.time()) + settings.session_max_s
+    now = time.time()
+    return min(now + settings.session_idle_s, float(created if created is not None else now) + settings.session_max_s)
 
 
 async def _session_keys(services: Services, user_id: int, name: str, group: str | None = None) -> list[int]:

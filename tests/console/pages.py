@@ -158,3 +158,43 @@ def page_cases() -> list[Any]:
     # The admin sees the user pages too, with the admin nav: the richest header, checked once.
     cases.append(pytest.param("admin", "/console/", id="admin:/console/ (home with the admin nav)"))
     return cases
+
+
+# Elements that stick out past the right edge of the viewport (WCAG 1.4.10 reflow: at 375 px a
+# page must not scroll sideways), ignoring those inside their own scrolling box (a natural-size
+# image or a code block may scroll within its frame). Innermost offenders only.
+OVERFLOW_JS = """
+() => {
+  const w = document.documentElement.clientWidth;
+  const scrolls = (el) => {
+    for (let p = el.parentElement; p && p !== document.body; p = p.parentElement) {
+      if (/(auto|scroll|hidden|clip)/.test(getComputedStyle(p).overflowX)) return true;
+    }
+    return false;
+  };
+  // A box past the edge, or text running out of its box (a long unbreakable word).
+  const out = Array.from(document.body.querySelectorAll('*')).filter((el) => {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || scrolls(el)) return false;
+    if (r.right > w + 1) return true;
+    return getComputedStyle(el).overflowX === 'visible' && el.scrollWidth > el.clientWidth + 1
+      && r.left + el.scrollWidth > w + 1;
+  });
+  return out.filter((el) => !out.some((o) => o !== el && el.contains(o)))
+    .map((el) => el.outerHTML.slice(0, 200));
+}
+"""
+
+
+def sideways_overflow(page: Any, width: int = 375) -> list[str]:
+    """What makes the page wider than `width` px (the viewport is put back afterwards)."""
+    before = page.viewport_size
+    page.set_viewport_size({"width": width, "height": before["height"] if before else 900})
+    try:
+        result: list[str] = page.evaluate(OVERFLOW_JS)
+        if not result and page.evaluate("() => document.documentElement.scrollWidth") > width:
+            result = ["(the document is wider than the viewport)"]
+        return result
+    finally:
+        if before:
+            page.set_viewport_size(before)

@@ -1,6 +1,7 @@
 """Every console page, signed out, as a user and as an admin: no CSP violation or uncaught
 error in the browser, axe-core with no serious/critical violation, a name on every
-control, every interactive element reachable with Tab, and screenshots at 375 and 1280 px.
+control, every interactive element reachable with Tab, no sideways scrolling at 375 px, and
+screenshots at 375 and 1280 px.
 Plus the keyboard-only sign-in: skip link, Tab order through the form, Enter to submit."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 from tests.console.browser import ConsoleLog, check_axe, save_screenshots
 from tests.console.conftest import ConsoleGateway
-from tests.console.pages import page_cases, unnamed_controls, unreachable_by_keyboard
+from tests.console.pages import page_cases, sideways_overflow, unnamed_controls, unreachable_by_keyboard
 
 
 def _shot_name(role: str, path: str) -> str:
@@ -33,6 +34,8 @@ def test_console_page_is_accessible(open_as: Callable[[str], Any], role: str, pa
     save_screenshots(page, _shot_name(role, path))
     check_axe(page)
     assert unnamed_controls(page) == [], f"{path}: controls without an accessible name"
+    wide = sideways_overflow(page, 375)
+    assert not wide, f"{path}: wider than a 375 px screen because of:\n" + "\n".join(wide)
     assert unreachable_by_keyboard(page) == [], f"{path}: interactive elements Tab never reaches"
     assert browser_log.csp == [], browser_log.csp
 
@@ -70,3 +73,38 @@ def test_keyboard_alone_skips_to_content_and_signs_in(page: Any, console_gw: Con
         names.append(page.evaluate("() => (document.activeElement.textContent || '').trim()"))
     for action in ("Tokens", "Playground", "Usage", "Sign out"):
         assert any(n.startswith(action) for n in names), f"Tab never reaches {action!r}: {names}"
+
+
+def tab_to(page: Any, selector: str, max_steps: int = 80) -> None:
+    """Press Tab (only) until the element matching selector has the focus."""
+    for _ in range(max_steps):
+        if page.evaluate("(s) => document.activeElement && document.activeElement.matches(s)", selector):
+            return
+        page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reaches {selector}")
+
+
+def test_playground_works_with_the_keyboard_alone(open_as: Callable[[str], Any]) -> None:
+    """Choose a key and a model, write a prompt, generate and copy the code, all with keys."""
+    page = open_as("user")
+    page.goto("/console/playground")
+    tab_to(page, "#pg-key")
+    for _ in range(10):  # arrow through the closed select, as a keyboard user does
+        if "GPTImage2 Enterprise" in page.evaluate("() => document.activeElement.selectedOptions[0].text"):
+            break
+        page.keyboard.press("ArrowDown")
+    page.wait_for_selector("#pg-form:not([hidden])")
+    tab_to(page, "#pg-prompt")
+    page.keyboard.type("a lighthouse at dusk")
+    tab_to(page, "#pg-submit")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => /^Done in/.test(document.getElementById('pg-progress').textContent)"
+                           " || !document.getElementById('pg-error').hidden", timeout=120_000)
+    assert page.locator("#pg-error").is_hidden(), page.inner_text("#pg-error")
+    page.wait_for_selector("#pg-results img.pg-image")
+    # The natural-size frame scrolls with the keyboard too; the code can be copied.
+    tab_to(page, "#pg-results .pg-natural")
+    tab_to(page, ".pg-copy[data-copy=pg-curl]")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('pg-copy-status').textContent.length > 0")
+    assert unreachable_by_keyboard(page) == [], "playground controls Tab never reaches"

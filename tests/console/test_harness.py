@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from tests.console.browser import WIDTHS, ConsoleLog, axe_violations, check_axe, save_screenshots
 from tests.console.conftest import open_page
+from tests.console.pages import sideways_overflow, tab_walk, unnamed_controls
 from tests.support.servers import run_asgi
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -25,7 +26,9 @@ GOOD = """<!doctype html><html lang="en"><head><title>Good</title></head><body>
 <form><label for="n">Name</label><input id="n" name="n"><button>Go</button></form></main></body></html>"""
 # An unlabelled input (axe "label", critical) and an inline script the CSP must block.
 BAD = """<!doctype html><html lang="en"><head><title>Bad</title></head><body><main><h1>Bad</h1>
-<input name="q"><script>document.title = 'ran';</script></main></body></html>"""
+<input name="q"><script>document.title = 'ran';</script>
+<p>averyveryveryveryveryveryveryveryveryveryveryveryveryveryverylongunbreakablewordthatrunsoutofitsbox</p>
+</main></body></html>"""
 
 
 def _page(html: str) -> Any:
@@ -83,3 +86,15 @@ def test_screenshots_are_full_page_pngs_at_both_widths(plain_page: tuple[Any, Co
         with Image.open(path) as img:
             assert img.width == width
     assert page.viewport_size == {"width": 1280, "height": 900}
+
+
+def test_named_controls_tab_walk_and_reflow_checks_can_fail(plain_page: tuple[Any, ConsoleLog]) -> None:
+    page, _ = plain_page
+    page.goto("/good")
+    assert unnamed_controls(page) == []
+    elements, order = tab_walk(page)
+    assert order == list(range(len(elements))) and len(elements) == 3, (elements, order)  # skip link, input, button
+    assert sideways_overflow(page, 375) == []
+    page.goto("/bad")
+    assert [html for html in unnamed_controls(page) if 'name="q"' in html], "the unlabelled input was not found"
+    assert [html for html in sideways_overflow(page, 375) if "unbreakable" in html], "the long word was not found"

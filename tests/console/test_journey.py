@@ -35,6 +35,7 @@ from PIL import Image
 import imagerelay.catalog
 from imagerelay.simulation.upstream_server import create_upstream_app
 from tests.console.browser import ConsoleLog, check_axe, save_screenshots
+from tests.console.pages import sideways_overflow
 from tests.console.conftest import Account, ConsoleGateway, assert_clean, open_page, sign_in
 from tests.support.servers import run_asgi
 
@@ -63,13 +64,24 @@ def money(text: str) -> Decimal:
     return Decimal(match.group(1).replace(",", ""))
 
 
+def look(page: Any, shot: str) -> None:
+    """Screenshot the page as it is now, check it with axe, and that it fits a 375 px screen."""
+    save_screenshots(page, shot)
+    check_axe(page)
+    wide = sideways_overflow(page, 375)
+    assert not wide, f"{shot}: wider than a 375 px screen because of:\n" + "\n".join(wide)
+
+
+def home_balance(page: Any) -> Decimal:
+    return money(page.get_by_role("region", name="Balance").inner_text())
+
+
 def visit(page: Any, path: str, shot: str) -> Any:
-    """Go to a console page, wait for it, screenshot it and check it with axe."""
+    """Go to a console page, wait for it, then `look` at it."""
     response = page.goto(path)
     assert response is not None and response.status == 200, f"{path}: HTTP {response and response.status}"
     page.wait_for_load_state("networkidle")
-    save_screenshots(page, shot)
-    check_axe(page)
+    look(page, shot)
     return response
 
 
@@ -92,7 +104,7 @@ def sign_up(page: Any, name: str, password: str) -> None:
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_label("Password again").fill(password)
     page.get_by_role("button", name="Create account").click()
-    page.wait_for_url(re.compile(r"/console/$"))
+    page.wait_for_url(lambda url: "/console/signup" not in url)  # it suggests creating a first key
     assert name in page.inner_text("header"), "signed up but not signed in as the new user"
 
 
@@ -110,33 +122,42 @@ def admin_tops_up(admin: Any, name: str, amount: str, reason: str) -> None:
 def create_key(page: Any, group: str, key_name: str) -> tuple[str, str]:
     """Create a key in `group` from the console; returns (token id, the key from the clipboard)."""
     visit(page, "/console/tokens/new", "journey-token-new")
-    text = page.inner_text("main")
     # The group picker explains each group's route, billing and parameters.
-    assert "$0.03 per call" in text, "the default group's per-call price is not explained"
-    assert "1.2" in text and re.search(r"quality", text, re.I), "the Enterprise group's ×1.2 and quality are not explained"
+    def choice(name: str) -> str:
+        text: str = page.locator(".group-choice", has=page.get_by_role("radio", name=name, exact=True)).inner_text()
+        return text
+    assert re.search(r"\$0\.03 per call, no size or quality", choice("default")), choice("default")
+    assert re.search(r"official price ×1\.2, quality and custom sizes", choice(ENTERPRISE)), choice(ENTERPRISE)
     page.get_by_label("Name", exact=True).fill(key_name)
     page.get_by_role("radio", name=group, exact=True).check()
     page.get_by_role("button", name="Create key").click()
-    page.wait_for_url(re.compile(r"/console/tokens/\d+"))
-    token_id = re.search(r"/console/tokens/(\d+)", page.url).group(1)  # type: ignore[union-attr]
-    shown = page.inner_text("#new-key").strip()
+    shown_key = page.locator("#new-key")
+    shown_key.wait_for()
+    token_id = shown_key.get_attribute("data-token-id")
+    assert token_id and token_id.isdigit(), token_id
+    shown = shown_key.inner_text().strip()
     page.get_by_role("button", name="Copy key").click()
     page.wait_for_function("() => document.querySelector('[data-copy-status=\"new-key\"]').textContent.includes('Copied')")
     copied = page.evaluate("() => navigator.clipboard.readText()")
     assert copied == shown and copied.startswith("sk-"), (copied, shown)
-    save_screenshots(page, "journey-token-created")
-    check_axe(page)
-    # Shown once: the page reloaded no longer has it.
-    page.reload()
-    assert page.locator("#new-key").count() == 0 or copied not in page.inner_text("main")
+    look(page, "journey-token-created")
+    # Shown once: the key's own page never shows it again.
+    visit(page, f"/console/tokens/{token_id}", "journey-token")
+    assert copied not in page.content()
+    assert group in page.inner_text("main")
     return token_id, copied
 
 
 def choose_key(page: Any, option_text: re.Pattern[str], paste: str | None = None) -> None:
-    """Pick a key in the playground by its option's text (pasting its secret when asked)."""
+    """Pick a key in the playground by its option's text. The page uses a key this tab kept
+    when the console showed it, or asks for it: then `paste` is typed in."""
     value = page.locator("#pg-key option").filter(has_text=option_text).first.get_attribute("value")
     page.get_by_label("API key", exact=True).select_option(value)
-    if paste is not None:
+    page.wait_for_function("() => !document.getElementById('pg-paste-field').hidden"
+                           " || !document.getElementById('pg-model').disabled"
+                           " || /refused/.test(document.getElementById('pg-key-status').textContent)")
+    if page.locator("#pg-paste-field").is_visible():
+        assert paste is not None, "the playground asks for a key it should have kept"
         page.get_by_label(re.compile(r"^This token's key")).fill(paste)
         page.get_by_role("button", name="Use this key").click()
 
@@ -171,18 +192,16 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
     # Sign up (open sign-up), landing signed in on the home page.
     sign_up(page, user.name, user.password)
     visit(page, "/console/", "journey-home-new")
-    assert money(page.inner_text("main")) == 0
+    assert home_balance(page) == 0
 
     # An admin tops the newcomer up from the admin pages.
     admin_tops_up(admin_page, user.name, "5", "welcome credit (journey)")
     visit(page, "/console/", "journey-home-credited")
-    balance_before = money(page.locator("main").get_by_text(re.compile(r"\$")).first.inner_text())
+    balance_before = home_balance(page)
     assert balance_before == Decimal("5")
 
     # A key in GPTImage2 Enterprise, its secret copied from the page.
     token_id, key = create_key(page, ENTERPRISE, "journey key")
-    visit(page, f"/console/tokens/{token_id}", "journey-token")
-    assert ENTERPRISE in page.inner_text("main")
 
     # Playground: the Enterprise key (pasted: the server keeps only its hint), quality high.
     visit(page, "/console/playground", "journey-playground")
@@ -196,8 +215,7 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
     check_axe(page)  # the whole form, as the route shaped it
     page.get_by_role("button", name="Generate").click()
     wait_for_result(page)
-    save_screenshots(page, "journey-playground-result")
-    check_axe(page)
+    look(page, "journey-playground-result")
     (shown,) = natural_and_rendered(page)
     assert (shown["nw"], shown["nh"]) == (1536, 1024), shown
     assert (shown["w"], shown["h"]) == (1536, 1024), f"the image is scaled, not at its natural size: {shown}"
@@ -234,8 +252,7 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
                               json={"model": "gpt-image-2", "prompt": "x", "size": "1000x1000"}, timeout=60)
     assert gateway_says.status_code == 400
     assert size_error.inner_text().strip() == gateway_says.json()["error"]["message"]
-    save_screenshots(page, "journey-playground-refused-size")
-    check_axe(page)
+    look(page, "journey-playground-refused-size")
     custom.fill("1024x1024")
     size_error.wait_for(state="hidden")
 
@@ -254,13 +271,13 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
     mask_error = page.locator("#pg-mask-error")
     mask_error.wait_for(state="visible", timeout=CALL_TIMEOUT_MS)
     assert re.search(r"same dimensions", mask_error.inner_text()), mask_error.inner_text()
-    save_screenshots(page, "journey-playground-refused-mask")
+    look(page, "journey-playground-refused-mask")
     page.get_by_label(re.compile(r"^Mask")).set_input_files(str(mask))
     page.get_by_role("button", name="Edit", exact=True).click()
     wait_for_result(page)
     assert mask_error.is_hidden()
     assert [(s["nw"], s["nh"]) for s in natural_and_rendered(page)] == [(1024, 1024)]
-    save_screenshots(page, "journey-playground-edit")
+    look(page, "journey-playground-edit")
     costs.append(cost_micros(page))
 
     # Streaming: partial images appear before the final image.
@@ -270,7 +287,7 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
       new MutationObserver((records) => records.forEach((r) => r.addedNodes.forEach((n) =>
         window.__order.push(r.target.id)))).observe(document.getElementById('pg-output'), {childList: true, subtree: true});
     }""")
-    page.get_by_label(re.compile(r"^Partial images")).select_option("2")
+    page.get_by_label("Partial images (streaming)").select_option("2")
     page.get_by_role("button", name="Generate").click()
     page.locator("#pg-partials img").first.wait_for(state="attached", timeout=CALL_TIMEOUT_MS)
     wait_for_result(page)
@@ -279,36 +296,36 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
     assert order.index("pg-partials") < order.index("pg-results"), f"no partial image before the result: {order}"
     assert page.evaluate("() => Array.from(document.querySelectorAll('#pg-partials img'))"
                          ".every(i => i.complete && i.naturalWidth > 0)")
-    save_screenshots(page, "journey-playground-streamed")
-    check_axe(page)
+    look(page, "journey-playground-streamed")
     costs.append(cost_micros(page))
 
     # The size-enhanced route: exactly its 30 sizes, and no quality control.
     choose_key(page, re.compile(r"Session test key · default"))
     page.wait_for_function("() => Array.from(document.getElementById('pg-model').options).some(o => o.value === 'gpt-image-2-vip')")
-    page.get_by_label("Model").select_option("gpt-image-2-vip")
+    page.get_by_label("Model", exact=True).select_option("gpt-image-2-vip")
     offered = page.evaluate("() => Array.from(document.querySelectorAll('#pg-size option')).map(o => o.value)")
     assert sorted(offered) == sorted(vip_sizes()) and len(offered) == 30, offered
     assert page.locator("#pg-size optgroup").count() == 10  # grouped by ratio
     assert page.get_by_label("Quality").count() == 0 or not page.get_by_label("Quality").is_visible()
-    save_screenshots(page, "journey-playground-vip")
-    check_axe(page)
+    look(page, "journey-playground-vip")
 
     # Usage lists the calls (the curl run too) and the balance fell by exactly their cost.
     with httpx.Client(base_url=console_gw.gw.v1, headers={"Authorization": f"Bearer {key}"}, timeout=30) as api:
         records = api.get("/account/usage", params={"limit": 100}).json()["data"]
-        available = api.get("/account/balance").json()
-    mine = [r for r in records if r["token_id"] == int(token_id)] if records and "token_id" in records[0] else records
-    assert len(mine) >= 4, records  # generate, curl, refused-mask edit (if recorded), edit, stream
+        available = api.get("/account/balance").json()["available_micros"]
+    ok = [r for r in records if r["token_id"] == int(token_id) and r["status"] == 200]
+    # generation, its curl twin, the edit and the streamed generation (refusals cost nothing)
+    assert sorted(r["endpoint"] for r in ok) == ["edits", "generations", "generations", "generations"], ok
+    for cost in costs:  # what the playground showed is what the usage record says
+        assert cost in [r["cost_micros"] for r in ok], (cost, ok)
     visit(page, "/console/usage", "journey-usage")
-    usage_text = page.inner_text("main")
-    assert usage_text.count("gpt-image-2") >= 4
-    assert "journey key" in usage_text
+    table = page.get_by_role("table").inner_text()
+    assert table.count("journey key") >= 4, table
+    assert "edits" in table and "generations" in table
     visit(page, "/console/", "journey-home-after")
-    balance_after = money(page.locator("main").get_by_text(re.compile(r"\$")).first.inner_text())
     spent = Decimal(sum(r["cost_micros"] for r in records)) / 1_000_000
-    assert balance_after < balance_before
-    assert abs((balance_before - spent) - balance_after) < Decimal("0.01"), (balance_before, spent, balance_after, available)
+    assert spent > 0
+    assert home_balance(page) == balance_before - spent == Decimal(available) / 1_000_000
 
     # Revoke the key: it is refused, by the API (the same curl) and by the playground.
     visit(page, f"/console/tokens/{token_id}", "journey-token-before-revoke")
@@ -356,8 +373,7 @@ def test_admin_adds_tests_and_disables_a_channel(admin_page: Any, console_gw: Co
     admin.wait_for_load_state()
     result = admin.locator("#test-result")
     assert re.search(r"Test passed", result.inner_text()), result.inner_text()
-    save_screenshots(admin, "journey-admin-channel-tested")
-    check_axe(admin)
+    look(admin, "journey-admin-channel-tested")
 
     # Disable with a reason; the list and the admin API agree.
     admin.get_by_label(re.compile(r"^Reason")).fill("journey: done testing")

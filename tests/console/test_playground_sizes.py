@@ -8,16 +8,14 @@ the nearest valid size and the full message must be identical.
 from __future__ import annotations
 
 import random
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from imagerelay.domain import sizes
 from imagerelay.errors import InvalidRequest
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 SIZES_JS = Path(__file__).parents[2] / "imagerelay" / "console" / "static" / "sizes.js"
 
@@ -55,33 +53,30 @@ def python_message(size: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def page() -> Iterator[object]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium)
-        page = browser.new_page()
-        page.goto("about:blank")
-        page.add_script_tag(content=SIZES_JS.read_text())
-        yield page
-        browser.close()
+def js(browser: Any) -> Iterator[Any]:
+    """A blank page holding only sizes.js (the harness's session chromium)."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto("about:blank")
+    page.add_script_tag(content=SIZES_JS.read_text())
+    yield page
+    context.close()
 
 
-def test_messages_match_the_gateway(page) -> None:  # type: ignore[no-untyped-def]
+def test_messages_match_the_gateway(js: Any) -> None:
     cases = STRINGS + _random_sizes(400)
-    got = page.evaluate("(cases) => cases.map((s) => window.ImagerelaySizes.checkOfficialSize(s))", cases)
+    got = js.evaluate("(cases) => cases.map((s) => window.ImagerelaySizes.checkOfficialSize(s))", cases)
     expected = [python_message(s) for s in cases]
     mismatches = [(s, e, g) for s, e, g in zip(cases, expected, got, strict=True) if e != g]
     assert not mismatches, mismatches[:5]
     assert any(e is None for e in expected) and any(e is not None for e in expected)  # both verdicts exercised
 
 
-def test_nearest_and_problems_match(page) -> None:  # type: ignore[no-untyped-def]
+def test_nearest_and_problems_match(js: Any) -> None:
     rng = random.Random(7)
     pairs = [(rng.randrange(1, 6000), rng.randrange(1, 6000)) for _ in range(300)]
     pairs += [(16, 16), (3840, 3840), (1, 3), (5000, 16), (3200, 1024), (1206, 400)]
-    got = page.evaluate(
+    got = js.evaluate(
         "(pairs) => pairs.map(([w, h]) => [window.ImagerelaySizes.officialProblems(w, h),"
         " window.ImagerelaySizes.nearestOfficial(w, h)])", pairs)
     expected = [[sizes.official_problems(w, h), list(sizes.nearest_official(w, h))] for w, h in pairs]

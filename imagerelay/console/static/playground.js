@@ -12,7 +12,6 @@
   var API = root.dataset.apiBase.replace(/\/$/, "");
   var TEST_KEY_URL = root.dataset.testKeyUrl;
   var CSRF = root.dataset.csrf;
-  var TOKENS = JSON.parse(root.dataset.tokens || "[]");
   var KEY_STORE = "imagerelay.key.";          // + token id: keys the console showed this tab
   var TEST_STORE = "imagerelay.testkey.";     // + group: this session's test key
   var COMMON_SIZES = ["auto", "1024x1024", "1536x1024", "1024x1536", "2048x2048", "2048x1152", "1152x2048",
@@ -23,7 +22,7 @@
   var $ = function (id) { return document.getElementById(id); };
   var el = {
     key: $("pg-key"), keyStatus: $("pg-key-status"), pasteField: $("pg-paste-field"), paste: $("pg-paste"),
-    pasteUse: $("pg-paste-use"), model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
+model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
     modeGen: $("pg-mode-generate"), modeEdit: $("pg-mode-edit"), modeEditLabel: $("pg-mode-edit-label"),
     prompt: $("pg-prompt"), editFields: $("pg-edit-fields"), images: $("pg-images"), imagesHint: $("pg-images-hint"),
     imagePreviews: $("pg-image-previews"), mask: $("pg-mask"), maskPreview: $("pg-mask-preview"),
@@ -102,10 +101,12 @@
     if (value.indexOf("test:") === 0) {
       var group = value.slice(5);
       var kept = JSON.parse(recall(TEST_STORE + group) || "null");
-      if (kept && kept.expires_at * 1000 > Date.now()) {
-        useKey(kept.key, "Using this session's test key for " + group + " (" + kept.hint + ").");
+      if (kept && kept.expires_at * 1000 > Date.now() &&
+          await useKey(kept.key, "Using this session's test key for " + group + " (" + kept.hint + ").")) {
         return;
       }
+      var s = store();
+      if (s) s.removeItem(TEST_STORE + group);  // expired, or revoked by a sign-out: mint another
       el.keyStatus.textContent = "Creating a test key for " + group + "…";
       var r = await fetch(TEST_KEY_URL, {method: "POST", credentials: "same-origin",
         headers: {"Content-Type": "application/json", "X-CSRF-Token": CSRF}, body: JSON.stringify({group: group})});
@@ -121,23 +122,25 @@
     }
     var id = value.slice(6);
     var known = recall(KEY_STORE + id);
-    if (known) {
-      useKey(known, "Using the key this browser kept when the token was created.");
-      return;
-    }
+    if (known && await useKey(known, "Using the key this browser kept for this token.")) return;
+    var s2 = store();
+    if (s2) s2.removeItem(KEY_STORE + id);
     show(el.pasteField, true);
-    el.keyStatus.textContent = "The server keeps only this token's hint: paste its key to use it.";
+    if (!known) el.keyStatus.textContent = "The server keeps only this token's hint: paste its key to use it.";
     el.paste.focus();
   }
 
-  function usePasted() {
+  async function usePasted() {
     var key = el.paste.value.trim();
     if (!key) { el.paste.focus(); return; }
-    var token = TOKENS.filter(function (t) { return "token:" + t.id === el.key.value; })[0];
-    if (token) remember(KEY_STORE + token.id, key);
     el.paste.value = "";
     show(el.pasteField, false);
-    useKey(key, "Using the pasted key (kept in this tab only).");
+    if (await useKey(key, "Using the pasted key (kept in this tab only).")) {
+      remember(KEY_STORE + el.key.value.slice(6), key);
+    } else {
+      show(el.pasteField, true);
+      el.paste.focus();
+    }
   }
 
   async function useKey(key, message) {
@@ -148,16 +151,17 @@
       var err = await errorOf(r);
       el.keyStatus.textContent = "This key was refused: " + err.message;
       state.key = null;
-      return;
+      return false;
     }
     state.models = (await r.json()).data.filter(function (m) { return m.imagerelay; });
     if (!state.models.length) {
       resetModels("This key may call no image model");
-      return;
+      return true;
     }
     setOptions(el.model, state.models.map(function (m) { return m.id; }));
     el.model.disabled = false;
     chooseModel();
+    return true;
   }
 
   function resetModels(label) {
@@ -354,8 +358,6 @@
 
   // -- errors -----------------------------------------------------------------------------------
 
-  var FIELD_OF = {image: "image", "image[]": "image", mask: "mask", size: "size", prompt: "prompt"};
-
   function fieldError(param, message) {
     var node = $("pg-" + param + "-error");
     if (!node) return false;
@@ -375,7 +377,7 @@
 
   /* The gateway's own message: next to the field it names, and in the alert above the result. */
   function refused(err) {
-    var param = err.param ? (FIELD_OF[err.param] || err.param) : null;
+    var param = err.param ? (/^image/.test(err.param) ? "image" : err.param) : null;  // image[1] -> the images field
     if (param) fieldError(param, err.message);
     el.error.textContent = (err.code ? err.code + ": " : "") + err.message;
     show(el.error, true);
@@ -692,8 +694,7 @@
   // -- wiring -------------------------------------------------------------------------------------
 
   el.key.addEventListener("change", chooseKey);
-  el.pasteUse.addEventListener("click", usePasted);
-  el.paste.addEventListener("keydown", function (e) { if (e.key === "Enter") { e.preventDefault(); usePasted(); } });
+  el.pasteField.addEventListener("submit", function (e) { e.preventDefault(); usePasted(); });
   el.model.addEventListener("change", chooseModel);
   el.modeGen.addEventListener("change", changeMode);
   el.modeEdit.addEventListener("change", changeMode);
@@ -706,5 +707,9 @@
   el.form.addEventListener("submit", run);
   el.cancel.addEventListener("click", cancel);
   Array.prototype.forEach.call(document.querySelectorAll(".pg-copy"), function (b) { b.addEventListener("click", copy); });
+  var wanted = new URLSearchParams(location.search).get("token");  // from a token's page
+  if (wanted && el.key.querySelector('option[value="token:' + wanted.replace(/\D/g, "") + '"]')) {
+    el.key.value = "token:" + wanted.replace(/\D/g, "");
+  }
   if (el.key.value) chooseKey();
 })();
