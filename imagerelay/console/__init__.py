@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from imagerelay.config import Settings
@@ -44,7 +44,17 @@ def console_routes(settings: Settings) -> list[BaseRoute]:
         *pages.routes,
         *playground.routes,
         *admin_pages.routes,
+        Route("/console/{rest:path}", not_found, methods=["GET"]),  # last: an HTML 404 for people
     ]
+
+
+async def not_found(request: Any) -> Response:
+    """A mistyped console address gets a console page (title, landmarks, a way home), not
+    the API's JSON error: browsers land here, not SDKs."""
+    from imagerelay.console.web import render
+
+    return await render(request, "error.html", {
+        "title": "No such page", "message": "There is no console page at this address."}, status=404)
 
 
 def exception_handlers() -> dict[Any, Any]:

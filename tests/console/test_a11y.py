@@ -108,3 +108,17 @@ def test_playground_works_with_the_keyboard_alone(open_as: Callable[[str], Any])
     page.keyboard.press("Enter")
     page.wait_for_function("() => document.getElementById('pg-copy-status').textContent.length > 0")
     assert unreachable_by_keyboard(page) == [], "playground controls Tab never reaches"
+
+
+@pytest.mark.parametrize(("role", "path", "status"), [
+    pytest.param("user", "/console/admin/users", 403, id="user:admin page (403)"),
+    pytest.param("user", "/console/tokens/999999", 404, id="user:no such key (404)"),
+    pytest.param("anon", "/console/no-such-page", 404, id="anon:no such page (404)"),
+])
+def test_error_pages_are_accessible(open_as: Callable[[str], Any], role: str, path: str, status: int) -> None:
+    page = open_as(role)
+    response = page.goto(path)
+    assert response is not None and response.status == status
+    save_screenshots(page, _shot_name(role, path) + f"-{status}")
+    check_axe(page)
+    assert page.locator("main h1").count() == 1, "an error page without its heading in <main>"
