@@ -309,6 +309,11 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
     assert sorted(offered) == sorted(vip_sizes()) and len(offered) == 30, offered
     assert page.locator("#pg-size optgroup").count() == 10  # grouped by ratio
     assert page.get_by_label("Quality").count() == 0 or not page.get_by_label("Quality").is_visible()
+    # One of them, generated: the image comes back at exactly that size.
+    page.get_by_label("Size", exact=True).select_option("1280x720")
+    page.get_by_role("button", name="Generate").click()
+    wait_for_result(page)
+    assert [(s["nw"], s["nh"]) for s in natural_and_rendered(page)] == [(1280, 720)]
     look(page, "journey-playground-vip")
 
     # Usage lists the calls (the curl run too) and the balance fell by exactly their cost.
