@@ -225,7 +225,11 @@ def serve(
     if demo:
         from imagerelay.domain.pricing import format_usd
 
-        tokens, available = _run(lambda s: _ensure_demo(s, list(cat.groups)), settings)
+        async def demo_accounts(s: Any) -> tuple[dict[str, str], int, dict[str, dict[str, str]]]:
+            tokens, available = await _ensure_demo(s, list(cat.groups))
+            return tokens, available, (await _ensure_demo_console(s) if settings.console else {})
+
+        tokens, available, creds = _run(demo_accounts, settings)
         base = f"http://{host}:{port}"
         # The real balance: the demo credit is given once, and a reused data dir has spent some.
         console.print(f"[bold]Demo tokens[/bold] (user {DEMO_USER!r}, {format_usd(available)} available):")
@@ -234,8 +238,7 @@ def serve(
             console.print(f"    {_curl_example(base, group, token, cat)}", soft_wrap=True)
         if demo_tokens_out is not None:
             write_private(demo_tokens_out, json.dumps(tokens, indent=2).encode())
-        if settings.console:
-            creds = _run(_ensure_demo_console, settings)
+        if creds:
             prefix = settings.root_path.rstrip("/")
             console.print(f"[bold]Console[/bold]: {base}{prefix}/console/ "
                           f"(admin: {creds['admin']['name']} / {creds['admin']['password']}; "

@@ -135,8 +135,9 @@ async def _create(services: Services, user: UserInfo, group: str, body: dict[str
 async def usable_groups(services: Services, user: UserInfo) -> tuple[str, ...]:
     """The catalog groups ``user`` may create keys in: the administrator's list, else the
     groups of the keys they were given."""
-    allowed = user.allowed_groups if user.allowed_groups is not None else await services.accounts.token_groups(user.id)
-    return tuple(g for g in allowed if g in services.catalog.groups)
+    allowed = set(user.allowed_groups if user.allowed_groups is not None
+                  else await services.accounts.token_groups(user.id))
+    return tuple(g for g in services.catalog.groups if g in allowed)  # in the catalog's order
 
 
 async def check_group_allowed(services: Services, user: UserInfo, group: str) -> None:

@@ -1,7 +1,7 @@
 """Console account rules: sign-up, sign-in with throttling, password changes.
 
 Shared by the pages and the CLI (``imagerelay user ...``); hashing runs in a thread so a
-sign-in never stalls the event loop for the ~50 ms scrypt takes.
+sign-in never stalls the event loop for the time scrypt takes (tenths of a second on a busy core).
 """
 
 from __future__ import annotations
@@ -109,4 +109,5 @@ async def sign_in(services: Services, logins: Logins, name: str, password: str, 
     if user.disabled:
         raise SignInRefused("This account is disabled; contact the gateway's administrator.")
     await logins.clear_failures(account_key)
+    await logins.purge_sessions(idle_s=settings.session_idle_s, max_s=settings.session_max_s)
     return SignedIn(user.id, await logins.open_session(user.id))

@@ -17,6 +17,7 @@ from imagerelay.api.deps import services_of
 from imagerelay.storage.accounts import TokenFilter
 from imagerelay.console import accounts, playground, token_pages, usage_pages
 from imagerelay.console.auth import (
+    SESSION_COOKIE,
     PageDenied,
     SignInRequired,
     clear_session_cookie,
@@ -101,7 +102,7 @@ async def signin_submit(request: Request) -> Response:
             "signup": accounts.signup_mode(services) != "off",
         }, status=429 if refused.throttled else 400)
     # A new id at every sign-in; the id the browser came with is closed (no fixation).
-    old = request.cookies.get("imagerelay_session")
+    old = request.cookies.get(SESSION_COOKIE)
     if old:
         await logins_of(request).close_session(old)
     response = redirect(request, next_path)
@@ -134,7 +135,7 @@ async def signup_submit(request: Request) -> Response:
         return await render(request, "signup.html", {
             "mode": mode, "name": name, "invite": invite or "", "error": refused.message, "field": refused.field,
             "name_help": accounts.NAME_HELP}, status=404 if mode == "off" else 400)
-    old = request.cookies.get("imagerelay_session")
+    old = request.cookies.get(SESSION_COOKIE)
     if old:
         await logins.close_session(old)
     response = redirect(request, "/console/tokens/new", flash=f"Welcome, {name}. Create your first API key.")
@@ -143,11 +144,13 @@ async def signup_submit(request: Request) -> Response:
 
 
 async def signout(request: Request) -> Response:
+    if await console_user(request) is None:  # already out (session expired): nothing to change
+        return redirect(request, "/console/signin")
     await read_form(request)
     user = await console_user(request)
     if user is not None:  # the playground's test keys end with the session
         await playground.revoke_session_keys(request, user)
-    sid = request.cookies.get("imagerelay_session")
+    sid = request.cookies.get(SESSION_COOKIE)
     if sid:
         await logins_of(request).close_session(sid)
     response = redirect(request, "/console/signin", flash="You are signed out.")

@@ -16,7 +16,7 @@ import urllib.parse
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -138,7 +138,8 @@ async def read_form(request: Request) -> FormData:
                                        max_num_fields=MAX_FORM_FIELDS, strict_parsing=False)
     except (UnicodeDecodeError, ValueError):
         raise PageDenied("This form could not be read.") from None
-    form = FormData(list[tuple[str, str | Any]](pairs))
+    fields: list[tuple[str, str | UploadFile]] = list(pairs)
+    form = FormData(fields)
     if not csrf_matches(await csrf_token(request), form.get("csrf_token")):  # type: ignore[arg-type]
         raise PageDenied("The form's security token is missing or stale: reload the page and try again.")
     return form

@@ -17,6 +17,7 @@ import pytest
 
 from tests.console.http import SESSION, Visitor, set_cookie_header
 from tests.support.gateway import Gateway, run_gateway
+from tests.support.services import drop_postgres_database, fresh_postgres_database
 
 PASSWORD = "correct horse battery"
 
@@ -25,12 +26,23 @@ def _address() -> str:
     return f"198.51.100.{secrets.randbelow(250) + 1}"
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+_database_url: dict[str, str] = {}  # gateway base URL -> its database URL ("": SQLite)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     env = {"IMAGERELAY_CONSOLE": "true", "IMAGERELAY_SIGNUP": "open", "IMAGERELAY_SIGNUP_GROUPS": "default",
            "IMAGERELAY_LOGIN_MAX_FAILURES": "3", "IMAGERELAY_LOGIN_MAX_FAILURES_PER_ADDRESS": "6"}
-    with run_gateway(tmp_path_factory.mktemp("accounts"), extra_env=env) as g:
-        yield g
+    dropped = None
+    if request.param == "postgresql":
+        env["IMAGERELAY_DATABASE_URL"], dropped = fresh_postgres_database()
+    try:
+        with run_gateway(tmp_path_factory.mktemp("accounts"), extra_env=env) as g:
+            _database_url[g.base_url] = env.get("IMAGERELAY_DATABASE_URL", "")
+            yield g
+    finally:
+        if dropped:
+            drop_postgres_database(dropped)
 
 
 def visitor(gw: Gateway, **kw: object) -> Visitor:
@@ -46,8 +58,11 @@ def signed_up(gw: Gateway, name: str | None = None) -> tuple[Visitor, str]:
 
 
 def cli(gw: Gateway, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = os.environ.copy()
+    if _database_url.get(gw.base_url):
+        env["IMAGERELAY_DATABASE_URL"] = _database_url[gw.base_url]
     return subprocess.run([sys.executable, "-m", "imagerelay", *args, "--data-dir", str(gw.data_dir)],
-                          input=stdin, capture_output=True, text=True, timeout=120, env=os.environ.copy())
+                          input=stdin, capture_output=True, text=True, timeout=120, env=env)
 
 
 # -- sign-up -------------------------------------------------------------------------------
@@ -255,6 +270,26 @@ def test_sign_in_never_keeps_the_session_id_it_was_given(gw: Gateway) -> None:
     with visitor(gw) as old:
         old.http.cookies.set(SESSION, first, path="/console")
         assert old.get("/console/").status_code == 303  # the previous id is closed
+
+
+def test_sessions_expire(tmp_path: Path) -> None:
+    """Idle and absolute expiry, with short settings: a session unused for longer than
+    IMAGERELAY_SESSION_IDLE_S is refused, and so is one older than IMAGERELAY_SESSION_MAX_S
+    however busy (both checked on the server: the cookie alone proves nothing)."""
+    import time
+
+    env = {"IMAGERELAY_SESSION_IDLE_S": "2", "IMAGERELAY_SESSION_MAX_S": "6"}
+    with run_gateway(tmp_path, extra_env=env) as g, Visitor(g.base_url) as v:
+        creds = g.console["user"]
+        assert v.sign_in(creds["name"], creds["password"]).status_code == 303
+        time.sleep(3)  # past the idle limit
+        assert v.get("/console/").status_code == 303
+        assert v.sign_in(creds["name"], creds["password"]).status_code == 303
+        busy_until = time.monotonic() + 7  # past the absolute limit, never idle for 2 s
+        while time.monotonic() < busy_until:
+            v.get("/console/")
+            time.sleep(0.3)
+        assert v.get("/console/").status_code == 303
 
 
 # -- throttling ------------------------------------------------------------------------------

@@ -16,16 +16,24 @@ import pytest
 
 from tests.console.http import Visitor
 from tests.support.gateway import Gateway, run_gateway
+from tests.support.services import drop_postgres_database, fresh_postgres_database
 
 PASSWORD = "correct horse battery"
 NEW_KEY = re.compile(r'<code id="new-key"[^>]*>(sk-[^<]+)</code>')
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     env = {"IMAGERELAY_SIGNUP": "open", "IMAGERELAY_SIGNUP_CREDIT_USD": "5"}
-    with run_gateway(tmp_path_factory.mktemp("userpages"), extra_env=env) as g:
-        yield g
+    dropped = None
+    if request.param == "postgresql":  # sessions, sign-up and the per-day sums on both databases
+        env["IMAGERELAY_DATABASE_URL"], dropped = fresh_postgres_database()
+    try:
+        with run_gateway(tmp_path_factory.mktemp("userpages"), extra_env=env) as g:
+            yield g
+    finally:
+        if dropped:
+            drop_postgres_database(dropped)
 
 
 def new_user(gw: Gateway) -> Visitor:
