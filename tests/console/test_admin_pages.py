@@ -223,6 +223,29 @@ def test_add_channel_test_it_and_disable_it(gw: Gateway, admin: Browser, upstrea
     assert admin.get("/console/admin/channels/nope").status_code == 404
 
 
+def test_a_proxy_password_is_never_shown_and_survives_an_edit(gw: Gateway, admin: Browser, upstream: str) -> None:
+    admin.get("/console/admin/channels")
+    form = {"name": "proxied", "type": "openai", "pools": ["official-mixed"], "base_url": upstream + "/v1",
+            "api_key": UPSTREAM_KEY, "proxy": "http://proxyuser:proxy-pass-123@127.0.0.1:9", "verify": "1"}
+    assert admin.post("/console/admin/channels", form).status_code == 303
+    for path in ("/console/admin/channels/proxied", "/console/admin/channels"):
+        page = admin.get(path).text
+        assert "proxy-pass-123" not in page and "proxyuser" not in page
+    assert "***@127.0.0.1:9" in admin.get("/console/admin/channels/proxied").text  # shown masked
+    # Saving the edit form as shown (proxy field empty) keeps the proxy, password included.
+    assert admin.post("/console/admin/channels/proxied/edit",
+                      {"pools": ["official-mixed"], "base_url": upstream + "/v1", "weight": "2"}).status_code == 303
+    with _db(gw) as db:
+        spec = db.execute("SELECT spec FROM channels WHERE name = 'proxied'").fetchone()[0]
+    assert "proxyuser:proxy-pass-123@127.0.0.1:9" in spec and '"weight":2' in spec.replace(" ", "")
+    assert admin.post("/console/admin/channels/proxied/edit",
+                      {"pools": ["official-mixed"], "clear_proxy": "1"}).status_code == 303
+    with _db(gw) as db:
+        spec = db.execute("SELECT spec FROM channels WHERE name = 'proxied'").fetchone()[0]
+    assert "proxy-pass-123" not in spec
+    assert admin.post("/console/admin/channels/proxied/disable", {}).status_code == 303  # leave the pool as it was
+
+
 def test_revoke_any_token(gw: Gateway, admin: Browser) -> None:
     created = httpx.post(gw.base_url + "/admin/tokens", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
                          json={"user": "demo", "group": "default", "name": "to-revoke"}).json()

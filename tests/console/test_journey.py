@@ -133,16 +133,18 @@ def create_key(page: Any, group: str, key_name: str) -> tuple[str, str]:
     page.get_by_role("button", name="Create key").click()
     shown_key = page.locator("#new-key")
     shown_key.wait_for()
-    token_id = shown_key.get_attribute("data-token-id")
-    assert token_id and token_id.isdigit(), token_id
     shown = shown_key.inner_text().strip()
     page.get_by_role("button", name="Copy key").click()
     page.wait_for_function("() => document.querySelector('[data-copy-status=\"new-key\"]').textContent.includes('Copied')")
     copied = page.evaluate("() => navigator.clipboard.readText()")
     assert copied == shown and copied.startswith("sk-"), (copied, shown)
     look(page, "journey-token-created")
-    # Shown once: the key's own page never shows it again.
-    visit(page, f"/console/tokens/{token_id}", "journey-token")
+    # Shown once: the key's own page, reached from the list, never shows it again.
+    visit(page, "/console/tokens", "journey-tokens")
+    page.get_by_role("link", name=key_name, exact=True).click()
+    page.wait_for_url(re.compile(r"/console/tokens/\d+$"))
+    token_id = page.url.rsplit("/", 1)[1]
+    look(page, "journey-token")
     assert copied not in page.content()
     assert group in page.inner_text("main")
     return token_id, copied
