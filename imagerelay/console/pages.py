@@ -144,12 +144,11 @@ async def signup_submit(request: Request) -> Response:
 
 
 async def signout(request: Request) -> Response:
-    if await console_user(request) is None:  # already out (session expired): nothing to change
+    user = await console_user(request)
+    if user is None:  # already out (session expired): nothing to change
         return redirect(request, "/console/signin")
     await read_form(request)
-    user = await console_user(request)
-    if user is not None:  # the playground's test keys end with the session
-        await playground.revoke_session_keys(request, user)
+    await playground.revoke_session_keys(request, user)  # the playground's test keys end with the session
     sid = request.cookies.get(SESSION_COOKIE)
     if sid:
         await logins_of(request).close_session(sid)
