@@ -89,7 +89,7 @@ async def dashboard(request: Request) -> Response:
     totals = await reports.usage_totals(services.engine, f)
     return await render(request, "admin/dashboard.html", {
         "span": span, "by": by, "figures": figures, "totals": totals, "since": since, "until": until,
-        "utc": reports.utc_text,
+        "utc": reports.utc_text, "per_key": reports.totals_by_key(buckets),
     })
 
 
