@@ -116,8 +116,8 @@ class Settings(BaseSettings):
     # after sign-in whatever happens. Sign-in is refused for login_lockout_s after
     # login_max_failures failures for one account, or login_max_failures_per_address
     # from one client address, within that window.
-    session_idle_s: float = Field(default=12 * 3600, ge=60)
-    session_max_s: float = Field(default=7 * 24 * 3600, ge=60)
+    session_idle_s: float = Field(default=12 * 3600, ge=1)
+    session_max_s: float = Field(default=7 * 24 * 3600, ge=1)
     login_max_failures: int = Field(default=5, ge=1)
     login_max_failures_per_address: int = Field(default=20, ge=1)
     login_lockout_s: float = Field(default=15 * 60, ge=1)

@@ -109,4 +109,5 @@ async def sign_in(services: Services, logins: Logins, name: str, password: str, 
     if user.disabled:
         raise SignInRefused("This account is disabled; contact the gateway's administrator.")
     await logins.clear_failures(account_key)
+    await logins.purge_sessions(idle_s=settings.session_idle_s, max_s=settings.session_max_s)
     return SignedIn(user.id, await logins.open_session(user.id))

@@ -143,6 +143,8 @@ async def signup_submit(request: Request) -> Response:
 
 
 async def signout(request: Request) -> Response:
+    if await console_user(request) is None:  # already out (session expired): nothing to change
+        return redirect(request, "/console/signin")
     await read_form(request)
     user = await console_user(request)
     if user is not None:  # the playground's test keys end with the session

@@ -103,11 +103,18 @@ class Logins:
         if row["seen_at"] + idle_s < now or row["created_at"] + max_s < now:
             await self.close_session(sid)
             return None
-        if now - row["seen_at"] > 60:  # one write a minute per session is enough for the idle clock
+        if now - row["seen_at"] > min(60.0, idle_s / 4):  # at most a write a minute for the idle clock
             async with self._engine.begin() as conn:
                 await conn.execute(update(console_sessions).where(console_sessions.c.id_hash == key)
                                    .values(seen_at=now))
         return SessionRow(row["id_hash"], row["user_id"], row["csrf_token"], row["created_at"], now)
+
+    async def purge_sessions(self, *, idle_s: float, max_s: float) -> None:
+        """Delete every expired session (an abandoned one is never presented again)."""
+        now = time.time()
+        c = console_sessions.c
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(console_sessions).where((c.seen_at < now - idle_s) | (c.created_at < now - max_s)))
 
     async def close_session(self, sid: str) -> None:
         async with self._engine.begin() as conn:

@@ -257,6 +257,26 @@ def test_sign_in_never_keeps_the_session_id_it_was_given(gw: Gateway) -> None:
         assert old.get("/console/").status_code == 303  # the previous id is closed
 
 
+def test_sessions_expire(tmp_path: Path) -> None:
+    """Idle and absolute expiry, with short settings: a session unused for longer than
+    IMAGERELAY_SESSION_IDLE_S is refused, and so is one older than IMAGERELAY_SESSION_MAX_S
+    however busy (both checked on the server: the cookie alone proves nothing)."""
+    import time
+
+    env = {"IMAGERELAY_SESSION_IDLE_S": "2", "IMAGERELAY_SESSION_MAX_S": "6"}
+    with run_gateway(tmp_path, extra_env=env) as g, Visitor(g.base_url) as v:
+        creds = g.console["user"]
+        assert v.sign_in(creds["name"], creds["password"]).status_code == 303
+        time.sleep(3)  # past the idle limit
+        assert v.get("/console/").status_code == 303
+        assert v.sign_in(creds["name"], creds["password"]).status_code == 303
+        busy_until = time.monotonic() + 7  # past the absolute limit, never idle for 2 s
+        while time.monotonic() < busy_until:
+            v.get("/console/")
+            time.sleep(0.3)
+        assert v.get("/console/").status_code == 303
+
+
 # -- throttling ------------------------------------------------------------------------------
 
 
