@@ -11,6 +11,7 @@ goes through ``/v1`` with ``Authorization: Bearer``, so what works here works in
 from __future__ import annotations
 
 import time
+
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
@@ -66,16 +67,15 @@ async def page(request: Request) -> Response:
     services = services_of(request)
     views, _ = await services.accounts.list_tokens(
         TokenFilter(user_id=user.id, status="active", limit=MAX_TOKENS_LISTED))
-    own_test_key = test_key_name(user)
+    # Test keys are offered by group (the session's own, kept by the page), not as tokens.
     tokens = [{"id": v.id, "name": v.name, "group": v.group, "hint": v.hint} for v in views
-              if v.group in services.catalog.groups
-              and (not v.name.startswith(TEST_KEY_PREFIX) or v.name == own_test_key)]
-    groups = [{"name": g, "description": services.catalog.groups[g].description} for g in user.allowed_groups]
+              if v.group in services.catalog.groups and not v.name.startswith(TEST_KEY_PREFIX)]
     return await render(request, "playground.html", {
         "tokens": tokens,
-        "groups": groups,
+        "groups": list(user.allowed_groups),
         "api_base": url(request, "/v1"),
         "test_key_url": url(request, "/console/playground/test-key"),
+        "test_key_name": test_key_name(user),
     })
 
 

@@ -84,8 +84,9 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        # --no-sandbox: CI runs as root, where chromium refuses its sandbox.
-        b = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        # --no-sandbox: CI runs as root, where chromium refuses its sandbox; a small /dev/shm in
+        # containers would crash full-page screenshots, hence --disable-dev-shm-usage.
+        b = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"])
         try:
             yield b
         finally:

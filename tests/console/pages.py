@@ -99,28 +99,33 @@ MARK_INTERACTIVE_JS = """
 
 
 def tab_walk(page: Any, max_steps: int = 400) -> tuple[list[str], list[int]]:
-    """Press Tab from the top of the page until focus comes back round (or max_steps).
+    """Press Tab from the top of the page until focus wraps round (or max_steps).
 
-    Returns (every visible interactive element, the data-kb indexes focused, in order).
-    Radio groups take one Tab stop, so only the checked (or first) radio of a group is
-    expected; the caller decides what must be reached."""
+    Returns (every visible interactive element, the data-kb indexes focused, in order, each
+    once). A focusin listener records the order, so the presses need no round trip each.
+    Radio groups take one Tab stop, so only one radio of a group is reached; the caller
+    decides what must be reached."""
     elements: list[str] = page.evaluate(MARK_INTERACTIVE_JS)
-    page.evaluate("() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); }")
-    order: list[int] = []
-    seen_twice = 0
-    for _ in range(max_steps):
-        page.keyboard.press("Tab")
-        kb = page.evaluate("() => document.activeElement && document.activeElement.dataset.kb")
-        if kb is None:
-            if order:
-                seen_twice += 1  # left the document (browser chrome): wrapped round
-                if seen_twice > 1:
-                    break
-            continue
-        index = int(kb)
-        if order and index == order[0]:
-            break
-        order.append(index)
+    page.evaluate("""() => {
+      window.__kbOrder = [];
+      document.addEventListener('focusin', (e) => {
+        const kb = e.target && e.target.dataset ? e.target.dataset.kb : undefined;
+        if (kb !== undefined) window.__kbOrder.push(Number(kb));
+      });
+      if (document.activeElement) document.activeElement.blur();
+      window.scrollTo(0, 0);
+    }""")
+    # Date inputs and the like take several Tab stops: press in batches until focus wraps.
+    batch, order = len(elements) + 1, []
+    for _ in range(max_steps // batch + 1):
+        for _ in range(batch):
+            page.keyboard.press("Tab")
+        seen: list[int] = page.evaluate("() => window.__kbOrder")
+        order = []
+        for index in seen:
+            if index in order:
+                return elements, order  # wrapped round to the top
+            order.append(index)
     return elements, order
 
 

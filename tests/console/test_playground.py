@@ -178,7 +178,7 @@ def test_edit_with_two_images_and_a_mask(page: Any, console_gw: ConsoleGateway, 
     expect(page.locator("#pg-image-previews img")).to_have_count(2)
     expect(page.locator("#pg-mask-preview img")).to_have_count(1)
     expect(page.get_by_role("img", name="Preview of second.png")).to_be_visible()
-    page.get_by_label("Prompt").fill("paint both red")
+    page.get_by_label("Prompt").fill("@second.png: paint both red")  # text, though curl -F would read a file
     page.get_by_label("Size", exact=True).select_option("1024x1024")
     curl = page.inner_text("#pg-curl")
     assert "/images/edits" in curl and "image[]=@first.png" in curl and "image[]=@second.png" in curl
@@ -239,7 +239,7 @@ def test_a_streamed_edit_shows_its_partial_image(page: Any, console_gw: ConsoleG
 
 def test_the_copied_curl_and_python_snippets_run(page: Any, console_gw: ConsoleGateway, tmp_path: Path) -> None:
     open_playground(page, console_gw, key=DEFAULT, model="gpt-image-2-vip")
-    page.get_by_label("Prompt").fill("a red bicycle")
+    page.get_by_label("Prompt").fill('a red bicycle, it\'s "vintage" $HOME `date`')  # quoting must hold
     page.get_by_label("Size", exact=True).select_option("1280x720")
     page.get_by_role("button", name="Copy curl").click()
     expect(page.locator("#pg-copy-status")).to_have_text("Copied.")
@@ -366,3 +366,24 @@ def test_session_test_key_only_in_the_users_groups(page: Any, console_gw: Consol
     csrf = page.locator("#playground").get_attribute("data-csrf")
     refused = post_test_key(page, {"group": "GPTImage2 Enterprise"}, csrf)
     assert refused.status == 403 and refused.json()["error"]["code"] == "group_not_allowed"
+
+
+def test_a_tab_never_lends_one_accounts_test_key_to_another(page: Any, console_gw: ConsoleGateway) -> None:
+    open_playground(page, console_gw, key=DEFAULT)
+    first_key = shown_key(page)
+    # Someone else signs in on the same tab without signing the first user out.
+    page.goto("/console/signup")
+    page.get_by_label("User name").fill("second")
+    page.get_by_label("Password", exact=True).fill("another-long-passphrase-2")
+    page.get_by_label("Password again").fill("another-long-passphrase-2")
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_load_state()
+    page.goto("/console/playground")
+    page.get_by_label("API key").select_option(DEFAULT)
+    expect(page.locator("#pg-key-status")).to_contain_text("Using a new session test key")
+    second_key = shown_key(page)
+    assert second_key != first_key
+    with console_gw.admin_api() as api:
+        owners = {t["user"] for t in api.get("/admin/tokens", params={"limit": 100}).json()["data"]
+                  if t["name"].startswith("playground session ") and t["status"] == "active"}
+    assert {"demo", "second"} <= owners

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,8 @@ def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ConsoleGate
         catalog = write_catalog(tmp / "catalog.yaml", channels)
         env = {"IMAGERELAY_CATALOG": str(catalog), **KEYS}
         (tmp / "data").mkdir()
-        gateways = start_console_gateway(tmp / "data", extra_env=env)
-        gw = next(gateways)
-        try:
+        with contextmanager(start_console_gateway)(tmp / "data", extra_env=env) as gw:
             yield gw, urls["openai-a"]
-        finally:
-            gateways.close()
 
 
 @pytest.fixture

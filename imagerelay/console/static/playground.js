@@ -12,6 +12,7 @@
   var API = root.dataset.apiBase.replace(/\/$/, "");
   var TEST_KEY_URL = root.dataset.testKeyUrl;
   var CSRF = root.dataset.csrf;
+  var SESSION_KEY_NAME = root.dataset.testKeyName;  // the name this session's test keys carry
   var KEY_STORE = "imagerelay.key.";          // + token id: keys the console showed this tab
   var TEST_STORE = "imagerelay.testkey.";     // + group: this session's test key
   var COMMON_SIZES = ["auto", "1024x1024", "1536x1024", "1024x1536", "2048x2048", "2048x1152", "1152x2048",
@@ -101,7 +102,8 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
     if (value.indexOf("test:") === 0) {
       var group = value.slice(5);
       var kept = JSON.parse(recall(TEST_STORE + group) || "null");
-      if (kept && kept.expires_at * 1000 > Date.now() &&
+      // Only this session's own key: another account signed in on this tab earlier never lends its key.
+      if (kept && kept.name === SESSION_KEY_NAME && kept.expires_at * 1000 > Date.now() &&
           await useKey(kept.key, "Using this session's test key for " + group + " (" + kept.hint + ").")) {
         return;
       }
@@ -400,6 +402,7 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
     el.partials.textContent = "";
     show(el.partialsWrap, false);
     el.cost.textContent = "";
+    delete el.cost.dataset.costMicros;
   }
 
   function end() {
@@ -451,7 +454,7 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
       tick(start);
       if (job.status === "succeeded" || job.status === "failed" || job.status === "canceled") break;
       await sleep(POLL_MS[Math.min(i, POLL_MS.length - 1)]);
-      var poll = await api("/images/jobs/" + encodeURIComponent(job.id) + "?include=b64_json", {signal: state.abort.signal});
+      var poll = await pollJob(job.id);
       if (!poll.ok) { refused(await errorOf(poll)); return requestId; }
       job = await poll.json();
     }
@@ -465,6 +468,20 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
       setProgress("Canceled after " + elapsed(start) + ".");
     }
     return requestId;
+  }
+
+  /* One poll; a dropped connection (a proxy closing an idle keep-alive socket, a network
+   * blip) is retried a few times: the job runs on regardless, so only the view was lost. */
+  async function pollJob(id) {
+    for (var attempt = 0; ; attempt++) {
+      try {
+        var r = await api("/images/jobs/" + encodeURIComponent(id) + "?include=b64_json", {signal: state.abort.signal});
+        if (r.status < 502 || attempt >= 4) return r;  // 502-504 from a proxy: try again too
+      } catch (e) {
+        if ((e && e.name === "AbortError") || attempt >= 4) throw e;
+      }
+      await sleep(1000 * (attempt + 1));
+    }
   }
 
   async function runStream(start) {
@@ -635,7 +652,8 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
       lines = ["curl " + shellQuote(base + "/images/edits") + (stream ? " -N" : "") + " \\",
         "  -H " + shellQuote("Authorization: Bearer " + key) + " \\"];
       if (!stream) lines.push("  -H 'X-Imagerelay-Keepalive: 15' \\");
-      f.forEach(function (kv) { lines.push("  -F " + shellQuote(kv[0] + "=" + kv[1]) + " \\"); });
+      // --form-string: a prompt starting with @ or < is text, never a file to upload.
+      f.forEach(function (kv) { lines.push("  --form-string " + shellQuote(kv[0] + "=" + kv[1]) + " \\"); });
       names.forEach(function (n) { lines.push("  -F " + shellQuote("image[]=@" + n) + " \\"); });
       if (maskName) lines.push("  -F " + shellQuote("mask=@" + maskName) + " \\");
     } else {
