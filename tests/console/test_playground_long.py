@@ -48,7 +48,7 @@ def console_gw(slow: tuple[ConsoleGateway, str]) -> ConsoleGateway:
 def test_a_running_job_shows_elapsed_time_and_can_be_canceled(page: Any, slow: tuple[ConsoleGateway, str]) -> None:
     gw, upstream = slow
     httpx.delete(upstream + "/_sim/faults")
-    assert httpx.post(upstream + "/_sim/faults", json={"type": "latency", "latency_s": 30}).status_code in (200, 201)
+    assert httpx.post(upstream + "/_sim/faults", json={"type": "latency", "latency_s": 12}).status_code in (200, 201)
     try:
         open_playground(page, gw, key=ENTERPRISE)
         page.get_by_label("Prompt").fill("a slow painting")

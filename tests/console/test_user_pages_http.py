@@ -18,7 +18,7 @@ from tests.console.http import Visitor
 from tests.support.gateway import Gateway, run_gateway
 
 PASSWORD = "correct horse battery"
-NEW_KEY = re.compile(r'<code id="new-key">(sk-[^<]+)</code>')
+NEW_KEY = re.compile(r'<code id="new-key"[^>]*>(sk-[^<]+)</code>')
 
 
 @pytest.fixture(scope="module")

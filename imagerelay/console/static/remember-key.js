@@ -3,10 +3,9 @@
  * sessionStorage lives only as long as the tab and never leaves the browser. */
 (function () {
   "use strict";
-  var section = document.querySelector("[data-token-id]");
-  var shown = document.getElementById("new-key");
-  if (!section || !shown) return;
+  var shown = document.querySelector("#new-key[data-token-id]");
+  if (!shown) return;
   try {
-    window.sessionStorage.setItem("imagerelay.key." + section.dataset.tokenId, shown.textContent.trim());
+    window.sessionStorage.setItem("imagerelay.key." + shown.dataset.tokenId, shown.textContent.trim());
   } catch (e) { /* storage off: the playground asks for a paste instead */ }
 })();
