@@ -89,7 +89,7 @@ async def dashboard(request: Request) -> Response:
     totals = await reports.usage_totals(services.engine, f)
     return await render(request, "admin/dashboard.html", {
         "span": span, "by": by, "figures": figures, "totals": totals, "since": since, "until": until,
-        "utc": reports.utc_text,
+        "utc": reports.utc_text, "per_key": reports.totals_by_key(buckets),
     })
 
 
@@ -442,6 +442,7 @@ async def usage_page(request: Request) -> Response:
         "next_query": _query({**filters, "before": str(rows[-1]["id"])}) if more and rows else None,
         "models": sorted({m for models in services.catalog.models_by_group.values() for m in models}),
         "channels": [v.spec.name for v in services.directory.views()],
+        "route_names": sorted({r.spec.name for r in services.catalog.routes.values()}),
     }, status=400 if error else 200)
 
 

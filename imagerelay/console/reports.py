@@ -241,3 +241,29 @@ async def ledger_entries(engine: AsyncEngine, user_id: int, *, limit: int = 20) 
             .order_by(ledger.c.id.desc()).limit(limit))
     async with engine.connect() as conn:
         return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTotals:
+    """One route's or channel's sums over a dashboard window."""
+
+    key: str
+    calls: int
+    errors: int
+    cost_micros: int
+    avg_upstream_latency_ms: int | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
+
+
+def totals_by_key(buckets: list[Bucket]) -> list[KeyTotals]:
+    """The window's buckets summed per route or channel, busiest first."""
+    sums: dict[str, list[int]] = {}
+    for b in buckets:
+        s = sums.setdefault(b.key, [0, 0, 0, 0, 0])
+        for i, v in enumerate((b.calls, b.errors, b.cost_micros, b.upstream_latency_sum_ms, b.upstream_latency_n)):
+            s[i] += v
+    out = [KeyTotals(k, c, e, m, round(ls / ln) if ln else None) for k, (c, e, m, ls, ln) in sums.items()]
+    return sorted(out, key=lambda t: (-t.calls, t.key))

@@ -17,6 +17,7 @@ from imagerelay.console.reports import (
     DAY_S,
     HOUR_S,
     parse_usage_filter,
+    totals_by_key,
     usage_buckets,
     usage_csv,
     usage_rows,
@@ -124,6 +125,8 @@ async def test_buckets_by_hour_route_and_channel(db: tuple[AsyncEngine, Accounts
         (int(T0), "official"): (1, 1, 0, None),
         (int(T0) + HOUR_S, "official"): (1, 0, 123_457, 1000.0),
     }
+    per_route = [(t.key, t.calls, t.errors, t.cost_micros, t.avg_upstream_latency_ms) for t in totals_by_key(by_route)]
+    assert per_route == [("legacy", 2, 0, 60_000, 500), ("official", 2, 1, 123_457, 1000)]  # ties: by name
     by_channel = await usage_buckets(engine, UsageQuery(), size_s=DAY_S, by="channel")
     assert {(b.start - int(T0), b.key, b.calls) for b in by_channel} == {
         (0, "sim-a", 2), (0, "sim-b", 2), (DAY_S, "(none)", 1)}
