@@ -6,7 +6,8 @@ to `gpt-image-2-vip` (the default group's size-enhanced route) and see exactly i
 and no quality control; have a custom size refused inline in the gateway's own words; edit
 two uploaded images with a mask (a mask of the wrong size is refused inline first); watch
 partial images arrive on a streaming call; find their calls in usage and their balance
-lowered by exactly those calls; copy the curl snippet and run it; revoke the key and see it
+lowered by exactly those calls; copy the curl snippets (the key's quick start and the
+playground's, read back from the clipboard) and run them; revoke the key and see it
 refused. Separately an admin adds a channel with a key, tests it and disables it.
 
 Every page visited is screenshotted (375 and 1280 px) and checked with axe-core, and the
@@ -139,6 +140,14 @@ def create_key(page: Any, group: str, key_name: str) -> tuple[str, str]:
     copied = page.evaluate("() => navigator.clipboard.readText()")
     assert copied == shown and copied.startswith("sk-"), (copied, shown)
     look(page, "journey-token-created")
+    # The quick start's curl, the key filled in, copied from the page: it works as it is.
+    page.get_by_role("button", name="Copy curl").first.click()
+    page.wait_for_function("() => document.querySelector('[data-copy-status=\"curl-1\"]').textContent.includes('Copied')")
+    quick = page.evaluate("() => navigator.clipboard.readText()")
+    assert "Bearer " + copied in quick, quick
+    ran = subprocess.run(["bash", "-c", quick], capture_output=True, text=True, timeout=180)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["data"][0]["b64_json"], ran.stdout[:300]
     # Shown once: the key's own page, reached from the list, never shows it again.
     visit(page, "/console/tokens", "journey-tokens")
     page.get_by_role("link", name=key_name, exact=True).click()
@@ -321,13 +330,14 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
         records = api.get("/account/usage", params={"limit": 100}).json()["data"]
         available = api.get("/account/balance").json()["available_micros"]
     ok = [r for r in records if r["token_id"] == int(token_id) and r["status"] == 200]
-    # generation, its curl twin, the edit and the streamed generation (refusals cost nothing)
-    assert sorted(r["endpoint"] for r in ok) == ["edits", "generations", "generations", "generations"], ok
+    # the quick start's curl, the generation, its curl twin, the edit and the streamed
+    # generation (refusals cost nothing)
+    assert sorted(r["endpoint"] for r in ok) == ["edits"] + ["generations"] * 4, ok
     for cost in costs:  # what the playground showed is what the usage record says
         assert cost in [r["cost_micros"] for r in ok], (cost, ok)
     visit(page, "/console/usage", "journey-usage")
     table = page.get_by_role("table").inner_text()
-    assert table.count("journey key") >= 4, table
+    assert table.count("journey key") >= 5, table
     assert "edits" in table and "generations" in table
     visit(page, "/console/", "journey-home-after")
     spent = Decimal(sum(r["cost_micros"] for r in records)) / 1_000_000
