@@ -29,6 +29,9 @@ db_app = typer.Typer(help="Database schema: current revision, upgrade, history."
 app.add_typer(db_app, name="db")
 app.add_typer(channels_app, name="channels")
 app.add_typer(users_app, name="users")
+app.add_typer(users_app, name="user", help="Same as users (create, set-password, list, update).")
+invite_app = typer.Typer(help="Console sign-up invitations (IMAGERELAY_SIGNUP=invite).", no_args_is_help=True)
+app.add_typer(invite_app, name="invite")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(balance_app, name="balance")
 
@@ -37,6 +40,7 @@ console = Console() if sys.stdout.isatty() else Console(width=200)
 err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=200)
 
 DEMO_USER = "demo"
+DEMO_ADMIN = "admin"
 DEMO_CREDIT_USD = Decimal("100")
 
 
@@ -150,13 +154,43 @@ async def _ensure_demo(services: Any, groups: list[str]) -> tuple[dict[str, str]
     return tokens, now.available_micros
 
 
+async def _ensure_demo_console(services: Any) -> dict[str, dict[str, str]]:
+    """Console passwords for a demo admin and the demo user, kept (0600) in
+    ``<data_dir>/demo-console.json`` so every run prints the same ones."""
+    import secrets
+
+    from imagerelay.console.accounts import set_password
+    from imagerelay.console.passwords import verify_password
+    from imagerelay.storage.logins import Logins
+
+    store = services.settings.data_dir / "demo-console.json"
+    known: dict[str, Any] = {}
+    if store.exists():
+        try:
+            known = json.loads(store.read_text())
+        except ValueError:
+            known = {}
+    logins = Logins(services.engine)
+    out: dict[str, dict[str, str]] = {}
+    for role, name, admin in (("admin", DEMO_ADMIN, True), ("user", DEMO_USER, False)):
+        user = await services.accounts.get_or_create_user(name, is_admin=admin)
+        password = (known.get(role) or {}).get("password")
+        if not (isinstance(password, str) and await asyncio.to_thread(
+                verify_password, password, await logins.password_hash(user.id))):
+            password = secrets.token_urlsafe(12)
+            await set_password(services, logins, user.id, name, password)
+        out[role] = {"name": name, "password": password}
+    write_private(store, json.dumps(out, indent=2).encode())
+    return out
+
+
 def _curl_example(base: str, group: str, token: str, catalog: Any) -> str:
+    from imagerelay.domain.capabilities import example_body
+
     models = catalog.models_by_group.get(group, ())
     model = models[0] if models else "gpt-image-2"
-    body = {"model": model, "prompt": "a white ceramic mug on a gray desk"}
     route = catalog.route(group, model)
-    if route is not None and route.profile.size == "table":
-        body["size"] = "2048x2048"
+    body = example_body(route) if route is not None else {"model": model, "prompt": "a white ceramic mug"}
     return (
         f"curl {base}/v1/images/generations -H 'Authorization: Bearer {token}' "
         f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(body))}"
@@ -170,6 +204,8 @@ def serve(
     workers: Annotated[int, typer.Option(help="Worker processes (multi-core).")] = 1,
     demo: Annotated[bool, typer.Option("--demo", help="Create a demo user with one token per group and print them.")] = False,
     demo_tokens_out: Annotated[Path | None, typer.Option("--demo-tokens-out", help="Also write the demo tokens as JSON.")] = None,
+    demo_console_out: Annotated[Path | None, typer.Option(
+        "--demo-console-out", help="Also write the demo console credentials as JSON.")] = None,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
     catalog: CatalogOpt = None,
@@ -189,7 +225,11 @@ def serve(
     if demo:
         from imagerelay.domain.pricing import format_usd
 
-        tokens, available = _run(lambda s: _ensure_demo(s, list(cat.groups)), settings)
+        async def demo_accounts(s: Any) -> tuple[dict[str, str], int, dict[str, dict[str, str]]]:
+            tokens, available = await _ensure_demo(s, list(cat.groups))
+            return tokens, available, (await _ensure_demo_console(s) if settings.console else {})
+
+        tokens, available, creds = _run(demo_accounts, settings)
         base = f"http://{host}:{port}"
         # The real balance: the demo credit is given once, and a reused data dir has spent some.
         console.print(f"[bold]Demo tokens[/bold] (user {DEMO_USER!r}, {format_usd(available)} available):")
@@ -198,6 +238,15 @@ def serve(
             console.print(f"    {_curl_example(base, group, token, cat)}", soft_wrap=True)
         if demo_tokens_out is not None:
             write_private(demo_tokens_out, json.dumps(tokens, indent=2).encode())
+        if creds:
+            prefix = settings.root_path.rstrip("/")
+            console.print(f"[bold]Console[/bold]: {base}{prefix}/console/ "
+                          f"(admin: {creds['admin']['name']} / {creds['admin']['password']}; "
+                          f"user: {creds['user']['name']} / {creds['user']['password']})", soft_wrap=True)
+            if demo_console_out is not None:
+                write_private(demo_console_out, json.dumps(creds, indent=2).encode())
+            if settings.signup is None:  # a demo takes sign-ups unless told otherwise
+                os.environ["IMAGERELAY_SIGNUP"] = "open"
     # Worker processes rebuild settings from the environment: pass ours down.
     os.environ["IMAGERELAY_DATA_DIR"] = str(settings.data_dir.resolve())
     if settings.database_url:
@@ -223,6 +272,10 @@ def serve(
         http=GuardedHttpToolsProtocol,
         log_level=settings.log_level,
         access_log=False,
+        # Console behind a proxy: its path prefix, and whose X-Forwarded-* headers count.
+        root_path=settings.root_path.rstrip("/"),
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 
@@ -263,6 +316,66 @@ def users_create(
     """Create a user (idempotent)."""
     user = _run(lambda s: s.accounts.get_or_create_user(name, is_admin=admin), _settings(data_dir, database_url, None))
     console.print(f"user {user.name} (id {user.id})")
+
+
+def _read_password(confirm: bool = True) -> str:
+    """A password from the terminal (asked twice) or one line of standard input; never argv."""
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("New password: ")
+        if confirm and getpass.getpass("Again: ") != first:
+            _fail("the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@users_app.command("set-password")
+def users_set_password(
+    name: str,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Set a user's console password (asked at the terminal, or one line on stdin).
+    Every console session of the user ends."""
+    from imagerelay.console.accounts import set_password
+    from imagerelay.storage.logins import Logins
+
+    password = _read_password()
+
+    async def action(s: Any) -> str | None:
+        user = await s.accounts.find_user(name)
+        if user is None:
+            return f"no user {name!r}; create it with: imagerelay user create {name}"
+        try:
+            await set_password(s, Logins(s.engine), user.id, user.name, password)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    problem = _run(action, _settings(data_dir, database_url, None))
+    if problem:
+        _fail(problem)
+    console.print(f"password set for {name}; sign in at /console/signin")
+
+
+@invite_app.command("create")
+def invite_create(
+    days: Annotated[float, typer.Option("--days", help="Days the code stays valid (0: no expiry).")] = 7,
+    note: Annotated[str, typer.Option("--note", help="Who it is for (kept with the code).")] = "",
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Create a one-use sign-up code (print it once; only its hash is kept)."""
+    from imagerelay.storage.logins import Logins
+
+    if days < 0:
+        raise typer.BadParameter("--days must be 0 or more")
+    code = _run(lambda s: Logins(s.engine).create_invite(None, ttl_s=days * 86400 or None, note=note[:500]),
+                _settings(data_dir, database_url, None))
+    console.print(code, highlight=False)
+    err_console.print("Give it to the new user: sign up at /console/signup?invite=<code> (IMAGERELAY_SIGNUP=invite).",
+                      highlight=False)
 
 
 @users_app.command("list")

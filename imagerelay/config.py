@@ -8,6 +8,7 @@ their own without touching ``os.environ``.
 from __future__ import annotations
 
 import secrets
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -118,6 +119,28 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     metrics_token: str | None = None
     metrics_open: bool = False
+    # The web console (docs/console.md): off answers every /console URL with a 404.
+    # root_path is the path prefix a proxy serves the gateway under (e.g. /relay); every
+    # console link is built from it. Forwarded headers (X-Forwarded-Proto/-For) are
+    # trusted only from forwarded_allow_ips (uvicorn's setting: "*" trusts everyone).
+    console: bool = True
+    root_path: str = ""
+    forwarded_allow_ips: str = "127.0.0.1"
+    # Console sign-up: open (anyone), invite (a code an admin created), off. Unset: off,
+    # or open under `serve --demo`. New users may create tokens in signup_groups
+    # (comma-separated; empty: every group of the catalog) and get signup_credit_usd.
+    signup: Literal["open", "invite", "off"] | None = None
+    signup_groups: str = ""
+    signup_credit_usd: Decimal = Field(default=Decimal("0"), ge=0, le=1_000_000)
+    # Console sessions end after session_idle_s without a request, and session_max_s
+    # after sign-in whatever happens. Sign-in is refused for login_lockout_s after
+    # login_max_failures failures for one account, or login_max_failures_per_address
+    # from one client address, within that window.
+    session_idle_s: float = Field(default=12 * 3600, ge=1)
+    session_max_s: float = Field(default=7 * 24 * 3600, ge=1)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_max_failures_per_address: int = Field(default=20, ge=1)
+    login_lockout_s: float = Field(default=15 * 60, ge=1)
 
     @model_validator(mode="after")
     def _store_settings_agree(self) -> Settings:

@@ -14,10 +14,13 @@ from imagerelay.api.admin import require_admin, user_filter, user_named
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
+from imagerelay.catalog.loader import Catalog
 from imagerelay.domain import capabilities
 from imagerelay.domain.accountrules import label, usd_field
 from imagerelay.domain.pricing import format_usd
 from imagerelay.errors import InvalidRequest
+from imagerelay.services import Services
+from imagerelay.storage.accounts import UserInfo
 from imagerelay.storage.billing import AdjustmentRefused, UsageQuery, usage_page
 
 MAX_PAGE = 500
@@ -43,6 +46,9 @@ def _usage_query(request: Request, user_id: int | None) -> UsageQuery:
             raise InvalidRequest(f"{name} is out of range", param=name)
         return value
 
+    request_id = params.get("request_id") or None
+    if request_id is not None and label(request_id, 200) is None:  # PostgreSQL refuses NUL in a text parameter
+        raise InvalidRequest("request_id must be the x-request-id of a call (req_...).", param="request_id")
     limit = number("limit", int) or 50
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}", param="limit")
@@ -54,6 +60,7 @@ def _usage_query(request: Request, user_id: int | None) -> UsageQuery:
         status=number("status", int),
         limit=limit,
         before_id=number("before", int),
+        request_id=request_id,
     )
 
 
@@ -115,44 +122,55 @@ async def usage(request: Request) -> Response:
     return await _page(request, token.user_id)
 
 
-async def pricing(request: Request) -> Response:
-    token = await authenticate(request)
-    catalog = services_of(request).catalog
+def group_pricing(catalog: Catalog, group: str) -> list[dict[str, Any]]:
+    """The models of ``group`` with their route, billing mode and prices (``GET
+    /v1/pricing``'s entries; the console's pricing matrix)."""
     data = []
-    for model in catalog.models_by_group.get(token.group, ()):
-        route = catalog.route(token.group, model)
+    for model in catalog.models_by_group.get(group, ()):
+        route = catalog.route(group, model)
         assert route is not None
         entry: dict[str, Any] = {
-            "model": model, "group": token.group, "route": route.spec.name,
+            "model": model, "group": group, "route": route.spec.name,
             "description": route.spec.description, "endpoints": list(route.spec.endpoints),
         }
         price = capabilities.billing(route)
         entry["billing_mode"] = price.pop("mode")
         entry.update(price)
         data.append(entry)
-    return json_response({"object": "list", "group": token.group, "data": data})
+    return data
 
 
-async def admin_adjust_balance(request: Request) -> Response:
-    await require_admin(request)
-    services = services_of(request)
-    user = await user_named(request)
-    body = await read_json_object(request, 64 * 1024)
-    micros, reason = usd_field(body, "amount_usd", signed=True), label(body.get("reason"), 1000)
+async def pricing(request: Request) -> Response:
+    token = await authenticate(request)
+    catalog = services_of(request).catalog
+    return json_response({"object": "list", "group": token.group, "data": group_pricing(catalog, token.group)})
+
+
+async def adjust_balance(services: Services, user: UserInfo, amount: object, reason: object) -> int:
+    """Top up (or, negative, debit) ``user`` by ``amount`` (a plain decimal USD string,
+    read exactly into micro-dollars) with a ledger ``reason``; the admin API and the
+    console both come here. Returns the new balance; raises :class:`InvalidRequest`."""
+    micros, why = usd_field({"amount_usd": amount}, "amount_usd", signed=True), label(reason, 1000)
     if not micros:
         raise InvalidRequest('amount_usd is required and non-zero, e.g. "10.00" or "-2.50".', param="amount_usd")
-    if reason is None:
+    if why is None:
         raise InvalidRequest("reason is required (up to 1,000 printable characters): it is recorded in the ledger.",
                              param="reason")
     try:
-        new_balance = await services.billing.adjust(user.id, micros, reason.strip(),
-                                                    kind="topup" if micros > 0 else "adjust")
+        return await services.billing.adjust(user.id, micros, why.strip(), kind="topup" if micros > 0 else "adjust")
     except AdjustmentRefused as refused:
         raise InvalidRequest(
             f"Refused: {user.name}'s available balance is {format_usd(refused.available_micros)}; "
             + ("a debit cannot take it below zero." if micros < 0 else "the balance would pass its maximum."),
             param="amount_usd", code="balance_limit",
         ) from None
+
+
+async def admin_adjust_balance(request: Request) -> Response:
+    await require_admin(request)
+    user = await user_named(request)
+    body = await read_json_object(request, 64 * 1024)
+    new_balance = await adjust_balance(services_of(request), user, body.get("amount_usd"), body.get("reason"))
     return json_response({"user": user.name, "balance_micros": new_balance, "balance_usd": usd(new_balance)})
 
 

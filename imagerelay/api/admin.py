@@ -27,6 +27,7 @@ from imagerelay.services import Services
 from imagerelay.storage.accounts import UserInfo
 from imagerelay.storage.channels import ChannelConflict, ChannelInvalid
 from imagerelay.upstreams.base import CallTarget, UpstreamFailure
+from imagerelay.upstreams.redact import channel_secrets
 
 
 async def require_admin(request: Request) -> None:
@@ -62,7 +63,8 @@ async def user_filter(request: Request) -> int | None:
     return user.id
 
 
-def _channel_json(services: Services, view: Any) -> dict[str, Any]:
+def channel_json(services: Services, view: Any) -> dict[str, Any]:
+    """A channel as admins see it (API and console): its spec, never its key, and its health."""
     spec: ChannelSpec = view.spec
     health = services.pool.health_of(spec.name)
     return {
@@ -111,13 +113,17 @@ def _without_credentials(url: str | None) -> str | None:
 async def list_channels(request: Request) -> Response:
     await require_admin(request)
     services = services_of(request)
-    return json_response({"object": "list", "data": [_channel_json(services, v) for v in services.directory.views()]})
+    return json_response({"object": "list", "data": [channel_json(services, v) for v in services.directory.views()]})
 
 
-async def add_channel(request: Request) -> Response:
-    await require_admin(request)
-    services = services_of(request)
-    body = await read_json_object(request, 1024 * 1024)
+def channel_view_json(services: Services, name: str) -> dict[str, Any]:
+    view = next(v for v in services.directory.views() if v.spec.name == name)
+    return channel_json(services, view)
+
+
+async def add_channel_from(services: Services, body: dict[str, Any]) -> dict[str, Any]:
+    """Add the channel ``body`` describes (``api_key`` included, stored encrypted); the
+    admin API and the console both come here. Raises :class:`ApiError` naming the field."""
     api_key = _key_of(body)
     try:
         spec = ChannelSpec.model_validate(body)
@@ -131,8 +137,13 @@ async def add_channel(request: Request) -> Response:
         raise ApiError(str(exc), status=409, code="conflict", param="name") from None
     except ChannelInvalid as exc:
         raise InvalidRequest(str(exc), param=exc.param) from None
-    view = next(v for v in services.directory.views() if v.spec.name == spec.name)
-    return json_response(_channel_json(services, view), status=201)
+    return channel_view_json(services, spec.name)
+
+
+async def add_channel(request: Request) -> Response:
+    await require_admin(request)
+    body = await read_json_object(request, 1024 * 1024)
+    return json_response(await add_channel_from(services_of(request), body), status=201)
 
 
 def _key_of(body: dict[str, Any]) -> str | None:
@@ -142,14 +153,10 @@ def _key_of(body: dict[str, Any]) -> str | None:
     return api_key
 
 
-async def update_channel(request: Request) -> Response:
+async def update_channel_from(services: Services, name: str, body: dict[str, Any]) -> dict[str, Any]:
     """Change fields of a run-time channel; absent fields keep their value, ``api_key``
     replaces the key (``null`` removes it). Calls follow at once in this process and
     within the channel reload interval in the others."""
-    await require_admin(request)
-    services = services_of(request)
-    name = request.path_params["name"]
-    body = await read_json_object(request, 1024 * 1024)
     set_key = "api_key" in body
     api_key = _key_of(body)
     try:
@@ -162,8 +169,13 @@ async def update_channel(request: Request) -> Response:
         raise InvalidRequest(str(exc), param=exc.param) from None
     if body.get("enabled") is True:
         services.pool.enable(name)
-    view = next(v for v in services.directory.views() if v.spec.name == name)
-    return json_response(_channel_json(services, view))
+    return channel_view_json(services, name)
+
+
+async def update_channel(request: Request) -> Response:
+    await require_admin(request)
+    body = await read_json_object(request, 1024 * 1024)
+    return json_response(await update_channel_from(services_of(request), request.path_params["name"], body))
 
 
 async def remove_channel(request: Request) -> Response:
@@ -180,33 +192,34 @@ async def remove_channel(request: Request) -> Response:
     return json_response({"name": name, "object": "channel", "deleted": True})
 
 
-async def set_enabled(request: Request) -> Response:
-    await require_admin(request)
-    services = services_of(request)
-    name = request.path_params["name"]
-    if request.path_params["action"] not in ("enable", "disable"):
-        raise NotFound("Unknown channel action; use enable, disable or test.")
-    enable = request.path_params["action"] == "enable"
-    reason = "disabled by an administrator"
-    if not enable and request.headers.get("content-length", "0") != "0":
-        body = await read_json_object(request, 64 * 1024)
-        # Stored and shown in listings: printable and at most 1,000 characters, else the default.
-        reason = label(body.get("reason"), 1000) or reason
+async def set_channel_enabled(services: Services, name: str, enable: bool,
+                              reason: object = None) -> dict[str, Any]:
+    """Enable a channel (forgetting its cooldown and any disable of its own) or disable it
+    with a reason (printable, at most 1,000 characters, else the default)."""
+    text = "disabled by an administrator" if enable else (label(reason, 1000) or "disabled by an administrator")
     try:
-        await services.directory.set_enabled(name, enable, reason)
+        await services.directory.set_enabled(name, enable, text)
     except KeyError:
         raise NotFound(f"No channel named {name!r}.") from None
     if enable:
         services.pool.enable(name)
-    view = next(v for v in services.directory.views() if v.spec.name == name)
-    return json_response(_channel_json(services, view))
+    return channel_view_json(services, name)
 
 
-async def test_channel(request: Request) -> Response:
-    """One small real generation through exactly this channel, bypassing the pool."""
+async def set_enabled(request: Request) -> Response:
     await require_admin(request)
-    services = services_of(request)
-    name = request.path_params["name"]
+    if request.path_params["action"] not in ("enable", "disable"):
+        raise NotFound("Unknown channel action; use enable, disable or test.")
+    enable = request.path_params["action"] == "enable"
+    reason = None
+    if not enable and request.headers.get("content-length", "0") != "0":
+        reason = (await read_json_object(request, 64 * 1024)).get("reason")
+    return json_response(await set_channel_enabled(services_of(request), request.path_params["name"], enable, reason))
+
+
+async def probe_channel(services: Services, name: str) -> dict[str, Any]:
+    """One small real generation through exactly this channel, bypassing the pool:
+    ``{name, ok, latency_ms, error}`` (the error scrubbed of the channel's secrets)."""
     # Read the database first: the CLI writes channels there directly, and a test right
     # after `channels add` or `channels update` must see what was just written.
     await services.directory.load()
@@ -224,8 +237,14 @@ async def test_channel(request: Request) -> Response:
         result = await services.pool.connectors[spec.type].images(target, probe)
         ok, error = bool(result.items), None
     except UpstreamFailure as failure:
+        failure = failure.redacted(channel_secrets(target.api_key, spec.base_url))
         ok, error = False, f"{failure.kind}: {failure.detail}"
-    return json_response({"name": name, "ok": ok, "latency_ms": int((time.monotonic() - started) * 1000), "error": error})
+    return {"name": name, "ok": ok, "latency_ms": int((time.monotonic() - started) * 1000), "error": error}
+
+
+async def test_channel(request: Request) -> Response:
+    await require_admin(request)
+    return json_response(await probe_channel(services_of(request), request.path_params["name"]))
 
 
 routes = [

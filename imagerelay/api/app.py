@@ -12,8 +12,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from imagerelay import console
 from imagerelay.api import account, admin, apidoc, images, observe, tokens
 from imagerelay.api.bodyguard import BodyBudget, BodyGuard
 from imagerelay.api.deps import authenticate, services_of
@@ -139,7 +140,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             if svc.metrics is not None:
                 svc.metrics.process_exiting()
 
-    routes = [
+    routes: list[BaseRoute] = [
         *images.routes,
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
@@ -151,18 +152,17 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         *account.routes,
         *tokens.routes,
     ]
-    app = Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={
-            ApiError: api_error_handler,
-            HTTPException: http_error_handler,
-        },
-    )
+    handlers: dict[Any, Any] = {ApiError: api_error_handler, HTTPException: http_error_handler}
+    if settings.console:  # off: every console URL is a 404 like any unknown path
+        routes += console.console_routes(settings)
+        handlers.update(console.exception_handlers())
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.services = svc
     app.state.image_pool = image_pool
     app.add_middleware(BodyGuard, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate,
                        budget=BodyBudget(settings.max_body_bytes_in_flight))
+    if settings.console:
+        app.add_middleware(console.ConsoleHeaders)
     app.add_middleware(EdgeMiddleware)
     if svc.metrics is not None:
         paths = {route.endpoint: route.path for route in routes if isinstance(route, Route)}

@@ -31,6 +31,7 @@ async def authenticate(request: Request) -> TokenInfo:
     token = bearer(request)
     if token is None:
         raise AuthenticationFailed(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'.", code="missing_api_key"
+            "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'; "
+            "create one on the console's token page: /console/tokens.", code="missing_api_key"
         )
     return check_token(await services_of(request).accounts.authenticate(token), time.time())

@@ -105,7 +105,11 @@ async def _token_of(request: Request, owner_id: int | None) -> TokenView:
     return view
 
 
-async def _create(services: Services, user: UserInfo, group: str, body: dict[str, Any]) -> Response:
+async def create_token_for(services: Services, user: UserInfo, group: str,
+                           body: dict[str, Any]) -> tuple[str, TokenView]:
+    """Create a key in ``group`` with ``body``'s name and limits (``TOKEN_FIELDS``);
+    returns the secret (shown once: only its hash is kept) and the key as lists show it.
+    Shared by the admin API, the self-service API and the console."""
     changes = token_changes(body, models=services.catalog.models_by_group.get(group, ()))
     plain = await services.accounts.create_token(
         user.id, group, name=str(changes.get("name") or "default"),
@@ -119,19 +123,45 @@ async def _create(services: Services, user: UserInfo, group: str, body: dict[str
     )
     view = await services.accounts.view_token_by_secret(plain)
     assert view is not None
+    return plain, view
+
+
+async def _create(services: Services, user: UserInfo, group: str, body: dict[str, Any]) -> Response:
+    plain, view = await create_token_for(services, user, group, body)
     # The only answer that carries the secret: it is stored as a hash.
     return json_response({**token_json(view, time.time()), "token": plain}, status=201)
 
 
-async def _update(request: Request, view: TokenView) -> Response:
-    services = services_of(request)
-    body = await read_json_object(request, _BODY_LIMIT)
+async def usable_groups(services: Services, user: UserInfo) -> tuple[str, ...]:
+    """The catalog groups ``user`` may create keys in: the administrator's list, else the
+    groups of the keys they were given."""
+    allowed = set(user.allowed_groups if user.allowed_groups is not None
+                  else await services.accounts.token_groups(user.id))
+    return tuple(g for g in services.catalog.groups if g in allowed)  # in the catalog's order
+
+
+async def check_group_allowed(services: Services, user: UserInfo, group: str) -> None:
+    usable = await usable_groups(services, user)
+    if group not in usable:
+        raise PermissionDenied(
+            f"This account may not create keys in group {group!r}; it may use: {', '.join(usable) or 'none'}.",
+            param="group", code="group_not_allowed")
+
+
+async def update_token_of(services: Services, view: TokenView, body: dict[str, Any]) -> TokenView:
+    """Apply ``body``'s name and limits (``TOKEN_FIELDS``) to a key; shared with the console."""
     refuse_unknown(body, TOKEN_FIELDS)
     changes = token_changes(body, models=services.catalog.models_by_group.get(view.group, ()))
     await services.accounts.update_token(view.id, changes)
     updated = await services.accounts.view_token(view.id)
     assert updated is not None
-    return json_response(token_json(updated, time.time()))
+    return updated
+
+
+async def _update(request: Request, view: TokenView) -> Response:
+    services = services_of(request)
+    body = await read_json_object(request, _BODY_LIMIT)
+    return json_response(token_json(await update_token_of(services, view, body), time.time()))
 
 
 async def _revoke(request: Request, view: TokenView) -> Response:
@@ -226,12 +256,7 @@ async def my_create_token(request: Request) -> Response:
         raise InvalidRequest("group must be the name of a group, as a string.", param="group")
     user = await services.accounts.get_user(token.user_id)
     assert user is not None
-    allowed = user.allowed_groups if user.allowed_groups is not None else await services.accounts.token_groups(user.id)
-    if group not in allowed or group not in services.catalog.groups:
-        raise PermissionDenied(
-            f"This account may not create keys in group {group!r}; it may use: "
-            f"{', '.join(g for g in allowed if g in services.catalog.groups) or 'none'}.",
-            param="group", code="group_not_allowed")
+    await check_group_allowed(services, user, group)
     return await _create(services, user, group, body)
 
 

@@ -100,3 +100,39 @@ def model_object(route: ResolvedRoute) -> dict[str, Any]:
     """The official model object, with the route's capabilities as an extension field."""
     return {"id": route.spec.model, "object": "model", "created": 0, "owned_by": "imagerelay",
             "imagerelay": capabilities(route)}
+
+
+def example_body(route: ResolvedRoute, prompt: str = "a white ceramic mug on a gray desk") -> dict[str, Any]:
+    """The smallest generation body this route accepts, for snippets and the demo's
+    printed curl: a table route needs one of its sizes (``auto`` is refused)."""
+    body: dict[str, Any] = {"model": route.spec.model, "prompt": prompt}
+    rules = size_rules(route.profile)
+    if rules["mode"] == "table":
+        values = rules["values"]
+        body["size"] = "2048x2048" if "2048x2048" in values else values[0]
+    return body
+
+
+def billing_summary(route: ResolvedRoute) -> str:
+    """``$0.03 per call`` or ``official price x1.2``, from the route's billing."""
+    price = billing(route)
+    if price["mode"] == "per_call":
+        return f"${_plain(Decimal(price['price_per_call_usd']))} per call"
+    return f"official price \u00d7{price['multiplier']}"
+
+
+def params_summary(route: ResolvedRoute) -> str:
+    """What a caller controls on the route, in words: ``no size or quality``,
+    ``quality and custom sizes``, ``one of 30 sizes, no quality``."""
+    profile = route.profile
+    rules = size_rules(profile)
+    quality = profile.quality is not None
+    if rules["mode"] == "fixed":
+        text = "quality, no size" if quality else "no size or quality"
+    elif rules["mode"] == "table":
+        text = f"one of {len(rules['values'])} sizes" + ("" if quality else ", no quality")
+    else:
+        text = ("quality and custom sizes" if quality else "custom sizes, no quality")
+    if profile.streaming and profile.partial_images_max:
+        text += ", streamed partial images"
+    return text

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import orjson
 
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.domain.types import Usage
@@ -647,21 +647,43 @@ class UsageQuery:
     status: int | None = None
     limit: int = 50
     before_id: int | None = None  # page backwards from this record id
+    request_id: str | None = None  # one call: its record, and for a job every attempt's ("<id>.2", ...)
+    token_id: int | None = None
+    failed: bool | None = None  # True: status >= 400 only; False: successes only
+    route: str | None = None
+    channel: str | None = None
+
+
+def usage_conditions(q: UsageQuery) -> list[Any]:
+    """The WHERE terms of ``q``'s filters (not its paging), for pages and totals alike."""
+    c = usage_records.c
+    terms: list[Any] = []
+    if q.user_id is not None:
+        terms.append(c.user_id == q.user_id)
+    if q.since is not None:
+        terms.append(c.created_at >= q.since)
+    if q.until is not None:
+        terms.append(c.created_at < q.until)
+    if q.model is not None:
+        terms.append(c.model == q.model)
+    if q.status is not None:
+        terms.append(c.status == q.status)
+    if q.token_id is not None:
+        terms.append(c.token_id == q.token_id)
+    if q.failed is not None:
+        terms.append(c.status >= 400 if q.failed else c.status < 400)
+    if q.route is not None:
+        terms.append(c.route == q.route)
+    if q.channel is not None:
+        terms.append(c.channel == q.channel)
+    if q.request_id is not None:
+        terms.append(or_(c.request_id == q.request_id, c.request_id.startswith(q.request_id + ".", autoescape=True)))
+    return terms
 
 
 async def usage_page(engine: AsyncEngine, q: UsageQuery) -> tuple[list[dict[str, Any]], bool]:
     """Newest first; returns (records, has_more)."""
-    stmt = select(usage_records).order_by(usage_records.c.id.desc()).limit(q.limit + 1)
-    if q.user_id is not None:
-        stmt = stmt.where(usage_records.c.user_id == q.user_id)
-    if q.since is not None:
-        stmt = stmt.where(usage_records.c.created_at >= q.since)
-    if q.until is not None:
-        stmt = stmt.where(usage_records.c.created_at < q.until)
-    if q.model is not None:
-        stmt = stmt.where(usage_records.c.model == q.model)
-    if q.status is not None:
-        stmt = stmt.where(usage_records.c.status == q.status)
+    stmt = select(usage_records).where(*usage_conditions(q)).order_by(usage_records.c.id.desc()).limit(q.limit + 1)
     if q.before_id is not None:
         stmt = stmt.where(usage_records.c.id < q.before_id)
     async with engine.connect() as conn:

@@ -37,6 +37,8 @@ users = Table(
     # Groups the user may create tokens in through /v1/account/tokens (JSON list);
     # NULL: the groups of the tokens an administrator gave them.
     Column("allowed_groups", Text, nullable=True),
+    # Console password (imagerelay/console/passwords.py: scrypt, salted); NULL: no sign-in.
+    Column("password_hash", Text, nullable=True),
     Column("balance_micros", BigInteger, nullable=False, default=0),
     Column("held_micros", BigInteger, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
@@ -218,3 +220,39 @@ blob_chunks = Table(
     Column("expires_at", Float, nullable=False),
     Index("ix_blob_chunks_area_expires_at", "area", "expires_at"),
 )
+# Console sign-in sessions. The cookie carries a random id; only its sha256 is stored, so
+# a read of this table gives no usable session. Each has its own CSRF token.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),
+)
+
+# Console sign-up invitations: one use each; only the code's sha256 is stored.
+invites = Table(
+    "invites",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("created_by", Integer, nullable=True),
+    Column("note", Text, nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("used_by", Integer, nullable=True),
+    Column("used_at", Float, nullable=True),
+)
+
+# Failed console sign-ins, by account ("user:<name>") and by client address ("addr:<ip>"),
+# counted over a window to throttle guessing across every gateway process.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(200), nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+Index("ix_login_failures_key_at", login_failures.c.key, login_failures.c.at)

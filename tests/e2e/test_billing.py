@@ -7,6 +7,7 @@ import io
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -240,6 +241,32 @@ def test_admin_reads_everyones_usage_owner_only_theirs(gw: Gateway) -> None:
     page = httpx.get(gw.v1 + "/account/usage", params={"limit": 1, "status": 200},
                      headers={"Authorization": f"Bearer {a}"}).json()
     assert len(page["data"]) == 1
+
+
+def test_usage_by_request_id_finds_one_call_and_a_jobs_attempts(gw: Gateway) -> None:
+    token = new_user(gw, "byrequest", "default", "1")
+    h = {"Authorization": f"Bearer {token}"}
+    calls = [httpx.post(gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": f"cat {i}"},
+                        headers=h, timeout=60) for i in range(2)]
+    rid = calls[0].headers["x-request-id"]
+    found = usage_records(gw, token, request_id=rid)
+    assert [r["request_id"] for r in found] == [rid] and found[0]["cost_micros"] == 30_000
+    job = httpx.post(gw.v1 + "/images/jobs", json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "dog"},
+                     headers=h)
+    assert job.status_code == 202, job.text
+    for _ in range(300):
+        if httpx.get(gw.v1 + "/images/jobs/" + job.json()["id"], headers=h).json()["status"] == "succeeded":
+            break
+        time.sleep(0.1)
+    job_rid = job.headers["x-request-id"]
+    assert [r["request_id"] for r in usage_records(gw, token, request_id=job_rid)] == [job_rid]
+    # A prefix is no match, a LIKE wildcard matches nothing, and another user's call is invisible.
+    assert usage_records(gw, token, request_id=rid[:-1]) == []
+    assert usage_records(gw, token, request_id="req_%") == []
+    other = new_user(gw, "byrequest2", "default", None)
+    assert usage_records(gw, other, request_id=rid) == []
+    bad = httpx.get(gw.v1 + "/account/usage", params={"request_id": "a\x00b"}, headers=h)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "request_id"
 
 
 def test_bad_topups_rejected(gw: Gateway) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -29,6 +29,9 @@ class Gateway:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes]
+    # Console sign-in of the demo admin and the demo user: {"admin"|"user": {"name", "password"}}
+    # (empty when the console is off).
+    console: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def v1(self) -> str:
@@ -84,6 +87,9 @@ def wait_until_serving(gw: Gateway, *, timeout_s: float = 30.0) -> None:
         time.sleep(0.1)
     gw.tokens.clear()
     gw.tokens.update(json.loads((gw.data_dir / "demo-tokens-out.json").read_text()))
+    console_file = gw.data_dir / "demo-console.json"  # serve --demo keeps it there (older releases: absent)
+    gw.console.clear()
+    gw.console.update(json.loads(console_file.read_text()) if console_file.exists() else {})
 
 
 def stop_gateway(gw: Gateway) -> None:

@@ -82,6 +82,7 @@ _USAGE_QUERY = [
     query("model", "only this model", {"type": "string"}), query("status", "only this HTTP status", {"type": "integer"}),
     query("limit", "page size", {"type": "integer", "minimum": 1}),
     query("before", "next_before of the previous page", {"type": "integer"}),
+    query("request_id", "one call (its x-request-id); for an async job, every attempt", {"type": "string"}),
 ]
 _CHANNEL = path_param("name", "channel name")
 _TOKEN_ID = path_param("token_id", "API key id (the id field; another user's key is a 404 too)", {"type": "integer"})

@@ -1,0 +1,269 @@
+"""Usage reports for the admin console: a page of records with user and key names,
+totals with latency, a CSV export and per-hour/per-day aggregates by route or channel.
+
+Every function filters with storage/billing.py's :class:`UsageQuery` and
+``usage_conditions``, the same terms as ``/admin/usage`` and the user's usage page.
+Filters come from query strings a person typed, so :func:`parse_usage_filter` reads
+them strictly and names the field it refuses (:class:`InvalidRequest`).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Integer, and_, case, cast, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from imagerelay.console.views import parse_day
+from imagerelay.domain.accountrules import label
+from imagerelay.errors import InvalidRequest
+from imagerelay.storage.billing import UsageQuery, usage_conditions
+from imagerelay.storage.schema import ledger, tokens, usage_records, users
+
+CSV_CHUNK = 1000
+_MAX_ID = 2**31 - 1
+DAY_S = 86_400
+HOUR_S = 3_600
+
+
+def parse_status(raw: str) -> tuple[int | None, bool | None]:
+    """``ok``, ``error`` or a three-digit HTTP status -> (status, failed) of a :class:`UsageQuery`."""
+    if raw in ("ok", "error"):
+        return None, raw == "error"
+    if raw.isascii() and raw.isdigit() and len(raw) == 3:
+        return int(raw), None
+    raise InvalidRequest("status must be ok, error or a three-digit HTTP status.", param="status")
+
+
+def parse_id(raw: str, param: str) -> int:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and int(raw) <= _MAX_ID):
+        raise InvalidRequest(f"{param} must be a whole number.", param=param)
+    return int(raw)
+
+
+def parse_usage_filter(params: Mapping[str, str], *, user_id: int | None = None) -> UsageQuery:
+    """Read ``since``/``until`` (days, both inclusive), ``token``, ``model``, ``route``,
+    ``channel`` and ``status`` from a query string into storage/billing.py's query (paging
+    aside). The user is resolved by the caller (a name needs the database) and passed as
+    ``user_id``. Raises :class:`InvalidRequest` naming the field."""
+
+    def text(name: str) -> str | None:
+        raw = (params.get(name) or "").strip()
+        if not raw:
+            return None
+        if label(raw) is None:  # PostgreSQL refuses NUL; nothing longer is a name here
+            raise InvalidRequest(f"{name} must be a name of up to 128 printable characters.", param=name)
+        return raw
+
+    since_raw, until_raw = text("since"), text("until")
+    since = float(parse_day(since_raw, "since")) if since_raw else None
+    until = float(parse_day(until_raw, "until") + DAY_S) if until_raw else None
+    if since is not None and until is not None and until <= since:
+        raise InvalidRequest("until must be on or after since.", param="until")
+    token_raw, status_raw = text("token"), text("status")
+    status, failed = parse_status(status_raw) if status_raw else (None, None)
+    return UsageQuery(
+        since=since, until=until, user_id=user_id,
+        token_id=parse_id(token_raw, "token") if token_raw else None,
+        model=text("model"), route=text("route"), channel=text("channel"), status=status, failed=failed,
+    )
+
+
+def _listing() -> Any:
+    """Records with the names a person reads: the user's and the token's."""
+    return select(usage_records, users.c.name.label("user_name"), tokens.c.name.label("token_name")).select_from(
+        usage_records.outerjoin(users, users.c.id == usage_records.c.user_id)
+        .outerjoin(tokens, tokens.c.id == usage_records.c.token_id)
+    )
+
+
+async def usage_rows(engine: AsyncEngine, f: UsageQuery, *, limit: int = 50,
+                     before_id: int | None = None) -> tuple[list[dict[str, Any]], bool]:
+    """A page of records, newest first, and whether older ones remain."""
+    stmt = _listing().where(and_(True, *usage_conditions(f)))
+    if before_id is not None:
+        stmt = stmt.where(usage_records.c.id < before_id)
+    stmt = stmt.order_by(usage_records.c.id.desc()).limit(limit + 1)
+    async with engine.connect() as conn:
+        rows = [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+    return rows[:limit], len(rows) > limit
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    calls: int
+    errors: int
+    cost_micros: int
+    avg_latency_ms: int | None
+    avg_upstream_latency_ms: int | None
+
+
+async def usage_totals(engine: AsyncEngine, f: UsageQuery) -> UsageTotals:
+    u = usage_records.c
+    stmt = select(
+        func.count(), func.coalesce(func.sum(case((u.status >= 400, 1), else_=0)), 0),
+        func.coalesce(func.sum(u.cost_micros), 0), func.avg(u.latency_ms), func.avg(u.upstream_latency_ms),
+    ).where(and_(True, *usage_conditions(f)))
+    async with engine.connect() as conn:
+        calls, errors, cost, latency, upstream = (await conn.execute(stmt)).one()
+    return UsageTotals(int(calls), int(errors), int(cost), _whole(latency), _whole(upstream))
+
+
+def _whole(value: object) -> int | None:
+    return None if value is None else int(round(Decimal(str(value))))
+
+
+def usd(micros: int) -> str:
+    """Exact dollars with six decimals, no sign prefix: ``30000`` -> ``"0.030000"``."""
+    return f"{Decimal(micros) / 1_000_000:.6f}"
+
+
+def utc_text(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+CSV_COLUMNS = ("id", "time_utc", "request_id", "user", "token_id", "token", "group", "model", "route", "channel",
+               "endpoint", "status", "error_code", "latency_ms", "upstream_latency_ms", "attempts",
+               "input_text_tokens", "input_image_tokens", "cached_tokens", "output_tokens", "billing_mode",
+               "cost_usd")
+
+
+def _cell(value: object) -> object:
+    """Spreadsheets run a cell starting with = + - @ as a formula: user and token names are
+    typed by people, so such text is quoted with a leading apostrophe."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def csv_row(r: Mapping[str, Any]) -> list[object]:
+    return [_cell(v) for v in (
+        r["id"], utc_text(r["created_at"]), r["request_id"], r.get("user_name") or r["user_id"], r["token_id"],
+        r.get("token_name") or "", r["group_name"], r["model"], r["route"], r["channel"] or "", r["endpoint"],
+        r["status"], r["error_code"] or "", r["latency_ms"],
+        "" if r["upstream_latency_ms"] is None else r["upstream_latency_ms"], r["attempts"],
+        r["input_text_tokens"], r["input_image_tokens"], r["cached_tokens"], r["output_tokens"],
+        r["billing_mode"], usd(int(r["cost_micros"])),
+    )]
+
+
+async def usage_csv(engine: AsyncEngine, f: UsageQuery) -> AsyncIterator[str]:
+    """Every matching record as CSV text (header first), read in chunks so an export of
+    millions of records never sits in memory."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    before: int | None = None
+    while True:
+        rows, more = await usage_rows(engine, f, limit=CSV_CHUNK, before_id=before)
+        for r in rows:
+            writer.writerow(csv_row(r))
+        yield buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+        if not more or not rows:
+            return
+        before = rows[-1]["id"]
+
+
+# -- aggregates for the dashboard ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One (time bucket, route or channel) cell of the dashboard."""
+
+    start: int  # unix time of the bucket's start (UTC)
+    key: str
+    calls: int
+    errors: int
+    cost_micros: int
+    upstream_latency_sum_ms: int
+    upstream_latency_n: int
+
+    @property
+    def avg_upstream_latency_ms(self) -> float | None:
+        return self.upstream_latency_sum_ms / self.upstream_latency_n if self.upstream_latency_n else None
+
+
+def _bucket_expr(engine: AsyncEngine, size_s: int) -> ColumnElement[Any]:
+    # Bucket number = floor(created_at / size). SQLite's CAST truncates (created_at >= 0, so
+    # that is floor); PostgreSQL's CAST rounds, so it gets floor() first.
+    scaled = usage_records.c.created_at / size_s
+    if engine.dialect.name == "sqlite":
+        return cast(scaled, Integer)
+    return cast(func.floor(scaled), Integer)
+
+
+async def usage_buckets(engine: AsyncEngine, f: UsageQuery, *, size_s: int, by: str) -> list[Bucket]:
+    """Calls, errors, spend and upstream latency per ``size_s`` bucket and per ``by``
+    (``route`` or ``channel``; records that reached no channel count as ``(none)``)."""
+    if by not in ("route", "channel"):
+        raise ValueError(by)
+    u = usage_records.c
+    bucket = _bucket_expr(engine, size_s).label("bucket")
+    key = (u.route if by == "route" else func.coalesce(u.channel, "(none)")).label("key")
+    stmt = (
+        select(bucket, key, func.count(), func.coalesce(func.sum(case((u.status >= 400, 1), else_=0)), 0),
+               func.coalesce(func.sum(u.cost_micros), 0), func.coalesce(func.sum(u.upstream_latency_ms), 0),
+               func.count(u.upstream_latency_ms))
+        .where(and_(True, *usage_conditions(f)))
+        .group_by(bucket, key)
+        .order_by(bucket, key)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [Bucket(int(b) * size_s, str(k), int(c), int(e), int(m), int(ls), int(ln))
+            for b, k, c, e, m, ls, ln in rows]
+
+
+def window(now: float, span: str) -> tuple[float, float, int]:
+    """(since, until, bucket size) of a dashboard span: ``24h`` by hour, ``7d`` and ``30d`` by day,
+    aligned to bucket boundaries so the first and last buckets are whole."""
+    spans = {"24h": (24, HOUR_S), "7d": (7, DAY_S), "30d": (30, DAY_S)}
+    if span not in spans:
+        raise InvalidRequest("span must be one of: 24h, 7d, 30d.", param="span")
+    count, size = spans[span]
+    end = (int(now) // size + 1) * size
+    return float(end - count * size), float(end), size
+
+
+async def ledger_entries(engine: AsyncEngine, user_id: int, *, limit: int = 20) -> list[dict[str, Any]]:
+    """A user's latest money movements other than call charges (top-ups, adjustments)."""
+    stmt = (select(ledger).where(ledger.c.user_id == user_id, ledger.c.kind != "charge")
+            .order_by(ledger.c.id.desc()).limit(limit))
+    async with engine.connect() as conn:
+        return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTotals:
+    """One route's or channel's sums over a dashboard window."""
+
+    key: str
+    calls: int
+    errors: int
+    cost_micros: int
+    avg_upstream_latency_ms: int | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
+
+
+def totals_by_key(buckets: list[Bucket]) -> list[KeyTotals]:
+    """The window's buckets summed per route or channel, busiest first."""
+    sums: dict[str, list[int]] = {}
+    for b in buckets:
+        s = sums.setdefault(b.key, [0, 0, 0, 0, 0])
+        for i, v in enumerate((b.calls, b.errors, b.cost_micros, b.upstream_latency_sum_ms, b.upstream_latency_n)):
+            s[i] += v
+    out = [KeyTotals(k, c, e, m, round(ls / ln) if ln else None) for k, (c, e, m, ls, ln) in sums.items()]
+    return sorted(out, key=lambda t: (-t.calls, t.key))
