@@ -20,6 +20,7 @@ bounded steps. The hand-written HTTP/1.1 client that used to carry generations
 from __future__ import annotations
 
 import math
+import mmap
 from contextlib import aclosing
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -200,10 +201,12 @@ class OpenAIDialectConnector:
                            content_type=request.mask.mime)
         return {"url": url, "headers": headers, "data": form}
 
-    def _failure_for_status(self, status: int, headers: Mapping[str, str], raw: bytes | bytearray) -> UpstreamFailure:
+    def _failure_for_status(
+        self, status: int, headers: Mapping[str, str], raw: bytes | bytearray | mmap.mmap
+    ) -> UpstreamFailure:
         error: dict[str, Any] = {}
         try:
-            parsed = orjson.loads(raw) if raw else {}
+            parsed = orjson.loads(memoryview(raw)) if len(raw) else {}
             if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
                 error = parsed["error"]
         except orjson.JSONDecodeError:

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import re
 import ssl
 
@@ -109,32 +111,50 @@ def safe_url(url: str) -> URL:
     return parsed
 
 
-async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | bytearray:
+def answer_buffer(length: int) -> mmap.mmap:
+    """A writable buffer of ``length`` bytes for one large answer, without a memset.
+
+    ``bytearray(length)`` zero-fills 33 MB for a 4K answer only for the copy to write
+    it again, and then faults it in 4 KB at a time (with the mmap threshold pinned,
+    every answer gets fresh pages): a fifth of a 4K call's CPU (py-spy, perf). An
+    anonymous mapping is zero pages the kernel fills on first write, and asking for
+    huge pages (where transparent huge pages are ``madvise``d or ``always``) makes that
+    ~17 faults instead of ~8,000. It is unmapped when the last view of it goes.
+    """
+    buf = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE)  # anonymous; private, not shmem
+    with contextlib.suppress(AttributeError, OSError):  # no THP on this kernel/platform
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    return buf
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | bytearray | mmap.mmap:
     """The (decoded) body, refused with :class:`AnswerTooLarge` once over ``cap`` bytes.
 
-    An uncompressed answer of known length goes into one buffer of that size (a 4K
-    image is ~33 MB: no chunk list then join holding two copies), but only after the
-    length was checked against the cap: a declared length is a claim, not a budget.
+    An uncompressed answer of known length goes into one buffer of that size
+    (:func:`answer_buffer`; a 4K image is ~33 MB: no chunk list then join holding two
+    copies), but only after the length was checked against the cap: a declared length
+    is a claim, not a budget. Chunks are taken one by one as the connection delivered
+    them (``iter_chunks``): ``iter_any`` joins whatever is buffered into a new bytes
+    first, one more copy of the answer.
     """
     length = resp.content_length
     if length is not None and length > cap:
         raise AnswerTooLarge(f"answer declares {length} bytes, over the {cap}-byte limit")
     encoded = resp.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
     if length is not None and length >= _PREALLOCATE_FROM and not encoded:
-        buf = bytearray(length)
-        view = memoryview(buf)
+        buf = answer_buffer(length)
         offset = 0
-        async for chunk in resp.content.iter_any():
+        async for chunk, _ in resp.content.iter_chunks():
             end = offset + len(chunk)
             if end > length:
                 raise aiohttp.ClientPayloadError("body longer than its content-length")
-            view[offset:end] = chunk
+            buf[offset:end] = chunk
             offset = end
         if offset != length:
             raise aiohttp.ClientPayloadError("body shorter than its content-length")
         return buf
     body = bytearray()
-    async for chunk in resp.content.iter_any():
+    async for chunk, _ in resp.content.iter_chunks():
         if len(body) + len(chunk) > cap:
             raise AnswerTooLarge(f"answer over the {cap}-byte limit")
         body += chunk
