@@ -39,6 +39,7 @@ from imagerelay.upstreams.base import CallTarget, StreamEvent, UpstreamFailure, 
 from imagerelay.upstreams.redact import channel_secrets, redact
 from imagerelay.upstreams.transport import (
     DEFAULT_MAX_ANSWER_BYTES,
+    AnswerMemory,
     AnswerTooLarge,
     UnsafeValue,
     default_client,
@@ -92,10 +93,13 @@ class OpenAIDialectConnector:
     type: ClassVar[str] = ""
 
     def __init__(
-        self, client_factory: ClientFactory = default_client, *, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+        self, client_factory: ClientFactory = default_client, *, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        answer_memory: AnswerMemory | None = None,
     ) -> None:
         self._client_factory = client_factory
         self._max_answer_bytes = max_answer_bytes
+        # Shared by every connector of the process (registry.build_connectors).
+        self._answer_memory = answer_memory if answer_memory is not None else AnswerMemory()
         # One session (one connection pool) per channel, keyed by everything that shapes
         # it, so a channel edited at run time gets a fresh pool.
         self._clients: dict[tuple[Any, ...], aiohttp.ClientSession] = {}
@@ -247,7 +251,7 @@ class OpenAIDialectConnector:
         try:
             async with await self._open(target, request, stream=False) as resp:
                 status, headers = resp.status, resp.headers
-                raw = await read_capped(resp, self._max_answer_bytes)
+                raw = await read_capped(resp, self._max_answer_bytes, self._answer_memory)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailure("timeout", f"{target.channel.name}: timed out") from None
         except AnswerTooLarge as exc:
