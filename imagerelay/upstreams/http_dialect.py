@@ -46,6 +46,7 @@ from imagerelay.upstreams.transport import (
     read_capped,
     safe_headers,
     safe_url,
+    stream_timeout,
 )
 
 ClientFactory = Callable[[ChannelSpec], aiohttp.ClientSession]
@@ -172,10 +173,11 @@ class OpenAIDialectConnector:
         a server whose keep-alive timeout is shorter than our pool's).
         """
         session = self._client(target.channel)
+        extra: dict[str, Any] = {"timeout": stream_timeout(target.channel)} if stream else {}
         try:
-            return await session.post(**self._build(target, request, stream), allow_redirects=False)
+            return await session.post(**self._build(target, request, stream), allow_redirects=False, **extra)
         except aiohttp.ServerDisconnectedError:
-            return await session.post(**self._build(target, request, stream), allow_redirects=False)
+            return await session.post(**self._build(target, request, stream), allow_redirects=False, **extra)
 
     def _build(self, target: CallTarget, request: ImageRequest, stream: bool) -> dict[str, Any]:
         params = self.adapt_params(target, request)

@@ -145,8 +145,11 @@ def default_client(channel: ChannelSpec) -> aiohttp.ClientSession:
         proxy, proxy_auth = env_proxy(channel)
     return aiohttp.ClientSession(
         connector=connector,
-        # The pool enforces the channel's overall timeout; these bound each phase.
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, channel.timeout_s), sock_read=channel.timeout_s),
+        # The pool bounds every plain call's attempt by the channel's timeout; a per-read
+        # timer on top of it was rescheduled on every chunk received (130 times for a 4K
+        # answer). Streams, which the pool bounds only up to their first event, get one
+        # per request (stream_timeout).
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout(channel)),
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
         # An upstream's cookies have no business in the next call (another caller's):
@@ -156,6 +159,15 @@ def default_client(channel: ChannelSpec) -> aiohttp.ClientSession:
         proxy_auth=proxy_auth,
         trust_env=False,
     )
+
+
+def connect_timeout(channel: ChannelSpec) -> float:
+    return min(10.0, channel.timeout_s)
+
+
+def stream_timeout(channel: ChannelSpec) -> aiohttp.ClientTimeout:
+    """A stream's phases: after its first event only this bounds a silent upstream."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout(channel), sock_read=channel.timeout_s)
 
 
 def env_proxy(channel: ChannelSpec) -> tuple[str | None, aiohttp.BasicAuth | None]:
