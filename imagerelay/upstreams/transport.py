@@ -34,8 +34,8 @@ SOCKS_SCHEMES = ("socks5://", "socks5h://")
 PROXY_SCHEMES = ("http://", "https://", *SOCKS_SCHEMES)
 
 
-#: Large answers held in memory at once per process: four 4K answers (~33 MB each).
-DEFAULT_ANSWER_MEMORY_BYTES = 160 * 1024 * 1024
+#: Large answers held in memory at once per process: three 4K answers (~33 MB each).
+DEFAULT_ANSWER_MEMORY_BYTES = 128 * 1024 * 1024
 #: A call waits at most this long for answer memory, then reads anyway: the budget
 #: smooths bursts; it must never stall a call on memory that is slow to come back.
 ANSWER_MEMORY_MAX_WAIT_S = 5.0
