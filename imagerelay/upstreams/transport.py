@@ -145,11 +145,11 @@ def default_client(channel: ChannelSpec) -> aiohttp.ClientSession:
         proxy, proxy_auth = env_proxy(channel)
     return aiohttp.ClientSession(
         connector=connector,
-        # The pool bounds every plain call's attempt by the channel's timeout; a per-read
-        # timer on top of it was rescheduled on every chunk received (130 times for a 4K
-        # answer). Streams, which the pool bounds only up to their first event, get one
-        # per request (stream_timeout).
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout(channel)),
+        # A plain call is bounded as a whole by the channel's timeout: one timer per
+        # request, where a per-read timeout was rescheduled on every chunk received (130
+        # times for a 4K answer). A stream may last longer than that as long as events
+        # flow, so it gets a per-read timeout of its own (stream_timeout).
+        timeout=aiohttp.ClientTimeout(total=channel.timeout_s, sock_connect=connect_timeout(channel)),
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
         # An upstream's cookies have no business in the next call (another caller's):
