@@ -155,10 +155,6 @@ def default_client(channel: ChannelSpec) -> aiohttp.ClientSession:
         # An upstream's cookies have no business in the next call (another caller's):
         # and a jar is filtered per request and updated per answer for nothing.
         cookie_jar=aiohttp.DummyCookieJar(),
-        # aiohttp stops reading a connection whenever 2 x read_bufsize bytes wait
-        # unconsumed (64 KiB by default): a 4K answer paused and resumed the socket
-        # hundreds of times. Only a reader slower than the network ever holds this much.
-        read_bufsize=1 << 20,
         proxy=proxy,
         proxy_auth=proxy_auth,
         trust_env=False,
