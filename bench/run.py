@@ -5,7 +5,8 @@
     .venv/bin/python bench/run.py --quick --out /tmp/r.md   # seconds-long smoke run
 
 It starts the upstream simulator (openai protocol, zero latency, cached images so the
-upstream is never the bottleneck) and the gateway in its production configuration
+upstream is never the bottleneck; 4K answers come from bench/fixed_upstream.py, which
+sends the simulator's answer pre-encoded) and the gateway in its production configuration
 (real tokens, holds, settle, usage records, per-call channel pool to the simulator),
 then drives both with a load generator in a separate process (wrk where it can,
 bench/loadgen.py for multipart uploads and SSE timing). Every figure is printed as a
