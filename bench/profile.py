@@ -2,6 +2,7 @@
 with py-spy sampling the gateway process.
 
     .venv/bin/python bench/profile.py [--seconds 15] [--out /tmp/gw.svg] [--format flamegraph|raw|speedscope]
+    .venv/bin/python bench/profile.py --scenario 4k|4k-url --connections 8   # 4K answers (~33 MB JSON)
 
 Needs ``py-spy`` (``.venv/bin/pip install py-spy``) and ``wrk``. Prints the gateway's
 calls/s and its CPU milliseconds per call (from /proc), which is the figure the
@@ -12,6 +13,7 @@ throughput target depends on: one worker on one core reaches 2,000 calls/s only 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -20,11 +22,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
-from run import WRK_SCRIPT, start_stack, wrk  # noqa: E402
+from run import BIG, WRK_SCRIPT, fixed_answer_channel, peak_rss_mb, reset_peak_rss, start_stack, wrk  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -34,6 +37,43 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def current_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(args: argparse.Namespace, stack: Any, script: Path, body: dict[str, Any]) -> None:
+    for _ in range(5):
+        httpx.post(stack.gw_url + "/images/generations", json=body,
+                   headers={"Authorization": f"Bearer {stack.token}"}, timeout=60).raise_for_status()
+    spy = None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not args.no_spy:
+        spy = subprocess.Popen([py_spy, "record", "-p", str(stack.gateway.pid), "-o", args.out, "-f", args.format,
+                                "-d", str(int(args.seconds)), "-r", "250", "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+    rss_before = current_rss_mb(stack.gateway.pid)
+    reset_peak_rss(stack.gateway.pid)
+    before = cpu_seconds(stack.gateway.pid)
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(wrk(stack.gw_url, stack.token, body, args.connections,
+                                                             args.seconds - 2, script)))
+    t.start()
+    t.join()
+    after = cpu_seconds(stack.gateway.pid)
+    user, system = (1000 * (b - a) / result["requests"] for a, b in zip(before, after, strict=True))
+    if spy:
+        spy.wait()
+    print(f"calls/s {result['rps']:.0f}  errors {result['errors']}  p50 {result['p50_us'] / 1000:.2f} ms  "
+          f"gateway CPU {user + system:.3f} ms/call (user {user:.3f}, system {system:.3f})  "
+          f"RSS {rss_before:.0f} MB before, {peak_rss_mb(stack.gateway.pid):.0f} MB peak")
+    if spy:
+        print(f"profile: {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=15)
@@ -41,6 +81,8 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/imagerelay-profile.svg")
     parser.add_argument("--format", default="flamegraph")
     parser.add_argument("--no-spy", action="store_true", help="only measure calls/s and CPU per call")
+    parser.add_argument("--scenario", choices=("small", "4k", "4k-url"), default="small",
+                        help="small images, or 4K answers from bench/fixed_upstream.py (b64_json or url)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="imagerelay-profile-"))
     stack = start_stack(workdir, None)
@@ -48,30 +90,12 @@ def main() -> None:
     script.write_text(WRK_SCRIPT)
     small = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}
     try:
-        for _ in range(5):
-            httpx.post(stack.gw_url + "/images/generations", json=small,
-                       headers={"Authorization": f"Bearer {stack.token}"}, timeout=60).raise_for_status()
-        spy = None
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not args.no_spy:
-            spy = subprocess.Popen([py_spy, "record", "-p", str(stack.gateway.pid), "-o", args.out, "-f", args.format,
-                                    "-d", str(int(args.seconds)), "-r", "250", "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1)
-        before = cpu_seconds(stack.gateway.pid)
-        result: dict = {}
-        t = threading.Thread(target=lambda: result.update(wrk(stack.gw_url, stack.token, small, args.connections,
-                                                                 args.seconds - 2, script)))
-        t.start()
-        t.join()
-        after = cpu_seconds(stack.gateway.pid)
-        user, system = (1000 * (b - a) / result["requests"] for a, b in zip(before, after, strict=True))
-        if spy:
-            spy.wait()
-        print(f"calls/s {result['rps']:.0f}  errors {result['errors']}  p50 {result['p50_us'] / 1000:.2f} ms  "
-              f"gateway CPU {user + system:.3f} ms/call (user {user:.3f}, system {system:.3f})")
-        if spy:
-            print(f"profile: {args.out}")
+        with contextlib.ExitStack() as scenario:
+            body = small
+            if args.scenario != "small":
+                scenario.enter_context(fixed_answer_channel(stack))
+                body = {**BIG, "response_format": "url"} if args.scenario == "4k-url" else BIG
+            measure(args, stack, script, body)
     finally:
         stack.stop()
 

@@ -5,7 +5,8 @@
     .venv/bin/python bench/run.py --quick --out /tmp/r.md   # seconds-long smoke run
 
 It starts the upstream simulator (openai protocol, zero latency, cached images so the
-upstream is never the bottleneck) and the gateway in its production configuration
+upstream is never the bottleneck; 4K answers come from bench/fixed_upstream.py, which
+sends the simulator's answer pre-encoded) and the gateway in its production configuration
 (real tokens, holds, settle, usage records, per-call channel pool to the simulator),
 then drives both with a load generator in a separate process (wrk where it can,
 bench/loadgen.py for multipart uploads and SSE timing). Every figure is printed as a
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,6 +193,77 @@ def set_sim(stack: Stack, **config: Any) -> None:
     httpx.post(stack.sim_url.removesuffix("/v1") + "/_sim/config", json=config, timeout=10).raise_for_status()
 
 
+def admin(stack: Stack, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    resp = httpx.request(method, stack.gw_url.removesuffix("/v1") + path, json=body, timeout=30,
+                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    resp.raise_for_status()
+    return resp
+
+
+BIG = {"model": "gpt-image-2", "prompt": "bench 4k", "size": "3840x2160", "quality": "low"}
+
+
+@contextlib.contextmanager
+def fixed_answer_channel(stack: Stack) -> Iterator[tuple[str, int]]:
+    """A ``bench/fixed_upstream.py`` serving the simulator's own 4K answer pre-encoded (the
+    simulator serialises every answer and would be the bottleneck), added as a run-time
+    channel above the simulator in the bench route's pool, removed on exit.
+    Yields (its base URL, the answer's size in bytes)."""
+    set_sim(stack, incompressible=True)
+    try:
+        answer = httpx.post(stack.sim_url + "/images/generations", json=BIG,
+                            headers={"Authorization": f"Bearer {SIM_KEY}"}, timeout=120)
+        answer.raise_for_status()
+    finally:
+        set_sim(stack, incompressible=False)
+    answer_file = stack.workdir / "answer-4k.json"
+    answer_file.write_bytes(answer.content)
+    (port,) = free_ports(1)
+    with open(stack.workdir / "fixed.log", "wb") as log:
+        fixed = subprocess.Popen([PY, str(ROOT / "bench" / "fixed_upstream.py"), "--port", str(port),
+                                  "--answer", str(answer_file)], stdout=log, stderr=subprocess.STDOUT)
+    fixed_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", fixed, "fixed-answer upstream")
+        admin(stack, "POST", "/admin/channels", {"name": "fixed4k", "type": "openai", "base_url": fixed_url,
+                                                   "api_key": SIM_KEY, "pools": ["official-mixed"], "priority": 10})
+        try:
+            yield fixed_url, len(answer.content)
+        finally:
+            admin(stack, "DELETE", "/admin/channels/fixed4k")
+    finally:
+        fixed.terminate()
+        fixed.wait(10)
+
+
+def big_answers(stack: Stack, script: Path, seconds: float, quick: bool,
+                use_wrk: bool) -> tuple[list[tuple[str, str, str, str]], int]:
+    """4K answers (a ~33 MB JSON body each) at c=8, b64_json and url, with the gateway's
+    peak RSS, against :func:`fixed_answer_channel`. Returns (rows, gateway errors)."""
+    rows: list[tuple[str, str, str, str]] = []
+    errors = 0
+    with fixed_answer_channel(stack) as (fixed_url, size):
+        for mode in ("b64_json", "url"):
+            body = {**BIG, "response_format": mode} if mode == "url" else BIG
+            httpx.post(stack.gw_url + "/images/generations", json=body, timeout=120,
+                       headers={"Authorization": f"Bearer {stack.token}"}).raise_for_status()
+            if use_wrk:
+                d = wrk(fixed_url, SIM_KEY, BIG, 8, seconds, script)
+                reset_peak_rss(gateway_pid(stack))
+                g = wrk(stack.gw_url, stack.token, body, 8, seconds, script)
+            else:
+                n = 16 if quick else 200
+                d = loadgen("calls", fixed_url, SIM_KEY, str(n), "8", json.dumps(BIG))
+                reset_peak_rss(gateway_pid(stack))
+                g = loadgen("calls", stack.gw_url, stack.token, str(n), "8", json.dumps(body))
+            errors += g["errors"]
+            rss = peak_rss_mb(gateway_pid(stack))
+            rows.append((f"4K 3840x2160 incompressible ({size / 1e6:.0f} MB JSON), c=8, {mode}: throughput",
+                         f"{d['rps']:.2f} calls/s", f"{g['rps']:.2f} calls/s", f"{g['rps'] / d['rps']:.2f}x of direct"))
+            rows.append((f"4K 3840x2160 incompressible, c=8, {mode}: gateway peak RSS", "-", f"{rss:.0f} MB", ""))
+    return rows, errors
+
+
 def run_config(
     name: str, database_url: str | None, redis_url: str | None, quick: bool
 ) -> tuple[list[tuple[str, str, str, str]], int]:
@@ -237,22 +310,9 @@ def run_config(
         rows.append(("small image, c=64, throughput", f"{d['rps']:.0f} calls/s", f"{g['rps']:.0f} calls/s",
                      f"{g['rps'] / d['rps']:.2f}x of direct"))
 
-        set_sim(stack, incompressible=True)
-        big = {"model": "gpt-image-2", "prompt": "bench 4k", "size": "3840x2160", "quality": "low"}
-        httpx.post(stack.sim_url + "/images/generations", json=big, headers={"Authorization": f"Bearer {SIM_KEY}"},
-                   timeout=120).raise_for_status()
-        for mode in ("b64_json", "url"):
-            body = {**big, "response_format": mode} if mode == "url" else big
-            n = 8 if quick else 64
-            d = loadgen("calls", stack.sim_url, SIM_KEY, str(n), "8", json.dumps(big))
-            reset_peak_rss(gateway_pid(stack))
-            g = loadgen("calls", stack.gw_url, stack.token, str(n), "8", json.dumps(body))
-            errors += g["errors"]
-            rss = peak_rss_mb(gateway_pid(stack))
-            rows.append((f"4K 3840x2160 incompressible, c=8, {mode}: throughput", f"{d['rps']:.2f} calls/s",
-                         f"{g['rps']:.2f} calls/s", f"{g['rps'] / d['rps']:.2f}x of direct"))
-            rows.append((f"4K 3840x2160 incompressible, c=8, {mode}: gateway peak RSS", "-", f"{rss:.0f} MB", ""))
-        set_sim(stack, incompressible=False)
+        big_rows, big_errors = big_answers(stack, script, dur, quick, use_wrk)
+        rows += big_rows
+        errors += big_errors
 
         n = 2 if quick else 10
         size_mb = 1 if quick else 10

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # The largest upstream answer read (declared or, after decompression, received): a
     # clean channel failure past it. Ten 4K images as base64 are ~330 MB.
     upstream_max_answer_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    # Large upstream answers (>= 1 MiB, with a content-length) held in memory at once by
+    # one process; past it a call waits (up to 5 s) before reading its answer. Three 4K
+    # answers (~33 MB each) by default. See docs/performance.md.
+    upstream_answer_memory_bytes: int = Field(default=128 * 1024 * 1024, ge=1024 * 1024)
     # Lease of a gateway process on its row in the shared database, renewed every third:
     # a peer on another machine takes a process whose lease lapsed for gone and releases
     # its calls' holds (on one machine a lock file tells at once; storage/instances.py).

@@ -82,7 +82,8 @@ class Services:
         )
         shared = SharedState.connect(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
         metrics = Metrics(catalog.file.models)
-        pool = ChannelPool(connectors=build_connectors(settings.upstream_max_answer_bytes), policy=policy,
+        pool = ChannelPool(connectors=build_connectors(settings.upstream_max_answer_bytes,
+                                                    settings.upstream_answer_memory_bytes), policy=policy,
                            key_resolver=directory.key_for, on_disable=persist_disable,
                            shared=shared.cooldowns if shared else None, observe=metrics.observe_attempt)
         directory.on_reenabled = pool.enable  # re-enabled elsewhere: forget local disables

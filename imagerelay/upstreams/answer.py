@@ -19,6 +19,7 @@ prefix), so nothing that orjson would reject gets through.
 from __future__ import annotations
 
 import itertools
+import mmap
 import secrets
 from typing import Any
 
@@ -33,16 +34,16 @@ _MARKER_PREFIX = "imagerelay" + secrets.token_hex(8)
 _serial = itertools.count()
 
 
-def parse_images_answer(raw: bytes | bytearray) -> Any:
+def parse_images_answer(raw: bytes | bytearray | mmap.mmap) -> Any:
     """The parsed body; ``data[i]["b64_json"]`` may be a ``memoryview`` into ``raw``.
 
     Raises ``orjson.JSONDecodeError`` for invalid JSON, like ``orjson.loads``.
     """
     if len(raw) < ZERO_COPY_MIN_BYTES:
-        return orjson.loads(raw)
+        return _loads(raw)
     spans = _b64_spans(raw)
     if not spans:
-        return orjson.loads(raw)
+        return _loads(raw)
     marker = f"{_MARKER_PREFIX}-{next(_serial)}-"
     pieces: list[bytes | memoryview] = []
     view = memoryview(raw)
@@ -56,11 +57,16 @@ def parse_images_answer(raw: bytes | bytearray) -> Any:
     body = orjson.loads(skeleton)
     placed = _place(body, marker, [view[start:end] for start, end in spans])
     if placed is None:
-        return orjson.loads(raw)
+        return _loads(raw)
     return placed
 
 
-def _b64_spans(raw: bytes | bytearray) -> list[tuple[int, int]]:
+def _loads(raw: bytes | bytearray | mmap.mmap) -> Any:
+    # orjson reads bytes, bytearray and memoryview; a mapped answer (transport.answer_buffer) through a view.
+    return orjson.loads(raw if isinstance(raw, (bytes, bytearray)) else memoryview(raw))
+
+
+def _b64_spans(raw: bytes | bytearray | mmap.mmap) -> list[tuple[int, int]]:
     """(start, end) of each ``"b64_json"`` string value's contents, or [] to fall back.
 
     Inside a JSON string a quote is always escaped, so ``"b64_json"`` followed by a

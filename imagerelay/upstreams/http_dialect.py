@@ -20,6 +20,7 @@ bounded steps. The hand-written HTTP/1.1 client that used to carry generations
 from __future__ import annotations
 
 import math
+import mmap
 from contextlib import aclosing
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -38,12 +39,14 @@ from imagerelay.upstreams.base import CallTarget, StreamEvent, UpstreamFailure, 
 from imagerelay.upstreams.redact import channel_secrets, redact
 from imagerelay.upstreams.transport import (
     DEFAULT_MAX_ANSWER_BYTES,
+    AnswerMemory,
     AnswerTooLarge,
     UnsafeValue,
     default_client,
     read_capped,
     safe_headers,
     safe_url,
+    stream_timeout,
 )
 
 ClientFactory = Callable[[ChannelSpec], aiohttp.ClientSession]
@@ -91,10 +94,13 @@ class OpenAIDialectConnector:
     type: ClassVar[str] = ""
 
     def __init__(
-        self, client_factory: ClientFactory = default_client, *, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+        self, client_factory: ClientFactory = default_client, *, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        answer_memory: AnswerMemory | None = None,
     ) -> None:
         self._client_factory = client_factory
         self._max_answer_bytes = max_answer_bytes
+        # Shared by every connector of the process (registry.build_connectors).
+        self._answer_memory = answer_memory if answer_memory is not None else AnswerMemory()
         # One session (one connection pool) per channel, keyed by everything that shapes
         # it, so a channel edited at run time gets a fresh pool.
         self._clients: dict[tuple[Any, ...], aiohttp.ClientSession] = {}
@@ -167,10 +173,11 @@ class OpenAIDialectConnector:
         a server whose keep-alive timeout is shorter than our pool's).
         """
         session = self._client(target.channel)
+        extra: dict[str, Any] = {"timeout": stream_timeout(target.channel)} if stream else {}
         try:
-            return await session.post(**self._build(target, request, stream), allow_redirects=False)
+            return await session.post(**self._build(target, request, stream), allow_redirects=False, **extra)
         except aiohttp.ServerDisconnectedError:
-            return await session.post(**self._build(target, request, stream), allow_redirects=False)
+            return await session.post(**self._build(target, request, stream), allow_redirects=False, **extra)
 
     def _build(self, target: CallTarget, request: ImageRequest, stream: bool) -> dict[str, Any]:
         params = self.adapt_params(target, request)
@@ -200,10 +207,12 @@ class OpenAIDialectConnector:
                            content_type=request.mask.mime)
         return {"url": url, "headers": headers, "data": form}
 
-    def _failure_for_status(self, status: int, headers: Mapping[str, str], raw: bytes | bytearray) -> UpstreamFailure:
+    def _failure_for_status(
+        self, status: int, headers: Mapping[str, str], raw: bytes | bytearray | mmap.mmap
+    ) -> UpstreamFailure:
         error: dict[str, Any] = {}
         try:
-            parsed = orjson.loads(raw) if raw else {}
+            parsed = orjson.loads(memoryview(raw)) if len(raw) else {}
             if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
                 error = parsed["error"]
         except orjson.JSONDecodeError:
@@ -244,7 +253,7 @@ class OpenAIDialectConnector:
         try:
             async with await self._open(target, request, stream=False) as resp:
                 status, headers = resp.status, resp.headers
-                raw = await read_capped(resp, self._max_answer_bytes)
+                raw = await read_capped(resp, self._max_answer_bytes, self._answer_memory)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailure("timeout", f"{target.channel.name}: timed out") from None
         except AnswerTooLarge as exc:
