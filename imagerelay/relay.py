@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from imagerelay.catalog.loader import Catalog, ResolvedRoute
-from imagerelay.domain import pricing
+from imagerelay.domain import money, pricing
 from imagerelay.domain import usage as token_rules
 from imagerelay.domain.sizes import dimensions_for
 from imagerelay.domain.types import ImageRequest, InputImage, Usage
@@ -205,12 +205,12 @@ class Relay:
                                              token_id=ctx.token.id, call=call)
         if held == "balance":
             raise InsufficientQuota(
-                f"Your balance does not cover this call (up to {pricing.format_usd(quote.micros)}). "
+                f"Your balance does not cover this call (up to {money.format_usd(quote.micros)}). "
                 "Top up your account, or lower n, size or quality.",
             )
         if held == "spend_cap":
             raise InsufficientQuota(
-                f"This call may cost up to {pricing.format_usd(quote.micros)}, which exceeds what remains "
+                f"This call may cost up to {money.format_usd(quote.micros)}, which exceeds what remains "
                 "of this API key's spend cap (the worst case is held until the call settles). Raise the key's "
                 "spend cap, lower n, size or quality, or use another key.",
             )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
@@ -16,15 +15,11 @@ from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
 from imagerelay.domain import capabilities
 from imagerelay.domain.accountrules import label, usd_field
-from imagerelay.domain.pricing import format_usd
+from imagerelay.domain.money import format_amount, format_usd
 from imagerelay.errors import InvalidRequest
 from imagerelay.storage.billing import AdjustmentRefused, UsageQuery, usage_page
 
 MAX_PAGE = 500
-
-
-def usd(micros: int) -> str:
-    return f"{Decimal(micros) / 1_000_000:.6f}"
 
 
 def _usage_query(request: Request, user_id: int | None) -> UsageQuery:
@@ -82,7 +77,7 @@ def _record_json(r: dict[str, Any]) -> dict[str, Any]:
         },
         "billing_mode": r["billing_mode"],
         "cost_micros": r["cost_micros"],
-        "cost_usd": usd(r["cost_micros"]),
+        "cost_usd": format_amount(r["cost_micros"]),
         "price_basis": r["price_basis"],
     }
 
@@ -105,8 +100,8 @@ async def balance(request: Request) -> Response:
         "balance_micros": user.balance_micros,
         "held_micros": user.held_micros,
         "available_micros": user.available_micros,
-        "balance_usd": usd(user.balance_micros),
-        "available_usd": usd(user.available_micros),
+        "balance_usd": format_amount(user.balance_micros),
+        "available_usd": format_amount(user.available_micros),
     })
 
 
@@ -153,7 +148,7 @@ async def admin_adjust_balance(request: Request) -> Response:
             + ("a debit cannot take it below zero." if micros < 0 else "the balance would pass its maximum."),
             param="amount_usd", code="balance_limit",
         ) from None
-    return json_response({"user": user.name, "balance_micros": new_balance, "balance_usd": usd(new_balance)})
+    return json_response({"user": user.name, "balance_micros": new_balance, "balance_usd": format_amount(new_balance)})
 
 
 async def admin_usage(request: Request) -> Response:
