@@ -13,7 +13,7 @@ from typing import Any
 from imagerelay.catalog.loader import ResolvedRoute
 from imagerelay.catalog.model import ParamProfile
 from imagerelay.domain import sizes
-from imagerelay.domain.validation import accepts
+from imagerelay.domain.params import PARAMS, accepts
 
 
 def size_rules(profile: ParamProfile) -> dict[str, Any]:
@@ -45,8 +45,16 @@ def _pixels(size: str) -> tuple[int, str]:
     return int(w) * int(h), size
 
 
-def _choices(values: tuple[str, ...] | None) -> list[str] | None:
-    return list(values) if values is not None else None
+def published_params(profile: ParamProfile) -> dict[str, Any]:
+    """The table's published parameters: a value list (``None``: refused) or a flag."""
+    shown: dict[str, Any] = {}
+    for rule in PARAMS:
+        if rule.published == "values":
+            assert rule.values is not None
+            shown[rule.name] = list(rule.values(profile)) if rule.accepted(profile) else None
+        elif rule.published == "flag":
+            shown[rule.name] = rule.accepted(profile)
+    return shown
 
 
 def billing(route: ResolvedRoute) -> dict[str, Any]:
@@ -82,14 +90,9 @@ def capabilities(route: ResolvedRoute) -> dict[str, Any]:
         "description": route.spec.description,
         "endpoints": list(route.spec.endpoints),
         "size": size_rules(profile),
-        "quality": _choices(profile.quality),
-        "background": _choices(profile.background),
-        "output_format": _choices(profile.output_formats),
-        "output_compression": profile.output_compression,
-        "moderation": _choices(profile.moderation),
+        **published_params(profile),
         "n": {"min": 1, "max": profile.n_max},
         "streaming": {"supported": accepts(profile, "stream"), "partial_images_max": profile.partial_images_max},
-        "input_fidelity": profile.input_fidelity,
         "prompt_max_chars": profile.max_prompt_chars,
         "edits": {"max_images": profile.max_input_images, "max_image_bytes": profile.max_image_bytes},
         "billing": billing(route),
