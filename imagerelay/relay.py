@@ -254,14 +254,9 @@ class Relay:
         )
 
     def _final_quote(self, route: ResolvedRoute, request: ImageRequest, usage: Usage | None) -> pricing.PriceQuote:
-        if route.spec.billing.mode == "per_call":
-            return pricing.per_call_price(route.spec.billing)
-        assert route.prices is not None  # checked when the catalog loaded
-        if usage is not None:
-            return pricing.usage_price(usage, route.prices, route.group.multiplier)
         dims = dimensions_for(request.size, route.profile.default_size)
         width, height = dims if dims else (None, None)
-        return pricing.fallback_quote(request, route.spec, route.prices, route.group.multiplier, width, height)
+        return pricing.final_quote(request, route.spec, route.prices, route.group.multiplier, usage, width, height)
 
     async def _call(
         self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, record: UsageRecord

@@ -7,12 +7,12 @@ the result from ``GET /v1/models/{id}`` instead of hard-coding the route matrix.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from imagerelay.catalog.loader import ResolvedRoute
 from imagerelay.catalog.model import ParamProfile
 from imagerelay.domain import sizes
+from imagerelay.domain.pricing import PRICERS
 from imagerelay.domain.params import PARAMS, accepts
 
 
@@ -59,23 +59,8 @@ def published_params(profile: ParamProfile) -> dict[str, Any]:
 
 def billing(route: ResolvedRoute) -> dict[str, Any]:
     """The route's price for its group, as ``GET /v1/pricing`` shows it (USD strings)."""
-    spec = route.spec
-    if spec.billing.mode == "per_call":
-        return {"mode": "per_call", "price_per_call_usd": str(spec.billing.price_per_call)}
-    assert route.prices is not None  # the loader refuses usage billing without prices
-    multiplier: Decimal = route.group.multiplier
-    return {
-        "mode": "usage",
-        "multiplier": str(multiplier),
-        "usd_per_million_tokens": {
-            name: _plain(value * multiplier) for name, value in route.prices.model_dump().items() if value
-        },
-    }
-
-
-def _plain(value: Decimal) -> str:
-    """``30.00`` -> ``"30"``, ``1.250`` -> ``"1.25"`` (``normalize()`` alone gives ``"3E+1"``)."""
-    return format(value.normalize(), "f")
+    billing = route.spec.billing
+    return PRICERS[billing.mode].describe(billing, route.prices, route.group.multiplier)
 
 
 def capabilities(route: ResolvedRoute) -> dict[str, Any]:

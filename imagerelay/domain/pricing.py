@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from imagerelay.catalog.model import Billing, ModelPrices, RouteSpec
 from imagerelay.domain import usage as token_rules
@@ -30,6 +30,11 @@ from imagerelay.domain.money import PRECISION, round_micros, to_decimal, to_micr
 from imagerelay.domain.types import ImageRequest, Usage
 
 __all__ = [
+    "PRICERS",
+    "PerCallPricer",
+    "Pricer",
+    "UsagePricer",
+    "final_quote",
     "PriceQuote",
     "fallback_quote",
     "per_call_price",
@@ -159,6 +164,123 @@ def _usage_prices(route: RouteSpec, prices: ModelPrices | None) -> ModelPrices:
     return prices
 
 
+class Pricer(Protocol):
+    """How one billing mode prices a route: the catalog check, the hold, the charge, and
+    what ``/v1/models`` and ``/v1/pricing`` publish. One instance per mode in
+    :data:`PRICERS`, as connectors are per channel type: a new billing mode is a class
+    here plus its name in ``catalog.model.BillingMode``."""
+
+    def problem(self, billing: Billing, prices: ModelPrices | None, model: str) -> str | None:
+        """Why a route with this billing cannot be priced (the loader refuses it), or None."""
+
+    def worst_case(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        width: int | None, height: int | None,
+    ) -> PriceQuote:
+        """The most a call can cost: what to hold before it goes upstream."""
+
+    def final(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        usage: Usage | None, width: int | None, height: int | None,
+    ) -> PriceQuote:
+        """The charge for a call that succeeded, with the upstream's ``usage`` if reported."""
+
+    def describe(self, billing: Billing, prices: ModelPrices | None, multiplier: Decimal) -> dict[str, Any]:
+        """The route's price as ``GET /v1/pricing`` shows it (USD strings)."""
+
+
+class PerCallPricer:
+    """A fixed price per successful call; the group multiplier does not scale it."""
+
+    def problem(self, billing: Billing, prices: ModelPrices | None, model: str) -> str | None:
+        if billing.price_per_call is None or billing.price_per_call < 0:
+            return "per_call billing needs a non-negative price_per_call"
+        return None
+
+    def worst_case(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        width: int | None, height: int | None,
+    ) -> PriceQuote:
+        return per_call_price(route.billing)
+
+    def final(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        usage: Usage | None, width: int | None, height: int | None,
+    ) -> PriceQuote:
+        return per_call_price(route.billing)
+
+    def describe(self, billing: Billing, prices: ModelPrices | None, multiplier: Decimal) -> dict[str, Any]:
+        return {"mode": "per_call", "price_per_call_usd": str(billing.price_per_call)}
+
+
+class UsagePricer:
+    """Official per-million token prices times the group multiplier."""
+
+    def problem(self, billing: Billing, prices: ModelPrices | None, model: str) -> str | None:
+        return None if prices is not None else f"usage billing needs prices_per_million for model {model!r}"
+
+    def worst_case(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        width: int | None, height: int | None,
+    ) -> PriceQuote:
+        model = price_model(route)
+        worst = token_rules.worst_case_usage(request, model, width, height)
+        basis = {
+            **_request_basis(request, model),
+            "size": f"{worst.width}x{worst.height}",
+            "size_basis": (
+                "requested" if width is not None and height is not None else "auto: most expensive standard size"
+            ),
+            "quality": worst.quality,
+        }
+        return _usage_quote(worst.usage, _usage_prices(route, prices), multiplier, "estimated_worst_case", basis)
+
+    def final(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        usage: Usage | None, width: int | None, height: int | None,
+    ) -> PriceQuote:
+        if usage is not None:
+            return usage_price(usage, _usage_prices(route, prices), multiplier)
+        return self.fallback(request, route, prices, multiplier, width, height)
+
+    def fallback(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        width: int | None, height: int | None,
+    ) -> PriceQuote:
+        model = price_model(route)
+        if width is None or height is None:
+            width, height = token_rules.auto_size(request.images[0] if request.images else None)
+            size_basis = "auto: standard size matching the first input image (square without one)"
+        else:
+            size_basis = "requested"
+        estimate = token_rules.simulated_usage(request, model, width, height)
+        basis = {
+            **_request_basis(request, model),
+            "size": f"{width}x{height}",
+            "size_basis": size_basis,
+            "quality": token_rules.reported_quality(request.quality),
+        }
+        return _usage_quote(estimate, _usage_prices(route, prices), multiplier, "estimated_fallback", basis)
+
+    def describe(self, billing: Billing, prices: ModelPrices | None, multiplier: Decimal) -> dict[str, Any]:
+        assert prices is not None  # the loader refuses usage billing without prices
+        return {
+            "mode": "usage",
+            "multiplier": str(multiplier),
+            "usd_per_million_tokens": {
+                name: _plain(value * multiplier) for name, value in prices.model_dump().items() if value
+            },
+        }
+
+
+def _plain(value: Decimal) -> str:
+    """``30.00`` -> ``"30"``, ``1.250`` -> ``"1.25"`` (``normalize()`` alone gives ``"3E+1"``)."""
+    return format(value.normalize(), "f")
+
+
+PRICERS: dict[str, Pricer] = {"per_call": PerCallPricer(), "usage": UsagePricer()}
+
+
 def worst_case_quote(
     request: ImageRequest,
     route: RouteSpec,
@@ -175,17 +297,20 @@ def worst_case_quote(
     for gpt-image-2 that is 1024x1024); quality ``auto`` -> ``high``; every partial
     image per output image; inputs counted once per output image.
     """
-    if route.billing.mode == "per_call":
-        return per_call_price(route.billing)
-    model = price_model(route)
-    worst = token_rules.worst_case_usage(request, model, width, height)
-    basis = {
-        **_request_basis(request, model),
-        "size": f"{worst.width}x{worst.height}",
-        "size_basis": "requested" if width is not None and height is not None else "auto: most expensive standard size",
-        "quality": worst.quality,
-    }
-    return _usage_quote(worst.usage, _usage_prices(route, prices), multiplier, "estimated_worst_case", basis)
+    return PRICERS[route.billing.mode].worst_case(request, route, prices, multiplier, width, height)
+
+
+def final_quote(
+    request: ImageRequest,
+    route: RouteSpec,
+    prices: ModelPrices | None,
+    multiplier: Decimal,
+    usage: Usage | None,
+    width: int | None,
+    height: int | None,
+) -> PriceQuote:
+    """The charge for a successful call: the reported ``usage`` priced, else :func:`fallback_quote`."""
+    return PRICERS[route.billing.mode].final(request, route, prices, multiplier, usage, width, height)
 
 
 def fallback_quote(
@@ -205,19 +330,4 @@ def fallback_quote(
     partial images only when streaming; inputs once; no cache discount. Every term is
     at most the worst case's, so the charge never exceeds the hold.
     """
-    if route.billing.mode == "per_call":
-        return per_call_price(route.billing)
-    model = price_model(route)
-    if width is None or height is None:
-        width, height = token_rules.auto_size(request.images[0] if request.images else None)
-        size_basis = "auto: standard size matching the first input image (square without one)"
-    else:
-        size_basis = "requested"
-    estimate = token_rules.simulated_usage(request, model, width, height)
-    basis = {
-        **_request_basis(request, model),
-        "size": f"{width}x{height}",
-        "size_basis": size_basis,
-        "quality": token_rules.reported_quality(request.quality),
-    }
-    return _usage_quote(estimate, _usage_prices(route, prices), multiplier, "estimated_fallback", basis)
+    return PRICERS[route.billing.mode].final(request, route, prices, multiplier, None, width, height)
