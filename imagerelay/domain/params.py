@@ -97,8 +97,8 @@ PARAMS: tuple[ParamRule, ...] = (
 )
 
 BY_NAME = {rule.name: rule for rule in PARAMS}
-# Taken by every route (``n`` is bounded by the profile's ``n_max``).
-ALWAYS = tuple(rule.name for rule in PARAMS if not rule.hinted or rule.name == "n")
+# Taken by every route (``n`` is bounded by the profile's ``n_max``); listed in table order.
+ALWAYS = frozenset(rule.name for rule in PARAMS if not rule.hinted or rule.name == "n")
 # Parameters whose absence on a route is explained with hints.
 HINTED = tuple(rule.name for rule in PARAMS if rule.hinted)
 # Forwarded upstream, in the caller's order (response_format and stream are the gateway's).

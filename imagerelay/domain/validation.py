@@ -317,8 +317,12 @@ def _validate_common(
 ) -> dict[str, Any]:
     _check_keys(reader, route, profile, hints, endpoint)
     values: dict[str, Any] = {"prompt": _check_prompt(reader, profile)}
+    given = reader.body
     for rule in PARAMS:
         if rule.name in values:
+            continue
+        if rule.name not in given:  # absent (or null): nothing to read; most bodies carry few keys
+            values[rule.name] = None
             continue
         value = values[rule.name] = _read(reader, rule, route, profile, hints)
         if value is not None and rule.endpoint is not None and rule.endpoint != endpoint:
