@@ -97,7 +97,7 @@ def parse_catalog(raw: Any, source: str = "<catalog>") -> Catalog:
         upstream_model = r.upstream_model or r.model
         price_model = r.price_model or upstream_model
         prices = doc.models[price_model].prices_per_million if price_model in doc.models else None
-        problem = PRICERS[r.billing.mode].problem(r.billing, prices, price_model)
+        problem = PRICERS[r.billing.mode].problem(r.billing, prices, price_model, profile)
         if problem is not None:
             raise CatalogError(f"{where}: {problem}")
         routes[(r.group, r.model)] = ResolvedRoute(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from typing import Any, Literal, Protocol
 
-from imagerelay.catalog.model import Billing, ModelPrices, RouteSpec
+from imagerelay.catalog.model import Billing, ModelPrices, ParamProfile, RouteSpec
 from imagerelay.domain import usage as token_rules
 from imagerelay.domain.money import PRECISION, round_micros, to_decimal, to_micros
 from imagerelay.domain.types import ImageRequest, Usage
@@ -170,7 +170,7 @@ class Pricer(Protocol):
     :data:`PRICERS`, as connectors are per channel type: a new billing mode is a class
     here plus its name in ``catalog.model.BillingMode``."""
 
-    def problem(self, billing: Billing, prices: ModelPrices | None, model: str) -> str | None:
+    def problem(self, billing: Billing, prices: ModelPrices | None, model: str, profile: ParamProfile) -> str | None:
         """Why a route with this billing cannot be priced (the loader refuses it), or None."""
 
     def worst_case(
@@ -192,7 +192,7 @@ class Pricer(Protocol):
 class PerCallPricer:
     """A fixed price per successful call; the group multiplier does not scale it."""
 
-    def problem(self, billing: Billing, prices: ModelPrices | None, model: str) -> str | None:
+    def problem(self, billing: Billing, prices: ModelPrices | None, model: str, profile: ParamProfile) -> str | None:
         if billing.price_per_call is None or billing.price_per_call < 0:
             return "per_call billing needs a non-negative price_per_call"
         return None
@@ -216,8 +216,16 @@ class PerCallPricer:
 class UsagePricer:
     """Official per-million token prices times the group multiplier."""
 
-    def problem(self, billing: Billing, prices: ModelPrices | None, model: str) -> str | None:
-        return None if prices is not None else f"usage billing needs prices_per_million for model {model!r}"
+    def problem(self, billing: Billing, prices: ModelPrices | None, model: str, profile: ParamProfile) -> str | None:
+        if prices is None:
+            return f"usage billing needs prices_per_million for model {model!r}"
+        # The token rules know these qualities only; another would be accepted by
+        # validation and then fail to price (a 500), so the catalog is refused instead.
+        unpriced = [q for q in profile.quality or () if q != "auto" and q not in token_rules.QUALITIES]
+        if unpriced:
+            return (f"usage billing has no token rule for quality {', '.join(map(repr, unpriced))} "
+                    f"(known: {', '.join(token_rules.QUALITIES)}, auto); bill the route per_call")
+        return None
 
     def worst_case(
         self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from imagerelay.catalog.loader import Catalog, ResolvedRoute, default_catalog_text, parse_catalog
+from imagerelay.catalog.loader import Catalog, CatalogError, ResolvedRoute, default_catalog_text, parse_catalog
 from imagerelay.domain.capabilities import capabilities
 from imagerelay.domain.pricing import final_quote, worst_case_quote
 from imagerelay.domain.validation import build_hints, validate_generation
@@ -89,6 +89,15 @@ def test_parameters_the_profile_leaves_out_are_refused_with_advice() -> None:
         _validate(_catalog(), {"moderation": "low"})
     assert caught.value.param == "moderation"
     assert "use model gpt-image-2 for moderation control" in caught.value.message
+
+
+def test_a_usage_billed_route_with_an_unpriced_quality_is_refused_at_load() -> None:
+    """Usage prices come from token rules per quality: a quality they lack would pass
+    validation and then fail to price, so the loader names it instead."""
+    doc = yaml.safe_load(default_catalog_text())
+    doc["param_profiles"]["official-gpt-image-2"]["quality"] = ["low", "ultra", "auto"]
+    with pytest.raises(CatalogError, match="no token rule for quality 'ultra'"):
+        parse_catalog(doc)
 
 
 def test_capabilities_publish_the_new_values() -> None:
