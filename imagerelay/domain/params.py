@@ -25,7 +25,7 @@ from typing import Literal
 
 from imagerelay.catalog.model import Endpoint, ParamProfile
 
-__all__ = ["ALWAYS", "BY_NAME", "HINTED", "PARAMS", "UPSTREAM", "ParamRule", "accepts"]
+__all__ = ["ALWAYS", "BY_NAME", "HINTED", "ON_REQUEST", "PARAMS", "UPSTREAM", "ParamRule", "accepts"]
 
 Kind = Literal["string", "integer", "boolean", "choice", "size"]
 Published = Literal["values", "flag"]
@@ -103,6 +103,8 @@ ALWAYS = frozenset(rule.name for rule in PARAMS if not rule.hinted or rule.name 
 HINTED = tuple(rule.name for rule in PARAMS if rule.hinted)
 # Forwarded upstream, in the caller's order (response_format and stream are the gateway's).
 UPSTREAM = frozenset(rule.name for rule in PARAMS if rule.upstream)
+# ImageRequest fields read from the body, with their value when not given.
+ON_REQUEST = tuple((rule.name, rule.default) for rule in PARAMS if rule.on_request)
 
 
 def accepts(profile: ParamProfile, param: str) -> bool:

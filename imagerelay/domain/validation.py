@@ -25,7 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 from imagerelay.catalog.model import ParamProfile, RouteSpec
-from imagerelay.domain.params import ALWAYS, BY_NAME, HINTED, PARAMS, UPSTREAM, ParamRule, accepts
+from imagerelay.domain.params import ALWAYS, BY_NAME, HINTED, ON_REQUEST, PARAMS, UPSTREAM, ParamRule, accepts
 from imagerelay.domain.sizes import check_official_size, check_table_size
 from imagerelay.domain.types import ImageRequest, InputImage
 from imagerelay.errors import InvalidRequest, PayloadTooLarge, UnknownParameter
@@ -335,8 +335,7 @@ def _validate_common(
         cross_rule(values)
     # Forward what the caller sent, in the caller's order, as native types.
     upstream = {key: values[key] for key in reader.body if key in UPSTREAM and values.get(key) is not None}
-    request = {rule.name: rule.default if values[rule.name] is None else values[rule.name]
-               for rule in PARAMS if rule.on_request}
+    request = {name: default if values[name] is None else values[name] for name, default in ON_REQUEST}
     request["upstream_params"] = upstream
     return request
 
