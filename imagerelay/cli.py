@@ -114,11 +114,11 @@ def _run(coro_fn: Any, settings: Settings) -> Any:
 
 
 def _usd_to_micros(text: str) -> int:
-    """A signed amount typed on the command line (see ``parse_usd_amount``)."""
-    from imagerelay.domain.pricing import MoneyInputError, parse_usd_amount
+    """A signed, non-zero amount typed on the command line (see ``money.parse_usd``)."""
+    from imagerelay.domain.money import MoneyInputError, parse_usd
 
     try:
-        micros = parse_usd_amount(text, signed=True)
+        micros = parse_usd(text, signed=True)
     except MoneyInputError as exc:
         raise typer.BadParameter(f"{text!r}: the amount {exc}") from None
     if micros == 0:
@@ -223,7 +223,7 @@ def serve(
     _prepare_schema(settings)
     _check_pools_at_start(cat, settings, demo)
     if demo:
-        from imagerelay.domain.pricing import format_usd
+        from imagerelay.domain.money import format_usd
 
         async def demo_accounts(s: Any) -> tuple[dict[str, str], int, dict[str, dict[str, str]]]:
             tokens, available = await _ensure_demo(s, list(cat.groups))
@@ -637,7 +637,7 @@ def balance_add(
     database_url: DbUrl = None,
 ) -> None:
     """Top up (or, with a negative amount, adjust) a user's balance."""
-    from imagerelay.domain.pricing import format_usd
+    from imagerelay.domain.money import format_usd
     from imagerelay.storage.billing import AdjustmentRefused
 
     micros = _usd_to_micros(amount)

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from imagerelay.catalog.loader import Catalog, ResolvedRoute
-from imagerelay.domain import pricing
+from imagerelay.domain import money, pricing
 from imagerelay.domain import usage as token_rules
 from imagerelay.domain.sizes import dimensions_for
 from imagerelay.domain.types import ImageRequest, InputImage, Usage
@@ -207,12 +207,12 @@ class Relay:
                                              token_id=ctx.token.id, call=call)
         if held == "balance":
             raise InsufficientQuota(
-                f"Your balance does not cover this call (up to {pricing.format_usd(quote.micros)}). "
+                f"Your balance does not cover this call (up to {money.format_usd(quote.micros)}). "
                 "Top up your account, or lower n, size or quality.",
             )
         if held == "spend_cap":
             raise InsufficientQuota(
-                f"This call may cost up to {pricing.format_usd(quote.micros)}, which exceeds what remains "
+                f"This call may cost up to {money.format_usd(quote.micros)}, which exceeds what remains "
                 "of this API key's spend cap (the worst case is held until the call settles). Raise the key's "
                 "spend cap, lower n, size or quality, or use another key.",
             )
@@ -256,14 +256,9 @@ class Relay:
         )
 
     def _final_quote(self, route: ResolvedRoute, request: ImageRequest, usage: Usage | None) -> pricing.PriceQuote:
-        if route.spec.billing.mode == "per_call":
-            return pricing.per_call_price(route.spec.billing)
-        assert route.prices is not None  # checked when the catalog loaded
-        if usage is not None:
-            return pricing.usage_price(usage, route.prices, route.group.multiplier)
         dims = dimensions_for(request.size, route.profile.default_size)
         width, height = dims if dims else (None, None)
-        return pricing.fallback_quote(request, route.spec, route.prices, route.group.multiplier, width, height)
+        return pricing.final_quote(request, route.spec, route.prices, route.group.multiplier, usage, width, height)
 
     async def _call(
         self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, record: UsageRecord

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
@@ -17,17 +16,13 @@ from imagerelay.api.responses import json_response
 from imagerelay.catalog.loader import Catalog
 from imagerelay.domain import capabilities
 from imagerelay.domain.accountrules import label, usd_field
-from imagerelay.domain.pricing import format_usd
+from imagerelay.domain.money import format_amount, format_usd
 from imagerelay.errors import InvalidRequest
 from imagerelay.services import Services
 from imagerelay.storage.accounts import UserInfo
 from imagerelay.storage.billing import AdjustmentRefused, UsageQuery, usage_page
 
 MAX_PAGE = 500
-
-
-def usd(micros: int) -> str:
-    return f"{Decimal(micros) / 1_000_000:.6f}"
 
 
 def _usage_query(request: Request, user_id: int | None) -> UsageQuery:
@@ -89,7 +84,7 @@ def _record_json(r: dict[str, Any]) -> dict[str, Any]:
         },
         "billing_mode": r["billing_mode"],
         "cost_micros": r["cost_micros"],
-        "cost_usd": usd(r["cost_micros"]),
+        "cost_usd": format_amount(r["cost_micros"]),
         "price_basis": r["price_basis"],
     }
 
@@ -112,8 +107,8 @@ async def balance(request: Request) -> Response:
         "balance_micros": user.balance_micros,
         "held_micros": user.held_micros,
         "available_micros": user.available_micros,
-        "balance_usd": usd(user.balance_micros),
-        "available_usd": usd(user.available_micros),
+        "balance_usd": format_amount(user.balance_micros),
+        "available_usd": format_amount(user.available_micros),
     })
 
 
@@ -171,7 +166,7 @@ async def admin_adjust_balance(request: Request) -> Response:
     user = await user_named(request)
     body = await read_json_object(request, 64 * 1024)
     new_balance = await adjust_balance(services_of(request), user, body.get("amount_usd"), body.get("reason"))
-    return json_response({"user": user.name, "balance_micros": new_balance, "balance_usd": usd(new_balance)})
+    return json_response({"user": user.name, "balance_micros": new_balance, "balance_usd": format_amount(new_balance)})
 
 
 async def admin_usage(request: Request) -> Response:

@@ -24,7 +24,7 @@ from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
 from imagerelay.domain.accountrules import TOKEN_FIELDS, label, refuse_unknown, token_changes, user_changes
-from imagerelay.domain.pricing import format_usd
+from imagerelay.domain.money import format_amount
 from imagerelay.errors import InvalidRequest, NotFound, PermissionDenied
 from imagerelay.services import Services
 from imagerelay.storage.accounts import TOKEN_STATUSES, TokenFilter, TokenInfo, TokenLimits, TokenView, UserInfo
@@ -35,7 +35,7 @@ _BODY_LIMIT = 64 * 1024
 
 
 def _usd(micros: int | None) -> str | None:
-    return None if micros is None else format_usd(micros).replace("$", "")
+    return None if micros is None else format_amount(micros)
 
 
 def token_json(view: TokenView, now: float) -> dict[str, Any]:

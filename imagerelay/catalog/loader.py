@@ -24,6 +24,7 @@ from imagerelay.catalog.model import (
     ParamProfile,
     RouteSpec,
 )
+from imagerelay.domain.pricing import PRICERS
 
 
 class CatalogError(ValueError):
@@ -91,17 +92,14 @@ def parse_catalog(raw: Any, source: str = "<catalog>") -> Catalog:
             raise CatalogError(f"{where}: unknown param profile {r.params!r}; known: {sorted(doc.param_profiles)}")
         if (r.group, r.model) in routes:
             raise CatalogError(f"{where}: duplicate route for this group and model")
-        if r.billing.mode == "per_call" and (r.billing.price_per_call is None or r.billing.price_per_call < 0):
-            raise CatalogError(f"{where}: per_call billing needs a non-negative price_per_call")
         if profile.size == "table" and not profile.size_table:
             raise CatalogError(f"{where}: profile {r.params!r} has size: table but no size_table")
         upstream_model = r.upstream_model or r.model
         price_model = r.price_model or upstream_model
         prices = doc.models[price_model].prices_per_million if price_model in doc.models else None
-        if r.billing.mode == "usage" and prices is None:
-            raise CatalogError(
-                f"{where}: usage billing needs prices_per_million for model {price_model!r}"
-            )
+        problem = PRICERS[r.billing.mode].problem(r.billing, prices, price_model, profile)
+        if problem is not None:
+            raise CatalogError(f"{where}: {problem}")
         routes[(r.group, r.model)] = ResolvedRoute(
             spec=r,
             group=doc.groups[r.group],

@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from imagerelay.api.account import group_pricing, usd
+from imagerelay.api.account import group_pricing
+from imagerelay.domain.money import format_amount
 from imagerelay.api.deps import services_of
 from imagerelay.console import views
 from imagerelay.console.auth import ConsoleUser, require_user
@@ -113,7 +114,7 @@ async def usage_csv(request: Request) -> Response:
                 writer.writerow([r["id"], views.time_text(r["created_at"]).replace(" UTC", "Z"), r["request_id"],
                                  r["token_id"], token_names.get(r["token_id"], ""), r["group_name"], r["model"],
                                  r["endpoint"], r["status"], r["error_code"] or "", r["latency_ms"],
-                                 r["billing_mode"], usd(r["cost_micros"])])
+                                 r["billing_mode"], format_amount(r["cost_micros"])])
             sent += len(rows)
             yield out.getvalue()
             out.seek(0)

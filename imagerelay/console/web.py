@@ -20,7 +20,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from imagerelay.domain.pricing import format_usd
+from imagerelay.domain.money import format_usd
 from imagerelay.console.auth import ConsoleUser, PageDenied, console_user, cookie_path, csrf_matches
 
 ANON_CSRF_COOKIE = "imagerelay_csrf"

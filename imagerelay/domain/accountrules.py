@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from imagerelay.domain.pricing import MoneyInputError, parse_usd_amount
+from imagerelay.domain.money import MoneyInputError, parse_usd
 from imagerelay.errors import InvalidRequest, UnknownParameter
 
 MAX_UNIX_TIME = 253_402_300_799  # 9999-12-31: beyond it a date is a typo
@@ -40,11 +40,11 @@ def label(value: object, limit: int = 128) -> str | None:
 
 
 def usd_field(body: Mapping[str, Any], name: str, *, signed: bool = False) -> int | None:
-    """An optional money field, as micro-dollars (see :func:`parse_usd_amount`)."""
+    """An optional money field, as micro-dollars (see :func:`~imagerelay.domain.money.parse_usd`)."""
     if body.get(name) is None:
         return None
     try:
-        return parse_usd_amount(body[name], signed=signed)
+        return parse_usd(body[name], signed=signed)
     except MoneyInputError as exc:
         raise InvalidRequest(f"{name} {exc}.", param=name) from None
 

@@ -13,7 +13,9 @@ from typing import Any
 from imagerelay.catalog.loader import ResolvedRoute
 from imagerelay.catalog.model import ParamProfile
 from imagerelay.domain import sizes
-from imagerelay.domain.validation import accepts
+from imagerelay.domain.pricing import PRICERS
+from imagerelay.domain.money import plain_decimal
+from imagerelay.domain.params import PARAMS, accepts
 
 
 def size_rules(profile: ParamProfile) -> dict[str, Any]:
@@ -45,29 +47,22 @@ def _pixels(size: str) -> tuple[int, str]:
     return int(w) * int(h), size
 
 
-def _choices(values: tuple[str, ...] | None) -> list[str] | None:
-    return list(values) if values is not None else None
+def published_params(profile: ParamProfile) -> dict[str, Any]:
+    """The table's published parameters: a value list (``None``: refused) or a flag."""
+    shown: dict[str, Any] = {}
+    for rule in PARAMS:
+        if rule.published == "values":
+            assert rule.values is not None
+            shown[rule.name] = list(rule.values(profile)) if rule.accepted(profile) else None
+        elif rule.published == "flag":
+            shown[rule.name] = rule.accepted(profile)
+    return shown
 
 
 def billing(route: ResolvedRoute) -> dict[str, Any]:
     """The route's price for its group, as ``GET /v1/pricing`` shows it (USD strings)."""
-    spec = route.spec
-    if spec.billing.mode == "per_call":
-        return {"mode": "per_call", "price_per_call_usd": str(spec.billing.price_per_call)}
-    assert route.prices is not None  # the loader refuses usage billing without prices
-    multiplier: Decimal = route.group.multiplier
-    return {
-        "mode": "usage",
-        "multiplier": str(multiplier),
-        "usd_per_million_tokens": {
-            name: _plain(value * multiplier) for name, value in route.prices.model_dump().items() if value
-        },
-    }
-
-
-def _plain(value: Decimal) -> str:
-    """``30.00`` -> ``"30"``, ``1.250`` -> ``"1.25"`` (``normalize()`` alone gives ``"3E+1"``)."""
-    return format(value.normalize(), "f")
+    billing = route.spec.billing
+    return PRICERS[billing.mode].describe(billing, route.prices, route.group.multiplier)
 
 
 def capabilities(route: ResolvedRoute) -> dict[str, Any]:
@@ -82,14 +77,9 @@ def capabilities(route: ResolvedRoute) -> dict[str, Any]:
         "description": route.spec.description,
         "endpoints": list(route.spec.endpoints),
         "size": size_rules(profile),
-        "quality": _choices(profile.quality),
-        "background": _choices(profile.background),
-        "output_format": _choices(profile.output_formats),
-        "output_compression": profile.output_compression,
-        "moderation": _choices(profile.moderation),
+        **published_params(profile),
         "n": {"min": 1, "max": profile.n_max},
         "streaming": {"supported": accepts(profile, "stream"), "partial_images_max": profile.partial_images_max},
-        "input_fidelity": profile.input_fidelity,
         "prompt_max_chars": profile.max_prompt_chars,
         "edits": {"max_images": profile.max_input_images, "max_image_bytes": profile.max_image_bytes},
         "billing": billing(route),
@@ -117,7 +107,7 @@ def billing_summary(route: ResolvedRoute) -> str:
     """``$0.03 per call`` or ``official price x1.2``, from the route's billing."""
     price = billing(route)
     if price["mode"] == "per_call":
-        return f"${_plain(Decimal(price['price_per_call_usd']))} per call"
+        return f"${plain_decimal(Decimal(price['price_per_call_usd']))} per call"
     return f"official price \u00d7{price['multiplier']}"
 
 

@@ -2,7 +2,8 @@
 
 Money is integer micro-dollars (1 USD = 1_000_000 µ$). Arithmetic is ``Decimal`` with
 enough precision to be exact (no float anywhere; passing one is a ``TypeError``), and
-is rounded ONCE, on the total, half up to the micro-dollar. Prices per 1M tokens
+is rounded ONCE, on the total, half up to the micro-dollar (the policy in
+:mod:`imagerelay.domain.money`). Prices per 1M tokens
 times tokens are already micro-dollars (USD/1M tokens x tokens x 1M µ$/USD / 1M), so
 a usage price is ``round_half_up(sum(tokens x price_per_million) x multiplier)``.
 
@@ -19,35 +20,29 @@ drove the price; the relay stores it with the usage record.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
-from typing import Any, Literal
+from decimal import Decimal, localcontext
+from typing import Any, Literal, Protocol
 
-from imagerelay.catalog.model import Billing, ModelPrices, RouteSpec
+from imagerelay.catalog.model import Billing, ModelPrices, ParamProfile, RouteSpec
 from imagerelay.domain import usage as token_rules
+from imagerelay.domain.money import PRECISION, plain_decimal, round_micros, to_decimal, to_micros
 from imagerelay.domain.types import ImageRequest, Usage
 
 __all__ = [
-    "MAX_AMOUNT_MICROS",
-    "MICROS_PER_USD",
-    "MoneyInputError",
+    "PRICERS",
+    "PerCallPricer",
+    "Pricer",
+    "UsagePricer",
+    "final_quote",
     "PriceQuote",
     "fallback_quote",
-    "format_usd",
-    "parse_usd_amount",
     "per_call_price",
     "price_model",
     "usage_price",
-    "usd_to_micros",
     "worst_case_quote",
 ]
 
-MICROS_PER_USD = 1_000_000
-# The largest amount an operator may type: $1,000,000,000. Far above any real top-up,
-# far below what a 64-bit integer column holds (about $9.2 trillion in micro-dollars).
-MAX_AMOUNT_MICROS = 1_000_000_000 * MICROS_PER_USD
-_PRECISION = 60  # digits: far beyond any token count x price x multiplier
 
 UsageSource = Literal["reported", "estimated_worst_case", "estimated_fallback"]
 
@@ -68,88 +63,6 @@ class PriceQuote:
     basis: dict[str, Any]
 
 
-# --------------------------------------------------------------------------- money
-
-
-def _decimal(value: object, what: str) -> Decimal:
-    if isinstance(value, (bool, float)):
-        raise TypeError(f"{what} must be a Decimal, str or int, never {type(value).__name__}")
-    if isinstance(value, Decimal):
-        result = value
-    elif isinstance(value, int):
-        result = Decimal(value)
-    elif isinstance(value, str):
-        try:
-            result = Decimal(value.strip())
-        except InvalidOperation:
-            raise ValueError(f"{what} {value!r} is not a number") from None
-    else:
-        raise TypeError(f"{what} must be a Decimal, str or int, not {type(value).__name__}")
-    if not result.is_finite():
-        raise ValueError(f"{what} must be finite; got {value!r}")
-    return result
-
-
-def _round_micros(exact: Decimal) -> int:
-    """Round half up (ties away from zero) to a whole micro-dollar."""
-    with localcontext() as ctx:
-        ctx.prec = _PRECISION
-        return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-def usd_to_micros(amount: Decimal | str | int) -> int:
-    """USD -> micro-dollars. Sub-micro precision is rounded half up (ties away from
-    zero: ``"0.0000005"`` -> 1, ``"-0.0000005"`` -> -1), not rejected: prices such as
-    ``$0.0000025`` per token are legitimate inputs. Floats are refused (``TypeError``)."""
-    with localcontext() as ctx:
-        ctx.prec = _PRECISION
-        return _round_micros(_decimal(amount, "amount") * MICROS_PER_USD)
-
-
-class MoneyInputError(ValueError):
-    """An amount typed by an operator is not a plain, bounded decimal; the message says why."""
-
-
-# ASCII digits only (``re.ASCII`` keeps ``\d`` out of it: "١٠" is a number to ``int``),
-# no exponent, no ``_``, no whitespace, at most 6 decimals. The length of the whole part
-# is bounded here so no huge string reaches ``int``.
-_PLAIN_USD = re.compile(r"(-?)([0-9]{1,10})(?:\.([0-9]{1,6}))?", re.ASCII)
-
-
-def parse_usd_amount(text: object, *, signed: bool = False) -> int:
-    """An amount an operator typed (API body, CLI option) -> exact micro-dollars.
-
-    Unlike :func:`usd_to_micros` (catalog prices, rounded half up) this refuses anything
-    but a plain decimal string such as ``"25"``, ``"25.5"`` or ``"0.000001"``: no float,
-    exponent, ``Infinity``, ``1_000``, non-ASCII digit or seventh decimal, and nothing past
-    :data:`MAX_AMOUNT_MICROS`. A leading ``-`` only when ``signed`` (a debit).
-    Raises :class:`MoneyInputError`."""
-    if not isinstance(text, str):
-        raise MoneyInputError(f'must be a decimal string such as "10.00", not a {type(text).__name__}')
-    match = _PLAIN_USD.fullmatch(text)
-    if match is None:
-        raise MoneyInputError(
-            'must be a plain decimal amount in USD such as "25" or "0.5" '
-            "(digits 0-9, at most 6 decimal places, no exponent)"
-        )
-    sign, whole, fraction = match.groups()
-    if sign and not signed:
-        raise MoneyInputError("must not be negative")
-    micros = int(whole) * MICROS_PER_USD + int((fraction or "").ljust(6, "0"))
-    if micros > MAX_AMOUNT_MICROS:
-        raise MoneyInputError(f"must be at most {format_usd(MAX_AMOUNT_MICROS)}")
-    return -micros if sign else micros
-
-
-def format_usd(micros: int) -> str:
-    """``30_000`` -> ``"$0.030000"``; exact, six decimals, ``-$`` for negatives."""
-    if isinstance(micros, bool) or not isinstance(micros, int):
-        raise TypeError(f"micros must be an int, not {type(micros).__name__}")
-    sign = "-" if micros < 0 else ""
-    whole, frac = divmod(abs(micros), MICROS_PER_USD)
-    return f"{sign}${whole}.{frac:06d}"
-
-
 # --------------------------------------------------------------------------- per call
 
 
@@ -157,9 +70,9 @@ def per_call_price(billing: Billing) -> PriceQuote:
     """The fixed price of a per-call route (``$0.03`` -> 30_000 µ$)."""
     if billing.mode != "per_call" or billing.price_per_call is None:
         raise ValueError("per_call_price needs a per_call billing with a price_per_call")
-    price = _decimal(billing.price_per_call, "price_per_call")
+    price = to_decimal(billing.price_per_call, "price_per_call")
     return PriceQuote(
-        micros=usd_to_micros(price),
+        micros=to_micros(price),
         mode="per_call",
         multiplier=Decimal(1),
         usage=None,
@@ -183,7 +96,7 @@ def usage_price(usage: Usage, prices: ModelPrices, multiplier: Decimal) -> Price
 def _usage_quote(
     usage: Usage, prices: ModelPrices, multiplier: Decimal, source: UsageSource, extra: dict[str, Any]
 ) -> PriceQuote:
-    mult = _decimal(multiplier, "multiplier")
+    mult = to_decimal(multiplier, "multiplier")
     if mult < 0:
         raise ValueError(f"multiplier must not be negative; got {mult}")
     lines = _usage_lines(usage, prices)
@@ -219,10 +132,10 @@ def _priced(lines: tuple[tuple[str, int, Decimal], ...], multiplier: Decimal) ->
     prices the same few shapes twice (hold and settle), and Decimal arithmetic in a
     local context was ~3% of the gateway's CPU per call (py-spy)."""
     with localcontext() as ctx:
-        ctx.prec = _PRECISION
-        subtotal = sum((Decimal(count) * _decimal(price, name) for name, count, price in lines), Decimal(0))
+        ctx.prec = PRECISION
+        subtotal = sum((Decimal(count) * to_decimal(price, name) for name, count, price in lines), Decimal(0))
         exact = subtotal * multiplier
-    return _round_micros(exact), exact
+    return round_micros(exact), exact
 
 
 def price_model(route: RouteSpec) -> str:
@@ -251,6 +164,128 @@ def _usage_prices(route: RouteSpec, prices: ModelPrices | None) -> ModelPrices:
     return prices
 
 
+class Pricer(Protocol):
+    """How one billing mode prices a route: the catalog check, the hold, the charge, and
+    what ``/v1/models`` and ``/v1/pricing`` publish. One instance per mode in
+    :data:`PRICERS`, as connectors are per channel type: a new billing mode is a class
+    here plus its name in ``catalog.model.BillingMode``."""
+
+    def problem(self, billing: Billing, prices: ModelPrices | None, model: str, profile: ParamProfile) -> str | None:
+        """Why a route with this billing cannot be priced (the loader refuses it), or None."""
+
+    def worst_case(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        width: int | None, height: int | None,
+    ) -> PriceQuote:
+        """The most a call can cost: what to hold before it goes upstream."""
+
+    def final(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        usage: Usage | None, width: int | None, height: int | None,
+    ) -> PriceQuote:
+        """The charge for a call that succeeded, with the upstream's ``usage`` if reported."""
+
+    def describe(self, billing: Billing, prices: ModelPrices | None, multiplier: Decimal) -> dict[str, Any]:
+        """The route's price as ``GET /v1/pricing`` shows it (USD strings)."""
+
+
+class PerCallPricer:
+    """A fixed price per successful call; the group multiplier does not scale it."""
+
+    def problem(self, billing: Billing, prices: ModelPrices | None, model: str, profile: ParamProfile) -> str | None:
+        if billing.price_per_call is None or billing.price_per_call < 0:
+            return "per_call billing needs a non-negative price_per_call"
+        return None
+
+    def worst_case(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        width: int | None, height: int | None,
+    ) -> PriceQuote:
+        return per_call_price(route.billing)
+
+    def final(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        usage: Usage | None, width: int | None, height: int | None,
+    ) -> PriceQuote:
+        return per_call_price(route.billing)
+
+    def describe(self, billing: Billing, prices: ModelPrices | None, multiplier: Decimal) -> dict[str, Any]:
+        return {"mode": "per_call", "price_per_call_usd": str(billing.price_per_call)}
+
+
+class UsagePricer:
+    """Official per-million token prices times the group multiplier."""
+
+    def problem(self, billing: Billing, prices: ModelPrices | None, model: str, profile: ParamProfile) -> str | None:
+        if prices is None:
+            return f"usage billing needs prices_per_million for model {model!r}"
+        # The token rules know these qualities only; another would be accepted by
+        # validation and then fail to price (a 500), so the catalog is refused instead.
+        unpriced = [q for q in profile.quality or () if q != "auto" and q not in token_rules.QUALITIES]
+        if unpriced:
+            return (f"usage billing has no token rule for quality {', '.join(map(repr, unpriced))} "
+                    f"(known: {', '.join(token_rules.QUALITIES)}, auto); bill the route per_call")
+        return None
+
+    def worst_case(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        width: int | None, height: int | None,
+    ) -> PriceQuote:
+        model = price_model(route)
+        worst = token_rules.worst_case_usage(request, model, width, height)
+        basis = {
+            **_request_basis(request, model),
+            "size": f"{worst.width}x{worst.height}",
+            "size_basis": (
+                "requested" if width is not None and height is not None else "auto: most expensive standard size"
+            ),
+            "quality": worst.quality,
+        }
+        return _usage_quote(worst.usage, _usage_prices(route, prices), multiplier, "estimated_worst_case", basis)
+
+    def final(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        usage: Usage | None, width: int | None, height: int | None,
+    ) -> PriceQuote:
+        if usage is not None:
+            return usage_price(usage, _usage_prices(route, prices), multiplier)
+        return self.fallback(request, route, prices, multiplier, width, height)
+
+    def fallback(
+        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
+        width: int | None, height: int | None,
+    ) -> PriceQuote:
+        model = price_model(route)
+        if width is None or height is None:
+            width, height = token_rules.auto_size(request.images[0] if request.images else None)
+            size_basis = "auto: standard size matching the first input image (square without one)"
+        else:
+            size_basis = "requested"
+        estimate = token_rules.simulated_usage(request, model, width, height)
+        basis = {
+            **_request_basis(request, model),
+            "size": f"{width}x{height}",
+            "size_basis": size_basis,
+            "quality": token_rules.reported_quality(request.quality),
+        }
+        return _usage_quote(estimate, _usage_prices(route, prices), multiplier, "estimated_fallback", basis)
+
+    def describe(self, billing: Billing, prices: ModelPrices | None, multiplier: Decimal) -> dict[str, Any]:
+        assert prices is not None  # the loader refuses usage billing without prices
+        return {
+            "mode": "usage",
+            "multiplier": str(multiplier),
+            "usd_per_million_tokens": {
+                name: plain_decimal(value * multiplier) for name, value in prices.model_dump().items() if value
+            },
+        }
+
+
+
+
+PRICERS: dict[str, Pricer] = {"per_call": PerCallPricer(), "usage": UsagePricer()}
+
+
 def worst_case_quote(
     request: ImageRequest,
     route: RouteSpec,
@@ -267,17 +302,20 @@ def worst_case_quote(
     for gpt-image-2 that is 1024x1024); quality ``auto`` -> ``high``; every partial
     image per output image; inputs counted once per output image.
     """
-    if route.billing.mode == "per_call":
-        return per_call_price(route.billing)
-    model = price_model(route)
-    worst = token_rules.worst_case_usage(request, model, width, height)
-    basis = {
-        **_request_basis(request, model),
-        "size": f"{worst.width}x{worst.height}",
-        "size_basis": "requested" if width is not None and height is not None else "auto: most expensive standard size",
-        "quality": worst.quality,
-    }
-    return _usage_quote(worst.usage, _usage_prices(route, prices), multiplier, "estimated_worst_case", basis)
+    return PRICERS[route.billing.mode].worst_case(request, route, prices, multiplier, width, height)
+
+
+def final_quote(
+    request: ImageRequest,
+    route: RouteSpec,
+    prices: ModelPrices | None,
+    multiplier: Decimal,
+    usage: Usage | None,
+    width: int | None,
+    height: int | None,
+) -> PriceQuote:
+    """The charge for a successful call: the reported ``usage`` priced, else :func:`fallback_quote`."""
+    return PRICERS[route.billing.mode].final(request, route, prices, multiplier, usage, width, height)
 
 
 def fallback_quote(
@@ -297,19 +335,4 @@ def fallback_quote(
     partial images only when streaming; inputs once; no cache discount. Every term is
     at most the worst case's, so the charge never exceeds the hold.
     """
-    if route.billing.mode == "per_call":
-        return per_call_price(route.billing)
-    model = price_model(route)
-    if width is None or height is None:
-        width, height = token_rules.auto_size(request.images[0] if request.images else None)
-        size_basis = "auto: standard size matching the first input image (square without one)"
-    else:
-        size_basis = "requested"
-    estimate = token_rules.simulated_usage(request, model, width, height)
-    basis = {
-        **_request_basis(request, model),
-        "size": f"{width}x{height}",
-        "size_basis": size_basis,
-        "quality": token_rules.reported_quality(request.quality),
-    }
-    return _usage_quote(estimate, _usage_prices(route, prices), multiplier, "estimated_fallback", basis)
+    return PRICERS[route.billing.mode].final(request, route, prices, multiplier, None, width, height)

@@ -19,74 +19,24 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from imagerelay.catalog.model import ParamProfile, RouteSpec
+from imagerelay.domain.params import ALWAYS, BY_NAME, HINTED, ON_REQUEST, PARAMS, UPSTREAM, ParamRule, accepts
 from imagerelay.domain.sizes import check_official_size, check_table_size
 from imagerelay.domain.types import ImageRequest, InputImage
 from imagerelay.errors import InvalidRequest, PayloadTooLarge, UnknownParameter
 
-# Official Images API parameters that a route may or may not accept.
-OPTIONAL_PARAMS = (
-    "size", "quality", "background", "output_format", "output_compression", "moderation",
-    "stream", "partial_images", "input_fidelity",
-)
-# Accepted on every route (``n`` is bounded by the profile's ``n_max``).
-ALWAYS = ("prompt", "model", "n", "response_format", "user", "safety_identifier")
-# Parameters whose absence on a route is explained with hints.
-HINTED_PARAMS = (*OPTIONAL_PARAMS, "n")
-# The official parameters forwarded upstream (response_format and stream are the gateway's).
-PASSTHROUGH = (
-    "n", "size", "quality", "background", "output_format", "output_compression", "moderation",
-    "partial_images", "user", "safety_identifier", "input_fidelity",
-)
 # Keys that carry files; in an edit they arrive as ``images``/``mask`` arguments instead.
 FILE_KEYS = ("image", "images", "mask")
-PURPOSE = {
-    "size": "explicit sizes",
-    "quality": "quality control",
-    "n": "several images per call",
-    "stream": "streaming",
-    "partial_images": "streaming partial images",
-    "background": "background control",
-    "output_format": "jpeg or webp output",
-    "output_compression": "output compression",
-    "moderation": "moderation control",
-    "input_fidelity": "input fidelity control",
-}
 # dall-e values that people carry over to GPT image models.
 _DALLE_VALUES = {("quality", "hd"): "high", ("quality", "standard"): "medium"}
 _DALLE_PARAMS = ("style",)
 _MULTIPART_INT = re.compile(r"\s*([+-]?[0-9]{1,9})\s*")
 _JSON_DIGITS = re.compile(r"[+-]?[0-9]{1,9}")
-
-
-def accepts(profile: ParamProfile, param: str) -> bool:
-    """Whether a route with ``profile`` accepts ``param`` at all (any value).
-
-    ``stream`` counts as accepted only where ``stream=true`` is (``false`` is taken
-    everywhere); ``n`` counts only where more than one image per call is allowed.
-    """
-    if param == "size":
-        return profile.size != "reject"
-    if param in ("quality", "background", "moderation"):
-        return getattr(profile, param) is not None
-    if param == "output_format":
-        return profile.output_formats is not None
-    if param == "output_compression":
-        return profile.output_compression
-    if param == "stream":
-        return profile.streaming
-    if param == "partial_images":
-        return profile.streaming and profile.partial_images_max > 0
-    if param == "input_fidelity":
-        return profile.input_fidelity
-    if param == "n":
-        return profile.n_max > 1
-    return param in ALWAYS
 
 
 def _or(items: Sequence[str]) -> str:
@@ -113,7 +63,8 @@ class RouteHints:
 
     def advice(self, param: str) -> str:
         """What to do instead, e.g. "use group Sora2Official or GPTImage2 Enterprise for quality control"."""
-        purpose = PURPOSE.get(param, param)
+        rule = BY_NAME.get(param)
+        purpose = rule.purpose if rule is not None and rule.purpose is not None else param
         models = self.same_group_models.get(param, ())
         groups = self.other_groups.get(param, ())
         group_models = self.other_group_models.get(param, ())
@@ -136,13 +87,13 @@ def build_hints(
     ``profiles`` is a catalog error and raises ``KeyError`` (the loader prevents it).
     """
     routes = list(routes)
-    takes = {(r.group, r.model): {p: accepts(profiles[r.params], p) for p in HINTED_PARAMS} for r in routes}
+    takes = {(r.group, r.model): {p: accepts(profiles[r.params], p) for p in HINTED} for r in routes}
     hints: dict[tuple[str, str], RouteHints] = {}
     for route in routes:
         same: dict[str, tuple[str, ...]] = {}
         groups: dict[str, tuple[str, ...]] = {}
         group_models: dict[str, tuple[str, ...]] = {}
-        for param in HINTED_PARAMS:
+        for param in HINTED:
             same[param] = tuple(dict.fromkeys(
                 r.model for r in routes
                 if r.group == route.group and r.model != route.model and takes[(r.group, r.model)][param]
@@ -251,22 +202,22 @@ def _unsupported(key: str, route: RouteSpec, hints: RouteHints) -> InvalidReques
 
 def _check_keys(reader: _Reader, route: RouteSpec, profile: ParamProfile, hints: RouteHints, endpoint: str) -> None:
     """Unknown keys -> ``unknown_parameter``; official keys this route lacks -> advice."""
-    known = (*ALWAYS, *OPTIONAL_PARAMS)
     for key in reader.body:
         if key in FILE_KEYS and endpoint == "edits":
             continue  # the files themselves arrive as the ``images``/``mask`` arguments
-        if key in known:
-            # stream=false is harmless everywhere; stream=true is judged with its value.
-            if key in OPTIONAL_PARAMS and key != "stream" and not accepts(profile, key):
-                if key == "input_fidelity":
+        rule = BY_NAME.get(key)
+        if rule is not None:
+            # A boolean (stream=false is harmless everywhere) is judged with its value.
+            if key not in ALWAYS and rule.kind != "boolean" and not rule.accepted(profile):
+                if rule.unsupported_note is not None:
                     raise InvalidRequest(
-                        f"input_fidelity is not supported by {_route_label(route)} (gpt-image-2 always processes "
-                        "input images at high fidelity); remove it from the request.",
+                        f"{key} is not supported by {_route_label(route)} ({rule.unsupported_note}); "
+                        "remove it from the request.",
                         param=key, code="unsupported_parameter",
                     )
                 raise _unsupported(key, route, hints)
             continue
-        offered = [p for p in known if p in ALWAYS or accepts(profile, p)]
+        offered = [p for p in BY_NAME if p in ALWAYS or accepts(profile, p)]
         if key in FILE_KEYS:
             why = f"'{key}' belongs to image edits; send it to /v1/images/edits, or remove it."
         elif key in _DALLE_PARAMS:
@@ -278,12 +229,7 @@ def _check_keys(reader: _Reader, route: RouteSpec, profile: ParamProfile, hints:
         raise UnknownParameter(f"Unknown parameter: '{_show(key)}'. {why}", param=key)
 
 
-def _validate_common(
-    reader: _Reader, route: RouteSpec, profile: ParamProfile, hints: RouteHints, endpoint: str
-) -> dict[str, Any]:
-    _check_keys(reader, route, profile, hints, endpoint)
-    label = _route_label(route)
-
+def _check_prompt(reader: _Reader, profile: ParamProfile) -> str:
     prompt = reader.body.get("prompt")
     if prompt is None:
         raise InvalidRequest("prompt is required: describe the image you want.", param="prompt",
@@ -299,93 +245,99 @@ def _validate_common(
             "Shorten it.",
             param="prompt", code="string_above_max_length",
         )
-    values: dict[str, Any] = {}
+    return prompt
 
-    n = reader.integer("n")
-    if n is not None and not 1 <= n <= profile.n_max:
-        if profile.n_max == 1:
-            advice = hints.advice("n")
-            more = f"; {advice}" if n > 1 and not advice.startswith("remove") else ""
-            message = f"{label} makes one image per call, so n must be 1 (got {_show(n)}){more}."
-        else:
-            message = f"n must be between 1 and {profile.n_max} for {label}; got {_show(n)}."
-        raise InvalidRequest(message, param="n")
-    values["n"] = n
 
-    size = reader.string("size")
-    if size is not None:
+def _out_of_range(rule: ParamRule, value: int, low: int, high: int, label: str, hints: RouteHints) -> InvalidRequest:
+    key = rule.name
+    if key == "n" and high == 1:
+        advice = hints.advice("n")
+        more = f"; {advice}" if value > 1 and not advice.startswith("remove") else ""
+        return InvalidRequest(f"{label} makes one image per call, so n must be 1 (got {_show(value)}){more}.", param=key)
+    where = f" for {label}" if rule.range_names_route else ""
+    return InvalidRequest(f"{key} must be between {low} and {high}{where}; got {_show(value)}.", param=key)
+
+
+def _read(reader: _Reader, rule: ParamRule, route: RouteSpec, profile: ParamProfile, hints: RouteHints) -> Any:
+    """One parameter's value as the table types and bounds it, or ``None`` when absent."""
+    key = rule.name
+    if rule.kind == "choice":
+        assert rule.values is not None
+        return _choice(reader, key, rule.values(profile))
+    if rule.kind == "integer":
+        number = reader.integer(key)
+        if number is not None and rule.bounds is not None:
+            low, high = rule.bounds(profile)
+            if not low <= number <= high:
+                raise _out_of_range(rule, number, low, high, _route_label(route), hints)
+        return number
+    if rule.kind == "boolean":
+        flag = reader.boolean(key)
+        if flag and not rule.accepted(profile):
+            raise _unsupported(key, route, hints)
+        return flag
+    text = reader.string(key)
+    if rule.kind == "size" and text is not None:
         if profile.size == "official":
-            check_official_size(size)
+            check_official_size(text)
         elif profile.size == "table":
-            check_table_size(size, profile.size_table, label)
-    values["size"] = size
+            check_table_size(text, profile.size_table, _route_label(route))
+    return text
 
-    values["quality"] = _choice(reader, "quality", profile.quality or ())
-    output_format = _choice(reader, "output_format", profile.output_formats or ())
-    values["output_format"] = output_format
-    background = _choice(reader, "background", profile.background or ())
-    if background == "transparent" and (output_format or "png") not in ("png", "webp"):
+
+# -- rules that tie parameters together: explicit, in the order they are checked ------------
+
+
+def _transparent_needs_alpha(values: Mapping[str, Any]) -> None:
+    output_format = values["output_format"]
+    if values["background"] == "transparent" and (output_format or "png") not in ("png", "webp"):
         raise InvalidRequest(
             f"background 'transparent' needs output_format png or webp, not {output_format}; "
             "change output_format or use background 'opaque'.",
             param="background",
         )
-    values["background"] = background
 
-    compression = reader.integer("output_compression")
-    if compression is not None:
-        if not 0 <= compression <= 100:
-            raise InvalidRequest(
-                f"output_compression must be between 0 and 100; got {_show(compression)}.", param="output_compression"
-            )
-        if (output_format or "png") == "png" and compression != 100:
-            raise InvalidRequest(
-                "output_compression applies to jpeg and webp only (png is lossless, so only 100 is accepted); "
-                "set output_format to jpeg or webp, or remove output_compression.",
-                param="output_compression",
-            )
-    values["output_compression"] = compression
-    values["moderation"] = _choice(reader, "moderation", profile.moderation or ())
 
-    stream = reader.boolean("stream")
-    if stream and not profile.streaming:
-        raise _unsupported("stream", route, hints)
-    partial = reader.integer("partial_images")
-    if partial is not None and not 0 <= partial <= profile.partial_images_max:
+def _compression_needs_lossy(values: Mapping[str, Any]) -> None:
+    compression = values["output_compression"]
+    if compression is not None and (values["output_format"] or "png") == "png" and compression != 100:
         raise InvalidRequest(
-            f"partial_images must be between 0 and {profile.partial_images_max} for {label}; got {_show(partial)}.",
-            param="partial_images",
+            "output_compression applies to jpeg and webp only (png is lossless, so only 100 is accepted); "
+            "set output_format to jpeg or webp, or remove output_compression.",
+            param="output_compression",
         )
-    values["partial_images"] = partial
 
-    response_format = _choice(reader, "response_format", ("b64_json", "url"))
-    values["user"] = reader.string("user")
-    values["safety_identifier"] = reader.string("safety_identifier")
-    fidelity = _choice(reader, "input_fidelity", ("high", "low"))
-    if fidelity is not None and endpoint != "edits":
-        raise InvalidRequest(
-            "input_fidelity applies to image edits only; remove it from a generation request.",
-            param="input_fidelity",
-        )
-    values["input_fidelity"] = fidelity
 
+CROSS_RULES: tuple[Callable[[Mapping[str, Any]], None], ...] = (_transparent_needs_alpha, _compression_needs_lossy)
+_ENDPOINT_NOUN = {"generations": "generation", "edits": "edit"}
+
+
+def _validate_common(
+    reader: _Reader, route: RouteSpec, profile: ParamProfile, hints: RouteHints, endpoint: str
+) -> dict[str, Any]:
+    _check_keys(reader, route, profile, hints, endpoint)
+    values: dict[str, Any] = {"prompt": _check_prompt(reader, profile)}
+    given = reader.body
+    for rule in PARAMS:
+        if rule.name in values:
+            continue
+        if rule.name not in given:  # absent (or null): nothing to read; most bodies carry few keys
+            values[rule.name] = None
+            continue
+        value = values[rule.name] = _read(reader, rule, route, profile, hints)
+        if value is not None and rule.endpoint is not None and rule.endpoint != endpoint:
+            raise InvalidRequest(
+                f"{rule.name} applies to image {rule.endpoint} only; remove it from a "
+                f"{_ENDPOINT_NOUN[endpoint]} request.",
+                param=rule.name,
+            )
+    for cross_rule in CROSS_RULES:
+        cross_rule(values)
     # Forward what the caller sent, in the caller's order, as native types.
-    upstream = {key: values[key] for key in reader.body if key in PASSTHROUGH and values.get(key) is not None}
-    return {
-        "prompt": prompt,
-        "n": n if n is not None else 1,
-        "size": size,
-        "quality": values["quality"],
-        "background": background,
-        "output_format": output_format,
-        "output_compression": compression,
-        "moderation": values["moderation"],
-        "partial_images": partial,
-        "stream": bool(stream),
-        "response_format": response_format or "b64_json",
-        "user": values["user"],
-        "upstream_params": upstream,
-    }
+    upstream = {key: values[key] for key in reader.body if key in UPSTREAM and values.get(key) is not None}
+    request = {name: default if values[name] is None else values[name] for name, default in ON_REQUEST}
+    request["upstream_params"] = upstream
+    return request
 
 
 def _require_object(body: Any) -> Mapping[str, Any]:

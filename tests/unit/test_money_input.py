@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from imagerelay.domain.pricing import MAX_AMOUNT_MICROS, MoneyInputError, parse_usd_amount
+from imagerelay.domain.money import MAX_AMOUNT_MICROS, MoneyInputError, parse_usd
 
 
 @pytest.mark.parametrize(("text", "micros"), [
@@ -19,15 +19,15 @@ from imagerelay.domain.pricing import MAX_AMOUNT_MICROS, MoneyInputError, parse_
     ("999999999.999999", MAX_AMOUNT_MICROS - 1),
 ])
 def test_plain_decimals_are_exact(text: str, micros: int) -> None:
-    got = parse_usd_amount(text)
+    got = parse_usd(text)
     assert got == micros and type(got) is int
 
 
 def test_a_minus_sign_only_where_a_debit_is_meant() -> None:
-    assert parse_usd_amount("-2.5", signed=True) == -2_500_000
-    assert parse_usd_amount("-1000000000", signed=True) == -MAX_AMOUNT_MICROS
+    assert parse_usd("-2.5", signed=True) == -2_500_000
+    assert parse_usd("-1000000000", signed=True) == -MAX_AMOUNT_MICROS
     with pytest.raises(MoneyInputError, match="negative"):
-        parse_usd_amount("-2.5")
+        parse_usd("-2.5")
 
 
 @pytest.mark.parametrize("bad", [
@@ -40,15 +40,15 @@ def test_a_minus_sign_only_where_a_debit_is_meant() -> None:
 ])
 def test_anything_else_is_refused(bad: str) -> None:
     with pytest.raises(MoneyInputError):
-        parse_usd_amount(bad, signed=True)
+        parse_usd(bad, signed=True)
 
 
 @pytest.mark.parametrize("bad", [1.5, 10, True, None, ["1"], {"usd": "1"}])
 def test_only_strings(bad: Any) -> None:
     with pytest.raises(MoneyInputError, match="decimal string"):
-        parse_usd_amount(bad)
+        parse_usd(bad)
 
 
 def test_the_bound_is_named_in_the_message() -> None:
     with pytest.raises(MoneyInputError, match=r"\$1000000000\.000000"):
-        parse_usd_amount("1000000000.000001")
+        parse_usd("1000000000.000001")

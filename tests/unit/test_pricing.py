@@ -13,13 +13,13 @@ from imagerelay.catalog.model import Billing, ModelPrices, RouteSpec
 from imagerelay.domain.pricing import (
     PriceQuote,
     fallback_quote,
-    format_usd,
     per_call_price,
     price_model,
     usage_price,
-    usd_to_micros,
     worst_case_quote,
 )
+from imagerelay.domain.money import format_usd
+from imagerelay.domain.money import to_micros as usd_to_micros
 from imagerelay.domain.types import ImageRequest, InputImage, Usage
 from imagerelay.domain.usage import QUALITIES, STANDARD_SIZES, output_image_tokens, simulated_usage, text_tokens
 
