@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
-from run import WRK_SCRIPT, start_stack, wrk  # noqa: E402
+from run import WRK_SCRIPT, fresh_pg_database, start_stack, wrk  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -41,9 +41,15 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/imagerelay-profile.svg")
     parser.add_argument("--format", default="flamegraph")
     parser.add_argument("--no-spy", action="store_true", help="only measure calls/s and CPU per call")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL + Redis instead of SQLite (as bench/run.py)")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="imagerelay-profile-"))
-    stack = start_stack(workdir, None)
+    database_url = redis_url = None
+    if args.postgres:
+        database_url, redis_url = fresh_pg_database(args.pg_url), args.redis_url
+    stack = start_stack(workdir, database_url, redis_url)
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
     small = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}

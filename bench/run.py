@@ -164,6 +164,16 @@ def start_stack(workdir: Path, database_url: str | None, redis_url: str | None =
     return Stack(sim, gateway, f"http://127.0.0.1:{sim_port}/v1", f"http://127.0.0.1:{gw_port}/v1", token, workdir)
 
 
+def fresh_pg_database(admin_url: str) -> str:
+    """A new, empty database on the server of ``admin_url``; returns its URL."""
+    import psycopg
+
+    name = f"imagerelay_bench_{time.time_ns()}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
 def gateway_pid(stack: Stack) -> int:
     """uvicorn runs the app in the serve process itself with one worker."""
     return stack.gateway.pid
@@ -312,12 +322,7 @@ def main() -> None:
 
     configs: list[tuple[str, str | None, str | None]] = [("SQLite", None, None)]
     if args.postgres:
-        import psycopg
-
-        name = f"imagerelay_bench_{int(time.time())}"
-        with psycopg.connect(args.pg_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        configs.append(("PostgreSQL + Redis", args.pg_url.rsplit("/", 1)[0] + "/" + name, args.redis_url))
+        configs.append(("PostgreSQL + Redis", fresh_pg_database(args.pg_url), args.redis_url))
     lines = ["# imagerelay benchmark results", "", *machine(), "",
              f"Command: `.venv/bin/python bench/run.py{' --postgres' if args.postgres else ''}{' --quick' if args.quick else ''}`", ""]
     total_errors = 0
