@@ -8,8 +8,9 @@ Invariants (checked by ``audit``):
 
 A hold raises ``held`` only where ``balance - held >= amount`` and writes the hold row,
 in one transaction committed before the upstream call; settle/release is one
-transaction after it. On SQLite a transaction is a few statements inline; on PostgreSQL
-it is one autocommit statement (see the PostgreSQL section below). Nothing is lost on a
+transaction after it. Each movement is written once, as SQLAlchemy Core steps
+(storage/movements.py): on SQLite they run as a few statements inline; on PostgreSQL as
+one autocommit statement of data-modifying CTEs. Nothing is lost on a
 crash: :meth:`Billing.release_stale_holds` releases the holds of calls whose process is
 gone (with their usage record, status 499 ``interrupted``) and holds past their deadline.
 """

@@ -21,11 +21,12 @@ if TYPE_CHECKING:
 
 
 def async_url(url: str) -> str:
-    """Map a plain database URL to its async driver (aiosqlite / psycopg 3)."""
+    """Map a plain database URL to its async driver (aiosqlite / asyncpg: the money
+    statements' driver too, so the process speaks to PostgreSQL through one)."""
     if url.startswith("sqlite:///") or url == "sqlite://":
         return "sqlite+aiosqlite" + url[len("sqlite") :]
     if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
     return url
 
 

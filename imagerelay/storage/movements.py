@@ -81,7 +81,7 @@ def _inline_constants(statement: Statement) -> Statement:
             return literal_column(str(value), element.type)
         return None
 
-    return visitors.replacement_traverse(statement, {}, replace)  # type: ignore[no-any-return]
+    return visitors.replacement_traverse(statement, {}, replace)  # type: ignore[call-overload,no-any-return]
 
 
 def _written(statement: Statement) -> Table | None:
@@ -132,9 +132,9 @@ class Movement:
     @staticmethod
     def _compile_sqlite(step: Step) -> _SqliteStep:
         compiled = step.statement.compile(dialect=_SQLITE)
-        columns = tuple(c.key for c in step.statement.selected_columns) if isinstance(step.statement, Select) else (
-            tuple(c.key for c in step.statement._returning) if step.statement._returning else ())  # noqa: SLF001
-        return _SqliteStep(step.name, compiled.string, columns)
+        selected: Any = (step.statement.selected_columns if isinstance(step.statement, Select)
+                         else step.statement._returning)  # noqa: SLF001 - the RETURNING list, as SQLAlchemy keeps it
+        return _SqliteStep(step.name, compiled.string, tuple(str(c.key) for c in selected or ()))
 
     def run_sqlite(self, conn: sqlite3.Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """Run the steps in order on ``conn``, inside the caller's transaction."""
@@ -164,7 +164,7 @@ class Movement:
             return None
 
         for step in steps:
-            statement = visitors.replacement_traverse(step.statement, {}, replace)
+            statement: Any = visitors.replacement_traverse(step.statement, {}, replace)  # type: ignore[call-overload]
             ctes[step.name] = statement.cte(step.name)
         last = ctes[self.result] if self.result is not None else None
         final = select(*last.c) if last is not None else select(literal_column("1").label("done"))
