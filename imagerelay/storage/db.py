@@ -120,7 +120,7 @@ class _SqliteTx:
 
 
 def _run_movement(tx: _SqliteTx, movement: Movement, params: Mapping[str, Any]) -> dict[str, Any] | None:
-    return movement.run_sqlite(tx.connection, params)
+    return movement.run_sqlite(tx.connection, dict(params))  # the steps add their values to it
 
 
 _Pending = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any] | None"]

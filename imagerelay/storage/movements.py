@@ -101,6 +101,7 @@ class _SqliteStep:
     name: str
     sql: str
     columns: tuple[str, ...]  # what later steps may refer to (RETURNING or the SELECT list)
+    keys: tuple[str, ...]  # their parameter names, <step>__<column>
 
 
 class Movement:
@@ -134,22 +135,24 @@ class Movement:
         compiled = step.statement.compile(dialect=_SQLITE)
         selected: Any = (step.statement.selected_columns if isinstance(step.statement, Select)
                          else step.statement._returning)  # noqa: SLF001 - the RETURNING list, as SQLAlchemy keeps it
-        return _SqliteStep(step.name, compiled.string, tuple(str(c.key) for c in selected or ()))
+        columns = tuple(str(c.key) for c in selected or ())
+        return _SqliteStep(step.name, compiled.string, columns, tuple(f"{step.name}{_SEP}{c}" for c in columns))
 
-    def run_sqlite(self, conn: sqlite3.Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Run the steps in order on ``conn``, inside the caller's transaction."""
-        values = dict(params)
+    def run_sqlite(self, conn: sqlite3.Connection, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Run the steps in order on ``conn``, inside the caller's transaction. The
+        steps' values are added to ``params`` (the caller's own dict: no copy per call)."""
         out: dict[str, Any] | None = None
         for step in self._sqlite:
-            cursor = conn.execute(step.sql, values)
+            cursor = conn.execute(step.sql, params)
             if not step.columns:
                 continue
             row = cursor.fetchone()
-            cursor.close()
-            for i, column in enumerate(step.columns):
-                values[f"{step.name}{_SEP}{column}"] = None if row is None else row[i]
-            if step.name == self.result:
-                out = None if row is None else dict(zip(step.columns, row, strict=True))
+            if row is None:
+                params.update(dict.fromkeys(step.keys))
+            else:
+                params.update(zip(step.keys, row, strict=True))
+                if step.name == self.result:
+                    out = dict(zip(step.columns, row, strict=True))
         return out
 
     # -- PostgreSQL ------------------------------------------------------------------
