@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
-from run import BIG, WRK_SCRIPT, fixed_answer_channel, peak_rss_mb, reset_peak_rss, start_stack, wrk  # noqa: E402
+from run import BIG, WRK_SCRIPT, fixed_answer_channel, fresh_pg_database, peak_rss_mb, reset_peak_rss, start_stack, wrk  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -83,9 +83,15 @@ def main() -> None:
     parser.add_argument("--no-spy", action="store_true", help="only measure calls/s and CPU per call")
     parser.add_argument("--scenario", choices=("small", "4k", "4k-url"), default="small",
                         help="small images, or 4K answers from bench/fixed_upstream.py (b64_json or url)")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL + Redis instead of SQLite (as bench/run.py)")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="imagerelay-profile-"))
-    stack = start_stack(workdir, None)
+    database_url = redis_url = None
+    if args.postgres:
+        database_url, redis_url = fresh_pg_database(args.pg_url), args.redis_url
+    stack = start_stack(workdir, database_url, redis_url)
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
     small = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}

@@ -130,7 +130,9 @@ def flush_redis_prefix(url: str, prefix: str) -> None:
         client.close()
 
 
-def start_stack(workdir: Path, database_url: str | None, redis_url: str | None = None) -> Stack:
+def start_stack(workdir: Path, database_url: str | None, redis_url: str | None = None, *,
+                extra_env: dict[str, str] | None = None, channel: dict[str, Any] | None = None) -> Stack:
+    """``extra_env``: more gateway settings; ``channel``: more settings of the simulator's channel."""
     sim_port, gw_port = free_ports(2)
     sim_log = open(workdir / "sim.log", "wb")
     sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai", "--port", str(sim_port),
@@ -141,11 +143,12 @@ def start_stack(workdir: Path, database_url: str | None, redis_url: str | None =
     catalog["channels"] = [{
         "name": "sim", "type": "openai", "base_url": f"http://127.0.0.1:{sim_port}/v1",
         "api_key_env": "BENCH_SIM_KEY", "pools": ["legacy", "legacy-vip", "official-mixed", "official-pure"],
+        **(channel or {}),
     }]
     (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     data = workdir / "data"
     env = {**os.environ, "BENCH_SIM_KEY": SIM_KEY, "IMAGERELAY_CATALOG": str(workdir / "catalog.yaml"),
-           "IMAGERELAY_DATA_DIR": str(data), "IMAGERELAY_ADMIN_TOKEN": ADMIN_TOKEN}
+           "IMAGERELAY_DATA_DIR": str(data), "IMAGERELAY_ADMIN_TOKEN": ADMIN_TOKEN, **(extra_env or {})}
     if database_url:
         env["IMAGERELAY_DATABASE_URL"] = database_url
     if redis_url:
@@ -164,6 +167,16 @@ def start_stack(workdir: Path, database_url: str | None, redis_url: str | None =
     created.raise_for_status()
     token = created.json()["token"]
     return Stack(sim, gateway, f"http://127.0.0.1:{sim_port}/v1", f"http://127.0.0.1:{gw_port}/v1", token, workdir)
+
+
+def fresh_pg_database(admin_url: str) -> str:
+    """A new, empty database on the server of ``admin_url``; returns its URL."""
+    import psycopg
+
+    name = f"imagerelay_bench_{time.time_ns()}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 def gateway_pid(stack: Stack) -> int:
@@ -367,19 +380,16 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="also run against PostgreSQL + Redis")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--long-calls", action="store_true",
+                        help="also thousands of long calls (bench/longcalls.py: 5,000 at 30 s; --quick: 200 at 3 s)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
 
     configs: list[tuple[str, str | None, str | None]] = [("SQLite", None, None)]
     if args.postgres:
-        import psycopg
-
-        name = f"imagerelay_bench_{int(time.time())}"
-        with psycopg.connect(args.pg_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        configs.append(("PostgreSQL + Redis", args.pg_url.rsplit("/", 1)[0] + "/" + name, args.redis_url))
+        configs.append(("PostgreSQL + Redis", fresh_pg_database(args.pg_url), args.redis_url))
     lines = ["# imagerelay benchmark results", "", *machine(), "",
-             f"Command: `.venv/bin/python bench/run.py{' --postgres' if args.postgres else ''}{' --quick' if args.quick else ''}`", ""]
+             f"Command: `.venv/bin/python bench/run.py{' --postgres' if args.postgres else ''}{' --long-calls' if args.long_calls else ''}{' --quick' if args.quick else ''}`", ""]
     total_errors = 0
     for name, url, redis_url in configs:
         rows, errors = run_config(name, url, redis_url, args.quick)
@@ -387,6 +397,15 @@ def main() -> None:
         lines += [f"## {name}", "", "| scenario | direct to simulator | through imagerelay | gateway cost |",
                   "|---|---|---|---|", *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
                   "", f"Gateway errors during the run: {errors}", ""]
+    if args.long_calls:
+        import longcalls
+
+        sizes = (200, 100, 100, 3.0) if args.quick else (5000, 2000, 2000, 30.0)
+        long_rows = longcalls.run(*sizes)
+        errors = sum(r["sent"] - r["ok"] for r in long_rows)
+        total_errors += errors
+        lines += ["## Thousands of long calls (bench/longcalls.py)", "", *longcalls.table(long_rows, sizes[3]), "",
+                  f"Calls that did not complete: {errors}", ""]
     text = "\n".join(lines)
     print(text)
     args.out.write_text(text + "\n")

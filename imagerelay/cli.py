@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -257,6 +258,7 @@ def serve(
         _share_metrics(settings)
     from imagerelay.api.connections import GuardedHttpToolsProtocol
 
+    _raise_descriptor_limit()
     _warn_if_descriptors_short(settings.max_connections)
     console.print(f"imagerelay listening on http://{host}:{port}/v1", highlight=False)
     sys.stdout.flush()
@@ -276,6 +278,10 @@ def serve(
         root_path=settings.root_path.rstrip("/"),
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        # uvicorn's default accept queue (2048) overflows when thousands of clients
+        # connect at once, and a dropped SYN costs its client a 1-3 s retransmit; the
+        # kernel caps this at net.core.somaxconn.
+        backlog=max(2048, settings.max_connections),
     )
 
 
@@ -291,6 +297,18 @@ def _share_metrics(settings: Settings) -> None:
     shutil.rmtree(directory, ignore_errors=True)
     make_private_dir(directory)
     os.environ[MULTIPROC_ENV] = str(directory)
+
+
+def _raise_descriptor_limit() -> None:
+    """Raise the soft file-descriptor limit to the hard one (as Go's runtime does at
+    start): every call in flight holds a client socket and an upstream socket, and the
+    usual soft default (1024) caps a worker at about 500 calls in flight."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _warn_if_descriptors_short(max_connections: int) -> None:

@@ -85,7 +85,7 @@ async def readyz(request: Request) -> Response:
         "catalog": "ok" if services.catalog.routes else "no routes",
     }
     if services.shared is not None:
-        checks["redis"] = await _check(services.shared.redis.client.ping())
+        checks["redis"] = await _check(services.shared.redis.bounded(services.shared.redis.client.ping()))
     ready = all(v == "ok" for v in checks.values())
     return json_response({"status": "ready" if ready else "not ready", "checks": checks}, status=200 if ready else 503)
 

@@ -91,7 +91,7 @@ class RedisCooldowns:
             if not self._redis.usable:
                 return
             try:
-                await op()
+                await self._redis.bounded(op())
             except REDIS_ERRORS as exc:
                 self._redis.failed("channel cooldowns", exc)
 
@@ -103,7 +103,7 @@ class RedisCooldowns:
         if not self._redis.usable:
             return
         try:
-            live = await self._read(keys=[self._key])
+            live = await self._redis.bounded(self._read(keys=[self._key]))
         except REDIS_ERRORS as exc:
             self._redis.failed("channel cooldowns", exc)
             return

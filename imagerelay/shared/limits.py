@@ -110,10 +110,10 @@ class RedisTokenLimiter:
         call_id = os.urandom(9).hex()
         keys = self._keys(token)
         try:
-            verdict, wait_ms = await self._admit(keys=keys, args=[
+            verdict, wait_ms = await self._redis.bounded(self._admit(keys=keys, args=[
                 self._now_ms(), int(WINDOW_S * 1000), token.rpm_limit or 0, token.concurrency_limit or 0,
                 call_id, self._lease_ms,
-            ])
+            ]))
         except REDIS_ERRORS as exc:
             self._redis.failed("rate limits", exc)
             return None
@@ -136,7 +136,7 @@ class RedisTokenLimiter:
         if key is None or not self._redis.usable:
             return  # the lease runs out by itself
         try:
-            await self._redis.client.zrem(key, call_id)
+            await self._redis.bounded(self._redis.client.zrem(key, call_id))
         except REDIS_ERRORS as exc:
             self._redis.failed("rate limits", exc)
 
@@ -149,7 +149,7 @@ class RedisTokenLimiter:
             async with self._redis.client.pipeline(transaction=False) as pipe:
                 for call_id, key in list(self._leases.items()):
                     await self._renew(keys=[key], args=[now, lease, call_id], client=pipe)
-                await pipe.execute()
+                await self._redis.bounded(pipe.execute())
         except REDIS_ERRORS as exc:
             self._redis.failed("rate limits", exc)
 

@@ -825,4 +825,5 @@ def run(
     import uvicorn
 
     app = create_upstream_app(protocol, api_keys=tuple(api_keys), latency_s=latency_s, **options)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    # A deep accept queue: benchmarks open thousands of connections at once (bench/longcalls.py).
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, backlog=8192)

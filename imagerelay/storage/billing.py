@@ -8,8 +8,9 @@ Invariants (checked by ``audit``):
 
 A hold raises ``held`` only where ``balance - held >= amount`` and writes the hold row,
 in one transaction committed before the upstream call; settle/release is one
-transaction after it. On SQLite a transaction is a few statements inline; on PostgreSQL
-it is one autocommit statement (see the PostgreSQL section below). Nothing is lost on a
+transaction after it. Each movement is written once, as SQLAlchemy Core steps
+(storage/movements.py): on SQLite they run as a few statements inline; on PostgreSQL as
+one autocommit statement of data-modifying CTEs. Nothing is lost on a
 crash: :meth:`Billing.release_stale_holds` releases the holds of calls whose process is
 gone (with their usage record, status 499 ``interrupted``) and holds past their deadline.
 """
@@ -18,17 +19,21 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import (
+    BigInteger, Boolean, Float, Integer, String, Text, and_, bindparam, case, delete, false, func, insert, literal_column, null,
+    or_, select, true, update,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.domain.types import Usage
-from imagerelay.storage.db import Connection, TransactionRunner
+from imagerelay.storage.db import TransactionRunner
+from imagerelay.storage.movements import Movement, Step, least, ref
 from imagerelay.storage.schema import holds, instances, ledger, tokens, usage_records, users
 
 HoldResult = Literal["ok", "balance", "spend_cap"]
@@ -142,256 +147,131 @@ def _ledger_reason(record: UsageRecord) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# SQLite: each money movement is a short write transaction of several statements, run
-# inline by TransactionRunner.run (BEGIN IMMEDIATE: the whole database is the lock).
-# Pre-built statements: compiled once, reused by every call.
-_HOLD_USER = text(
-    "UPDATE users SET held_micros = held_micros + :amount "
-    "WHERE id = :user_id AND balance_micros - held_micros >= :amount"
-)
-_HOLD_TOKEN = text(
-    "UPDATE tokens SET held_micros = held_micros + :amount WHERE id = :token_id "
-    "AND (spend_cap_micros IS NULL OR spend_cap_micros - spent_micros - held_micros >= :amount)"
-)
-_INSERT_HOLD = text(
-    "INSERT INTO holds (request_id, user_id, token_id, amount_micros, deadline, created_at, instance_id, call_info) "
-    "VALUES (:request_id, :user_id, :token_id, :amount, :deadline, :now, :instance_id, :call_info)"
-)
-# Deleting first (with RETURNING) makes settle/release a writer from its first
-# statement, so SQLite never has to upgrade a read snapshot to a write lock.
-_TAKE_HOLD = text("DELETE FROM holds WHERE request_id = :request_id RETURNING amount_micros, token_id")
-_CHARGE_USER = text(
-    "UPDATE users SET balance_micros = balance_micros - :cost, held_micros = held_micros - :hold WHERE id = :user_id"
-)
-_CHARGE_TOKEN = text(
-    "UPDATE tokens SET spent_micros = spent_micros + :cost, held_micros = held_micros - :hold WHERE id = :token_id"
-)
-_CHARGE_UNHELD = text(
-    "UPDATE users SET balance_micros = balance_micros - :cost "
-    "WHERE id = :user_id AND balance_micros - held_micros >= :cost"
-)
-_SPEND_TOKEN = text("UPDATE tokens SET spent_micros = spent_micros + :cost WHERE id = :token_id")
-_UNHOLD_USER = text("UPDATE users SET held_micros = held_micros - :hold WHERE id = :user_id")
-_UNHOLD_TOKEN = text("UPDATE tokens SET held_micros = held_micros - :hold WHERE id = :token_id")
-_LEDGER = text(
-    "INSERT INTO ledger (user_id, amount_micros, kind, reason, request_id, created_at) "
-    "VALUES (:user_id, :amount, :kind, :reason, :request_id, :now)"
-)
-_ADJUST = text(
-    "UPDATE users SET balance_micros = balance_micros + :amount WHERE id = :user_id "
-    "AND (:amount >= 0 OR balance_micros - held_micros + :amount >= 0) "
-    "AND (:amount <= 0 OR balance_micros + :amount <= :max) RETURNING balance_micros"
-)
-_AVAILABLE = text("SELECT balance_micros - held_micros FROM users WHERE id = :user_id")
+# The money movements, each written once (storage/movements.py: SQLite runs the steps in
+# order inside one write transaction; PostgreSQL runs them as one statement of
+# data-modifying CTEs in autocommit). Rows are locked in one order everywhere: the hold
+# row, then the user, then the token (a step that refers to another runs after it), so
+# two movements never deadlock on PostgreSQL; under READ COMMITTED a statement that
+# waited for a row lock re-checks its guard against the newest version of the row,
+# which is what keeps concurrent holds from overspending.
+def _p(name: str, type_: Any) -> Any:
+    return bindparam(name, type_=type_)
+
+
+_REQUEST_ID, _USER_ID, _TOKEN_ID = _p("request_id", String), _p("user_id", Integer), _p("token_id", Integer)
+_AMOUNT, _NOW = _p("amount", BigInteger), _p("now", Float)
+_AVAILABLE_EXPR = users.c.balance_micros - users.c.held_micros
+# The rules: a hold fits the balance and the token's spend cap (spent + held + amount <= cap).
+_FITS_BALANCE = _AVAILABLE_EXPR >= _AMOUNT
+_FITS_CAP = or_(tokens.c.spend_cap_micros.is_(None),
+                tokens.c.spend_cap_micros - tokens.c.spent_micros - tokens.c.held_micros >= _AMOUNT)
+
+HOLD = Movement("hold", [
+    Step("lu", select(_FITS_BALANCE.label("ok")).where(users.c.id == _USER_ID).with_for_update()),
+    Step("lt", select(_FITS_CAP.label("ok"))
+         .where(tokens.c.id == _TOKEN_ID, ref("lu", "ok", Boolean).is_not(None)).with_for_update()),
+    Step("d", select(ref("lu", "ok", Boolean).label("balance_ok"),
+                     and_(ref("lu", "ok", Boolean),
+                          func.coalesce(ref("lt", "ok", Boolean), _TOKEN_ID.is_(None))).label("ok"))),
+    Step("u", update(users).where(users.c.id == _USER_ID, ref("d", "ok", Boolean).is_(true()))
+         .values(held_micros=users.c.held_micros + _AMOUNT)),
+    Step("t", update(tokens).where(tokens.c.id == _TOKEN_ID, ref("d", "ok", Boolean).is_(true()))
+         .values(held_micros=tokens.c.held_micros + _AMOUNT)),
+    Step("h", insert(holds).from_select(
+        ["request_id", "user_id", "token_id", "amount_micros", "deadline", "created_at", "instance_id", "call_info"],
+        select(_REQUEST_ID, _USER_ID, _TOKEN_ID, _AMOUNT, _p("deadline", Float), _NOW, _p("instance_id", String),
+               _p("call_info", Text)).where(ref("d", "ok", Boolean).is_(true())))),
+], result="d")
+
+_USAGE_COLUMNS = [c for c in usage_records.columns if c.name != "id"]
+_USAGE_PARAMS = {c.name: _p(f"rec_{c.name}", c.type) for c in _USAGE_COLUMNS}
+_TAKE_HOLD = Step("h", delete(holds).where(holds.c.request_id == _p("rec_request_id", String))
+                  .returning(holds.c.amount_micros, holds.c.token_id))
+_HOLD_AMOUNT, _HOLD_TOKEN = ref("h", "amount_micros", BigInteger), ref("h", "token_id", Integer)
+_REC_USER, _PRICE = _USAGE_PARAMS["user_id"], _USAGE_PARAMS["cost_micros"]
+
+
+def _usage_insert(**computed: Any) -> Step:
+    """The call's one usage record, from the record's parameters (``rec_<column>``) and
+    what the movement computed."""
+    return Step("r", insert(usage_records).from_select(
+        [c.name for c in _USAGE_COLUMNS], select(*(computed.get(c.name, _USAGE_PARAMS[c.name]) for c in _USAGE_COLUMNS))))
+
+
+# Settle: with its hold, the price capped at the hold (the caller's worst case: charging
+# more could take a concurrent balance below zero); without it (the reconciler released
+# the hold because the call outlived its deadline), the price if the available balance
+# still covers it, else nothing. _charge_for states the same rule for the record.
+_CHARGE = least(_PRICE, func.coalesce(_HOLD_AMOUNT, _PRICE))
+_COST = ref("k", "cost", BigInteger)
+SETTLE = Movement("settle", [
+    _TAKE_HOLD,
+    Step("u", update(users)
+         .where(users.c.id == _REC_USER, or_(_HOLD_AMOUNT.is_not(None), _AVAILABLE_EXPR >= _PRICE))
+         .values(balance_micros=users.c.balance_micros - _CHARGE,
+                 held_micros=users.c.held_micros - func.coalesce(_HOLD_AMOUNT, 0))
+         .returning(_CHARGE.label("cost"))),
+    Step("k", select(ref("u", "cost", BigInteger).is_not(None).label("collected"),
+                     func.coalesce(ref("u", "cost", BigInteger), 0).label("cost"), _HOLD_AMOUNT.label("hold"))),
+    Step("t", update(tokens)
+         .where(tokens.c.id == case((_HOLD_AMOUNT.is_(None), _USAGE_PARAMS["token_id"]), else_=_HOLD_TOKEN),
+                or_(_HOLD_AMOUNT.is_not(None), _COST > 0))
+         .values(spent_micros=tokens.c.spent_micros + _COST,
+                 held_micros=tokens.c.held_micros - func.coalesce(_HOLD_AMOUNT, 0))),
+    Step("l", insert(ledger).from_select(
+        ["user_id", "amount_micros", "kind", "reason", "request_id", "created_at"],
+        select(_REC_USER, -_COST, literal_column("'charge'", String), _p("reason", Text), _USAGE_PARAMS["request_id"],
+               _USAGE_PARAMS["created_at"]).where(_COST > 0))),
+    _usage_insert(cost_micros=_COST, price_basis=case(
+        (and_(_HOLD_AMOUNT.is_not(None), _PRICE > _HOLD_AMOUNT), _p("capped_basis", Text)),
+        (ref("k", "collected", Boolean).is_(false()), _p("uncollected_basis", Text)),
+        else_=_USAGE_PARAMS["price_basis"])),
+], result="k")
+
+# Release: close the hold (if the reconciler has not) without charging.
+_UNHOLD_USER = Step("u", update(users).where(users.c.id == ref("h", "user_id", Integer))
+                    .values(held_micros=users.c.held_micros - _HOLD_AMOUNT).returning(users.c.id))
+_UNHOLD_TOKEN = Step("t", update(tokens).where(tokens.c.id == _HOLD_TOKEN, ref("u", "id", Integer).is_not(None))
+                     .values(held_micros=tokens.c.held_micros - _HOLD_AMOUNT))
+RELEASE = Movement("release", [
+    Step("h", delete(holds).where(holds.c.request_id == _p("rec_request_id", String))
+         .returning(holds.c.amount_micros, holds.c.token_id, holds.c.user_id)),
+    _UNHOLD_USER, _UNHOLD_TOKEN, _usage_insert(cost_micros=literal_column("0", BigInteger)),
+])
+RECORD = Movement("record", [_usage_insert(cost_micros=literal_column("0", BigInteger))])
+
+_ADJUSTED = _p("amount", BigInteger)
+ADJUST = Movement("adjust", [
+    Step("u", update(users).where(
+        users.c.id == _USER_ID,
+        or_(_ADJUSTED >= 0, _AVAILABLE_EXPR + _ADJUSTED >= 0),  # a debit never goes past the available balance
+        or_(_ADJUSTED <= 0, users.c.balance_micros + _ADJUSTED <= _p("max", BigInteger)),
+    ).values(balance_micros=users.c.balance_micros + _ADJUSTED).returning(users.c.balance_micros)),
+    Step("l", insert(ledger).from_select(
+        ["user_id", "amount_micros", "kind", "reason", "request_id", "created_at"],
+        select(_USER_ID, _ADJUSTED, _p("kind", String), _p("reason", Text), null(), _NOW)
+        .where(ref("u", "balance_micros", BigInteger).is_not(None)))),
+], result="u")
+AVAILABLE = Movement("available", [Step("a", select(_AVAILABLE_EXPR.label("available")).where(users.c.id == _USER_ID))],
+                     result="a")
+
 # Past its deadline, a hold is released without a record only while its call may
 # still settle and record itself: a job's hold, or a call of a live process. The calls
 # of a process that is gone are released with their record first (see
-# Billing.release_stale_holds), and never here.
-_STALE_WHERE = (
-    "deadline < :now AND (instance_id IS NULL OR instance_id IN (SELECT id FROM instances WHERE expires_at >= :now))"
-)
-_TAKE_STALE = text(f"DELETE FROM holds WHERE {_STALE_WHERE} RETURNING user_id, token_id, amount_micros")
-_USAGE_COLUMNS = [c for c in usage_records.columns if c.name != "id"]
-_INSERT_USAGE = text(
-    f"INSERT INTO usage_records ({', '.join(c.name for c in _USAGE_COLUMNS)}) "
-    f"VALUES ({', '.join(':' + c.name for c in _USAGE_COLUMNS)})"
-)
+# Billing.release_stale_holds), and never here. Rare (start-up and once a minute):
+# the candidates are read first, then each hold is dropped on its own, re-checked.
+_STALE = and_(holds.c.deadline < _NOW, or_(
+    holds.c.instance_id.is_(None),
+    holds.c.instance_id.in_(select(instances.c.id).where(instances.c.expires_at >= _NOW))))
+DROP_STALE_HOLD = Movement("drop_stale_hold", [
+    Step("h", delete(holds).where(holds.c.request_id == _p("rec_request_id", String), _STALE)
+         .returning(holds.c.amount_micros, holds.c.token_id, holds.c.user_id)),
+    _UNHOLD_USER, _UNHOLD_TOKEN,
+], result="h")
 
 
-def _hold_tx(conn: Connection, request_id: str, user_id: int, amount: int, ttl_s: float,
-             token_id: int | None, instance_id: str | None, call_info: str | None) -> HoldResult:
-    if conn.execute(_HOLD_USER, {"amount": amount, "user_id": user_id}).rowcount != 1:
-        conn.rollback()
-        return "balance"
-    if token_id is not None and conn.execute(_HOLD_TOKEN, {"amount": amount, "token_id": token_id}).rowcount != 1:
-        conn.rollback()
-        return "spend_cap"
-    now = time.time()
-    conn.execute(_INSERT_HOLD, {"request_id": request_id, "user_id": user_id, "token_id": token_id,
-                                "amount": amount, "deadline": now + ttl_s, "now": now,
-                                "instance_id": instance_id, "call_info": call_info})
-    return "ok"
-
-
-def _settle_tx(conn: Connection, record: UsageRecord) -> int:
-    hold = conn.execute(_TAKE_HOLD, {"request_id": record.request_id}).first()
-    if hold is not None:
-        hold_amount, token_id = int(hold[0]), hold[1]
-        cost = _charge_for(record, hold_amount, True)
-        conn.execute(_CHARGE_USER, {"cost": cost, "hold": hold_amount, "user_id": record.user_id})
-        if token_id is not None:
-            conn.execute(_CHARGE_TOKEN, {"cost": cost, "hold": hold_amount, "token_id": token_id})
-    else:
-        collected = conn.execute(_CHARGE_UNHELD, {"cost": record.cost_micros, "user_id": record.user_id}).rowcount == 1
-        cost = _charge_for(record, None, collected)
-        if cost:
-            conn.execute(_SPEND_TOKEN, {"cost": cost, "token_id": record.token_id})
-    record.cost_micros = cost
-    if cost:
-        conn.execute(_LEDGER, {"user_id": record.user_id, "amount": -cost, "kind": "charge",
-                               "reason": _ledger_reason(record), "request_id": record.request_id, "now": time.time()})
-    conn.execute(_INSERT_USAGE, record.row())
-    return cost
-
-
-def _release_tx(conn: Connection, record: UsageRecord) -> None:
-    hold = conn.execute(_TAKE_HOLD, {"request_id": record.request_id}).first()
-    if hold is not None:
-        _unhold(conn, record.user_id, int(hold[0]), hold[1])
-    conn.execute(_INSERT_USAGE, record.row())
-
-
-def _record_tx(conn: Connection, record: UsageRecord) -> None:
-    conn.execute(_INSERT_USAGE, record.row())
-
-
-def _unhold(conn: Connection, user_id: int, amount: int, token_id: int | None) -> None:
-    conn.execute(_UNHOLD_USER, {"hold": amount, "user_id": user_id})
-    if token_id is not None:
-        conn.execute(_UNHOLD_TOKEN, {"hold": amount, "token_id": token_id})
-
-
-def _adjust_tx(conn: Connection, user_id: int, amount: int, reason: str, kind: str) -> int:
-    row = conn.execute(_ADJUST, {"amount": amount, "user_id": user_id, "max": MAX_BALANCE_MICROS}).first()
-    if row is None:
-        available = conn.execute(_AVAILABLE, {"user_id": user_id}).first()
-        if available is None:
-            raise LookupError(f"no user {user_id}")
-        raise AdjustmentRefused(amount, int(available[0]))
-    conn.execute(_LEDGER, {"user_id": user_id, "amount": amount, "kind": kind, "reason": reason,
-                           "request_id": None, "now": time.time()})
-    return int(row[0])
-
-
-def _release_stale_tx(conn: Connection, now: float) -> int:
-    rows = conn.execute(_TAKE_STALE, {"now": now}).all()
-    for user_id, token_id, amount in rows:
-        _unhold(conn, user_id, int(amount), token_id)
-    return len(rows)
-
-
-# ---------------------------------------------------------------------------------------
-# PostgreSQL: each money movement is ONE statement in autocommit (data-modifying CTEs),
-# the same steps as the SQLite transaction above. One statement is one round trip, and a
-# hot balance row is locked only while that statement runs and commits. Under READ
-# COMMITTED a statement that waited for a row lock re-checks its guard against the
-# newest version of the row, which is what keeps concurrent holds from overspending.
-# Rows are locked in one order everywhere — the hold row, then the user, then the
-# token — and a CTE that must lock after another refers to it, which makes PostgreSQL
-# run it first; so two money statements never deadlock.
-_PG_TYPES = {"Integer": "int", "BigInteger": "bigint", "Float": "float8", "String": "text", "Text": "text"}
-
-
-def _pg_cast(column: Any) -> str:
-    # Parameters in a SELECT list have no type of their own: each needs its cast.
-    return _PG_TYPES[type(column.type).__name__]
-
-
-# Usage record columns are parameters $1..$21 in _USAGE_COLUMNS order; the statements
-# below rely on request_id = $1, user_id = $2, token_id = $3.
-_PG_USAGE_ARG = {c.name: f"${i}::{_pg_cast(c)}" for i, c in enumerate(_USAGE_COLUMNS, start=1)}
-assert [_PG_USAGE_ARG[n].split("::")[0] for n in ("request_id", "user_id", "token_id")] == ["$1", "$2", "$3"]
-_PG_USAGE_INTO = f"INSERT INTO usage_records ({', '.join(c.name for c in _USAGE_COLUMNS)})"
-_N = len(_USAGE_COLUMNS)
-
-_PG_HOLD = """
-WITH lu AS (
-    SELECT balance_micros - held_micros >= $4::bigint AS ok FROM users WHERE id = $2::int FOR UPDATE
-), lt AS (
-    SELECT spend_cap_micros IS NULL OR spend_cap_micros - spent_micros - held_micros >= $4::bigint AS ok
-    FROM tokens WHERE id = $3::int AND EXISTS (SELECT FROM lu) FOR UPDATE
-), d AS (
-    SELECT lu.ok AS balance_ok, lu.ok AND COALESCE((SELECT ok FROM lt), $3::int IS NULL) AS ok FROM lu
-), u AS (
-    UPDATE users SET held_micros = held_micros + $4::bigint FROM d WHERE users.id = $2::int AND d.ok
-), t AS (
-    UPDATE tokens SET held_micros = held_micros + $4::bigint FROM d WHERE tokens.id = $3::int AND d.ok
-), h AS (
-    INSERT INTO holds (request_id, user_id, token_id, amount_micros, deadline, created_at, instance_id, call_info)
-    SELECT $1::text, $2::int, $3::int, $4::bigint, $5::float8, $6::float8, $7::text, $8::text FROM d WHERE d.ok
-)
-SELECT d.ok, d.balance_ok FROM d
-"""
-
-# $cost: the price asked for; $capped / $uncollected: the record's price basis for
-# those outcomes (see _charge_for, which the caller applies to the record afterwards).
-_COST, _BASIS, _AT = _PG_USAGE_ARG["cost_micros"], _PG_USAGE_ARG["price_basis"], _PG_USAGE_ARG["created_at"]
-_PG_SETTLE_SELECT = ", ".join(
-    "k.cost" if c.name == "cost_micros"
-    else (f"CASE WHEN k.hold IS NOT NULL AND {_COST} > k.hold THEN ${_N + 1}::text "
-          f"WHEN NOT k.collected THEN ${_N + 2}::text ELSE {_BASIS} END") if c.name == "price_basis"
-    else _PG_USAGE_ARG[c.name]
-    for c in _USAGE_COLUMNS
-)
-_PG_SETTLE = f"""
-WITH h AS (
-    DELETE FROM holds WHERE request_id = $1::text RETURNING amount_micros, token_id
-), c AS (
-    SELECT h.amount_micros AS hold, h.token_id AS hold_token FROM (VALUES (1)) AS one (x) LEFT JOIN h ON true
-), u AS (
-    UPDATE users SET balance_micros = balance_micros - LEAST({_COST}, COALESCE(c.hold, {_COST})),
-                     held_micros = held_micros - COALESCE(c.hold, 0)
-    FROM c
-    WHERE users.id = $2::int AND (c.hold IS NOT NULL OR users.balance_micros - users.held_micros >= {_COST})
-    RETURNING LEAST({_COST}, COALESCE(c.hold, {_COST})) AS cost
-), k AS (
-    SELECT c.hold, c.hold_token, u.cost IS NOT NULL AS collected, COALESCE(u.cost, 0) AS cost
-    FROM c LEFT JOIN u ON true
-), t AS (
-    UPDATE tokens SET spent_micros = spent_micros + k.cost, held_micros = held_micros - COALESCE(k.hold, 0)
-    FROM k
-    WHERE tokens.id = CASE WHEN k.hold IS NULL THEN $3::int ELSE k.hold_token END
-      AND (k.hold IS NOT NULL OR k.cost > 0)
-), l AS (
-    INSERT INTO ledger (user_id, amount_micros, kind, reason, request_id, created_at)
-    SELECT $2::int, -k.cost, 'charge', ${_N + 3}::text, $1::text, {_AT} FROM k WHERE k.cost > 0
-), r AS (
-    {_PG_USAGE_INTO} SELECT {_PG_SETTLE_SELECT} FROM k
-)
-SELECT k.hold, k.collected FROM k
-"""
-
-_PG_RELEASE = f"""
-WITH h AS (
-    DELETE FROM holds WHERE request_id = $1::text RETURNING amount_micros, token_id
-), u AS (
-    UPDATE users SET held_micros = held_micros - h.amount_micros FROM h WHERE users.id = $2::int
-    RETURNING h.token_id, h.amount_micros
-), t AS (
-    UPDATE tokens SET held_micros = held_micros - u.amount_micros FROM u WHERE tokens.id = u.token_id
-), r AS (
-    {_PG_USAGE_INTO} VALUES ({', '.join(_PG_USAGE_ARG[c.name] for c in _USAGE_COLUMNS)})
-)
-SELECT count(*) FROM h
-"""
-
-_PG_RECORD = f"{_PG_USAGE_INTO} VALUES ({', '.join(_PG_USAGE_ARG[c.name] for c in _USAGE_COLUMNS)}) RETURNING 1"
-
-_PG_ADJUST = """
-WITH u AS (
-    UPDATE users SET balance_micros = balance_micros + $2::bigint WHERE id = $1::int
-      AND ($2::bigint >= 0 OR balance_micros - held_micros + $2::bigint >= 0)
-      AND ($2::bigint <= 0 OR balance_micros + $2::bigint <= $6::bigint)
-    RETURNING balance_micros
-), l AS (
-    INSERT INTO ledger (user_id, amount_micros, kind, reason, request_id, created_at)
-    SELECT $1::int, $2::bigint, $3::text, $4::text, NULL, $5::float8 FROM u
-)
-SELECT balance_micros FROM u
-"""
-
-# Rare (start-up and once a minute), so several statements in one transaction; users
-# before tokens, each in id order, like every other money statement.
-_PG_TAKE_STALE = (
-    f"DELETE FROM holds WHERE {_STALE_WHERE.replace(':now', '$1::float8')} RETURNING user_id, token_id, amount_micros"
-)
-_PG_UNHOLD_USER = "UPDATE users SET held_micros = held_micros - $2::bigint WHERE id = $1::int"
-_PG_UNHOLD_TOKEN = "UPDATE tokens SET held_micros = held_micros - $2::bigint WHERE id = $1::int"
-
-
-def _pg_usage_args(record: UsageRecord) -> list[Any]:
-    row = record.row()
-    return [row[c.name] for c in _USAGE_COLUMNS]
+def _usage_params(record: UsageRecord) -> dict[str, Any]:
+    return {f"rec_{name}": value for name, value in record.row().items()}
 
 
 def _is_repeat(exc: BaseException) -> bool:
@@ -417,7 +297,6 @@ class Billing:
     def __init__(self, engine: AsyncEngine, runner: TransactionRunner, *, instance_id: str | None = None) -> None:
         self._engine = engine  # read-only reports (audit)
         self._runner = runner
-        self._sqlite = runner.is_sqlite
         self.instance_id = instance_id  # this process (storage/instances.py), named by its calls' holds
 
     async def adjust(self, user_id: int, amount_micros: int, reason: str, *, kind: str = "topup") -> int:
@@ -427,17 +306,15 @@ class Billing:
         credit past :data:`MAX_BALANCE_MICROS`, ``LookupError`` for an unknown user."""
         if not reason:
             raise ValueError("a balance change needs a reason")
-        if self._sqlite:
-            return await self._runner.run(_adjust_tx, user_id, amount_micros, reason, kind)
-        row = await self._runner.fetchrow(_PG_ADJUST, user_id, amount_micros, kind, reason, time.time(),
-                                          MAX_BALANCE_MICROS)
+        row = await self._runner.movement(ADJUST, {
+            "user_id": user_id, "amount": amount_micros, "kind": kind, "reason": reason, "now": time.time(),
+            "max": MAX_BALANCE_MICROS})
         if row is None:
-            available = await self._runner.fetchrow(
-                "SELECT balance_micros - held_micros FROM users WHERE id = $1::int", user_id)
+            available = await self._runner.movement(AVAILABLE, {"user_id": user_id})
             if available is None:
                 raise LookupError(f"no user {user_id}")
-            raise AdjustmentRefused(amount_micros, int(available[0]))
-        return int(row[0])
+            raise AdjustmentRefused(amount_micros, int(available["available"]))
+        return int(row["balance_micros"])
 
     async def place_hold(
         self, request_id: str, user_id: int, amount_micros: int, ttl_s: float, *, token_id: int | None = None,
@@ -451,55 +328,48 @@ class Billing:
         record made from it. Without it the hold names no process (a job's hold: the
         job outlives the process and its re-run settles the hold).
         """
-        instance_id = self.instance_id if call is not None else None
-        call_info = call.call_info() if call is not None else None
-        if self._sqlite:
-            return await self._runner.run(
-                _hold_tx, request_id, user_id, amount_micros, ttl_s, token_id, instance_id, call_info)
         now = time.time()
-        row = await self._runner.fetchrow(
-            _PG_HOLD, request_id, user_id, token_id, amount_micros, now + ttl_s, now, instance_id, call_info)
-        if row is not None and row[0]:
+        row = await self._runner.movement(HOLD, {
+            "request_id": request_id, "user_id": user_id, "token_id": token_id, "amount": amount_micros,
+            "deadline": now + ttl_s, "now": now, "instance_id": self.instance_id if call is not None else None,
+            "call_info": call.call_info() if call is not None else None})
+        assert row is not None  # the decision step always has its one row
+        if row["ok"]:
             return "ok"
-        return "spend_cap" if row is not None and row[1] else "balance"
+        return "spend_cap" if row["balance_ok"] else "balance"
 
     async def settle(self, record: UsageRecord) -> int:
         """Charge the call and close its hold; returns the amount actually charged
         (see :func:`_charge_for`). A repeat returns the first settle's charge."""
+        basis = record.price_basis
         try:
-            if self._sqlite:
-                return await self._runner.run(_settle_tx, record)
-            basis = record.price_basis
-            capped = orjson.dumps({**basis, "capped_from_micros": record.cost_micros}).decode()
-            uncollected = orjson.dumps({**basis, "uncollected_micros": record.cost_micros}).decode()
-            row = await self._runner.fetchrow(
-                _PG_SETTLE, *_pg_usage_args(record), capped, uncollected, _ledger_reason(record)
-            )
+            row = await self._runner.movement(SETTLE, {
+                **_usage_params(record), "reason": _ledger_reason(record),
+                "capped_basis": orjson.dumps({**basis, "capped_from_micros": record.cost_micros}).decode(),
+                "uncollected_basis": orjson.dumps({**basis, "uncollected_micros": record.cost_micros}).decode()})
         except Exception as exc:
             if not _is_repeat(exc):
                 raise
             record.cost_micros = await self._recorded_cost(record.request_id)
             return record.cost_micros
-        hold = None if row[0] is None else int(row[0])
-        record.cost_micros = _charge_for(record, hold, bool(row[1]))
+        assert row is not None
+        hold = None if row["hold"] is None else int(row["hold"])
+        record.cost_micros = _charge_for(record, hold, bool(row["collected"]))
+        assert record.cost_micros == int(row["cost"]), "the movement and _charge_for disagree"
         return record.cost_micros
 
     async def release(self, record: UsageRecord) -> None:
         """Close a failed call's hold without charging, and record it."""
-        await self._record_free(record, _release_tx, _PG_RELEASE)
+        await self._record_free(record, RELEASE)
 
     async def record_only(self, record: UsageRecord) -> None:
         """A call refused before any hold (bad input, no balance): record it, charge nothing."""
-        await self._record_free(record, _record_tx, _PG_RECORD)
+        await self._record_free(record, RECORD)
 
-    async def _record_free(self, record: UsageRecord, sqlite_tx: Callable[[Connection, UsageRecord], None],
-                           pg_statement: str) -> None:
+    async def _record_free(self, record: UsageRecord, movement: Movement) -> None:
         record.cost_micros = 0
         try:
-            if self._sqlite:
-                await self._runner.run(sqlite_tx, record)
-            else:
-                await self._runner.fetchrow(pg_statement, *_pg_usage_args(record))
+            await self._runner.movement(movement, _usage_params(record))
         except Exception as exc:
             if not _is_repeat(exc):
                 raise
@@ -537,21 +407,12 @@ class Billing:
         return released + (await self._release_past_deadline(now) if past_deadline else 0)
 
     async def _release_past_deadline(self, now: float) -> int:
-        if self._sqlite:
-            return await self._runner.run(_release_stale_tx, now)
-        async with self._runner.pg_transaction() as conn:
-            rows = await conn.fetch(_PG_TAKE_STALE, now)
-            users_: dict[int, int] = {}
-            tokens_: dict[int, int] = {}
-            for user_id, token_id, amount in rows:
-                users_[user_id] = users_.get(user_id, 0) + int(amount)
-                if token_id is not None:
-                    tokens_[token_id] = tokens_.get(token_id, 0) + int(amount)
-            for user_id in sorted(users_):
-                await conn.execute(_PG_UNHOLD_USER, user_id, users_[user_id])
-            for token_id in sorted(tokens_):
-                await conn.execute(_PG_UNHOLD_TOKEN, token_id, tokens_[token_id])
-            return len(rows)
+        async with self._engine.connect() as conn:
+            stale = (await conn.execute(select(holds.c.request_id).where(_STALE), {"now": now})).scalars().all()
+        released = 0
+        for request_id in stale:
+            released += await self._runner.movement(DROP_STALE_HOLD, {"rec_request_id": request_id, "now": now}) is not None
+        return released
 
     async def _recorded_cost(self, request_id: str) -> int:
         async with self._engine.connect() as conn:

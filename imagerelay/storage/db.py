@@ -9,20 +9,24 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from imagerelay.private_files import touch_private
 
+if TYPE_CHECKING:
+    from imagerelay.storage.movements import Movement
+
 
 def async_url(url: str) -> str:
-    """Map a plain database URL to its async driver (aiosqlite / psycopg 3)."""
+    """Map a plain database URL to its async driver (aiosqlite / asyncpg: the money
+    statements' driver too, so the process speaks to PostgreSQL through one)."""
     if url.startswith("sqlite:///") or url == "sqlite://":
         return "sqlite+aiosqlite" + url[len("sqlite") :]
     if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
     return url
 
 
@@ -104,11 +108,19 @@ class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        return self._conn
+
     def execute(self, statement: Any, params: Mapping[str, Any] | None = None) -> _SqliteResult:
         return _SqliteResult(self._conn.execute(statement.text, params or {}))
 
     def rollback(self) -> None:
         self._conn.execute("ROLLBACK TO one_transaction")
+
+
+def _run_movement(tx: _SqliteTx, movement: Movement, params: Mapping[str, Any]) -> dict[str, Any] | None:
+    return movement.run_sqlite(tx.connection, dict(params))  # the steps add their values to it
 
 
 _Pending = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any] | None"]
@@ -298,6 +310,15 @@ class TransactionRunner:
             _fail(batch, exc)
             return
         _resolve(batch, outcomes)
+
+    async def movement(self, movement: Movement, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Run one money movement (storage/movements.py) as one transaction: on SQLite
+        its steps inside a group commit (:meth:`run`), on PostgreSQL its one statement
+        in autocommit (:meth:`fetchrow`). Returns its result row, or None."""
+        if self.is_sqlite:
+            return await self.run(_run_movement, movement, params)
+        row = await self.fetchrow(movement.pg_sql, *movement.pg_args(params))
+        return None if row is None or movement.result is None else dict(row)
 
     async def fetchrow(self, statement: str, *args: Any) -> Any:
         """PostgreSQL: run one statement in autocommit; its first row (or None)."""
