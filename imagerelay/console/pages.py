@@ -176,6 +176,7 @@ async def password_submit(request: Request) -> Response:
     else:
         try:
             await accounts.set_password(services, logins, user.id, user.name, new)
+            await playground.revoke_all_test_keys(services, user.id)
         except ValueError as exc:
             error, field = str(exc), "password"
     if error:

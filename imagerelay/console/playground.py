@@ -62,6 +62,16 @@ async def revoke_session_keys(request: Request, user: ConsoleUser) -> None:
         await services.accounts.revoke_token(token_id)
 
 
+async def revoke_all_test_keys(services: Services, user_id: int) -> None:
+    """A password change ends every session of the user, so every session's test keys end
+    with them (a stolen session's key must not outlive the change that locked it out)."""
+    views, _ = await services.accounts.list_tokens(
+        TokenFilter(user_id=user_id, status="active", limit=MAX_TOKENS_LISTED))
+    for view in views:
+        if view.name.startswith(TEST_KEY_PREFIX):
+            await services.accounts.revoke_token(view.id)
+
+
 async def page(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)

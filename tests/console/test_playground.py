@@ -351,6 +351,32 @@ def test_session_test_key_needs_the_session_and_its_csrf_token(page: Any, consol
     assert httpx.get(v1, headers={"Authorization": f"Bearer {demo_key}"}).status_code == 200
 
 
+def test_a_password_change_ends_every_sessions_test_keys(page: Any, console_gw: ConsoleGateway) -> None:
+    """The change signs every other session out; their test keys must stop with them."""
+    password = "a-long-enough-passphrase-2"
+    page.goto("/console/signup")
+    page.get_by_label("User name").fill("rotates")
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_label("Password again").fill(password)
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_load_state()
+    page.goto("/console/playground")
+    csrf = page.locator("#playground").get_attribute("data-csrf")
+    made = post_test_key(page, {"group": "default"}, csrf)
+    assert made.status == 201
+    key = made.json()["key"]
+    v1 = console_gw.url("/v1/models")
+    assert httpx.get(v1, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+    page.goto("/console/password")
+    page.get_by_label("Current password").fill(password)
+    page.get_by_label("New password", exact=True).fill(password + "-new")
+    page.get_by_label("New password again").fill(password + "-new")
+    page.get_by_role("button", name="Change password").click()
+    page.wait_for_url(re.compile("/console/$"))
+    assert httpx.get(v1, headers={"Authorization": f"Bearer {key}"}).status_code == 401
+
+
 def test_session_test_key_only_in_the_users_groups(page: Any, console_gw: ConsoleGateway) -> None:
     page.goto("/console/signup")
     page.get_by_label("User name").fill("limited")
