@@ -1047,7 +1047,7 @@ def simulate_upstream(
     incompressible: Annotated[bool, typer.Option("--incompressible", help="Noisy full-size PNG answers.")] = False,
 ) -> None:
     """Run the upstream simulator (real OpenAI / Azure wire protocol, fault injection)."""
-    from imagerelay.simulation.upstream_server import run
+    from imagerelay_sim.server import run
 
     if protocol not in ("openai", "azure"):
         raise typer.BadParameter("protocol must be openai or azure")

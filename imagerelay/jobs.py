@@ -47,7 +47,7 @@ from imagerelay.domain.types import ImageRequest, InputImage
 from imagerelay.errors import ApiError, InvalidRequest, NotFound, RateLimited
 from imagerelay.blobs import BlobMissing, StoreUnavailable
 from imagerelay.imagestore import ImageStore
-from imagerelay.limits import UNLIMITED, Limiter, concurrency_part
+from imagerelay.limits.local import UNLIMITED, Limiter, concurrency_part
 from imagerelay.relay import CallContext, PreparedCall, Relay, RelayAnswer
 from imagerelay.storage.accounts import Accounts, TokenInfo, check_token
 from imagerelay.storage.instances import Instances

@@ -15,11 +15,11 @@ from imagerelay.blobs import StoreUnavailable
 from imagerelay.blobs.areas import build_areas
 from imagerelay.imagestore import ImageStore
 from imagerelay.jobs import JobService
-from imagerelay.limits import Limiter, TokenLimiter
+from imagerelay.limits.local import Limiter, TokenLimiter
 from imagerelay.metrics import Metrics
 from imagerelay.relay import HOLD_MARGIN_S, Relay
 from imagerelay.secretbox import SecretBox
-from imagerelay.shared import SharedState
+from imagerelay.limits.shared import SharedState
 from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.billing import Billing
 from imagerelay.storage.channels import ChannelDirectory

@@ -32,7 +32,7 @@ from imagerelay.errors import ApiError, NotFound
 from imagerelay.blobs import BlobMissing
 from imagerelay.imagestore import media_type
 from imagerelay.logs import configure_logging, request_id_var
-from imagerelay.memory import tune_gc, tune_malloc
+from imagerelay.allocator import tune_gc, tune_malloc
 from imagerelay.relay import new_request_id
 from imagerelay.services import Services
 

@@ -32,7 +32,7 @@ from imagerelay.api.parsing import (
 )
 from imagerelay.api.responses import images_response, json_response, render_images
 from imagerelay.errors import ApiError, InvalidRequest
-from imagerelay.limits import rate_part
+from imagerelay.limits.local import rate_part
 from imagerelay.relay import CallContext, ParsedCall, RelayAnswer
 from imagerelay.services import Services
 from imagerelay.storage.accounts import TokenInfo

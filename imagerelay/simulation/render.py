@@ -1,7 +1,7 @@
 """The offline simulator's image renderer.
 
 Both the gateway's built-in ``simulator`` channel and the standalone upstream simulator
-(:mod:`imagerelay.simulation.upstream_server`) answer with images made here, so the
+(:mod:`imagerelay_sim.server`) answer with images made here, so the
 whole stack (decoding, size checks, image store, billing by size) runs on real PNG,
 JPEG and WebP bytes of exactly the requested size without any paid upstream.
 

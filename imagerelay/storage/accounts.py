@@ -257,15 +257,6 @@ class Accounts:
             )
         return plain
 
-    async def find_token_by_name(self, user_id: int, name: str) -> TokenInfo | None:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    _token_query().where(tokens.c.user_id == user_id, tokens.c.name == name)
-                )
-            ).mappings().first()
-        return _token(row) if row else None
-
     async def token_by_id(self, token_id: int) -> TokenInfo | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(_token_query().where(tokens.c.id == token_id))).mappings().first()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -325,13 +324,6 @@ class TransactionRunner:
         pool = self._pg_pool or await self._open_pg_pool()
         async with pool.acquire() as conn:
             return await conn.fetchrow(statement, *args)
-
-    @contextlib.asynccontextmanager
-    async def pg_transaction(self) -> AsyncIterator[Any]:
-        """PostgreSQL: a connection inside one transaction (for rare, multi-statement work)."""
-        pool = self._pg_pool or await self._open_pg_pool()
-        async with pool.acquire() as conn, conn.transaction():
-            yield conn
 
     async def _open_pg_pool(self) -> Any:
         import asyncpg

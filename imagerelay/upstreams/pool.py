@@ -132,7 +132,7 @@ class NoChannel(UpstreamError):
 
 
 class SharedCooldowns(Protocol):
-    """Cooldowns seen by every gateway process (``imagerelay.shared.cooldowns``)."""
+    """Cooldowns seen by every gateway process (``imagerelay.upstreams.cooldowns``)."""
 
     def remaining(self, name: str, now: float) -> float: ...
 

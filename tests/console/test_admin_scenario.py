@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from imagerelay.simulation.upstream_server import create_upstream_app
+from imagerelay_sim.server import create_upstream_app
 from tests.console.browser import check_axe, save_screenshots
 from tests.console.conftest import ConsoleGateway, sign_in
 from tests.support.servers import run_asgi

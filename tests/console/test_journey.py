@@ -34,7 +34,7 @@ import yaml
 from PIL import Image
 
 import imagerelay.catalog
-from imagerelay.simulation.upstream_server import create_upstream_app
+from imagerelay_sim.server import create_upstream_app
 from tests.console.browser import ConsoleLog, check_axe, save_screenshots
 from tests.console.pages import sideways_overflow
 from tests.console.conftest import Account, ConsoleGateway, assert_clean, open_page, sign_in

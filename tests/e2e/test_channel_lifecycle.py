@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from imagerelay.simulation.upstream_server import create_upstream_app
+from imagerelay_sim.server import create_upstream_app
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.servers import run_asgi

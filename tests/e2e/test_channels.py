@@ -22,7 +22,7 @@ import openai
 import pytest
 from PIL import Image
 
-from imagerelay.simulation.upstream_server import create_upstream_app
+from imagerelay_sim.server import create_upstream_app
 from tests.conftest import png_bytes
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from imagerelay.simulation.upstream_server import DEFAULT_MODELS, create_upstream_app
+from imagerelay_sim.server import DEFAULT_MODELS, create_upstream_app
 from tests.conftest import png_bytes
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from imagerelay.simulation.upstream_server import DEFAULT_MODELS, create_upstream_app
+from imagerelay_sim.server import DEFAULT_MODELS, create_upstream_app
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.idle_proxy import idle_proxy

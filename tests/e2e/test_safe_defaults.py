@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from imagerelay.catalog.loader import default_catalog_text
-from imagerelay.simulation.upstream_server import create_upstream_app
+from imagerelay_sim.server import create_upstream_app
 from tests.support.gateway import free_port, run_gateway
 from tests.support.servers import run_asgi
 

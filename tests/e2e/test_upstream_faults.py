@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from imagerelay.simulation.faults import FAULT_TYPES
-from imagerelay.simulation.upstream_server import create_upstream_app
+from imagerelay_sim.faults import FAULT_TYPES
+from imagerelay_sim.server import create_upstream_app
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.servers import run_asgi

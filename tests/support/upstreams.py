@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from imagerelay.simulation.upstream_server import DEFAULT_MODELS, create_upstream_app
+from imagerelay_sim.server import DEFAULT_MODELS, create_upstream_app
 from tests.support.servers import run_asgi
 
 

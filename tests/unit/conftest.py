@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from imagerelay.shared.connection import SharedRedis
+from imagerelay.limits.connection import SharedRedis
 from tests.support.services import delete_redis_prefix, fresh_redis_prefix, redis_url
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from imagerelay.errors import RateLimited
-from imagerelay.limits import UNLIMITED, TokenLimiter
+from imagerelay.limits.local import UNLIMITED, TokenLimiter
 from imagerelay.storage.accounts import TokenInfo
 
 

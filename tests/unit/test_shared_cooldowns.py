@@ -9,8 +9,8 @@ import time
 import pytest
 
 from imagerelay.catalog.model import ChannelSpec
-from imagerelay.shared.connection import SharedRedis
-from imagerelay.shared.cooldowns import RedisCooldowns
+from imagerelay.limits.connection import SharedRedis
+from imagerelay.upstreams.cooldowns import RedisCooldowns
 from imagerelay.upstreams.base import UpstreamFailure
 from imagerelay.upstreams.pool import ChannelPool, PoolPolicy
 from tests.support.gateway import free_port

@@ -10,9 +10,9 @@ from collections.abc import Callable
 import pytest
 
 from imagerelay.errors import RateLimited
-from imagerelay.limits import UNLIMITED, Limiter, TokenLimiter
-from imagerelay.shared.connection import SharedRedis
-from imagerelay.shared.limits import RedisTokenLimiter
+from imagerelay.limits.local import UNLIMITED, Limiter, TokenLimiter
+from imagerelay.limits.connection import SharedRedis
+from imagerelay.limits.redis import RedisTokenLimiter
 from imagerelay.storage.accounts import TokenInfo
 from tests.support.gateway import free_port
 

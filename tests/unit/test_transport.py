@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.domain.types import ImageRequest
-from imagerelay.simulation.upstream_server import create_upstream_app
+from imagerelay_sim.server import create_upstream_app
 from imagerelay.upstreams.base import CallTarget, UpstreamFailure
 from imagerelay.upstreams.azure import AzureConnector
 from imagerelay.upstreams.openai import OpenAIConnector

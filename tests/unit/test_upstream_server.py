@@ -23,7 +23,7 @@ import pytest
 from openai import AzureOpenAI, OpenAI
 from PIL import Image
 
-from imagerelay.simulation.upstream_server import (
+from imagerelay_sim.server import (
     create_upstream_app,
     parse_fault,
     sim_state,

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
-from imagerelay.limits import UNLIMITED, WINDOW_S, concurrency_exceeded, rpm_exceeded
-from imagerelay.shared.connection import REDIS_ERRORS, SharedRedis
+from imagerelay.limits.local import UNLIMITED, WINDOW_S, concurrency_exceeded, rpm_exceeded
+from imagerelay.limits.connection import REDIS_ERRORS, SharedRedis
 from imagerelay.storage.accounts import TokenInfo
 
 # Both scripts take ARGV[1] = now in ms, or a negative number for the Redis server clock.

@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -20,14 +20,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from imagerelay.domain.types import ImageRequest, InputImage
-from imagerelay.simulation.faults import (
+from imagerelay_sim.faults import (
     _invalid_value,
     openai_error,
 )
 from imagerelay.simulation.render import resolve_dimensions
+from imagerelay_sim.state import Endpoint, SimState
 
-Protocol = Literal["openai", "azure"]
-Endpoint = Literal["generations", "edits"]
 
 #: Models the ``openai`` protocol accepts (others: 400 "The model 'x' does not exist.").
 DEFAULT_MODELS: tuple[str, ...] = (
@@ -70,9 +69,6 @@ _AZURE_DEPLOYMENT_NOT_FOUND = (
     "last 5 minutes, please wait a moment and try again."
 )
 _AZURE_SAFE = {name: {"filtered": False, "severity": "safe"} for name in ("hate", "self_harm", "sexual", "violence")}
-
-if TYPE_CHECKING:
-    from imagerelay.simulation.upstream_server import SimState
 
 
 # =========================================================================== request parsing

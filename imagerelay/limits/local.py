@@ -3,7 +3,7 @@
 ``admit(token)`` returns an async context manager: entering it admits one call or
 raises 429 ``rate_limit_exceeded`` with retry-after; leaving it returns the
 concurrency slot. The interface is async because the shared implementation
-(``imagerelay.shared.limits``, used when ``IMAGERELAY_REDIS_URL`` is set) asks Redis.
+(``imagerelay.limits.redis``, used when ``IMAGERELAY_REDIS_URL`` is set) asks Redis.
 
 In-process (this module): a sliding one-minute window of call start times and a
 count of calls in flight, per token. Its enter/exit never suspend, so awaiting

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 # redis-py is an optional dependency (imagerelay[redis]): imported only when configured.
 if TYPE_CHECKING:
-    from imagerelay.shared.connection import SharedRedis
-    from imagerelay.shared.cooldowns import RedisCooldowns
-    from imagerelay.shared.limits import RedisTokenLimiter
+    from imagerelay.limits.connection import SharedRedis
+    from imagerelay.upstreams.cooldowns import RedisCooldowns
+    from imagerelay.limits.redis import RedisTokenLimiter
 
 
 @dataclass
@@ -25,9 +25,9 @@ class SharedState:
     def connect(cls, url: str, prefix: str) -> SharedState:
         """Builds the clients; nothing is sent to Redis before ``start``."""
         try:
-            from imagerelay.shared.connection import SharedRedis
-            from imagerelay.shared.cooldowns import RedisCooldowns
-            from imagerelay.shared.limits import RedisTokenLimiter
+            from imagerelay.limits.connection import SharedRedis
+            from imagerelay.upstreams.cooldowns import RedisCooldowns
+            from imagerelay.limits.redis import RedisTokenLimiter
         except ModuleNotFoundError as exc:
             if exc.name != "redis" and not (exc.name or "").startswith("redis."):
                 raise

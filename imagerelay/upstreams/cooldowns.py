@@ -23,7 +23,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-from imagerelay.shared.connection import REDIS_ERRORS, SharedRedis
+from imagerelay.limits.connection import REDIS_ERRORS, SharedRedis
 
 # KEYS: the hash. ARGV: channel, cooldown ms. Keeps the later end if one is already set.
 TRIP = """

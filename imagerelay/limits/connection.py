@@ -1,4 +1,5 @@
-"""The Redis connection the shared limits and cooldowns use, and its fail-open policy.
+"""The Redis connection the shared limits (:mod:`imagerelay.limits.redis`) and the pool's
+shared cooldowns (:mod:`imagerelay.upstreams.cooldowns`) use, and its fail-open policy.
 
 Redis here guards fairness (rate limits) and spares failing upstreams (cooldowns);
 neither is worth refusing a paying call over. So a Redis error never reaches the
@@ -21,6 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+# Named for what it reports (shared state), not the module: log filters and tests use it.
 log = logging.getLogger("imagerelay.shared")
 
 T = TypeVar("T")
