@@ -78,8 +78,12 @@ def console_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleGate
     yield from start_console_gateway(tmp_path_factory.mktemp("console"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One browser per module, not per session: Playwright's sync API keeps its event loop
+    marked as running in this thread while it is started, so every later test that runs
+    asyncio (``asyncio.run``, async fixtures) in the same session would fail with "cannot
+    be called from a running event loop"."""
     executable = chromium_path()
     from playwright.sync_api import sync_playwright
 
