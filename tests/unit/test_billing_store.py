@@ -50,12 +50,12 @@ async def test_hold_settle_release_and_audit(stores: tuple[Accounts, Billing]) -
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     assert await billing.adjust(user.id, 100_000, "top up") == 100_000
-    assert "ok" == await billing.place_hold("r1", user.id, 60_000, ttl_s=60)
-    assert "balance" == await billing.place_hold("r2", user.id, 60_000, ttl_s=60)  # only 40_000 available
+    assert await billing.place_hold("r1", user.id, 60_000, ttl_s=60) == "ok"
+    assert await billing.place_hold("r2", user.id, 60_000, ttl_s=60) == "balance"  # only 40_000 available
     assert await billing.settle(record("r1", user.id, cost=30_000)) == 30_000
     u = await accounts.get_user(user.id)
     assert u is not None and (u.balance_micros, u.held_micros) == (70_000, 0)
-    assert "ok" == await billing.place_hold("r3", user.id, 70_000, ttl_s=60)
+    assert await billing.place_hold("r3", user.id, 70_000, ttl_s=60) == "ok"
     await billing.release(record("r3", user.id, status=502))
     u = await accounts.get_user(user.id)
     assert u is not None and (u.balance_micros, u.held_micros) == (70_000, 0)
@@ -66,7 +66,7 @@ async def test_charge_never_exceeds_hold(stores: tuple[Accounts, Billing]) -> No
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 50_000, "top up")
-    assert "ok" == await billing.place_hold("r1", user.id, 50_000, ttl_s=60)
+    assert await billing.place_hold("r1", user.id, 50_000, ttl_s=60) == "ok"
     rec = record("r1", user.id, cost=80_000)
     assert await billing.settle(rec) == 50_000
     assert rec.price_basis["capped_from_micros"] == 80_000
@@ -79,7 +79,7 @@ async def test_stale_holds_are_released(stores: tuple[Accounts, Billing]) -> Non
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 10_000, "top up")
-    assert "ok" == await billing.place_hold("crashed", user.id, 10_000, ttl_s=-1)
+    assert await billing.place_hold("crashed", user.id, 10_000, ttl_s=-1) == "ok"
     assert any("past their deadline" in p for p in await billing.audit())
     assert await billing.release_stale_holds() == 1
     u = await accounts.get_user(user.id)
