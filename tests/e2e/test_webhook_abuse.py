@@ -133,6 +133,7 @@ def rss_bytes(pid: int) -> int:
     return int(line.split()[1]) * 1024
 
 
+@pytest.mark.timing
 def test_hostile_receivers_cost_no_memory_and_delay_no_one_else(gw: Gateway) -> None:
     hostile = {name: Receiver(behaviour) for name, behaviour in
                (("endless", endless_body), ("trickle", trickle), ("silent", silent))}

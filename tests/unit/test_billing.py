@@ -420,6 +420,7 @@ async def test_a_retry_takes_over_the_idempotency_claim_of_a_dead_process(
     assert replay is not None and replay.body == b"answer"
 
 
+@pytest.mark.timing
 async def test_a_running_claim_older_than_a_call_can_last_is_taken_over(stores: tuple[Accounts, Billing]) -> None:
     _accounts, billing = stores
     engine = billing._engine  # noqa: SLF001
