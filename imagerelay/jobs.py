@@ -94,7 +94,7 @@ class _Claimed:
 
 
 class JobService:
-    def __init__(
+    def __init__(  # noqa: PLR0913 - collaborators, then the job knobs keyword-only (Settings names each)
         self,
         engine: AsyncEngine,
         relay: Relay,
@@ -562,10 +562,9 @@ class JobService:
         await self.webhooks.schedule(job_id)
 
     async def _cleanup_inputs(self, job_id: str) -> None:
-        try:
+        # StoreUnavailable is logged by the store; the sweep deletes them by their lifetime.
+        with contextlib.suppress(StoreUnavailable):
             await self._store.inputs.delete_prefix(f"{job_id}/")
-        except StoreUnavailable:  # logged by the store; the sweep deletes them by their lifetime
-            pass
 
     async def _prepared(self, row: Any, *, load_images: bool = True) -> PreparedCall | None:
         """The job's call as the relay runs it; without its input images when only

@@ -116,11 +116,6 @@ def interrupted_record(hold: Any, now: float) -> UsageRecord:
     )
 
 
-class AlreadyRecorded(Exception):
-    """The call already has its usage record: a repeated settle/release/record rolled
-    back whole, and the first outcome stands."""
-
-
 def _charge_for(record: UsageRecord, hold: int | None, collected: bool) -> int:
     """What a settled call is charged (one rule for both databases), noting in its
     price basis why that differs from its price.
