@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from imagerelay import keepalive
 from imagerelay.catalog.loader import Catalog, ResolvedRoute
 from imagerelay.domain import money, pricing
 from imagerelay.domain import usage as token_rules
@@ -40,7 +41,6 @@ from imagerelay.errors import (
     PermissionDenied,
     UpstreamError,
 )
-from imagerelay import keepalive
 from imagerelay.imagestore import ImageStore
 from imagerelay.logs import request_id_var
 from imagerelay.storage.accounts import TokenInfo
@@ -220,7 +220,7 @@ class Relay:
     ) -> PreparedCall:
         """Route, validate and hold; a refusal is recorded and raised.
 
-        Jobs call this at submit time with a long ``hold_ttl_s`` and :meth:`execute`
+        Jobs call this at submit time with a long ``hold_ttl_s`` and :meth:`call`
         later from a worker; synchronous calls do both at once.
         """
         record = self._record(ctx, None, model)
