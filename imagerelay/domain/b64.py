@@ -144,7 +144,7 @@ def payload_chunks(value: B64Payload, size: int = _SLICE) -> Iterator[bytes | me
 
 def decode_image_b64(clean_b64: B64Payload) -> bytes:
     # pybase64 reads an ASCII str or a buffer in place, ~10x faster than binascii.
-    return pybase64.b64decode(clean_b64)
+    return pybase64.b64decode(clean_b64, validate=True)
 
 
 def decode_lenient(value: B64Payload) -> bytes:

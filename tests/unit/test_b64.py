@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import base64
+import binascii
 
 import pytest
 
-from imagerelay.domain.b64 import InvalidImagePayload, normalize_b64
+from imagerelay.domain.b64 import InvalidImagePayload, decode_image_b64, normalize_b64
 from tests.conftest import png_bytes
 
 PNG = png_bytes(20, 10)
@@ -71,3 +72,15 @@ def test_jpeg_and_webp_detected() -> None:
         buf = io.BytesIO()
         Image.new("RGB", (8, 8)).save(buf, fmt)
         assert normalize_b64(base64.b64encode(buf.getvalue()).decode())[1] == name
+
+
+def test_decode_of_clean_payload_is_exact_and_refuses_junk() -> None:
+    # Stored images are decoded with pybase64's validating (faster) path: a clean payload
+    # decodes to the very bytes, in 512 KB slices or whole; junk is refused, never dropped.
+    png = png_bytes(8, 8)
+    clean = base64.b64encode(png)
+    assert decode_image_b64(clean) == png
+    assert decode_image_b64(memoryview(clean)) == png
+    assert decode_image_b64(clean.decode()) == png
+    with pytest.raises(binascii.Error):
+        decode_image_b64(clean[:8] + b"\n" + clean[8:])
