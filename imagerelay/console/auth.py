@@ -49,7 +49,7 @@ def logins_of(request: Request) -> Logins:
     logins = getattr(state, "console_logins", None)
     if logins is None:
         logins = state.console_logins = Logins(services_of(request).engine)
-    return logins  # type: ignore[no-any-return]
+    return logins
 
 
 async def console_user(request: Request) -> ConsoleUser | None:
@@ -102,7 +102,8 @@ async def require_json_user(request: Request) -> ConsoleUser:
 
 
 def cookie_path(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/") + "/console"
+    root_path: str = request.scope.get("root_path", "")
+    return root_path.rstrip("/") + "/console"
 
 
 def set_session_cookie(request: Request, response: Response, sid: str) -> None:

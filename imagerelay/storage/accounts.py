@@ -16,10 +16,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -376,7 +376,7 @@ class Accounts:
         return len(self._known), len(self._unknown)
 
 
-def _token_query():  # type: ignore[no-untyped-def]
+def _token_query() -> Select[Any]:
     return select(
         tokens.c.id,
         tokens.c.user_id,
@@ -394,7 +394,7 @@ def _token_query():  # type: ignore[no-untyped-def]
     ).join(users, users.c.id == tokens.c.user_id)
 
 
-def _view_query():  # type: ignore[no-untyped-def]
+def _view_query() -> Select[Any]:
     return select(
         tokens.c.id, tokens.c.user_id, tokens.c.name, tokens.c.group_name, tokens.c.prefix, tokens.c.suffix,
         tokens.c.created_at, tokens.c.expires_at, tokens.c.revoked, tokens.c.spend_cap_micros,
