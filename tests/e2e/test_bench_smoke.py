@@ -23,3 +23,9 @@ def test_bench_quick_run_reports(tmp_path: Path) -> None:
                      "gateway peak RSS", "edit 4 x", "time to first partial", "Gateway errors during the run: 0"):
         assert scenario in text, scenario
     assert "x of direct" in text and "| ok |" in text
+    # The targets of issue 15, judged, and the long-call scenario run end to end.
+    for heading in ("## Targets of issue 15", "### 1. Big answers", "### 2. Thousands of long calls",
+                    "### 3. PostgreSQL + Redis path", "### 4. Small calls", "## Thousands of long calls"):
+        assert heading in text, heading
+    assert "Calls that did not complete: 0" in text
+    assert "| plain calls | 100 of 100 |" in text and "| queued jobs (submission) | 50 of 50 |" in text
