@@ -131,8 +131,10 @@ def flush_redis_prefix(url: str, prefix: str) -> None:
 
 
 def start_stack(workdir: Path, database_url: str | None, redis_url: str | None = None, *,
-                extra_env: dict[str, str] | None = None, channel: dict[str, Any] | None = None) -> Stack:
-    """``extra_env``: more gateway settings; ``channel``: more settings of the simulator's channel."""
+                extra_env: dict[str, str] | None = None, channel: dict[str, Any] | None = None,
+                workers: int = 1) -> Stack:
+    """``extra_env``: more gateway settings; ``channel``: more settings of the simulator's channel;
+    ``workers``: the gateway's worker processes (``serve --workers``)."""
     sim_port, gw_port = free_ports(2)
     sim_log = open(workdir / "sim.log", "wb")
     sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai", "--port", str(sim_port),
@@ -159,7 +161,8 @@ def start_stack(workdir: Path, database_url: str | None, redis_url: str | None =
     subprocess.run([PY, "-m", "imagerelay", "balance", "add", "--user", "demo", "--amount", "10000000",
                     "--reason", "benchmark credit"], env=env, check=True, capture_output=True)
     gw_log = open(workdir / "gateway.log", "wb")
-    gateway = subprocess.Popen([PY, "-m", "imagerelay", "serve", "--port", str(gw_port)], env=env, stdout=gw_log,
+    gateway = subprocess.Popen([PY, "-m", "imagerelay", "serve", "--port", str(gw_port), "--workers", str(workers)],
+                               env=env, stdout=gw_log,
                                stderr=subprocess.STDOUT)
     wait_http(f"http://127.0.0.1:{gw_port}/healthz", gateway, "gateway")
     created = httpx.post(f"http://127.0.0.1:{gw_port}/admin/tokens", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
