@@ -103,6 +103,8 @@ def measure(args: argparse.Namespace, stack: Any, script: Path, body: dict[str, 
     t.join()
     after = cpu_seconds(stack.gateway.pid)
     tree_ms = 1000 * (total_cpu(gateway_pids) - tree_before) / result["requests"]
+    # Backends the pools opened during the run count from zero.
+    backends += [pid for pid in pg_backend_pids(args.pg_database) if pid not in backends] if args.pg_database else []
     pg_ms = 1000 * (total_cpu(backends) - pg_before) / result["requests"]
     user, system = (1000 * (b - a) / result["requests"] for a, b in zip(before, after, strict=True))
     if spy:
