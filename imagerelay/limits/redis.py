@@ -111,7 +111,7 @@ class RedisTokenLimiter:
             return None
         call_id = os.urandom(9).hex()
         keys = self._keys(token)
-        args = [self._now_ms(), int(WINDOW_S * 1000), token.rpm_limit or 0, token.concurrency_limit or 0,
+        args: list[int | str] = [self._now_ms(), int(WINDOW_S * 1000), token.rpm_limit or 0, token.concurrency_limit or 0,
                 call_id, self._lease_ms]
         try:
             try:

@@ -223,12 +223,19 @@ class TransactionRunner:
       trips with the row lock held across thread hops and GIL waits.
     """
 
-    def __init__(self, url: str, *, pg_pool_size: int = 8) -> None:
+    def __init__(self, url: str, *, pg_pool_size: int = 8, pg_synchronous_commit: str | None = None) -> None:
         self.is_sqlite = url.startswith("sqlite")
         self._sqlite: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pg_dsn = ""
         self._pg_pool_size = pg_pool_size
+        self._pg_settings = {
+            # The money statements rely on READ COMMITTED re-checking a guard against
+            # the newest row version after a lock wait.
+            "default_transaction_isolation": "read committed",
+            # Unset: the server's (on by default); see config.py.
+            **({"synchronous_commit": pg_synchronous_commit} if pg_synchronous_commit else {}),
+        }
         self._pg_pool: Any = None  # asyncpg.Pool, created on first use (it needs the running loop)
         self._pg_pool_lock: asyncio.Lock | None = None
         if self.is_sqlite:
@@ -341,9 +348,7 @@ class TransactionRunner:
             if self._pg_pool is None:
                 self._pg_pool = await asyncpg.create_pool(
                     self._pg_dsn, min_size=1, max_size=self._pg_pool_size,
-                    # The money statements rely on READ COMMITTED re-checking a guard
-                    # against the newest row version after a lock wait.
-                    server_settings={"default_transaction_isolation": "read committed"},
+                    server_settings=self._pg_settings,
                     reset=_keep_session,
                 )
         return self._pg_pool

@@ -179,7 +179,7 @@ class Movement:
             ctes[step.name] = statement.cte(step.name)
         last = ctes[self.result] if self.result is not None else None
         if last is None:
-            final = select(literal_column("1").label("done"))
+            final: Any = select(literal_column("1").label("done"))
         else:
             # Exactly one row, whatever the result step found (it has at most one): a
             # batch of movements (storage/pg_batches.py) gets one row per movement and

@@ -42,7 +42,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from imagerelay.storage.movements import Movement
 
-MAX_BATCH = 128  # movements per transaction: bounds how long one batch holds its locks
+# Movements per transaction. It bounds how long a batch holds its locks, and so how
+# fairly processes sharing a hot account take turns: PostgreSQL grants a row lock to
+# its waiters in order, so batches of 16 from several gateway hosts interleave, where
+# one batch of everything one host had queued took a whole balance in one go.
+MAX_BATCH = 16
 
 _Waiting = tuple[list[Any], "asyncio.Future[Any]"]
 _Acquire = Callable[[], Awaitable[Any]]

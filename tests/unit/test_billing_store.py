@@ -460,3 +460,24 @@ async def test_a_running_claim_older_than_a_call_can_last_is_taken_over(stores: 
     started = time.monotonic()
     assert await retry.claim(1, "k", "fp") is None
     assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("setting", [None, "off"])
+async def test_the_money_connections_commit_as_configured(setting: str | None) -> None:
+    """IMAGERELAY_DB_SYNCHRONOUS_COMMIT reaches the money statements' connections on
+    PostgreSQL; unset, they commit as the server says (on by default)."""
+    url, dropped = fresh_postgres_database()
+    runner = TransactionRunner(url, pg_synchronous_commit=setting)
+    try:
+        import asyncpg
+
+        plain = await asyncpg.connect(url)  # a connection with the server's settings
+        try:
+            server = await plain.fetchval("SHOW synchronous_commit")
+        finally:
+            await plain.close()
+        row = await runner.fetchrow("SHOW synchronous_commit")
+        assert row[0] == (setting or server)
+    finally:
+        await runner.aclose()
+        drop_postgres_database(dropped)
