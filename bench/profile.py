@@ -63,6 +63,16 @@ def pg_backend_pids(database: str) -> list[int]:
     return pids
 
 
+def redis_server_pids() -> list[int]:
+    """The Redis server processes on this machine (the bench's Redis is local)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() == "redis-server":
+                pids.append(int(proc.name))
+    return pids
+
+
 def total_cpu(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -94,6 +104,8 @@ def measure(args: argparse.Namespace, stack: Any, script: Path, body: dict[str, 
     gateway_pids = tree_pids(stack.gateway.pid)
     backends = pg_backend_pids(args.pg_database) if args.pg_database else []
     pg_before = total_cpu(backends)
+    redis_pids = redis_server_pids() if args.postgres else []
+    redis_before = total_cpu(redis_pids)
     tree_before = total_cpu(gateway_pids)
     before = cpu_seconds(stack.gateway.pid)
     result: dict = {}
@@ -113,6 +125,8 @@ def measure(args: argparse.Namespace, stack: Any, script: Path, body: dict[str, 
         print(f"{len(gateway_pids) - 1} worker process(es): CPU of all {tree_ms:.3f} ms/call")
     if backends:
         print(f"PostgreSQL backends ({len(backends)}): CPU {pg_ms:.3f} ms/call")
+    if redis_pids:  # the whole server: other users of this Redis count too
+        print(f"redis-server: CPU {1000 * (total_cpu(redis_pids) - redis_before) / result['requests']:.3f} ms/call")
     print(f"calls/s {result['rps']:.0f}  errors {result['errors']}  p50 {result['p50_us'] / 1000:.2f} ms  "
           f"p99 {result['p99_us'] / 1000:.2f} ms  "
           f"gateway CPU {user + system:.3f} ms/call (user {user:.3f}, system {system:.3f})  "
