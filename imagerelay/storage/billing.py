@@ -152,7 +152,8 @@ def _ledger_reason(record: UsageRecord) -> str:
 # data-modifying CTEs, a call's movements batched with their concurrent peers in one
 # transaction: storage/pg_batches.py). Rows are locked in one order everywhere: the hold
 # row, then the user, then the token (a step that refers to another runs after it), so
-# two movements never deadlock on PostgreSQL; under READ COMMITTED a statement that
+# two single movements never deadlock on PostgreSQL (a batch can, rarely, and its
+# victim runs again: storage/pg_batches.py); under READ COMMITTED a statement that
 # waited for a row lock re-checks its guard against the newest version of the row,
 # which is what keeps concurrent holds from overspending.
 def _p(name: str, type_: Any) -> Any:

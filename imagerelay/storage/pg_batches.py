@@ -29,8 +29,11 @@ What stays as it was:
 Locks: a batch holds every row it locked until its commit, so two batches in flight
 at once (a batch of holds and a batch of settles) must lock rows in one order: each
 batch runs its movements sorted by :attr:`Movement.batch_order` (user, then token),
-the order every movement locks them in. A deadlock all the same (an operator's
-statement, say) is detected by PostgreSQL and ends in the retry-alone path.
+the order every movement locks them in. A hold row is locked before its user, so a
+batch holding the user can still meet a transaction that locked one of its hold rows
+first (the reconciler dropping a stale hold): PostgreSQL breaks that deadlock after
+``deadlock_timeout`` and its victim, rolled back whole, is run again (see
+:func:`is_deadlock`).
 """
 
 from __future__ import annotations
@@ -97,7 +100,9 @@ class PgBatches:
         finally:
             del self._flushing[movement.name]
 
-    async def _run_batch(self, movement: Movement, batch: list[_Waiting]) -> None:
+    async def _run_batch(self, movement: Movement, batch: list[_Waiting], *, alone: bool = False) -> None:
+        """``alone``: a movement re-run on its own after its batch was refused; a
+        deadlock there is not retried again."""
         import asyncpg
 
         try:
@@ -109,10 +114,11 @@ class PgBatches:
                     rows = await conn.fetchmany(movement.pg_sql, [args for args, _future in batch])
                     assert len(rows) == len(batch), "every movement statement answers one row"
         except asyncpg.PostgresError as exc:
-            if len(batch) > 1 and _rolled_back(exc):
+            if _rolled_back(exc) and (len(batch) > 1 or (is_deadlock(exc) and not alone)):
                 # PostgreSQL refused the batch, so all of it rolled back: run each
-                # movement alone, so that only the one at fault fails.
-                await asyncio.gather(*(self._run_batch(movement, [one]) for one in batch))
+                # movement alone, so that only the one at fault fails (a deadlock's
+                # victim was at fault of nothing, and runs again).
+                await asyncio.gather(*(self._run_batch(movement, [one], alone=True) for one in batch))
                 return
             for _args, future in batch:
                 _answer(future, exc)
@@ -137,6 +143,16 @@ def _rolled_back(exc: BaseException) -> bool:
 
     severity = getattr(exc, "severity_en", None) or getattr(exc, "severity", None)
     return severity == "ERROR" and not isinstance(exc, asyncpg.PostgresConnectionError)
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """PostgreSQL chose this transaction as a deadlock's victim and rolled it back.
+
+    Batches can deadlock where single statements could not: a batch keeps the user's
+    row locked from one movement to the next, and the next may want a hold row that
+    another transaction (the reconciler's, dropping that hold) locked before waiting
+    for the user. Rare, and PostgreSQL breaks it after ``deadlock_timeout`` (1 s)."""
+    return getattr(exc, "sqlstate", None) == "40P01"
 
 
 def _answer(future: asyncio.Future[Any], exc: BaseException) -> None:
