@@ -37,6 +37,50 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn's worker processes with ``--workers N``)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pids[i]}/task").iterdir():
+                children = (task / "children").read_text().split()
+                pids.extend(int(c) for c in children)
+        i += 1
+    return pids
+
+
+def pg_backend_pids(database: str) -> list[int]:
+    """The PostgreSQL server processes serving ``database`` (same machine): their CPU is
+    part of what a call costs on PostgreSQL."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if cmdline.startswith("postgres: ") and f" {database} " in cmdline:
+                pids.append(int(proc.name))
+    return pids
+
+
+def redis_server_pids() -> list[int]:
+    """The Redis server processes on this machine (the bench's Redis is local)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() == "redis-server":
+                pids.append(int(proc.name))
+    return pids
+
+
+def total_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += sum(cpu_seconds(pid))
+    return total
+
+
 def current_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -57,6 +101,12 @@ def measure(args: argparse.Namespace, stack: Any, script: Path, body: dict[str, 
         time.sleep(1)
     rss_before = current_rss_mb(stack.gateway.pid)
     reset_peak_rss(stack.gateway.pid)
+    gateway_pids = tree_pids(stack.gateway.pid)
+    backends = pg_backend_pids(args.pg_database) if args.pg_database else []
+    pg_before = total_cpu(backends)
+    redis_pids = redis_server_pids() if args.postgres else []
+    redis_before = total_cpu(redis_pids)
+    tree_before = total_cpu(gateway_pids)
     before = cpu_seconds(stack.gateway.pid)
     result: dict = {}
     t = threading.Thread(target=lambda: result.update(wrk(stack.gw_url, stack.token, body, args.connections,
@@ -64,10 +114,21 @@ def measure(args: argparse.Namespace, stack: Any, script: Path, body: dict[str, 
     t.start()
     t.join()
     after = cpu_seconds(stack.gateway.pid)
+    tree_ms = 1000 * (total_cpu(gateway_pids) - tree_before) / result["requests"]
+    # Backends the pools opened during the run count from zero.
+    backends += [pid for pid in pg_backend_pids(args.pg_database) if pid not in backends] if args.pg_database else []
+    pg_ms = 1000 * (total_cpu(backends) - pg_before) / result["requests"]
     user, system = (1000 * (b - a) / result["requests"] for a, b in zip(before, after, strict=True))
     if spy:
         spy.wait()
+    if len(gateway_pids) > 1:
+        print(f"{len(gateway_pids) - 1} worker process(es): CPU of all {tree_ms:.3f} ms/call")
+    if backends:
+        print(f"PostgreSQL backends ({len(backends)}): CPU {pg_ms:.3f} ms/call")
+    if redis_pids:  # the whole server: other users of this Redis count too
+        print(f"redis-server: CPU {1000 * (total_cpu(redis_pids) - redis_before) / result['requests']:.3f} ms/call")
     print(f"calls/s {result['rps']:.0f}  errors {result['errors']}  p50 {result['p50_us'] / 1000:.2f} ms  "
+          f"p99 {result['p99_us'] / 1000:.2f} ms  "
           f"gateway CPU {user + system:.3f} ms/call (user {user:.3f}, system {system:.3f})  "
           f"RSS {rss_before:.0f} MB before, {peak_rss_mb(stack.gateway.pid):.0f} MB peak")
     if spy:
@@ -86,12 +147,15 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL + Redis instead of SQLite (as bench/run.py)")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--workers", type=int, default=1, help="the gateway's worker processes (serve --workers)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="imagerelay-profile-"))
     database_url = redis_url = None
+    args.pg_database = ""
     if args.postgres:
         database_url, redis_url = fresh_pg_database(args.pg_url), args.redis_url
-    stack = start_stack(workdir, database_url, redis_url)
+        args.pg_database = database_url.rsplit("/", 1)[1]
+    stack = start_stack(workdir, database_url, redis_url, workers=args.workers)
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
     small = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}

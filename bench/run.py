@@ -138,7 +138,8 @@ def flush_redis_prefix(url: str, prefix: str) -> None:
 def start_stack(workdir: Path, database_url: str | None, redis_url: str | None = None, *,
                 extra_env: dict[str, str] | None = None, channel: dict[str, Any] | None = None,
                 workers: int = 1) -> Stack:
-    """``extra_env``: more gateway settings; ``channel``: more settings of the simulator's channel."""
+    """``extra_env``: more gateway settings; ``channel``: more settings of the simulator's channel;
+    ``workers``: the gateway's worker processes (``serve --workers``)."""
     sim_port, gw_port = free_ports(2)
     with open(workdir / "sim.log", "wb") as sim_log:  # the child keeps its own copy of the descriptor
         sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai",

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     # PostgreSQL connections for money statements (per process). Each is one short
     # autocommit statement, so a few connections keep the database busy.
     db_pool_size: int = Field(default=8, ge=1, le=100)
+    # PostgreSQL's synchronous_commit for the money statements' connections. Unset: the
+    # server's (on by default: a movement is on disk before the call goes on). "off"
+    # is an operator's explicit trade (docs/performance.md): each commit stops waiting
+    # for the WAL flush (~6 ms on a shared disk, two per call), and a database crash may
+    # lose the last fraction of a second of movements, never part of one.
+    db_synchronous_commit: Literal["on", "off", "local", "remote_write", "remote_apply"] | None = None
     # Channel pools: attempts per call (every channel, then again after a backoff),
     # overall deadline, circuit breaker (a count and a rate of failures over a window).
     max_attempts: int = Field(default=8, ge=1, le=20)

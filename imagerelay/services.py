@@ -62,7 +62,8 @@ class Services:
         catalog = catalog or load_catalog(settings.catalog)
         engine = create_engine(settings.resolved_database_url())
         accounts = Accounts(engine, cache_ttl_s=settings.token_cache_ttl_s)
-        runner = TransactionRunner(settings.resolved_database_url(), pg_pool_size=settings.db_pool_size)
+        runner = TransactionRunner(settings.resolved_database_url(), pg_pool_size=settings.db_pool_size,
+                                   pg_synchronous_commit=settings.db_synchronous_commit)
         instances = Instances(engine, settings.data_dir / "instances", lease_s=settings.instance_lease_s)
         billing = Billing(engine, runner, instance_id=instances.id)
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)

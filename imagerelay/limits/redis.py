@@ -24,6 +24,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
+from redis.exceptions import NoScriptError
+
 from imagerelay.limits.local import UNLIMITED, WINDOW_S, concurrency_exceeded, rpm_exceeded
 from imagerelay.limits.connection import REDIS_ERRORS, SharedRedis
 from imagerelay.storage.accounts import TokenInfo
@@ -109,11 +111,16 @@ class RedisTokenLimiter:
             return None
         call_id = os.urandom(9).hex()
         keys = self._keys(token)
+        args: list[int | str] = [self._now_ms(), int(WINDOW_S * 1000), token.rpm_limit or 0, token.concurrency_limit or 0,
+                call_id, self._lease_ms]
         try:
-            verdict, wait_ms = await self._redis.bounded(self._admit(keys=keys, args=[
-                self._now_ms(), int(WINDOW_S * 1000), token.rpm_limit or 0, token.concurrency_limit or 0,
-                call_id, self._lease_ms,
-            ]))
+            try:
+                # EVALSHA in the shared pipeline (SharedRedis.pipelined); a server that
+                # does not know the script yet (a restart, a flush) gets it loaded once.
+                verdict, wait_ms = await self._redis.bounded(self._redis.pipelined(
+                    "EVALSHA", self._admit.sha, len(keys), *keys, *args))
+            except NoScriptError:
+                verdict, wait_ms = await self._redis.bounded(self._admit(keys=keys, args=args))
         except REDIS_ERRORS as exc:
             self._redis.failed("rate limits", exc)
             return None
@@ -136,7 +143,7 @@ class RedisTokenLimiter:
         if key is None or not self._redis.usable:
             return  # the lease runs out by itself
         try:
-            await self._redis.bounded(self._redis.client.zrem(key, call_id))
+            await self._redis.bounded(self._redis.pipelined("ZREM", key, call_id))
         except REDIS_ERRORS as exc:
             self._redis.failed("rate limits", exc)
 

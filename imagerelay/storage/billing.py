@@ -144,9 +144,11 @@ def _ledger_reason(record: UsageRecord) -> str:
 # ---------------------------------------------------------------------------------------
 # The money movements, each written once (storage/movements.py: SQLite runs the steps in
 # order inside one write transaction; PostgreSQL runs them as one statement of
-# data-modifying CTEs in autocommit). Rows are locked in one order everywhere: the hold
+# data-modifying CTEs, a call's movements batched with their concurrent peers in one
+# transaction: storage/pg_batches.py). Rows are locked in one order everywhere: the hold
 # row, then the user, then the token (a step that refers to another runs after it), so
-# two movements never deadlock on PostgreSQL; under READ COMMITTED a statement that
+# two single movements never deadlock on PostgreSQL (a batch can, rarely, and its
+# victim runs again: storage/pg_batches.py); under READ COMMITTED a statement that
 # waited for a row lock re-checks its guard against the newest version of the row,
 # which is what keeps concurrent holds from overspending.
 def _p(name: str, type_: Any) -> Any:
@@ -176,7 +178,7 @@ HOLD = Movement("hold", [
         ["request_id", "user_id", "token_id", "amount_micros", "deadline", "created_at", "instance_id", "call_info"],
         select(_REQUEST_ID, _USER_ID, _TOKEN_ID, _AMOUNT, _p("deadline", Float), _NOW, _p("instance_id", String),
                _p("call_info", Text)).where(ref("d", "ok", Boolean).is_(true())))),
-], result="d")
+], result="d", batch_order=("user_id", "token_id"))
 
 _USAGE_COLUMNS = [c for c in usage_records.columns if c.name != "id"]
 _USAGE_PARAMS = {c.name: _p(f"rec_{c.name}", c.type) for c in _USAGE_COLUMNS}
@@ -184,6 +186,9 @@ _TAKE_HOLD = Step("h", delete(holds).where(holds.c.request_id == _p("rec_request
                   .returning(holds.c.amount_micros, holds.c.token_id))
 _HOLD_AMOUNT, _HOLD_TOKEN = ref("h", "amount_micros", BigInteger), ref("h", "token_id", Integer)
 _REC_USER, _PRICE = _USAGE_PARAMS["user_id"], _USAGE_PARAMS["cost_micros"]
+# A call's movements on PostgreSQL go in batches (storage/pg_batches.py) sorted the way
+# they lock rows: the user, then the token.
+_CALL_ORDER = ("rec_user_id", "rec_token_id")
 
 
 def _usage_insert(**computed: Any) -> Step:
@@ -221,7 +226,7 @@ SETTLE = Movement("settle", [
         (and_(_HOLD_AMOUNT.is_not(None), _PRICE > _HOLD_AMOUNT), _p("capped_basis", Text)),
         (ref("k", "collected", Boolean).is_(false()), _p("uncollected_basis", Text)),
         else_=_USAGE_PARAMS["price_basis"])),
-], result="k")
+], result="k", batch_order=_CALL_ORDER)
 
 # Release: close the hold (if the reconciler has not) without charging.
 _UNHOLD_USER = Step("u", update(users).where(users.c.id == ref("h", "user_id", Integer))
@@ -232,8 +237,8 @@ RELEASE = Movement("release", [
     Step("h", delete(holds).where(holds.c.request_id == _p("rec_request_id", String))
          .returning(holds.c.amount_micros, holds.c.token_id, holds.c.user_id)),
     _UNHOLD_USER, _UNHOLD_TOKEN, _usage_insert(cost_micros=literal_column("0", BigInteger)),
-])
-RECORD = Movement("record", [_usage_insert(cost_micros=literal_column("0", BigInteger))])
+], batch_order=_CALL_ORDER)
+RECORD = Movement("record", [_usage_insert(cost_micros=literal_column("0", BigInteger))], batch_order=_CALL_ORDER)
 
 _ADJUSTED = _p("amount", BigInteger)
 ADJUST = Movement("adjust", [

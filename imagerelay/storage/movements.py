@@ -10,9 +10,10 @@ step had no row). One definition becomes, per dialect:
   ``storage/db.py::TransactionRunner``, with its group commit); a reference is a bound
   parameter holding the earlier step's value.
 - **PostgreSQL**: ONE statement (:attr:`Movement.pg_sql`): each step a data-modifying
-  CTE, a reference a scalar subquery of the earlier CTE. One round trip in autocommit,
-  and a hot balance row is locked only while that statement runs and commits. A step
-  that refers to another runs after it, which is how rows are locked in one order.
+  CTE, a reference a scalar subquery of the earlier CTE; it answers exactly one row.
+  Concurrent movements of one kind run as one batch in one transaction
+  (storage/pg_batches.py: one round trip, one commit flush). A step that refers to
+  another runs after it, which is how rows are locked in one order.
 
 Both run from the same statements, so a rule (a guard, an amount) is one edit. Two rules
 keep the two readings equal, because PostgreSQL's sub-statements share one snapshot
@@ -32,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BindParameter, ColumnElement, Table, bindparam, literal_column, select
+from sqlalchemy import BindParameter, ColumnElement, Table, bindparam, exists, literal_column, select
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.ext.compiler import compiles
@@ -41,6 +42,7 @@ from sqlalchemy.sql.functions import GenericFunction
 from sqlalchemy.types import TypeEngine
 
 _SEP = "__"  # a reference's parameter name: <step>__<column>
+_FOUND = "found__"  # PostgreSQL: whether the result step had a row (see _compile_pg)
 
 
 def ref(step: str, column: str, type_: TypeEngine[Any] | type[TypeEngine[Any]]) -> BindParameter[Any]:
@@ -108,11 +110,16 @@ class Movement:
     """A money movement: its steps, compiled for SQLite and PostgreSQL.
 
     ``result``: the step whose first row the movement returns (None: it returns
-    nothing)."""
+    nothing). ``batch_order``: on PostgreSQL, concurrent runs of this movement share one
+    transaction (storage/pg_batches.py), in the order of these parameters' values; they
+    must name the rows it locks, in the order it locks them (every batched movement
+    uses the same order, so two batches never deadlock). Empty: each run alone."""
 
-    def __init__(self, name: str, steps: Sequence[Step], result: str | None = None) -> None:
+    def __init__(self, name: str, steps: Sequence[Step], result: str | None = None, *,
+                 batch_order: tuple[str, ...] = ()) -> None:
         self.name = name
         self.result = result
+        self.batch_order = batch_order
         names = [s.name for s in steps]
         assert len(set(names)) == len(names) and (result is None or result in names), name
         steps = [Step(s.name, _inline_constants(s.statement)) for s in steps]
@@ -127,6 +134,7 @@ class Movement:
                 assert table.name not in written, f"{name}.{step.name} writes {table.name} a second time"
                 written.add(table.name)
         self._sqlite = tuple(self._compile_sqlite(s) for s in steps)
+        self.pg_columns: tuple[str, ...] = ()  # the result step's columns
         self.pg_sql, self.pg_params = self._compile_pg(steps)
 
     # -- SQLite ----------------------------------------------------------------------
@@ -170,7 +178,15 @@ class Movement:
             statement: Any = visitors.replacement_traverse(step.statement, {}, replace)  # type: ignore[call-overload]
             ctes[step.name] = statement.cte(step.name)
         last = ctes[self.result] if self.result is not None else None
-        final = select(*last.c) if last is not None else select(literal_column("1").label("done"))
+        if last is None:
+            final: Any = select(literal_column("1").label("done"))
+        else:
+            # Exactly one row, whatever the result step found (it has at most one): a
+            # batch of movements (storage/pg_batches.py) gets one row per movement and
+            # maps rows to callers by position. _FOUND says whether the step had a row.
+            final = select(exists(select(literal_column("1")).select_from(last)).label(_FOUND),
+                           *(select(c).scalar_subquery().label(str(c.key)) for c in last.c))
+            self.pg_columns = tuple(str(c.key) for c in last.c)
         # A data-modifying CTE nobody selects from still runs, but SQLAlchemy renders
         # only the CTEs a statement refers to: name them all.
         final = final.add_cte(*ctes.values())
@@ -179,6 +195,12 @@ class Movement:
 
     def pg_args(self, params: Mapping[str, Any]) -> list[Any]:
         return [params[name] for name in self.pg_params]
+
+    def pg_result(self, row: Any) -> dict[str, Any] | None:
+        """The movement's result from the one row of :attr:`pg_sql`."""
+        if self.result is None or not row[_FOUND]:
+            return None
+        return {name: row[name] for name in self.pg_columns}
 
 
 _SQLITE = sqlite_dialect.dialect(paramstyle="named")

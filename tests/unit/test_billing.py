@@ -181,6 +181,38 @@ async def test_fifty_concurrent_holds_against_room_for_ten(stores: tuple[Account
     assert await billing.audit() == []
 
 
+async def test_one_failing_movement_among_concurrent_ones_fails_alone(stores: tuple[Accounts, Billing]) -> None:
+    """Concurrent movements of one kind share a transaction on PostgreSQL
+    (storage/pg_batches.py) and a commit on SQLite: one that fails (a hold under a
+    request id that already has one) must fail alone, and every other one happen
+    exactly once."""
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("u")
+    await billing.adjust(user.id, 100 * 1_000, "room for a hundred")
+    assert await billing.place_hold("taken", user.id, 1_000, ttl_s=60) == "ok"
+
+    holds = [billing.place_hold(f"r{i}", user.id, 1_000, ttl_s=60) for i in range(10)]
+    holds.insert(5, billing.place_hold("taken", user.id, 1_000, ttl_s=60))  # one in the middle of the batch
+    results = await asyncio.gather(*holds, return_exceptions=True)
+    failure = results[5]
+    assert isinstance(failure, Exception) and ("duplicate" in str(failure) or "UNIQUE" in str(failure)), failure
+    assert results[:5] + results[6:] == ["ok"] * 10
+    u = await accounts.get_user(user.id)
+    assert u is not None and u.held_micros == 11 * 1_000  # the ten new holds, each once, and the first
+    assert await _count(billing, "SELECT count(*) FROM holds") == 11
+
+    # A settle batch with a repeat in it (the first settle stands, and is not charged twice).
+    assert await billing.settle(record("taken", user.id, cost=700)) == 700
+    settles = [billing.settle(record(f"r{i}", user.id, cost=100 + i)) for i in range(10)]
+    settles.insert(3, billing.settle(record("taken", user.id, cost=900)))
+    charged = await asyncio.gather(*settles)
+    assert charged == [100, 101, 102, 700, 103, 104, 105, 106, 107, 108, 109]
+    u = await accounts.get_user(user.id)
+    assert u is not None and (u.balance_micros, u.held_micros) == (100_000 - 700 - sum(range(100, 110)), 0)
+    assert await _count(billing, "SELECT count(*) FROM usage_records") == 11
+    assert await billing.audit() == []
+
+
 async def test_concurrent_holds_never_pass_the_spend_cap(stores: tuple[Accounts, Billing]) -> None:
     from imagerelay.storage.accounts import TokenLimits
 
@@ -466,3 +498,24 @@ async def test_an_unknown_user_is_still_a_lookup_error(stores: tuple[Accounts, B
     _accounts, billing = stores
     with pytest.raises(LookupError):
         await billing.adjust(424242, -1, "nobody")
+
+
+@pytest.mark.parametrize("setting", [None, "off"])
+async def test_the_money_connections_commit_as_configured(setting: str | None) -> None:
+    """IMAGERELAY_DB_SYNCHRONOUS_COMMIT reaches the money statements' connections on
+    PostgreSQL; unset, they commit as the server says (on by default)."""
+    url, dropped = fresh_postgres_database()
+    runner = TransactionRunner(url, pg_synchronous_commit=setting)
+    try:
+        import asyncpg
+
+        plain = await asyncpg.connect(url)  # a connection with the server's settings
+        try:
+            server = await plain.fetchval("SHOW synchronous_commit")
+        finally:
+            await plain.close()
+        row = await runner.fetchrow("SHOW synchronous_commit")
+        assert row[0] == (setting or server)
+    finally:
+        await runner.aclose()
+        drop_postgres_database(dropped)
