@@ -114,6 +114,7 @@ class Services:
             max_active_per_user=settings.job_max_active_per_user,
             max_active_per_token=settings.job_max_active_per_token, instances=instances,
         )
+        accounts.on_keys_ended = jobs.end_queued  # a revoked key's queued jobs end at once
         idempotency = IdempotencyStore(
             engine, instances=instances, running_ttl_s=settings.call_deadline_s + HOLD_MARGIN_S)
         return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
