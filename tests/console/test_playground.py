@@ -59,6 +59,8 @@ def usage_record(gw: ConsoleGateway, request_id: str) -> dict[str, Any]:
 
 
 def shown_key(page: Any) -> str:
+    # The snippet is redrawn once the key's models are in (GET /v1/models): wait for it.
+    expect(page.locator("#pg-curl")).to_contain_text(re.compile(r"Bearer sk-"))
     match = re.search(r"Bearer (sk-[A-Za-z0-9_-]+)", page.inner_text("#pg-curl"))
     assert match
     return match.group(1)
