@@ -161,7 +161,6 @@ async def _ensure_demo_console(services: Any) -> dict[str, dict[str, str]]:
     import secrets
 
     from imagerelay.console.accounts import set_password
-    from imagerelay.console.passwords import verify_password
     from imagerelay.storage.logins import Logins
 
     store = services.settings.data_dir / "demo-console.json"
@@ -176,8 +175,8 @@ async def _ensure_demo_console(services: Any) -> dict[str, dict[str, str]]:
     for role, name, admin in (("admin", DEMO_ADMIN, True), ("user", DEMO_USER, False)):
         user = await services.accounts.get_or_create_user(name, is_admin=admin)
         password = (known.get(role) or {}).get("password")
-        if not (isinstance(password, str) and await asyncio.to_thread(
-                verify_password, password, await logins.password_hash(user.id))):
+        if not (isinstance(password, str) and await services.passwords.verify(
+                password, await logins.password_hash(user.id))):
             password = secrets.token_urlsafe(12)
             await set_password(services, logins, user.id, name, password)
         out[role] = {"name": name, "password": password}

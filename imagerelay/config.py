@@ -151,6 +151,11 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=5, ge=1)
     login_max_failures_per_address: int = Field(default=20, ge=1)
     login_lockout_s: float = Field(default=15 * 60, ge=1)
+    # Password hashing (scrypt, ~16 MiB and 0.3 s each) runs on password_hash_threads
+    # threads of its own with at most password_hash_queue waiting; past that a sign-in,
+    # sign-up or password change is answered 503 with retry-after instead of queueing.
+    password_hash_threads: int = Field(default=2, ge=1, le=32)
+    password_hash_queue: int = Field(default=16, ge=0, le=10_000)
 
     @model_validator(mode="after")
     def _store_settings_agree(self) -> Settings:

@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from imagerelay.domain.scheduling import QueuedGroup, fair_order
 from imagerelay.domain.ssrf import UnsafeUrl
 from imagerelay.domain.types import ImageRequest, InputImage
-from imagerelay.errors import ApiError, InvalidRequest, NotFound, RateLimited
+from imagerelay.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound, RateLimited
 from imagerelay.blobs import BlobMissing, StoreUnavailable
 from imagerelay.imagestore import ImageStore
 from imagerelay.limits.local import UNLIMITED, Limiter, concurrency_part
@@ -259,13 +259,14 @@ class JobService:
         await self._cancel(row, "Canceled by the caller.", "canceled")
         return await self.get(job_id, user_id, base_url)
 
-    async def _cancel(self, row: Any, message: str, code: str) -> None:
+    async def _cancel(self, row: Any, message: str, code: str, *, status: str = "canceled",
+                      http_status: int = 499, only_from: tuple[str, ...] = ACTIVE) -> None:
         job_id = row["id"]
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
         async with self._engine.begin() as conn:
             res = await conn.execute(
-                update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
-                .values(status="canceled", finished_at=time.time(), error=orjson.dumps(error).decode())
+                update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(only_from))
+                .values(status=status, finished_at=time.time(), error=orjson.dumps(error).decode())
             )
         if res.rowcount != 1:
             return  # it finished meanwhile
@@ -278,9 +279,25 @@ class JobService:
             # open (releasing twice is a no-op) and delete the inputs now.
             prepared = await self._prepared(row, load_images=False)
             if prepared is not None and await self._hold_open(prepared.ctx.request_id):
-                await self._relay.abandon(prepared, 499, code)
+                await self._relay.abandon(prepared, http_status, code)
             await self._cleanup_inputs(job_id)
         await self.webhooks.schedule(job_id)
+
+    async def end_queued(self, owner: Literal["token", "user"], owner_id: int) -> None:
+        """Fail the queued jobs of a key just revoked or a user just disabled at once, as
+        ``_run_job`` would when it got to them (hold released, webhook sent), instead of
+        holding the money until a worker is free. A job claimed meanwhile is refused by
+        ``check_token`` in ``_run_job`` before it calls upstream."""
+        column = jobs.c.token_id if owner == "token" else jobs.c.user_id
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(jobs).where(column == owner_id, jobs.c.status == "queued"))).mappings().all()
+        err = (AuthenticationFailed("This API key has been revoked; create a new one.", code="revoked_api_key")
+               if owner == "token" else
+               AuthenticationFailed("This account is disabled; contact the gateway's administrator.",
+                                    code="account_disabled"))
+        for row in rows:
+            await self._cancel(row, err.message, err.code or "invalid_api_key", status="failed",
+                               http_status=err.status, only_from=("queued",))
 
     async def _hold_open(self, request_id: str) -> bool:
         return await self._relay.billing.hold_open(request_id)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,10 +31,22 @@ from imagerelay.storage.migrate import prepare as prepare_schema
 from imagerelay.upstreams.pool import ChannelPool, PoolPolicy
 from imagerelay.upstreams.registry import build_connectors
 
+if TYPE_CHECKING:
+    from imagerelay.console.passwords import Hasher
+
 log = logging.getLogger("imagerelay")
 
 RECONCILE_EVERY_S = 60.0
 CHANNEL_RELOAD_EVERY_S = 10.0
+
+
+def _hasher(settings: Settings | None = None) -> Hasher:
+    # Imported here: the console package imports api/, which imports this module.
+    from imagerelay.console.passwords import Hasher
+
+    if settings is None:
+        return Hasher()
+    return Hasher(settings.password_hash_threads, settings.password_hash_queue)
 
 
 @dataclass
@@ -54,6 +67,7 @@ class Services:
     limiter: Limiter = field(default_factory=TokenLimiter)
     shared: SharedState | None = None  # Redis, when several processes share limits and cooldowns
     metrics: Metrics | None = None
+    passwords: Hasher = field(default_factory=_hasher)  # console password hashing, on threads of its own
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -103,8 +117,10 @@ class Services:
             max_active_per_user=settings.job_max_active_per_user,
             max_active_per_token=settings.job_max_active_per_token, instances=instances,
         )
+        accounts.on_keys_ended = jobs.end_queued  # a revoked key's queued jobs end at once
         return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
-                   idempotency, jobs, runner, instances, limiter=limiter, shared=shared, metrics=metrics)
+                   idempotency, jobs, runner, instances, limiter=limiter, shared=shared, metrics=metrics,
+                   passwords=_hasher(settings))
 
     async def start(self) -> None:
         # Usually a no-op here: `serve` prepared the schema before starting the workers.
@@ -185,6 +201,7 @@ class Services:
 
     async def close(self) -> None:
         """Release database resources (also used by one-shot CLI commands)."""
+        self.passwords.close()
         if self.shared is not None:
             await self.shared.aclose()
         await self.store.aclose()

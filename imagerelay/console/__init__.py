@@ -59,8 +59,10 @@ async def not_found(request: Any) -> Response:
 
 def exception_handlers() -> dict[Any, Any]:
     from imagerelay.console import pages
+    from imagerelay.console.passwords import HashingBusy
 
-    return {SignInRequired: pages.sign_in_required, PageDenied: pages.page_denied, FormTooLarge: pages.form_too_large}
+    return {SignInRequired: pages.sign_in_required, PageDenied: pages.page_denied, FormTooLarge: pages.form_too_large,
+            HashingBusy: pages.hashing_busy}
 
 
 def is_console_path(scope: Any) -> bool:

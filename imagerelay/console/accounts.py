@@ -1,19 +1,19 @@
 """Console account rules: sign-up, sign-in with throttling, password changes.
 
-Shared by the pages and the CLI (``imagerelay user ...``); hashing runs in a thread so a
-sign-in never stalls the event loop for the time scrypt takes (tenths of a second on a busy core).
+Shared by the pages and the CLI (``imagerelay user ...``); hashing runs on
+``services.passwords`` (its own bounded threads, see :mod:`imagerelay.console.passwords`), so a
+sign-in never stalls the event loop, nor a burst of them everything else, for the time scrypt takes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 from dataclasses import dataclass
 
 import orjson
 
-from imagerelay.console.passwords import hash_password, password_problem, verify_password
+from imagerelay.console.passwords import password_problem
 from imagerelay.services import Services
 from imagerelay.storage.logins import InviteInvalid, Logins, NameTaken
 
@@ -56,7 +56,7 @@ async def set_password(services: Services, logins: Logins, user_id: int, name: s
     problem = password_problem(password, name)
     if problem:
         raise ValueError(problem)
-    await logins.set_password_hash(user_id, await asyncio.to_thread(hash_password, password))
+    await logins.set_password_hash(user_id, await services.passwords.hash(password))
 
 
 async def sign_up(services: Services, logins: Logins, name: str, password: str, confirm: str,
@@ -73,7 +73,7 @@ async def sign_up(services: Services, logins: Logins, name: str, password: str, 
         raise SignUpRefused("The two passwords differ.", "confirm")
     if mode == "invite" and not (invite and len(invite) <= 100 and await logins.invite_usable(invite)):
         raise SignUpRefused("This invitation code is unknown, used or expired.", "invite")
-    hashed = await asyncio.to_thread(hash_password, password)
+    hashed = await services.passwords.hash(password)
     groups = orjson.dumps(list(signup_groups(services))).decode()
     try:
         user_id = await logins.create_user(name, hashed, allowed_groups=groups,
@@ -102,7 +102,7 @@ async def sign_in(services: Services, logins: Logins, name: str, password: str, 
         raise SignInRefused(f"Too many failed sign-ins. Try again in {minutes} minutes.", throttled=True)
     user = await services.accounts.find_user(name) if len(name) <= 128 else None
     stored = await logins.password_hash(user.id) if user is not None else None
-    ok = await asyncio.to_thread(verify_password, password, stored)
+    ok = await services.passwords.verify(password, stored)
     if user is None or not ok:
         await logins.record_failure([account_key, address_key], window)
         raise SignInRefused("Wrong user name or password.")

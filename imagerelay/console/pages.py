@@ -6,7 +6,6 @@ catalog) and render; the data shaping lives in ``console/views.py``.
 
 from __future__ import annotations
 
-import asyncio
 import urllib.parse
 
 from starlette.requests import Request
@@ -26,7 +25,7 @@ from imagerelay.console.auth import (
     require_user,
     set_session_cookie,
 )
-from imagerelay.console.passwords import verify_password
+from imagerelay.console.passwords import HashingBusy
 from imagerelay.console.web import FormTooLarge, read_form, redirect, render, url
 
 
@@ -52,6 +51,14 @@ async def form_too_large(request: Request, exc: Exception) -> Response:
     return await render(request, "error.html", {"title": "Form too large",
                                                 "message": "This form is larger than the console accepts."},
                         status=413)
+
+
+async def hashing_busy(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HashingBusy)
+    response = await render(request, "error.html", {
+        "title": "Busy", "message": "Too many sign-ins at once. Try again in a moment."}, status=503)
+    response.headers.update(exc.headers)
+    return response
 
 
 def _next_path(raw: str | None) -> str:
@@ -169,7 +176,7 @@ async def password_submit(request: Request) -> Response:
     services = services_of(request)
     current, new, confirm = (str(form.get(k) or "") for k in ("current", "password", "confirm"))
     error, field = None, None
-    if not await asyncio.to_thread(verify_password, current, await logins.password_hash(user.id)):
+    if not await services.passwords.verify(current, await logins.password_hash(user.id)):
         error, field = "The current password is wrong.", "current"
     elif new != confirm:
         error, field = "The two new passwords differ.", "confirm"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -20,12 +19,11 @@ from starlette.routing import Route
 from imagerelay.api.deps import services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
-from imagerelay.console.auth import ConsoleUser, require_json_user, require_user
+from imagerelay.console.auth import ConsoleUser, logins_of, require_json_user, require_user
 from imagerelay.console.web import render, url
 from imagerelay.errors import InvalidRequest, PermissionDenied
 from imagerelay.services import Services
 from imagerelay.storage.accounts import TokenFilter
-from imagerelay.storage.schema import console_sessions
 
 TEST_KEY_PREFIX = "playground session "
 MAX_TOKENS_LISTED = 100
@@ -37,14 +35,12 @@ def test_key_name(user: ConsoleUser) -> str:
     return TEST_KEY_PREFIX + user.session_id[:12]
 
 
-async def _session_ends(services: Services, user: ConsoleUser) -> float:
+async def _session_ends(request: Request, user: ConsoleUser) -> float:
     """When the key stops working: when the session would end if left idle from now, and
     never after the session's absolute end. (Sign-out revokes it at once:
     :func:`revoke_session_keys`; a session kept busy past the idle span mints a new key.)"""
-    settings = services.settings
-    async with services.engine.connect() as conn:
-        created = (await conn.execute(select(console_sessions.c.created_at)
-                                      .where(console_sessions.c.id_hash == user.session_id))).scalar()
+    settings = services_of(request).settings
+    created = await logins_of(request).session_created_at(user.session_id)
     now = time.time()
     return min(now + settings.session_idle_s, float(created if created is not None else now) + settings.session_max_s)
 
@@ -104,7 +100,7 @@ async def test_key(request: Request) -> Response:
     name = test_key_name(user)
     for token_id in await _session_keys(services, user.id, name, group):  # one live test key per group
         await services.accounts.revoke_token(token_id)
-    expires_at = await _session_ends(services, user)
+    expires_at = await _session_ends(request, user)
     key = await services.accounts.create_token(user.id, group, name=name, expires_at=expires_at)
     created = await services.accounts.view_token_by_secret(key)
     assert created is not None

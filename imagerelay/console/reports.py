@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -129,42 +129,66 @@ def utc_text(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-CSV_COLUMNS = ("id", "time_utc", "request_id", "user", "token_id", "token", "group", "model", "route", "channel",
-               "endpoint", "status", "error_code", "latency_ms", "upstream_latency_ms", "attempts",
-               "input_text_tokens", "input_image_tokens", "cached_tokens", "output_tokens", "billing_mode",
-               "cost_usd")
+#: A CSV column: its header and how to read it from a record of :func:`usage_rows`.
+CsvColumn = tuple[str, Callable[[Mapping[str, Any]], object]]
+
+#: The administrator's export: every field, with the user's and the key's names.
+ADMIN_CSV: tuple[CsvColumn, ...] = (
+    ("id", lambda r: r["id"]),
+    ("time_utc", lambda r: utc_text(r["created_at"])),
+    ("request_id", lambda r: r["request_id"]),
+    ("user", lambda r: r.get("user_name") or r["user_id"]),
+    ("token_id", lambda r: r["token_id"]),
+    ("token", lambda r: r.get("token_name") or ""),
+    ("group", lambda r: r["group_name"]),
+    ("model", lambda r: r["model"]),
+    ("route", lambda r: r["route"]),
+    ("channel", lambda r: r["channel"] or ""),
+    ("endpoint", lambda r: r["endpoint"]),
+    ("status", lambda r: r["status"]),
+    ("error_code", lambda r: r["error_code"] or ""),
+    ("latency_ms", lambda r: r["latency_ms"]),
+    ("upstream_latency_ms", lambda r: "" if r["upstream_latency_ms"] is None else r["upstream_latency_ms"]),
+    ("attempts", lambda r: r["attempts"]),
+    ("input_text_tokens", lambda r: r["input_text_tokens"]),
+    ("input_image_tokens", lambda r: r["input_image_tokens"]),
+    ("cached_tokens", lambda r: r["cached_tokens"]),
+    ("output_tokens", lambda r: r["output_tokens"]),
+    ("billing_mode", lambda r: r["billing_mode"]),
+    ("cost_usd", lambda r: usd(int(r["cost_micros"]))),
+)
+CSV_COLUMNS = tuple(name for name, _ in ADMIN_CSV)
 
 
 def _cell(value: object) -> object:
-    """Spreadsheets run a cell starting with = + - @ as a formula: user and token names are
-    typed by people, so such text is quoted with a leading apostrophe."""
+    """Spreadsheets run a cell starting with = + - @ (or a tab or CR before one) as a
+    formula: user and token names are typed by people, so such text is quoted with a
+    leading apostrophe."""
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
 
 
-def csv_row(r: Mapping[str, Any]) -> list[object]:
-    return [_cell(v) for v in (
-        r["id"], utc_text(r["created_at"]), r["request_id"], r.get("user_name") or r["user_id"], r["token_id"],
-        r.get("token_name") or "", r["group_name"], r["model"], r["route"], r["channel"] or "", r["endpoint"],
-        r["status"], r["error_code"] or "", r["latency_ms"],
-        "" if r["upstream_latency_ms"] is None else r["upstream_latency_ms"], r["attempts"],
-        r["input_text_tokens"], r["input_image_tokens"], r["cached_tokens"], r["output_tokens"],
-        r["billing_mode"], usd(int(r["cost_micros"])),
-    )]
+def csv_row(r: Mapping[str, Any], columns: Sequence[CsvColumn] = ADMIN_CSV) -> list[object]:
+    return [_cell(read(r)) for _, read in columns]
 
 
-async def usage_csv(engine: AsyncEngine, f: UsageQuery) -> AsyncIterator[str]:
-    """Every matching record as CSV text (header first), read in chunks so an export of
-    millions of records never sits in memory."""
+async def usage_csv(engine: AsyncEngine, f: UsageQuery, columns: Sequence[CsvColumn] = ADMIN_CSV, *,
+                    max_rows: int | None = None) -> AsyncIterator[str]:
+    """Every matching record (newest first, at most ``max_rows``) as CSV text, header
+    first, read in chunks so an export of millions of records never sits in memory. The
+    one CSV writer of the console: the admin export and the user's own (usage_pages.py)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow([name for name, _ in columns])
     before: int | None = None
-    while True:
-        rows, more = await usage_rows(engine, f, limit=CSV_CHUNK, before_id=before)
+    sent = 0
+    while max_rows is None or sent < max_rows:
+        limit = CSV_CHUNK if max_rows is None else min(CSV_CHUNK, max_rows - sent)
+        rows, more = await usage_rows(engine, f, limit=limit, before_id=before)
         for r in rows:
-            writer.writerow(csv_row(r))
+            writer.writerow(csv_row(r, columns))
+        sent += len(rows)
         yield buf.getvalue()
         buf.seek(0)
         buf.truncate()

@@ -4,11 +4,8 @@ same function as ``GET /v1/pricing``."""
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from starlette.requests import Request
@@ -18,7 +15,7 @@ from starlette.routing import Route
 from imagerelay.api.account import group_pricing
 from imagerelay.domain.money import format_amount
 from imagerelay.api.deps import services_of
-from imagerelay.console import views
+from imagerelay.console import reports, views
 from imagerelay.console.auth import ConsoleUser, require_user
 from imagerelay.console.web import render
 from imagerelay.errors import InvalidRequest
@@ -94,37 +91,32 @@ async def usage(request: Request) -> Response:
     })
 
 
-CSV_COLUMNS = ["id", "created_at", "request_id", "token_id", "token", "group", "model", "endpoint", "status",
-               "error_code", "latency_ms", "billing_mode", "cost_usd"]
+def user_csv_columns(token_names: dict[int, str]) -> tuple[reports.CsvColumn, ...]:
+    """The user's export: their own records, their keys by name (no routes or channels)."""
+    return (
+        ("id", lambda r: r["id"]),
+        ("created_at", lambda r: views.time_text(r["created_at"]).replace(" UTC", "Z")),
+        ("request_id", lambda r: r["request_id"]),
+        ("token_id", lambda r: r["token_id"]),
+        ("token", lambda r: token_names.get(r["token_id"], "")),
+        ("group", lambda r: r["group_name"]),
+        ("model", lambda r: r["model"]),
+        ("endpoint", lambda r: r["endpoint"]),
+        ("status", lambda r: r["status"]),
+        ("error_code", lambda r: r["error_code"] or ""),
+        ("latency_ms", lambda r: r["latency_ms"]),
+        ("billing_mode", lambda r: r["billing_mode"]),
+        ("cost_usd", lambda r: format_amount(r["cost_micros"])),
+    )
 
 
 async def usage_csv(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
     filters, token_names, _ = await _context(request, user)
-
-    async def lines() -> AsyncIterator[str]:
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(CSV_COLUMNS)
-        sent, before = 0, None
-        while sent < CSV_MAX_ROWS:
-            rows, more = await usage_page(services.engine, replace(filters.query, limit=500, before_id=before))
-            for r in rows:
-                writer.writerow([r["id"], views.time_text(r["created_at"]).replace(" UTC", "Z"), r["request_id"],
-                                 r["token_id"], token_names.get(r["token_id"], ""), r["group_name"], r["model"],
-                                 r["endpoint"], r["status"], r["error_code"] or "", r["latency_ms"],
-                                 r["billing_mode"], format_amount(r["cost_micros"])])
-            sent += len(rows)
-            yield out.getvalue()
-            out.seek(0)
-            out.truncate()
-            if not more or not rows:
-                break
-            before = rows[-1]["id"]
-
+    lines = reports.usage_csv(services.engine, filters.query, user_csv_columns(token_names), max_rows=CSV_MAX_ROWS)
     name = f"usage-{filters.values['from']}-{filters.values['to']}.csv"
-    return StreamingResponse(lines(), media_type="text/csv; charset=utf-8",
+    return StreamingResponse(lines, media_type="text/csv; charset=utf-8",
                              headers={"content-disposition": f'attachment; filename="{name}"',
                                       "cache-control": "no-store"})
 

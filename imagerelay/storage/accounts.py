@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -192,6 +192,9 @@ class Accounts:
         self._known = _LruCache(known_cache_size)
         self._unknown = _LruCache(unknown_cache_size)
         self._lookups: dict[str, asyncio.Future[TokenInfo | None]] = {}
+        # Told after a key is revoked ("token", id) or a user disabled ("user", id), so
+        # their queued jobs end at once (wired to JobService.end_queued by services.py).
+        self.on_keys_ended: Callable[[Literal["token", "user"], int], Awaitable[None]] | None = None
 
     async def get_or_create_user(self, name: str, *, is_admin: bool = False) -> UserInfo:
         """The user of that name, created when new. Several processes or hosts may
@@ -266,6 +269,8 @@ class Accounts:
         async with self._engine.begin() as conn:
             await conn.execute(update(tokens).where(tokens.c.id == token_id).values(revoked=True))
         self._forget(lambda info: info.id == token_id)
+        if self.on_keys_ended is not None:
+            await self.on_keys_ended("token", token_id)
 
     async def update_token(self, token_id: int, changes: dict[str, object]) -> None:
         """Set some of :data:`TOKEN_CHANGE_COLUMNS` (``allowed_models`` as a tuple or None);
@@ -287,6 +292,8 @@ class Accounts:
             async with self._engine.begin() as conn:
                 await conn.execute(update(users).where(users.c.id == user_id).values(**values))
         self._forget(lambda info: info.user_id == user_id)
+        if values.get("disabled") and self.on_keys_ended is not None:
+            await self.on_keys_ended("user", user_id)
 
     async def token_groups(self, user_id: int) -> tuple[str, ...]:
         """The groups of the tokens a user holds (revoked ones included: an administrator gave them)."""

@@ -143,6 +143,8 @@ usage_records = Table(
 )
 
 Index("ix_usage_user_created", usage_records.c.user_id, usage_records.c.created_at)
+# The admin dashboard and reports filter every user's records by time (migration 0006).
+Index("ix_usage_created", usage_records.c.created_at)
 
 # Channels added at run time (admin API / CLI), next to the catalog file's channels.
 # The upstream key is stored only encrypted (Fernet, key from the environment).

@@ -42,6 +42,7 @@ from imagerelay.upstreams.transport import (
     AnswerMemory,
     AnswerTooLarge,
     UnsafeValue,
+    ChannelSessions,
     default_client,
     read_capped,
     safe_headers,
@@ -97,13 +98,12 @@ class OpenAIDialectConnector:
         self, client_factory: ClientFactory = default_client, *, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
         answer_memory: AnswerMemory | None = None,
     ) -> None:
-        self._client_factory = client_factory
         self._max_answer_bytes = max_answer_bytes
         # Shared by every connector of the process (registry.build_connectors).
         self._answer_memory = answer_memory if answer_memory is not None else AnswerMemory()
-        # One session (one connection pool) per channel, keyed by everything that shapes
-        # it, so a channel edited at run time gets a fresh pool.
-        self._clients: dict[tuple[Any, ...], aiohttp.ClientSession] = {}
+        # One session (one connection pool) per channel, rebuilt when the channel's
+        # connection settings are edited at run time.
+        self._sessions = ChannelSessions(client_factory)
 
     # -- vendor hooks ----------------------------------------------------------------
 
@@ -155,15 +155,8 @@ class OpenAIDialectConnector:
 
     # -- wire ------------------------------------------------------------------------------
 
-    def _client(self, channel: ChannelSpec) -> aiohttp.ClientSession:
-        key = (channel.name, channel.max_connections, channel.proxy, channel.ca_bundle, channel.verify,
-               channel.timeout_s)
-        client = self._clients.get(key)
-        if client is None:
-            client = self._clients[key] = self._client_factory(channel)
-        return client
-
-    async def _open(self, target: CallTarget, request: ImageRequest, stream: bool) -> aiohttp.ClientResponse:
+    async def _open(self, session: aiohttp.ClientSession, target: CallTarget, request: ImageRequest,
+                    stream: bool) -> aiohttp.ClientResponse:
         """Send the request; its response once the status line and headers are in.
 
         An upstream may close an idle keep-alive connection just as we reuse it; the
@@ -172,7 +165,6 @@ class OpenAIDialectConnector:
         otherwise be a 502 for a call the upstream never saw (seen under load against
         a server whose keep-alive timeout is shorter than our pool's).
         """
-        session = self._client(target.channel)
         extra: dict[str, Any] = {"timeout": stream_timeout(target.channel)} if stream else {}
         try:
             return await session.post(**self._build(target, request, stream), allow_redirects=False, **extra)
@@ -251,7 +243,8 @@ class OpenAIDialectConnector:
     async def _images(self, target: CallTarget, request: ImageRequest) -> UpstreamResult:
         headers: Mapping[str, str]
         try:
-            async with await self._open(target, request, stream=False) as resp:
+            async with (self._sessions.lease(target.channel) as session,
+                        await self._open(session, target, request, stream=False) as resp):
                 status, headers = resp.status, resp.headers
                 raw = await read_capped(resp, self._max_answer_bytes, self._answer_memory)
         except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -291,7 +284,8 @@ class OpenAIDialectConnector:
         # never retrieved".
         closing = False
         try:
-            async with await self._open(target, request, stream=True) as resp:
+            async with (self._sessions.lease(target.channel) as session,
+                        await self._open(session, target, request, stream=True) as resp):
                 if resp.status != 200:
                     error_body = await read_capped(resp, min(self._max_answer_bytes, 1 << 20))
                     raise self._failure_for_status(resp.status, resp.headers, error_body)
@@ -324,9 +318,7 @@ class OpenAIDialectConnector:
             raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self._sessions.aclose()
 
 
 def _secrets(target: CallTarget) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """The upstream wire: one aiohttp session per channel, safe requests, bounded answers.
 
-- one session, hence one connection pool of at most ``max_connections``, per channel;
+- one session, hence one connection pool of at most ``max_connections``, per channel,
+  rebuilt when the channel's connection settings change (:class:`ChannelSessions`);
 - the channel's ``proxy`` (``http://``, ``https://``; ``socks5://`` through
   aiohttp-socks), else the ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` environment;
 - the channel's ``ca_bundle`` (a PEM file) and ``verify`` switch for private upstreams;
@@ -19,6 +20,8 @@ import mmap
 import re
 import ssl
 import weakref
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
@@ -158,6 +161,58 @@ def default_client(channel: ChannelSpec) -> aiohttp.ClientSession:
         proxy_auth=proxy_auth,
         trust_env=False,
     )
+
+
+def session_key(channel: ChannelSpec) -> tuple[object, ...]:
+    """Everything of a channel that shapes its session (see :func:`default_client`)."""
+    return (channel.max_connections, channel.proxy, channel.ca_bundle, channel.verify, channel.timeout_s)
+
+
+@dataclass(eq=False)
+class _Session:
+    key: tuple[object, ...]
+    client: aiohttp.ClientSession
+    users: int = 0
+    retired: bool = False
+
+
+class ChannelSessions:
+    """The current session of each channel, by name. When a channel's connection
+    settings change (admin API, CLI, console) the next call builds a new session; the
+    old one is closed once the calls still using it have finished (closing it at once
+    would cut them), so its connections and pool do not linger until a restart."""
+
+    def __init__(self, factory: Callable[[ChannelSpec], aiohttp.ClientSession]) -> None:
+        self._factory = factory
+        self._current: dict[str, _Session] = {}
+        self._retired: set[_Session] = set()
+
+    @contextlib.asynccontextmanager
+    async def lease(self, channel: ChannelSpec) -> AsyncIterator[aiohttp.ClientSession]:
+        key = session_key(channel)
+        session = self._current.get(channel.name)
+        if session is None or session.key != key:
+            if session is not None:
+                session.retired = True
+                if session.users:
+                    self._retired.add(session)
+                else:
+                    await session.client.close()
+            session = self._current[channel.name] = _Session(key, self._factory(channel))
+        session.users += 1
+        try:
+            yield session.client
+        finally:
+            session.users -= 1
+            if session.retired and session.users == 0:
+                self._retired.discard(session)
+                await asyncio.shield(session.client.close())  # even if this call is being cancelled
+
+    async def aclose(self) -> None:
+        for session in [*self._current.values(), *self._retired]:
+            await session.client.close()
+        self._current.clear()
+        self._retired.clear()
 
 
 def connect_timeout(channel: ChannelSpec) -> float:

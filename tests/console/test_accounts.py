@@ -321,6 +321,57 @@ def test_failed_sign_ins_lock_the_address(gw: Gateway) -> None:
         assert v.sign_in(creds["name"], creds["password"]).status_code == 303
 
 
+def test_a_burst_of_sign_ins_is_bounded_and_starves_nothing(tmp_path: Path) -> None:
+    """Password hashing has threads of its own and a short waiting line
+    (IMAGERELAY_PASSWORD_HASH_THREADS=1, ..._QUEUE=2 here): a burst of sign-ins past it is
+    answered 503 with retry-after at once instead of queueing, and /healthz and an API call
+    made during the burst are answered while hashes are still running."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {"IMAGERELAY_PASSWORD_HASH_THREADS": "1", "IMAGERELAY_PASSWORD_HASH_QUEUE": "2"}
+    with run_gateway(tmp_path, extra_env=env) as g:
+        creds = g.console["user"]
+        visitors = [Visitor(g.base_url, address=_address()) for _ in range(24)]
+        done: list[str] = []  # completion order
+        lock = threading.Lock()
+        started = threading.Barrier(len(visitors) + 1)
+
+        def sign_in(v: Visitor) -> httpx.Response:
+            token = v.csrf()
+            started.wait()
+            r = v.http.post("/console/signin", data={"csrf_token": token, "name": creds["name"],
+                                                     "password": creds["password"]})
+            with lock:
+                done.append("signin")
+            return r
+
+        try:
+            with ThreadPoolExecutor(len(visitors)) as threads:
+                answers = [threads.submit(sign_in, v) for v in visitors]
+                started.wait()
+                with httpx.Client(base_url=g.base_url, timeout=30) as http:
+                    health = http.get("/healthz")
+                    with lock:
+                        done.append("healthz")
+                    models = http.get("/v1/models", headers={"authorization": f"Bearer {g.tokens['default']}"})
+                    with lock:
+                        done.append("api")
+                results = [a.result() for a in answers]
+            assert health.status_code == 200 and models.status_code == 200, (health.text, models.text)
+            statuses = sorted(r.status_code for r in results)
+            assert set(statuses) == {303, 503}, statuses
+            busy = [r for r in results if r.status_code == 503]
+            assert all(r.headers.get("retry-after") == "1" and "Try again" in r.text for r in busy)
+            # The extra calls did not wait behind the burst's hashes.
+            assert done.index("api") < len(done) - 1 and done[-1] == "signin", done
+        finally:
+            for v in visitors:
+                v.close()
+        with Visitor(g.base_url, address=_address()) as v:  # the line drained: sign-in works again
+            assert v.sign_in(creds["name"], creds["password"]).status_code == 303
+
+
 # -- deployment ----------------------------------------------------------------------------
 
 

@@ -120,6 +120,12 @@ def admin_tops_up(admin: Any, name: str, amount: str, reason: str) -> None:
     assert reason in admin.inner_text("#ledger")
 
 
+def api_balance(console_gw: ConsoleGateway, name: str) -> int:
+    with console_gw.admin_api() as api:
+        users = api.get("/admin/users").json()["data"]
+    return int(next(u for u in users if u["name"] == name)["balance_micros"])
+
+
 def create_key(page: Any, group: str, key_name: str) -> tuple[str, str]:
     """Create a key in `group` from the console; returns (token id, the key from the clipboard)."""
     visit(page, "/console/tokens/new", "journey-token-new")
@@ -372,16 +378,33 @@ def test_admin_adds_tests_and_disables_a_channel(admin_page: Any, console_gw: Co
     name = "journey-openai-" + secrets.token_hex(3)
     admin = admin_page
     visit(admin, "/console/admin/", "journey-admin-dashboard")
-    visit(admin, "/console/admin/channels", "journey-admin-channels")
+
+    # Top up the demo user, reached from the users list by the links' names; to the micro-dollar.
+    user = console_gw.user.name
+    before = api_balance(console_gw, user)
+    admin.get_by_role("link", name="Users", exact=True).click()
+    admin.get_by_role("link", name=user, exact=True).click()
+    admin.get_by_label("Amount in USD").fill("7.250001")
+    admin.get_by_label(re.compile("^Reason")).fill("browser top-up")
+    admin.get_by_role("button", name="Apply").click()
+    admin.wait_for_load_state()
+    assert "is now" in admin.locator(".flash").inner_text()
+    assert api_balance(console_gw, user) == before + 7_250_001
+    assert "browser top-up" in admin.locator("#ledger").inner_text()
+    look(admin, "journey-admin-topped-up")
+
+    admin.get_by_role("link", name="Channels", exact=True).click()
+    admin.wait_for_load_state()
+    look(admin, "journey-admin-channels")
     admin.get_by_label("Name", exact=True).fill(name)
     admin.get_by_label("Type").select_option("openai")
     admin.get_by_role("checkbox", name="official-pure", exact=True).check()
     admin.get_by_label("API key").fill(key)
     admin.get_by_label("Base URL").fill(base_url)
     admin.get_by_role("button", name="Add channel").click()
-    admin.wait_for_load_state()
-    if f"/console/admin/channels/{name}" not in admin.url:
-        admin.get_by_role("link", name=name, exact=True).click()
+    admin.wait_for_url(re.compile(rf"/console/admin/channels/{name}$"))
+    assert "never shown again" in admin.locator(".flash").inner_text()
+    assert key not in admin.content(), "the channel's key is shown back"
     visit(admin, f"/console/admin/channels/{name}", "journey-admin-channel")
     assert key not in admin.content(), "the channel's key is shown back"
 
@@ -397,10 +420,15 @@ def test_admin_adds_tests_and_disables_a_channel(admin_page: Any, console_gw: Co
     admin.get_by_role("button", name=f"Disable {name}", exact=True).click()
     admin.wait_for_load_state()
     assert re.search(r"disabled", admin.inner_text("main"), re.I)
+    assert "disabled" in admin.locator(".state").first.inner_text()
+    assert "journey: done testing" in admin.inner_text("main")
+    assert admin.get_by_role("button", name=f"Enable {name}", exact=True).is_visible()
+    look(admin, "journey-admin-channel-disabled")
     with console_gw.admin_api() as api:
         channels = api.get("/admin/channels").json()["data"]
     mine = [c for c in channels if c["name"] == name]
     assert mine and mine[0]["enabled"] is False, mine
+    assert mine[0]["health"]["disabled_reason"] == "journey: done testing", mine
     visit(admin, "/console/admin/channels", "journey-admin-channels-after")
     row = admin.locator("tr", has=admin.get_by_role("link", name=name, exact=True))
     assert re.search(r"disabled", row.inner_text(), re.I), row.inner_text()

@@ -59,6 +59,8 @@ def usage_record(gw: ConsoleGateway, request_id: str) -> dict[str, Any]:
 
 
 def shown_key(page: Any) -> str:
+    # The snippet is redrawn once the key's models are in (GET /v1/models): wait for it.
+    expect(page.locator("#pg-curl")).to_contain_text(re.compile(r"Bearer sk-"))
     match = re.search(r"Bearer (sk-[A-Za-z0-9_-]+)", page.inner_text("#pg-curl"))
     assert match
     return match.group(1)
@@ -313,6 +315,27 @@ def test_playground_with_a_result_is_accessible(page: Any, console_gw: ConsoleGa
     page.set_viewport_size({"width": 375, "height": 800})
     # A phone scrolls the image and the code inside their frames, never the page sideways.
     assert page.evaluate("() => document.documentElement.scrollWidth") == 375
+
+
+def test_switching_model_clears_the_previous_result(page: Any, console_gw: ConsoleGateway) -> None:
+    open_playground(page, console_gw, key=DEFAULT, model="gpt-image-2")
+    page.get_by_label("Prompt").fill("a red kite")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("img.pg-image")).to_have_count(1, timeout=LONG)
+    request_id_shown(page)
+    expect(page.locator("#pg-output")).to_be_visible()
+
+    page.get_by_label("Model", exact=True).select_option("gpt-image-2-vip")
+    expect(page.locator("#pg-output")).to_be_hidden()
+    expect(page.locator("img.pg-image")).to_have_count(0)
+    expect(page.locator("#pg-cost")).to_have_text("")
+    assert page.locator("#pg-cost").get_attribute("data-cost-micros") is None
+    # The next call shows only its own result.
+    page.get_by_label("Prompt").fill("a blue kite")
+    page.get_by_label("Size", exact=True).select_option(index=0)
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("img.pg-image")).to_have_count(1, timeout=LONG)
+    request_id_shown(page)
 
 
 # -- the session test key (HTTP level, through the signed-in browser's cookies) -----------------

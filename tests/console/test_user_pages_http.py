@@ -135,6 +135,18 @@ def test_usage_totals_filters_and_csv(gw: Gateway) -> None:
         assert balance and balance.group(1) == "4.91"  # $5 sign-up credit, three $0.03 calls
 
 
+def test_usage_csv_is_formula_safe(gw: Gateway) -> None:
+    """The user's export goes through the admin export's writer: a key name a spreadsheet
+    would run as a formula is quoted with a leading apostrophe."""
+    with new_user(gw) as v:
+        key, key_id, _ = create_key(v, "default", name='=HYPERLINK("http://example.com","x")')
+        minus, _, _ = create_key(v, "default", name="-2+3")
+        assert generate(gw, key).status_code == 200 and generate(gw, minus).status_code == 200
+        rows = list(csv.DictReader(io.StringIO(v.get("/console/usage.csv").text)))
+        assert sorted(r["token"][:6] for r in rows) == ["'-2+3 ", "'=HYPE"], rows
+        assert all(r["cost_usd"] == "0.030000" for r in rows)
+
+
 def test_pricing_matrix_of_the_users_groups(gw: Gateway) -> None:
     with new_user(gw) as v:
         page = html.unescape(v.get("/console/pricing").text)

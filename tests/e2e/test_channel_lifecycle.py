@@ -5,6 +5,7 @@ speaking the real OpenAI protocol. Each test runs on SQLite and on PostgreSQL.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -130,6 +132,59 @@ def test_update_base_url_key_priority_and_pools_calls_follow(rig: Rig) -> None:
     assert len(rig.seen(two)) == 2 and rig.seen(rig.sims["azure-1"]) == []
     listing = rig.admin("GET", "/admin/channels").text
     assert EXTRA_KEYS[0] not in listing and EXTRA_KEYS[1] not in listing
+
+
+def _connections_to(gw: Gateway, port: int) -> int:
+    """Established TCP connections the gateway process holds to ``port`` on loopback
+    (its socket inodes in /proc/<pid>/fd, matched in /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{gw.process.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port, state, inode = int(fields[2].split(":")[1], 16), fields[3], fields[9]
+        count += remote_port == port and state == "01" and inode in inodes
+    return count
+
+
+def test_a_connection_setting_change_rebuilds_the_session_and_closes_the_old_one(rig: Rig) -> None:
+    """PATCHing a channel's timeout (a connection setting) gives it a new session at the
+    next call; the old session serves its call in flight to the end and is then closed,
+    so its keep-alive connection goes (it used to linger, pool and all, until a restart)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.parse import urlsplit
+
+    # Its own simulator, keeping idle connections for 2 minutes: only the gateway closes them.
+    with run_asgi(create_upstream_app("openai", api_keys=EXTRA_KEYS), timeout_keep_alive=120) as sim:
+        port = urlsplit(sim).port
+        assert port is not None
+        add(rig, "rt-session", sim, timeout_s=60)
+        rig.generate()
+        assert _connections_to(rig.gw, port) == 1  # kept alive for the next call
+
+        assert httpx.post(sim + "/_sim/config", json={"latency_s": 2}).status_code == 200
+        with ThreadPoolExecutor(1) as thread:
+            slow = thread.submit(rig.generate)  # in flight on the old session
+            deadline = time.monotonic() + 30
+            while len(rig.seen(sim)) < 2:
+                assert time.monotonic() < deadline and not slow.done(), "the slow call never reached the upstream"
+                time.sleep(0.05)
+            assert httpx.post(sim + "/_sim/config", json={"latency_s": 0}).status_code == 200
+            r = rig.admin("PATCH", "/admin/channels/rt-session", json={"timeout_s": 30})
+            assert r.status_code == 200 and r.json()["timeout_s"] == 30, r.text
+            rig.generate()  # on a new session (a second connection): the old one is busy
+            slow.result()  # the old session was not closed under its call
+        assert len(rig.seen(sim)) == 3
+        deadline = time.monotonic() + 10
+        while _connections_to(rig.gw, port) != 1:  # the old session's connection is closed
+            assert time.monotonic() < deadline, _connections_to(rig.gw, port)
+            time.sleep(0.1)
+        rig.generate()  # the new session serves on
+        assert len(rig.seen(sim)) == 4 and _connections_to(rig.gw, port) == 1
 
 
 def test_update_weight_shifts_the_share(rig: Rig) -> None:

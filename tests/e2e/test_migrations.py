@@ -28,7 +28,7 @@ from tests.support.services import drop_postgres_database, fresh_postgres_databa
 REPO = Path(__file__).resolve().parents[2]
 PREVIOUS_RELEASE = "8c7e7cb"  # the last release before crash recovery (no instances table)
 BEFORE_MIGRATIONS = "fae98c1"  # main just before migrations: 0002's layout made by create_all
-HEAD = "0005"  # the newest revision in imagerelay/storage/migrations/versions/
+HEAD = "0006"  # the newest revision in imagerelay/storage/migrations/versions/
 CALL = {"model": "gpt-image-2", "prompt": "a white mug on a gray desk"}  # default group: $0.03 a call
 DEMO_CREDIT = 100_000_000
 

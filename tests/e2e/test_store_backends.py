@@ -189,9 +189,9 @@ def test_an_unreachable_store_is_a_clean_503(s3_server: S3Server, tmp_path: Path
         assert env["IMAGERELAY_IMAGE_STORE_S3_SECRET_ACCESS_KEY"] not in log
 
 
+# Only s3: the store that can lose its bucket under a running fleet (URL mode is moot).
+@pytest.mark.parametrize("fleet", ["s3"], indirect=True)
 def test_a_job_whose_inputs_cannot_be_read_fails_cleanly_and_is_not_charged(fleet: Fleet) -> None:
-    if fleet.kind != "s3":
-        pytest.skip("the s3 store is the one that can lose its bucket under a running fleet (URL mode is moot)")
     with ExitStack() as stack:
         a = fleet.host("host-a", stack, IMAGERELAY_JOB_WORKERS="0")
         before = httpx.get(a.v1 + "/account/balance", headers=auth(a)).json()
@@ -215,9 +215,9 @@ def test_a_job_whose_inputs_cannot_be_read_fails_cleanly_and_is_not_charged(flee
             assert fleet.env["IMAGERELAY_IMAGE_STORE_S3_SECRET_ACCESS_KEY"] not in host.log_text()
 
 
+# Not s3-presigned nor database-postgres: the same sweep as s3 and database-sqlite.
+@pytest.mark.parametrize("fleet", ["s3", "database-sqlite"], indirect=True)
 def test_purge_expires_url_images_in_the_shared_store(fleet: Fleet) -> None:
-    if fleet.kind in ("s3-presigned", "database-postgres"):
-        pytest.skip("the same sweep as s3 and database-sqlite")
     env = {**fleet.env, "IMAGERELAY_IMAGE_URL_TTL_S": "1"}
     with ExitStack() as stack:
         gw = fleet.host("host", stack, IMAGERELAY_IMAGE_URL_TTL_S="1")

@@ -49,7 +49,7 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     else:
         url = f"sqlite:///{tmp / 'a' / 'imagerelay.db'}"
     env = {"IMAGERELAY_ADMIN_TOKEN": ADMIN, "IMAGERELAY_TOKEN_CACHE_TTL_S": str(TTL),
-           "IMAGERELAY_JOB_WORKERS": "0", "IMAGERELAY_DATABASE_URL": url}
+           "IMAGERELAY_JOB_WORKERS": "0", "IMAGERELAY_DATABASE_URL": url, "IMAGERELAY_WEBHOOK_ALLOW_PRIVATE": "true"}
     try:
         with run_gateway(tmp / "a", extra_env=env) as a, run_gateway(tmp / "b", extra_env=env) as b:
             yield Pair(a, b, env, tmp)
@@ -364,8 +364,9 @@ def test_cli_tokens_create_update_list_revoke(pair: Pair) -> None:
 # -- jobs ---------------------------------------------------------------------------------
 
 
-def submit(gw: Gateway, token: str) -> str:
-    r = httpx.post(gw.v1 + "/images/jobs", headers=auth(token), json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "queued"})
+def submit(gw: Gateway, token: str, **fields: Any) -> str:
+    r = httpx.post(gw.v1 + "/images/jobs", headers=auth(token),
+                   json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "queued", **fields})
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
 
@@ -435,6 +436,60 @@ def test_queued_jobs_of_a_revoked_key_or_disabled_user_fail_cleanly(pair: Pair) 
             assert user["balance_micros"] == 5_000_000 and user["held_micros"] == 0
     audit = cli(pair, "audit")
     assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+def test_revoking_a_key_or_disabling_a_user_ends_their_queued_jobs_at_once(pair: Pair) -> None:
+    """No worker runs anywhere here: the revoke (admin API, or the user's own DELETE) and
+    the disable themselves fail the queued jobs, release their holds and send their
+    webhooks; other keys' jobs stay queued."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    delivered: list[dict[str, Any]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server API
+            delivered.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        by_admin = new_token(pair, "end-revoked")
+        by_owner = new_token(pair, "end-revoked", credit=None)
+        spared = new_token(pair, "end-revoked", credit=None)
+        disabled = new_token(pair, "end-disabled")
+        ids = {"admin": submit(pair.a, by_admin["token"], webhook_url=hook),
+               "owner": submit(pair.a, by_owner["token"]), "spared": submit(pair.a, spared["token"]),
+               "disabled": submit(pair.a, disabled["token"], webhook_url=hook)}
+        assert user_of(pair, "end-revoked")["held_micros"] == 90_000
+        assert httpx.delete(f"{pair.a.base_url}/admin/tokens/{by_admin['id']}", headers=H).status_code == 200
+        assert httpx.delete(f"{pair.a.v1}/account/tokens/{by_owner['id']}", headers=auth(spared["token"])).status_code == 200
+        assert user_of(pair, "end-revoked")["held_micros"] == 30_000  # only the spared key's job holds
+        assert httpx.patch(f"{pair.a.base_url}/admin/users/end-disabled", headers=H, json={"disabled": True}).status_code == 200
+        assert user_of(pair, "end-disabled")["held_micros"] == 0
+        assert httpx.patch(f"{pair.a.base_url}/admin/users/end-disabled", headers=H, json={"disabled": False}).status_code == 200
+        for key, code, token in (("admin", "revoked_api_key", spared["token"]), ("owner", "revoked_api_key", spared["token"]),
+                                 ("disabled", "account_disabled", disabled["token"])):
+            job = httpx.get(f"{pair.a.v1}/images/jobs/{ids[key]}", headers=auth(token)).json()
+            assert job["status"] == "failed" and job["error"]["code"] == code, job
+        assert httpx.get(f"{pair.a.v1}/images/jobs/{ids['spared']}", headers=auth(spared["token"])).json()["status"] == "queued"
+        deadline = time.monotonic() + 30
+        while len(delivered) < 2:
+            assert time.monotonic() < deadline, delivered
+            time.sleep(0.1)
+        assert sorted((d["id"], d["status"], d["error"]["code"]) for d in delivered) == sorted(
+            [(ids["admin"], "failed", "revoked_api_key"), (ids["disabled"], "failed", "account_disabled")])
+        records = httpx.get(pair.a.v1 + "/account/usage", headers=auth(disabled["token"])).json()["data"]
+        assert [(r["status"], r["error_code"], r["cost_micros"]) for r in records] == [(401, "account_disabled", 0)]
+    finally:
+        server.shutdown()
 
 
 # -- small things -------------------------------------------------------------------------

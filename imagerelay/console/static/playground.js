@@ -179,6 +179,11 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
   function chooseModel() {
     var model = state.models.filter(function (m) { return m.id === el.model.value; })[0];
     if (!model) return;
+    // A result belongs to the model that made it: another model starts from an empty screen
+    // (a call still running for the previous one is canceled, so its answer cannot land here).
+    if (state.busy) cancel();
+    clearResult();
+    show(el.output, false);
     state.model = model.id;
     var caps = state.caps = model.imagerelay;
     el.route.textContent = caps.group + " · " + caps.route + ": " + caps.description + " · " + priceText(caps.billing);
@@ -395,7 +400,12 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
     el.submit.disabled = true;
     show(el.cancel, true);
     clearErrors();
+    clearResult();
     show(el.output, true);
+  }
+
+  /* The images, partials and cost of the last call (its object URLs freed). */
+  function clearResult() {
     state.urls.forEach(function (u) { URL.revokeObjectURL(u); });
     state.urls = [];
     el.results.textContent = "";
@@ -403,6 +413,7 @@ model: $("pg-model"), route: $("pg-route"), form: $("pg-form"),
     show(el.partialsWrap, false);
     el.cost.textContent = "";
     delete el.cost.dataset.costMicros;
+    setProgress("");
   }
 
   function end() {
