@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import backend
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -61,13 +63,15 @@ def launch_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, e
     port = port or free_port()
     tokens_file = data_dir / "demo-tokens-out.json"
     log_path = data_dir / "gateway.log"
-    env = {**os.environ, **(extra_env or {})}
+    # The suite's backend (tests/support/backend.py) unless the test named its own.
+    env = {**os.environ, **backend.env_for(data_dir), **(extra_env or {})}
     cmd = [
         *wrapper, sys.executable, "-m", "imagerelay", "serve", "--demo", "--demo-tokens-out", str(tokens_file),
         "--port", str(port), "--data-dir", str(data_dir), *(extra_args or []),
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    backend.track(data_dir, proc)
     return Gateway(f"http://127.0.0.1:{port}", {}, data_dir, log_path, proc)
 
 
