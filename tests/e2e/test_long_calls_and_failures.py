@@ -3,7 +3,6 @@ a proxy that cuts silent connections (keep-alive and jobs)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time

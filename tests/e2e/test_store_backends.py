@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from PIL import Image
 

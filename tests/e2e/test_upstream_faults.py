@@ -10,7 +10,6 @@ started once for the module and every test resets faults and channel health.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,7 +22,6 @@ import pytest
 
 from imagerelay_sim.faults import FAULT_TYPES
 from imagerelay_sim.server import create_upstream_app
-from tests.support import backend
 from tests.support import backend
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway

@@ -10,7 +10,6 @@ Faults are seeded, so a run is repeatable. The gateway runs with its default att
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
