@@ -44,9 +44,11 @@ class Gateway:
 
 
 def start_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                  cwd: Path | None = None, port: int | None = None, timeout_s: float = 30.0) -> Gateway:
+                  cwd: Path | None = None, port: int | None = None, timeout_s: float = 60.0) -> Gateway:
     """Start the gateway and wait until it answers /healthz; the caller stops it
-    (``stop_gateway``). ``run_gateway`` is the usual way; fleets of hosts use this pair."""
+    (``stop_gateway``). ``run_gateway`` is the usual way; fleets of hosts use this pair.
+    The 60 s bound is for a loaded shared machine (a start was seen taking 19 s there on
+    PostgreSQL), not a measure: a session gateway that misses it fails every test using it."""
     gw = launch_gateway(data_dir, extra_env=extra_env, extra_args=extra_args, cwd=cwd, port=port)
     try:
         wait_until_serving(gw, timeout_s=timeout_s)
@@ -75,7 +77,7 @@ def launch_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, e
     return Gateway(f"http://127.0.0.1:{port}", {}, data_dir, log_path, proc)
 
 
-def wait_until_serving(gw: Gateway, *, timeout_s: float = 30.0) -> None:
+def wait_until_serving(gw: Gateway, *, timeout_s: float = 60.0) -> None:
     """Block until ``gw`` answers /healthz, then read its demo tokens into ``gw.tokens``."""
     deadline = time.monotonic() + timeout_s
     while True:
