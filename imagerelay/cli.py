@@ -76,8 +76,8 @@ def _schema_action(action: Any) -> Any:
         reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
         _fail(f"database error: {reason[0] if reason else type(exc).__name__}")
     except OSError as exc:  # asyncpg's refused or unreachable connection is not a DBAPI error
-        reason = os.strerror(exc.errno) if exc.errno else _first_line(exc) or type(exc).__name__
-        _fail(f"database error: cannot connect: {reason}")
+        why = os.strerror(exc.errno) if exc.errno else _first_line(exc) or type(exc).__name__
+        _fail(f"database error: cannot connect: {why}")
 
 
 def _prepare_schema(settings: Settings) -> None:
