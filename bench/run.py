@@ -179,11 +179,20 @@ def start_stack(workdir: Path, database_url: str | None, redis_url: str | None =
 
 def fresh_pg_database(admin_url: str) -> str:
     """A new, empty database on the server of ``admin_url``; returns its URL."""
-    import psycopg
+    import asyncio
+
+    import asyncpg  # the project's one PostgreSQL driver
 
     name = f"imagerelay_bench_{time.time_ns()}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 

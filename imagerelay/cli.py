@@ -75,6 +75,9 @@ def _schema_action(action: Any) -> Any:
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or type(exc).__name__).strip().splitlines()
         _fail(f"database error: {reason[0] if reason else type(exc).__name__}")
+    except OSError as exc:  # asyncpg's refused or unreachable connection is not a DBAPI error
+        why = os.strerror(exc.errno) if exc.errno else _first_line(exc) or type(exc).__name__
+        _fail(f"database error: cannot connect: {why}")
 
 
 def _prepare_schema(settings: Settings) -> None:
@@ -1146,7 +1149,7 @@ def _describe(exc: Exception) -> str:
         return f"cannot reach {where}: {type(exc).__name__} ({_first_line(exc) or 'no answer'}); is it running?"
     if isinstance(exc, CatalogError):
         return f"catalog error: {exc}"
-    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in ("psycopg", "asyncpg"):
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] == "asyncpg":
         return "PostgreSQL needs the postgres extra: .venv/bin/pip install -e '.[postgres]'"
     if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] == "redis":
         return "Redis needs the redis extra: .venv/bin/pip install -e '.[redis]'"

@@ -8,7 +8,8 @@ starting together on one database never race to create or alter it:
 - SQLite: ``BEGIN IMMEDIATE`` (the database's write lock; the others wait for it),
   and SQLite's DDL is transactional, so a failed upgrade leaves nothing half done;
 - PostgreSQL: ``pg_advisory_xact_lock`` in the upgrade's transaction (its DDL is
-  transactional too).
+  transactional too). The migrations reach PostgreSQL through asyncpg, the gateway's
+  driver, with Alembic's blocking API inside ``AsyncConnection.run_sync``.
 
 A database made before migrations existed (by ``create_all``, no alembic_version
 table) is recognised by its tables and their columns: it is stamped with the revision
@@ -17,12 +18,14 @@ whose layout it has, then upgraded like any other.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -31,11 +34,13 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from imagerelay.storage.db import _sqlite_path
 from imagerelay.storage.schema import metadata
 
 log = logging.getLogger("imagerelay")
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 UPGRADE_COMMAND = "imagerelay db upgrade"
@@ -53,8 +58,8 @@ __all__ = [
     "history",
     "new_revision",
     "prepare",
+    "driver_url",
     "state",
-    "sync_url",
     "upgrade",
 ]
 
@@ -90,15 +95,27 @@ class SchemaState:
         return f"revision {self.revision}{made}; head is {self.head}: run `{UPGRADE_COMMAND}`"
 
 
-def sync_url(url: str) -> str:
-    """The database URL for a synchronous connection (the migrations'): the drivers
-    the gateway's async engine uses map back to their blocking counterparts."""
+def driver_url(url: str) -> str:
+    """The database URL the migrations connect with: SQLite through Python's own sqlite3
+    (blocking, in the caller's thread), PostgreSQL through asyncpg, the driver the gateway
+    uses (one PostgreSQL driver per process)."""
     if url.startswith("sqlite+aiosqlite:"):
         return "sqlite:" + url.split(":", 1)[1]
-    for prefix in ("postgresql://", "postgres://", "postgresql+asyncpg://"):
+    for prefix in ("postgresql://", "postgres://", "postgresql+asyncpg://", "postgresql+psycopg://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.split("://", 1)[1]
+            return "postgresql+asyncpg://" + url.split("://", 1)[1]
     return url
+
+
+def _run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from this module's blocking functions: on this thread
+    when no event loop runs here (the CLI, a worker thread), else on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(1, thread_name_prefix="imagerelay-migrate") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 def _config(connection: sa.Connection | None = None) -> Config:
@@ -120,38 +137,62 @@ def _head() -> str:
 
 
 @contextlib.contextmanager
-def _engine(url: str) -> Iterator[sa.Engine]:
-    url = sync_url(url)
-    if url.startswith("sqlite"):
-        _sqlite_path(url)  # a new database file is created 0600
-        engine = sa.create_engine(url, poolclass=sa.NullPool, connect_args={"timeout": 30})
+def _sqlite_engine(url: str) -> Iterator[sa.Engine]:
+    _sqlite_path(url)  # a new database file is created 0600
+    engine = sa.create_engine(url, poolclass=sa.NullPool, connect_args={"timeout": 30})
 
-        # pysqlite would run DDL outside any transaction: take transactions over, so an
-        # upgrade is one transaction, and a locking one begins with the write lock.
-        @sa.event.listens_for(engine, "connect")
-        def _no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
+    # pysqlite would run DDL outside any transaction: take transactions over, so an
+    # upgrade is one transaction, and a locking one begins with the write lock.
+    @sa.event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
 
-        @sa.event.listens_for(engine, "begin")
-        def _begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("migration_lock") else "BEGIN")
-    else:
-        engine = sa.create_engine(url, poolclass=sa.NullPool)
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("migration_lock") else "BEGIN")
+
     try:
         yield engine
     finally:
         engine.dispose()
 
 
-@contextlib.contextmanager
-def _locked(url: str) -> Iterator[sa.Connection]:
-    """A connection inside a transaction that holds the migration lock; commits on exit."""
-    with _engine(url) as engine, engine.connect() as conn:
-        conn = conn.execution_options(migration_lock=True)
-        with conn.begin():
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-            yield conn
+def _connected(url: str, fn: Callable[[sa.Connection], T], *, lock: bool = False,
+               isolation_level: str | None = None) -> T:
+    """Call ``fn`` with a connection to the database. With ``lock``, inside one transaction
+    that holds the migration lock, committed when ``fn`` returns (rolled back if it raises).
+
+    PostgreSQL goes through SQLAlchemy's async engine on asyncpg, and ``fn`` (Alembic's
+    blocking API) runs in ``AsyncConnection.run_sync``, as Alembic's asyncio cookbook does."""
+    url = driver_url(url)
+    if url.startswith("sqlite"):
+        with _sqlite_engine(url) as engine, engine.connect() as conn:
+            if not lock:
+                return fn(conn)
+            conn = conn.execution_options(migration_lock=True)
+            with conn.begin():
+                return fn(conn)
+
+    async def run() -> T:
+        engine = create_async_engine(url, poolclass=sa.NullPool)
+        try:
+            async with engine.connect() as conn:
+                if isolation_level is not None:
+                    conn = await conn.execution_options(isolation_level=isolation_level)
+                if not lock:
+                    return await conn.run_sync(fn)
+                async with conn.begin():
+                    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+                    return await conn.run_sync(fn)
+        finally:
+            await engine.dispose()
+
+    return _run_async(run)
+
+
+def _locked(url: str, fn: Callable[[sa.Connection], T]) -> T:
+    """``fn(connection)`` inside a transaction that holds the migration lock; commits after."""
+    return _connected(url, fn, lock=True)
 
 
 def _layout(conn: sa.Connection, tables: set[str] | None = None) -> dict[str, frozenset[str]]:
@@ -210,7 +251,7 @@ def _state(conn: sa.Connection) -> SchemaState:
 
 def _sqlite_missing(url: str) -> bool:
     """A SQLite URL whose file does not exist (reading it must not create it)."""
-    url = sync_url(url)
+    url = driver_url(url)
     if not url.startswith("sqlite:///"):
         return False
     path = url.split(":///", 1)[1].split("?", 1)[0]
@@ -221,21 +262,17 @@ def state(url: str) -> SchemaState:
     """Where the database is, without changing it."""
     if _sqlite_missing(url):
         return SchemaState(None, _head())
-    with _engine(url) as engine, engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            # One snapshot for the revision read and the tables read: under READ COMMITTED
-            # a replica creating the schema between the two shows head's tables with no
-            # revision, which looks like a database no release made. (SQLite's read
-            # transaction already sees one snapshot.)
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        return _state(conn)
+    # PostgreSQL: one snapshot for the revision read and the tables read: under READ
+    # COMMITTED a replica creating the schema between the two shows head's tables with no
+    # revision, which looks like a database no release made. (SQLite's read transaction
+    # already sees one snapshot; the level is not applied there.)
+    return _connected(url, _state, isolation_level="REPEATABLE READ")
 
 
 def upgrade(url: str, to: str = "head") -> tuple[SchemaState, SchemaState]:
     """Upgrade (creating the schema in an empty database) to revision ``to``; returns
     the states before and after."""
-    with _locked(url) as conn:
-        return _upgrade(conn, to)
+    return _locked(url, lambda conn: _upgrade(conn, to))
 
 
 def _upgrade(conn: sa.Connection, to: str) -> tuple[SchemaState, SchemaState]:
@@ -263,20 +300,23 @@ def prepare(url: str, *, auto_upgrade: bool = False) -> tuple[SchemaState, Schem
     current = state(url)
     if current.at_head and current.stamped:
         return current, current  # the usual start: one read, no lock
-    with _locked(url) as conn:
-        current = _state(conn)  # again: another process may have changed it meanwhile
-        if not current.known:
-            raise SchemaError(f"the database is at {current.describe()}; run that release, or restore a backup")
-        if current.at_head and current.stamped:
-            return current, current
-        if current.at_head:
-            command.stamp(_config(conn), current.head)
-            return current, _state(conn)
-        if current.revision is not None and not auto_upgrade:
-            raise SchemaBehind(
-                f"the database schema is at revision {current.revision} and this release needs {current.head}: "
-                f"back it up, then run `{UPGRADE_COMMAND}` (or set IMAGERELAY_AUTO_MIGRATE=true)")
-        return _upgrade(conn, "head")
+    return _locked(url, lambda conn: _prepare_locked(conn, auto_upgrade))
+
+
+def _prepare_locked(conn: sa.Connection, auto_upgrade: bool) -> tuple[SchemaState, SchemaState]:
+    current = _state(conn)  # again: another process may have changed it meanwhile
+    if not current.known:
+        raise SchemaError(f"the database is at {current.describe()}; run that release, or restore a backup")
+    if current.at_head and current.stamped:
+        return current, current
+    if current.at_head:
+        command.stamp(_config(conn), current.head)
+        return current, _state(conn)
+    if current.revision is not None and not auto_upgrade:
+        raise SchemaBehind(
+            f"the database schema is at revision {current.revision} and this release needs {current.head}: "
+            f"back it up, then run `{UPGRADE_COMMAND}` (or set IMAGERELAY_AUTO_MIGRATE=true)")
+    return _upgrade(conn, "head")
 
 
 def history() -> list[tuple[str, str]]:
@@ -288,9 +328,11 @@ def history() -> list[tuple[str, str]]:
 def differences(url: str, target: sa.MetaData = metadata) -> list[str]:
     """What differs between the database and the models (schema.py; Alembic's
     autogenerate comparison), one line each; empty when they agree."""
-    with _engine(url) as engine, engine.connect() as conn:
+    def compare(conn: sa.Connection) -> list[str]:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         return [_describe_diff(diff) for diff in compare_metadata(context, target)]
+
+    return _connected(url, compare)
 
 
 def _describe_diff(diff: Any) -> str:

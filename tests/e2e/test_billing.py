@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import png_bytes
+from tests.support import backend
 from tests.support.gateway import Gateway, run_gateway
 
 ADMIN = "admin-secret-for-tests"
@@ -33,7 +33,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 def cli(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "imagerelay", *args, "--data-dir", str(gw.data_dir)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=backend.cli_env(gw.data_dir))
 
 
 def new_user(gw: Gateway, name: str, group: str, usd: str | None) -> str:
@@ -59,8 +59,8 @@ def usage_records(gw: Gateway, token: str, **params: Any) -> list[dict[str, Any]
 
 
 def ledger(gw: Gateway, request_id: str) -> list[tuple[int, str]]:
-    with sqlite3.connect(gw.data_dir / "imagerelay.db") as db:
-        return db.execute("select amount_micros, kind from ledger where request_id = ?", (request_id,)).fetchall()
+    rows = backend.query(gw.data_dir, "select amount_micros, kind from ledger where request_id = ?", (request_id,))
+    return [tuple(row) for row in rows]
 
 
 def expected_usage_cost(usage: dict[str, Any], multiplier: Decimal) -> int:

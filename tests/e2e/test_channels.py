@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from PIL import Image
 
 from imagerelay_sim.server import create_upstream_app
 from tests.conftest import png_bytes
+from tests.support import backend
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.servers import run_asgi
@@ -313,8 +313,7 @@ def test_admin_add_channel_key_encrypted(rig: Rig) -> None:
         assert test.status_code == 200 and test.json()["ok"] is True
         listing = rig.admin("GET", "/admin/channels")
         assert secret not in listing.text
-        with sqlite3.connect(rig.gw.data_dir / "imagerelay.db") as db:
-            stored = db.execute("select spec, key_ciphertext from channels where name='openai-c'").fetchone()
+        stored = backend.query(rig.gw.data_dir, "select spec, key_ciphertext from channels where name='openai-c'")[0]
         assert secret not in stored[0] and secret not in stored[1]
         assert rig.admin("POST", "/admin/channels/openai-c/disable", json={"reason": "done"}).status_code == 200
     dup = rig.admin("POST", "/admin/channels", json={"name": "openai-c", "type": "openai", "pools": ["x"]})
@@ -358,7 +357,7 @@ def test_channels_cli(rig: Rig) -> None:
 
     def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "imagerelay", "channels", *args, "--data-dir", str(rig.gw.data_dir)],
-                              input=stdin, capture_output=True, text=True, timeout=60)
+                              input=stdin, capture_output=True, text=True, timeout=60, env=backend.cli_env(rig.gw.data_dir))
 
     secret = "sk-cli-added-secret-6"
     added = cli("add", "--name", "cli-chan", "--type", "openai-compatible", "--pool", "legacy",

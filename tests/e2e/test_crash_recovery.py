@@ -5,7 +5,6 @@ usage record, the books balance, idempotency keys work, and the jobs finish."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from imagerelay_sim.server import DEFAULT_MODELS, create_upstream_app
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.servers import run_asgi
-from tests.support.services import drop_postgres_database, fresh_postgres_database
+from tests.support.services import drop_postgres_database, fresh_postgres_database, sql_rows
 
 KEY = "sk-crash-sim"
 GROUP = "Sora2Official"
@@ -36,13 +35,8 @@ class Rig:
 
     def rows(self, sql: str) -> list[tuple[Any, ...]]:
         """Read what the gateway wrote (the test's own view of the database)."""
-        if self.database_url:
-            import psycopg
-
-            with psycopg.connect(self.database_url) as conn:
-                return [tuple(r) for r in conn.execute(sql).fetchall()]
-        with sqlite3.connect(self.data_dir / "imagerelay.db") as conn:
-            return [tuple(r) for r in conn.execute(sql).fetchall()]
+        url = self.database_url or f"sqlite:///{self.data_dir / 'imagerelay.db'}"
+        return [tuple(r) for r in sql_rows(url, sql)]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

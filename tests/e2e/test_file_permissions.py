@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import backend
 from tests.support.gateway import run_gateway
 
 
@@ -30,6 +31,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@backend.sqlite_only("the modes of the SQLite database file and its WAL/SHM files")
 def test_a_running_gateway_keeps_its_files_private(tmp_path: Path) -> None:
     data = tmp_path / "data"  # does not exist: the gateway creates it
     with umask(0o022), run_gateway(tmp_path, extra_args=["--data-dir", str(data)]) as gw:
@@ -48,6 +50,7 @@ def test_a_running_gateway_keeps_its_files_private(tmp_path: Path) -> None:
         assert mode(data) == mode(data / "images") == 0o700
 
 
+@backend.sqlite_only("the mode of the SQLite database file a command creates")
 def test_an_admin_command_on_a_new_data_dir_creates_it_private(tmp_path: Path) -> None:
     data = tmp_path / "fresh"
     with umask(0o022):

@@ -18,6 +18,7 @@ import pytest
 
 from imagerelay_sim.server import DEFAULT_MODELS, create_upstream_app
 from tests.conftest import png_bytes
+from tests.support import backend
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.servers import run_asgi
@@ -238,7 +239,7 @@ def test_purge_sweeps_inputs_a_crash_left_behind(rig: Rig) -> None:
 
 def purge(data_dir: Path, env: dict[str, str]) -> None:
     done = subprocess.run([sys.executable, "-m", "imagerelay", "purge", "--data-dir", str(data_dir)],
-                          capture_output=True, text=True, env={**os.environ, **env})
+                          capture_output=True, text=True, env=backend.cli_env(data_dir, env))
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import io
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from PIL import Image
 
 from imagerelay.webhooks import parse_signature
 from tests.conftest import png_bytes
+from tests.support import backend
 from tests.support.gateway import Gateway, run_gateway
 
 
@@ -47,8 +47,8 @@ def poll(gw: Gateway, token: str, job_id: str, until: tuple[str, ...] = ("succee
 
 
 def ledger_for(gw: Gateway, prefix: str) -> list[int]:
-    with sqlite3.connect(gw.data_dir / "imagerelay.db") as db:
-        return [r[0] for r in db.execute("select amount_micros from ledger where request_id like ?", (prefix + "%",))]
+    return [r[0] for r in backend.query(gw.data_dir, "select amount_micros from ledger where request_id like ?",
+                                        (prefix + "%",))]
 
 
 def test_prefer_respond_async_generation(gw: Gateway) -> None:
@@ -115,7 +115,7 @@ def test_other_users_get_404(gw: Gateway) -> None:
     import sys
     token = subprocess.run([sys.executable, "-m", "imagerelay", "tokens", "create", "--user", "stranger",
                             "--group", "default", "--data-dir", str(gw.data_dir)],
-                           capture_output=True, text=True, check=True).stdout.strip()
+                           capture_output=True, text=True, check=True, env=backend.cli_env(gw.data_dir)).stdout.strip()
     for method in ("GET", "DELETE"):
         resp = httpx.request(method, f"{gw.v1}/images/jobs/{job_id}", headers=auth(token))
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"

@@ -3,8 +3,6 @@ a proxy that cuts silent connections (keep-alive and jobs)."""
 
 from __future__ import annotations
 
-import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import openai
 import pytest
 
 from imagerelay_sim.server import DEFAULT_MODELS, create_upstream_app
+from tests.support import backend
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.idle_proxy import idle_proxy
@@ -265,14 +264,12 @@ def _job(gw: Gateway, group: str, job_id: str) -> dict[str, Any]:
 
 
 def _charges(data_dir: Path, request_id_prefix: str) -> list[int]:
-    with sqlite3.connect(data_dir / "imagerelay.db") as db:
-        return [r[0] for r in db.execute("select amount_micros from ledger where kind='charge' and request_id like ?",
-                                         (request_id_prefix + "%",))]
+    return [r[0] for r in backend.query(
+        data_dir, "select amount_micros from ledger where kind='charge' and request_id like ?", (request_id_prefix + "%",))]
 
 
 def _request_id(data_dir: Path, job_id: str) -> str:
-    with sqlite3.connect(data_dir / "imagerelay.db") as db:
-        return str(db.execute("select request_id from jobs where id=?", (job_id,)).fetchone()[0])
+    return str(backend.query(data_dir, "select request_id from jobs where id=?", (job_id,))[0][0])
 
 
 def test_cancel_running_and_queued_jobs(rig: Rig) -> None:
@@ -323,5 +320,5 @@ def test_restart_with_jobs_queued_and_running(rig: Rig) -> None:
             assert _job(gw2, group, job_id)["status"] == "succeeded"
             assert len(_charges(rig.data_dir, _request_id(rig.data_dir, job_id))) == 1
         audit = subprocess.run([sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(rig.data_dir)],
-                               capture_output=True, text=True, env={**os.environ, **rig.env})
+                               capture_output=True, text=True, env=backend.cli_env(rig.data_dir, rig.env))
         assert audit.returncode == 0, audit.stdout + audit.stderr

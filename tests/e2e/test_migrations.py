@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from imagerelay.storage import migrate
 from tests.support.gateway import free_port, run_gateway
-from tests.support.services import drop_postgres_database, fresh_postgres_database
+from tests.support.services import drop_postgres_database, fresh_postgres_database, sql_rows
 
 REPO = Path(__file__).resolve().parents[2]
 PREVIOUS_RELEASE = "8c7e7cb"  # the last release before crash recovery (no instances table)
@@ -43,29 +43,17 @@ class Db:
         return {"IMAGERELAY_DATABASE_URL": self.url, "IMAGERELAY_AUTO_MIGRATE": "false"}
 
     def tables(self) -> set[str]:
-        engine = sa.create_engine(migrate.sync_url(self.url), poolclass=sa.NullPool)
-        try:
-            with engine.connect() as conn:
-                return set(sa.inspect(conn).get_table_names())
-        finally:
-            engine.dispose()
+        return migrate._connected(self.url, lambda conn: set(sa.inspect(conn).get_table_names()))
 
     def scalar(self, sql: str) -> Any:
-        engine = sa.create_engine(migrate.sync_url(self.url), poolclass=sa.NullPool)
-        try:
-            with engine.connect() as conn:
-                return conn.execute(sa.text(sql)).scalar()
-        finally:
-            engine.dispose()
+        return sql_rows(self.url, sql)[0][0]
 
     def execute(self, *statements: str) -> None:
-        engine = sa.create_engine(migrate.sync_url(self.url), poolclass=sa.NullPool)
-        try:
-            with engine.begin() as conn:
-                for sql in statements:
-                    conn.execute(sa.text(sql))
-        finally:
-            engine.dispose()
+        def run(conn: sa.Connection) -> None:
+            for sql in statements:
+                conn.execute(sa.text(sql))
+
+        migrate._locked(self.url, run)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -111,6 +99,10 @@ def make_with_release(tree: Path, db: Db) -> dict[str, str]:
     """Run an earlier release's real gateway on the database: it creates its schema,
     the demo user and tokens, and makes one paid call. Returns the demo tokens."""
     env = {**db.env, "PYTHONPATH": str(tree)}
+    if db.url.startswith("postgresql://"):
+        # Those releases map postgresql:// to psycopg; name asyncpg, the one PostgreSQL
+        # driver this project installs (their code passes an explicit driver through).
+        env["IMAGERELAY_DATABASE_URL"] = "postgresql+asyncpg://" + db.url.split("://", 1)[1]
     with run_gateway(db.data_dir, extra_env=env, cwd=tree) as gw:
         answer = httpx.post(gw.v1 + "/images/generations", json=CALL, headers=auth(gw.tokens["default"]), timeout=60)
         assert answer.status_code == 200, answer.text
@@ -171,8 +163,7 @@ def test_revision_0001_is_the_previous_release_schema(db: Db, releases: dict[str
     assert cli(db, "db", "upgrade", "--to", "0001").returncode == 0
     assert migrate.differences(db.url, previous) == []
     migrate.upgrade(db.url)
-    with migrate._locked(db.url) as conn:
-        migrate.command.downgrade(migrate._config(conn), "0001")
+    migrate._locked(db.url, lambda conn: migrate.command.downgrade(migrate._config(conn), "0001"))
     assert migrate.differences(db.url, previous) == []
     assert "instances" not in db.tables()
     migrate.upgrade(db.url)

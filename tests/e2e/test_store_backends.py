@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import subprocess
 import sys
 import time
@@ -21,15 +20,14 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from PIL import Image
 
-from imagerelay.storage.migrate import sync_url
 from tests.conftest import png_bytes
+from tests.support import backend
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.s3 import S3Server
-from tests.support.services import drop_postgres_database, fresh_postgres_database
+from tests.support.services import drop_postgres_database, fresh_postgres_database, sql_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,13 +52,7 @@ class Fleet:
         if self.s3 is not None:
             base = f"{self.prefix}{area}/"
             return [k.removeprefix(base) for k in self.s3.keys(self.bucket, base)]
-        engine = sa.create_engine(sync_url(self.database_url), poolclass=sa.NullPool)
-        try:
-            with engine.connect() as conn:
-                return sorted({r[0] for r in conn.execute(
-                    sa.text("SELECT key FROM blob_chunks WHERE area = :a"), {"a": area})})
-        finally:
-            engine.dispose()
+        return sorted({r[0] for r in sql_rows(self.database_url, "SELECT key FROM blob_chunks WHERE area = ?", (area,))})
 
 
 @pytest.fixture(params=["s3", "s3-presigned", "database-sqlite", "database-postgres"])
@@ -227,7 +219,7 @@ def test_purge_expires_url_images_in_the_shared_store(fleet: Fleet) -> None:
         assert len(fleet.stored("images")) == 1
         time.sleep(3.5)  # past the URL lifetime and its clock margin (1 s each), LastModified's second
         done = subprocess.run([sys.executable, "-m", "imagerelay", "purge", "--data-dir", str(gw.data_dir)],
-                              capture_output=True, text=True, env={**os.environ, **env})
+                              capture_output=True, text=True, env=backend.cli_env(gw.data_dir, env))
         assert done.returncode == 0, done.stdout + done.stderr
         assert "removed 1 expired stored image(s)" in done.stdout
         assert fleet.stored("images") == []

@@ -40,6 +40,7 @@ from tests.support.services import (
     fresh_postgres_database,
     fresh_redis_prefix,
     redis_url,
+    sql_rows,
     require_program,
 )
 from tests.support.upstreams import simulated_channels
@@ -93,10 +94,7 @@ class Rig:
         return str(r.json()["token"]), int(r.json()["id"])
 
     def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        import psycopg
-
-        with psycopg.connect(self.database_url) as conn:
-            return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+        return [tuple(r) for r in sql_rows(self.database_url, sql, params)]
 
     def audit(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "imagerelay", "audit", "--database-url", self.database_url],
@@ -197,7 +195,7 @@ def test_a_new_user_s_first_tokens_made_on_every_host_at_once(rig: Rig) -> None:
     responses = asyncio.run(create())
     assert [r.status_code for r in responses] == [201] * 12, [r.text for r in responses if r.status_code != 201]
     assert len({r.json()["user"] for r in responses}) == 1
-    assert rig.rows("SELECT count(*) FROM users WHERE name = %s", "fleet-newcomer") == [(1,)]
+    assert rig.rows("SELECT count(*) FROM users WHERE name = ?", "fleet-newcomer") == [(1,)]
 
 
 def test_balance_race_spread_over_all_hosts_never_overspends(rig: Rig) -> None:
@@ -458,7 +456,7 @@ def test_killing_a_host_with_calls_in_flight_loses_no_money_and_the_others_serve
         t.start()
     wait_for("the doomed calls reaching upstream", lambda: len(rig.sim_requests("legacy")) == in_flight, timeout=30)
     held_ids = {r[0] for r in rig.rows(
-        "SELECT h.request_id FROM holds h JOIN users u ON u.id = h.user_id WHERE u.name = %s", "fleet-kill")}
+        "SELECT h.request_id FROM holds h JOIN users u ON u.id = h.user_id WHERE u.name = ?", "fleet-kill")}
     assert len(held_ids) == in_flight and balance(rig.lb, token)[1] == PER_CALL * in_flight
     rig.fleet.kill(victim)
     killed_at = time.monotonic()
@@ -478,7 +476,7 @@ def test_killing_a_host_with_calls_in_flight_loses_no_money_and_the_others_serve
     took = wait_for("the dead host's holds released", lambda: balance(rig.lb, token)[1] == 0, timeout=LEASE_S + 40)
     print(f"\nholds of {in_flight} calls on a SIGKILLed host released by its peers "
           f"{time.monotonic() - killed_at:.1f} s after the kill (lease {LEASE_S:g} s; waited {took:.1f} s)")
-    records = rig.rows("SELECT request_id, status, error_code, cost_micros FROM usage_records WHERE request_id = ANY(%s)",
+    records = rig.rows("SELECT request_id, status, error_code, cost_micros FROM usage_records WHERE request_id = ANY(?)",
                        list(held_ids))
     assert sorted(r[0] for r in records) == sorted(held_ids)  # one record per interrupted call
     assert all(r[1:] == (499, "interrupted", 0) for r in records), records

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support import backend
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.services import drop_postgres_database, fresh_postgres_database
 
@@ -519,10 +520,11 @@ def test_the_demo_banner_shows_the_real_balance_and_live_tokens(tmp_path: Path) 
                        json={"model": "gpt-image-2", "prompt": "x"}, timeout=60)
         assert r.status_code == 200, r.text
     listed = subprocess.run([sys.executable, "-m", "imagerelay", "tokens", "list", "--user", "demo", "--group",
-                             "default", "--json", "--data-dir", str(tmp_path)], capture_output=True, text=True, check=True)
+                             "default", "--json", "--data-dir", str(tmp_path)], capture_output=True, text=True, check=True,
+                            env=backend.cli_env(tmp_path))
     revoked_id = json.loads(listed.stdout)[0]["id"]
     subprocess.run([sys.executable, "-m", "imagerelay", "tokens", "revoke", str(revoked_id), "--data-dir", str(tmp_path)],
-                   capture_output=True, check=True)
+                   capture_output=True, check=True, env=backend.cli_env(tmp_path))
     with run_gateway(tmp_path) as again:
         assert "$99.970000 available" in again.log_text()
         # A revoked demo token is replaced, not printed again.

@@ -10,12 +10,10 @@ started once for the module and every test resets faults and channel health.
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +22,7 @@ import pytest
 
 from imagerelay_sim.faults import FAULT_TYPES
 from imagerelay_sim.server import create_upstream_app
+from tests.support import backend
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.servers import run_asgi
@@ -61,20 +60,18 @@ class Rig:
             httpx.delete(url + "/_sim/requests")
             assert self.admin("POST", f"/admin/channels/{name}/enable").status_code == 200
 
-    def db(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.gw.data_dir / "imagerelay.db")
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return backend.query(self.gw.data_dir, sql, params)
 
     def record(self, request_id: str) -> dict[str, Any]:
         """The call's usage record and its ledger charges, once it has been written."""
         deadline = time.monotonic() + 10
         while True:
-            with self.db() as db:
-                db.row_factory = sqlite3.Row
-                row = db.execute("select * from usage_records where request_id=?", (request_id,)).fetchone()
-                charges = [r[0] for r in db.execute(
-                    "select amount_micros from ledger where kind='charge' and request_id=?", (request_id,))]
-            if row is not None:
-                rec = dict(row)
+            rows = self.query("select * from usage_records where request_id=?", (request_id,))
+            charges = [r[0] for r in self.query(
+                "select amount_micros from ledger where kind='charge' and request_id=?", (request_id,))]
+            if rows:
+                rec = dict(rows[0]._mapping)
                 rec["price_basis"] = json.loads(rec["price_basis"])
                 rec["charges"] = charges
                 return rec
@@ -83,7 +80,7 @@ class Rig:
 
     def audit(self) -> None:
         audit = subprocess.run([sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(self.gw.data_dir)],
-                               capture_output=True, text=True, env={**os.environ, **self.env}, timeout=60)
+                               capture_output=True, text=True, env=backend.cli_env(self.gw.data_dir, self.env), timeout=60)
         assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
@@ -296,8 +293,8 @@ def _wait_disable_persisted(rig: Rig, name: str) -> None:
     land before the next test re-enables it."""
     deadline = time.monotonic() + 10
     while True:
-        with rig.db() as db:
-            row = db.execute("select enabled from channels where name=?", (name,)).fetchone()
+        rows = rig.query("select enabled from channels where name=?", (name,))
+        row = rows[0] if rows else None
         if row is not None and not row[0]:
             return
         assert time.monotonic() < deadline, "the disable was never persisted"
@@ -327,8 +324,7 @@ def test_an_echoed_key_reaches_no_client_record_health_or_log(rig: Rig, stream: 
     for group in (ONE, TWO):
         exposed.append(httpx.get(rig.gw.v1 + "/account/usage", headers={
             "Authorization": f"Bearer {rig.gw.tokens[group]}"}).text)
-    with rig.db() as db:
-        exposed.append(repr(db.execute("select * from usage_records").fetchall()))
+    exposed.append(repr(rig.query("select * from usage_records")))
     for name in ("solo", "first"):  # the admin channel test shows the upstream's error, scrubbed
         probe = rig.admin("POST", f"/admin/channels/{name}/test")
         assert probe.status_code == 200 and probe.json()["ok"] is False
@@ -431,7 +427,7 @@ def test_cli_refuses_a_malformed_base_url_and_an_unknown_pool(rig: Rig) -> None:
     def add(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "imagerelay", "channels", "add", "--name", "cli-bad",
                                "--type", "openai-compatible", *args, "--data-dir", str(rig.gw.data_dir)],
-                              capture_output=True, text=True, timeout=60, env={**os.environ, **rig.env})
+                              capture_output=True, text=True, timeout=60, env=backend.cli_env(rig.gw.data_dir, rig.env))
     bad_url = add("--pool", "official-pure", "--base-url", "htp:/nowhere")
     assert bad_url.returncode == 2 and "base_url" in bad_url.stderr, bad_url.stderr
     bad_pool = add("--pool", "nope", "--base-url", "https://upstream.example/v1")
@@ -444,9 +440,8 @@ def test_cli_refuses_a_malformed_base_url_and_an_unknown_pool(rig: Rig) -> None:
 def _insert_raw_channel(rig: Rig, name: str, spec: dict[str, Any]) -> None:
     """A channel stored before fields were checked (or by hand): straight into the database."""
     now = time.time()
-    with rig.db() as db:
-        db.execute("insert into channels (name, spec, key_ciphertext, enabled, created_at, updated_at) "
-                   "values (?, ?, NULL, 1, ?, ?)", (name, json.dumps({"name": name, **spec}), now, now))
+    rig.query("insert into channels (name, spec, key_ciphertext, enabled, created_at, updated_at) "
+              "values (?, ?, NULL, true, ?, ?)", (name, json.dumps({"name": name, **spec}), now, now))
     # any admin change reloads the directory from the database
     assert rig.admin("POST", "/admin/channels/second/enable").status_code == 200
     assert rig.channel(name)["base_url"] == spec["base_url"]

@@ -10,8 +10,6 @@ Faults are seeded, so a run is repeatable. The gateway runs with its default att
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ import httpx
 import pytest
 
 from imagerelay_sim.server import create_upstream_app
+from tests.support import backend
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.servers import run_asgi
@@ -59,14 +58,12 @@ class Rig:
         """Each call's usage record with its ledger charges, once all are written."""
         deadline = time.monotonic() + 15
         while True:
-            with sqlite3.connect(self.gw.data_dir / "imagerelay.db") as db:
-                db.row_factory = sqlite3.Row
-                marks = ",".join("?" * len(request_ids))
-                rows = {r["request_id"]: dict(r) for r in db.execute(
-                    f"select * from usage_records where request_id in ({marks})", request_ids)}  # noqa: S608
-                for rid, rec in rows.items():
-                    rec["charges"] = [c[0] for c in db.execute(
-                        "select amount_micros from ledger where kind='charge' and request_id=?", (rid,))]
+            marks = ",".join("?" * len(request_ids))
+            rows = {r._mapping["request_id"]: dict(r._mapping) for r in backend.query(
+                self.gw.data_dir, f"select * from usage_records where request_id in ({marks})", request_ids)}  # noqa: S608
+            for rid, rec in rows.items():
+                rec["charges"] = [c[0] for c in backend.query(
+                    self.gw.data_dir, "select amount_micros from ledger where kind='charge' and request_id=?", (rid,))]
             if len(rows) == len(request_ids):
                 return rows
             assert time.monotonic() < deadline, f"{len(request_ids) - len(rows)} usage records missing"
@@ -74,7 +71,7 @@ class Rig:
 
     def audit(self) -> None:
         audit = subprocess.run([sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(self.gw.data_dir)],
-                               capture_output=True, text=True, env={**os.environ, **self.env}, timeout=60)
+                               capture_output=True, text=True, env=backend.cli_env(self.gw.data_dir, self.env), timeout=60)
         assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
@@ -232,11 +229,11 @@ def test_a_route_may_be_stricter_about_attempts(rig: Rig, tmp_path_factory: pyte
         r = httpx.post(gw.v1 + "/images/generations", timeout=60, headers={"Authorization": f"Bearer {gw.tokens[ONE]}"},
                        json={"model": "gpt-image-2", "prompt": "a lighthouse", "size": "1024x1024", "quality": "low"})
         assert r.status_code == 503, r.text
-        with sqlite3.connect(gw.data_dir / "imagerelay.db") as db:
-            deadline = time.monotonic() + 10
-            while (row := db.execute("select attempts from usage_records where request_id=?",
-                                     (r.headers["x-request-id"],)).fetchone()) is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while not (rows := backend.query(gw.data_dir, "select attempts from usage_records where request_id=?",
+                                         (r.headers["x-request-id"],))):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        row = rows[0]
         assert row[0] == 2
     assert json.loads(r.text)["error"]["code"] == "upstream_unavailable"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import backend
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -42,9 +44,11 @@ class Gateway:
 
 
 def start_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                  cwd: Path | None = None, port: int | None = None, timeout_s: float = 30.0) -> Gateway:
+                  cwd: Path | None = None, port: int | None = None, timeout_s: float = 60.0) -> Gateway:
     """Start the gateway and wait until it answers /healthz; the caller stops it
-    (``stop_gateway``). ``run_gateway`` is the usual way; fleets of hosts use this pair."""
+    (``stop_gateway``). ``run_gateway`` is the usual way; fleets of hosts use this pair.
+    The 60 s bound is for a loaded shared machine (a start was seen taking 19 s there on
+    PostgreSQL), not a measure: a session gateway that misses it fails every test using it."""
     gw = launch_gateway(data_dir, extra_env=extra_env, extra_args=extra_args, cwd=cwd, port=port)
     try:
         wait_until_serving(gw, timeout_s=timeout_s)
@@ -61,17 +65,19 @@ def launch_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, e
     port = port or free_port()
     tokens_file = data_dir / "demo-tokens-out.json"
     log_path = data_dir / "gateway.log"
-    env = {**os.environ, **(extra_env or {})}
+    # The suite's backend (tests/support/backend.py) unless the test named its own.
+    env = {**os.environ, **backend.env_for(data_dir), **(extra_env or {})}
     cmd = [
         *wrapper, sys.executable, "-m", "imagerelay", "serve", "--demo", "--demo-tokens-out", str(tokens_file),
         "--port", str(port), "--data-dir", str(data_dir), *(extra_args or []),
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    backend.track(data_dir, proc)
     return Gateway(f"http://127.0.0.1:{port}", {}, data_dir, log_path, proc)
 
 
-def wait_until_serving(gw: Gateway, *, timeout_s: float = 30.0) -> None:
+def wait_until_serving(gw: Gateway, *, timeout_s: float = 60.0) -> None:
     """Block until ``gw`` answers /healthz, then read its demo tokens into ``gw.tokens``."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -5,13 +5,19 @@ With IMAGERELAY_REQUIRE_SERVICES=1 (CI) a missing PostgreSQL/Redis is a failure,
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
+import sqlalchemy as sa
 
 PG_ADMIN_URL = os.environ.get("IMAGERELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+T = TypeVar("T")
 REDIS_URL = os.environ.get("IMAGERELAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
@@ -43,23 +49,43 @@ def pg_address() -> tuple[str, int]:
     return _address(PG_ADMIN_URL, 5432)
 
 
+def run_coroutine(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run an async call to completion from synchronous test code: on this thread when no
+    event loop runs here, else on a thread of its own (an async test calling a helper)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+def pg_execute(url: str, sql: str) -> None:
+    """One statement on its own connection, outside a transaction (asyncpg, the project's
+    one PostgreSQL driver; CREATE/DROP DATABASE cannot run inside a transaction)."""
+    import asyncpg
+
+    async def execute() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    run_coroutine(execute)
+
+
 def fresh_postgres_database() -> tuple[str, str]:
     """Create an empty database; returns (url, name). Caller drops it with drop_postgres_database."""
     require("PostgreSQL", *pg_address())
-    import psycopg
-
     name = "imagerelay_test_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    pg_execute(PG_ADMIN_URL, f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     return f"{base}/{name}", name
 
 
 def drop_postgres_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pg_execute(PG_ADMIN_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def redis_url() -> str:
@@ -97,3 +123,33 @@ def require_program(name: str, *candidates: str) -> str:
     if os.environ.get("IMAGERELAY_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{name} is required in CI but is not installed (.ci/run installs it with apt-get)")
     pytest.skip(f"{name} is not installed; install it (apt-get install {name}) to run this test")
+
+
+def sql_rows(url: str, sql: str, params: Sequence[Any] = ()) -> list[sa.Row[Any]]:
+    """Run one statement (``?`` placeholders, in one transaction) on the database at
+    ``url`` and return its rows: what tests read from a gateway's database directly,
+    whichever backend it is on (SQLite's own driver, or asyncpg for PostgreSQL)."""
+    parts = sql.split("?")
+    text = parts[0] + "".join(f":p{i}{part}" for i, part in enumerate(parts[1:]))
+    bound = sa.text(text).bindparams(**{f"p{i}": value for i, value in enumerate(params)})
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, poolclass=sa.NullPool)
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(bound)
+                return list(result.fetchall()) if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    async def run() -> list[sa.Row[Any]]:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        aengine = create_async_engine("postgresql+asyncpg://" + url.split("://", 1)[1], poolclass=sa.NullPool)
+        try:
+            async with aengine.begin() as conn:
+                result = await conn.execute(bound)
+                return list(result.fetchall()) if result.returns_rows else []
+        finally:
+            await aengine.dispose()
+
+    return run_coroutine(run)

@@ -1,6 +1,8 @@
 """Alembic's environment: imagerelay always hands it an open connection, inside a
 transaction that holds the migration lock (storage/migrate.py), so there is no
-alembic.ini, no URL here and no offline mode."""
+alembic.ini, no URL here and no offline mode. On PostgreSQL that connection is the
+blocking face of an asyncpg connection (``AsyncConnection.run_sync``), so nothing here
+may start an event loop of its own."""
 
 from __future__ import annotations
 
