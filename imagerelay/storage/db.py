@@ -14,7 +14,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from imagerelay.private_files import touch_private
-from imagerelay.storage.pg_batches import PgBatches, is_deadlock
+from imagerelay.storage.pg_batches import DEADLOCK_RERUNS, PgBatches, is_deadlock
 
 if TYPE_CHECKING:
     from imagerelay.storage.movements import Movement
@@ -328,13 +328,14 @@ class TransactionRunner:
             return await self.run(_run_movement, movement, params)
         if movement.batch_order:
             return movement.pg_result(await self._pg_batches.run(movement, params))
-        try:
-            return movement.pg_result(await self.fetchrow(movement.pg_sql, *movement.pg_args(params)))
-        except Exception as exc:
-            if not is_deadlock(exc):
-                raise
-            # Rolled back whole, as a victim of a batch's deadlock (storage/pg_batches.py): once more.
-            return movement.pg_result(await self.fetchrow(movement.pg_sql, *movement.pg_args(params)))
+        for rerun in range(DEADLOCK_RERUNS + 1):
+            try:
+                return movement.pg_result(await self.fetchrow(movement.pg_sql, *movement.pg_args(params)))
+            except Exception as exc:
+                # Rolled back whole, as a victim of a batch's deadlock (storage/pg_batches.py): again.
+                if not is_deadlock(exc) or rerun == DEADLOCK_RERUNS:
+                    raise
+        raise AssertionError("unreachable: the last rerun returns or raises")
 
     async def fetchrow(self, statement: str, *args: Any) -> Any:
         """PostgreSQL: run one statement in autocommit; its first row (or None)."""
