@@ -19,8 +19,9 @@ from imagerelay.domain.accountrules import label, usd_field
 from imagerelay.domain.money import format_amount, format_usd
 from imagerelay.errors import InvalidRequest
 from imagerelay.services import Services
-from imagerelay.storage.accounts import UserInfo
-from imagerelay.storage.billing import AdjustmentRefused, UsageQuery, usage_page
+from imagerelay.domain.accounts import UserInfo
+from imagerelay.domain.records import UsageQuery
+from imagerelay.storage.billing import AdjustmentRefused
 
 MAX_PAGE = 500
 
@@ -90,7 +91,7 @@ def _record_json(r: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _page(request: Request, user_id: int | None) -> Response:
-    rows, more = await usage_page(services_of(request).engine, _usage_query(request, user_id))
+    rows, more = await services_of(request).reports.page(_usage_query(request, user_id))
     data = [_record_json(r) for r in rows]
     return json_response({
         "object": "list", "data": data, "has_more": more,

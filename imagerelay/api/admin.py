@@ -24,10 +24,9 @@ from imagerelay.domain.accountrules import label
 from imagerelay.domain.types import ImageRequest
 from imagerelay.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
 from imagerelay.services import Services
-from imagerelay.storage.accounts import UserInfo
+from imagerelay.domain.accounts import UserInfo
 from imagerelay.storage.channels import ChannelConflict, ChannelInvalid
-from imagerelay.upstreams.base import CallTarget, UpstreamFailure
-from imagerelay.upstreams.redact import channel_secrets
+from imagerelay.upstreams.base import UpstreamFailure
 
 
 async def require_admin(request: Request) -> None:
@@ -218,8 +217,10 @@ async def set_enabled(request: Request) -> Response:
 
 
 async def probe_channel(services: Services, name: str) -> dict[str, Any]:
-    """One small real generation through exactly this channel, bypassing the pool:
-    ``{name, ok, latency_ms, error}`` (the error scrubbed of the channel's secrets)."""
+    """One small real generation through exactly this channel, by the pool's own attempt
+    (:meth:`ChannelPool.probe`: key, model map, timeout, connector, answer cleaning),
+    whatever the channel's health: ``{name, ok, latency_ms, error}`` (the error scrubbed
+    of the channel's secrets)."""
     # Read the database first: the CLI writes channels there directly, and a test right
     # after `channels add` or `channels update` must see what was just written.
     await services.directory.load()
@@ -231,14 +232,12 @@ async def probe_channel(services: Services, name: str) -> dict[str, Any]:
     )
     probe = ImageRequest(endpoint="generations", model=model, prompt="a small test square",
                          quality="low", upstream_params={"quality": "low", "size": "1024x1024"}, size="1024x1024")
-    target = CallTarget(spec, services.directory.key_for(spec), spec.model_map.get(model, model), "1024x1024")
     started = time.monotonic()
-    try:
-        result = await services.pool.connectors[spec.type].images(target, probe)
-        ok, error = bool(result.items), None
-    except UpstreamFailure as failure:
-        failure = failure.redacted(channel_secrets(target.api_key, spec.base_url))
-        ok, error = False, f"{failure.kind}: {failure.detail}"
+    outcome = await services.pool.probe(spec, model, "1024x1024", probe)
+    if isinstance(outcome, UpstreamFailure):
+        ok, error = False, f"{outcome.kind}: {outcome.detail}"
+    else:
+        ok, error = bool(outcome.result.items), None
     return {"name": name, "ok": ok, "latency_ms": int((time.monotonic() - started) * 1000), "error": error}
 
 

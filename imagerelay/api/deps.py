@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from imagerelay.errors import AuthenticationFailed
 from imagerelay.services import Services
-from imagerelay.storage.accounts import TokenInfo, check_token
+from imagerelay.domain.accounts import TokenInfo
 
 
 def services_of(request: Request) -> Services:
@@ -34,4 +34,4 @@ async def authenticate(request: Request) -> TokenInfo:
             "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'; "
             "create one on the console's token page: /console/tokens.", code="missing_api_key"
         )
-    return check_token(await services_of(request).accounts.authenticate(token), time.time())
+    return await services_of(request).accounts.identify(token, time.time())

@@ -27,7 +27,7 @@ from imagerelay.domain.accountrules import TOKEN_FIELDS, label, refuse_unknown, 
 from imagerelay.domain.money import format_amount
 from imagerelay.errors import InvalidRequest, NotFound, PermissionDenied
 from imagerelay.services import Services
-from imagerelay.storage.accounts import TOKEN_STATUSES, TokenFilter, TokenInfo, TokenLimits, TokenView, UserInfo
+from imagerelay.domain.accounts import TOKEN_STATUSES, TokenFilter, TokenInfo, TokenLimits, TokenView, UserInfo
 
 MAX_PAGE = 500
 _MAX_ROW_ID = 2**31 - 1  # an INTEGER primary key: past it PostgreSQL refuses the query

@@ -45,11 +45,7 @@ class PageDenied(Exception):
 
 
 def logins_of(request: Request) -> Logins:
-    state = request.app.state
-    logins = getattr(state, "console_logins", None)
-    if logins is None:
-        logins = state.console_logins = Logins(services_of(request).engine)
-    return logins  # type: ignore[no-any-return]
+    return services_of(request).logins
 
 
 async def console_user(request: Request) -> ConsoleUser | None:

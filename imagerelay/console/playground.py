@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -24,8 +23,7 @@ from imagerelay.console.auth import ConsoleUser, require_json_user, require_user
 from imagerelay.console.web import render, url
 from imagerelay.errors import InvalidRequest, PermissionDenied
 from imagerelay.services import Services
-from imagerelay.storage.accounts import TokenFilter
-from imagerelay.storage.schema import console_sessions
+from imagerelay.domain.accounts import TokenFilter
 
 TEST_KEY_PREFIX = "playground session "
 MAX_TOKENS_LISTED = 100
@@ -42,11 +40,9 @@ async def _session_ends(services: Services, user: ConsoleUser) -> float:
     never after the session's absolute end. (Sign-out revokes it at once:
     :func:`revoke_session_keys`; a session kept busy past the idle span mints a new key.)"""
     settings = services.settings
-    async with services.engine.connect() as conn:
-        created = (await conn.execute(select(console_sessions.c.created_at)
-                                      .where(console_sessions.c.id_hash == user.session_id))).scalar()
+    created = await services.logins.session_created_at(user.session_id)
     now = time.time()
-    return min(now + settings.session_idle_s, float(created if created is not None else now) + settings.session_max_s)
+    return min(now + settings.session_idle_s, (created if created is not None else now) + settings.session_max_s)
 
 
 async def _session_keys(services: Services, user_id: int, name: str, group: str | None = None) -> list[int]:

@@ -17,7 +17,7 @@ from imagerelay.console import views
 from imagerelay.console.auth import ConsoleUser, require_json_user, require_user
 from imagerelay.console.web import read_form, redirect, render
 from imagerelay.errors import ApiError, NotFound
-from imagerelay.storage.accounts import TokenFilter, TokenView
+from imagerelay.domain.accounts import TokenFilter, TokenView
 
 PAGE = 50
 

@@ -22,9 +22,8 @@ from imagerelay.console import views
 from imagerelay.console.auth import ConsoleUser, require_user
 from imagerelay.console.web import render
 from imagerelay.errors import InvalidRequest
-from imagerelay.storage.accounts import TokenFilter
-from imagerelay.storage.billing import UsageQuery, usage_page
-from imagerelay.storage.usage_stats import DAY_S, usage_by_day, usage_totals
+from imagerelay.domain.accounts import TokenFilter
+from imagerelay.domain.records import DAY_S, UsageQuery
 
 PAGE = 50
 DEFAULT_DAYS = 30
@@ -80,9 +79,9 @@ async def usage(request: Request) -> Response:
     filters, token_names, models = await _context(request, user)
     before = request.query_params.get("before", "")
     page_query = replace(filters.query, before_id=int(before) if before.isdigit() and len(before) <= 9 else None)
-    rows, more = await usage_page(services.engine, page_query)
-    totals = await usage_totals(services.engine, filters.query)
-    days = await usage_by_day(services.engine, filters.query)
+    rows, more = await services.reports.page(page_query)
+    totals = await services.reports.totals(filters.query)
+    days = await services.reports.by_day(filters.query)
     info = await services.accounts.get_user(user.id)
     assert info is not None
     keep = {k: v for k, v in filters.values.items() if v}
@@ -109,7 +108,7 @@ async def usage_csv(request: Request) -> Response:
         writer.writerow(CSV_COLUMNS)
         sent, before = 0, None
         while sent < CSV_MAX_ROWS:
-            rows, more = await usage_page(services.engine, replace(filters.query, limit=500, before_id=before))
+            rows, more = await services.reports.page(replace(filters.query, limit=500, before_id=before))
             for r in rows:
                 writer.writerow([r["id"], views.time_text(r["created_at"]).replace(" UTC", "Z"), r["request_id"],
                                  r["token_id"], token_names.get(r["token_id"], ""), r["group_name"], r["model"],

@@ -109,6 +109,13 @@ class Logins:
                                    .values(seen_at=now))
         return SessionRow(row["id_hash"], row["user_id"], row["csrf_token"], row["created_at"], now)
 
+    async def session_created_at(self, id_hash: str) -> float | None:
+        """When the session stored under ``id_hash`` was opened (None: it is gone)."""
+        async with self._engine.connect() as conn:
+            created = (await conn.execute(select(console_sessions.c.created_at)
+                                          .where(console_sessions.c.id_hash == id_hash))).scalar()
+        return None if created is None else float(created)
+
     async def purge_sessions(self, *, idle_s: float, max_s: float) -> None:
         """Delete every expired session (an abandoned one is never presented again)."""
         now = time.time()

@@ -135,7 +135,7 @@ async def test_token_spend_cap(stores: tuple[Accounts, Billing]) -> None:
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 1_000_000, "top up")
     plain = await accounts.create_token(user.id, "default", limits=TokenLimits(spend_cap_micros=50_000))
-    info = await accounts.authenticate(plain)
+    info = await accounts.lookup_token(plain)
     assert info is not None and info.spend_cap_micros == 50_000
     assert await billing.place_hold("a", user.id, 30_000, 60, token_id=info.id) == "ok"
     assert await billing.place_hold("b", user.id, 30_000, 60, token_id=info.id) == "spend_cap"
@@ -163,7 +163,7 @@ async def test_fifty_concurrent_holds_against_room_for_ten(stores: tuple[Account
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 10 * 30_000, "exactly ten holds")
-    token = await accounts.authenticate(await accounts.create_token(user.id, "default"))
+    token = await accounts.lookup_token(await accounts.create_token(user.id, "default"))
     assert token is not None
 
     results = await asyncio.gather(
@@ -187,7 +187,7 @@ async def test_concurrent_holds_never_pass_the_spend_cap(stores: tuple[Accounts,
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 10 * 30_000, "room for ten")
     plain = await accounts.create_token(user.id, "default", limits=TokenLimits(spend_cap_micros=5 * 30_000))
-    token = await accounts.authenticate(plain)
+    token = await accounts.lookup_token(plain)
     assert token is not None
 
     results = await asyncio.gather(
@@ -257,7 +257,7 @@ async def test_every_call_leaves_one_usage_record_under_concurrency(stores: tupl
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 60 * 10_000, "room for sixty")
-    token = await accounts.authenticate(await accounts.create_token(user.id, "default"))
+    token = await accounts.lookup_token(await accounts.create_token(user.id, "default"))
     assert token is not None
 
     async def call(i: int) -> None:
@@ -317,7 +317,7 @@ async def test_a_dead_process_s_calls_are_released_with_one_record_each(
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 100_000, "top up")
-    token = await accounts.authenticate(await accounts.create_token(user.id, "default"))
+    token = await accounts.lookup_token(await accounts.create_token(user.id, "default"))
     assert token is not None
     crashed, survivor = _instances(billing, tmp_path), _instances(billing, tmp_path)
     await crashed.register()
