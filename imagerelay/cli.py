@@ -526,7 +526,7 @@ def tokens_list(
     """List tokens (never their secret: a hint such as sk-abcd…wxyz to recognise one)."""
     import time
 
-    from imagerelay.api.tokens import token_json
+    from imagerelay.api.account.keys import token_json
     from imagerelay.domain.accounts import TOKEN_STATUSES, TokenFilter
 
     if status is not None and status not in TOKEN_STATUSES:

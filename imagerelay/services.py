@@ -27,6 +27,7 @@ from imagerelay.storage.idempotency import IdempotencyStore
 from imagerelay.storage.instances import Instances
 from imagerelay.storage.logins import Logins
 from imagerelay.storage.db import TransactionRunner, create_engine
+from imagerelay.storage.gauges import Gauges
 from imagerelay.storage.migrate import prepare as prepare_schema
 from imagerelay.storage.usage_stats import UsageReports
 from imagerelay.upstreams.pool import ChannelPool, PoolPolicy
@@ -98,6 +99,7 @@ class Services:
     instances: Instances
     reports: UsageReports  # usage records and the ledger, read for pages and reports
     logins: Logins  # console passwords, sessions and invites
+    gauges: Gauges  # the database's side of /metrics and /readyz
     limiter: Limiter = field(default_factory=TokenLimiter)
     shared: SharedState | None = None  # Redis, when several processes share limits and cooldowns
     metrics: Metrics | None = None
@@ -150,7 +152,7 @@ class Services:
         idempotency = IdempotencyStore(
             engine, instances=instances, running_ttl_s=settings.call_deadline_s + HOLD_MARGIN_S)
         return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
-                   idempotency, jobs, runner, instances, UsageReports(engine), Logins(engine),
+                   idempotency, jobs, runner, instances, UsageReports(engine), Logins(engine), Gauges(engine),
                    limiter=limiter, shared=shared, metrics=metrics)
 
     async def start(self) -> None:

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from imagerelay.api.account import adjust_balance
-from imagerelay.api.admin import (
+from imagerelay.api.admin.users import adjust_balance
+from imagerelay.api.admin.channels import (
     add_channel_from,
     channel_json,
     probe_channel,

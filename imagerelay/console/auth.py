@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from imagerelay.api.deps import services_of
-from imagerelay.api.tokens import usable_groups
+from imagerelay.api.account.keys import usable_groups
 from imagerelay.storage.logins import Logins
 
 SESSION_COOKIE = "imagerelay_session"

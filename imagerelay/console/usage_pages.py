@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from imagerelay.api.account import group_pricing
+from imagerelay.api.account.usage import group_pricing
 from imagerelay.domain.money import format_amount
 from imagerelay.api.deps import services_of
 from imagerelay.console import views
