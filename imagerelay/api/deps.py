@@ -28,6 +28,9 @@ def bearer(request: Request) -> str | None:
 
 
 async def authenticate(request: Request) -> TokenInfo:
+    """The caller's identity from ``Authorization: Bearer``: every route that takes a key
+    comes here (``require_admin`` too), and this asks :meth:`Accounts.identify`, the one
+    place a key becomes an identity (unknown, revoked, expired, user disabled: 401)."""
     token = bearer(request)
     if token is None:
         raise AuthenticationFailed(
