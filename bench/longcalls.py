@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
@@ -99,10 +100,8 @@ async def probe_lag(base: str, stop: asyncio.Event, out: list[float]) -> None:
                 out.append((time.perf_counter() - started) * 1000)
             except aiohttp.ClientError:
                 out.append(30_000.0)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.1)
-            except TimeoutError:
-                pass
 
 
 async def one_call(session: aiohttp.ClientSession, url: str, token: str, headers: dict[str, str],

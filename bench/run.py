@@ -92,10 +92,8 @@ def peak_rss_mb(pid: int) -> float:
 
 def reset_peak_rss(pid: int) -> None:
     # Writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0).
-    try:
+    with contextlib.suppress(OSError):
         Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 @dataclass
@@ -134,9 +132,10 @@ def start_stack(workdir: Path, database_url: str | None, redis_url: str | None =
                 extra_env: dict[str, str] | None = None, channel: dict[str, Any] | None = None) -> Stack:
     """``extra_env``: more gateway settings; ``channel``: more settings of the simulator's channel."""
     sim_port, gw_port = free_ports(2)
-    sim_log = open(workdir / "sim.log", "wb")
-    sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai", "--port", str(sim_port),
-                            "--api-key", SIM_KEY, "--cache"], stdout=sim_log, stderr=subprocess.STDOUT)
+    with open(workdir / "sim.log", "wb") as sim_log:  # the child keeps its own copy of the descriptor
+        sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai",
+                                "--port", str(sim_port), "--api-key", SIM_KEY, "--cache"],
+                               stdout=sim_log, stderr=subprocess.STDOUT)
     wait_http(f"http://127.0.0.1:{sim_port}/_sim/health", sim, "simulator")
 
     catalog = yaml.safe_load((ROOT / "imagerelay/catalog/default.yaml").read_text())
@@ -158,9 +157,9 @@ def start_stack(workdir: Path, database_url: str | None, redis_url: str | None =
     subprocess.run([PY, "-m", "imagerelay", "users", "create", "demo"], env=env, check=True, capture_output=True)
     subprocess.run([PY, "-m", "imagerelay", "balance", "add", "--user", "demo", "--amount", "10000000",
                     "--reason", "benchmark credit"], env=env, check=True, capture_output=True)
-    gw_log = open(workdir / "gateway.log", "wb")
-    gateway = subprocess.Popen([PY, "-m", "imagerelay", "serve", "--port", str(gw_port)], env=env, stdout=gw_log,
-                               stderr=subprocess.STDOUT)
+    with open(workdir / "gateway.log", "wb") as gw_log:  # the child keeps its own copy of the descriptor
+        gateway = subprocess.Popen([PY, "-m", "imagerelay", "serve", "--port", str(gw_port)], env=env, stdout=gw_log,
+                                   stderr=subprocess.STDOUT)
     wait_http(f"http://127.0.0.1:{gw_port}/healthz", gateway, "gateway")
     created = httpx.post(f"http://127.0.0.1:{gw_port}/admin/tokens", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
                          json={"user": "demo", "group": "Sora2Official", "name": "bench", **TOKEN_LIMITS}, timeout=30)
@@ -357,11 +356,9 @@ def run_config(
 
 def machine() -> list[str]:
     cpu = "unknown"
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(text.split(":", 1)[1].strip() for text in Path("/proc/cpuinfo").read_text().splitlines()
                    if text.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     import starlette

@@ -881,7 +881,7 @@ def _json_answer(resp: Any) -> dict[str, Any]:
         body = None
     if not isinstance(body, dict):
         _fail(f"{resp.request.url} answered {resp.status_code} without a JSON object; is --url a gateway?", 1)
-    return body  # type: ignore[return-value]
+    return body
 
 
 @app.command()
@@ -901,7 +901,7 @@ def purge(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
     (a running gateway does this every minute; run it with the gateway's settings)."""
 
     async def _purge(s: Any) -> int:
-        removed = await s.store.purge_expired()
+        removed: int = await s.store.purge_expired()
         await s.jobs.purge_expired()
         return removed
 
@@ -991,7 +991,7 @@ def _client_call(method_url: str, key: str | None, **kwargs: Any) -> dict[str, A
         err = body.get("error", {})
         err_console.print(f"[red]{resp.status_code} {err.get('code')}[/red]: {err.get('message')}")
         raise typer.Exit(1)
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 BaseUrlOpt = Annotated[str, typer.Option("--base-url", envvar="IMAGERELAY_BASE_URL", help="Gateway /v1 URL.")]

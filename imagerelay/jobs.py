@@ -48,10 +48,11 @@ from imagerelay.errors import ApiError, InvalidRequest, NotFound, RateLimited
 from imagerelay.blobs import BlobMissing, StoreUnavailable
 from imagerelay.imagestore import ImageStore
 from imagerelay.limits.local import UNLIMITED, Limiter, concurrency_part
-from imagerelay.relay import CallContext, PreparedCall, Relay, RelayAnswer
-from imagerelay.storage.accounts import Accounts, TokenInfo, check_token
+from imagerelay.relay import CallContext, ParsedCall, PreparedCall, Relay
+from imagerelay.domain.accounts import TokenInfo, check_token
+from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.instances import Instances
-from imagerelay.storage.schema import holds, jobs, usage_records
+from imagerelay.storage.schema import jobs
 from imagerelay.webhooks import WebhookDispatcher
 
 log = logging.getLogger("imagerelay.jobs")
@@ -94,7 +95,7 @@ class _Claimed:
 
 
 class JobService:
-    def __init__(
+    def __init__(  # noqa: PLR0913 - collaborators, then the job knobs keyword-only (Settings names each)
         self,
         engine: AsyncEngine,
         relay: Relay,
@@ -181,6 +182,16 @@ class JobService:
                 f"This API key has {token_active} jobs queued or running, the most allowed per key "
                 f"({self._max_per_token}); wait for some to finish, or cancel some, before submitting more.",
                 code="too_many_jobs", headers={"retry-after": "10"})
+
+    async def create(self, ctx: CallContext, call: ParsedCall, *, webhook_url: Any) -> dict[str, Any]:
+        """Queue ``call`` as a job: its webhook checked, its owner under the job caps
+        (429), routed, validated and held for the job's lifetime; the job as polled."""
+        checked_url = await self.check_webhook(webhook_url)
+        include_b64 = call.fields.get("response_format") == "b64_json"
+        async with self.admission(ctx.token):
+            prepared = await self._relay.prepare(ctx, call.fields.get("model"), self._relay.validator(call),
+                                                 hold_ttl_s=self.ttl_s)
+            return await self.submit(prepared, include_b64=include_b64, webhook_url=checked_url)
 
     async def submit(
         self, prepared: PreparedCall, *, include_b64: bool, webhook_url: str | None
@@ -273,8 +284,7 @@ class JobService:
         await self.webhooks.schedule(job_id)
 
     async def _hold_open(self, request_id: str) -> bool:
-        async with self._engine.connect() as conn:
-            return (await conn.execute(select(holds.c.request_id).where(holds.c.request_id == request_id))).first() is not None
+        return await self._relay.billing.hold_open(request_id)
 
     async def _row(self, job_id: str, user_id: int) -> Any:
         async with self._engine.connect() as conn:
@@ -366,10 +376,7 @@ class JobService:
         # A row naming no process predates instance ids: only a start-up may take it.
         orphans = [r for r in rows if r["instance_id"] in gone or (starting and r["instance_id"] is None)]
         for row in orphans:
-            async with self._engine.connect() as conn:
-                settled = (await conn.execute(select(usage_records.c.status).where(
-                    usage_records.c.request_id == attempt_request_id(row)))).first()
-            if settled is not None and settled[0] == 200:
+            if await self._relay.billing.recorded_status(attempt_request_id(row)) == 200:
                 await self._finish(row["id"], "failed", error={
                     "message": "The gateway restarted as this job finished and its result was lost; submit it again.",
                     "type": "server_error", "param": None, "code": "job_interrupted"})
@@ -533,11 +540,10 @@ class JobService:
                 await self._finish(job_id, "failed", error=err.to_body()["error"])
                 return
         try:
-            answer = await self._relay.execute(prepared)
+            answer = await self._relay.call(prepared)
         except ApiError as err:
             await self._finish(job_id, "failed", error=err.to_body()["error"])
             return
-        assert isinstance(answer, RelayAnswer)
         result = dict(answer.body)
         result["data"] = [self._image_ref(item) for item in answer.body["data"]]
         await self._finish(job_id, "succeeded", result=result)
@@ -562,10 +568,9 @@ class JobService:
         await self.webhooks.schedule(job_id)
 
     async def _cleanup_inputs(self, job_id: str) -> None:
-        try:
+        # StoreUnavailable is logged by the store; the sweep deletes them by their lifetime.
+        with contextlib.suppress(StoreUnavailable):
             await self._store.inputs.delete_prefix(f"{job_id}/")
-        except StoreUnavailable:  # logged by the store; the sweep deletes them by their lifetime
-            pass
 
     async def _prepared(self, row: Any, *, load_images: bool = True) -> PreparedCall | None:
         """The job's call as the relay runs it; without its input images when only

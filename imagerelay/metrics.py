@@ -111,7 +111,7 @@ class Metrics:
         """The exposition text: this process's (or every process's) metrics, then ``extra``."""
         if self.multiproc_dir:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)
+            multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
         else:
             registry = self._registry
         snapshot = CollectorRegistry()
@@ -121,7 +121,7 @@ class Metrics:
     def process_exiting(self) -> None:
         """Drop this process's live gauges (in-flight) from the multiprocess sums."""
         if self.multiproc_dir:
-            multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)
+            multiprocess.mark_process_dead(os.getpid(), self.multiproc_dir)  # type: ignore[no-untyped-call]  # unannotated upstream
 
 
 class _Children:

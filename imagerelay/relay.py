@@ -3,20 +3,30 @@
 This is the only place that orchestrates a call; the HTTP layer parses and shapes,
 the domain functions decide, the pool talks upstream, ``Billing`` moves money. Every
 call that reaches here leaves exactly one usage record, whatever happens.
+
+Its surface:
+- :meth:`Relay.begin` takes a synchronous call through its Idempotency-Key claim,
+  keep-alive decision, routing, validation and hold; the :class:`SyncCall` it returns
+  runs the call (:meth:`SyncCall.answer`, or :meth:`SyncCall.kept_alive` as a body);
+- :meth:`Relay.stream` runs a streamed call and returns its events;
+- jobs (:mod:`imagerelay.jobs`) :meth:`Relay.prepare` at submit and :meth:`Relay.call`
+  from a worker, the plain call that returns the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-import time
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
+from imagerelay import keepalive
 from imagerelay.catalog.loader import Catalog, ResolvedRoute
 from imagerelay.domain import money, pricing
 from imagerelay.domain import usage as token_rules
@@ -33,9 +43,11 @@ from imagerelay.errors import (
 )
 from imagerelay.imagestore import ImageStore
 from imagerelay.logs import request_id_var
-from imagerelay.storage.accounts import TokenInfo
-from imagerelay.storage.billing import Billing, UsageRecord
+from imagerelay.domain.accounts import TokenInfo
+from imagerelay.domain.records import UsageRecord
+from imagerelay.storage.billing import Billing
 from imagerelay.storage.channels import ChannelDirectory
+from imagerelay.storage.idempotency import IdempotencyStore, Replay
 from imagerelay.upstreams.base import StreamEvent, UpstreamFailure, UpstreamResult
 from imagerelay.upstreams.pool import ChannelPool
 
@@ -85,14 +97,17 @@ class PreparedCall:
 class RelayAnswer:
     body: dict[str, Any]
     headers: dict[str, str]
+    # The body as rendered for an Idempotency-Key's replays (sent as is), if it was.
+    raw: bytes | None = None
 
 
 class Relay:
     def __init__(
         self, catalog: Catalog, directory: ChannelDirectory, pool: ChannelPool, billing: Billing, store: ImageStore,
-        observe: Callable[[UsageRecord], None] | None = None,
+        idempotency: IdempotencyStore, observe: Callable[[UsageRecord], None] | None = None,
     ) -> None:
         self.catalog = catalog
+        self.idempotency = idempotency
         # Told every finished usage record (metrics); must be cheap and never raise.
         self._observe = observe
         self.directory = directory
@@ -160,9 +175,39 @@ class Relay:
             self.hints[(route.spec.group, route.spec.model)], from_multipart=call.from_multipart,
         )
 
-    async def run(self, ctx: CallContext, call: ParsedCall) -> RelayAnswer | AsyncIterator[bytes]:
+    async def begin(
+        self, ctx: CallContext, call: ParsedCall, *, idempotency_key: str | None, keepalive_s: float | None,
+        render: Callable[[dict[str, Any]], bytes],
+    ) -> SyncCall:
+        """A synchronous call up to its upstream call: its keep-alive interval (the
+        caller's ``keepalive_s`` or the route's), its Idempotency-Key claim (a retry of
+        a finished call is answered from the first call's ``replay``), then routing,
+        validation and the hold, all before any byte is sent, so their errors keep
+        their real status even with keep-alive on. ``render`` turns an answer into the
+        bytes kept for replays (the HTTP layer's JSON rendering)."""
+        model = call.fields.get("model")
+        if keepalive_s is None and isinstance(model, str):
+            interval = keepalive.interval(None, self.catalog.route(ctx.token.group, model))
+        else:
+            interval = keepalive.interval(keepalive_s, None)
+        key = idempotency_key
+        if key is not None:
+            replay = await self.idempotency.claim(ctx.token.user_id, key, _fingerprint(call))
+            if replay is not None:
+                return SyncCall(self, ctx, None, None, interval, render, replay)
+        try:
+            prepared = await self.prepare(ctx, model, self.validator(call))
+        except BaseException:
+            if key is not None:
+                await asyncio.shield(self.idempotency.abandon(ctx.token.user_id, key))
+            raise
+        return SyncCall(self, ctx, prepared, key, interval, render)
+
+    async def stream(self, ctx: CallContext, call: ParsedCall) -> AsyncIterator[bytes]:
+        """Route, validate, hold and open a streamed call; its events, SSE-encoded
+        (``event: ...``, ending with ``data: [DONE]`` or an ``error`` event)."""
         prepared = await self.prepare(ctx, call.fields.get("model"), self.validator(call))
-        return await self.execute(prepared)
+        return await self._stream(prepared.ctx, prepared.route, prepared.request, prepared.record)
 
     # -- the call ------------------------------------------------------------------------
 
@@ -176,7 +221,7 @@ class Relay:
     ) -> PreparedCall:
         """Route, validate and hold; a refusal is recorded and raised.
 
-        Jobs call this at submit time with a long ``hold_ttl_s`` and :meth:`execute`
+        Jobs call this at submit time with a long ``hold_ttl_s`` and :meth:`call`
         later from a worker; synchronous calls do both at once.
         """
         record = self._record(ctx, None, model)
@@ -229,15 +274,13 @@ class Relay:
         """Place a fresh hold (under ``prepared.ctx.request_id``) for another attempt."""
         prepared.hold_micros = await self._hold(prepared.ctx, prepared.route, prepared.request, hold_ttl_s)
 
-    async def execute(self, prepared: PreparedCall) -> RelayAnswer | AsyncIterator[bytes]:
-        """Call upstream and settle (or release) the hold placed by :meth:`prepare`."""
-        ctx, route, request, record = prepared.ctx, prepared.route, prepared.request, prepared.record
+    async def call(self, prepared: PreparedCall) -> RelayAnswer:
+        """Call upstream and settle (or release) the hold placed by :meth:`prepare`;
+        the answer, never streamed (a job's call, or a synchronous one)."""
         # Job workers run calls outside any request: give their log lines the call's id.
-        logged_as = request_id_var.set(ctx.request_id)
+        logged_as = request_id_var.set(prepared.ctx.request_id)
         try:
-            if request.stream:
-                return await self._stream(ctx, route, request, record)
-            return await self._call(ctx, route, request, record)
+            return await self._call(prepared.ctx, prepared.route, prepared.request, prepared.record)
         finally:
             request_id_var.reset(logged_as)
 
@@ -415,6 +458,58 @@ class Relay:
             billing_mode=route.spec.billing.mode if route else "",
             latency_ms=0,
         )
+
+
+class SyncCall:
+    """A synchronous call past :meth:`Relay.begin`: answered already (``replay``, from
+    an earlier call with the same Idempotency-Key) or ready to run once."""
+
+    __slots__ = ("_relay", "_ctx", "_prepared", "_key", "keepalive_s", "_render", "replay")
+
+    def __init__(
+        self, relay: Relay, ctx: CallContext, prepared: PreparedCall | None, key: str | None,
+        keepalive_s: float | None, render: Callable[[dict[str, Any]], bytes], replay: Replay | None = None,
+    ) -> None:
+        self._relay, self._ctx, self._prepared, self._key = relay, ctx, prepared, key
+        self.keepalive_s = keepalive_s  # None: answer plainly; else send a space this often (kept_alive)
+        self._render = render
+        self.replay = replay
+
+    async def answer(self) -> RelayAnswer:
+        """Run the call; with an Idempotency-Key, store its rendered answer for retries
+        (``raw``) or give the key back if it fails, so a retry runs afresh."""
+        assert self._prepared is not None, "a replayed call has nothing to run"
+        relay, key, user_id = self._relay, self._key, self._ctx.token.user_id
+        try:
+            answer = await relay.call(self._prepared)
+        except BaseException:
+            if key is not None:
+                await asyncio.shield(relay.idempotency.abandon(user_id, key))
+            raise
+        if key is not None:
+            answer.raw = self._render(answer.body)
+            await asyncio.shield(relay.idempotency.finish(user_id, key, 200, answer.raw))
+        return answer
+
+    def kept_alive(self) -> AsyncIterator[bytes]:
+        """The call as a kept-alive body (:func:`imagerelay.keepalive.kept_alive`); it
+        starts running now. Only for a call whose ``keepalive_s`` is set."""
+        assert self.keepalive_s is not None
+
+        async def produce() -> bytes:
+            answer = await self.answer()
+            return answer.raw if answer.raw is not None else self._render(answer.body)
+
+        return keepalive.kept_alive(produce(), self.keepalive_s, self._ctx.request_id)
+
+
+def _fingerprint(call: ParsedCall) -> str:
+    """What makes two calls under one Idempotency-Key the same call: endpoint, fields, images."""
+    digest = hashlib.sha256(call.endpoint.encode() + b"\0")
+    digest.update(orjson.dumps(call.fields, option=orjson.OPT_SORT_KEYS, default=str))
+    for image in [*call.images, *([call.mask] if call.mask else [])]:
+        digest.update(image.part.encode() + b"\0" + hashlib.sha256(image.data).digest())
+    return digest.hexdigest()
 
 
 def new_request_id() -> str:

@@ -138,7 +138,9 @@ class Services:
         directory.on_reenabled = pool.enable  # re-enabled elsewhere: forget local disables
         store = ImageStore(build_areas(settings, engine), settings.signing_key(), settings.image_url_ttl_s,
                            presigned=settings.image_urls == "presigned")
-        relay = Relay(catalog, directory, pool, billing, store, observe=metrics.observe_call)
+        idempotency = IdempotencyStore(
+            engine, instances=instances, running_ttl_s=settings.call_deadline_s + HOLD_MARGIN_S)
+        relay = Relay(catalog, directory, pool, billing, store, idempotency, observe=metrics.observe_call)
         limiter: Limiter = shared.limiter if shared else TokenLimiter()
         jobs = JobService(
             engine, relay, accounts, store,
@@ -149,8 +151,6 @@ class Services:
             max_active_per_user=settings.job_max_active_per_user,
             max_active_per_token=settings.job_max_active_per_token, instances=instances,
         )
-        idempotency = IdempotencyStore(
-            engine, instances=instances, running_ttl_s=settings.call_deadline_s + HOLD_MARGIN_S)
         return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
                    idempotency, jobs, runner, instances, UsageReports(engine), Logins(engine), Gauges(engine),
                    limiter=limiter, shared=shared, metrics=metrics)

@@ -111,7 +111,6 @@ class _Body:
     kind: Literal["json", "form"]
     values: dict[str, Any]  # JSON object, or text fields of the form (last value wins)
     files: list[tuple[str, UploadFile, bytes]]  # multipart files in order: (field name, part, content)
-    raw_size: int
 
 
 def _summarize(value: Any, limit: int = 1024) -> Any:
@@ -172,19 +171,19 @@ async def _read_body(request: Request) -> tuple[_Body, dict[str, Any]]:
         await form.close()
         entry["parts"] = parts
         entry["form"] = {k: _summarize(v) for k, v in values.items()}
-        return _Body("form", values, files, len(raw)), entry
+        return _Body("form", values, files), entry
     if raw:
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             entry["json"] = None
             entry["body_sha256"] = hashlib.sha256(raw).hexdigest()
-            return _Body("json", {"__invalid__": True}, [], len(raw)), entry
+            return _Body("json", {"__invalid__": True}, []), entry
         entry["json"] = _summarize(parsed)
         if not isinstance(parsed, dict):
-            return _Body("json", {"__invalid__": True}, [], len(raw)), entry
-        return _Body("json", parsed, [], len(raw)), entry
-    return _Body("json", {}, [], 0), entry
+            return _Body("json", {"__invalid__": True}, []), entry
+        return _Body("json", parsed, []), entry
+    return _Body("json", {}, []), entry
 
 
 _BAD_JSON = (

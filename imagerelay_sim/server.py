@@ -591,7 +591,7 @@ async def _control_health(request: Request) -> Response:
 # =========================================================================== factory
 
 
-def create_upstream_app(
+def create_upstream_app(  # noqa: PLR0913 - one keyword per simulate-upstream option
     protocol: Literal["openai", "azure"],
     *,
     api_keys: Sequence[str] = ("sk-sim",),

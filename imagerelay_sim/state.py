@@ -24,7 +24,7 @@ class SimState:
     (``sim_state(app).add_faults(...)``) while uvicorn serves on its own loop.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the options of create_upstream_app, keyword-only
         self,
         protocol: Protocol,
         *,

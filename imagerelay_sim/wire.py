@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator, Mapping
@@ -35,10 +36,8 @@ async def _drop_connection(scope: Scope, *, reset: bool) -> None:
     if reset:
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):  # a platform without SO_LINGER
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:  # pragma: no cover - platform without SO_LINGER
-                pass
         transport.abort()
     else:
         transport.close()

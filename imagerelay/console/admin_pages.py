@@ -221,7 +221,7 @@ async def tokens_page(request: Request) -> Response:
         error, group = f"No group named {group!r}.", None
     before_id = _row_id(before)
     views, more = await services.accounts.list_tokens(TokenFilter(
-        user_id=user_id, group=group, status=status, limit=TOKENS_PAGE, before_id=before_id))  # type: ignore[arg-type]
+        user_id=user_id, group=group, status=status, limit=TOKENS_PAGE, before_id=before_id))
     filters = {"user": user_name, "group": group or "", "status": status or ""}
     return await render(request, "admin/tokens.html", {
         "tokens": views, "more": more, "now": time.time(), "utc": reports.utc_text, "error": error,

@@ -98,7 +98,8 @@ async def require_json_user(request: Request) -> ConsoleUser:
 
 
 def cookie_path(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/") + "/console"
+    root_path: str = request.scope.get("root_path", "")
+    return root_path.rstrip("/") + "/console"
 
 
 def set_session_cookie(request: Request, response: Response, sid: str) -> None:

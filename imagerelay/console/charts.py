@@ -105,7 +105,7 @@ def nice_ceiling(value: float) -> float:
     """The smallest 1, 2, 2.5 or 5 x 10^k at or above ``value`` (a readable axis top)."""
     if value <= 0:
         return 1.0
-    power = 10 ** math.floor(math.log10(value))
+    power: float = 10 ** math.floor(math.log10(value))  # int ** int is typed Any (a negative exponent gives a float)
     for step in (1, 2, 2.5, 5, 10):
         if step * power >= value * (1 - 1e-9):
             return step * power

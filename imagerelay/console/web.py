@@ -53,7 +53,8 @@ class FormTooLarge(Exception):
 
 def url(request: Request, path: str) -> str:
     """``path`` (absolute within the gateway, e.g. ``/console/tokens``) under the root path."""
-    return request.scope.get("root_path", "").rstrip("/") + path
+    root_path: str = request.scope.get("root_path", "")
+    return root_path.rstrip("/") + path
 
 
 def static(request: Request, name: str) -> str:

@@ -66,7 +66,7 @@ def normalize_b64(value: object) -> tuple[B64Payload, str]:
 
 def _normalize_buffer(value: memoryview) -> tuple[B64Payload, str]:
     view = value
-    prefixed = view[:5] == b"data:"
+    prefixed = view[:5].tobytes() == b"data:"
     if prefixed:
         m = _DATA_URL.match(bytes(view[:256]))
         if not m:

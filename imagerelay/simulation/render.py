@@ -392,7 +392,7 @@ def _encode(img: Image.Image, fmt: str, output_compression: int | None, incompre
 # --------------------------------------------------------------------------- entry point
 
 
-def render_image(
+def render_image(  # noqa: PLR0913 - keyword-only render options, each named at the call
     *,
     prompt: str,
     width: int,

@@ -15,17 +15,14 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import orjson
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from imagerelay.domain.accounts import TokenFilter, TokenLimits, TokenView, UserInfo
-# Re-exported while relay.py, jobs.py and api/images.py (being rewritten in parallel)
-# still import them from here; new code imports imagerelay.domain.accounts.
-from imagerelay.domain.accounts import TokenInfo as TokenInfo
-from imagerelay.domain.accounts import check_token as check_token
+from imagerelay.domain.accounts import TokenFilter, TokenInfo, TokenLimits, TokenView, UserInfo, check_token
 from imagerelay.storage.schema import tokens, users
 
 log = logging.getLogger("imagerelay.accounts")
@@ -286,7 +283,7 @@ class Accounts:
         return len(self._known), len(self._unknown)
 
 
-def _token_query():  # type: ignore[no-untyped-def]
+def _token_query() -> Select[Any]:
     return select(
         tokens.c.id,
         tokens.c.user_id,
@@ -304,7 +301,7 @@ def _token_query():  # type: ignore[no-untyped-def]
     ).join(users, users.c.id == tokens.c.user_id)
 
 
-def _view_query():  # type: ignore[no-untyped-def]
+def _view_query() -> Select[Any]:
     return select(
         tokens.c.id, tokens.c.user_id, tokens.c.name, tokens.c.group_name, tokens.c.prefix, tokens.c.suffix,
         tokens.c.created_at, tokens.c.expires_at, tokens.c.revoked, tokens.c.spend_cap_micros,

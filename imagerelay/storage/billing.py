@@ -30,8 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-# UsageRecord is re-exported while relay.py (rewritten in parallel) imports it from here.
-from imagerelay.domain.records import UsageRecord as UsageRecord
+from imagerelay.domain.records import UsageRecord
 from imagerelay.storage.db import TransactionRunner
 from imagerelay.storage.movements import Movement, Step, least, ref
 from imagerelay.storage.schema import holds, instances, ledger, tokens, usage_records, users
@@ -62,11 +61,6 @@ def interrupted_record(hold: Any, now: float) -> UsageRecord:
         endpoint=info.get("endpoint", ""), billing_mode=info.get("billing_mode", ""),
         status=499, error_code="interrupted", latency_ms=max(0, int((now - float(hold["created_at"])) * 1000)),
     )
-
-
-class AlreadyRecorded(Exception):
-    """The call already has its usage record: a repeated settle/release/record rolled
-    back whole, and the first outcome stands."""
 
 
 def _charge_for(record: UsageRecord, hold: int | None, collected: bool) -> int:
@@ -321,6 +315,21 @@ class Billing:
         except Exception as exc:
             if not _is_repeat(exc):
                 raise
+
+    async def hold_open(self, request_id: str) -> bool:
+        """Whether the call ``request_id`` still holds money (placed, not yet settled,
+        released or dropped by the reconciler)."""
+        async with self._engine.connect() as conn:
+            found = await conn.execute(select(holds.c.request_id).where(holds.c.request_id == request_id))
+            return found.first() is not None
+
+    async def recorded_status(self, request_id: str) -> int | None:
+        """The status of the call's usage record; None while it has none."""
+        async with self._engine.connect() as conn:
+            status = (await conn.execute(
+                select(usage_records.c.status).where(usage_records.c.request_id == request_id)
+            )).scalar_one_or_none()
+        return None if status is None else int(status)
 
     async def hold_owners(self) -> set[str]:
         """The processes named by open holds."""

@@ -47,7 +47,7 @@ class Logins:
 
     async def password_hash(self, user_id: int) -> str | None:
         async with self._engine.connect() as conn:
-            return (await conn.execute(  # type: ignore[no-any-return]
+            return (await conn.execute(
                 select(users.c.password_hash).where(users.c.id == user_id))).scalar()
 
     async def set_password_hash(self, user_id: int, hashed: str) -> None:

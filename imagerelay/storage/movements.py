@@ -182,4 +182,4 @@ class Movement:
 
 
 _SQLITE = sqlite_dialect.dialect(paramstyle="named")
-_PG = asyncpg_dialect.dialect()
+_PG = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy's dialect __init__ is unannotated

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import random
@@ -120,10 +121,8 @@ async def _close_quietly(events: AsyncIterator[StreamEvent]) -> None:
     aclose = getattr(events, "aclose", None)
     if aclose is None:
         return
-    try:
+    with contextlib.suppress(Exception):  # the outcome is already decided
         await aclose()
-    except Exception:  # noqa: BLE001, S110 - the outcome is already decided
-        pass
 
 
 class NoChannel(UpstreamError):
@@ -196,9 +195,7 @@ class ChannelPool:
             return False
         if h.cooldown_until > now:
             return False
-        if self.shared is not None and self.shared.remaining(ch.name, now) > 0:
-            return False
-        return True
+        return self.shared is None or self.shared.remaining(ch.name, now) <= 0
 
     def cooldown_remaining(self, name: str) -> float:
         now = self.clock()

@@ -31,7 +31,6 @@ DEFAULT_MAX_ANSWER_BYTES = 512 * 1024 * 1024
 _PREALLOCATE_FROM = 1 << 20  # answers this large go into one buffer sized from content-length
 _UNSAFE = re.compile(r"[^\x21-\x7e \t]")  # header text: printable ASCII, space and tab only
 SOCKS_SCHEMES = ("socks5://", "socks5h://")
-PROXY_SCHEMES = ("http://", "https://", *SOCKS_SCHEMES)
 
 
 #: Large answers held in memory at once per process: three 4K answers (~33 MB each).

@@ -10,6 +10,7 @@ import io
 import re
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -81,7 +82,7 @@ def test_usage_filter_chart_and_csv(user_page: Any, console_gw: ConsoleGateway, 
     shots(page, "user-usage-filtered")
     with page.expect_download() as info:
         page.get_by_role("link", name="Export CSV").click()
-    rows = list(csv.DictReader(io.StringIO(open(info.value.path(), encoding="utf-8").read())))
+    rows = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text(encoding="utf-8"))))
     assert len(rows) == calls and all(r["token"].startswith("demo-default") and r["status"] == "200" for r in rows)
 
 

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.bench  # minutes of load: not in the default run (see README)
 
 
 def test_bench_quick_run_reports(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +89,8 @@ def wait_for(predicate: Any, timeout: float = 30.0) -> None:
 def in_background(fn: Any, *args: Any) -> None:
     """A client whose connection the crash cuts: whatever it gets is ignored."""
     def run() -> None:
-        try:
+        with suppress(httpx.HTTPError):
             fn(*args)
-        except httpx.HTTPError:
-            pass
     threading.Thread(target=run, daemon=True).start()
 
 

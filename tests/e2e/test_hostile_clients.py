@@ -123,6 +123,7 @@ def _slow_jpeg() -> bytes:
     return buf.getvalue() + b"vendor trailer"
 
 
+@pytest.mark.timing
 def test_hostile_edit_leaves_healthz_responsive(tight: Gateway) -> None:
     url = "data:image/jpeg;base64," + base64.b64encode(_slow_jpeg()).decode()
     # No prompt: after its 16 images are checked the call is a free 400.
@@ -154,6 +155,7 @@ def _healthz_latencies_while(gw: Gateway, work: threading.Thread) -> list[float]
     return latencies
 
 
+@pytest.mark.timing
 def test_huge_json_edit_is_parsed_without_stalling_healthz(gateway: Gateway) -> None:
     # The session gateway: default body timeouts, for a 672 MB upload on a busy machine.
     # Parsed whole by orjson (which holds the GIL) it stalled every caller for ~3.5 s
@@ -188,6 +190,7 @@ def test_json_edit_with_large_images_still_works(gateway: Gateway) -> None:
     assert resp.json()["data"][0]["b64_json"]
 
 
+@pytest.mark.timing
 def test_seventeen_images_refused_before_any_decode(tight: Gateway) -> None:
     url = "data:image/jpeg;base64," + base64.b64encode(_slow_jpeg()).decode()
     started = time.monotonic()

@@ -218,6 +218,37 @@ def test_keepalive_validation_errors_keep_their_status(rig: Rig) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "X-Imagerelay-Keepalive"
 
 
+def test_keepalive_header_that_is_not_a_finite_number_is_refused(rig: Rig) -> None:
+    group = "Sora2Official"
+    before, n = balance(rig.gw, group), len(records(rig, group))
+    for raw in ("abc", "nan", "inf", ""):
+        r = httpx.post(rig.gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "x"},
+                       headers={"Authorization": f"Bearer {rig.gw.tokens[group]}", "X-Imagerelay-Keepalive": raw})
+        assert r.status_code == 400, (raw, r.text)
+        assert r.json()["error"]["param"] == "X-Imagerelay-Keepalive"
+    # Refused at the door: no hold, no call, no usage record.
+    assert balance(rig.gw, group) == before and len(records(rig, group)) == n
+    assert rig.upstream_calls("a") + rig.upstream_calls("b") == 0
+
+
+def test_keepalive_call_with_idempotency_key_is_replayed_and_charged_once(rig: Rig) -> None:
+    group = "Sora2Official"
+    slow(rig, 1.5)
+    headers = {"Authorization": f"Bearer {rig.gw.tokens[group]}", "X-Imagerelay-Keepalive": "1",
+               "Idempotency-Key": "keepalive-order-1"}
+    body = {"model": "gpt-image-2", "prompt": "a kept-alive apple", "quality": "low"}
+    first = httpx.post(rig.gw.v1 + "/images/generations", json=body, headers=headers, timeout=60)
+    assert first.status_code == 200 and first.content.startswith(b" ")
+    assert first.json()["data"][0]["b64_json"]
+    retry = httpx.post(rig.gw.v1 + "/images/generations", json=body, headers=headers, timeout=60)
+    assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
+    # The replay is the first answer without its keep-alive spaces, sent at once.
+    assert retry.content == first.content.lstrip(b" ")
+    assert rig.upstream_calls("a") + rig.upstream_calls("b") == 1
+    assert len(_charges(rig.data_dir, first.headers["x-request-id"])) == 1
+    assert _charges(rig.data_dir, retry.headers["x-request-id"]) == []
+
+
 # -- jobs: cancel, restart ---------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,10 +204,8 @@ class Fleet:
         seen: set[int] = set()
         while set(self.live()) - seen:
             assert time.monotonic() < deadline, f"the balancer never sent to hosts {set(self.live()) - seen}"
-            try:
+            with suppress(httpx.HTTPError, KeyError, StopIteration):
                 seen.add(self.served_by(httpx.get(self.balancer.base_url + "/healthz", timeout=5)))
-            except (httpx.HTTPError, KeyError, StopIteration):
-                pass
             time.sleep(0.05)
 
     def restart(self, index: int, extra_env: dict[str, str] | None = None) -> Gateway:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 _BODY = b"upstream timeout"
@@ -28,10 +28,8 @@ async def _pipe_client_to_server(reader: asyncio.StreamReader, writer: asyncio.S
     except (ConnectionError, asyncio.CancelledError):
         pass
     finally:
-        try:
+        with suppress(OSError, RuntimeError):
             writer.write_eof()
-        except (OSError, RuntimeError):
-            pass
 
 
 async def _handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, port: int, idle_s: float) -> None:

@@ -85,6 +85,7 @@ def test_a_body_without_long_strings_has_no_placeholders() -> None:
     large.check_all_taken(body)
 
 
+@pytest.mark.timing
 def test_many_small_strings_stop_the_scan_at_the_skeleton_limit() -> None:
     import time
 

@@ -28,7 +28,7 @@ def _json(schema: Schema, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def op(
+def op(  # noqa: PLR0913 - one keyword per OpenAPI operation field; each call names the few it sets
     tag: str, summary: str, ok: dict[str, Any], *, status: str = "200", auth: str | None = "apiKey",
     body: dict[str, Any] | None = None, params: list[dict[str, Any]] | None = None,
     errors: tuple[str, ...] = ("400", "401"), description: str | None = None, extra: dict[str, Any] | None = None,

@@ -1,26 +1,25 @@
 """Image endpoints: generations, edits, and their async job form.
 
-Each handler: authenticate, admit (per-token limits), parse, then one of
-- a synchronous call (optionally idempotent, optionally behind a keep-alive),
-- a stream (SSE relayed event by event),
-- a job (``Prefer: respond-async`` or ``POST /v1/images/jobs``): 202 + Location.
+Each handler: authenticate, admit (per-token limits), parse, then one call to the
+relay service and the HTTP shape of its outcome:
+- a synchronous call (``Relay.begin``: optionally idempotent, optionally behind a keep-alive),
+- a stream (``Relay.stream``: SSE relayed event by event),
+- a job (``Prefer: respond-async`` or ``POST /v1/images/jobs``; ``JobService.create``): 202 + Location.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from imagerelay import keepalive
 from imagerelay.api.deps import authenticate, image_pool_of, services_of
 from imagerelay.api.parsing import (
     ClientGone,
@@ -31,17 +30,11 @@ from imagerelay.api.parsing import (
     read_multipart_edit,
 )
 from imagerelay.api.responses import images_response, json_response, render_images
-from imagerelay.errors import ApiError, InvalidRequest
+from imagerelay.errors import InvalidRequest
 from imagerelay.limits.local import rate_part
-from imagerelay.relay import CallContext, ParsedCall, RelayAnswer
+from imagerelay.relay import CallContext, ParsedCall
 from imagerelay.services import Services
-from imagerelay.storage.accounts import TokenInfo
 
-log = logging.getLogger("imagerelay.api")
-
-KEEPALIVE_HEADER = "X-Imagerelay-Keepalive"
-MIN_KEEPALIVE_S = 1.0
-MAX_KEEPALIVE_S = 60.0
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 
 
@@ -139,8 +132,8 @@ async def _handle(request: Request, endpoint: str | None) -> Response:
         if as_job:
             return await _submit_job(services, ctx, call)
         if _truthy(call.fields.get("stream")):
-            return _stream_response(await services.relay.run(ctx, call), ctx.request_id, admitted)
-        return await _sync(request, services, token, ctx, call, admitted)
+            return _stream_response(await services.relay.stream(ctx, call), ctx.request_id, admitted)
+        return await _sync(request, services, ctx, call, admitted)
 
 
 async def _parse(request: Request, services: Services, endpoint: str | None) -> ParsedCall:
@@ -188,22 +181,15 @@ def _truthy(value: Any) -> bool:
 async def _submit_job(services: Services, ctx: CallContext, call: ParsedCall) -> Response:
     if _truthy(call.fields.get("stream")):
         raise InvalidRequest("A job cannot stream; drop stream (poll the job, or use a webhook).", param="stream")
-    webhook_url = await services.jobs.check_webhook(call.fields.pop("webhook_url", None))
-    include_b64 = call.fields.get("response_format") == "b64_json"
-    async with services.jobs.admission(ctx.token):  # 429 past the per-user / per-token job caps
-        prepared = await services.relay.prepare(
-            ctx, call.fields.get("model"), services.relay.validator(call), hold_ttl_s=services.jobs.ttl_s
-        )
-        job = await services.jobs.submit(prepared, include_b64=include_b64, webhook_url=webhook_url)
+    job = await services.jobs.create(ctx, call, webhook_url=call.fields.pop("webhook_url", None))
     location = f"{ctx.base_url.rstrip('/')}/v1/images/jobs/{job['id']}"
     return json_response(job, status=202, headers={"location": location, "x-request-id": ctx.request_id})
 
 
-def _stream_response(result: RelayAnswer | AsyncIterator[bytes], request_id: str, admitted: AsyncExitStack) -> Response:
-    assert not isinstance(result, RelayAnswer)
+def _stream_response(events: AsyncIterator[bytes], request_id: str, admitted: AsyncExitStack) -> Response:
     slot = admitted.pop_all()  # a stream keeps its concurrency slot until its last byte
     return _HoldingSlot(
-        result, slot, media_type="text/event-stream",
+        events, slot, media_type="text/event-stream",
         headers={"x-request-id": request_id, "cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
@@ -233,61 +219,38 @@ class _HoldingSlot(StreamingResponse):
             await super().__call__(scope, receive, send_then_yield)
 
 
-def _fingerprint(call: ParsedCall) -> str:
-    digest = hashlib.sha256(call.endpoint.encode() + b"\0")
-    digest.update(orjson.dumps(call.fields, option=orjson.OPT_SORT_KEYS, default=str))
-    for image in [*call.images, *([call.mask] if call.mask else [])]:
-        digest.update(image.part.encode() + b"\0" + hashlib.sha256(image.data).digest())
-    return digest.hexdigest()
-
-
-async def _sync(
-    request: Request, services: Services, token: TokenInfo, ctx: CallContext, call: ParsedCall, admitted: AsyncExitStack
-) -> Response:
+async def _sync(request: Request, services: Services, ctx: CallContext, call: ParsedCall,
+                admitted: AsyncExitStack) -> Response:
     """A synchronous call: idempotent when the caller sent Idempotency-Key, behind a
-    whitespace keep-alive when the caller or the route asks for one."""
+    whitespace keep-alive when the caller or the route asks for one (the relay decides)."""
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
-    keepalive = _keepalive_interval(request, services, token, call.fields.get("model"))
-    if key is not None:
-        replay = await services.idempotency.claim(token.user_id, key, _fingerprint(call))
-        if replay is not None:
-            return Response(replay.body, status_code=replay.status, media_type="application/json",
-                            headers={"x-request-id": ctx.request_id, "idempotent-replayed": "true"})
+    sync = await services.relay.begin(ctx, call, idempotency_key=key, keepalive_s=_keepalive_header(request),
+                                      render=render_images)
+    if sync.replay is not None:
+        return Response(sync.replay.body, status_code=sync.replay.status, media_type="application/json",
+                        headers={"x-request-id": ctx.request_id, "idempotent-replayed": "true"})
+    if sync.keepalive_s is not None:
+        return _HoldingSlot(
+            sync.kept_alive(), admitted.pop_all(), media_type="application/json",
+            headers={"x-request-id": ctx.request_id, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    answer = await _unless_disconnected(request, sync.answer())
+    if answer.raw is not None:
+        return Response(answer.raw, media_type="application/json", headers=answer.headers)
+    return images_response(answer.body, answer.headers)
+
+
+def _keepalive_header(request: Request) -> float | None:
+    """The keep-alive interval the caller asked for (NaN if not a number: the relay refuses it)."""
+    raw = request.headers.get(keepalive.HEADER)
+    if raw is None:
+        return None
     try:
-        # Routing, validation and the hold happen before any byte is sent, so their
-        # errors keep their real status even with keep-alive on.
-        prepared = await services.relay.prepare(ctx, call.fields.get("model"), services.relay.validator(call))
-    except BaseException:
-        if key is not None:
-            await asyncio.shield(services.idempotency.abandon(token.user_id, key))
-        raise
-
-    async def execute() -> RelayAnswer:
-        try:
-            answer = await services.relay.execute(prepared)
-        except BaseException:
-            if key is not None:
-                await asyncio.shield(services.idempotency.abandon(token.user_id, key))
-            raise
-        assert isinstance(answer, RelayAnswer)
-        return answer
-
-    async def produce() -> tuple[bytes, dict[str, str]]:
-        answer = await execute()
-        raw = render_images(answer.body)
-        if key is not None:
-            await asyncio.shield(services.idempotency.finish(token.user_id, key, 200, raw))
-        return raw, answer.headers
-
-    if keepalive is None and key is None:
-        answer = await _unless_disconnected(request, execute())
-        return images_response(answer.body, answer.headers)
-    if keepalive is None:
-        raw, headers = await _unless_disconnected(request, produce())
-        return Response(raw, media_type="application/json", headers=headers)
-    return _keepalive_response(produce, keepalive, ctx.request_id, admitted.pop_all())
+        return float(raw)
+    except ValueError:
+        return float("nan")
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
@@ -320,63 +283,3 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
         raise ClientGone("The client disconnected before the answer was ready.") from None
     finally:
         watcher.cancel()
-
-
-def _keepalive_interval(request: Request, services: Services, token: TokenInfo, model: Any) -> float | None:
-    raw = request.headers.get(KEEPALIVE_HEADER)
-    if raw is not None:
-        try:
-            seconds = float(raw)
-        except ValueError:
-            seconds = -1.0
-        if not MIN_KEEPALIVE_S <= seconds <= MAX_KEEPALIVE_S:
-            raise InvalidRequest(
-                f"{KEEPALIVE_HEADER} must be a number of seconds from {MIN_KEEPALIVE_S:g} to {MAX_KEEPALIVE_S:g}.",
-                param=KEEPALIVE_HEADER,
-            )
-        return seconds
-    route = services.catalog.route(token.group, model) if isinstance(model, str) else None
-    return route.spec.keepalive_s if route is not None else None
-
-
-def _keepalive_response(
-    produce: Callable[[], Awaitable[tuple[bytes, dict[str, str]]]],
-    interval: float,
-    request_id: str,
-    slot: AsyncExitStack,
-) -> Response:
-    """Answer 200 at once and send a space every ``interval`` seconds until the JSON.
-
-    Leading whitespace is legal JSON, so every client (the official SDK included)
-    parses the final body normally, while proxies that cut silent responses see
-    bytes flowing. The status is committed before the outcome is known, so an error
-    arrives as a 200 whose body is the official ``{"error": ...}`` object.
-    """
-    task = asyncio.ensure_future(produce())
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            yield b" "
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=interval)
-                if done:
-                    break
-                yield b" "
-            try:
-                raw, _headers = task.result()
-            except ApiError as err:
-                raw = orjson.dumps(err.to_body())
-            except Exception as exc:  # noqa: BLE001 - the status is already sent
-                log.error("unexpected %s in a keep-alive call (request %s)", type(exc).__name__, request_id)
-                raw = orjson.dumps(ApiError(
-                    f"The gateway hit an internal error; retry, quoting request id {request_id}.",
-                    status=500, type="server_error", code="internal_error").to_body())
-            yield raw
-        finally:
-            if not task.done():
-                task.cancel()  # the client left: the relay releases the hold
-
-    return _HoldingSlot(
-        body(), slot, media_type="application/json",
-        headers={"x-request-id": request_id, "cache-control": "no-cache", "x-accel-buffering": "no"},
-    )

@@ -13,11 +13,13 @@ import pytest
 from sqlalchemy import text
 
 from imagerelay.storage.accounts import Accounts
-from imagerelay.storage.billing import Billing, UsageRecord
+from imagerelay.domain.records import UsageRecord
+from imagerelay.storage.billing import Billing
 from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
 from imagerelay.storage.idempotency import IdempotencyConflict, IdempotencyStore
 from imagerelay.storage.instances import Instances
 from tests.support.services import drop_postgres_database, fresh_postgres_database
+from imagerelay.storage.billing import AdjustmentRefused, MAX_BALANCE_MICROS
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -50,12 +52,12 @@ async def test_hold_settle_release_and_audit(stores: tuple[Accounts, Billing]) -
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     assert await billing.adjust(user.id, 100_000, "top up") == 100_000
-    assert "ok" == await billing.place_hold("r1", user.id, 60_000, ttl_s=60)
-    assert "balance" == await billing.place_hold("r2", user.id, 60_000, ttl_s=60)  # only 40_000 available
+    assert await billing.place_hold("r1", user.id, 60_000, ttl_s=60) == "ok"
+    assert await billing.place_hold("r2", user.id, 60_000, ttl_s=60) == "balance"  # only 40_000 available
     assert await billing.settle(record("r1", user.id, cost=30_000)) == 30_000
     u = await accounts.get_user(user.id)
     assert u is not None and (u.balance_micros, u.held_micros) == (70_000, 0)
-    assert "ok" == await billing.place_hold("r3", user.id, 70_000, ttl_s=60)
+    assert await billing.place_hold("r3", user.id, 70_000, ttl_s=60) == "ok"
     await billing.release(record("r3", user.id, status=502))
     u = await accounts.get_user(user.id)
     assert u is not None and (u.balance_micros, u.held_micros) == (70_000, 0)
@@ -66,7 +68,7 @@ async def test_charge_never_exceeds_hold(stores: tuple[Accounts, Billing]) -> No
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 50_000, "top up")
-    assert "ok" == await billing.place_hold("r1", user.id, 50_000, ttl_s=60)
+    assert await billing.place_hold("r1", user.id, 50_000, ttl_s=60) == "ok"
     rec = record("r1", user.id, cost=80_000)
     assert await billing.settle(rec) == 50_000
     assert rec.price_basis["capped_from_micros"] == 80_000
@@ -79,7 +81,7 @@ async def test_stale_holds_are_released(stores: tuple[Accounts, Billing]) -> Non
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 10_000, "top up")
-    assert "ok" == await billing.place_hold("crashed", user.id, 10_000, ttl_s=-1)
+    assert await billing.place_hold("crashed", user.id, 10_000, ttl_s=-1) == "ok"
     assert any("past their deadline" in p for p in await billing.audit())
     assert await billing.release_stale_holds() == 1
     u = await accounts.get_user(user.id)
@@ -129,7 +131,7 @@ async def test_adjust_needs_reason(stores: tuple[Accounts, Billing]) -> None:
 
 
 async def test_token_spend_cap(stores: tuple[Accounts, Billing]) -> None:
-    from imagerelay.storage.accounts import TokenLimits
+    from imagerelay.domain.accounts import TokenLimits
 
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
@@ -181,7 +183,7 @@ async def test_fifty_concurrent_holds_against_room_for_ten(stores: tuple[Account
 
 
 async def test_concurrent_holds_never_pass_the_spend_cap(stores: tuple[Accounts, Billing]) -> None:
-    from imagerelay.storage.accounts import TokenLimits
+    from imagerelay.domain.accounts import TokenLimits
 
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
@@ -419,6 +421,7 @@ async def test_a_retry_takes_over_the_idempotency_claim_of_a_dead_process(
     assert replay is not None and replay.body == b"answer"
 
 
+@pytest.mark.timing
 async def test_a_running_claim_older_than_a_call_can_last_is_taken_over(stores: tuple[Accounts, Billing]) -> None:
     _accounts, billing = stores
     engine = billing._engine  # noqa: SLF001
@@ -428,3 +431,39 @@ async def test_a_running_claim_older_than_a_call_can_last_is_taken_over(stores: 
     started = time.monotonic()
     assert await retry.claim(1, "k", "fp") is None
     assert time.monotonic() - started < 4
+
+
+# -- merged from test_balance_adjust.py: Admin balance adjustments keep every balance a valid,
+# auditable integer (SQLite and PostgreSQL).
+
+async def test_a_debit_past_the_available_balance_is_refused(stores: tuple[Accounts, Billing]) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("debtor")
+    await billing.adjust(user.id, 100_000, "top up")
+    assert await billing.place_hold("r1", user.id, 60_000, ttl_s=60) == "ok"  # 40_000 available
+    with pytest.raises(AdjustmentRefused) as refused:
+        await billing.adjust(user.id, -40_001, "too much", kind="adjust")
+    assert refused.value.available_micros == 40_000
+    assert await billing.adjust(user.id, -40_000, "exactly what is free", kind="adjust") == 60_000
+    with pytest.raises(AdjustmentRefused):
+        await billing.adjust(user.id, -1, "nothing left", kind="adjust")
+    u = await accounts.get_user(user.id)
+    assert u is not None and (u.balance_micros, u.held_micros) == (60_000, 60_000)
+    await billing.release_stale_holds(now=10**12)
+    assert await billing.audit() == []
+
+
+async def test_a_credit_past_the_maximum_is_refused(stores: tuple[Accounts, Billing]) -> None:
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("rich")
+    assert await billing.adjust(user.id, MAX_BALANCE_MICROS - 5, "nearly all") == MAX_BALANCE_MICROS - 5
+    with pytest.raises(AdjustmentRefused):
+        await billing.adjust(user.id, 6, "one too many")
+    assert await billing.adjust(user.id, 5, "up to the line") == MAX_BALANCE_MICROS
+    assert await billing.audit() == []
+
+
+async def test_an_unknown_user_is_still_a_lookup_error(stores: tuple[Accounts, Billing]) -> None:
+    _accounts, billing = stores
+    with pytest.raises(LookupError):
+        await billing.adjust(424242, -1, "nobody")

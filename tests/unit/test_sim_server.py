@@ -462,6 +462,7 @@ def test_azure_fault_shapes(http: httpx.Client, azure_base: str) -> None:
 # =========================================================================== faults
 
 
+@pytest.mark.timing
 def test_latency_fault_fixed_and_jitter(http: httpx.Client, openai_base: str) -> None:
     _faults(http, openai_base, {"type": "latency", "latency_s": 0.4, "count": 1})
     start = time.monotonic()
