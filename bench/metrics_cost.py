@@ -15,7 +15,7 @@ from typing import Any
 
 from imagerelay.api.observe import MetricsMiddleware
 from imagerelay.metrics import Metrics
-from imagerelay.storage.billing import UsageRecord
+from imagerelay.domain.records import UsageRecord
 
 N = 200_000
 

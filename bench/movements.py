@@ -16,7 +16,8 @@ import time
 sys.path.insert(0, sys.argv[1])
 
 from imagerelay.storage.accounts import Accounts  # noqa: E402
-from imagerelay.storage.billing import Billing, UsageRecord  # noqa: E402
+from imagerelay.domain.records import UsageRecord  # noqa: E402
+from imagerelay.storage.billing import Billing  # noqa: E402
 from imagerelay.storage.db import TransactionRunner, create_engine, create_schema  # noqa: E402
 
 N = 2000

@@ -9,6 +9,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -130,6 +131,17 @@ def _usd_to_micros(text: str) -> int:
     return micros
 
 
+async def _usable_token(services: Any, token: str) -> Any:
+    """The identity of a kept demo key, or None if it may no longer act (revoked, expired,
+    user disabled): the same rule as every API call (``Accounts.identify``)."""
+    from imagerelay.errors import AuthenticationFailed
+
+    try:
+        return await services.accounts.identify(token, time.time())
+    except AuthenticationFailed:
+        return None
+
+
 async def _ensure_demo(services: Any, groups: list[str]) -> tuple[dict[str, str], int]:
     """Idempotent: one demo user, one token per group, credited once.
 
@@ -147,8 +159,8 @@ async def _ensure_demo(services: Any, groups: list[str]) -> tuple[dict[str, str]
     tokens: dict[str, str] = {}
     for group in groups:
         token = known.get(group)
-        info = await services.accounts.authenticate(token) if token else None
-        if info is None or info.revoked or info.group != group or info.user_id != user.id:
+        info = await _usable_token(services, token) if token else None
+        if info is None or info.group != group or info.user_id != user.id:
             token = await services.accounts.create_token(user.id, group, name=f"demo-{group}")
         tokens[group] = token  # type: ignore[assignment]
     write_private(store, json.dumps(tokens, indent=2).encode())
@@ -164,7 +176,6 @@ async def _ensure_demo_console(services: Any) -> dict[str, dict[str, str]]:
     import secrets
 
     from imagerelay.console.accounts import set_password
-    from imagerelay.storage.logins import Logins
 
     store = services.settings.data_dir / "demo-console.json"
     known: dict[str, Any] = {}
@@ -173,7 +184,7 @@ async def _ensure_demo_console(services: Any) -> dict[str, dict[str, str]]:
             known = json.loads(store.read_text())
         except ValueError:
             known = {}
-    logins = Logins(services.engine)
+    logins = services.logins
     out: dict[str, dict[str, str]] = {}
     for role, name, admin in (("admin", DEMO_ADMIN, True), ("user", DEMO_USER, False)):
         user = await services.accounts.get_or_create_user(name, is_admin=admin)
@@ -359,7 +370,6 @@ def users_set_password(
     """Set a user's console password (asked at the terminal, or one line on stdin).
     Every console session of the user ends."""
     from imagerelay.console.accounts import set_password
-    from imagerelay.storage.logins import Logins
 
     password = _read_password()
 
@@ -368,7 +378,7 @@ def users_set_password(
         if user is None:
             return f"no user {name!r}; create it with: imagerelay user create {name}"
         try:
-            await set_password(s, Logins(s.engine), user.id, user.name, password)
+            await set_password(s, s.logins, user.id, user.name, password)
         except ValueError as exc:
             return str(exc)
         return None
@@ -387,11 +397,9 @@ def invite_create(
     database_url: DbUrl = None,
 ) -> None:
     """Create a one-use sign-up code (print it once; only its hash is kept)."""
-    from imagerelay.storage.logins import Logins
-
     if days < 0:
         raise typer.BadParameter("--days must be 0 or more")
-    code = _run(lambda s: Logins(s.engine).create_invite(None, ttl_s=days * 86400 or None, note=note[:500]),
+    code = _run(lambda s: s.logins.create_invite(None, ttl_s=days * 86400 or None, note=note[:500]),
                 _settings(data_dir, database_url, None))
     console.print(code, highlight=False)
     err_console.print("Give it to the new user: sign up at /console/signup?invite=<code> (IMAGERELAY_SIGNUP=invite).",
@@ -486,7 +494,7 @@ def tokens_create(
     catalog: CatalogOpt = None,
 ) -> None:
     """Create an API token in a group, with optional limits; prints it once (only its hash is stored)."""
-    from imagerelay.storage.accounts import TokenLimits
+    from imagerelay.domain.accounts import TokenLimits
 
     settings = _settings(data_dir, database_url, catalog)
     cat = load_catalog(settings.catalog)
@@ -520,8 +528,8 @@ def tokens_list(
     """List tokens (never their secret: a hint such as sk-abcd…wxyz to recognise one)."""
     import time
 
-    from imagerelay.api.tokens import token_json
-    from imagerelay.storage.accounts import TOKEN_STATUSES, TokenFilter
+    from imagerelay.api.account.keys import token_json
+    from imagerelay.domain.accounts import TOKEN_STATUSES, TokenFilter
 
     if status is not None and status not in TOKEN_STATUSES:
         raise typer.BadParameter(f"--status: one of {', '.join(TOKEN_STATUSES)}")

@@ -49,7 +49,8 @@ from imagerelay.blobs import BlobMissing, StoreUnavailable
 from imagerelay.imagestore import ImageStore
 from imagerelay.limits.local import UNLIMITED, Limiter, concurrency_part
 from imagerelay.relay import CallContext, ParsedCall, PreparedCall, Relay
-from imagerelay.storage.accounts import Accounts, TokenInfo, check_token
+from imagerelay.domain.accounts import TokenInfo, check_token
+from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.instances import Instances
 from imagerelay.storage.schema import jobs
 from imagerelay.webhooks import WebhookDispatcher

@@ -43,8 +43,9 @@ from imagerelay.errors import (
 )
 from imagerelay.imagestore import ImageStore
 from imagerelay.logs import request_id_var
-from imagerelay.storage.accounts import TokenInfo
-from imagerelay.storage.billing import Billing, UsageRecord
+from imagerelay.domain.accounts import TokenInfo
+from imagerelay.domain.records import UsageRecord
+from imagerelay.storage.billing import Billing
 from imagerelay.storage.channels import ChannelDirectory
 from imagerelay.storage.idempotency import IdempotencyStore, Replay
 from imagerelay.upstreams.base import StreamEvent, UpstreamFailure, UpstreamResult

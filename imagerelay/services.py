@@ -20,18 +20,24 @@ from imagerelay.limits.local import Limiter, TokenLimiter
 from imagerelay.metrics import Metrics
 from imagerelay.relay import HOLD_MARGIN_S, Relay
 from imagerelay.secretbox import SecretBox
-from imagerelay.limits.shared import SharedState
 from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.billing import Billing
 from imagerelay.storage.channels import ChannelDirectory
 from imagerelay.storage.idempotency import IdempotencyStore
 from imagerelay.storage.instances import Instances
+from imagerelay.storage.logins import Logins
 from imagerelay.storage.db import TransactionRunner, create_engine
+from imagerelay.storage.gauges import Gauges
 from imagerelay.storage.migrate import prepare as prepare_schema
+from imagerelay.storage.usage_stats import UsageReports
 from imagerelay.upstreams.pool import ChannelPool, PoolPolicy
 from imagerelay.upstreams.registry import build_connectors
 
+# redis-py is an optional dependency (imagerelay[redis]): imported only when configured.
 if TYPE_CHECKING:
+    from imagerelay.limits.connection import SharedRedis
+    from imagerelay.limits.redis import RedisTokenLimiter
+    from imagerelay.upstreams.cooldowns import RedisCooldowns
     from imagerelay.console.passwords import Hasher
 
 log = logging.getLogger("imagerelay")
@@ -50,6 +56,43 @@ def _hasher(settings: Settings | None = None) -> Hasher:
 
 
 @dataclass
+class SharedState:
+    """What several gateway processes share through Redis (``IMAGERELAY_REDIS_URL``):
+    per-token rate and concurrency limits (limits/redis.py) and channel cooldowns
+    (upstreams/cooldowns.py). Balances and holds are shared through the database
+    instead. See docs/scaling.md."""
+
+    redis: SharedRedis
+    limiter: RedisTokenLimiter
+    cooldowns: RedisCooldowns
+
+    @classmethod
+    def connect(cls, url: str, prefix: str) -> SharedState:
+        """Builds the clients; nothing is sent to Redis before ``start``."""
+        try:
+            from imagerelay.limits.connection import SharedRedis
+            from imagerelay.limits.redis import RedisTokenLimiter
+            from imagerelay.upstreams.cooldowns import RedisCooldowns
+        except ModuleNotFoundError as exc:
+            if exc.name != "redis" and not (exc.name or "").startswith("redis."):
+                raise
+            raise RuntimeError("IMAGERELAY_REDIS_URL is set but redis-py is not installed; "
+                               "install it with: pip install 'imagerelay[redis]'") from None
+        redis = SharedRedis(url, prefix)
+        return cls(redis, RedisTokenLimiter(redis), RedisCooldowns(redis))
+
+    async def start(self) -> None:
+        # A Redis that is down at start-up is an outage like any other: log and fail open.
+        await self.redis.ping()
+        self.cooldowns.start()
+
+    async def aclose(self) -> None:
+        await self.limiter.aclose()
+        await self.cooldowns.aclose()
+        await self.redis.aclose()
+
+
+@dataclass
 class Services:
     settings: Settings
     catalog: Catalog
@@ -64,6 +107,9 @@ class Services:
     jobs: JobService
     runner: TransactionRunner
     instances: Instances
+    reports: UsageReports  # usage records and the ledger, read for pages and reports
+    logins: Logins  # console passwords, sessions and invites
+    gauges: Gauges  # the database's side of /metrics and /readyz
     limiter: Limiter = field(default_factory=TokenLimiter)
     shared: SharedState | None = None  # Redis, when several processes share limits and cooldowns
     metrics: Metrics | None = None
@@ -119,7 +165,8 @@ class Services:
         )
         accounts.on_keys_ended = jobs.end_queued  # a revoked key's queued jobs end at once
         return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
-                   idempotency, jobs, runner, instances, limiter=limiter, shared=shared, metrics=metrics,
+                   idempotency, jobs, runner, instances, UsageReports(engine), Logins(engine), Gauges(engine),
+                   limiter=limiter, shared=shared, metrics=metrics,
                    passwords=_hasher(settings))
 
     async def start(self) -> None:

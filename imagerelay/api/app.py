@@ -11,13 +11,15 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from imagerelay import console
-from imagerelay.api import account, admin, apidoc, images, observe, tokens
+from imagerelay.api import apidoc, observe
+from imagerelay.api.account import keys, usage
+from imagerelay.api.admin import channels, users
+from imagerelay.api.relay import images, models
 from imagerelay.api.bodyguard import BodyBudget, BodyGuard
-from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.errors import (
     api_error_handler,
     error_response,
@@ -27,51 +29,13 @@ from imagerelay.api.errors import (
 from imagerelay.api.observe import MetricsMiddleware
 from imagerelay.api.responses import json_response
 from imagerelay.config import Settings
-from imagerelay.domain.capabilities import model_object
-from imagerelay.errors import ApiError, NotFound
-from imagerelay.blobs import BlobMissing
-from imagerelay.imagestore import media_type
+from imagerelay.errors import ApiError
 from imagerelay.logs import configure_logging, request_id_var
 from imagerelay.allocator import tune_gc, tune_malloc
 from imagerelay.relay import new_request_id
 from imagerelay.services import Services
 
 log = logging.getLogger("imagerelay.api")
-
-
-async def list_models(request: Request) -> Response:
-    token = await authenticate(request)
-    services = services_of(request)
-    relay = services.relay
-    data = [model_object(relay.offered_route(token.group, model)) for model in relay.models_for(token.group)
-            if token.allowed_models is None or model in token.allowed_models]  # what this key may call
-    return json_response({"object": "list", "data": data})
-
-
-async def retrieve_model(request: Request) -> Response:
-    """The SDK's ``models.retrieve``; the ``imagerelay`` field is what the route accepts."""
-    token = await authenticate(request)
-    route = services_of(request).relay.offered_route(token.group, request.path_params["model"])
-    return json_response(model_object(route))
-
-
-async def image_file(request: Request) -> Response:
-    name = request.path_params["name"]
-    store = services_of(request).store
-    gone = NotFound("This image link is invalid or has expired; request the image again.")
-    if store.resolve(name, request.query_params.get("expires", ""), request.query_params.get("sig", "")) is None:
-        raise gone
-    try:
-        blob = await store.open(name)  # a store failure is a 503 (StoreUnavailable)
-    except BlobMissing:
-        raise gone from None
-    headers = {"cache-control": "private, max-age=3600"}
-    if blob.path is not None:  # a local file: sendfile, ranges and validators
-        await blob.aclose()
-        return FileResponse(blob.path, media_type=media_type(name), headers=headers)
-    if blob.size is not None:
-        headers["content-length"] = str(blob.size)
-    return StreamingResponse(blob.chunks, media_type=media_type(name), headers=headers)
 
 
 async def healthz(request: Request) -> Response:
@@ -141,16 +105,19 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 svc.metrics.process_exiting()
 
     routes: list[BaseRoute] = [
+        # the public relay API
         *images.routes,
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
-        Route("/v1/files/images/{name}", image_file, methods=["GET"]),
+        *models.routes,
+        # a key owner's own account
+        *usage.routes,
+        *keys.routes,
+        # administrators
+        *channels.routes,
+        *users.routes,
+        # operations and documentation
         Route("/healthz", healthz, methods=["GET"]),
         *observe.routes,
         *apidoc.routes,
-        *admin.routes,
-        *account.routes,
-        *tokens.routes,
     ]
     handlers: dict[Any, Any] = {ApiError: api_error_handler, HTTPException: http_error_handler}
     if settings.console:  # off: every console URL is a 404 like any unknown path

@@ -9,7 +9,7 @@ from starlette.requests import Request
 
 from imagerelay.errors import AuthenticationFailed
 from imagerelay.services import Services
-from imagerelay.storage.accounts import TokenInfo, check_token
+from imagerelay.domain.accounts import TokenInfo
 
 
 def services_of(request: Request) -> Services:
@@ -28,10 +28,13 @@ def bearer(request: Request) -> str | None:
 
 
 async def authenticate(request: Request) -> TokenInfo:
+    """The caller's identity from ``Authorization: Bearer``: every route that takes a key
+    comes here (``require_admin`` too), and this asks :meth:`Accounts.identify`, the one
+    place a key becomes an identity (unknown, revoked, expired, user disabled: 401)."""
     token = bearer(request)
     if token is None:
         raise AuthenticationFailed(
             "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'; "
             "create one on the console's token page: /console/tokens.", code="missing_api_key"
         )
-    return check_token(await services_of(request).accounts.authenticate(token), time.time())
+    return await services_of(request).accounts.identify(token, time.time())

@@ -13,13 +13,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imagerelay.api.admin import require_admin
+from imagerelay.api.admin.auth import require_admin
 from imagerelay.api.deps import bearer, services_of
 from imagerelay.api.responses import json_response
 from imagerelay.errors import AuthenticationFailed
 from imagerelay.metrics import CONTENT_TYPE, Metrics, gauge
 from imagerelay.services import Services
-from imagerelay.storage import gauges
 
 # A dependency that does not answer within this is reported down (the probe must answer
 # before the orchestrator's own probe timeout, typically 1-5 s).
@@ -51,7 +50,7 @@ async def metrics(request: Request) -> Response:
 
 async def _scrape_gauges(services: Services) -> list[Metric]:
     """Gauges computed now, in the scraping process: the database's and the channels'."""
-    q = await gauges.read_gauges(services.engine)
+    q = await services.gauges.read()
     pool = services.pool
     up, cooldown, failures = [], [], []
     for view in services.directory.views():
@@ -81,7 +80,7 @@ async def readyz(request: Request) -> Response:
     """200 when the database (and Redis, if configured) answer and the catalog is loaded."""
     services = services_of(request)
     checks: dict[str, str] = {
-        "database": await _check(gauges.ping(services.engine)),
+        "database": await _check(services.gauges.ping()),
         "catalog": "ok" if services.catalog.routes else "no routes",
     }
     if services.shared is not None:

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from imagerelay.api.account import adjust_balance
-from imagerelay.api.admin import (
+from imagerelay.api.admin.users import adjust_balance
+from imagerelay.api.admin.channels import (
     add_channel_from,
     channel_json,
     probe_channel,
@@ -39,8 +39,8 @@ from imagerelay.domain import capabilities
 from imagerelay.domain.accountrules import label, user_changes
 from imagerelay.errors import ApiError, InvalidRequest
 from imagerelay.services import Services
-from imagerelay.storage.accounts import TOKEN_STATUSES, TokenFilter, UserInfo
-from imagerelay.storage.billing import UsageQuery
+from imagerelay.domain.accounts import TOKEN_STATUSES, TokenFilter, UserInfo
+from imagerelay.domain.records import UsageQuery
 
 TOKENS_PAGE = 50
 USAGE_PAGE = 50
@@ -77,7 +77,7 @@ async def dashboard(request: Request) -> Response:
         span, by = "24h", "route"
     since, until, size = reports.window(time.time(), span)
     f = UsageQuery(since=since, until=until)
-    buckets = await reports.usage_buckets(services.engine, f, size_s=size, by=by)
+    buckets = await services.reports.buckets(f, size_s=size, by=by)
     starts = list(range(int(since), int(until), size))
     figures = []
     for metric, (title, _) in charts.METRICS.items():
@@ -86,7 +86,7 @@ async def dashboard(request: Request) -> Response:
             "id": metric, "chart": charts.line_chart(title, starts, size, series),
             "labels": [charts.bucket_label(s, size) for s in starts], "series": series,
         })
-    totals = await reports.usage_totals(services.engine, f)
+    totals = await services.reports.totals(f)
     return await render(request, "admin/dashboard.html", {
         "span": span, "by": by, "figures": figures, "totals": totals, "since": since, "until": until,
         "utc": reports.utc_text, "per_key": reports.totals_by_key(buckets),
@@ -163,7 +163,7 @@ async def user_page(request: Request, extra: Mapping[str, Any] | None = None, st
     views, more = await services.accounts.list_tokens(TokenFilter(user_id=user.id, limit=20))
     return await render(request, "admin/user.html", {
         "u": user, "groups": list(services.catalog.groups), "tokens": views, "more_tokens": more,
-        "ledger": await reports.ledger_entries(services.engine, user.id), "now": time.time(),
+        "ledger": await services.reports.ledger_entries(user.id), "now": time.time(),
         "utc": reports.utc_text, "form": {}, **(extra or {}),
     }, status=status)
 
@@ -433,10 +433,10 @@ async def usage_page(request: Request) -> Response:
     f, error = await _usage_filter(request)
     before = request.query_params.get("before") or ""
     before_id = _row_id(before)
-    rows, more = await reports.usage_rows(services.engine, f, limit=USAGE_PAGE, before_id=before_id)
+    rows, more = await services.reports.named_rows(f, limit=USAGE_PAGE, before_id=before_id)
     filters = {k: request.query_params.get(k) or "" for k in USAGE_FIELDS}
     return await render(request, "admin/usage.html", {
-        "rows": rows, "more": more, "totals": await reports.usage_totals(services.engine, f), "error": error,
+        "rows": rows, "more": more, "totals": await services.reports.totals(f), "error": error,
         "filters": filters, "utc": reports.utc_text, "usd": reports.usd,
         "csv_query": _query(filters),
         "next_query": _query({**filters, "before": str(rows[-1]["id"])}) if more and rows else None,
@@ -452,7 +452,7 @@ async def usage_csv(request: Request) -> Response:
     if error:
         return await render(request, "error.html", {"title": "Bad filter", "message": error}, status=400)
     return StreamingResponse(
-        reports.usage_csv(services_of(request).engine, f), media_type="text/csv; charset=utf-8",
+        reports.usage_csv(services_of(request).reports, f), media_type="text/csv; charset=utf-8",
         headers={"content-disposition": 'attachment; filename="usage.csv"', "cache-control": "no-store"},
     )
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from imagerelay.api.deps import services_of
-from imagerelay.api.tokens import usable_groups
+from imagerelay.api.account.keys import usable_groups
 from imagerelay.storage.logins import Logins
 
 SESSION_COOKIE = "imagerelay_session"
@@ -45,11 +45,7 @@ class PageDenied(Exception):
 
 
 def logins_of(request: Request) -> Logins:
-    state = request.app.state
-    logins = getattr(state, "console_logins", None)
-    if logins is None:
-        logins = state.console_logins = Logins(services_of(request).engine)
-    return logins
+    return services_of(request).logins
 
 
 async def console_user(request: Request) -> ConsoleUser | None:

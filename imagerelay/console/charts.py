@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from imagerelay.console.reports import DAY_S, Bucket
+from imagerelay.domain.records import DAY_S, Bucket
 
 MAX_SERIES = 6  # more lines than this is unreadable; the rest is summed as "other"
 OTHER = "other"

@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from imagerelay.api.deps import services_of
-from imagerelay.storage.accounts import TokenFilter
+from imagerelay.domain.accounts import TokenFilter
 from imagerelay.console import accounts, playground, token_pages, usage_pages
 from imagerelay.console.auth import (
     SESSION_COOKIE,

@@ -19,11 +19,11 @@ from starlette.routing import Route
 from imagerelay.api.deps import services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
-from imagerelay.console.auth import ConsoleUser, logins_of, require_json_user, require_user
+from imagerelay.console.auth import ConsoleUser, require_json_user, require_user
 from imagerelay.console.web import render, url
 from imagerelay.errors import InvalidRequest, PermissionDenied
 from imagerelay.services import Services
-from imagerelay.storage.accounts import TokenFilter
+from imagerelay.domain.accounts import TokenFilter
 
 TEST_KEY_PREFIX = "playground session "
 MAX_TOKENS_LISTED = 100
@@ -39,10 +39,11 @@ async def _session_ends(request: Request, user: ConsoleUser) -> float:
     """When the key stops working: when the session would end if left idle from now, and
     never after the session's absolute end. (Sign-out revokes it at once:
     :func:`revoke_session_keys`; a session kept busy past the idle span mints a new key.)"""
-    settings = services_of(request).settings
-    created = await logins_of(request).session_created_at(user.session_id)
+    services = services_of(request)
+    settings = services.settings
+    created = await services.logins.session_created_at(user.session_id)
     now = time.time()
-    return min(now + settings.session_idle_s, float(created if created is not None else now) + settings.session_max_s)
+    return min(now + settings.session_idle_s, (created if created is not None else now) + settings.session_max_s)
 
 
 async def _session_keys(services: Services, user_id: int, name: str, group: str | None = None) -> list[int]:

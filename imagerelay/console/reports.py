@@ -1,8 +1,8 @@
-"""Usage reports for the admin console: a page of records with user and key names,
-totals with latency, a CSV export and per-hour/per-day aggregates by route or channel.
-
-Every function filters with storage/billing.py's :class:`UsageQuery` and
-``usage_conditions``, the same terms as ``/admin/usage`` and the user's usage page.
+"""Usage reports for the admin console: filters read from a query string, the CSV export
+and the dashboard's windows and per-route/per-channel sums. The queries themselves are
+storage/usage_stats.py's :class:`UsageReports` (``services.reports``), filtered by a
+domain/records.py :class:`UsageQuery`, the same terms as ``/admin/usage`` and the user's
+usage page.
 Filters come from query strings a person typed, so :func:`parse_usage_filter` reads
 them strictly and names the field it refuses (:class:`InvalidRequest`).
 """
@@ -17,19 +17,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Integer, and_, case, cast, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql.elements import ColumnElement
-
 from imagerelay.console.views import parse_day
 from imagerelay.domain.accountrules import label
 from imagerelay.errors import InvalidRequest
-from imagerelay.storage.billing import UsageQuery, usage_conditions
-from imagerelay.storage.schema import ledger, tokens, usage_records, users
+from imagerelay.domain.records import DAY_S, Bucket, UsageQuery
+from imagerelay.storage.usage_stats import UsageReports
 
 CSV_CHUNK = 1000
 _MAX_ID = 2**31 - 1
-DAY_S = 86_400
 HOUR_S = 3_600
 
 
@@ -74,50 +69,6 @@ def parse_usage_filter(params: Mapping[str, str], *, user_id: int | None = None)
         token_id=parse_id(token_raw, "token") if token_raw else None,
         model=text("model"), route=text("route"), channel=text("channel"), status=status, failed=failed,
     )
-
-
-def _listing() -> Any:
-    """Records with the names a person reads: the user's and the token's."""
-    return select(usage_records, users.c.name.label("user_name"), tokens.c.name.label("token_name")).select_from(
-        usage_records.outerjoin(users, users.c.id == usage_records.c.user_id)
-        .outerjoin(tokens, tokens.c.id == usage_records.c.token_id)
-    )
-
-
-async def usage_rows(engine: AsyncEngine, f: UsageQuery, *, limit: int = 50,
-                     before_id: int | None = None) -> tuple[list[dict[str, Any]], bool]:
-    """A page of records, newest first, and whether older ones remain."""
-    stmt = _listing().where(and_(True, *usage_conditions(f)))
-    if before_id is not None:
-        stmt = stmt.where(usage_records.c.id < before_id)
-    stmt = stmt.order_by(usage_records.c.id.desc()).limit(limit + 1)
-    async with engine.connect() as conn:
-        rows = [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
-    return rows[:limit], len(rows) > limit
-
-
-@dataclass(frozen=True, slots=True)
-class UsageTotals:
-    calls: int
-    errors: int
-    cost_micros: int
-    avg_latency_ms: int | None
-    avg_upstream_latency_ms: int | None
-
-
-async def usage_totals(engine: AsyncEngine, f: UsageQuery) -> UsageTotals:
-    u = usage_records.c
-    stmt = select(
-        func.count(), func.coalesce(func.sum(case((u.status >= 400, 1), else_=0)), 0),
-        func.coalesce(func.sum(u.cost_micros), 0), func.avg(u.latency_ms), func.avg(u.upstream_latency_ms),
-    ).where(and_(True, *usage_conditions(f)))
-    async with engine.connect() as conn:
-        calls, errors, cost, latency, upstream = (await conn.execute(stmt)).one()
-    return UsageTotals(int(calls), int(errors), int(cost), _whole(latency), _whole(upstream))
-
-
-def _whole(value: object) -> int | None:
-    return None if value is None else int(round(Decimal(str(value))))
 
 
 def usd(micros: int) -> str:
@@ -173,7 +124,7 @@ def csv_row(r: Mapping[str, Any], columns: Sequence[CsvColumn] = ADMIN_CSV) -> l
     return [_cell(read(r)) for _, read in columns]
 
 
-async def usage_csv(engine: AsyncEngine, f: UsageQuery, columns: Sequence[CsvColumn] = ADMIN_CSV, *,
+async def usage_csv(reports: UsageReports, f: UsageQuery, columns: Sequence[CsvColumn] = ADMIN_CSV, *,
                     max_rows: int | None = None) -> AsyncIterator[str]:
     """Every matching record (newest first, at most ``max_rows``) as CSV text, header
     first, read in chunks so an export of millions of records never sits in memory. The
@@ -185,7 +136,7 @@ async def usage_csv(engine: AsyncEngine, f: UsageQuery, columns: Sequence[CsvCol
     sent = 0
     while max_rows is None or sent < max_rows:
         limit = CSV_CHUNK if max_rows is None else min(CSV_CHUNK, max_rows - sent)
-        rows, more = await usage_rows(engine, f, limit=limit, before_id=before)
+        rows, more = await reports.named_rows(f, limit=limit, before_id=before)
         for r in rows:
             writer.writerow(csv_row(r, columns))
         sent += len(rows)
@@ -200,54 +151,6 @@ async def usage_csv(engine: AsyncEngine, f: UsageQuery, columns: Sequence[CsvCol
 # -- aggregates for the dashboard ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    """One (time bucket, route or channel) cell of the dashboard."""
-
-    start: int  # unix time of the bucket's start (UTC)
-    key: str
-    calls: int
-    errors: int
-    cost_micros: int
-    upstream_latency_sum_ms: int
-    upstream_latency_n: int
-
-    @property
-    def avg_upstream_latency_ms(self) -> float | None:
-        return self.upstream_latency_sum_ms / self.upstream_latency_n if self.upstream_latency_n else None
-
-
-def _bucket_expr(engine: AsyncEngine, size_s: int) -> ColumnElement[Any]:
-    # Bucket number = floor(created_at / size). SQLite's CAST truncates (created_at >= 0, so
-    # that is floor); PostgreSQL's CAST rounds, so it gets floor() first.
-    scaled = usage_records.c.created_at / size_s
-    if engine.dialect.name == "sqlite":
-        return cast(scaled, Integer)
-    return cast(func.floor(scaled), Integer)
-
-
-async def usage_buckets(engine: AsyncEngine, f: UsageQuery, *, size_s: int, by: str) -> list[Bucket]:
-    """Calls, errors, spend and upstream latency per ``size_s`` bucket and per ``by``
-    (``route`` or ``channel``; records that reached no channel count as ``(none)``)."""
-    if by not in ("route", "channel"):
-        raise ValueError(by)
-    u = usage_records.c
-    bucket = _bucket_expr(engine, size_s).label("bucket")
-    key = (u.route if by == "route" else func.coalesce(u.channel, "(none)")).label("key")
-    stmt = (
-        select(bucket, key, func.count(), func.coalesce(func.sum(case((u.status >= 400, 1), else_=0)), 0),
-               func.coalesce(func.sum(u.cost_micros), 0), func.coalesce(func.sum(u.upstream_latency_ms), 0),
-               func.count(u.upstream_latency_ms))
-        .where(and_(True, *usage_conditions(f)))
-        .group_by(bucket, key)
-        .order_by(bucket, key)
-    )
-    async with engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
-    return [Bucket(int(b) * size_s, str(k), int(c), int(e), int(m), int(ls), int(ln))
-            for b, k, c, e, m, ls, ln in rows]
-
-
 def window(now: float, span: str) -> tuple[float, float, int]:
     """(since, until, bucket size) of a dashboard span: ``24h`` by hour, ``7d`` and ``30d`` by day,
     aligned to bucket boundaries so the first and last buckets are whole."""
@@ -257,14 +160,6 @@ def window(now: float, span: str) -> tuple[float, float, int]:
     count, size = spans[span]
     end = (int(now) // size + 1) * size
     return float(end - count * size), float(end), size
-
-
-async def ledger_entries(engine: AsyncEngine, user_id: int, *, limit: int = 20) -> list[dict[str, Any]]:
-    """A user's latest money movements other than call charges (top-ups, adjustments)."""
-    stmt = (select(ledger).where(ledger.c.user_id == user_id, ledger.c.kind != "charge")
-            .order_by(ledger.c.id.desc()).limit(limit))
-    async with engine.connect() as conn:
-        return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,12 @@ from starlette.routing import Route
 from imagerelay.api.deps import services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
-from imagerelay.api.tokens import check_group_allowed, create_token_for, token_json, update_token_of
+from imagerelay.api.account.keys import check_group_allowed, create_token_for, token_json, update_token_of
 from imagerelay.console import views
 from imagerelay.console.auth import ConsoleUser, require_json_user, require_user
 from imagerelay.console.web import read_form, redirect, render
 from imagerelay.errors import ApiError, NotFound
-from imagerelay.storage.accounts import TokenFilter, TokenView
+from imagerelay.domain.accounts import TokenFilter, TokenView
 
 PAGE = 50
 

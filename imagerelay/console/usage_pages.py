@@ -12,16 +12,15 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from imagerelay.api.account import group_pricing
+from imagerelay.api.account.usage import group_pricing
 from imagerelay.domain.money import format_amount
 from imagerelay.api.deps import services_of
 from imagerelay.console import reports, views
 from imagerelay.console.auth import ConsoleUser, require_user
 from imagerelay.console.web import render
 from imagerelay.errors import InvalidRequest
-from imagerelay.storage.accounts import TokenFilter
-from imagerelay.storage.billing import UsageQuery, usage_page
-from imagerelay.storage.usage_stats import DAY_S, usage_by_day, usage_totals
+from imagerelay.domain.accounts import TokenFilter
+from imagerelay.domain.records import DAY_S, UsageQuery
 
 PAGE = 50
 DEFAULT_DAYS = 30
@@ -77,9 +76,9 @@ async def usage(request: Request) -> Response:
     filters, token_names, models = await _context(request, user)
     before = request.query_params.get("before", "")
     page_query = replace(filters.query, before_id=int(before) if before.isdigit() and len(before) <= 9 else None)
-    rows, more = await usage_page(services.engine, page_query)
-    totals = await usage_totals(services.engine, filters.query)
-    days = await usage_by_day(services.engine, filters.query)
+    rows, more = await services.reports.page(page_query)
+    totals = await services.reports.totals(filters.query)
+    days = await services.reports.by_day(filters.query)
     info = await services.accounts.get_user(user.id)
     assert info is not None
     keep = {k: v for k, v in filters.values.items() if v}
@@ -114,7 +113,7 @@ async def usage_csv(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
     filters, token_names, _ = await _context(request, user)
-    lines = reports.usage_csv(services.engine, filters.query, user_csv_columns(token_names), max_rows=CSV_MAX_ROWS)
+    lines = reports.usage_csv(services.reports, filters.query, user_csv_columns(token_names), max_rows=CSV_MAX_ROWS)
     name = f"usage-{filters.values['from']}-{filters.values['to']}.csv"
     return StreamingResponse(lines, media_type="text/csv; charset=utf-8",
                              headers={"content-disposition": f'attachment; filename="{name}"',

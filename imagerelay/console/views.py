@@ -15,7 +15,7 @@ from starlette.datastructures import FormData
 from imagerelay.catalog.loader import Catalog, ResolvedRoute
 from imagerelay.domain.capabilities import billing_summary, example_body, params_summary
 from imagerelay.errors import InvalidRequest
-from imagerelay.storage.usage_stats import DAY_S, DaySum
+from imagerelay.domain.records import DAY_S, DaySum
 
 KEY_PLACEHOLDER = "sk-PASTE-YOUR-KEY-HERE"
 

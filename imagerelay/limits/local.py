@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Protocol
 
 from imagerelay.errors import RateLimited
-from imagerelay.storage.accounts import TokenInfo
+from imagerelay.domain.accounts import TokenInfo
 
 WINDOW_S = 60.0
 

@@ -28,7 +28,7 @@ from redis.exceptions import NoScriptError
 
 from imagerelay.limits.local import UNLIMITED, WINDOW_S, concurrency_exceeded, rpm_exceeded
 from imagerelay.limits.connection import REDIS_ERRORS, SharedRedis
-from imagerelay.storage.accounts import TokenInfo
+from imagerelay.domain.accounts import TokenInfo
 
 # Both scripts take ARGV[1] = now in ms, or a negative number for the Redis server clock.
 _NOW_MS = """

@@ -20,7 +20,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -31,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from imagerelay.domain.types import Usage
+from imagerelay.domain.records import UsageRecord
 from imagerelay.storage.db import TransactionRunner
 from imagerelay.storage.movements import Movement, Step, least, ref
 from imagerelay.storage.schema import holds, instances, ledger, tokens, usage_records, users
@@ -51,58 +50,6 @@ class AdjustmentRefused(ValueError):
         super().__init__(f"adjustment of {amount_micros} refused (available {available_micros})")
         self.amount_micros = amount_micros
         self.available_micros = available_micros
-
-
-@dataclass(slots=True)
-class UsageRecord:
-    request_id: str
-    user_id: int
-    token_id: int
-    group: str
-    model: str
-    route: str
-    endpoint: str
-    status: int
-    billing_mode: str
-    latency_ms: int
-    channel: str | None = None
-    error_code: str | None = None
-    upstream_latency_ms: int | None = None
-    attempts: int = 0
-    usage: Usage | None = None
-    cost_micros: int = 0
-    price_basis: dict[str, Any] = field(default_factory=dict)
-
-    def row(self) -> dict[str, Any]:
-        u = self.usage or Usage()
-        return {
-            "request_id": self.request_id,
-            "user_id": self.user_id,
-            "token_id": self.token_id,
-            "group_name": self.group,
-            "model": self.model,
-            "route": self.route,
-            "channel": self.channel,
-            "endpoint": self.endpoint,
-            "status": self.status,
-            "error_code": self.error_code,
-            "latency_ms": self.latency_ms,
-            "upstream_latency_ms": self.upstream_latency_ms,
-            "attempts": self.attempts,
-            "input_text_tokens": u.input_text_tokens,
-            "input_image_tokens": u.input_image_tokens,
-            "cached_tokens": u.cached_text_tokens + u.cached_image_tokens,
-            "output_tokens": u.output_tokens,
-            "cost_micros": self.cost_micros,
-            "billing_mode": self.billing_mode,
-            "price_basis": orjson.dumps(self.price_basis).decode(),
-            "created_at": time.time(),
-        }
-
-    def call_info(self) -> str:
-        """What an interrupted call's record will say (kept with its hold)."""
-        return orjson.dumps({"group": self.group, "model": self.model, "route": self.route,
-                             "endpoint": self.endpoint, "billing_mode": self.billing_mode}).decode()
 
 
 def interrupted_record(hold: Any, now: float) -> UsageRecord:
@@ -512,58 +459,3 @@ class Billing:
             if orphans:
                 problems.append(f"{orphans} charge(s) without a usage record")
         return problems
-
-
-@dataclass(frozen=True, slots=True)
-class UsageQuery:
-    user_id: int | None = None  # None: everyone (admins)
-    since: float | None = None
-    until: float | None = None
-    model: str | None = None
-    status: int | None = None
-    limit: int = 50
-    before_id: int | None = None  # page backwards from this record id
-    request_id: str | None = None  # one call: its record, and for a job every attempt's ("<id>.2", ...)
-    token_id: int | None = None
-    failed: bool | None = None  # True: status >= 400 only; False: successes only
-    route: str | None = None
-    channel: str | None = None
-
-
-def usage_conditions(q: UsageQuery) -> list[Any]:
-    """The WHERE terms of ``q``'s filters (not its paging), for pages and totals alike."""
-    c = usage_records.c
-    terms: list[Any] = []
-    if q.user_id is not None:
-        terms.append(c.user_id == q.user_id)
-    if q.since is not None:
-        terms.append(c.created_at >= q.since)
-    if q.until is not None:
-        terms.append(c.created_at < q.until)
-    if q.model is not None:
-        terms.append(c.model == q.model)
-    if q.status is not None:
-        terms.append(c.status == q.status)
-    if q.token_id is not None:
-        terms.append(c.token_id == q.token_id)
-    if q.failed is not None:
-        terms.append(c.status >= 400 if q.failed else c.status < 400)
-    if q.route is not None:
-        terms.append(c.route == q.route)
-    if q.channel is not None:
-        terms.append(c.channel == q.channel)
-    if q.request_id is not None:
-        terms.append(or_(c.request_id == q.request_id, c.request_id.startswith(q.request_id + ".", autoescape=True)))
-    return terms
-
-
-async def usage_page(engine: AsyncEngine, q: UsageQuery) -> tuple[list[dict[str, Any]], bool]:
-    """Newest first; returns (records, has_more)."""
-    stmt = select(usage_records).where(*usage_conditions(q)).order_by(usage_records.c.id.desc()).limit(q.limit + 1)
-    if q.before_id is not None:
-        stmt = stmt.where(usage_records.c.id < q.before_id)
-    async with engine.connect() as conn:
-        rows = [dict(r) for r in (await conn.execute(stmt)).mappings().all()]
-    for r in rows:
-        r["price_basis"] = orjson.loads(r["price_basis"] or "{}")
-    return rows[: q.limit], len(rows) > q.limit

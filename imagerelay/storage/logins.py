@@ -109,12 +109,11 @@ class Logins:
                                    .values(seen_at=now))
         return SessionRow(row["id_hash"], row["user_id"], row["csrf_token"], row["created_at"], now)
 
-    async def session_created_at(self, session_id: str) -> float | None:
-        """When the session whose row id (the cookie's hash, ``ConsoleUser.session_id``) is
-        ``session_id`` was opened; None once it is gone. Neither reads nor touches the idle clock."""
+    async def session_created_at(self, id_hash: str) -> float | None:
+        """When the session stored under ``id_hash`` was opened (None: it is gone)."""
         async with self._engine.connect() as conn:
             created = (await conn.execute(select(console_sessions.c.created_at)
-                                          .where(console_sessions.c.id_hash == session_id))).scalar()
+                                          .where(console_sessions.c.id_hash == id_hash))).scalar()
         return None if created is None else float(created)
 
     async def purge_sessions(self, *, idle_s: float, max_s: float) -> None:

@@ -296,22 +296,41 @@ class ChannelPool:
         """One image answer, failing over and retrying (see :meth:`_attempts`)."""
 
         async def attempt(ch: ChannelSpec, target: CallTarget, budget: float, attempts: int) -> CallOutcome:
-            t0 = self.clock()
-            try:
-                # asyncio.timeout, not wait_for: no second task whose exception could go
-                # unretrieved (or swallow a cancellation) when the client leaves.
-                async with asyncio.timeout(budget):
-                    result = await self.connectors[ch.type].images(target, request)
-                clean_items(result)
-            except TimeoutError:
-                raise UpstreamFailure("timeout", f"no answer within {budget:g}s") from None
-            except UpstreamFailure:
-                raise
-            except Exception as exc:  # noqa: BLE001 - whatever a connector raises fails the channel, not the call
-                raise UpstreamFailure.unexpected(exc) from None
-            return CallOutcome(result, ch.name, attempts, int((self.clock() - t0) * 1000))
+            return await self._answer(ch, target, request, budget, attempts)
 
         return await self._attempts(channels, upstream_model, default_size, attempt, max_attempts)
+
+    async def probe(self, ch: ChannelSpec, upstream_model: str, default_size: str,
+                    request: ImageRequest) -> CallOutcome | UpstreamFailure:
+        """One attempt on exactly ``ch`` (the admin's channel test): the same target, key,
+        model map, timeout, connector and answer cleaning as an attempt of :meth:`call`,
+        but whatever the channel's state (a disabled or cooling channel can be tested)
+        and without counting in its health. A failure is returned, scrubbed of the
+        channel's secrets."""
+        target = self._target(ch, upstream_model, default_size)
+        try:
+            return await self._answer(ch, target, request, ch.timeout_s, 1)
+        except UpstreamFailure as failure:
+            return failure.redacted(_secrets(target))
+
+    async def _answer(self, ch: ChannelSpec, target: CallTarget, request: ImageRequest, budget: float,
+                      attempts: int) -> CallOutcome:
+        """One attempt's image answer from ``ch``'s connector, cleaned; any failure is an
+        :class:`UpstreamFailure` (not yet scrubbed or counted: the caller does that)."""
+        t0 = self.clock()
+        try:
+            # asyncio.timeout, not wait_for: no second task whose exception could go
+            # unretrieved (or swallow a cancellation) when the client leaves.
+            async with asyncio.timeout(budget):
+                result = await self.connectors[ch.type].images(target, request)
+            clean_items(result)
+        except TimeoutError:
+            raise UpstreamFailure("timeout", f"no answer within {budget:g}s") from None
+        except UpstreamFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a connector raises fails the channel, not the call
+            raise UpstreamFailure.unexpected(exc) from None
+        return CallOutcome(result, ch.name, attempts, int((self.clock() - t0) * 1000))
 
     async def open_stream(
         self, channels: Sequence[ChannelSpec], upstream_model: str, default_size: str, request: ImageRequest,

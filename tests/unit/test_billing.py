@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import text
 
 from imagerelay.storage.accounts import Accounts
-from imagerelay.storage.billing import Billing, UsageRecord
+from imagerelay.domain.records import UsageRecord
+from imagerelay.storage.billing import Billing
 from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
 from imagerelay.storage.idempotency import IdempotencyConflict, IdempotencyStore
 from imagerelay.storage.instances import Instances
@@ -130,13 +131,13 @@ async def test_adjust_needs_reason(stores: tuple[Accounts, Billing]) -> None:
 
 
 async def test_token_spend_cap(stores: tuple[Accounts, Billing]) -> None:
-    from imagerelay.storage.accounts import TokenLimits
+    from imagerelay.domain.accounts import TokenLimits
 
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 1_000_000, "top up")
     plain = await accounts.create_token(user.id, "default", limits=TokenLimits(spend_cap_micros=50_000))
-    info = await accounts.authenticate(plain)
+    info = await accounts.lookup_token(plain)
     assert info is not None and info.spend_cap_micros == 50_000
     assert await billing.place_hold("a", user.id, 30_000, 60, token_id=info.id) == "ok"
     assert await billing.place_hold("b", user.id, 30_000, 60, token_id=info.id) == "spend_cap"
@@ -164,7 +165,7 @@ async def test_fifty_concurrent_holds_against_room_for_ten(stores: tuple[Account
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 10 * 30_000, "exactly ten holds")
-    token = await accounts.authenticate(await accounts.create_token(user.id, "default"))
+    token = await accounts.lookup_token(await accounts.create_token(user.id, "default"))
     assert token is not None
 
     results = await asyncio.gather(
@@ -214,13 +215,13 @@ async def test_one_failing_movement_among_concurrent_ones_fails_alone(stores: tu
 
 
 async def test_concurrent_holds_never_pass_the_spend_cap(stores: tuple[Accounts, Billing]) -> None:
-    from imagerelay.storage.accounts import TokenLimits
+    from imagerelay.domain.accounts import TokenLimits
 
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 10 * 30_000, "room for ten")
     plain = await accounts.create_token(user.id, "default", limits=TokenLimits(spend_cap_micros=5 * 30_000))
-    token = await accounts.authenticate(plain)
+    token = await accounts.lookup_token(plain)
     assert token is not None
 
     results = await asyncio.gather(
@@ -290,7 +291,7 @@ async def test_every_call_leaves_one_usage_record_under_concurrency(stores: tupl
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 60 * 10_000, "room for sixty")
-    token = await accounts.authenticate(await accounts.create_token(user.id, "default"))
+    token = await accounts.lookup_token(await accounts.create_token(user.id, "default"))
     assert token is not None
 
     async def call(i: int) -> None:
@@ -350,7 +351,7 @@ async def test_a_dead_process_s_calls_are_released_with_one_record_each(
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 100_000, "top up")
-    token = await accounts.authenticate(await accounts.create_token(user.id, "default"))
+    token = await accounts.lookup_token(await accounts.create_token(user.id, "default"))
     assert token is not None
     crashed, survivor = _instances(billing, tmp_path), _instances(billing, tmp_path)
     await crashed.register()

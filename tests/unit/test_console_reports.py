@@ -18,15 +18,14 @@ from imagerelay.console.reports import (
     HOUR_S,
     parse_usage_filter,
     totals_by_key,
-    usage_buckets,
     usage_csv,
-    usage_rows,
-    usage_totals,
     window,
 )
 from imagerelay.storage.accounts import Accounts
 from imagerelay.errors import InvalidRequest
-from imagerelay.storage.billing import Billing, UsageQuery, UsageRecord
+from imagerelay.domain.records import UsageQuery, UsageRecord
+from imagerelay.storage.billing import Billing
+from imagerelay.storage.usage_stats import UsageReports
 from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
 from imagerelay.storage.schema import usage_records
 from tests.support.services import drop_postgres_database, fresh_postgres_database
@@ -82,22 +81,22 @@ async def test_filters_totals_and_paging(db: tuple[AsyncEngine, Accounts, Billin
     await accounts.create_token(user.id, "g", name="+main")
     await _seed(engine, billing, user.id, 1, ROWS)
 
-    totals = await usage_totals(engine, UsageQuery())
+    totals = await UsageReports(engine).totals(UsageQuery())
     assert (totals.calls, totals.errors, totals.cost_micros) == (5, 2, 183_457)
     assert totals.avg_upstream_latency_ms == 667  # (400 + 600 + 1000) / 3, rounded
 
     day1 = parse_usage_filter({"since": "2026-01-01", "until": "2026-01-01"})
-    assert (await usage_totals(engine, day1)).calls == 4
+    assert (await UsageReports(engine).totals(day1)).calls == 4
     errors = parse_usage_filter({"status": "error"})
-    assert (await usage_totals(engine, errors)).calls == 2
+    assert (await UsageReports(engine).totals(errors)).calls == 2
     exact = parse_usage_filter({"status": "502", "channel": "sim-b"})
-    assert (await usage_totals(engine, exact)).calls == 1
-    assert (await usage_totals(engine, UsageQuery(user_id=user.id + 1))).calls == 0
+    assert (await UsageReports(engine).totals(exact)).calls == 1
+    assert (await UsageReports(engine).totals(UsageQuery(user_id=user.id + 1))).calls == 0
 
-    first, more = await usage_rows(engine, UsageQuery(), limit=2)
+    first, more = await UsageReports(engine).named_rows(UsageQuery(), limit=2)
     assert more and [r["id"] for r in first] == [5, 4]
     assert first[0]["user_name"] == "=alice" and first[0]["token_name"] == "+main"
-    rest, more = await usage_rows(engine, UsageQuery(), limit=10, before_id=first[-1]["id"])
+    rest, more = await UsageReports(engine).named_rows(UsageQuery(), limit=10, before_id=first[-1]["id"])
     assert not more and [r["id"] for r in rest] == [3, 2, 1]
 
 
@@ -106,7 +105,7 @@ async def test_csv_is_exact_and_formula_safe(db: tuple[AsyncEngine, Accounts, Bi
     user = await accounts.get_or_create_user("=alice")
     await accounts.create_token(user.id, "g", name="+main")
     await _seed(engine, billing, user.id, 1, ROWS)
-    text = "".join([chunk async for chunk in usage_csv(engine, parse_usage_filter({"route": "official"}))])
+    text = "".join([chunk async for chunk in usage_csv(UsageReports(engine), parse_usage_filter({"route": "official"}))])
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["status"] for r in rows] == ["200", "502"]
     assert rows[0]["cost_usd"] == "0.123457" and rows[1]["cost_usd"] == "0.000000"
@@ -118,7 +117,7 @@ async def test_buckets_by_hour_route_and_channel(db: tuple[AsyncEngine, Accounts
     engine, accounts, billing = db
     user = await accounts.get_or_create_user("bob")
     await _seed(engine, billing, user.id, 1, ROWS)
-    by_route = await usage_buckets(engine, UsageQuery(since=T0, until=T0 + DAY_S), size_s=HOUR_S, by="route")
+    by_route = await UsageReports(engine).buckets(UsageQuery(since=T0, until=T0 + DAY_S), size_s=HOUR_S, by="route")
     cells = {(b.start, b.key): (b.calls, b.errors, b.cost_micros, b.avg_upstream_latency_ms) for b in by_route}
     assert cells == {
         (int(T0), "legacy"): (2, 0, 60_000, 500.0),
@@ -127,7 +126,7 @@ async def test_buckets_by_hour_route_and_channel(db: tuple[AsyncEngine, Accounts
     }
     per_route = [(t.key, t.calls, t.errors, t.cost_micros, t.avg_upstream_latency_ms) for t in totals_by_key(by_route)]
     assert per_route == [("legacy", 2, 0, 60_000, 500), ("official", 2, 1, 123_457, 1000)]  # ties: by name
-    by_channel = await usage_buckets(engine, UsageQuery(), size_s=DAY_S, by="channel")
+    by_channel = await UsageReports(engine).buckets(UsageQuery(), size_s=DAY_S, by="channel")
     assert {(b.start - int(T0), b.key, b.calls) for b in by_channel} == {
         (0, "sim-a", 2), (0, "sim-b", 2), (DAY_S, "(none)", 1)}
 
@@ -153,7 +152,7 @@ def test_window_is_aligned_to_whole_buckets() -> None:
 
 
 def test_pivot_keeps_the_busiest_series_and_sums_the_rest() -> None:
-    from imagerelay.console.reports import Bucket
+    from imagerelay.domain.records import Bucket
 
     starts = [0, 3600]
     buckets = [Bucket(0, f"ch{i}", 10 - i, 1, 1_000_000, 100 * i, 1) for i in range(8)]
@@ -185,7 +184,7 @@ async def test_the_dashboards_time_filter_over_every_user_uses_an_index(
     200,000 records; figures in docs/migrations.md)."""
     from sqlalchemy import and_, func, select, text
 
-    from imagerelay.storage.billing import usage_conditions
+    from imagerelay.storage.usage_stats import usage_conditions
 
     engine, _, _ = db
     stmt = select(func.count()).where(and_(True, *usage_conditions(UsageQuery(since=1.0e9, until=1.1e9))))

@@ -4,7 +4,7 @@ import pytest
 
 from imagerelay.errors import RateLimited
 from imagerelay.limits.local import UNLIMITED, TokenLimiter
-from imagerelay.storage.accounts import TokenInfo
+from imagerelay.domain.accounts import TokenInfo
 
 
 def token(rpm: int | None = None, concurrency: int | None = None, tid: int = 1) -> TokenInfo:

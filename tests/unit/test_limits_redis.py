@@ -13,7 +13,7 @@ from imagerelay.errors import RateLimited
 from imagerelay.limits.local import UNLIMITED, Limiter, TokenLimiter
 from imagerelay.limits.connection import SharedRedis
 from imagerelay.limits.redis import RedisTokenLimiter
-from imagerelay.storage.accounts import TokenInfo
+from imagerelay.domain.accounts import TokenInfo
 from tests.support.gateway import free_port
 
 LEASE_S = 30.0

@@ -145,7 +145,7 @@ async def test_generation_over_plain_http_reuses_one_connection(sim: str) -> Non
         seen = requests_seen(sim)
         assert [r["json"]["prompt"] for r in seen] == ["a kite"] * 3
         assert seen[0]["headers"]["authorization"] == f"Bearer {KEY}"
-        [session] = connector._clients.values()  # noqa: SLF001 - one pool per channel is what is under test
+        [session] = [s.client for s in connector._sessions._current.values()]  # noqa: SLF001 - one pool per channel is what is under test
         assert session.connector is not None and session.connector.limit == 100
     finally:
         await connector.aclose()
@@ -161,7 +161,7 @@ async def test_one_pool_per_channel_honours_max_connections(sim: str) -> None:
         t = target(sim, max_connections=2)
         calls = [connector.images(t, REQUEST) for _ in range(3)] + [connector.images(t, edit) for _ in range(2)]
         await asyncio.gather(*calls)
-        [session] = connector._clients.values()  # noqa: SLF001
+        [session] = [s.client for s in connector._sessions._current.values()]  # noqa: SLF001
         assert session.connector is not None and session.connector.limit == 2
     finally:
         httpx.delete(sim + "/_sim/faults")

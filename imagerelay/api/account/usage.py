@@ -1,4 +1,5 @@
-"""Account endpoints for token owners (balance, usage, pricing) and admins (everyone)."""
+"""A key owner's account: balance, usage records and the group's prices. ``/admin/usage``
+(api/admin/users.py) lists everyone's records with the same filters."""
 
 from __future__ import annotations
 
@@ -9,23 +10,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imagerelay.api.admin import require_admin, user_filter, user_named
 from imagerelay.api.deps import authenticate, services_of
-from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
 from imagerelay.catalog.loader import Catalog
 from imagerelay.domain import capabilities
-from imagerelay.domain.accountrules import label, usd_field
-from imagerelay.domain.money import format_amount, format_usd
+from imagerelay.domain.accountrules import label
+from imagerelay.domain.money import format_amount
 from imagerelay.errors import InvalidRequest
-from imagerelay.services import Services
-from imagerelay.storage.accounts import UserInfo
-from imagerelay.storage.billing import AdjustmentRefused, UsageQuery, usage_page
+from imagerelay.domain.records import UsageQuery
 
 MAX_PAGE = 500
 
 
-def _usage_query(request: Request, user_id: int | None) -> UsageQuery:
+def usage_query(request: Request, user_id: int | None) -> UsageQuery:
     params = request.query_params
 
     def number(name: str, kind: type) -> Any:
@@ -89,8 +86,8 @@ def _record_json(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _page(request: Request, user_id: int | None) -> Response:
-    rows, more = await usage_page(services_of(request).engine, _usage_query(request, user_id))
+async def usage_page(request: Request, user_id: int | None) -> Response:
+    rows, more = await services_of(request).reports.page(usage_query(request, user_id))
     data = [_record_json(r) for r in rows]
     return json_response({
         "object": "list", "data": data, "has_more": more,
@@ -114,7 +111,7 @@ async def balance(request: Request) -> Response:
 
 async def usage(request: Request) -> Response:
     token = await authenticate(request)
-    return await _page(request, token.user_id)
+    return await usage_page(request, token.user_id)
 
 
 def group_pricing(catalog: Catalog, group: str) -> list[dict[str, Any]]:
@@ -141,43 +138,8 @@ async def pricing(request: Request) -> Response:
     return json_response({"object": "list", "group": token.group, "data": group_pricing(catalog, token.group)})
 
 
-async def adjust_balance(services: Services, user: UserInfo, amount: object, reason: object) -> int:
-    """Top up (or, negative, debit) ``user`` by ``amount`` (a plain decimal USD string,
-    read exactly into micro-dollars) with a ledger ``reason``; the admin API and the
-    console both come here. Returns the new balance; raises :class:`InvalidRequest`."""
-    micros, why = usd_field({"amount_usd": amount}, "amount_usd", signed=True), label(reason, 1000)
-    if not micros:
-        raise InvalidRequest('amount_usd is required and non-zero, e.g. "10.00" or "-2.50".', param="amount_usd")
-    if why is None:
-        raise InvalidRequest("reason is required (up to 1,000 printable characters): it is recorded in the ledger.",
-                             param="reason")
-    try:
-        return await services.billing.adjust(user.id, micros, why.strip(), kind="topup" if micros > 0 else "adjust")
-    except AdjustmentRefused as refused:
-        raise InvalidRequest(
-            f"Refused: {user.name}'s available balance is {format_usd(refused.available_micros)}; "
-            + ("a debit cannot take it below zero." if micros < 0 else "the balance would pass its maximum."),
-            param="amount_usd", code="balance_limit",
-        ) from None
-
-
-async def admin_adjust_balance(request: Request) -> Response:
-    await require_admin(request)
-    user = await user_named(request)
-    body = await read_json_object(request, 64 * 1024)
-    new_balance = await adjust_balance(services_of(request), user, body.get("amount_usd"), body.get("reason"))
-    return json_response({"user": user.name, "balance_micros": new_balance, "balance_usd": format_amount(new_balance)})
-
-
-async def admin_usage(request: Request) -> Response:
-    await require_admin(request)
-    return await _page(request, await user_filter(request))
-
-
 routes = [
     Route("/v1/account/balance", balance, methods=["GET"]),
     Route("/v1/account/usage", usage, methods=["GET"]),
     Route("/v1/pricing", pricing, methods=["GET"]),
-    Route("/admin/users/{name}/balance", admin_adjust_balance, methods=["POST"]),
-    Route("/admin/usage", admin_usage, methods=["GET"]),
 ]

@@ -1,7 +1,7 @@
-"""API keys and users: one API for the console, scripts and the CLI's habits.
+"""API keys: one API for the console, scripts and the CLI's habits.
 
-- ``/admin/tokens`` (list, create, read, update, revoke) and ``PATCH /admin/users/{name}``
-  (disable/enable, admin flag, groups a user may create tokens in): administrators.
+- ``/admin/tokens`` and ``/admin/users`` (api/admin/users.py) use this module's key
+  helpers: administrators act on anyone's keys.
 - ``/v1/account/tokens`` (list, create, rename/limit, revoke): a user's own keys, with any
   of their keys that is not itself restricted (a spend cap or allowed models): a
   restricted key must not mint itself an unrestricted one. Another user's key id is a 404.
@@ -19,19 +19,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imagerelay.api.admin import require_admin, user_filter, user_named
 from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
-from imagerelay.domain.accountrules import TOKEN_FIELDS, label, refuse_unknown, token_changes, user_changes
+from imagerelay.domain.accountrules import TOKEN_FIELDS, label, refuse_unknown, token_changes
 from imagerelay.domain.money import format_amount
 from imagerelay.errors import InvalidRequest, NotFound, PermissionDenied
 from imagerelay.services import Services
-from imagerelay.storage.accounts import TOKEN_STATUSES, TokenFilter, TokenInfo, TokenLimits, TokenView, UserInfo
+from imagerelay.domain.accounts import TOKEN_STATUSES, TokenFilter, TokenInfo, TokenLimits, TokenView, UserInfo
 
 MAX_PAGE = 500
 _MAX_ROW_ID = 2**31 - 1  # an INTEGER primary key: past it PostgreSQL refuses the query
-_BODY_LIMIT = 64 * 1024
+BODY_LIMIT = 64 * 1024
 
 
 def _usd(micros: int | None) -> str | None:
@@ -85,7 +84,7 @@ def _small_int(raw: str | None, name: str, default: int) -> int:
     return int(raw)
 
 
-async def _token_page(request: Request, user_id: int | None) -> Response:
+async def token_page(request: Request, user_id: int | None) -> Response:
     views, more = await services_of(request).accounts.list_tokens(_token_filter(request, user_id))
     now = time.time()
     data = [token_json(v, now) for v in views]
@@ -93,7 +92,7 @@ async def _token_page(request: Request, user_id: int | None) -> Response:
                           "next_before": data[-1]["id"] if more and data else None})
 
 
-async def _token_of(request: Request, owner_id: int | None) -> TokenView:
+async def token_named(request: Request, owner_id: int | None) -> TokenView:
     """The token named by the path, if ``owner_id`` (None: anyone's) holds it; else 404,
     the same for a key that does not exist and for another user's."""
     raw = request.path_params["token_id"]
@@ -126,7 +125,7 @@ async def create_token_for(services: Services, user: UserInfo, group: str,
     return plain, view
 
 
-async def _create(services: Services, user: UserInfo, group: str, body: dict[str, Any]) -> Response:
+async def create_response(services: Services, user: UserInfo, group: str, body: dict[str, Any]) -> Response:
     plain, view = await create_token_for(services, user, group, body)
     # The only answer that carries the secret: it is stored as a hash.
     return json_response({**token_json(view, time.time()), "token": plain}, status=201)
@@ -158,76 +157,18 @@ async def update_token_of(services: Services, view: TokenView, body: dict[str, A
     return updated
 
 
-async def _update(request: Request, view: TokenView) -> Response:
+async def update_response(request: Request, view: TokenView) -> Response:
     services = services_of(request)
-    body = await read_json_object(request, _BODY_LIMIT)
+    body = await read_json_object(request, BODY_LIMIT)
     return json_response(token_json(await update_token_of(services, view, body), time.time()))
 
 
-async def _revoke(request: Request, view: TokenView) -> Response:
+async def revoke_response(request: Request, view: TokenView) -> Response:
     services = services_of(request)
     await services.accounts.revoke_token(view.id)
     revoked = await services.accounts.view_token(view.id)
     assert revoked is not None
     return json_response(token_json(revoked, time.time()))
-
-
-# -- administrators ---------------------------------------------------------------------
-
-
-async def admin_list_tokens(request: Request) -> Response:
-    await require_admin(request)
-    return await _token_page(request, await user_filter(request))
-
-
-async def admin_create_token(request: Request) -> Response:
-    """Create a token (user created if missing) with optional limits; shown once."""
-    await require_admin(request)
-    services = services_of(request)
-    body = await read_json_object(request, _BODY_LIMIT)
-    refuse_unknown(body, ("user", "group", *TOKEN_FIELDS))
-    name = label(body.pop("user", None))
-    if name is None:
-        raise InvalidRequest("user (a user name of up to 128 printable characters) is required.", param="user")
-    group = body.pop("group", None)
-    if not isinstance(group, str) or group not in services.catalog.groups:  # a list or object is no group either
-        raise InvalidRequest(f"group must be one of: {', '.join(services.catalog.groups)}.", param="group")
-    token_changes(body, models=services.catalog.models_by_group.get(group, ()))  # before the user is created
-    return await _create(services, await services.accounts.get_or_create_user(name), group, body)
-
-
-async def admin_get_token(request: Request) -> Response:
-    await require_admin(request)
-    return json_response(token_json(await _token_of(request, None), time.time()))
-
-
-async def admin_update_token(request: Request) -> Response:
-    await require_admin(request)
-    return await _update(request, await _token_of(request, None))
-
-
-async def admin_revoke_token(request: Request) -> Response:
-    await require_admin(request)
-    return await _revoke(request, await _token_of(request, None))
-
-
-async def admin_users(request: Request) -> Response:
-    await require_admin(request)
-    users = await services_of(request).accounts.list_users()
-    return json_response({"object": "list", "data": [user_json(u) for u in users]})
-
-
-async def admin_update_user(request: Request) -> Response:
-    """Disable or enable a user (their tokens are refused: 401 ``account_disabled``),
-    make them an admin or not, and set the groups they may create tokens in."""
-    await require_admin(request)
-    services = services_of(request)
-    user = await user_named(request)
-    body = await read_json_object(request, _BODY_LIMIT)
-    await services.accounts.update_user(user.id, user_changes(body, groups=list(services.catalog.groups)))
-    updated = await services.accounts.get_user(user.id)
-    assert updated is not None
-    return json_response(user_json(updated))
 
 
 # -- a user's own keys -----------------------------------------------------------------
@@ -243,13 +184,13 @@ async def _manager(request: Request) -> TokenInfo:
 
 async def my_tokens(request: Request) -> Response:
     token = await authenticate(request)
-    return await _token_page(request, token.user_id)
+    return await token_page(request, token.user_id)
 
 
 async def my_create_token(request: Request) -> Response:
     token = await _manager(request)
     services = services_of(request)
-    body = await read_json_object(request, _BODY_LIMIT)
+    body = await read_json_object(request, BODY_LIMIT)
     refuse_unknown(body, ("group", *TOKEN_FIELDS))
     group = body.pop("group", None) or token.group
     if not isinstance(group, str):
@@ -257,27 +198,20 @@ async def my_create_token(request: Request) -> Response:
     user = await services.accounts.get_user(token.user_id)
     assert user is not None
     await check_group_allowed(services, user, group)
-    return await _create(services, user, group, body)
+    return await create_response(services, user, group, body)
 
 
 async def my_update_token(request: Request) -> Response:
     token = await _manager(request)
-    return await _update(request, await _token_of(request, token.user_id))
+    return await update_response(request, await token_named(request, token.user_id))
 
 
 async def my_revoke_token(request: Request) -> Response:
     token = await _manager(request)
-    return await _revoke(request, await _token_of(request, token.user_id))
+    return await revoke_response(request, await token_named(request, token.user_id))
 
 
 routes = [
-    Route("/admin/tokens", admin_list_tokens, methods=["GET"]),
-    Route("/admin/tokens", admin_create_token, methods=["POST"]),
-    Route("/admin/tokens/{token_id}", admin_get_token, methods=["GET"]),
-    Route("/admin/tokens/{token_id}", admin_update_token, methods=["PATCH"]),
-    Route("/admin/tokens/{token_id}", admin_revoke_token, methods=["DELETE"]),
-    Route("/admin/users", admin_users, methods=["GET"]),
-    Route("/admin/users/{name}", admin_update_user, methods=["PATCH"]),
     Route("/v1/account/tokens", my_tokens, methods=["GET"]),
     Route("/v1/account/tokens", my_create_token, methods=["POST"]),
     Route("/v1/account/tokens/{token_id}", my_update_token, methods=["PATCH"]),

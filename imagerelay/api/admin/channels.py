@@ -1,12 +1,12 @@
 """Admin HTTP API: channels (add, list, update, remove, enable/disable, test). Keys go in,
 never out.
 
-Authenticated by ``IMAGERELAY_ADMIN_TOKEN`` or by the token of an admin user.
+Authenticated by ``IMAGERELAY_ADMIN_TOKEN`` or by the token of an admin user
+(api/admin/auth.py).
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -16,51 +16,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imagerelay.api.deps import authenticate, bearer, services_of
+from imagerelay.api.admin.auth import require_admin
+from imagerelay.api.deps import services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.domain.accountrules import label
 from imagerelay.domain.types import ImageRequest
-from imagerelay.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
+from imagerelay.errors import ApiError, InvalidRequest, NotFound
 from imagerelay.services import Services
-from imagerelay.storage.accounts import UserInfo
 from imagerelay.storage.channels import ChannelConflict, ChannelInvalid
-from imagerelay.upstreams.base import CallTarget, UpstreamFailure
-from imagerelay.upstreams.redact import channel_secrets
-
-
-async def require_admin(request: Request) -> None:
-    """The configured admin token, or a user token that passes :func:`authenticate` (so
-    every check on a token applies here too: unknown, revoked, expired) and is an admin's."""
-    token = bearer(request)
-    configured = services_of(request).settings.admin_token
-    if token is not None and configured and hmac.compare_digest(configured.encode(), token.encode()):
-        return
-    info = await authenticate(request)
-    if not info.is_admin:
-        raise PermissionDenied("This token does not belong to an administrator.")
-
-
-async def user_named(request: Request) -> UserInfo:
-    """The user the path's ``{name}`` names; a name no user has (or could have) is a 404."""
-    name = label(request.path_params["name"])
-    user = await services_of(request).accounts.find_user(name) if name else None
-    if user is None:
-        raise NotFound(f"No user named {request.path_params['name']!r}.")
-    return user
-
-
-async def user_filter(request: Request) -> int | None:
-    """The id of the user an admin listing's ``?user=NAME`` names (None: every user);
-    a name no user has is a 404."""
-    name = request.query_params.get("user")
-    if not name:
-        return None
-    user = await services_of(request).accounts.find_user(name) if label(name) else None
-    if user is None:
-        raise NotFound(f"No user named {name!r}.", param="user")
-    return user.id
+from imagerelay.upstreams.base import UpstreamFailure
 
 
 def channel_json(services: Services, view: Any) -> dict[str, Any]:
@@ -218,8 +184,10 @@ async def set_enabled(request: Request) -> Response:
 
 
 async def probe_channel(services: Services, name: str) -> dict[str, Any]:
-    """One small real generation through exactly this channel, bypassing the pool:
-    ``{name, ok, latency_ms, error}`` (the error scrubbed of the channel's secrets)."""
+    """One small real generation through exactly this channel, by the pool's own attempt
+    (:meth:`ChannelPool.probe`: key, model map, timeout, connector, answer cleaning),
+    whatever the channel's health: ``{name, ok, latency_ms, error}`` (the error scrubbed
+    of the channel's secrets)."""
     # Read the database first: the CLI writes channels there directly, and a test right
     # after `channels add` or `channels update` must see what was just written.
     await services.directory.load()
@@ -231,14 +199,12 @@ async def probe_channel(services: Services, name: str) -> dict[str, Any]:
     )
     probe = ImageRequest(endpoint="generations", model=model, prompt="a small test square",
                          quality="low", upstream_params={"quality": "low", "size": "1024x1024"}, size="1024x1024")
-    target = CallTarget(spec, services.directory.key_for(spec), spec.model_map.get(model, model), "1024x1024")
     started = time.monotonic()
-    try:
-        result = await services.pool.connectors[spec.type].images(target, probe)
-        ok, error = bool(result.items), None
-    except UpstreamFailure as failure:
-        failure = failure.redacted(channel_secrets(target.api_key, spec.base_url))
-        ok, error = False, f"{failure.kind}: {failure.detail}"
+    outcome = await services.pool.probe(spec, model, "1024x1024", probe)
+    if isinstance(outcome, UpstreamFailure):
+        ok, error = False, f"{outcome.kind}: {outcome.detail}"
+    else:
+        ok, error = bool(outcome.result.items), None
     return {"name": name, "ok": ok, "latency_ms": int((time.monotonic() - started) * 1000), "error": error}
 
 

@@ -1,0 +1,1 @@
+"""The administrators' API (``/admin``): channels, users and their keys, balances, usage."""

@@ -1,0 +1,1 @@
+"""The public, OpenAI-compatible relay API: images, jobs, models and image files."""
