@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     # Calls routed, validated and held (or having their answer shaped and settled) at
     # once per process; the rest wait their turn (within call_deadline_s, else a 503),
     # so a burst of thousands does not stall every other request (docs/performance.md).
-    admission_concurrency: int = Field(default=32, ge=1)
+    admission_concurrency: int = Field(default=64, ge=1)
     retry_backoff_s: float = Field(default=0.25, ge=0)
     retry_backoff_max_s: float = Field(default=4.0, ge=0)
     breaker_threshold: int = Field(default=3, ge=1)

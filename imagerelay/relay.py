@@ -111,7 +111,7 @@ class Relay:
     ) -> None:
         self.catalog = catalog
         # Paces the CPU-heavy phases (prepare; shaping an answer) of many calls at once.
-        self.admission = admission or AdmissionGate(32)
+        self.admission = admission or AdmissionGate(64)
         self.idempotency = idempotency
         # Told every finished usage record (metrics); must be cheap and never raise.
         self._observe = observe
