@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # overall deadline, circuit breaker (a count and a rate of failures over a window).
     max_attempts: int = Field(default=8, ge=1, le=20)
     call_deadline_s: float = Field(default=300.0, gt=0)
+    # Calls routed, validated and held (or having their answer shaped and settled) at
+    # once per process; the rest wait their turn (within call_deadline_s, else a 503),
+    # so a burst of thousands does not stall every other request (docs/performance.md).
+    admission_concurrency: int = Field(default=64, ge=1)
     retry_backoff_s: float = Field(default=0.25, ge=0)
     retry_backoff_max_s: float = Field(default=4.0, ge=0)
     breaker_threshold: int = Field(default=3, ge=1)

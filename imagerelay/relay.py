@@ -16,6 +16,7 @@ Its surface:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -27,6 +28,7 @@ from typing import Any
 import orjson
 
 from imagerelay import keepalive
+from imagerelay.admission import AdmissionGate
 from imagerelay.catalog.loader import Catalog, ResolvedRoute
 from imagerelay.domain import money, pricing
 from imagerelay.domain import usage as token_rules
@@ -52,6 +54,7 @@ from imagerelay.upstreams.base import StreamEvent, UpstreamFailure, UpstreamResu
 from imagerelay.upstreams.pool import ChannelPool
 
 log = logging.getLogger("imagerelay.relay")
+_UNPACED = contextlib.nullcontext()
 
 # A hold outlives the slowest legitimate call (pool deadline) with margin; past it the
 # reconciler may release it.
@@ -105,8 +108,11 @@ class Relay:
     def __init__(
         self, catalog: Catalog, directory: ChannelDirectory, pool: ChannelPool, billing: Billing, store: ImageStore,
         idempotency: IdempotencyStore, observe: Callable[[UsageRecord], None] | None = None,
+        admission: AdmissionGate | None = None,
     ) -> None:
         self.catalog = catalog
+        # Paces the CPU-heavy phases (prepare; shaping an answer) of many calls at once.
+        self.admission = admission or AdmissionGate(64)
         self.idempotency = idempotency
         # Told every finished usage record (metrics); must be cheap and never raise.
         self._observe = observe
@@ -226,14 +232,15 @@ class Relay:
         """
         record = self._record(ctx, None, model)
         try:
-            route = self.resolve_route(ctx.token.group, model, ctx.endpoint, ctx.token.allowed_models)
-            record.route = route.spec.name
-            record.billing_mode = route.spec.billing.mode
-            request = validate(route)
-            # A synchronous call's hold names this process (a peer releases it as
-            # interrupted if the process dies); a job's names none: the job outlives
-            # the process, and its re-run after a restart settles the same hold.
-            hold = await self._hold(ctx, route, request, hold_ttl_s, record if hold_ttl_s is None else None)
+            async with self.admission.through(ctx.started, self.pool.policy.deadline_s):
+                route = self.resolve_route(ctx.token.group, model, ctx.endpoint, ctx.token.allowed_models)
+                record.route = route.spec.name
+                record.billing_mode = route.spec.billing.mode
+                request = validate(route)
+                # A synchronous call's hold names this process (a peer releases it as
+                # interrupted if the process dies); a job's names none: the job outlives
+                # the process, and its re-run after a restart settles the same hold.
+                hold = await self._hold(ctx, route, request, hold_ttl_s, record if hold_ttl_s is None else None)
         except ApiError as err:
             record.status, record.error_code = err.status, err.code
             record.latency_ms = _ms_since(ctx.started)
@@ -311,8 +318,11 @@ class Relay:
                                            route.profile.default_size, request, max_attempts=route.spec.max_attempts)
             record.channel, record.attempts = outcome.channel, outcome.attempts
             record.upstream_latency_ms = outcome.upstream_latency_ms
-            body = await self._shape(ctx, request, outcome.result)
-            quote = self._final_quote(route, request, outcome.result.usage)
+            # url answers are written to the image store (S3: the network) while
+            # shaped: not paced, so a slow store never holds other calls' turns.
+            async with self.admission.answering() if request.response_format != "url" else _UNPACED:
+                body = await self._shape(ctx, request, outcome.result)
+                quote = self._final_quote(route, request, outcome.result.usage)
         except BaseException as exc:
             await self._release(ctx, record, exc)
             raise

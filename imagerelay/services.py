@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from imagerelay.admission import AdmissionGate
 from imagerelay.catalog.loader import Catalog, load_catalog
 from imagerelay.config import Settings
 from imagerelay.blobs import StoreUnavailable
@@ -152,7 +153,8 @@ class Services:
                            presigned=settings.image_urls == "presigned")
         idempotency = IdempotencyStore(
             engine, instances=instances, running_ttl_s=settings.call_deadline_s + HOLD_MARGIN_S)
-        relay = Relay(catalog, directory, pool, billing, store, idempotency, observe=metrics.observe_call)
+        relay = Relay(catalog, directory, pool, billing, store, idempotency, observe=metrics.observe_call,
+                      admission=AdmissionGate(settings.admission_concurrency))
         limiter: Limiter = shared.limiter if shared else TokenLimiter()
         jobs = JobService(
             engine, relay, accounts, store,
