@@ -90,8 +90,9 @@ async def run(base: str, calls: int) -> list[tuple[str, float, float, float]]:
         return r.content
 
     clients = (("aiohttp", post_aiohttp), ("httpx", post_httpx))
-    small = {name: (await _measure(post, SMALL, calls, 1), await _measure(post, SMALL, calls, 16))
-             for name, post in clients}
+    small = {
+        name: (await _measure(post, SMALL, calls, 1), await _measure(post, SMALL, calls, 16)) for name, post in clients
+    }
     httpx.post(base + "/_sim/config", json={"incompressible": True})
     for name, post in clients:
         rows.append((name, *small[name], await _peak_mb(post, 8)))
@@ -103,9 +104,24 @@ async def run(base: str, calls: int) -> list[tuple[str, float, float, float]]:
 def main() -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     port = _port()
-    sim = subprocess.Popen([sys.executable, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai",
-                            "--port", str(port), "--api-key", KEY, "--cache"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, env={**os.environ})
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "imagerelay",
+            "simulate-upstream",
+            "--protocol",
+            "openai",
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+            "--cache",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20

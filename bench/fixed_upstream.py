@@ -54,9 +54,18 @@ def main() -> None:
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # thousands of calls at once
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    uvicorn.run(make_app(args.answer.read_bytes(), args.latency), host="127.0.0.1", port=args.port,
-                log_level="warning", access_log=False, loop="uvloop", http="httptools", lifespan="off",
-                backlog=8192, timeout_keep_alive=120)
+    uvicorn.run(
+        make_app(args.answer.read_bytes(), args.latency),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        backlog=8192,
+        timeout_keep_alive=120,
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import PY, SIM_KEY, WRK_SCRIPT, free_ports, wait_http, wrk  # noqa: E402
 
-APP = '''
+APP = """
 import aiohttp, os
 from starlette.applications import Starlette
 from starlette.responses import Response
@@ -45,7 +45,7 @@ async def health(request):
     return Response(b"ok")
 
 app = Starlette(routes=[Route("/v1/images/generations", passthrough, methods=["POST"]), Route("/healthz", health)])
-'''
+"""
 
 
 def main() -> None:
@@ -56,10 +56,29 @@ def main() -> None:
     (work / "floor_app.py").write_text(APP)
     (work / "post.lua").write_text(WRK_SCRIPT)
     sim_port, app_port = free_ports(2)
-    sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai", "--port", str(sim_port),
-                            "--api-key", SIM_KEY, "--cache"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {**os.environ, "FLOOR_UPSTREAM": f"http://127.0.0.1:{sim_port}/v1/images/generations", "FLOOR_KEY": SIM_KEY,
-           "PYTHONPATH": str(work)}
+    sim = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "imagerelay",
+            "simulate-upstream",
+            "--protocol",
+            "openai",
+            "--port",
+            str(sim_port),
+            "--api-key",
+            SIM_KEY,
+            "--cache",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        **os.environ,
+        "FLOOR_UPSTREAM": f"http://127.0.0.1:{sim_port}/v1/images/generations",
+        "FLOOR_KEY": SIM_KEY,
+        "PYTHONPATH": str(work),
+    }
     cmd = [PY, "-m", "uvicorn", "floor_app:app", "--port", str(app_port), "--no-access-log", "--log-level", "warning"]
     app = subprocess.Popen(cmd, env=env, cwd=work)
     try:
@@ -69,9 +88,11 @@ def main() -> None:
         for conns in (1, 64):
             d = wrk(f"http://127.0.0.1:{sim_port}/v1", SIM_KEY, small, conns, args.seconds, work / "post.lua")
             f = wrk(f"http://127.0.0.1:{app_port}/v1", SIM_KEY, small, conns, args.seconds, work / "post.lua")
-            print(f"c={conns}: direct p50 {d['p50_us'] / 1000:.2f} ms, {d['rps']:.0f} calls/s | "
-                  f"pass-through p50 {f['p50_us'] / 1000:.2f} ms (+{(f['p50_us'] - d['p50_us']) / 1000:.2f}), "
-                  f"{f['rps']:.0f} calls/s ({f['rps'] / d['rps']:.2f}x of direct), errors {f['errors']}")
+            print(
+                f"c={conns}: direct p50 {d['p50_us'] / 1000:.2f} ms, {d['rps']:.0f} calls/s | "
+                f"pass-through p50 {f['p50_us'] / 1000:.2f} ms (+{(f['p50_us'] - d['p50_us']) / 1000:.2f}), "
+                f"{f['rps']:.0f} calls/s ({f['rps'] / d['rps']:.2f}x of direct), errors {f['errors']}"
+            )
     finally:
         for proc in (app, sim):
             proc.terminate()

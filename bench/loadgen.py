@@ -44,27 +44,42 @@ def edit(url: str, token: str, n: int, size_mb: float, files: int) -> dict[str, 
         for _ in range(n):
             parts = [("image[]", (f"in{i}.png", data, "image/png")) for i, data in enumerate(images)]
             t0 = time.perf_counter()
-            resp = client.post(url + "/images/edits", headers={"Authorization": f"Bearer {token}"},
-                               data={"model": "gpt-image-2", "prompt": "bench edit", "size": "1024x1024",
-                                     "quality": "low"}, files=parts)
+            resp = client.post(
+                url + "/images/edits",
+                headers={"Authorization": f"Bearer {token}"},
+                data={"model": "gpt-image-2", "prompt": "bench edit", "size": "1024x1024", "quality": "low"},
+                files=parts,
+            )
             latencies.append((time.perf_counter() - t0) * 1000)
             errors += resp.status_code != 200
-    return {"p50_ms": statistics.median(latencies), "p99_ms": pct(latencies, 99), "n": n, "errors": errors,
-            "upload_mb": round(sum(map(len, images)) / 1e6, 1)}
+    return {
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": pct(latencies, 99),
+        "n": n,
+        "errors": errors,
+        "upload_mb": round(sum(map(len, images)) / 1e6, 1),
+    }
 
 
 def stream(url: str, token: str, n: int) -> dict[str, object]:
     firsts: list[float] = []
     errors = 0
-    body = {"model": "gpt-image-2", "prompt": "bench stream", "size": "1024x1024", "quality": "low",
-            "stream": True, "partial_images": 3}
+    body = {
+        "model": "gpt-image-2",
+        "prompt": "bench stream",
+        "size": "1024x1024",
+        "quality": "low",
+        "stream": True,
+        "partial_images": 3,
+    }
     with httpx.Client(timeout=120) as client:
         for _ in range(n):
             t0 = time.perf_counter()
             first = None
             partials = 0
-            with client.stream("POST", url + "/images/generations", json=body,
-                               headers={"Authorization": f"Bearer {token}"}) as resp:
+            with client.stream(
+                "POST", url + "/images/generations", json=body, headers={"Authorization": f"Bearer {token}"}
+            ) as resp:
                 if resp.status_code != 200:
                     errors += 1
                     continue
@@ -86,12 +101,14 @@ async def calls(url: str, token: str, n: int, concurrency: int, body: dict[str, 
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+
         async def one() -> None:
             nonlocal errors
             async with sem:
                 t0 = time.perf_counter()
-                resp = await client.post(url + "/images/generations", json=body,
-                                         headers={"Authorization": f"Bearer {token}"})
+                resp = await client.post(
+                    url + "/images/generations", json=body, headers={"Authorization": f"Bearer {token}"}
+                )
                 await resp.aread()
                 latencies.append((time.perf_counter() - t0) * 1000)
                 errors += resp.status_code != 200
@@ -99,8 +116,13 @@ async def calls(url: str, token: str, n: int, concurrency: int, body: dict[str, 
         t0 = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(n)))
         elapsed = time.perf_counter() - t0
-    return {"rps": n / elapsed, "p50_ms": statistics.median(latencies), "p99_ms": pct(latencies, 99),
-            "n": n, "errors": errors}
+    return {
+        "rps": n / elapsed,
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": pct(latencies, 99),
+        "n": n,
+        "errors": errors,
+    }
 
 
 def main() -> None:

@@ -36,9 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any, cast
 
 import httpx
@@ -92,13 +92,23 @@ class Phase:
     cpu_s: float = 0.0  # the measured process's user + system CPU over the phase
 
     def row(self) -> dict[str, Any]:
-        return {"phase": self.name, "sent": self.sent, "ok": self.ok, "errors": self.errors,
-                "added_p50_s": pct(self.added_s, 0.5), "added_p99_s": pct(self.added_s, 0.99),
-                "added_max_s": max(self.added_s, default=float("nan")),
-                "lag_p50_ms": pct(self.lag_ms, 0.5), "lag_p99_ms": pct(self.lag_ms, 0.99),
-                "lag_max_ms": max(self.lag_ms, default=float("nan")), "peak_rss_mb": self.peak_rss_mb,
-                "start_rss_mb": self.start_rss_mb, "hold_rss_mb": self.hold_rss_mb,
-                "wall_s": self.wall_s, "cpu_ms_per_call": 1000 * self.cpu_s / max(1, self.sent)}
+        return {
+            "phase": self.name,
+            "sent": self.sent,
+            "ok": self.ok,
+            "errors": self.errors,
+            "added_p50_s": pct(self.added_s, 0.5),
+            "added_p99_s": pct(self.added_s, 0.99),
+            "added_max_s": max(self.added_s, default=float("nan")),
+            "lag_p50_ms": pct(self.lag_ms, 0.5),
+            "lag_p99_ms": pct(self.lag_ms, 0.99),
+            "lag_max_ms": max(self.lag_ms, default=float("nan")),
+            "peak_rss_mb": self.peak_rss_mb,
+            "start_rss_mb": self.start_rss_mb,
+            "hold_rss_mb": self.hold_rss_mb,
+            "wall_s": self.wall_s,
+            "cpu_ms_per_call": 1000 * self.cpu_s / max(1, self.sent),
+        }
 
 
 def cpu_s(pid: int) -> float:
@@ -173,8 +183,9 @@ class Probe:
         self.lag_ms: list[float] = []
 
     def __enter__(self) -> Probe:
-        self.proc = subprocess.Popen([PY, __file__, "--probe", self.base], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [PY, __file__, "--probe", self.base], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -210,9 +221,15 @@ def build_request(url: str, token: str, headers: dict[str, str]) -> tuple[str, i
     hostport, _, path = rest.partition("/")
     host, _, port = hostport.partition(":")
     body = json.dumps(SMALL).encode()
-    head = [f"POST /{path}/images/generations HTTP/1.1", f"Host: {hostport}", f"Authorization: Bearer {token}",
-            "Content-Type: application/json", f"Content-Length: {len(body)}", "Connection: close",
-            *(f"{k}: {v}" for k, v in headers.items())]
+    head = [
+        f"POST /{path}/images/generations HTTP/1.1",
+        f"Host: {hostport}",
+        f"Authorization: Bearer {token}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     return host, int(port), ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
@@ -225,7 +242,7 @@ def complete(answer: bytes) -> tuple[int, bytes] | None:
     if b"transfer-encoding: chunked" in lower:
         return (int(head[9:12]), body) if body.endswith(b"0\r\n\r\n") else None
     marker = lower.find(b"content-length:")
-    if marker >= 0 and len(body) != int(lower[marker + 15:].split(b"\r\n", 1)[0]):
+    if marker >= 0 and len(body) != int(lower[marker + 15 :].split(b"\r\n", 1)[0]):
         return None
     return int(head[9:12]), body
 
@@ -264,22 +281,45 @@ def fixed_latency_channel(stack: Stack, conns: int, latency_s: float) -> Iterato
     """A ``bench/fixed_upstream.py`` answering the simulator's own small answer after
     ``latency_s``, added as a run-time channel above the simulator in the bench route's
     pool (the simulator stays as the fallback nobody reaches), removed on exit."""
-    answer = httpx.post(stack.sim_url + "/images/generations", json=SMALL,
-                        headers={"Authorization": f"Bearer {SIM_KEY}"}, timeout=60)
+    answer = httpx.post(
+        stack.sim_url + "/images/generations", json=SMALL, headers={"Authorization": f"Bearer {SIM_KEY}"}, timeout=60
+    )
     answer.raise_for_status()
     answer_file = stack.workdir / "answer-small.json"
     answer_file.write_bytes(answer.content)
     (port,) = free_ports(1)
     with open(stack.workdir / "fixed-latency.log", "wb") as log:
-        fixed = subprocess.Popen([PY, str(ROOT / "bench" / "fixed_upstream.py"), "--port", str(port),
-                                  "--answer", str(answer_file), "--latency", str(latency_s)],
-                                 stdout=log, stderr=subprocess.STDOUT)
+        fixed = subprocess.Popen(
+            [
+                PY,
+                str(ROOT / "bench" / "fixed_upstream.py"),
+                "--port",
+                str(port),
+                "--answer",
+                str(answer_file),
+                "--latency",
+                str(latency_s),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_http(f"http://127.0.0.1:{port}/health", fixed, "fixed-latency upstream")
-        admin(stack, "POST", "/admin/channels", {"name": "slow", "type": "openai", "base_url": url,
-                                                   "api_key": SIM_KEY, "pools": ["official-mixed"], "priority": 10,
-                                                   "max_connections": conns})
+        admin(
+            stack,
+            "POST",
+            "/admin/channels",
+            {
+                "name": "slow",
+                "type": "openai",
+                "base_url": url,
+                "api_key": SIM_KEY,
+                "pools": ["official-mixed"],
+                "priority": 10,
+                "max_connections": conns,
+            },
+        )
         try:
             yield Upstream(url, fixed.pid)
         finally:
@@ -289,8 +329,16 @@ def fixed_latency_channel(stack: Stack, conns: int, latency_s: float) -> Iterato
         fixed.wait(10)
 
 
-async def run_phase(stack: Stack, token: str, name: str, count: int, latency_s: float,
-                    headers: dict[str, str], expect: int = 200, direct: Upstream | None = None) -> Phase:
+async def run_phase(
+    stack: Stack,
+    token: str,
+    name: str,
+    count: int,
+    latency_s: float,
+    headers: dict[str, str],
+    expect: int = 200,
+    direct: Upstream | None = None,
+) -> Phase:
     """``direct``: to the upstream itself (its own cost, the floor), else through the gateway."""
     phase = Phase(name, count)
     target = direct.url if direct else stack.gw_url
@@ -325,9 +373,12 @@ def _run(main: Any) -> Any:
 def bench_token(stack: Stack, concurrency: int) -> str:
     import httpx
 
-    r = httpx.post(stack.gw_url.removesuffix("/v1") + "/admin/tokens", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-                   json={"user": "demo", "group": "Sora2Official", "name": "long", "concurrency": concurrency},
-                   timeout=30)
+    r = httpx.post(
+        stack.gw_url.removesuffix("/v1") + "/admin/tokens",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        json={"user": "demo", "group": "Sora2Official", "name": "long", "concurrency": concurrency},
+        timeout=30,
+    )
     r.raise_for_status()
     return str(r.json()["token"])
 
@@ -337,13 +388,21 @@ def run(calls: int, keepalive: int, jobs: int, latency_s: float) -> list[dict[st
     limit = raise_fd_limit()
     need = 2 * max(calls, keepalive, jobs) + 1024
     if limit < need:
-        raise SystemExit(f"needs {need} file descriptors (a client and an upstream socket per call); "
-                         f"the hard limit is {limit}")
+        raise SystemExit(
+            f"needs {need} file descriptors (a client and an upstream socket per call); the hard limit is {limit}"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="imagerelay-bench-long-"))
     conns = max(calls, keepalive, jobs) + 512
-    stack = start_stack(workdir, None, channel={"max_connections": conns}, extra_env={
-        "IMAGERELAY_MAX_CONNECTIONS": str(conns),
-        "IMAGERELAY_JOB_MAX_ACTIVE_PER_USER": str(jobs + 100), "IMAGERELAY_JOB_MAX_ACTIVE_PER_TOKEN": str(jobs + 100)})
+    stack = start_stack(
+        workdir,
+        None,
+        channel={"max_connections": conns},
+        extra_env={
+            "IMAGERELAY_MAX_CONNECTIONS": str(conns),
+            "IMAGERELAY_JOB_MAX_ACTIVE_PER_USER": str(jobs + 100),
+            "IMAGERELAY_JOB_MAX_ACTIVE_PER_TOKEN": str(jobs + 100),
+        },
+    )
     try:
         return run_on(stack, bench_token(stack, 10 * conns), calls, keepalive, jobs, latency_s)
     finally:
@@ -355,8 +414,9 @@ def run_on(stack: Stack, token: str, calls: int, keepalive: int, jobs: int, late
     hundred calls fit its default limits, and a gateway start is seconds here)."""
     conns = max(calls, keepalive, jobs) + 512
     for _ in range(3):  # warm the render cache and the token cache
-        httpx.post(stack.gw_url + "/images/generations", json=SMALL, timeout=60,
-                   headers={"Authorization": f"Bearer {token}"}).raise_for_status()
+        httpx.post(
+            stack.gw_url + "/images/generations", json=SMALL, timeout=60, headers={"Authorization": f"Bearer {token}"}
+        ).raise_for_status()
     out = []
     with fixed_latency_channel(stack, conns, latency_s) as upstream:
         for name, count, headers, expect in (
@@ -367,29 +427,37 @@ def run_on(stack: Stack, token: str, calls: int, keepalive: int, jobs: int, late
         ):
             if count:
                 direct = upstream if name.startswith("direct") else None
-                out.append(_run(run_phase(stack, SIM_KEY if direct else token, name, count, latency_s,
-                                          headers, expect, direct)).row())
+                out.append(
+                    _run(
+                        run_phase(stack, SIM_KEY if direct else token, name, count, latency_s, headers, expect, direct)
+                    ).row()
+                )
                 print(json.dumps(out[-1]), flush=True)
     return out
 
 
 def table(rows: list[dict[str, Any]], latency_s: float) -> list[str]:
-    lines = [f"Upstream (bench/fixed_upstream.py) answers after {latency_s:g} s; one gateway worker, SQLite; every "
-             "call on its own client connection, all sent at once. Added latency: the call's time less the "
-             "upstream's; the first row is the upstream called directly (the floor on this machine). Lag: a "
-             "/healthz probe every 100 ms from a process of its own. CPU: the measured process's user + system "
-             "time over the phase, per call. RSS: idle at the start, the largest while every call waited, the "
-             "peak (the answers all arrive in the same second).", "",
-             "| phase | completed | added latency p50 / p99 / max | event-loop lag (probe) p50 / p99 / max "
-             "| CPU per call | RSS idle / waiting / peak |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Upstream (bench/fixed_upstream.py) answers after {latency_s:g} s; one gateway worker, SQLite; every "
+        "call on its own client connection, all sent at once. Added latency: the call's time less the "
+        "upstream's; the first row is the upstream called directly (the floor on this machine). Lag: a "
+        "/healthz probe every 100 ms from a process of its own. CPU: the measured process's user + system "
+        "time over the phase, per call. RSS: idle at the start, the largest while every call waited, the "
+        "peak (the answers all arrive in the same second).",
+        "",
+        "| phase | completed | added latency p50 / p99 / max | event-loop lag (probe) p50 / p99 / max "
+        "| CPU per call | RSS idle / waiting / peak |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items())
-        lines.append(f"| {r['phase']} | {r['ok']} of {r['sent']}{' (' + errors + ')' if errors else ''} | "
-                     f"{r['added_p50_s']:.2f} / {r['added_p99_s']:.2f} / {r['added_max_s']:.2f} s | "
-                     f"{r['lag_p50_ms']:.1f} / {r['lag_p99_ms']:.1f} / {r['lag_max_ms']:.1f} ms | "
-                     f"{r['cpu_ms_per_call']:.2f} ms | "
-                     f"{r['start_rss_mb']:.0f} / {r['hold_rss_mb']:.0f} / {r['peak_rss_mb']:.0f} MB |")
+        lines.append(
+            f"| {r['phase']} | {r['ok']} of {r['sent']}{' (' + errors + ')' if errors else ''} | "
+            f"{r['added_p50_s']:.2f} / {r['added_p99_s']:.2f} / {r['added_max_s']:.2f} s | "
+            f"{r['lag_p50_ms']:.1f} / {r['lag_p99_ms']:.1f} / {r['lag_max_ms']:.1f} ms | "
+            f"{r['cpu_ms_per_call']:.2f} ms | "
+            f"{r['start_rss_mb']:.0f} / {r['hold_rss_mb']:.0f} / {r['peak_rss_mb']:.0f} MB |"
+        )
     return lines
 
 

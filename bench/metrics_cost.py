@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from imagerelay.api.observe import MetricsMiddleware
-from imagerelay.metrics import Metrics
 from imagerelay.domain.records import UsageRecord
+from imagerelay.metrics import Metrics
 
 N = 200_000
 
@@ -43,9 +43,21 @@ async def _per_request(app: Any) -> float:
 
 def main() -> None:
     metrics = Metrics(["gpt-image-2"], multiproc_dir="")
-    record = UsageRecord(request_id="r", user_id=1, token_id=1, group="Sora2Official", model="gpt-image-2",
-                         route="official-mixed", endpoint="generations", status=200, billing_mode="usage",
-                         latency_ms=12, channel="first", upstream_latency_ms=10, cost_micros=1234)
+    record = UsageRecord(
+        request_id="r",
+        user_id=1,
+        token_id=1,
+        group="Sora2Official",
+        model="gpt-image-2",
+        route="official-mixed",
+        endpoint="generations",
+        status=200,
+        billing_mode="usage",
+        latency_ms=12,
+        channel="first",
+        upstream_latency_ms=10,
+        cost_micros=1234,
+    )
     started = time.perf_counter()
     for _ in range(N):
         metrics.observe_call(record)
@@ -54,8 +66,10 @@ def main() -> None:
     middleware = asyncio.run(_per_request(MetricsMiddleware(_app, metrics, {_app: "/v1/images/generations"})))
     bare = asyncio.run(_per_request(_app))
     added = middleware - bare
-    print(f"record + attempt observations: {observe * 1e6:.1f} us; HTTP middleware: {added * 1e6:.1f} us; "
-          f"total per call: {(observe + added) * 1e6:.1f} us")
+    print(
+        f"record + attempt observations: {observe * 1e6:.1f} us; HTTP middleware: {added * 1e6:.1f} us; "
+        f"total per call: {(observe + added) * 1e6:.1f} us"
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import time
 
 sys.path.insert(0, sys.argv[1])
 
-from imagerelay.storage.accounts import Accounts  # noqa: E402
 from imagerelay.domain.records import UsageRecord  # noqa: E402
+from imagerelay.storage.accounts import Accounts  # noqa: E402
 from imagerelay.storage.billing import Billing  # noqa: E402
 from imagerelay.storage.db import TransactionRunner, create_engine, create_schema  # noqa: E402
 
@@ -37,8 +37,19 @@ async def bench(url: str, label: str) -> None:
     await billing.adjust(user.id, 10**12, "bench")
 
     async def one(i: int) -> None:
-        rec = UsageRecord(request_id=f"r{i}", user_id=user.id, token_id=1, group="g", model="m", route="r",
-                          endpoint="generations", status=200, billing_mode="per_call", latency_ms=1, cost_micros=5)
+        rec = UsageRecord(
+            request_id=f"r{i}",
+            user_id=user.id,
+            token_id=1,
+            group="g",
+            model="m",
+            route="r",
+            endpoint="generations",
+            status=200,
+            billing_mode="per_call",
+            latency_ms=1,
+            cost_micros=5,
+        )
         assert await billing.place_hold(f"r{i}", user.id, 10, 60, call=rec) == "ok"
         await billing.settle(rec)
 
@@ -58,8 +69,10 @@ async def bench(url: str, label: str) -> None:
     await asyncio.gather(*(limited(i) for i in range(10000, 10000 + N)))
     par_cpu, par_rate = (cpu() - c0) / N * 1e6, N / (time.perf_counter() - w0)
     assert not await billing.audit()
-    print(f"{label}: one at a time {seq_cpu:.0f} us CPU per hold+settle ({seq_wall:.0f} us wall); "
-          f"64 at once {par_cpu:.0f} us CPU, {par_rate:.0f} per s")
+    print(
+        f"{label}: one at a time {seq_cpu:.0f} us CPU per hold+settle ({seq_wall:.0f} us wall); "
+        f"64 at once {par_cpu:.0f} us CPU, {par_rate:.0f} per s"
+    )
     await engine.dispose()
     await runner.aclose()
 

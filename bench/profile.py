@@ -90,14 +90,34 @@ def current_rss_mb(pid: int) -> float:
 
 def measure(args: argparse.Namespace, stack: Any, script: Path, body: dict[str, Any]) -> None:
     for _ in range(5):
-        httpx.post(stack.gw_url + "/images/generations", json=body,
-                   headers={"Authorization": f"Bearer {stack.token}"}, timeout=60).raise_for_status()
+        httpx.post(
+            stack.gw_url + "/images/generations",
+            json=body,
+            headers={"Authorization": f"Bearer {stack.token}"},
+            timeout=60,
+        ).raise_for_status()
     spy = None
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not args.no_spy:
-        spy = subprocess.Popen([py_spy, "record", "-p", str(stack.gateway.pid), "-o", args.out, "-f", args.format,
-                                "-d", str(int(args.seconds)), "-r", "250", "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "-p",
+                str(stack.gateway.pid),
+                "-o",
+                args.out,
+                "-f",
+                args.format,
+                "-d",
+                str(int(args.seconds)),
+                "-r",
+                "250",
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(1)
     rss_before = current_rss_mb(stack.gateway.pid)
     reset_peak_rss(stack.gateway.pid)
@@ -109,8 +129,9 @@ def measure(args: argparse.Namespace, stack: Any, script: Path, body: dict[str, 
     tree_before = total_cpu(gateway_pids)
     before = cpu_seconds(stack.gateway.pid)
     result: dict = {}
-    t = threading.Thread(target=lambda: result.update(wrk(stack.gw_url, stack.token, body, args.connections,
-                                                             args.seconds - 2, script)))
+    t = threading.Thread(
+        target=lambda: result.update(wrk(stack.gw_url, stack.token, body, args.connections, args.seconds - 2, script))
+    )
     t.start()
     t.join()
     after = cpu_seconds(stack.gateway.pid)
@@ -127,10 +148,12 @@ def measure(args: argparse.Namespace, stack: Any, script: Path, body: dict[str, 
         print(f"PostgreSQL backends ({len(backends)}): CPU {pg_ms:.3f} ms/call")
     if redis_pids:  # the whole server: other users of this Redis count too
         print(f"redis-server: CPU {1000 * (total_cpu(redis_pids) - redis_before) / result['requests']:.3f} ms/call")
-    print(f"calls/s {result['rps']:.0f}  errors {result['errors']}  p50 {result['p50_us'] / 1000:.2f} ms  "
-          f"p99 {result['p99_us'] / 1000:.2f} ms  "
-          f"gateway CPU {user + system:.3f} ms/call (user {user:.3f}, system {system:.3f})  "
-          f"RSS {rss_before:.0f} MB before, {peak_rss_mb(stack.gateway.pid):.0f} MB peak")
+    print(
+        f"calls/s {result['rps']:.0f}  errors {result['errors']}  p50 {result['p50_us'] / 1000:.2f} ms  "
+        f"p99 {result['p99_us'] / 1000:.2f} ms  "
+        f"gateway CPU {user + system:.3f} ms/call (user {user:.3f}, system {system:.3f})  "
+        f"RSS {rss_before:.0f} MB before, {peak_rss_mb(stack.gateway.pid):.0f} MB peak"
+    )
     if spy:
         print(f"profile: {args.out}")
 
@@ -142,9 +165,15 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/imagerelay-profile.svg")
     parser.add_argument("--format", default="flamegraph")
     parser.add_argument("--no-spy", action="store_true", help="only measure calls/s and CPU per call")
-    parser.add_argument("--scenario", choices=("small", "4k", "4k-url"), default="small",
-                        help="small images, or 4K answers from bench/fixed_upstream.py (b64_json or url)")
-    parser.add_argument("--postgres", action="store_true", help="PostgreSQL + Redis instead of SQLite (as bench/run.py)")
+    parser.add_argument(
+        "--scenario",
+        choices=("small", "4k", "4k-url"),
+        default="small",
+        help="small images, or 4K answers from bench/fixed_upstream.py (b64_json or url)",
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="PostgreSQL + Redis instead of SQLite (as bench/run.py)"
+    )
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--workers", type=int, default=1, help="the gateway's worker processes (serve --workers)")

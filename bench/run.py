@@ -135,28 +135,59 @@ def flush_redis_prefix(url: str, prefix: str) -> None:
         client.close()
 
 
-def start_stack(workdir: Path, database_url: str | None, redis_url: str | None = None, *,
-                extra_env: dict[str, str] | None = None, channel: dict[str, Any] | None = None,
-                workers: int = 1) -> Stack:
+def start_stack(
+    workdir: Path,
+    database_url: str | None,
+    redis_url: str | None = None,
+    *,
+    extra_env: dict[str, str] | None = None,
+    channel: dict[str, Any] | None = None,
+    workers: int = 1,
+) -> Stack:
     """``extra_env``: more gateway settings; ``channel``: more settings of the simulator's channel;
     ``workers``: the gateway's worker processes (``serve --workers``)."""
     sim_port, gw_port = free_ports(2)
     with open(workdir / "sim.log", "wb") as sim_log:  # the child keeps its own copy of the descriptor
-        sim = subprocess.Popen([PY, "-m", "imagerelay", "simulate-upstream", "--protocol", "openai",
-                                "--port", str(sim_port), "--api-key", SIM_KEY, "--cache"],
-                               stdout=sim_log, stderr=subprocess.STDOUT)
+        sim = subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "imagerelay",
+                "simulate-upstream",
+                "--protocol",
+                "openai",
+                "--port",
+                str(sim_port),
+                "--api-key",
+                SIM_KEY,
+                "--cache",
+            ],
+            stdout=sim_log,
+            stderr=subprocess.STDOUT,
+        )
     wait_http(f"http://127.0.0.1:{sim_port}/_sim/health", sim, "simulator")
 
     catalog = yaml.safe_load((ROOT / "imagerelay/catalog/default.yaml").read_text())
-    catalog["channels"] = [{
-        "name": "sim", "type": "openai", "base_url": f"http://127.0.0.1:{sim_port}/v1",
-        "api_key_env": "BENCH_SIM_KEY", "pools": ["legacy", "legacy-vip", "official-mixed", "official-pure"],
-        **(channel or {}),
-    }]
+    catalog["channels"] = [
+        {
+            "name": "sim",
+            "type": "openai",
+            "base_url": f"http://127.0.0.1:{sim_port}/v1",
+            "api_key_env": "BENCH_SIM_KEY",
+            "pools": ["legacy", "legacy-vip", "official-mixed", "official-pure"],
+            **(channel or {}),
+        }
+    ]
     (workdir / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     data = workdir / "data"
-    env = {**os.environ, "BENCH_SIM_KEY": SIM_KEY, "IMAGERELAY_CATALOG": str(workdir / "catalog.yaml"),
-           "IMAGERELAY_DATA_DIR": str(data), "IMAGERELAY_ADMIN_TOKEN": ADMIN_TOKEN, **(extra_env or {})}
+    env = {
+        **os.environ,
+        "BENCH_SIM_KEY": SIM_KEY,
+        "IMAGERELAY_CATALOG": str(workdir / "catalog.yaml"),
+        "IMAGERELAY_DATA_DIR": str(data),
+        "IMAGERELAY_ADMIN_TOKEN": ADMIN_TOKEN,
+        **(extra_env or {}),
+    }
     if database_url:
         env["IMAGERELAY_DATABASE_URL"] = database_url
     if redis_url:
@@ -164,14 +195,38 @@ def start_stack(workdir: Path, database_url: str | None, redis_url: str | None =
         env["IMAGERELAY_REDIS_URL"] = redis_url
         env["IMAGERELAY_REDIS_PREFIX"] = REDIS_PREFIX
     subprocess.run([PY, "-m", "imagerelay", "users", "create", "demo"], env=env, check=True, capture_output=True)
-    subprocess.run([PY, "-m", "imagerelay", "balance", "add", "--user", "demo", "--amount", "10000000",
-                    "--reason", "benchmark credit"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            PY,
+            "-m",
+            "imagerelay",
+            "balance",
+            "add",
+            "--user",
+            "demo",
+            "--amount",
+            "10000000",
+            "--reason",
+            "benchmark credit",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     with open(workdir / "gateway.log", "wb") as gw_log:  # the child keeps its own copy of the descriptor
-        gateway = subprocess.Popen([PY, "-m", "imagerelay", "serve", "--port", str(gw_port), "--workers", str(workers)],
-                                   env=env, stdout=gw_log, stderr=subprocess.STDOUT)
+        gateway = subprocess.Popen(
+            [PY, "-m", "imagerelay", "serve", "--port", str(gw_port), "--workers", str(workers)],
+            env=env,
+            stdout=gw_log,
+            stderr=subprocess.STDOUT,
+        )
     wait_http(f"http://127.0.0.1:{gw_port}/healthz", gateway, "gateway")
-    created = httpx.post(f"http://127.0.0.1:{gw_port}/admin/tokens", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-                         json={"user": "demo", "group": "Sora2Official", "name": "bench", **TOKEN_LIMITS}, timeout=30)
+    created = httpx.post(
+        f"http://127.0.0.1:{gw_port}/admin/tokens",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        json={"user": "demo", "group": "Sora2Official", "name": "bench", **TOKEN_LIMITS},
+        timeout=30,
+    )
     created.raise_for_status()
     token = created.json()["token"]
     return Stack(sim, gateway, f"http://127.0.0.1:{sim_port}/v1", f"http://127.0.0.1:{gw_port}/v1", token, workdir)
@@ -204,9 +259,24 @@ def gateway_pid(stack: Stack) -> int:
 def wrk(url: str, token: str, body: dict[str, Any], connections: int, seconds: float, script: Path) -> dict[str, Any]:
     env = {**os.environ, "BENCH_BODY": json.dumps(body), "BENCH_TOKEN": token}
     threads = max(1, min(2, connections))
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "120s",
-                          "-s", str(script), "--latency", url + "/images/generations"],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--timeout",
+            "120s",
+            "-s",
+            str(script),
+            "--latency",
+            url + "/images/generations",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     line = next(text for text in out.splitlines() if text.startswith("BENCHJSON "))
     r = json.loads(line.split(" ", 1)[1])
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
@@ -224,8 +294,13 @@ def set_sim(stack: Stack, **config: Any) -> None:
 
 
 def admin(stack: Stack, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-    resp = httpx.request(method, stack.gw_url.removesuffix("/v1") + path, json=body, timeout=30,
-                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    resp = httpx.request(
+        method,
+        stack.gw_url.removesuffix("/v1") + path,
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
     resp.raise_for_status()
     return resp
 
@@ -241,8 +316,9 @@ def fixed_answer_channel(stack: Stack) -> Iterator[tuple[str, int]]:
     Yields (its base URL, the answer's size in bytes)."""
     set_sim(stack, incompressible=True)
     try:
-        answer = httpx.post(stack.sim_url + "/images/generations", json=BIG,
-                            headers={"Authorization": f"Bearer {SIM_KEY}"}, timeout=120)
+        answer = httpx.post(
+            stack.sim_url + "/images/generations", json=BIG, headers={"Authorization": f"Bearer {SIM_KEY}"}, timeout=120
+        )
         answer.raise_for_status()
     finally:
         set_sim(stack, incompressible=False)
@@ -250,13 +326,27 @@ def fixed_answer_channel(stack: Stack) -> Iterator[tuple[str, int]]:
     answer_file.write_bytes(answer.content)
     (port,) = free_ports(1)
     with open(stack.workdir / "fixed.log", "wb") as log:
-        fixed = subprocess.Popen([PY, str(ROOT / "bench" / "fixed_upstream.py"), "--port", str(port),
-                                  "--answer", str(answer_file)], stdout=log, stderr=subprocess.STDOUT)
+        fixed = subprocess.Popen(
+            [PY, str(ROOT / "bench" / "fixed_upstream.py"), "--port", str(port), "--answer", str(answer_file)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     fixed_url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_http(f"http://127.0.0.1:{port}/health", fixed, "fixed-answer upstream")
-        admin(stack, "POST", "/admin/channels", {"name": "fixed4k", "type": "openai", "base_url": fixed_url,
-                                                   "api_key": SIM_KEY, "pools": ["official-mixed"], "priority": 10})
+        admin(
+            stack,
+            "POST",
+            "/admin/channels",
+            {
+                "name": "fixed4k",
+                "type": "openai",
+                "base_url": fixed_url,
+                "api_key": SIM_KEY,
+                "pools": ["official-mixed"],
+                "priority": 10,
+            },
+        )
         try:
             yield fixed_url, len(answer.content)
         finally:
@@ -266,8 +356,9 @@ def fixed_answer_channel(stack: Stack) -> Iterator[tuple[str, int]]:
         fixed.wait(10)
 
 
-def big_answers(stack: Stack, script: Path, seconds: float, quick: bool, use_wrk: bool,
-                figures: dict[str, float]) -> tuple[list[tuple[str, str, str, str]], int]:
+def big_answers(
+    stack: Stack, script: Path, seconds: float, quick: bool, use_wrk: bool, figures: dict[str, float]
+) -> tuple[list[tuple[str, str, str, str]], int]:
     """4K answers (a ~33 MB JSON body each) at c=8, b64_json and url, with the gateway's
     peak RSS, against :func:`fixed_answer_channel`. Returns (rows, gateway errors); puts
     the ratios and peaks in ``figures`` (``4k_<mode>_ratio``, ``4k_<mode>_rss_mb``)."""
@@ -276,8 +367,12 @@ def big_answers(stack: Stack, script: Path, seconds: float, quick: bool, use_wrk
     with fixed_answer_channel(stack) as (fixed_url, size):
         for mode in ("b64_json", "url"):
             body = {**BIG, "response_format": mode} if mode == "url" else BIG
-            httpx.post(stack.gw_url + "/images/generations", json=body, timeout=120,
-                       headers={"Authorization": f"Bearer {stack.token}"}).raise_for_status()
+            httpx.post(
+                stack.gw_url + "/images/generations",
+                json=body,
+                timeout=120,
+                headers={"Authorization": f"Bearer {stack.token}"},
+            ).raise_for_status()
             if use_wrk:
                 d = wrk(fixed_url, SIM_KEY, BIG, 8, seconds, script)
                 reset_peak_rss(gateway_pid(stack))
@@ -290,15 +385,27 @@ def big_answers(stack: Stack, script: Path, seconds: float, quick: bool, use_wrk
             errors += g["errors"]
             rss = peak_rss_mb(gateway_pid(stack))
             figures[f"4k_{mode}_ratio"], figures[f"4k_{mode}_rss_mb"] = g["rps"] / d["rps"], rss
-            rows.append((f"4K 3840x2160 incompressible ({size / 1e6:.0f} MB JSON), c=8, {mode}: throughput",
-                         f"{d['rps']:.2f} calls/s", f"{g['rps']:.2f} calls/s", f"{g['rps'] / d['rps']:.2f}x of direct"))
+            rows.append(
+                (
+                    f"4K 3840x2160 incompressible ({size / 1e6:.0f} MB JSON), c=8, {mode}: throughput",
+                    f"{d['rps']:.2f} calls/s",
+                    f"{g['rps']:.2f} calls/s",
+                    f"{g['rps'] / d['rps']:.2f}x of direct",
+                )
+            )
             rows.append((f"4K 3840x2160 incompressible, c=8, {mode}: gateway peak RSS", "-", f"{rss:.0f} MB", ""))
     return rows, errors
 
 
 def run_config(
-    name: str, database_url: str | None, redis_url: str | None, quick: bool, figures: dict[str, float] | None = None,
-    *, big: bool = True, also: Callable[[Stack], None] | None = None,
+    name: str,
+    database_url: str | None,
+    redis_url: str | None,
+    quick: bool,
+    figures: dict[str, float] | None = None,
+    *,
+    big: bool = True,
+    also: Callable[[Stack], None] | None = None,
 ) -> tuple[list[tuple[str, str, str, str]], int]:
     """Returns (rows: scenario, direct, via gateway, ratio/added), gateway error count;
     puts the figures the targets are judged on in ``figures`` (see :func:`target_tables`).
@@ -317,10 +424,13 @@ def run_config(
         # warm up both (render cache, connection pools, token cache)
         for url, tok in ((stack.sim_url, SIM_KEY), (stack.gw_url, stack.token)):
             for _ in range(3):
-                httpx.post(url + "/images/generations", json=small, headers={"Authorization": f"Bearer {tok}"},
-                           timeout=60).raise_for_status()
+                httpx.post(
+                    url + "/images/generations", json=small, headers={"Authorization": f"Bearer {tok}"}, timeout=60
+                ).raise_for_status()
 
-        def measure(conns: int, body: dict[str, Any], seconds: float, n_fallback: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        def measure(
+            conns: int, body: dict[str, Any], seconds: float, n_fallback: int
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
             if use_wrk:
                 d = wrk(stack.sim_url, SIM_KEY, body, conns, seconds, script)
                 g = wrk(stack.gw_url, stack.token, body, conns, seconds, script)
@@ -335,19 +445,49 @@ def run_config(
         errors += g["errors"]
         figures["c1_p50_added_ms"] = g["p50_ms"] - d["p50_ms"]
         figures["c1_p99_ms"] = g["p99_ms"]
-        rows.append(("small image, c=1, p50 latency", f"{d['p50_ms']:.2f} ms", f"{g['p50_ms']:.2f} ms",
-                     f"+{g['p50_ms'] - d['p50_ms']:.2f} ms added"))
-        rows.append(("small image, c=1, p99 latency", f"{d['p99_ms']:.2f} ms", f"{g['p99_ms']:.2f} ms",
-                     f"+{g['p99_ms'] - d['p99_ms']:.2f} ms added"))
+        rows.append(
+            (
+                "small image, c=1, p50 latency",
+                f"{d['p50_ms']:.2f} ms",
+                f"{g['p50_ms']:.2f} ms",
+                f"+{g['p50_ms'] - d['p50_ms']:.2f} ms added",
+            )
+        )
+        rows.append(
+            (
+                "small image, c=1, p99 latency",
+                f"{d['p99_ms']:.2f} ms",
+                f"{g['p99_ms']:.2f} ms",
+                f"+{g['p99_ms'] - d['p99_ms']:.2f} ms added",
+            )
+        )
         d, g = measure(64, small, dur, 200 if quick else 5000)
         errors += g["errors"]
         figures["c64_rps"], figures["c64_direct_rps"] = g["rps"], d["rps"]
-        rows.append(("small image, c=64, p50 latency", f"{d['p50_ms']:.2f} ms", f"{g['p50_ms']:.2f} ms",
-                     f"+{g['p50_ms'] - d['p50_ms']:.2f} ms added"))
-        rows.append(("small image, c=64, p99 latency", f"{d['p99_ms']:.2f} ms", f"{g['p99_ms']:.2f} ms",
-                     f"+{g['p99_ms'] - d['p99_ms']:.2f} ms added"))
-        rows.append(("small image, c=64, throughput", f"{d['rps']:.0f} calls/s", f"{g['rps']:.0f} calls/s",
-                     f"{g['rps'] / d['rps']:.2f}x of direct"))
+        rows.append(
+            (
+                "small image, c=64, p50 latency",
+                f"{d['p50_ms']:.2f} ms",
+                f"{g['p50_ms']:.2f} ms",
+                f"+{g['p50_ms'] - d['p50_ms']:.2f} ms added",
+            )
+        )
+        rows.append(
+            (
+                "small image, c=64, p99 latency",
+                f"{d['p99_ms']:.2f} ms",
+                f"{g['p99_ms']:.2f} ms",
+                f"+{g['p99_ms'] - d['p99_ms']:.2f} ms added",
+            )
+        )
+        rows.append(
+            (
+                "small image, c=64, throughput",
+                f"{d['rps']:.0f} calls/s",
+                f"{g['rps']:.0f} calls/s",
+                f"{g['rps'] / d['rps']:.2f}x of direct",
+            )
+        )
 
         if big:
             big_rows, big_errors = big_answers(stack, script, dur, quick, use_wrk, figures)
@@ -361,8 +501,14 @@ def run_config(
         g = loadgen("edit", stack.gw_url, stack.token, str(n), str(size_mb), "4")
         errors += g["errors"]
         rss = peak_rss_mb(gateway_pid(stack))
-        rows.append((f"edit 4 x {size_mb} MB uploads, p50 latency", f"{d['p50_ms']:.1f} ms", f"{g['p50_ms']:.1f} ms",
-                     f"+{g['p50_ms'] - d['p50_ms']:.1f} ms added"))
+        rows.append(
+            (
+                f"edit 4 x {size_mb} MB uploads, p50 latency",
+                f"{d['p50_ms']:.1f} ms",
+                f"{g['p50_ms']:.1f} ms",
+                f"+{g['p50_ms'] - d['p50_ms']:.1f} ms added",
+            )
+        )
         rows.append((f"edit 4 x {size_mb} MB uploads: gateway peak RSS", "-", f"{rss:.0f} MB", ""))
 
         n = 3 if quick else 20
@@ -370,12 +516,27 @@ def run_config(
         g = loadgen("stream", stack.gw_url, stack.token, str(n))
         errors += g["errors"]
         if d["ttfp_p50_ms"] is not None and g["ttfp_p50_ms"] is not None:
-            rows.append(("stream, 3 partials: time to first partial (p50)", f"{d['ttfp_p50_ms']:.1f} ms",
-                         f"{g['ttfp_p50_ms']:.1f} ms", f"+{g['ttfp_p50_ms'] - d['ttfp_p50_ms']:.1f} ms added"))
-        audit = subprocess.run([PY, "-m", "imagerelay", "audit"], capture_output=True, text=True,
-                               env={**os.environ, "IMAGERELAY_DATA_DIR": str(workdir / "data"),
-                                    **({"IMAGERELAY_DATABASE_URL": database_url} if database_url else {})})
-        rows.append(("books balance after the run (imagerelay audit)", "", "ok" if audit.returncode == 0 else "FAILED", ""))
+            rows.append(
+                (
+                    "stream, 3 partials: time to first partial (p50)",
+                    f"{d['ttfp_p50_ms']:.1f} ms",
+                    f"{g['ttfp_p50_ms']:.1f} ms",
+                    f"+{g['ttfp_p50_ms'] - d['ttfp_p50_ms']:.1f} ms added",
+                )
+            )
+        audit = subprocess.run(
+            [PY, "-m", "imagerelay", "audit"],
+            capture_output=True,
+            text=True,
+            env={
+                **os.environ,
+                "IMAGERELAY_DATA_DIR": str(workdir / "data"),
+                **({"IMAGERELAY_DATABASE_URL": database_url} if database_url else {}),
+            },
+        )
+        rows.append(
+            ("books balance after the run (imagerelay audit)", "", "ok" if audit.returncode == 0 else "FAILED", "")
+        )
         errors += audit.returncode != 0
         if also is not None:
             also(stack)
@@ -394,8 +555,12 @@ def small_c64(database_url: str | None, redis_url: str | None, workers: int, qui
     small = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}
     try:
         for _ in range(3 * workers):
-            httpx.post(stack.gw_url + "/images/generations", json=small, timeout=60,
-                       headers={"Authorization": f"Bearer {stack.token}"}).raise_for_status()
+            httpx.post(
+                stack.gw_url + "/images/generations",
+                json=small,
+                timeout=60,
+                headers={"Authorization": f"Bearer {stack.token}"},
+            ).raise_for_status()
         if shutil.which("wrk"):
             return wrk(stack.gw_url, stack.token, small, 64, 2 if quick else 10, script)
         return loadgen("calls", stack.gw_url, stack.token, str(200 if quick else 5000), "64", json.dumps(small))
@@ -430,37 +595,64 @@ def _at_most(target: str, figures: dict[str, float], key: str, limit: float, uni
     return target, f"{figures[key]:{fmt}} {unit}", figures[key] <= limit
 
 
-def target_tables(sqlite: dict[str, float], pg: dict[str, float] | None, pg_workers2: dict[str, Any] | None,
-                  long_rows: list[dict[str, Any]] | None) -> list[str]:
+def target_tables(
+    sqlite: dict[str, float],
+    pg: dict[str, float] | None,
+    pg_workers2: dict[str, Any] | None,
+    long_rows: list[dict[str, Any]] | None,
+) -> list[str]:
     """Issue 15's four targets as tables: target, figure (measured in this run), met."""
     sections: list[tuple[str, list[Judged]]] = []
-    sections.append(("1. Big answers (4K 3840x2160, c=8, fixed-answer upstream)", [
-        _ratio_row("b64_json: throughput >= 0.6x direct", sqlite, "4k_b64_json_ratio", 0.6),
-        _at_most("b64_json: gateway peak RSS <= 300 MB", sqlite, "4k_b64_json_rss_mb", 300, "MB"),
-        _ratio_row("url: throughput >= 0.6x direct", sqlite, "4k_url_ratio", 0.6),
-        _at_most("url: gateway peak RSS <= 300 MB", sqlite, "4k_url_rss_mb", 300, "MB"),
-    ]))
+    sections.append(
+        (
+            "1. Big answers (4K 3840x2160, c=8, fixed-answer upstream)",
+            [
+                _ratio_row("b64_json: throughput >= 0.6x direct", sqlite, "4k_b64_json_ratio", 0.6),
+                _at_most("b64_json: gateway peak RSS <= 300 MB", sqlite, "4k_b64_json_rss_mb", 300, "MB"),
+                _ratio_row("url: throughput >= 0.6x direct", sqlite, "4k_url_ratio", 0.6),
+                _at_most("url: gateway peak RSS <= 300 MB", sqlite, "4k_url_rss_mb", 300, "MB"),
+            ],
+        )
+    )
     sections.append(("2. Thousands of long calls (bench/longcalls.py)", long_targets(long_rows)))
     rows3: list[Judged] = []
     if pg is None:
         rows3.append(("PostgreSQL + Redis", "not reachable in this run (or --no-postgres)", None))
     else:
         ratio = pg["c64_rps"] / sqlite["c64_rps"] if sqlite.get("c64_rps") else float("nan")
-        rows3.append(("small c=64 >= 0.70x the SQLite figure (same run)",
-                      f"{pg['c64_rps']:.0f} vs {sqlite.get('c64_rps', float('nan')):.0f} calls/s = {ratio:.2f}x",
-                      ratio >= 0.7))
+        rows3.append(
+            (
+                "small c=64 >= 0.70x the SQLite figure (same run)",
+                f"{pg['c64_rps']:.0f} vs {sqlite.get('c64_rps', float('nan')):.0f} calls/s = {ratio:.2f}x",
+                ratio >= 0.7,
+            )
+        )
         rows3.append(_at_most("small c=1 p99 <= 10 ms", pg, "c1_p99_ms", 10, "ms", ".2f"))
         if pg_workers2 is not None:
             w2 = pg_workers2["rps"] / pg["c64_rps"]
-            rows3.append(("--workers 2 >= 1.6x one worker, c=64",
-                          f"{pg_workers2['rps']:.0f} vs {pg['c64_rps']:.0f} calls/s = {w2:.2f}x", w2 >= 1.6))
+            rows3.append(
+                (
+                    "--workers 2 >= 1.6x one worker, c=64",
+                    f"{pg_workers2['rps']:.0f} vs {pg['c64_rps']:.0f} calls/s = {w2:.2f}x",
+                    w2 >= 1.6,
+                )
+            )
     sections.append(("3. PostgreSQL + Redis path", rows3))
-    sections.append(("4. Small calls (SQLite)", [
-        _at_most("added p50 at c=1 <= 0.8 ms", sqlite, "c1_p50_added_ms", 0.8, "ms", ".2f"),
-        ("c=64 >= 2,000 calls/s", f"{sqlite.get('c64_rps', float('nan')):.0f} calls/s "
-         f"(direct {sqlite.get('c64_direct_rps', float('nan')):.0f})", sqlite.get("c64_rps", 0) >= 2000),
-        ("0 errors", f"{sqlite.get('errors', float('nan')):.0f}", sqlite.get("errors") == 0),
-    ]))
+    sections.append(
+        (
+            "4. Small calls (SQLite)",
+            [
+                _at_most("added p50 at c=1 <= 0.8 ms", sqlite, "c1_p50_added_ms", 0.8, "ms", ".2f"),
+                (
+                    "c=64 >= 2,000 calls/s",
+                    f"{sqlite.get('c64_rps', float('nan')):.0f} calls/s "
+                    f"(direct {sqlite.get('c64_direct_rps', float('nan')):.0f})",
+                    sqlite.get("c64_rps", 0) >= 2000,
+                ),
+                ("0 errors", f"{sqlite.get('errors', float('nan')):.0f}", sqlite.get("errors") == 0),
+            ],
+        )
+    )
     lines = ["## Targets of issue 15", ""]
     for title, judged in sections:
         lines += [f"### {title}", "", "| target | figure | met |", "|---|---|---|"]
@@ -486,31 +678,47 @@ def long_targets(rows: list[dict[str, Any]] | None) -> list[Judged]:
             # Judged at 5,000; a smaller run is projected from its own cost per call in flight.
             per_call_kb = (r["peak_rss_mb"] - r["start_rss_mb"]) * 1024 / r["sent"]
             projected = r["start_rss_mb"] + per_call_kb * 5000 / 1024
-            out.append((f"{phase}: gateway peak RSS <= 600 MB at 5,000",
-                        f"{r['peak_rss_mb']:.0f} MB at {r['sent']:,} (idle {r['start_rss_mb']:.0f} MB, all calls "
-                        f"waiting {r['hold_rss_mb']:.0f} MB; {per_call_kb:.0f} KB per call"
-                        + (f", projected to 5,000: {projected:.0f} MB)" if r["sent"] != 5000 else ")"),
-                        projected <= 600))
-        out.append((f"{phase}: event-loop lag p99 <= 50 ms", f"{r['lag_p99_ms']:.0f} ms (max {r['lag_max_ms']:.0f})",
-                    r["lag_p99_ms"] <= 50))
+            out.append(
+                (
+                    f"{phase}: gateway peak RSS <= 600 MB at 5,000",
+                    f"{r['peak_rss_mb']:.0f} MB at {r['sent']:,} (idle {r['start_rss_mb']:.0f} MB, all calls "
+                    f"waiting {r['hold_rss_mb']:.0f} MB; {per_call_kb:.0f} KB per call"
+                    + (f", projected to 5,000: {projected:.0f} MB)" if r["sent"] != 5000 else ")"),
+                    projected <= 600,
+                )
+            )
+        out.append(
+            (
+                f"{phase}: event-loop lag p99 <= 50 ms",
+                f"{r['lag_p99_ms']:.0f} ms (max {r['lag_max_ms']:.0f})",
+                r["lag_p99_ms"] <= 50,
+            )
+        )
     return out
 
 
 def machine() -> list[str]:
     cpu = "unknown"
     with contextlib.suppress(OSError, StopIteration):
-        cpu = next(text.split(":", 1)[1].strip() for text in Path("/proc/cpuinfo").read_text().splitlines()
-                   if text.startswith("model name"))
+        cpu = next(
+            text.split(":", 1)[1].strip()
+            for text in Path("/proc/cpuinfo").read_text().splitlines()
+            if text.startswith("model name")
+        )
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     import starlette
     import uvicorn
 
-    return [f"- machine: {os.cpu_count()} cores, {cpu}, {int(mem) // 1024} MB RAM, {platform.platform()}",
-            f"- Python {platform.python_version()}, uvicorn {uvicorn.__version__}, starlette {starlette.__version__}",
-            f"- commit {commit or 'uncommitted'}, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-            f"- load generator: {'wrk' if shutil.which('wrk') else 'bench/loadgen.py (httpx)'} in a separate process; "
-            "gateway: 1 worker, full billing path, a token with rpm and concurrency limits it never reaches"]
+    return [
+        f"- machine: {os.cpu_count()} cores, {cpu}, {int(mem) // 1024} MB RAM, {platform.platform()}",
+        f"- Python {platform.python_version()}, uvicorn {uvicorn.__version__}, starlette {starlette.__version__}",
+        f"- commit {commit or 'uncommitted'}, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- load generator: {'wrk' if shutil.which('wrk') else 'bench/loadgen.py (httpx)'} in a separate process; "
+        "gateway: 1 worker, full billing path, a token with rpm and concurrency limits it never reaches",
+    ]
 
 
 def main() -> None:
@@ -523,9 +731,15 @@ def main() -> None:
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--no-long-calls", action="store_true", help="skip the thousands of long calls")
-    parser.add_argument("--long-calls", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old commands
-    parser.add_argument("--long-calls-scale", type=float, default=1.0,
-                        help="scale 5,000 / 2,000 / 2,000 long calls (0.4: 2,000 plain; the machine is shared)")
+    parser.add_argument(
+        "--long-calls", action="store_true", help=argparse.SUPPRESS
+    )  # the default now; kept for old commands
+    parser.add_argument(
+        "--long-calls-scale",
+        type=float,
+        default=1.0,
+        help="scale 5,000 / 2,000 / 2,000 long calls (0.4: 2,000 plain; the machine is shared)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
 
@@ -538,7 +752,14 @@ def main() -> None:
     if use_pg:
         configs.append(("PostgreSQL + Redis", fresh_pg_database(args.pg_url), args.redis_url))
     flags = "".join(f" {a}" for a in sys.argv[1:])
-    lines = ["# imagerelay benchmark results", "", *machine(), "", f"Command: `.venv/bin/python bench/run.py{flags}`", ""]
+    lines = [
+        "# imagerelay benchmark results",
+        "",
+        *machine(),
+        "",
+        f"Command: `.venv/bin/python bench/run.py{flags}`",
+        "",
+    ]
     total_errors = 0
     sections: list[str] = []
     figures: dict[str, dict[str, float]] = {}
@@ -558,23 +779,40 @@ def main() -> None:
         also = quick_long_calls if args.quick and not args.no_long_calls and name == "SQLite" else None
         rows, errors = run_config(name, url, redis_url, args.quick, figures[name], big=name == "SQLite", also=also)
         total_errors += errors
-        sections += [f"## {name}", "", "| scenario | direct to simulator | through imagerelay | gateway cost |",
-                     "|---|---|---|---|", *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
-                     "", f"Gateway errors during the run: {errors}", ""]
+        sections += [
+            f"## {name}",
+            "",
+            "| scenario | direct to simulator | through imagerelay | gateway cost |",
+            "|---|---|---|---|",
+            *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+            "",
+            f"Gateway errors during the run: {errors}",
+            "",
+        ]
     workers2 = None
     if use_pg:
         workers2 = small_c64(fresh_pg_database(args.pg_url), args.redis_url, 2, args.quick)
         total_errors += workers2["errors"]
-        sections += ["## PostgreSQL + Redis, --workers 2", "",
-                     f"small image, c=64: {workers2['rps']:.0f} calls/s with two worker processes "
-                     f"(one: {figures['PostgreSQL + Redis']['c64_rps']:.0f}); errors: {workers2['errors']}", ""]
+        sections += [
+            "## PostgreSQL + Redis, --workers 2",
+            "",
+            f"small image, c=64: {workers2['rps']:.0f} calls/s with two worker processes "
+            f"(one: {figures['PostgreSQL + Redis']['c64_rps']:.0f}); errors: {workers2['errors']}",
+            "",
+        ]
     if not args.no_long_calls:
         if long_rows is None:
             long_rows = longcalls.run(*sizes)
         errors = sum(r["sent"] - r["ok"] for r in long_rows)
         total_errors += errors
-        sections += ["## Thousands of long calls (bench/longcalls.py)", "", *longcalls.table(long_rows, sizes[3]), "",
-                     f"Calls that did not complete: {errors}", ""]
+        sections += [
+            "## Thousands of long calls (bench/longcalls.py)",
+            "",
+            *longcalls.table(long_rows, sizes[3]),
+            "",
+            f"Calls that did not complete: {errors}",
+            "",
+        ]
     lines += target_tables(figures["SQLite"], figures.get("PostgreSQL + Redis"), workers2, long_rows)
     lines += sections
     text = "\n".join(lines)

@@ -50,14 +50,23 @@ async def measure(area: BlobStore, label: str) -> None:
     _, get_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert received == SIZE
-    print(f"{label}: {SIZE >> 20} MiB put {put_s:.2f} s, peak {put_peak / 2**20:.1f} MiB "
-          f"(with the 3 MiB source slice); streamed read {get_s:.2f} s, peak {get_peak / 2**20:.1f} MiB")
+    print(
+        f"{label}: {SIZE >> 20} MiB put {put_s:.2f} s, peak {put_peak / 2**20:.1f} MiB "
+        f"(with the 3 MiB source slice); streamed read {get_s:.2f} s, peak {get_peak / 2**20:.1f} MiB"
+    )
 
 
 async def main(server: S3Server, tmp: str) -> None:
-    conn = S3Connection(S3Settings(bucket=server.create_bucket(), endpoint_url=server.endpoint_url,
-                                   region="us-east-1", access_key_id="k", secret_access_key="s",
-                                   addressing_style="path"))
+    conn = S3Connection(
+        S3Settings(
+            bucket=server.create_bucket(),
+            endpoint_url=server.endpoint_url,
+            region="us-east-1",
+            access_key_id="k",
+            secret_access_key="s",
+            addressing_style="path",
+        )
+    )
     await measure(S3Blobs(conn, "images", 100), "s3 (moto_server)")
     await conn.aclose()
     url = f"sqlite:///{tmp}/store.db"

@@ -30,17 +30,35 @@ def seed(sync: sa.Engine) -> None:
     metadata.drop_all(sync)
     metadata.create_all(sync)
     rnd = random.Random(1)
-    rows = [dict(request_id=f"req_{i}", user_id=rnd.randrange(500), token_id=rnd.randrange(2000),
-                 group_name="default", model="gpt-image-2", route="official",
-                 channel=rnd.choice(["a", "b", "c", None]), endpoint="generations",
-                 status=rnd.choice([200] * 9 + [502]), error_code=None, latency_ms=rnd.randrange(100, 9000),
-                 upstream_latency_ms=rnd.randrange(100, 9000), attempts=1, input_text_tokens=0,
-                 input_image_tokens=0, cached_tokens=0, output_tokens=0, cost_micros=30000,
-                 billing_mode="per_call", price_basis="{}", created_at=NOW - 90 * 86400 * (i / N))
-            for i in range(N)]  # 90 days of records
+    rows = [
+        dict(
+            request_id=f"req_{i}",
+            user_id=rnd.randrange(500),
+            token_id=rnd.randrange(2000),
+            group_name="default",
+            model="gpt-image-2",
+            route="official",
+            channel=rnd.choice(["a", "b", "c", None]),
+            endpoint="generations",
+            status=rnd.choice([200] * 9 + [502]),
+            error_code=None,
+            latency_ms=rnd.randrange(100, 9000),
+            upstream_latency_ms=rnd.randrange(100, 9000),
+            attempts=1,
+            input_text_tokens=0,
+            input_image_tokens=0,
+            cached_tokens=0,
+            output_tokens=0,
+            cost_micros=30000,
+            billing_mode="per_call",
+            price_basis="{}",
+            created_at=NOW - 90 * 86400 * (i / N),
+        )
+        for i in range(N)
+    ]  # 90 days of records
     with sync.begin() as conn:
         for k in range(0, N, 10_000):
-            conn.execute(usage_records.insert(), rows[k:k + 10_000])
+            conn.execute(usage_records.insert(), rows[k : k + 10_000])
         conn.execute(sa.text("ANALYZE"))
 
 

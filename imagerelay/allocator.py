@@ -21,8 +21,8 @@ as mappings of their own.
 from __future__ import annotations
 
 import ctypes
-import gc
 import ctypes.util
+import gc
 
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
@@ -40,8 +40,11 @@ def tune_malloc(mmap_threshold: int = 1024 * 1024, arena_max: int = 2, trim_thre
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return (bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_ARENA_MAX, arena_max))
-            and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold)))
+    return (
+        bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+        and bool(mallopt(M_ARENA_MAX, arena_max))
+        and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+    )
 
 
 def tune_gc() -> None:

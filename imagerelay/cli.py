@@ -86,16 +86,20 @@ def _prepare_schema(settings: Settings) -> None:
     from imagerelay.storage.migrate import prepare
 
     settings.ensure_data_dir()
-    before, after = _schema_action(lambda: prepare(settings.resolved_database_url(),
-                                                   auto_upgrade=settings.auto_migrate))
+    before, after = _schema_action(
+        lambda: prepare(settings.resolved_database_url(), auto_upgrade=settings.auto_migrate)
+    )
     if before.revision is None:
         err_console.print(f"created the database schema at revision {after.revision}", highlight=False)
     elif before.revision != after.revision:
-        err_console.print(f"upgraded the database schema from {before.revision} to {after.revision} "
-                          "(IMAGERELAY_AUTO_MIGRATE)", highlight=False)
+        err_console.print(
+            f"upgraded the database schema from {before.revision} to {after.revision} (IMAGERELAY_AUTO_MIGRATE)",
+            highlight=False,
+        )
     elif not before.stamped:
-        err_console.print(f"recorded the database schema as revision {after.revision} (made before migrations)",
-                          highlight=False)
+        err_console.print(
+            f"recorded the database schema as revision {after.revision} (made before migrations)", highlight=False
+        )
 
 
 def _run(coro_fn: Any, settings: Settings) -> Any:
@@ -189,8 +193,9 @@ async def _ensure_demo_console(services: Any) -> dict[str, dict[str, str]]:
     for role, name, admin in (("admin", DEMO_ADMIN, True), ("user", DEMO_USER, False)):
         user = await services.accounts.get_or_create_user(name, is_admin=admin)
         password = (known.get(role) or {}).get("password")
-        if not (isinstance(password, str) and await services.passwords.verify(
-                password, await logins.password_hash(user.id))):
+        if not (
+            isinstance(password, str) and await services.passwords.verify(password, await logins.password_hash(user.id))
+        ):
             password = secrets.token_urlsafe(12)
             await set_password(services, logins, user.id, name, password)
         out[role] = {"name": name, "password": password}
@@ -216,10 +221,15 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     workers: Annotated[int, typer.Option(help="Worker processes (multi-core).")] = 1,
-    demo: Annotated[bool, typer.Option("--demo", help="Create a demo user with one token per group and print them.")] = False,
-    demo_tokens_out: Annotated[Path | None, typer.Option("--demo-tokens-out", help="Also write the demo tokens as JSON.")] = None,
-    demo_console_out: Annotated[Path | None, typer.Option(
-        "--demo-console-out", help="Also write the demo console credentials as JSON.")] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Create a demo user with one token per group and print them.")
+    ] = False,
+    demo_tokens_out: Annotated[
+        Path | None, typer.Option("--demo-tokens-out", help="Also write the demo tokens as JSON.")
+    ] = None,
+    demo_console_out: Annotated[
+        Path | None, typer.Option("--demo-console-out", help="Also write the demo console credentials as JSON.")
+    ] = None,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
     catalog: CatalogOpt = None,
@@ -254,9 +264,12 @@ def serve(
             write_private(demo_tokens_out, json.dumps(tokens, indent=2).encode())
         if creds:
             prefix = settings.root_path.rstrip("/")
-            console.print(f"[bold]Console[/bold]: {base}{prefix}/console/ "
-                          f"(admin: {creds['admin']['name']} / {creds['admin']['password']}; "
-                          f"user: {creds['user']['name']} / {creds['user']['password']})", soft_wrap=True)
+            console.print(
+                f"[bold]Console[/bold]: {base}{prefix}/console/ "
+                f"(admin: {creds['admin']['name']} / {creds['admin']['password']}; "
+                f"user: {creds['user']['name']} / {creds['user']['password']})",
+                soft_wrap=True,
+            )
             if demo_console_out is not None:
                 write_private(demo_console_out, json.dumps(creds, indent=2).encode())
             if settings.signup is None:  # a demo takes sign-ups unless told otherwise
@@ -399,11 +412,14 @@ def invite_create(
     """Create a one-use sign-up code (print it once; only its hash is kept)."""
     if days < 0:
         raise typer.BadParameter("--days must be 0 or more")
-    code = _run(lambda s: s.logins.create_invite(None, ttl_s=days * 86400 or None, note=note[:500]),
-                _settings(data_dir, database_url, None))
+    code = _run(
+        lambda s: s.logins.create_invite(None, ttl_s=days * 86400 or None, note=note[:500]),
+        _settings(data_dir, database_url, None),
+    )
     console.print(code, highlight=False)
-    err_console.print("Give it to the new user: sign up at /console/signup?invite=<code> (IMAGERELAY_SIGNUP=invite).",
-                      highlight=False)
+    err_console.print(
+        "Give it to the new user: sign up at /console/signup?invite=<code> (IMAGERELAY_SIGNUP=invite).", highlight=False
+    )
 
 
 @users_app.command("list")
@@ -413,8 +429,15 @@ def users_list(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
     table = Table("id", "name", "admin", "disabled", "token groups", "balance (USD)", "held (USD)")
     for u in users:
         groups = ",".join(u.allowed_groups) if u.allowed_groups is not None else "(its tokens' groups)"
-        table.add_row(str(u.id), u.name, "yes" if u.is_admin else "", "yes" if u.disabled else "", groups,
-                      f"{Decimal(u.balance_micros) / 1_000_000:.6f}", f"{Decimal(u.held_micros) / 1_000_000:.6f}")
+        table.add_row(
+            str(u.id),
+            u.name,
+            "yes" if u.is_admin else "",
+            "yes" if u.disabled else "",
+            groups,
+            f"{Decimal(u.balance_micros) / 1_000_000:.6f}",
+            f"{Decimal(u.held_micros) / 1_000_000:.6f}",
+        )
     console.print(table)
 
 
@@ -445,19 +468,32 @@ def _iso(text: str) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _token_body(name: str | None, rpm: int | None, concurrency: int | None, spend_cap: str | None,
-                models: list[str] | None, expires_at: str | None, clear: list[str]) -> dict[str, Any]:
+def _token_body(
+    name: str | None,
+    rpm: int | None,
+    concurrency: int | None,
+    spend_cap: str | None,
+    models: list[str] | None,
+    expires_at: str | None,
+    clear: list[str],
+) -> dict[str, Any]:
     """CLI options as the API's fields, so the one rule (domain.accountrules) reads both."""
-    body: dict[str, Any] = {"rpm": rpm, "concurrency": concurrency, "spend_cap_usd": spend_cap,
-                            "allowed_models": models or None, "name": name}
+    body: dict[str, Any] = {
+        "rpm": rpm,
+        "concurrency": concurrency,
+        "spend_cap_usd": spend_cap,
+        "allowed_models": models or None,
+        "name": name,
+    }
     body = {k: v for k, v in body.items() if v is not None}
     expiry = _expiry(expires_at)
     if expiry != "unchanged":
         body["expires_at"] = expiry
     for field in clear:
         if field not in ("rpm", "concurrency", "spend_cap_usd", "allowed_models", "expires_at"):
-            raise typer.BadParameter(f"--clear {field!r}: one of rpm, concurrency, spend_cap_usd, "
-                                     "allowed_models, expires_at")
+            raise typer.BadParameter(
+                f"--clear {field!r}: one of rpm, concurrency, spend_cap_usd, allowed_models, expires_at"
+            )
         body[field] = None
     return body
 
@@ -501,17 +537,26 @@ def tokens_create(
     if group not in cat.groups:
         err_console.print(f"[red]unknown group {group!r}[/red]; groups: {', '.join(cat.groups)}")
         raise typer.Exit(2)
-    changes = _changes(_token_body(name, rpm, concurrency, spend_cap, allowed_model, expires_at, []),
-                       cat.models_by_group.get(group, ()))
+    changes = _changes(
+        _token_body(name, rpm, concurrency, spend_cap, allowed_model, expires_at, []),
+        cat.models_by_group.get(group, ()),
+    )
 
     async def _create(s: Any) -> str:
         u = await s.accounts.get_or_create_user(user)
-        limits = TokenLimits(spend_cap_micros=changes.get("spend_cap_micros"),  # type: ignore[arg-type]
-                             allowed_models=changes.get("allowed_models"),  # type: ignore[arg-type]
-                             rpm_limit=changes.get("rpm_limit"),  # type: ignore[arg-type]
-                             concurrency_limit=changes.get("concurrency_limit"))  # type: ignore[arg-type]
-        return await s.accounts.create_token(u.id, group, name=str(changes["name"]),  # type: ignore[no-any-return]
-                                             expires_at=changes.get("expires_at"), limits=limits)
+        limits = TokenLimits(
+            spend_cap_micros=changes.get("spend_cap_micros"),  # type: ignore[arg-type]
+            allowed_models=changes.get("allowed_models"),  # type: ignore[arg-type]
+            rpm_limit=changes.get("rpm_limit"),  # type: ignore[arg-type]
+            concurrency_limit=changes.get("concurrency_limit"),  # type: ignore[arg-type]
+        )
+        return await s.accounts.create_token(  # type: ignore[no-any-return]
+            u.id,
+            group,
+            name=str(changes["name"]),
+            expires_at=changes.get("expires_at"),
+            limits=limits,
+        )
 
     print(_run(_create, settings))
 
@@ -541,22 +586,34 @@ def tokens_list(
             if u is None:
                 _fail(f"no user {user!r}")
             user_id = u.id
-        views, _more = await s.accounts.list_tokens(TokenFilter(user_id=user_id, group=group, status=status,
-                                                                limit=100_000))
+        views, _more = await s.accounts.list_tokens(
+            TokenFilter(user_id=user_id, group=group, status=status, limit=100_000)
+        )
         return [token_json(v, time.time()) for v in views]
 
     rows = _run(_list, _settings(data_dir, database_url, None))
     if as_json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return
-    table = Table("id", "user", "name", "group", "key", "status", "rpm", "conc.", "spend cap", "spent", "models",
-                  "expires at")
+    table = Table(
+        "id", "user", "name", "group", "key", "status", "rpm", "conc.", "spend cap", "spent", "models", "expires at"
+    )
     for t in rows:
         lim = t["limits"]
-        table.add_row(str(t["id"]), t["user"], t["name"], t["group"], t["key_hint"], t["status"],
-                      str(lim["rpm"] or ""), str(lim["concurrency"] or ""), lim["spend_cap_usd"] or "",
-                      t["spent_usd"], ",".join(lim["allowed_models"] or []),
-                      str(int(t["expires_at"])) if t["expires_at"] else "")
+        table.add_row(
+            str(t["id"]),
+            t["user"],
+            t["name"],
+            t["group"],
+            t["key_hint"],
+            t["status"],
+            str(lim["rpm"] or ""),
+            str(lim["concurrency"] or ""),
+            lim["spend_cap_usd"] or "",
+            t["spent_usd"],
+            ",".join(lim["allowed_models"] or []),
+            str(int(t["expires_at"])) if t["expires_at"] else "",
+        )
     console.print(table)
 
 
@@ -566,6 +623,7 @@ def _existing_token(s: Any, token_id: int) -> Any:
         if view is None:
             _fail(f"no token {token_id}")
         return view
+
     return _get()
 
 
@@ -578,8 +636,12 @@ def tokens_update(
     spend_cap: SpendCapOpt = None,
     allowed_model: ModelsOpt = None,
     expires_at: ExpiresOpt = None,
-    clear: Annotated[list[str], typer.Option("--clear", help="Remove a limit: rpm, concurrency, spend_cap_usd, "
-                                                              "allowed_models, expires_at (repeat).")] = [],  # noqa: B006
+    clear: Annotated[
+        list[str],
+        typer.Option(
+            "--clear", help="Remove a limit: rpm, concurrency, spend_cap_usd, allowed_models, expires_at (repeat)."
+        ),
+    ] = [],  # noqa: B006
     data_dir: DataDir = None,
     database_url: DbUrl = None,
     catalog: CatalogOpt = None,
@@ -618,13 +680,17 @@ def tokens_revoke(
 @users_app.command("update")
 def users_update(
     name: str,
-    disabled: Annotated[bool | None, typer.Option("--disable/--enable", help="Refuse (or accept again) "
-                                                  "every token of the user.")] = None,
+    disabled: Annotated[
+        bool | None, typer.Option("--disable/--enable", help="Refuse (or accept again) every token of the user.")
+    ] = None,
     admin: Annotated[bool | None, typer.Option("--admin/--no-admin")] = None,
-    group: Annotated[list[str] | None, typer.Option("--group", help="A group the user may create tokens in "
-                                                    "(repeat; replaces the list).")] = None,
-    default_groups: Annotated[bool, typer.Option("--default-groups", help="Reset to the groups of the "
-                                                 "user's tokens.")] = False,
+    group: Annotated[
+        list[str] | None,
+        typer.Option("--group", help="A group the user may create tokens in (repeat; replaces the list)."),
+    ] = None,
+    default_groups: Annotated[
+        bool, typer.Option("--default-groups", help="Reset to the groups of the user's tokens.")
+    ] = False,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
     catalog: CatalogOpt = None,
@@ -635,8 +701,9 @@ def users_update(
 
     settings = _settings(data_dir, database_url, catalog)
     cat = load_catalog(settings.catalog)
-    body: dict[str, Any] = {k: v for k, v in (("disabled", disabled), ("is_admin", admin), ("allowed_groups", group))
-                            if v is not None}
+    body: dict[str, Any] = {
+        k: v for k, v in (("disabled", disabled), ("is_admin", admin), ("allowed_groups", group)) if v is not None
+    }
     if default_groups:
         body["allowed_groups"] = None
     if not body:
@@ -679,8 +746,9 @@ def balance_add(
             return await s.billing.adjust(u.id, micros, reason, kind="topup" if micros > 0 else "adjust")  # type: ignore[no-any-return]
         except AdjustmentRefused as refused:
             why = "a debit cannot take it below zero" if micros < 0 else "the balance would pass its maximum"
-            err_console.print(f"[red]refused:[/red] {user}'s available balance is "
-                              f"{format_usd(refused.available_micros)}; {why}")
+            err_console.print(
+                f"[red]refused:[/red] {user}'s available balance is {format_usd(refused.available_micros)}; {why}"
+            )
             raise typer.Exit(2) from None
 
     balance = _run(_add, _settings(data_dir, database_url, None))
@@ -700,8 +768,12 @@ def channels_add(
     priority: Annotated[int, typer.Option("--priority")] = 0,
     weight: Annotated[int, typer.Option("--weight")] = 1,
     timeout_s: Annotated[float, typer.Option("--timeout")] = 180.0,
-    proxy: Annotated[str | None, typer.Option("--proxy", help="http://, https:// or socks5:// proxy for this channel.")] = None,
-    ca_bundle: Annotated[str | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust for this upstream.")] = None,
+    proxy: Annotated[
+        str | None, typer.Option("--proxy", help="http://, https:// or socks5:// proxy for this channel.")
+    ] = None,
+    ca_bundle: Annotated[
+        str | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust for this upstream.")
+    ] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Verify the upstream's certificate.")] = True,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
@@ -715,9 +787,19 @@ def channels_add(
     try:
         mapping = _model_map(model_map)
         spec = ChannelSpec(
-            name=name, type=type, pools=tuple(pools), base_url=base_url, api_version=api_version,  # type: ignore[arg-type]
-            azure_form=azure_form, model_map=mapping, priority=priority, weight=weight, timeout_s=timeout_s,  # type: ignore[arg-type]
-            proxy=proxy, ca_bundle=ca_bundle, verify=verify,
+            name=name,
+            type=type,  # type: ignore[arg-type]
+            pools=tuple(pools),
+            base_url=base_url,
+            api_version=api_version,
+            azure_form=azure_form,  # type: ignore[arg-type]
+            model_map=mapping,
+            priority=priority,
+            weight=weight,
+            timeout_s=timeout_s,
+            proxy=proxy,
+            ca_bundle=ca_bundle,
+            verify=verify,
         )
     except (ValueError, ValidationError) as exc:
         err_console.print(f"[red]invalid channel:[/red] {exc}")
@@ -733,7 +815,9 @@ def channels_add(
             raise typer.Exit(2) from None
 
     _run(_add, _settings(data_dir, database_url, None))
-    console.print(f"channel {name} added ({type}, pools {', '.join(pools)}, key {'stored encrypted' if key else 'none'})")
+    console.print(
+        f"channel {name} added ({type}, pools {', '.join(pools)}, key {'stored encrypted' if key else 'none'})"
+    )
 
 
 @channels_app.command("list")
@@ -746,8 +830,17 @@ def channels_list(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
 
     table = Table("name", "type", "pools", "priority", "weight", "enabled", "source", "key", "disabled reason")
     for v in _run(_list, _settings(data_dir, database_url, None)):
-        table.add_row(v.spec.name, v.spec.type, ",".join(v.spec.pools), str(v.spec.priority), str(v.spec.weight),
-                      "yes" if v.spec.enabled else "no", v.source, "set" if v.has_key else "-", v.disabled_reason or "")
+        table.add_row(
+            v.spec.name,
+            v.spec.type,
+            ",".join(v.spec.pools),
+            str(v.spec.priority),
+            str(v.spec.weight),
+            "yes" if v.spec.enabled else "no",
+            v.source,
+            "set" if v.has_key else "-",
+            v.disabled_reason or "",
+        )
     console.print(table)
 
 
@@ -760,13 +853,21 @@ def channels_update(
     clear_key: Annotated[bool, typer.Option("--clear-key", help="Remove the stored key.")] = False,
     api_version: Annotated[str | None, typer.Option("--api-version")] = None,
     azure_form: Annotated[str | None, typer.Option("--azure-form", help="deployment | v1")] = None,
-    model_map: Annotated[list[str] | None, typer.Option("--model-map", help="Replace the map: FROM=TO (repeat).")] = None,
+    model_map: Annotated[
+        list[str] | None, typer.Option("--model-map", help="Replace the map: FROM=TO (repeat).")
+    ] = None,
     priority: Annotated[int | None, typer.Option("--priority")] = None,
     weight: Annotated[int | None, typer.Option("--weight")] = None,
     timeout_s: Annotated[float | None, typer.Option("--timeout")] = None,
-    proxy: Annotated[str | None, typer.Option("--proxy", help="http://, https:// or socks5:// proxy for this channel.")] = None,
-    ca_bundle: Annotated[str | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust for this upstream.")] = None,
-    verify: Annotated[bool | None, typer.Option("--verify/--no-verify", help="Verify the upstream's certificate.")] = None,
+    proxy: Annotated[
+        str | None, typer.Option("--proxy", help="http://, https:// or socks5:// proxy for this channel.")
+    ] = None,
+    ca_bundle: Annotated[
+        str | None, typer.Option("--ca-bundle", help="PEM file of CAs to trust for this upstream.")
+    ] = None,
+    verify: Annotated[
+        bool | None, typer.Option("--verify/--no-verify", help="Verify the upstream's certificate.")
+    ] = None,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
 ) -> None:
@@ -775,11 +876,21 @@ def channels_update(
     if key_stdin and clear_key:
         raise typer.BadParameter("give --key-stdin or --clear-key, not both")
     changes: dict[str, Any] = {
-        field: value for field, value in (
-            ("pools", pools), ("base_url", base_url), ("api_version", api_version), ("azure_form", azure_form),
-            ("model_map", None if model_map is None else _model_map(model_map)), ("priority", priority),
-            ("weight", weight), ("timeout_s", timeout_s), ("proxy", proxy), ("ca_bundle", ca_bundle), ("verify", verify),
-        ) if value is not None
+        field: value
+        for field, value in (
+            ("pools", pools),
+            ("base_url", base_url),
+            ("api_version", api_version),
+            ("azure_form", azure_form),
+            ("model_map", None if model_map is None else _model_map(model_map)),
+            ("priority", priority),
+            ("weight", weight),
+            ("timeout_s", timeout_s),
+            ("proxy", proxy),
+            ("ca_bundle", ca_bundle),
+            ("verify", verify),
+        )
+        if value is not None
     }
     key = sys.stdin.readline().strip() if key_stdin else None
     if not changes and not (key_stdin or clear_key):
@@ -864,8 +975,9 @@ def channels_test(
     if not admin_token:
         err_console.print("[red]--admin-token or IMAGERELAY_ADMIN_TOKEN is required[/red]")
         raise typer.Exit(2)
-    resp = httpx.post(f"{url.rstrip('/')}/admin/channels/{name}/test",
-                      headers={"Authorization": f"Bearer {admin_token}"}, timeout=300)
+    resp = httpx.post(
+        f"{url.rstrip('/')}/admin/channels/{name}/test", headers={"Authorization": f"Bearer {admin_token}"}, timeout=300
+    )
     body = _json_answer(resp)
     if resp.status_code != 200:
         _fail(f"{resp.status_code}: {body.get('error', {}).get('message') or resp.reason_phrase}", 1)
@@ -956,8 +1068,10 @@ def db_revision(message: Annotated[str, typer.Option("--message", "-m", help="Wh
     from imagerelay.storage.migrate import new_revision
 
     path = _schema_action(lambda: new_revision(message))
-    console.print(f"wrote {path}; review it (docs/migrations.md), then run ./scripts/test tests/e2e/test_migrations.py",
-                  highlight=False)
+    console.print(
+        f"wrote {path}; review it (docs/migrations.md), then run ./scripts/test tests/e2e/test_migrations.py",
+        highlight=False,
+    )
 
 
 def _client_headers(key: str | None) -> dict[str, str]:
@@ -1061,8 +1175,16 @@ def simulate_upstream(
 
     if protocol not in ("openai", "azure"):
         raise typer.BadParameter("protocol must be openai or azure")
-    run(protocol, host, port, api_key, latency, deployments=tuple(deployment), cache=cache,  # type: ignore[arg-type]
-        incompressible=incompressible)
+    run(
+        protocol,  # type: ignore[arg-type]
+        host,
+        port,
+        api_key,
+        latency,
+        deployments=tuple(deployment),
+        cache=cache,
+        incompressible=incompressible,
+    )
 
 
 @app.command("check-catalog")
@@ -1101,14 +1223,17 @@ def _check_pools_at_start(cat: Any, settings: Settings, demo: bool) -> None:
     loudly when, outside a demo, customers would get the simulator's pictures."""
     problems = _pool_problems(cat, settings)
     if problems.unserved:
-        _fail(f"no enabled channel serves {'; '.join(problems.unserved)}: add or enable a channel "
-              "in that pool (docs/channels.md), or remove the route from the catalog")
+        _fail(
+            f"no enabled channel serves {'; '.join(problems.unserved)}: add or enable a channel "
+            "in that pool (docs/channels.md), or remove the route from the catalog"
+        )
     if problems.simulator_only and not demo:
         err_console.print(
             "[bold yellow]WARNING:[/bold yellow] only the offline simulator serves "
             f"{'; '.join(problems.simulator_only)}: callers get locally rendered test pictures, not real "
             "images. Add real channels (docs/channels.md), or pass --demo if this is a demo.",
-            highlight=False, soft_wrap=True,
+            highlight=False,
+            soft_wrap=True,
         )
 
 

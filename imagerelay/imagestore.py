@@ -81,7 +81,7 @@ class ImageStore:
 
         def decoded() -> Iterator[bytes]:
             for start in range(0, len(clean_b64), _DECODE_SLICE):  # a multiple of 4: slices decode alone
-                yield decode_image_b64(clean_b64[start:start + _DECODE_SLICE])
+                yield decode_image_b64(clean_b64[start : start + _DECODE_SLICE])
 
         return await self._store(sniff_format(decode_image_b64(clean_b64[:24])) or "png", decoded(), until)
 
@@ -110,7 +110,8 @@ class ImageStore:
         if self.presigned:
             now = time.time()
             presigned = await self._area(name).presigned_url(
-                name, max(1, self._expires(now, not_after) - int(now)), media_type(name))
+                name, max(1, self._expires(now, not_after) - int(now)), media_type(name)
+            )
             if presigned is not None:
                 return presigned
         return self.signed_url(base_url, name, not_after=not_after)

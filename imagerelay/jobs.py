@@ -41,15 +41,15 @@ import pybase64
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from imagerelay.blobs import BlobMissing, StoreUnavailable
+from imagerelay.domain.accounts import TokenInfo, check_token
 from imagerelay.domain.scheduling import QueuedGroup, fair_order
 from imagerelay.domain.ssrf import UnsafeUrl
 from imagerelay.domain.types import ImageRequest, InputImage
 from imagerelay.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound, RateLimited
-from imagerelay.blobs import BlobMissing, StoreUnavailable
 from imagerelay.imagestore import ImageStore
 from imagerelay.limits.local import UNLIMITED, Limiter, concurrency_part
 from imagerelay.relay import CallContext, ParsedCall, PreparedCall, Relay
-from imagerelay.domain.accounts import TokenInfo, check_token
 from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.instances import Instances
 from imagerelay.storage.schema import jobs
@@ -76,8 +76,14 @@ def _encode_request(request: ImageRequest) -> bytes:
 
 
 def _image_meta(img: InputImage) -> dict[str, Any]:
-    return {"mime": img.mime, "width": img.width, "height": img.height, "part": img.part,
-            "filename": img.filename, "has_alpha": img.has_alpha}
+    return {
+        "mime": img.mime,
+        "width": img.width,
+        "height": img.height,
+        "part": img.part,
+        "filename": img.filename,
+        "has_alpha": img.has_alpha,
+    }
 
 
 @dataclasses.dataclass(slots=True)
@@ -126,8 +132,13 @@ class JobService:
         self._instances = instances
         self._allow_private = webhook_allow_private
         self.webhooks = WebhookDispatcher(
-            engine, self._webhook_body, secret=webhook_secret, allow_private=webhook_allow_private,
-            backoff_s=webhook_backoff_s, timeout_s=webhook_timeout_s, concurrency=webhook_concurrency,
+            engine,
+            self._webhook_body,
+            secret=webhook_secret,
+            allow_private=webhook_allow_private,
+            backoff_s=webhook_backoff_s,
+            timeout_s=webhook_timeout_s,
+            concurrency=webhook_concurrency,
         )
         self._wake = asyncio.Event()
         self._claim_lock = asyncio.Lock()  # claims in turn, so each sees the last one's share
@@ -169,19 +180,24 @@ class JobService:
 
     async def _check_caps(self, token: TokenInfo) -> None:
         query = select(func.count(), func.coalesce(func.sum(case((jobs.c.token_id == token.id, 1), else_=0)), 0)).where(
-            jobs.c.user_id == token.user_id, jobs.c.status.in_(ACTIVE))
+            jobs.c.user_id == token.user_id, jobs.c.status.in_(ACTIVE)
+        )
         async with self._engine.connect() as conn:
             user_active, token_active = (await conn.execute(query)).one()
         if user_active >= self._max_per_user:
             raise RateLimited(
                 f"Your account has {user_active} jobs queued or running, the most allowed at once "
                 f"({self._max_per_user}); wait for some to finish, or cancel some, before submitting more.",
-                code="too_many_jobs", headers={"retry-after": "10"})
+                code="too_many_jobs",
+                headers={"retry-after": "10"},
+            )
         if token_active >= self._max_per_token:
             raise RateLimited(
                 f"This API key has {token_active} jobs queued or running, the most allowed per key "
                 f"({self._max_per_token}); wait for some to finish, or cancel some, before submitting more.",
-                code="too_many_jobs", headers={"retry-after": "10"})
+                code="too_many_jobs",
+                headers={"retry-after": "10"},
+            )
 
     async def create(self, ctx: CallContext, call: ParsedCall, *, webhook_url: Any) -> dict[str, Any]:
         """Queue ``call`` as a job: its webhook checked, its owner under the job caps
@@ -189,13 +205,12 @@ class JobService:
         checked_url = await self.check_webhook(webhook_url)
         include_b64 = call.fields.get("response_format") == "b64_json"
         async with self.admission(ctx.token):
-            prepared = await self._relay.prepare(ctx, call.fields.get("model"), self._relay.validator(call),
-                                                 hold_ttl_s=self.ttl_s)
+            prepared = await self._relay.prepare(
+                ctx, call.fields.get("model"), self._relay.validator(call), hold_ttl_s=self.ttl_s
+            )
             return await self.submit(prepared, include_b64=include_b64, webhook_url=checked_url)
 
-    async def submit(
-        self, prepared: PreparedCall, *, include_b64: bool, webhook_url: str | None
-    ) -> dict[str, Any]:
+    async def submit(self, prepared: PreparedCall, *, include_b64: bool, webhook_url: str | None) -> dict[str, Any]:
         job_id = prepared.ctx.request_id.replace("req_", "imgjob_", 1)
         request = dataclasses.replace(prepared.request, response_format="url", stream=False)
         images = [*request.images, *([request.mask] if request.mask else [])]
@@ -205,22 +220,40 @@ class JobService:
             # images.json last: a job whose inputs are incomplete has none (_load_inputs).
             for i, img in enumerate(images):
                 await self._store.inputs.put(f"{job_id}/{i}.bin", (img.data,), expires_at=now + self.ttl_s)
-            meta = {"images": [_image_meta(i) for i in request.images],
-                    "mask": _image_meta(request.mask) if request.mask else None}
-            await self._store.inputs.put(f"{job_id}/images.json", (orjson.dumps(meta),), expires_at=now + self.ttl_s,
-                                         content_type="application/json")
+            meta = {
+                "images": [_image_meta(i) for i in request.images],
+                "mask": _image_meta(request.mask) if request.mask else None,
+            }
+            await self._store.inputs.put(
+                f"{job_id}/images.json",
+                (orjson.dumps(meta),),
+                expires_at=now + self.ttl_s,
+                content_type="application/json",
+            )
 
         try:
             if images:
                 await _save()
             async with self._engine.begin() as conn:
-                await conn.execute(jobs.insert().values(
-                    id=job_id, user_id=prepared.ctx.token.user_id, token_id=prepared.ctx.token.id,
-                    request_id=prepared.ctx.request_id, endpoint=request.endpoint, model=request.model,
-                    status="queued", request=_encode_request(request), include_b64=include_b64,
-                    webhook_url=webhook_url, webhook_attempts=0, attempts=1, base_url=prepared.ctx.base_url,
-                    created_at=now, expires_at=now + self.ttl_s,
-                ))
+                await conn.execute(
+                    jobs.insert().values(
+                        id=job_id,
+                        user_id=prepared.ctx.token.user_id,
+                        token_id=prepared.ctx.token.id,
+                        request_id=prepared.ctx.request_id,
+                        endpoint=request.endpoint,
+                        model=request.model,
+                        status="queued",
+                        request=_encode_request(request),
+                        include_b64=include_b64,
+                        webhook_url=webhook_url,
+                        webhook_attempts=0,
+                        attempts=1,
+                        base_url=prepared.ctx.base_url,
+                        created_at=now,
+                        expires_at=now + self.ttl_s,
+                    )
+                )
         except BaseException:
             await asyncio.shield(self._relay.abandon(prepared, 500, "job_submit_failed"))
             await asyncio.shield(self._cleanup_inputs(job_id))
@@ -232,8 +265,9 @@ class JobService:
         row = await self._row(job_id, user_id)
         return await self._render(row, base_url, include_b64)
 
-    async def page(self, user_id: int, base_url: str, *, status: str | None, limit: int,
-                   before: str | None) -> tuple[list[dict[str, Any]], bool]:
+    async def page(
+        self, user_id: int, base_url: str, *, status: str | None, limit: int, before: str | None
+    ) -> tuple[list[dict[str, Any]], bool]:
         """A page of the user's jobs, newest first, each as its poll shows it (without
         b64), and whether there are more; ``before`` (a job id of the previous page)
         pages on. A job id the user cannot see as a cursor is a 400."""
@@ -242,15 +276,21 @@ class JobService:
             query = query.where(jobs.c.status == status)
         async with self._engine.connect() as conn:
             if before is not None:
-                cursor = (await conn.execute(select(jobs.c.created_at).where(
-                    jobs.c.id == before, jobs.c.user_id == user_id))).first()
+                cursor = (
+                    await conn.execute(select(jobs.c.created_at).where(jobs.c.id == before, jobs.c.user_id == user_id))
+                ).first()
                 if cursor is None:
-                    raise InvalidRequest(f"before: no job {before}; pass the last id of the previous page.",
-                                         param="before")
-                query = query.where(or_(jobs.c.created_at < cursor[0],
-                                        and_(jobs.c.created_at == cursor[0], jobs.c.id < before)))
-            rows = (await conn.execute(
-                query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1))).mappings().all()
+                    raise InvalidRequest(
+                        f"before: no job {before}; pass the last id of the previous page.", param="before"
+                    )
+                query = query.where(
+                    or_(jobs.c.created_at < cursor[0], and_(jobs.c.created_at == cursor[0], jobs.c.id < before))
+                )
+            rows = (
+                (await conn.execute(query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)))
+                .mappings()
+                .all()
+            )
         return [await self._render(r, base_url, False) for r in rows[:limit]], len(rows) > limit
 
     async def cancel(self, job_id: str, user_id: int, base_url: str) -> dict[str, Any]:
@@ -260,13 +300,22 @@ class JobService:
         await self._cancel(row, "Canceled by the caller.", "canceled")
         return await self.get(job_id, user_id, base_url)
 
-    async def _cancel(self, row: Any, message: str, code: str, *, status: str = "canceled",
-                      http_status: int = 499, only_from: tuple[str, ...] = ACTIVE) -> None:
+    async def _cancel(
+        self,
+        row: Any,
+        message: str,
+        code: str,
+        *,
+        status: str = "canceled",
+        http_status: int = 499,
+        only_from: tuple[str, ...] = ACTIVE,
+    ) -> None:
         job_id = row["id"]
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
         async with self._engine.begin() as conn:
             res = await conn.execute(
-                update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(only_from))
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status.in_(only_from))
                 .values(status=status, finished_at=time.time(), error=orjson.dumps(error).decode())
             )
         if res.rowcount != 1:
@@ -291,14 +340,25 @@ class JobService:
         ``check_token`` in ``_run_job`` before it calls upstream."""
         column = jobs.c.token_id if owner == "token" else jobs.c.user_id
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(jobs).where(column == owner_id, jobs.c.status == "queued"))).mappings().all()
-        err = (AuthenticationFailed("This API key has been revoked; create a new one.", code="revoked_api_key")
-               if owner == "token" else
-               AuthenticationFailed("This account is disabled; contact the gateway's administrator.",
-                                    code="account_disabled"))
+            rows = (
+                (await conn.execute(select(jobs).where(column == owner_id, jobs.c.status == "queued"))).mappings().all()
+            )
+        err = (
+            AuthenticationFailed("This API key has been revoked; create a new one.", code="revoked_api_key")
+            if owner == "token"
+            else AuthenticationFailed(
+                "This account is disabled; contact the gateway's administrator.", code="account_disabled"
+            )
+        )
         for row in rows:
-            await self._cancel(row, err.message, err.code or "invalid_api_key", status="failed",
-                               http_status=err.status, only_from=("queued",))
+            await self._cancel(
+                row,
+                err.message,
+                err.code or "invalid_api_key",
+                status="failed",
+                http_status=err.status,
+                only_from=("queued",),
+            )
 
     async def _hold_open(self, request_id: str) -> bool:
         return await self._relay.billing.hold_open(request_id)
@@ -313,8 +373,12 @@ class JobService:
 
     async def _render(self, row: Any, base_url: str, include_b64: bool | None) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "id": row["id"], "object": "image.job", "status": row["status"], "endpoint": row["endpoint"],
-            "model": row["model"], "created_at": int(row["created_at"]),
+            "id": row["id"],
+            "object": "image.job",
+            "status": row["status"],
+            "endpoint": row["endpoint"],
+            "model": row["model"],
+            "created_at": int(row["created_at"]),
             "started_at": int(row["started_at"]) if row["started_at"] else None,
             "finished_at": int(row["finished_at"]) if row["finished_at"] else None,
             "expires_at": int(row["expires_at"]),
@@ -372,8 +436,11 @@ class JobService:
             with contextlib.suppress(BaseException):
                 await task
             async with self._engine.begin() as conn:
-                await conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == "running")
-                                   .values(status="queued", started_at=None, instance_id=None))
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.status == "running")
+                    .values(status="queued", started_at=None, instance_id=None)
+                )
         await self.webhooks.stop()
 
     async def recover(self, *, starting: bool = False) -> int:
@@ -394,16 +461,29 @@ class JobService:
         orphans = [r for r in rows if r["instance_id"] in gone or (starting and r["instance_id"] is None)]
         for row in orphans:
             if await self._relay.billing.recorded_status(attempt_request_id(row)) == 200:
-                await self._finish(row["id"], "failed", error={
-                    "message": "The gateway restarted as this job finished and its result was lost; submit it again.",
-                    "type": "server_error", "param": None, "code": "job_interrupted"})
+                await self._finish(
+                    row["id"],
+                    "failed",
+                    error={
+                        "message": "The gateway restarted as this job finished and its result was lost; submit it again.",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "job_interrupted",
+                    },
+                )
                 continue
             async with self._engine.begin() as conn:
-                await conn.execute(update(jobs).where(jobs.c.id == row["id"], jobs.c.status == "running",
-                                                      jobs.c.instance_id == row["instance_id"]
-                                                      if row["instance_id"] is not None
-                                                      else jobs.c.instance_id.is_(None))
-                                   .values(status="queued", started_at=None, instance_id=None))
+                await conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == row["id"],
+                        jobs.c.status == "running",
+                        jobs.c.instance_id == row["instance_id"]
+                        if row["instance_id"] is not None
+                        else jobs.c.instance_id.is_(None),
+                    )
+                    .values(status="queued", started_at=None, instance_id=None)
+                )
         if orphans:
             self._wake.set()
         return len(orphans)
@@ -413,14 +493,28 @@ class JobService:
         None when nothing queued may run now (empty, or every token at its limit)."""
         async with self._claim_lock:
             async with self._engine.connect() as conn:
-                queued = [QueuedGroup(u, t, oldest) for u, t, oldest in (await conn.execute(
-                    select(jobs.c.user_id, jobs.c.token_id, func.min(jobs.c.created_at))
-                    .where(jobs.c.status == "queued").group_by(jobs.c.user_id, jobs.c.token_id))).all()]
+                queued = [
+                    QueuedGroup(u, t, oldest)
+                    for u, t, oldest in (
+                        await conn.execute(
+                            select(jobs.c.user_id, jobs.c.token_id, func.min(jobs.c.created_at))
+                            .where(jobs.c.status == "queued")
+                            .group_by(jobs.c.user_id, jobs.c.token_id)
+                        )
+                    ).all()
+                ]
                 if not queued:
                     return None
-                running = {u: n for u, n in (await conn.execute(
-                    select(jobs.c.user_id, func.count()).where(jobs.c.status == "running")
-                    .group_by(jobs.c.user_id))).all()}
+                running = {
+                    u: n
+                    for u, n in (
+                        await conn.execute(
+                            select(jobs.c.user_id, func.count())
+                            .where(jobs.c.status == "running")
+                            .group_by(jobs.c.user_id)
+                        )
+                    ).all()
+                }
             for group in fair_order(queued, running):
                 slot = await self._token_slot(group.token_id)
                 if slot is None:
@@ -451,17 +545,26 @@ class JobService:
     async def _claim_oldest(self, group: QueuedGroup) -> Any | None:
         now = time.time()
         async with self._engine.begin() as conn:
-            found = (await conn.execute(
-                select(jobs.c.id).where(jobs.c.status == "queued", jobs.c.user_id == group.user_id,
-                                        jobs.c.token_id == group.token_id)
-                .order_by(jobs.c.created_at).limit(1)
-            )).first()
+            found = (
+                await conn.execute(
+                    select(jobs.c.id)
+                    .where(
+                        jobs.c.status == "queued", jobs.c.user_id == group.user_id, jobs.c.token_id == group.token_id
+                    )
+                    .order_by(jobs.c.created_at)
+                    .limit(1)
+                )
+            ).first()
             if found is None:
                 return None
             res = await conn.execute(
-                update(jobs).where(jobs.c.id == found[0], jobs.c.status == "queued")
-                .values(status="running", started_at=now,
-                        instance_id=self._instances.id if self._instances is not None else None)
+                update(jobs)
+                .where(jobs.c.id == found[0], jobs.c.status == "queued")
+                .values(
+                    status="running",
+                    started_at=now,
+                    instance_id=self._instances.id if self._instances is not None else None,
+                )
             )
             if res.rowcount != 1:
                 return None  # another replica won it
@@ -504,9 +607,16 @@ class JobService:
             self._wake.set()  # a token's slot came back: a job waiting for it may run
 
     async def _fail_crashed(self, row: Any, err: ApiError | None = None) -> None:
-        error = err.to_body()["error"] if err is not None else {
-            "message": "The gateway hit an internal error running this job; submit it again.",
-            "type": "server_error", "param": None, "code": "internal_error"}
+        error = (
+            err.to_body()["error"]
+            if err is not None
+            else {
+                "message": "The gateway hit an internal error running this job; submit it again.",
+                "type": "server_error",
+                "param": None,
+                "code": "internal_error",
+            }
+        )
         await self._finish(row["id"], "failed", error=error)
         prepared = await self._prepared(row, load_images=False)
         if prepared is not None and await self._hold_open(prepared.ctx.request_id):
@@ -515,18 +625,32 @@ class JobService:
     async def _run_job(self, row: Any) -> None:
         job_id = row["id"]
         if row["expires_at"] < time.time():
-            await self._finish(job_id, "failed", error={"message": "The job expired before it could run.",
-                                                       "type": "invalid_request_error", "param": None,
-                                                       "code": "job_expired"})
+            await self._finish(
+                job_id,
+                "failed",
+                error={
+                    "message": "The job expired before it could run.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "job_expired",
+                },
+            )
             prepared = await self._prepared(row, load_images=False)
             if prepared is not None and await self._hold_open(prepared.ctx.request_id):
                 await self._relay.abandon(prepared, 408, "job_expired")
             return
         prepared = await self._prepared(row)
         if prepared is None:
-            await self._finish(job_id, "failed", error={"message": "The API key behind this job no longer exists.",
-                                                       "type": "invalid_request_error", "param": None,
-                                                       "code": "invalid_api_key"})
+            await self._finish(
+                job_id,
+                "failed",
+                error={
+                    "message": "The API key behind this job no longer exists.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                },
+            )
             return
         try:
             # The key may have been revoked, have expired or lost its user since the
@@ -542,9 +666,16 @@ class JobService:
             # restart): hold again under a new attempt id, or fail cleanly.
             attempt = row["attempts"] + 1
             if attempt > MAX_ATTEMPTS:
-                await self._finish(job_id, "failed", error={
-                    "message": "The job was interrupted too many times; submit it again.",
-                    "type": "server_error", "param": None, "code": "job_interrupted"})
+                await self._finish(
+                    job_id,
+                    "failed",
+                    error={
+                        "message": "The job was interrupted too many times; submit it again.",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "job_interrupted",
+                    },
+                )
                 return
             async with self._engine.begin() as conn:
                 await conn.execute(update(jobs).where(jobs.c.id == job_id).values(attempts=attempt))
@@ -572,14 +703,19 @@ class JobService:
         ref["image"] = name
         return ref
 
-    async def _finish(self, job_id: str, status: str, *, result: dict[str, Any] | None = None,
-                      error: dict[str, Any] | None = None) -> None:
+    async def _finish(
+        self, job_id: str, status: str, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None
+    ) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
-                update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
-                .values(status=status, finished_at=time.time(),
-                        result=orjson.dumps(result) if result is not None else None,
-                        error=orjson.dumps(error).decode() if error is not None else None)
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
+                .values(
+                    status=status,
+                    finished_at=time.time(),
+                    result=orjson.dumps(result) if result is not None else None,
+                    error=orjson.dumps(error).decode() if error is not None else None,
+                )
             )
         await self._cleanup_inputs(job_id)
         await self.webhooks.schedule(job_id)
@@ -601,16 +737,23 @@ class JobService:
         if load_images:
             images, mask = await self._load_inputs(row["id"])
         request = ImageRequest(**fields, images=tuple(images), mask=mask)
-        ctx = CallContext(request_id=attempt_request_id(row), token=token, endpoint=row["endpoint"],
-                          base_url=row["base_url"], started=time.monotonic(), images_until=row["expires_at"])
+        ctx = CallContext(
+            request_id=attempt_request_id(row),
+            token=token,
+            endpoint=row["endpoint"],
+            base_url=row["base_url"],
+            started=time.monotonic(),
+            images_until=row["expires_at"],
+        )
         return self._relay.restore(ctx, request, row["model"])
 
     async def _load_inputs(self, job_id: str) -> tuple[list[InputImage], InputImage | None]:
         try:
             meta = orjson.loads(await self._store.inputs.read(f"{job_id}/images.json"))
             entries = [*meta["images"], *([meta["mask"]] if meta["mask"] else [])]
-            loaded = [InputImage(data=await self._store.inputs.read(f"{job_id}/{i}.bin"), **m)
-                      for i, m in enumerate(entries)]
+            loaded = [
+                InputImage(data=await self._store.inputs.read(f"{job_id}/{i}.bin"), **m) for i, m in enumerate(entries)
+            ]
         except BlobMissing:
             return [], None
         return loaded[: len(meta["images"])], (loaded[-1] if meta["mask"] else None)
@@ -623,9 +766,14 @@ class JobService:
                 continue
             try:
                 async with self._engine.connect() as conn:
-                    canceled = {r[0] for r in (await conn.execute(
-                        select(jobs.c.id).where(jobs.c.id.in_(list(self._running)), jobs.c.status == "canceled")
-                    )).all()}
+                    canceled = {
+                        r[0]
+                        for r in (
+                            await conn.execute(
+                                select(jobs.c.id).where(jobs.c.id.in_(list(self._running)), jobs.c.status == "canceled")
+                            )
+                        ).all()
+                    }
             except Exception:  # noqa: BLE001
                 continue
             for job_id in canceled:
@@ -652,10 +800,14 @@ class JobService:
         a submit, a cancel or a finish)."""
         names = await self._store.inputs.folders(written_before=time.time() - ORPHAN_AGE_S)
         for start in range(0, len(names), 500):
-            chunk = names[start:start + 500]
+            chunk = names[start : start + 500]
             async with self._engine.connect() as conn:
-                live = {r[0] for r in (await conn.execute(
-                    select(jobs.c.id).where(jobs.c.id.in_(chunk), jobs.c.status.in_(ACTIVE)))).all()}
+                live = {
+                    r[0]
+                    for r in (
+                        await conn.execute(select(jobs.c.id).where(jobs.c.id.in_(chunk), jobs.c.status.in_(ACTIVE)))
+                    ).all()
+                }
             for name in chunk:
                 if name not in live:
                     await self._cleanup_inputs(name)

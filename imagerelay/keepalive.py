@@ -31,7 +31,8 @@ def interval(asked: float | None, route: ResolvedRoute | None) -> float | None:
     if asked is not None:
         if not MIN_S <= asked <= MAX_S:
             raise InvalidRequest(
-                f"{HEADER} must be a number of seconds from {MIN_S:g} to {MAX_S:g}.", param=HEADER,
+                f"{HEADER} must be a number of seconds from {MIN_S:g} to {MAX_S:g}.",
+                param=HEADER,
             )
         return asked
     return route.spec.keepalive_s if route is not None else None
@@ -61,9 +62,14 @@ def kept_alive(produce: Awaitable[bytes], every_s: float, request_id: str) -> As
                 raw = orjson.dumps(err.to_body())
             except Exception as exc:  # noqa: BLE001 - the status is already sent
                 log.error("unexpected %s in a keep-alive call (request %s)", type(exc).__name__, request_id)
-                raw = orjson.dumps(ApiError(
-                    f"The gateway hit an internal error; retry, quoting request id {request_id}.",
-                    status=500, type="server_error", code="internal_error").to_body())
+                raw = orjson.dumps(
+                    ApiError(
+                        f"The gateway hit an internal error; retry, quoting request id {request_id}.",
+                        status=500,
+                        type="server_error",
+                        code="internal_error",
+                    ).to_body()
+                )
             yield raw
         finally:
             if not task.done():

@@ -48,32 +48,59 @@ class Metrics:
         self._registry = CollectorRegistry()
         reg = None if self.multiproc_dir else self._registry
         self.http_requests = Counter(
-            "imagerelay_http_requests", "HTTP requests answered, by method, route template and status.",
-            ["method", "path", "status"], registry=reg)
+            "imagerelay_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "path", "status"],
+            registry=reg,
+        )
         self.http_duration = Histogram(
-            "imagerelay_http_request_duration_seconds", "Time from request to the end of the response.",
-            ["path"], buckets=LATENCY_BUCKETS, registry=reg)
+            "imagerelay_http_request_duration_seconds",
+            "Time from request to the end of the response.",
+            ["path"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.in_flight = Gauge(
-            "imagerelay_http_requests_in_flight", "HTTP requests being served now.",
-            registry=reg, multiprocess_mode="livesum")
+            "imagerelay_http_requests_in_flight",
+            "HTTP requests being served now.",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
         self.calls = Counter(
-            "imagerelay_calls", "Image calls (one per usage record), by token group, model, route, endpoint and status.",
-            ["group", "model", "route", "endpoint", "status"], registry=reg)
+            "imagerelay_calls",
+            "Image calls (one per usage record), by token group, model, route, endpoint and status.",
+            ["group", "model", "route", "endpoint", "status"],
+            registry=reg,
+        )
         self.call_duration = Histogram(
-            "imagerelay_call_duration_seconds", "Latency of image calls as recorded in the usage record.",
-            ["group", "route", "endpoint"], buckets=LATENCY_BUCKETS, registry=reg)
+            "imagerelay_call_duration_seconds",
+            "Latency of image calls as recorded in the usage record.",
+            ["group", "route", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.upstream_duration = Histogram(
-            "imagerelay_upstream_duration_seconds", "Latency of the upstream attempt that answered a plain call.",
-            ["channel"], buckets=LATENCY_BUCKETS, registry=reg)
+            "imagerelay_upstream_duration_seconds",
+            "Latency of the upstream attempt that answered a plain call.",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.upstream_attempts = Counter(
-            "imagerelay_upstream_attempts", "Upstream results counted against a channel's health, by outcome "
-            "(ok or the failure kind).", ["channel", "outcome"], registry=reg)
+            "imagerelay_upstream_attempts",
+            "Upstream results counted against a channel's health, by outcome (ok or the failure kind).",
+            ["channel", "outcome"],
+            registry=reg,
+        )
         self.upstream_failures = Counter(
-            "imagerelay_upstream_failures", "Upstream failures by channel and kind.",
-            ["channel", "kind"], registry=reg)
+            "imagerelay_upstream_failures", "Upstream failures by channel and kind.", ["channel", "kind"], registry=reg
+        )
         self.charged = Counter(
-            "imagerelay_charged_usd_micros", "Money settled (charged to balances), in micro-dollars.",
-            ["group", "route"], registry=reg)
+            "imagerelay_charged_usd_micros",
+            "Money settled (charged to balances), in micro-dollars.",
+            ["group", "route"],
+            registry=reg,
+        )
 
         # prometheus-client's labels() validates and locks on every call (~2 us each);
         # a label set seen once is looked up in a dict afterwards.
@@ -151,8 +178,13 @@ class _Fixed(Collector):
         return iter(self._families)
 
 
-def gauge(name: str, doc: str, value: float | None = None, labels: Iterable[str] = (),
-          samples: Iterable[tuple[list[str], float]] = ()) -> GaugeMetricFamily:
+def gauge(
+    name: str,
+    doc: str,
+    value: float | None = None,
+    labels: Iterable[str] = (),
+    samples: Iterable[tuple[list[str], float]] = (),
+) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, doc, value=value, labels=list(labels) or None)
     for label_values, v in samples:
         family.add_metric(label_values, v)

@@ -32,6 +32,8 @@ from imagerelay.admission import AdmissionGate
 from imagerelay.catalog.loader import Catalog, ResolvedRoute
 from imagerelay.domain import money, pricing
 from imagerelay.domain import usage as token_rules
+from imagerelay.domain.accounts import TokenInfo
+from imagerelay.domain.records import UsageRecord
 from imagerelay.domain.sizes import dimensions_for
 from imagerelay.domain.types import ImageRequest, InputImage, Usage
 from imagerelay.domain.validation import RouteHints, build_hints, validate_edit, validate_generation
@@ -45,8 +47,6 @@ from imagerelay.errors import (
 )
 from imagerelay.imagestore import ImageStore
 from imagerelay.logs import request_id_var
-from imagerelay.domain.accounts import TokenInfo
-from imagerelay.domain.records import UsageRecord
 from imagerelay.storage.billing import Billing
 from imagerelay.storage.channels import ChannelDirectory
 from imagerelay.storage.idempotency import IdempotencyStore, Replay
@@ -106,8 +106,14 @@ class RelayAnswer:
 
 class Relay:
     def __init__(
-        self, catalog: Catalog, directory: ChannelDirectory, pool: ChannelPool, billing: Billing, store: ImageStore,
-        idempotency: IdempotencyStore, observe: Callable[[UsageRecord], None] | None = None,
+        self,
+        catalog: Catalog,
+        directory: ChannelDirectory,
+        pool: ChannelPool,
+        billing: Billing,
+        store: ImageStore,
+        idempotency: IdempotencyStore,
+        observe: Callable[[UsageRecord], None] | None = None,
         admission: AdmissionGate | None = None,
     ) -> None:
         self.catalog = catalog
@@ -177,12 +183,22 @@ class Relay:
                 call.fields, route.spec, route.profile, self.hints[(route.spec.group, route.spec.model)]
             )
         return lambda route: validate_edit(
-            call.fields, call.images, call.mask, route.spec, route.profile,
-            self.hints[(route.spec.group, route.spec.model)], from_multipart=call.from_multipart,
+            call.fields,
+            call.images,
+            call.mask,
+            route.spec,
+            route.profile,
+            self.hints[(route.spec.group, route.spec.model)],
+            from_multipart=call.from_multipart,
         )
 
     async def begin(
-        self, ctx: CallContext, call: ParsedCall, *, idempotency_key: str | None, keepalive_s: float | None,
+        self,
+        ctx: CallContext,
+        call: ParsedCall,
+        *,
+        idempotency_key: str | None,
+        keepalive_s: float | None,
         render: Callable[[dict[str, Any]], bytes],
     ) -> SyncCall:
         """A synchronous call up to its upstream call: its keep-alive interval (the
@@ -250,13 +266,18 @@ class Relay:
         return PreparedCall(ctx, route, request, record, hold)
 
     async def _hold(
-        self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, hold_ttl_s: float | None,
+        self,
+        ctx: CallContext,
+        route: ResolvedRoute,
+        request: ImageRequest,
+        hold_ttl_s: float | None,
         call: UsageRecord | None = None,
     ) -> int:
         quote = self._worst_case(route, request)
         ttl = hold_ttl_s if hold_ttl_s is not None else self.pool.policy.deadline_s + HOLD_MARGIN_S
-        held = await self.billing.place_hold(ctx.request_id, ctx.token.user_id, quote.micros, ttl,
-                                             token_id=ctx.token.id, call=call)
+        held = await self.billing.place_hold(
+            ctx.request_id, ctx.token.user_id, quote.micros, ttl, token_id=ctx.token.id, call=call
+        )
         if held == "balance":
             raise InsufficientQuota(
                 f"Your balance does not cover this call (up to {money.format_usd(quote.micros)}). "
@@ -301,9 +322,7 @@ class Relay:
     def _worst_case(self, route: ResolvedRoute, request: ImageRequest) -> pricing.PriceQuote:
         dims = dimensions_for(request.size, route.profile.default_size)
         width, height = dims if dims else (None, None)
-        return pricing.worst_case_quote(
-            request, route.spec, route.prices, route.group.multiplier, width, height
-        )
+        return pricing.worst_case_quote(request, route.spec, route.prices, route.group.multiplier, width, height)
 
     def _final_quote(self, route: ResolvedRoute, request: ImageRequest, usage: Usage | None) -> pricing.PriceQuote:
         dims = dimensions_for(request.size, route.profile.default_size)
@@ -314,8 +333,13 @@ class Relay:
         self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, record: UsageRecord
     ) -> RelayAnswer:
         try:
-            outcome = await self.pool.call(self.directory.channels_for(route.spec.pool), route.upstream_model,
-                                           route.profile.default_size, request, max_attempts=route.spec.max_attempts)
+            outcome = await self.pool.call(
+                self.directory.channels_for(route.spec.pool),
+                route.upstream_model,
+                route.profile.default_size,
+                request,
+                max_attempts=route.spec.max_attempts,
+            )
             record.channel, record.attempts = outcome.channel, outcome.attempts
             record.upstream_latency_ms = outcome.upstream_latency_ms
             # url answers are written to the image store (S3: the network) while
@@ -387,7 +411,10 @@ class Relay:
     ) -> AsyncIterator[bytes]:
         try:
             opened = await self.pool.open_stream(
-                self.directory.channels_for(route.spec.pool), route.upstream_model, route.profile.default_size, request,
+                self.directory.channels_for(route.spec.pool),
+                route.upstream_model,
+                route.profile.default_size,
+                request,
                 max_attempts=route.spec.max_attempts,
             )
         except BaseException as exc:
@@ -433,8 +460,14 @@ class Relay:
         return frames()
 
     async def _settle_delivered(
-        self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, record: UsageRecord,
-        usage: Usage | None, delivered: int, failure: BaseException | None,
+        self,
+        ctx: CallContext,
+        route: ResolvedRoute,
+        request: ImageRequest,
+        record: UsageRecord,
+        usage: Usage | None,
+        delivered: int,
+        failure: BaseException | None,
     ) -> None:
         """Settle a stream for the ``delivered`` images the client received: all of
         them on a clean end, a share after a cut (recorded with what cut it)."""
@@ -477,8 +510,14 @@ class SyncCall:
     __slots__ = ("_relay", "_ctx", "_prepared", "_key", "keepalive_s", "_render", "replay")
 
     def __init__(
-        self, relay: Relay, ctx: CallContext, prepared: PreparedCall | None, key: str | None,
-        keepalive_s: float | None, render: Callable[[dict[str, Any]], bytes], replay: Replay | None = None,
+        self,
+        relay: Relay,
+        ctx: CallContext,
+        prepared: PreparedCall | None,
+        key: str | None,
+        keepalive_s: float | None,
+        render: Callable[[dict[str, Any]], bytes],
+        replay: Replay | None = None,
     ) -> None:
         self._relay, self._ctx, self._prepared, self._key = relay, ctx, prepared, key
         self.keepalive_s = keepalive_s  # None: answer plainly; else send a space this often (kept_alive)

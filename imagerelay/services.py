@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagerelay.admission import AdmissionGate
-from imagerelay.catalog.loader import Catalog, load_catalog
-from imagerelay.config import Settings
 from imagerelay.blobs import StoreUnavailable
 from imagerelay.blobs.areas import build_areas
+from imagerelay.catalog.loader import Catalog, load_catalog
+from imagerelay.config import Settings
 from imagerelay.imagestore import ImageStore
 from imagerelay.jobs import JobService
 from imagerelay.limits.local import Limiter, TokenLimiter
@@ -24,11 +24,11 @@ from imagerelay.secretbox import SecretBox
 from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.billing import Billing
 from imagerelay.storage.channels import ChannelDirectory
+from imagerelay.storage.db import TransactionRunner, create_engine
+from imagerelay.storage.gauges import Gauges
 from imagerelay.storage.idempotency import IdempotencyStore
 from imagerelay.storage.instances import Instances
 from imagerelay.storage.logins import Logins
-from imagerelay.storage.db import TransactionRunner, create_engine
-from imagerelay.storage.gauges import Gauges
 from imagerelay.storage.migrate import prepare as prepare_schema
 from imagerelay.storage.usage_stats import UsageReports
 from imagerelay.upstreams.pool import ChannelPool, PoolPolicy
@@ -36,10 +36,10 @@ from imagerelay.upstreams.registry import build_connectors
 
 # redis-py is an optional dependency (imagerelay[redis]): imported only when configured.
 if TYPE_CHECKING:
+    from imagerelay.console.passwords import Hasher
     from imagerelay.limits.connection import SharedRedis
     from imagerelay.limits.redis import RedisTokenLimiter
     from imagerelay.upstreams.cooldowns import RedisCooldowns
-    from imagerelay.console.passwords import Hasher
 
 log = logging.getLogger("imagerelay")
 
@@ -77,8 +77,10 @@ class SharedState:
         except ModuleNotFoundError as exc:
             if exc.name != "redis" and not (exc.name or "").startswith("redis."):
                 raise
-            raise RuntimeError("IMAGERELAY_REDIS_URL is set but redis-py is not installed; "
-                               "install it with: pip install 'imagerelay[redis]'") from None
+            raise RuntimeError(
+                "IMAGERELAY_REDIS_URL is set but redis-py is not installed; "
+                "install it with: pip install 'imagerelay[redis]'"
+            ) from None
         redis = SharedRedis(url, prefix)
         return cls(redis, RedisTokenLimiter(redis), RedisCooldowns(redis))
 
@@ -123,58 +125,113 @@ class Services:
         catalog = catalog or load_catalog(settings.catalog)
         engine = create_engine(settings.resolved_database_url())
         accounts = Accounts(engine, cache_ttl_s=settings.token_cache_ttl_s)
-        runner = TransactionRunner(settings.resolved_database_url(), pg_pool_size=settings.db_pool_size,
-                                   pg_synchronous_commit=settings.db_synchronous_commit)
+        runner = TransactionRunner(
+            settings.resolved_database_url(),
+            pg_pool_size=settings.db_pool_size,
+            pg_synchronous_commit=settings.db_synchronous_commit,
+        )
         instances = Instances(engine, settings.data_dir / "instances", lease_s=settings.instance_lease_s)
         billing = Billing(engine, runner, instance_id=instances.id)
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
-        directory = ChannelDirectory(engine, box, catalog.file.channels,
-                                     known_pools={r.spec.pool for r in catalog.routes.values()},
-                                     mixed_pools=catalog.file.mixed_simulator_pools)
+        directory = ChannelDirectory(
+            engine,
+            box,
+            catalog.file.channels,
+            known_pools={r.spec.pool for r in catalog.routes.values()},
+            mixed_pools=catalog.file.mixed_simulator_pools,
+        )
 
         async def persist_disable(name: str, reason: str) -> None:
             await directory.set_enabled(name, False, reason)
 
         policy = PoolPolicy(
-            max_attempts=settings.max_attempts, deadline_s=settings.call_deadline_s,
-            breaker_threshold=settings.breaker_threshold, cooldown_s=settings.breaker_cooldown_s,
-            breaker_failure_rate=settings.breaker_failure_rate, breaker_window_s=settings.breaker_window_s,
+            max_attempts=settings.max_attempts,
+            deadline_s=settings.call_deadline_s,
+            breaker_threshold=settings.breaker_threshold,
+            cooldown_s=settings.breaker_cooldown_s,
+            breaker_failure_rate=settings.breaker_failure_rate,
+            breaker_window_s=settings.breaker_window_s,
             max_retry_after_s=settings.max_retry_after_s,
-            backoff_base_s=settings.retry_backoff_s, backoff_max_s=settings.retry_backoff_max_s,
+            backoff_base_s=settings.retry_backoff_s,
+            backoff_max_s=settings.retry_backoff_max_s,
         )
         shared = SharedState.connect(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
         metrics = Metrics(catalog.file.models)
-        pool = ChannelPool(connectors=build_connectors(settings.upstream_max_answer_bytes,
-                                                    settings.upstream_answer_memory_bytes), policy=policy,
-                           key_resolver=directory.key_for, on_disable=persist_disable,
-                           shared=shared.cooldowns if shared else None, observe=metrics.observe_attempt)
+        pool = ChannelPool(
+            connectors=build_connectors(settings.upstream_max_answer_bytes, settings.upstream_answer_memory_bytes),
+            policy=policy,
+            key_resolver=directory.key_for,
+            on_disable=persist_disable,
+            shared=shared.cooldowns if shared else None,
+            observe=metrics.observe_attempt,
+        )
         directory.on_reenabled = pool.enable  # re-enabled elsewhere: forget local disables
-        store = ImageStore(build_areas(settings, engine), settings.signing_key(), settings.image_url_ttl_s,
-                           presigned=settings.image_urls == "presigned")
+        store = ImageStore(
+            build_areas(settings, engine),
+            settings.signing_key(),
+            settings.image_url_ttl_s,
+            presigned=settings.image_urls == "presigned",
+        )
         idempotency = IdempotencyStore(
-            engine, instances=instances, running_ttl_s=settings.call_deadline_s + HOLD_MARGIN_S)
-        relay = Relay(catalog, directory, pool, billing, store, idempotency, observe=metrics.observe_call,
-                      admission=AdmissionGate(settings.admission_concurrency))
+            engine, instances=instances, running_ttl_s=settings.call_deadline_s + HOLD_MARGIN_S
+        )
+        relay = Relay(
+            catalog,
+            directory,
+            pool,
+            billing,
+            store,
+            idempotency,
+            observe=metrics.observe_call,
+            admission=AdmissionGate(settings.admission_concurrency),
+        )
         limiter: Limiter = shared.limiter if shared else TokenLimiter()
         jobs = JobService(
-            engine, relay, accounts, store,
-            ttl_s=settings.job_ttl_s, workers=settings.job_workers,
-            webhook_secret=settings.webhook_master_key(), webhook_allow_private=settings.webhook_allow_private,
-            webhook_backoff_s=settings.webhook_backoff_s, webhook_timeout_s=settings.webhook_timeout_s,
-            webhook_concurrency=settings.webhook_concurrency, limiter=limiter,
+            engine,
+            relay,
+            accounts,
+            store,
+            ttl_s=settings.job_ttl_s,
+            workers=settings.job_workers,
+            webhook_secret=settings.webhook_master_key(),
+            webhook_allow_private=settings.webhook_allow_private,
+            webhook_backoff_s=settings.webhook_backoff_s,
+            webhook_timeout_s=settings.webhook_timeout_s,
+            webhook_concurrency=settings.webhook_concurrency,
+            limiter=limiter,
             max_active_per_user=settings.job_max_active_per_user,
-            max_active_per_token=settings.job_max_active_per_token, instances=instances,
+            max_active_per_token=settings.job_max_active_per_token,
+            instances=instances,
         )
         accounts.on_keys_ended = jobs.end_queued  # a revoked key's queued jobs end at once
-        return cls(settings, catalog, engine, accounts, billing, directory, pool, store, relay,
-                   idempotency, jobs, runner, instances, UsageReports(engine), Logins(engine), Gauges(engine),
-                   limiter=limiter, shared=shared, metrics=metrics,
-                   passwords=_hasher(settings))
+        return cls(
+            settings,
+            catalog,
+            engine,
+            accounts,
+            billing,
+            directory,
+            pool,
+            store,
+            relay,
+            idempotency,
+            jobs,
+            runner,
+            instances,
+            UsageReports(engine),
+            Logins(engine),
+            Gauges(engine),
+            limiter=limiter,
+            shared=shared,
+            metrics=metrics,
+            passwords=_hasher(settings),
+        )
 
     async def start(self) -> None:
         # Usually a no-op here: `serve` prepared the schema before starting the workers.
-        await asyncio.to_thread(prepare_schema, self.settings.resolved_database_url(),
-                                auto_upgrade=self.settings.auto_migrate)
+        await asyncio.to_thread(
+            prepare_schema, self.settings.resolved_database_url(), auto_upgrade=self.settings.auto_migrate
+        )
         await self.directory.load()
         try:  # say so now if the store is unreachable; calls answer 503 until it is back
             await self.store.areas.check()

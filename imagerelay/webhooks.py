@@ -60,7 +60,9 @@ class PinnedSender:
         # No pooled connections: each delivery connects to the address it just checked,
         # and a reply whose body is left unread closes its connection anyway.
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s), follow_redirects=False, trust_env=False,
+            timeout=httpx.Timeout(timeout_s),
+            follow_redirects=False,
+            trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=0),
         )
 
@@ -101,8 +103,11 @@ class PinnedSender:
         host_header = host if target.port == default_port else f"{host}:{target.port}"
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         return self._http.build_request(
-            "POST", url.copy_with(host=target.address), content=body,
-            headers={**headers, "Host": host_header}, extensions=extensions,
+            "POST",
+            url.copy_with(host=target.address),
+            content=body,
+            headers={**headers, "Host": host_header},
+            extensions=extensions,
         )
 
     async def aclose(self) -> None:
@@ -160,9 +165,11 @@ class WebhookDispatcher:
     async def schedule(self, job_id: str) -> None:
         """Mark a finished job's webhook (if it has one) due now."""
         async with self._engine.begin() as conn:
-            await conn.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.webhook_url.is_not(None),
-                                                  jobs.c.webhook_state.is_(None))
-                               .values(webhook_state="pending", webhook_next_at=time.time()))
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.webhook_url.is_not(None), jobs.c.webhook_state.is_(None))
+                .values(webhook_state="pending", webhook_next_at=time.time())
+            )
         self._wake.set()
 
     # -- the loop ------------------------------------------------------------------------
@@ -228,9 +235,10 @@ class WebhookDispatcher:
         lease_until = time.time() + self._timeout_s + LEASE_MARGIN_S
         async with self._engine.begin() as conn:
             res = await conn.execute(
-                update(jobs).where(jobs.c.id == job_id, jobs.c.webhook_state == "pending",
-                                   jobs.c.webhook_next_at == next_at)
-                .values(webhook_next_at=lease_until))
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.webhook_state == "pending", jobs.c.webhook_next_at == next_at)
+                .values(webhook_next_at=lease_until)
+            )
         return res.rowcount == 1
 
     async def _deliver(self, job_id: str, user_id: int) -> None:
@@ -253,11 +261,15 @@ class WebhookDispatcher:
         ts = int(time.time())
         ok = False
         try:
-            status = await self._sender.post(row["webhook_url"], body, {
-                "Content-Type": "application/json",
-                "X-Imagerelay-Signature": self.sign(row["user_id"], ts, body),
-                "X-Imagerelay-Job-Id": job_id,
-            })
+            status = await self._sender.post(
+                row["webhook_url"],
+                body,
+                {
+                    "Content-Type": "application/json",
+                    "X-Imagerelay-Signature": self.sign(row["user_id"], ts, body),
+                    "X-Imagerelay-Job-Id": job_id,
+                },
+            )
             ok = 200 <= status < 300
             if not ok:
                 log.info("webhook for %s answered %d", job_id, status)

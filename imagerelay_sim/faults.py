@@ -34,7 +34,11 @@ def openai_error(
 
 
 def azure_error(
-    status: int, code: str, message: str, *, extra: Mapping[str, Any] | None = None,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    extra: Mapping[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> SimError:
     """Azure's own (gateway-level) shape: ``{"error": {"code", "message", ...}}``."""
@@ -43,8 +47,14 @@ def azure_error(
 
 def _invalid_value(param: str, value: object, allowed: Sequence[str]) -> SimError:
     quoted = [f"'{a}'" for a in allowed]
-    listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + (", and " if len(quoted) > 2 else " and ") + quoted[-1]
-    return openai_error(400, f"Invalid value: '{value}'. Supported values are: {listed}.", param=param, code="invalid_value")
+    listed = (
+        quoted[0]
+        if len(quoted) == 1
+        else ", ".join(quoted[:-1]) + (", and " if len(quoted) > 2 else " and ") + quoted[-1]
+    )
+    return openai_error(
+        400, f"Invalid value: '{value}'. Supported values are: {listed}.", param=param, code="invalid_value"
+    )
 
 
 # =========================================================================== faults
@@ -78,18 +88,47 @@ FAULT_TYPES: tuple[str, ...] = (
 #: The faults that only change the ``usage`` of a successful answer.
 USAGE_FAULTS = frozenset({"no_usage", "empty_usage", "zero_usage", "garbage_usage"})
 _FAULT_ALIASES = {
-    "500": "server_error", "503": "overloaded", "429": "rate_limit", "401": "unauthorized",
-    "connection_reset": "reset", "truncated": "truncate", "truncated_body": "truncate",
-    "data_url": "data_url_prefix", "missing_padding": "no_padding", "undecodable_base64": "bad_base64",
-    "moderation_blocked": "moderation", "contentFilter": "content_filter",
+    "500": "server_error",
+    "503": "overloaded",
+    "429": "rate_limit",
+    "401": "unauthorized",
+    "connection_reset": "reset",
+    "truncated": "truncate",
+    "truncated_body": "truncate",
+    "data_url": "data_url_prefix",
+    "missing_padding": "no_padding",
+    "undecodable_base64": "bad_base64",
+    "moderation_blocked": "moderation",
+    "contentFilter": "content_filter",
 }
 _FAULT_KEYS = frozenset(
-    {"type", "count", "rate", "seed", "endpoint", "latency_s", "latency_jitter_s", "retry_after",
-     "retry_after_ms", "status", "body", "headers", "message"}
+    {
+        "type",
+        "count",
+        "rate",
+        "seed",
+        "endpoint",
+        "latency_s",
+        "latency_jitter_s",
+        "retry_after",
+        "retry_after_ms",
+        "status",
+        "body",
+        "headers",
+        "message",
+    }
 )
 _RESPONSE_FAULTS = frozenset(
-    {"truncate", "invalid_json", "data_url_prefix", "no_padding", "bad_base64", "stream_cut", "stream_error",
-     *USAGE_FAULTS}
+    {
+        "truncate",
+        "invalid_json",
+        "data_url_prefix",
+        "no_padding",
+        "bad_base64",
+        "stream_cut",
+        "stream_error",
+        *USAGE_FAULTS,
+    }
 )
 
 
@@ -116,8 +155,13 @@ class FaultRule:
 
     def to_json(self) -> dict[str, Any]:
         out = {
-            "type": self.type, "count": self.count, "rate": self.rate, "seed": self.seed,
-            "endpoint": self.endpoint, "seen": self.seen, "fired": self.fired,
+            "type": self.type,
+            "count": self.count,
+            "rate": self.rate,
+            "seed": self.seed,
+            "endpoint": self.endpoint,
+            "seen": self.seen,
+            "fired": self.fired,
         }
         if self.type == "latency":
             out.update(latency_s=self.latency_s, latency_jitter_s=self.latency_jitter_s)
@@ -155,7 +199,9 @@ def parse_fault(raw: object) -> FaultRule:
     kind = str(raw.get("type", ""))
     kind = _FAULT_ALIASES.get(kind, kind)
     if kind not in FAULT_TYPES:
-        raise ValueError(f"unknown fault type {raw.get('type')!r}; known: {list(FAULT_TYPES)} and aliases {sorted(_FAULT_ALIASES)}")
+        raise ValueError(
+            f"unknown fault type {raw.get('type')!r}; known: {list(FAULT_TYPES)} and aliases {sorted(_FAULT_ALIASES)}"
+        )
 
     def num(key: str, default: float, lo: float, hi: float) -> float:
         value = raw.get(key, default)
@@ -209,8 +255,6 @@ class Verdict:
     outcome: FaultRule | None = None
 
 
-
-
 def faulty_usage(fault: FaultRule | None, usage: dict[str, Any]) -> dict[str, Any] | None:
     """The ``usage`` to answer with under ``fault`` (None: leave the key out)."""
     kind = fault.type if fault is not None else None
@@ -219,12 +263,21 @@ def faulty_usage(fault: FaultRule | None, usage: dict[str, Any]) -> dict[str, An
     if kind == "empty_usage":
         return {}
     if kind == "zero_usage":
-        return {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0,
-                "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
-                "output_tokens_details": {"image_tokens": 0, "text_tokens": 0}}
+        return {
+            "total_tokens": 0,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
+            "output_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+        }
     if kind == "garbage_usage":
-        return {"total_tokens": "many", "input_tokens": -5, "output_tokens": 1.5,
-                "input_tokens_details": {"text_tokens": "x"}, "output_tokens_details": None}
+        return {
+            "total_tokens": "many",
+            "input_tokens": -5,
+            "output_tokens": 1.5,
+            "input_tokens_details": {"text_tokens": "x"},
+            "output_tokens_details": None,
+        }
     return usage
 
 
@@ -232,6 +285,8 @@ def echo_key_error(given_key: str, url: str) -> SimError:
     """What a careless upstream (or a proxy in front of one) answers: the caller's key
     and its own address in the message, and the key in the code too."""
     return openai_error(
-        400, f"Invalid request from key {given_key} to {url}: the key {given_key} is not allowed here.",
-        code=f"key_rejected:{given_key}", param=given_key,
+        400,
+        f"Invalid request from key {given_key} to {url}: the key {given_key} is not allowed here.",
+        code=f"key_rejected:{given_key}",
+        param=given_key,
     )

@@ -20,13 +20,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from imagerelay.domain.types import ImageRequest, InputImage
+from imagerelay.simulation.render import resolve_dimensions
 from imagerelay_sim.faults import (
     _invalid_value,
     openai_error,
 )
-from imagerelay.simulation.render import resolve_dimensions
 from imagerelay_sim.state import Endpoint, SimState
-
 
 #: Models the ``openai`` protocol accepts (others: 400 "The model 'x' does not exist.").
 DEFAULT_MODELS: tuple[str, ...] = (
@@ -53,8 +52,20 @@ _MAGIC_MIME = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg"}
 
 _GEN_PARAMS = frozenset(
     {
-        "prompt", "model", "n", "size", "quality", "background", "output_format", "output_compression",
-        "moderation", "response_format", "stream", "partial_images", "user", "safety_identifier",
+        "prompt",
+        "model",
+        "n",
+        "size",
+        "quality",
+        "background",
+        "output_format",
+        "output_compression",
+        "moderation",
+        "response_format",
+        "stream",
+        "partial_images",
+        "user",
+        "safety_identifier",
     }
 )
 _EDIT_FORM_PARAMS = _GEN_PARAMS | {"input_fidelity"}
@@ -157,17 +168,28 @@ async def _read_body(request: Request) -> tuple[_Body, dict[str, Any]]:
             if isinstance(item, UploadFile):
                 content = await item.read()
                 files.append((name, item, content))
-                parts.append({
-                    "name": name, "filename": item.filename, "content_type": item.content_type,
-                    "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
-                })
+                parts.append(
+                    {
+                        "name": name,
+                        "filename": item.filename,
+                        "content_type": item.content_type,
+                        "size": len(content),
+                        "sha256": hashlib.sha256(content).hexdigest(),
+                    }
+                )
             else:
                 text = str(item)
                 values[name] = text
-                parts.append({
-                    "name": name, "filename": None, "content_type": None, "size": len(text.encode()),
-                    "sha256": hashlib.sha256(text.encode()).hexdigest(), "value": _summarize(text),
-                })
+                parts.append(
+                    {
+                        "name": name,
+                        "filename": None,
+                        "content_type": None,
+                        "size": len(text.encode()),
+                        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                        "value": _summarize(text),
+                    }
+                )
         await form.close()
         entry["parts"] = parts
         entry["form"] = {k: _summarize(v) for k, v in values.items()}
@@ -215,8 +237,10 @@ class _Params:
             return None
         if not isinstance(value, str):
             raise openai_error(
-                400, f"Invalid type for '{name}': expected a string, but got {_json_type(value)} instead.",
-                param=name, code="invalid_type",
+                400,
+                f"Invalid type for '{name}': expected a string, but got {_json_type(value)} instead.",
+                param=name,
+                code="invalid_type",
             )
         if allowed is not None and value not in allowed:
             raise _invalid_value(name, value, allowed)
@@ -231,23 +255,31 @@ class _Params:
                 value = int(value.strip())
             except ValueError:
                 raise openai_error(
-                    400, f"Invalid type for '{name}': expected an integer, but got a string instead.",
-                    param=name, code="invalid_type",
+                    400,
+                    f"Invalid type for '{name}': expected an integer, but got a string instead.",
+                    param=name,
+                    code="invalid_type",
                 ) from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise openai_error(
-                400, f"Invalid type for '{name}': expected an integer, but got {_json_type(value)} instead.",
-                param=name, code="invalid_type",
+                400,
+                f"Invalid type for '{name}': expected an integer, but got {_json_type(value)} instead.",
+                param=name,
+                code="invalid_type",
             )
         if value < lo:
             raise openai_error(
-                400, f"Invalid '{name}': integer below minimum value. Expected a value >= {lo}, but got {value} instead.",
-                param=name, code="integer_below_min_value",
+                400,
+                f"Invalid '{name}': integer below minimum value. Expected a value >= {lo}, but got {value} instead.",
+                param=name,
+                code="integer_below_min_value",
             )
         if value > hi:
             raise openai_error(
-                400, f"Invalid '{name}': integer above maximum value. Expected a value <= {hi}, but got {value} instead.",
-                param=name, code="integer_above_max_value",
+                400,
+                f"Invalid '{name}': integer above maximum value. Expected a value <= {hi}, but got {value} instead.",
+                param=name,
+                code="integer_above_max_value",
             )
         return value
 
@@ -264,8 +296,10 @@ class _Params:
         if isinstance(value, bool):
             return value
         raise openai_error(
-            400, f"Invalid type for '{name}': expected a boolean, but got {_json_type(value)} instead.",
-            param=name, code="invalid_type",
+            400,
+            f"Invalid type for '{name}': expected a boolean, but got {_json_type(value)} instead.",
+            param=name,
+            code="invalid_type",
         )
 
 
@@ -301,8 +335,10 @@ def _check_size(size: str, model: str) -> None:
     m = _SIZE_RE.match(size)
     if not m:
         raise openai_error(
-            400, f"Invalid size '{size}'. Size must be 'auto' or 'WIDTHxHEIGHT', e.g. '1024x1024'.",
-            param="size", code="invalid_value",
+            400,
+            f"Invalid size '{size}'. Size must be 'auto' or 'WIDTHxHEIGHT', e.g. '1024x1024'.",
+            param="size",
+            code="invalid_value",
         )
     w, h = int(m.group(1)), int(m.group(2))
     problem = None
@@ -335,12 +371,15 @@ def _open_input(data: bytes, mime: str | None, param: str, filename: str, index:
             400,
             f"Invalid file '{param}': unsupported mimetype ('{mime or 'none'}'). "
             "Supported file formats are 'image/jpeg', 'image/png', and 'image/webp'.",
-            param=param, code="unsupported_file_mimetype",
+            param=param,
+            code="unsupported_file_mimetype",
         )
     if len(data) > MAX_FILE_BYTES:
         raise openai_error(
-            400, f"Invalid file '{param}': file too large ({len(data)} bytes). Maximum size is 50MB.",
-            param=param, code="file_too_large",
+            400,
+            f"Invalid file '{param}': file too large ({len(data)} bytes). Maximum size is 50MB.",
+            param=param,
+            code="file_too_large",
         )
     try:
         if _sniff_mime(data) is None:
@@ -349,8 +388,10 @@ def _open_input(data: bytes, mime: str | None, param: str, filename: str, index:
             width, height = img.size
     except (UnidentifiedImageError, OSError, ValueError):
         raise openai_error(
-            400, f"Invalid image file or mode for image {index + 1}, please check your image file.",
-            param=param, code="invalid_image_file",
+            400,
+            f"Invalid image file or mode for image {index + 1}, please check your image file.",
+            param=param,
+            code="invalid_image_file",
         ) from None
     return _Input(data=data, mime=mime, width=width, height=height, param=param, filename=filename)
 
@@ -363,9 +404,11 @@ async def _fetch_image_url(url: str, param: str) -> tuple[bytes, str | None]:
     m = _DATA_URL_RE.match(url)
     if m:
         try:
-            return base64.b64decode(url[m.end():], validate=True), m.group(1)
+            return base64.b64decode(url[m.end() :], validate=True), m.group(1)
         except (binascii.Error, ValueError):
-            raise openai_error(400, f"Invalid base64 data in '{param}'.", param=param, code="invalid_image_url") from None
+            raise openai_error(
+                400, f"Invalid base64 data in '{param}'.", param=param, code="invalid_image_url"
+            ) from None
     if url.startswith(("http://", "https://")):
         try:
             async with httpx.AsyncClient(timeout=10.0, follow_redirects=True) as client:
@@ -390,8 +433,11 @@ async def _collect_inputs(body: _Body) -> tuple[list[_Input], _Input | None]:
                 raise openai_error(400, f"Invalid '{name}': expected a file upload.", param=name, code="invalid_type")
         if len(image_parts) > MAX_IMAGES:
             raise openai_error(
-                400, f"Invalid 'image': array too long. Expected an array with maximum length {MAX_IMAGES}, "
-                f"but got an array with length {len(image_parts)} instead.", param="image", code="array_above_max_length",
+                400,
+                f"Invalid 'image': array too long. Expected an array with maximum length {MAX_IMAGES}, "
+                f"but got an array with length {len(image_parts)} instead.",
+                param="image",
+                code="array_above_max_length",
             )
         for i, (_name, part, data) in enumerate(image_parts):
             images.append(_open_input(data, part.content_type, f"image[{i}]", part.filename or "image.png", i))
@@ -404,11 +450,16 @@ async def _collect_inputs(body: _Body) -> tuple[list[_Input], _Input | None]:
         raw_images = body.values.get("images")
         if raw_images is not None:
             if not isinstance(raw_images, list):
-                raise openai_error(400, "Invalid type for 'images': expected an array.", param="images", code="invalid_type")
+                raise openai_error(
+                    400, "Invalid type for 'images': expected an array.", param="images", code="invalid_type"
+                )
             if len(raw_images) > MAX_IMAGES:
                 raise openai_error(
-                    400, f"Invalid 'images': array too long. Expected an array with maximum length {MAX_IMAGES}, "
-                    f"but got an array with length {len(raw_images)} instead.", param="images", code="array_above_max_length",
+                    400,
+                    f"Invalid 'images': array too long. Expected an array with maximum length {MAX_IMAGES}, "
+                    f"but got an array with length {len(raw_images)} instead.",
+                    param="images",
+                    code="array_above_max_length",
                 )
             for i, ref in enumerate(raw_images):
                 images.append(await _json_image(ref, f"images[{i}]", i))
@@ -416,7 +467,9 @@ async def _collect_inputs(body: _Body) -> tuple[list[_Input], _Input | None]:
         if raw_mask is not None:
             mask = await _json_image(raw_mask, "mask", 0)
     if not images:
-        raise openai_error(400, "Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
+        raise openai_error(
+            400, "Missing required parameter: 'image'.", param="image", code="missing_required_parameter"
+        )
     if mask is not None and (mask.width, mask.height) != (images[0].width, images[0].height):
         raise openai_error(
             400, "Invalid mask image format - mask size does not match image size", param="mask", code="invalid_value"
@@ -429,13 +482,19 @@ async def _json_image(ref: object, param: str, index: int) -> _Input:
         raise openai_error(400, f"Invalid type for '{param}': expected an object.", param=param, code="invalid_type")
     if ref.get("file_id") is not None:
         raise openai_error(
-            400, f"Invalid '{param}.file_id': file ids are not available on the upstream simulator; use image_url.",
-            param=f"{param}.file_id", code="invalid_value",
+            400,
+            f"Invalid '{param}.file_id': file ids are not available on the upstream simulator; use image_url.",
+            param=f"{param}.file_id",
+            code="invalid_value",
         )
     url = ref.get("image_url")
     if not isinstance(url, str) or not url:
-        raise openai_error(400, f"Missing required parameter: '{param}.image_url'.", param=f"{param}.image_url",
-                           code="missing_required_parameter")
+        raise openai_error(
+            400,
+            f"Missing required parameter: '{param}.image_url'.",
+            param=f"{param}.image_url",
+            code="missing_required_parameter",
+        )
     data, mime = await _fetch_image_url(url, f"{param}.image_url")
     return _open_input(data, mime, param, "image", index)
 
@@ -444,33 +503,51 @@ async def _json_image(ref: object, param: str, index: int) -> _Input:
 
 
 def _validate(
-    state: SimState, body: _Body, endpoint: Endpoint, *, model: str, model_in_body_forbidden: bool,
-    inputs: list[_Input], mask: _Input | None,
+    state: SimState,
+    body: _Body,
+    endpoint: Endpoint,
+    *,
+    model: str,
+    model_in_body_forbidden: bool,
+    inputs: list[_Input],
+    mask: _Input | None,
 ) -> _Call:
     """Check every parameter the way the service does and resolve what to render."""
     params = _Params(body)
     azure = state.protocol == "azure"
-    allowed = _GEN_PARAMS if endpoint == "generations" else (_EDIT_JSON_PARAMS if body.kind == "json" else _EDIT_FORM_PARAMS)
+    allowed = (
+        _GEN_PARAMS if endpoint == "generations" else (_EDIT_JSON_PARAMS if body.kind == "json" else _EDIT_FORM_PARAMS)
+    )
     for name in body.values:
         if name not in allowed and not (body.kind == "form" and (_IMAGE_FIELD.match(name) or name == "mask")):
             raise openai_error(400, f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
     if model_in_body_forbidden and params.present("model"):
         # Azure deployment URLs route by the URL; gpt-image-2 deployments reject a body model.
         raise openai_error(
-            400, f"The model '{body.values['model']}' does not exist.",
-            type="image_generation_user_error", param="model", code="invalid_value",
+            400,
+            f"The model '{body.values['model']}' does not exist.",
+            type="image_generation_user_error",
+            param="model",
+            code="invalid_value",
         )
     prompt = params.string("prompt")
     if not prompt:
-        raise openai_error(400, "Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+        raise openai_error(
+            400, "Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter"
+        )
     if len(prompt) > MAX_PROMPT:
         raise openai_error(
-            400, f"Invalid 'prompt': string too long. Expected a string with maximum length {MAX_PROMPT}, "
-            f"but got a string with length {len(prompt)} instead.", param="prompt", code="string_above_max_length",
+            400,
+            f"Invalid 'prompt': string too long. Expected a string with maximum length {MAX_PROMPT}, "
+            f"but got a string with length {len(prompt)} instead.",
+            param="prompt",
+            code="string_above_max_length",
         )
     if params.present("response_format"):
         # GPT image models always answer base64 and do not know this dall-e parameter.
-        raise openai_error(400, "Unknown parameter: 'response_format'.", param="response_format", code="unknown_parameter")
+        raise openai_error(
+            400, "Unknown parameter: 'response_format'.", param="response_format", code="unknown_parameter"
+        )
     n = params.integer("n", 1, 10) or 1
     size = params.string("size") or "auto"
     _check_size(size, model)
@@ -487,18 +564,24 @@ def _validate(
     fidelity = params.string("input_fidelity", ("low", "high"))
     if fidelity is not None and not _is_legacy(model):
         raise openai_error(
-            400, f"Unsupported parameter: 'input_fidelity' is not supported with model '{model}'.",
-            param="input_fidelity", code="unsupported_parameter",
+            400,
+            f"Unsupported parameter: 'input_fidelity' is not supported with model '{model}'.",
+            param="input_fidelity",
+            code="unsupported_parameter",
         )
     if background == "transparent" and output_format == "jpeg":
         raise openai_error(
-            400, "Transparent background is not supported for the 'jpeg' output format; use 'png' or 'webp'.",
-            param="background", code="invalid_value",
+            400,
+            "Transparent background is not supported for the 'jpeg' output format; use 'png' or 'webp'.",
+            param="background",
+            code="invalid_value",
         )
     if output_compression is not None and output_compression < 100 and output_format == "png":
         raise openai_error(
-            400, "Compression less than 100 is not supported for PNG output format.",
-            param="output_compression", code="invalid_value",
+            400,
+            "Compression less than 100 is not supported for PNG output format.",
+            param="output_compression",
+            code="invalid_value",
         )
     first = (inputs[0].width, inputs[0].height) if inputs else None
     width, height = resolve_dimensions(size, "auto", first)
@@ -522,7 +605,8 @@ def _validate(
         ),
         mask=(
             InputImage(data=b"", mime=mask.mime, width=mask.width, height=mask.height, part="mask")
-            if mask is not None else None
+            if mask is not None
+            else None
         ),
         upstream_params={"input_fidelity": fidelity} if fidelity else {},
     )
@@ -542,5 +626,3 @@ def _validate(
         inputs=inputs,
         request=request,
     )
-
-

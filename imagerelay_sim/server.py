@@ -66,6 +66,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from imagerelay.simulation.render import render_image
 from imagerelay_sim.faults import (
     FAULT_TYPES,
     FaultRule,
@@ -92,7 +93,6 @@ from imagerelay_sim.inbound import (
     _read_body,
     _validate,
 )
-from imagerelay.simulation.render import render_image
 from imagerelay_sim.state import Endpoint, SimState
 from imagerelay_sim.wire import (
     _SCOPE_SEND,
@@ -137,8 +137,19 @@ def _render_b64(state: SimState, call: _Call, index: int, partial: tuple[int, in
     key: tuple[Any, ...] | None = None
     if state.cache:
         digest = hashlib.sha256(b"".join(hashlib.sha256(s).digest() for s in sources)).hexdigest()
-        key = (call.prompt, call.width, call.height, call.output_format, call.background, call.output_compression,
-               index, digest, partial, incompressible, pad_needed)
+        key = (
+            call.prompt,
+            call.width,
+            call.height,
+            call.output_format,
+            call.background,
+            call.output_compression,
+            index,
+            digest,
+            partial,
+            incompressible,
+            pad_needed,
+        )
         hit = state.cached(key)
         if hit is not None:
             return hit
@@ -239,14 +250,18 @@ class _Handler:
             return
         if not bearer:
             raise openai_error(
-                401, "You didn't provide an API key. You need to provide your API key in an Authorization header "
-                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", code="invalid_api_key",
+                401,
+                "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code="invalid_api_key",
             )
         if bearer not in keys:
             shown = bearer[:3] + "*" * 3 + bearer[-4:] if len(bearer) > 8 else "***"
             raise openai_error(
-                401, f"Incorrect API key provided: {shown}. You can find your API key at "
-                "https://platform.openai.com/account/api-keys.", code="invalid_api_key",
+                401,
+                f"Incorrect API key provided: {shown}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
             )
 
     # ---- fault answers that replace the whole response
@@ -256,53 +271,110 @@ class _Handler:
         headers = dict(rule.headers)
         if rule.type == "server_error":
             return openai_error(
-                500, msg or "The server had an error while processing your request. Sorry about that!",
-                type="server_error", headers=headers,
+                500,
+                msg or "The server had an error while processing your request. Sorry about that!",
+                type="server_error",
+                headers=headers,
             )
         if rule.type == "overloaded":
             if azure:
-                return azure_error(503, "ServiceUnavailable", msg or "The service is temporarily unable to process "
-                                   "your request. Please try again later.", headers=headers)
-            return openai_error(503, msg or "The server is overloaded or not ready yet.", type="server_error",
-                                code="server_is_overloaded", headers=headers)
+                return azure_error(
+                    503,
+                    "ServiceUnavailable",
+                    msg or "The service is temporarily unable to process your request. Please try again later.",
+                    headers=headers,
+                )
+            return openai_error(
+                503,
+                msg or "The server is overloaded or not ready yet.",
+                type="server_error",
+                code="server_is_overloaded",
+                headers=headers,
+            )
         if rule.type == "rate_limit":
             seconds = rule.retry_after
             headers.setdefault("retry-after", str(int(seconds)) if float(seconds).is_integer() else str(seconds))
             if rule.retry_after_ms is not None:
                 headers.setdefault("retry-after-ms", str(rule.retry_after_ms))
             if azure:
-                return azure_error(429, "429", msg or (
-                    "Requests to the ImageGenerations_Create Operation under Azure OpenAI API version "
-                    "2025-04-01-preview have exceeded call rate limit of your current AIServices S0 pricing tier. "
-                    f"Please retry after {int(seconds)} seconds."), headers=headers)
-            return openai_error(429, msg or (
-                f"Rate limit reached for {call_model} in organization org-sim on images per minute (IPM): "
-                f"Limit 5, Used 5, Requested 1. Please try again in {seconds:g}s."),
-                type="requests", code="rate_limit_exceeded", headers=headers)
+                return azure_error(
+                    429,
+                    "429",
+                    msg
+                    or (
+                        "Requests to the ImageGenerations_Create Operation under Azure OpenAI API version "
+                        "2025-04-01-preview have exceeded call rate limit of your current AIServices S0 pricing tier. "
+                        f"Please retry after {int(seconds)} seconds."
+                    ),
+                    headers=headers,
+                )
+            return openai_error(
+                429,
+                msg
+                or (
+                    f"Rate limit reached for {call_model} in organization org-sim on images per minute (IPM): "
+                    f"Limit 5, Used 5, Requested 1. Please try again in {seconds:g}s."
+                ),
+                type="requests",
+                code="rate_limit_exceeded",
+                headers=headers,
+            )
         if rule.type == "unauthorized":
             if azure:
                 return azure_error(401, "401", msg or _AZURE_401, headers=headers)
-            return openai_error(401, msg or "Incorrect API key provided: sk-***sim. You can find your API key at "
-                                "https://platform.openai.com/account/api-keys.", code="invalid_api_key", headers=headers)
+            return openai_error(
+                401,
+                msg
+                or "Incorrect API key provided: sk-***sim. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+                headers=headers,
+            )
         if rule.type == "status":
-            body = rule.body if rule.body is not None else {
-                "error": {"message": msg or f"Simulated HTTP {rule.status}.", "type": "server_error",
-                          "param": None, "code": None}}
+            body = (
+                rule.body
+                if rule.body is not None
+                else {
+                    "error": {
+                        "message": msg or f"Simulated HTTP {rule.status}.",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }
+            )
             return SimError(rule.status, body, headers)
         if rule.type == "moderation":
-            return openai_error(400, msg or (
-                "Your request was rejected by the safety system. If you believe this is an error, contact us at "
-                "help.openai.com and include the request ID."), type="image_generation_user_error",
-                code="moderation_blocked", headers=headers)
+            return openai_error(
+                400,
+                msg
+                or (
+                    "Your request was rejected by the safety system. If you believe this is an error, contact us at "
+                    "help.openai.com and include the request ID."
+                ),
+                type="image_generation_user_error",
+                code="moderation_blocked",
+                headers=headers,
+            )
         if rule.type == "content_filter":
-            return azure_error(400, "contentFilter", msg or (
-                "Your request was rejected as a result of our safety system. Your prompt may contain text that "
-                "is not allowed by our safety system."), extra={
-                    "param": "prompt", "type": None,
+            return azure_error(
+                400,
+                "contentFilter",
+                msg
+                or (
+                    "Your request was rejected as a result of our safety system. Your prompt may contain text that "
+                    "is not allowed by our safety system."
+                ),
+                extra={
+                    "param": "prompt",
+                    "type": None,
                     "inner_error": {
                         "code": "ResponsibleAIPolicyViolation",
                         "content_filter_results": {**_AZURE_SAFE, "violence": {"filtered": True, "severity": "high"}},
-                    }}, headers=headers)
+                    },
+                },
+                headers=headers,
+            )
         return None
 
     # ---- main entry
@@ -347,9 +419,13 @@ class _Handler:
             model = self._resolve_model(body, deployment=deployment, v1_azure=v1_azure)
             inputs, mask = (await _collect_inputs(body)) if endpoint == "edits" else ([], None)
             call = _validate(
-                state, body, endpoint, model=model,
+                state,
+                body,
+                endpoint,
+                model=model,
                 model_in_body_forbidden=state.protocol == "azure" and not v1_azure,
-                inputs=inputs, mask=mask,
+                inputs=inputs,
+                mask=mask,
             )
         except SimError as err:
             return self.error_response(err, started)
@@ -387,8 +463,12 @@ class _Handler:
         state = self.state
         model = body.values.get("model")
         if model is not None and not isinstance(model, str):
-            raise openai_error(400, f"Invalid type for 'model': expected a string, but got {_json_type(model)} "
-                               "instead.", param="model", code="invalid_type")
+            raise openai_error(
+                400,
+                f"Invalid type for 'model': expected a string, but got {_json_type(model)} instead.",
+                param="model",
+                code="invalid_type",
+            )
         if state.protocol == "openai":
             if model is None:
                 return state.default_model
@@ -397,8 +477,9 @@ class _Handler:
             return model
         if v1_azure:
             if not model:
-                raise openai_error(400, "Missing required parameter: 'model'.", param="model",
-                                   code="missing_required_parameter")
+                raise openai_error(
+                    400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+                )
             if model not in state.deployments:
                 raise azure_error(404, "DeploymentNotFound", _AZURE_DEPLOYMENT_NOT_FOUND)
             return state.deployments[model]
@@ -411,7 +492,8 @@ class _Handler:
         if media in ("application/json", "") or (body.kind == "form" and endpoint == "edits"):
             return
         raise openai_error(
-            400, f"Invalid Content-Type header ({media}), expected application/json"
+            400,
+            f"Invalid Content-Type header ({media}), expected application/json"
             + (" or multipart/form-data." if endpoint == "edits" else "."),
         )
 
@@ -455,8 +537,12 @@ class _Handler:
         state = self.state
         prefix = "image_generation" if call.endpoint == "generations" else "image_edit"
         pad = fault is not None and fault.type == "no_padding"
-        meta = {"size": f"{call.width}x{call.height}", "quality": call.quality,
-                "background": call.background, "output_format": call.output_format}
+        meta = {
+            "size": f"{call.width}x{call.height}",
+            "quality": call.quality,
+            "background": call.background,
+            "output_format": call.output_format,
+        }
         total_frames = call.partial_images + call.n
         fault_type = fault.type if fault is not None else None
 
@@ -465,13 +551,19 @@ class _Handler:
             for i in range(call.partial_images):
                 b64 = await anyio.to_thread.run_sync(_render_b64, state, call, 0, (i, call.partial_images), pad)
                 if fault_type == "invalid_json" and sent == 0:
-                    yield f"event: {prefix}.partial_image\ndata: {{\"type\": \"{prefix}.partial_image\", \"b64_\n\n".encode()
+                    yield f'event: {prefix}.partial_image\ndata: {{"type": "{prefix}.partial_image", "b64_\n\n'.encode()
                     sent += 1
                     continue
-                yield _sse_frame(f"{prefix}.partial_image", {
-                    "type": f"{prefix}.partial_image", "b64_json": _mangle(b64, fault, call.output_format),
-                    "partial_image_index": i, "created_at": int(time.time()), **meta,
-                })
+                yield _sse_frame(
+                    f"{prefix}.partial_image",
+                    {
+                        "type": f"{prefix}.partial_image",
+                        "b64_json": _mangle(b64, fault, call.output_format),
+                        "partial_image_index": i,
+                        "created_at": int(time.time()),
+                        **meta,
+                    },
+                )
                 sent += 1
                 if fault_type == "stream_error":
                     yield _stream_error_frame(fault)
@@ -484,12 +576,15 @@ class _Handler:
             for index in range(call.n):
                 b64 = await anyio.to_thread.run_sync(_render_b64, state, call, index, None, pad)
                 if fault_type == "invalid_json" and sent == 0:
-                    yield f"event: {prefix}.completed\ndata: {{\"type\": \"{prefix}.completed\", \"b64_\n\n".encode()
+                    yield f'event: {prefix}.completed\ndata: {{"type": "{prefix}.completed", "b64_\n\n'.encode()
                     sent += 1
                     continue
                 completed = {
-                    "type": f"{prefix}.completed", "b64_json": _mangle(b64, fault, call.output_format),
-                    "created_at": int(time.time()), **meta, "usage": faulty_usage(fault, usage),
+                    "type": f"{prefix}.completed",
+                    "b64_json": _mangle(b64, fault, call.output_format),
+                    "created_at": int(time.time()),
+                    **meta,
+                    "usage": faulty_usage(fault, usage),
                 }
                 if completed["usage"] is None:
                     del completed["usage"]
@@ -507,8 +602,10 @@ class _Handler:
 
 def _stream_error_frame(fault: FaultRule | None) -> bytes:
     message = (fault.message if fault else None) or "The server had an error while processing your request."
-    return _sse_frame("error", {"type": "error", "error": {
-        "message": message, "type": "server_error", "param": None, "code": "server_error"}})
+    return _sse_frame(
+        "error",
+        {"type": "error", "error": {"message": message, "type": "server_error", "param": None, "code": "server_error"}},
+    )
 
 
 def _wants_stream(body: _Body) -> bool:
@@ -624,9 +721,16 @@ def create_upstream_app(  # noqa: PLR0913 - one keyword per simulate-upstream op
         raise ValueError(f"protocol must be 'openai' or 'azure'; got {protocol!r}")
     mapping = dict(deployments) if isinstance(deployments, Mapping) else {d: d for d in deployments}
     state = SimState(
-        protocol, api_keys=api_keys, latency_s=latency_s, deployments=mapping, models=models,
-        default_model=default_model, cache=cache, incompressible=incompressible,
-        max_recorded=max_recorded, cache_entries=cache_entries,
+        protocol,
+        api_keys=api_keys,
+        latency_s=latency_s,
+        deployments=mapping,
+        models=models,
+        default_model=default_model,
+        cache=cache,
+        incompressible=incompressible,
+        max_recorded=max_recorded,
+        cache_entries=cache_entries,
     )
     handler = _Handler(state)
 
@@ -645,6 +749,7 @@ def create_upstream_app(  # noqa: PLR0913 - one keyword per simulate-upstream op
         Route("/_sim/health", _control_health, methods=["GET"]),
     ]
     if protocol == "openai":
+
         async def list_models(request: Request) -> Response:
             started = time.monotonic()
             state.record((await _read_body(request))[1])
@@ -682,9 +787,7 @@ def create_upstream_app(  # noqa: PLR0913 - one keyword per simulate-upstream op
         if protocol == "azure":
             return handler.error_response(azure_error(404, "404", "Resource not found"), started)
         verb = "Invalid URL" if status == 404 else "Invalid method for URL"
-        return handler.error_response(
-            openai_error(status, f"{verb} ({request.method} {request.url.path})"), started
-        )
+        return handler.error_response(openai_error(status, f"{verb} ({request.method} {request.url.path})"), started)
 
     app = UpstreamSimulator(routes=routes, exception_handlers={404: not_found, 405: not_found})
     app.state.sim = state

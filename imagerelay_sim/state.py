@@ -110,8 +110,12 @@ class SimState:
     # ---- config and render cache
     def config_json(self) -> dict[str, Any]:
         return {
-            "protocol": self.protocol, "cache": self.cache, "incompressible": self.incompressible,
-            "latency_s": self.latency_s, "deployments": self.deployments, "models": list(self.models),
+            "protocol": self.protocol,
+            "cache": self.cache,
+            "incompressible": self.incompressible,
+            "latency_s": self.latency_s,
+            "deployments": self.deployments,
+            "models": list(self.models),
         }
 
     def cached(self, key: tuple[Any, ...]) -> str | None:

@@ -83,16 +83,27 @@ class DropResponse(Response):
 class TruncatedResponse(Response):
     """Headers promise ``len(body)`` bytes; half arrive, then the connection closes."""
 
-    def __init__(self, body: bytes, *, status_code: int = 200, headers: Mapping[str, str] | None = None,
-                 media_type: str = "application/json") -> None:
+    def __init__(
+        self,
+        body: bytes,
+        *,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        media_type: str = "application/json",
+    ) -> None:
         super().__init__(status_code=status_code)
         self._full = body
         self._extra = dict(headers or {})
         self._media = media_type
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": _raw_headers(self._extra, self._media, len(self._full))})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": _raw_headers(self._extra, self._media, len(self._full)),
+            }
+        )
         await send({"type": "http.response.body", "body": self._full[: len(self._full) // 2], "more_body": True})
         await _drop_connection(scope, reset=False)
 
@@ -104,16 +115,26 @@ class SSEResponse(Response):
     ``"mid_first"`` after half of it (used when the stream has a single frame).
     """
 
-    def __init__(self, frames: AsyncIterator[bytes], *, headers: Mapping[str, str],
-                 cut: Literal["after_first", "mid_first"] | None = None) -> None:
+    def __init__(
+        self,
+        frames: AsyncIterator[bytes],
+        *,
+        headers: Mapping[str, str],
+        cut: Literal["after_first", "mid_first"] | None = None,
+    ) -> None:
         super().__init__(status_code=200)
         self._frames = frames
         self._extra = dict(headers)
         self._cut = cut
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": _raw_headers(self._extra, "text/event-stream; charset=utf-8", None)})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": _raw_headers(self._extra, "text/event-stream; charset=utf-8", None),
+            }
+        )
         async for frame in self._frames:
             if self._cut == "mid_first":
                 await send({"type": "http.response.body", "body": frame[: len(frame) // 2], "more_body": True})
@@ -134,5 +155,3 @@ def _json_response(status: int, body: Any, headers: Mapping[str, str]) -> Respon
 
 def _sse_frame(event: str, payload: Mapping[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
-
-

@@ -15,10 +15,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from imagerelay import console
+from imagerelay.allocator import tune_gc, tune_malloc
 from imagerelay.api import apidoc, observe
 from imagerelay.api.account import keys, usage
 from imagerelay.api.admin import channels, users
-from imagerelay.api.relay import images, models
 from imagerelay.api.bodyguard import BodyBudget, BodyGuard
 from imagerelay.api.errors import (
     api_error_handler,
@@ -27,11 +27,11 @@ from imagerelay.api.errors import (
     unexpected_error_handler,
 )
 from imagerelay.api.observe import MetricsMiddleware
+from imagerelay.api.relay import images, models
 from imagerelay.api.responses import json_response
 from imagerelay.config import Settings
 from imagerelay.errors import ApiError
 from imagerelay.logs import configure_logging, request_id_var
-from imagerelay.allocator import tune_gc, tune_malloc
 from imagerelay.relay import new_request_id
 from imagerelay.services import Services
 
@@ -126,8 +126,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.state.services = svc
     app.state.image_pool = image_pool
-    app.add_middleware(BodyGuard, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_rate,
-                       budget=BodyBudget(settings.max_body_bytes_in_flight))
+    app.add_middleware(
+        BodyGuard,
+        timeout_s=settings.body_timeout_s,
+        min_rate=settings.body_min_rate,
+        budget=BodyBudget(settings.max_body_bytes_in_flight),
+    )
     if settings.console:
         app.add_middleware(console.ConsoleHeaders)
     app.add_middleware(EdgeMiddleware)

@@ -46,7 +46,7 @@ class LargeStrings:
         (``\\/`` unescaped; any other escape is left, and is not base64)."""
         if self.views and isinstance(value, str) and value.startswith(self.token):
             self.taken += 1
-            return self.views[int(value[len(self.token):])]
+            return self.views[int(value[len(self.token) :])]
         return None
 
     def check_all_taken(self, body: Any) -> None:
@@ -87,7 +87,7 @@ def split_parse(raw: bytes | bytearray, *, threshold: int, max_skeleton: int) ->
             placeholder = orjson.dumps(token + str(len(views)))
             pieces.append(placeholder)
             kept += start - copied_to + len(placeholder)
-            text = view[start + 1:end]
+            text = view[start + 1 : end]
             if raw.find(b"\\", start + 1, end) >= 0:  # some encoders write "/" as "\/" in base64
                 text = memoryview(bytes(text).replace(b"\\/", b"/"))
             views.append(text)
@@ -116,14 +116,20 @@ def _string_end(raw: bytes | bytearray, start: int) -> int:
     while True:
         end = raw.find(b'"', pos)
         if end < 0:
-            raise InvalidRequest("The request body is not valid JSON (an unterminated string); "
-                                 "send a JSON object with Content-Type: application/json.", code="invalid_json")
+            raise InvalidRequest(
+                "The request body is not valid JSON (an unterminated string); "
+                "send a JSON object with Content-Type: application/json.",
+                code="invalid_json",
+            )
         run = 0
         while raw[end - 1 - run] == _BACKSLASH and end - 1 - run > start:
             run += 1
             if run > MAX_BACKSLASH_RUN:
-                raise InvalidRequest(f"The request body has a run of more than {MAX_BACKSLASH_RUN} backslashes "
-                                     "before a quote, which no image request needs.", code="invalid_json")
+                raise InvalidRequest(
+                    f"The request body has a run of more than {MAX_BACKSLASH_RUN} backslashes "
+                    "before a quote, which no image request needs.",
+                    code="invalid_json",
+                )
         if run % 2 == 0:
             return end
         pos = end + 1

@@ -64,20 +64,30 @@ def edge_limits() -> EdgeLimits:
 
 def _raw_error(err: ApiError) -> bytes:
     body = orjson.dumps(err.to_body())
-    head = [f"HTTP/1.1 {err.status} {_REASONS[err.status]}", "content-type: application/json",
-            f"content-length: {len(body)}", "connection: close",
-            *(f"{k}: {v}" for k, v in err.headers.items() if k != "connection")]
+    head = [
+        f"HTTP/1.1 {err.status} {_REASONS[err.status]}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *(f"{k}: {v}" for k, v in err.headers.items() if k != "connection"),
+    ]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
-_HEAD_TIMEOUT = _raw_error(RequestTimeout(
-    "The request line and headers did not arrive in time; send the whole request promptly."))
-_HEAD_TOO_LARGE = _raw_error(ApiError(
-    f"The request line and headers exceed {MAX_HEAD_BYTES // 1024} KB; send fewer or shorter headers.",
-    status=431, code="request_header_fields_too_large"))
-_TOO_MANY = _raw_error(ServerBusy(
-    "The gateway has too many open connections; retry in a moment.", headers={"retry-after": "1"}))
+_HEAD_TIMEOUT = _raw_error(
+    RequestTimeout("The request line and headers did not arrive in time; send the whole request promptly.")
+)
+_HEAD_TOO_LARGE = _raw_error(
+    ApiError(
+        f"The request line and headers exceed {MAX_HEAD_BYTES // 1024} KB; send fewer or shorter headers.",
+        status=431,
+        code="request_header_fields_too_large",
+    )
+)
+_TOO_MANY = _raw_error(
+    ServerBusy("The gateway has too many open connections; retry in a moment.", headers={"retry-after": "1"})
+)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -96,8 +106,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             now = time.monotonic()
             if now - GuardedHttpToolsProtocol._last_warning > _WARN_EVERY_S:
                 GuardedHttpToolsProtocol._last_warning = now
-                log.warning("refusing connections: %d open, IMAGERELAY_MAX_CONNECTIONS is %d",
-                            len(self.connections) - 1, self.limits.max_connections)
+                log.warning(
+                    "refusing connections: %d open, IMAGERELAY_MAX_CONNECTIONS is %d",
+                    len(self.connections) - 1,
+                    self.limits.max_connections,
+                )
             transport.write(_TOO_MANY)
             transport.close()
             return
@@ -153,8 +166,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # The rest of an early-answered body has arrived: back to uvicorn's idle timer.
             self._disarm()
             self._unset_keepalive_if_required()
-            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
-                                                                self.timeout_keep_alive_handler)
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     # -- the one timer ------------------------------------------------------------------------
 

@@ -7,9 +7,9 @@ from concurrent.futures import Executor
 
 from starlette.requests import Request
 
+from imagerelay.domain.accounts import TokenInfo
 from imagerelay.errors import AuthenticationFailed
 from imagerelay.services import Services
-from imagerelay.domain.accounts import TokenInfo
 
 
 def services_of(request: Request) -> Services:
@@ -35,6 +35,7 @@ async def authenticate(request: Request) -> TokenInfo:
     if token is None:
         raise AuthenticationFailed(
             "You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'; "
-            "create one on the console's token page: /console/tokens.", code="missing_api_key"
+            "create one on the console's token page: /console/tokens.",
+            code="missing_api_key",
         )
     return await services_of(request).accounts.identify(token, time.time())

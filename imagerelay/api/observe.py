@@ -34,8 +34,9 @@ async def _require_scraper(request: Request) -> None:
     if settings.metrics_token:
         given = bearer(request)
         if given is None or not hmac.compare_digest(settings.metrics_token.encode(), given.encode()):
-            raise AuthenticationFailed("/metrics needs 'Authorization: Bearer <IMAGERELAY_METRICS_TOKEN>'.",
-                                       code="invalid_metrics_token")
+            raise AuthenticationFailed(
+                "/metrics needs 'Authorization: Bearer <IMAGERELAY_METRICS_TOKEN>'.", code="invalid_metrics_token"
+            )
         return
     await require_admin(request)
 
@@ -63,16 +64,35 @@ async def _scrape_gauges(services: Services) -> list[Metric]:
     return [
         gauge("imagerelay_open_holds", "Balance holds of calls and jobs in flight.", q.open_holds),
         gauge("imagerelay_held_usd_micros", "Money held by open holds, in micro-dollars.", q.held_micros),
-        gauge("imagerelay_jobs", "Async jobs queued or running.", labels=["status"],
-              samples=[(["queued"], q.jobs_queued), (["running"], q.jobs_running)]),
-        gauge("imagerelay_job_oldest_queued_age_seconds", "Age of the oldest queued job (0 when none).",
-              q.oldest_queued_age_s),
-        gauge("imagerelay_channel_up", "1 if the channel is enabled and not cooling down (this process's view).",
-              labels=["channel"], samples=up),
-        gauge("imagerelay_channel_cooldown_seconds", "Seconds left of the channel's breaker cooldown.",
-              labels=["channel"], samples=cooldown),
-        gauge("imagerelay_channel_consecutive_failures", "The channel's failures since its last success.",
-              labels=["channel"], samples=failures),
+        gauge(
+            "imagerelay_jobs",
+            "Async jobs queued or running.",
+            labels=["status"],
+            samples=[(["queued"], q.jobs_queued), (["running"], q.jobs_running)],
+        ),
+        gauge(
+            "imagerelay_job_oldest_queued_age_seconds",
+            "Age of the oldest queued job (0 when none).",
+            q.oldest_queued_age_s,
+        ),
+        gauge(
+            "imagerelay_channel_up",
+            "1 if the channel is enabled and not cooling down (this process's view).",
+            labels=["channel"],
+            samples=up,
+        ),
+        gauge(
+            "imagerelay_channel_cooldown_seconds",
+            "Seconds left of the channel's breaker cooldown.",
+            labels=["channel"],
+            samples=cooldown,
+        ),
+        gauge(
+            "imagerelay_channel_consecutive_failures",
+            "The channel's failures since its last success.",
+            labels=["channel"],
+            samples=failures,
+        ),
     ]
 
 

@@ -69,8 +69,7 @@ def check_length(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(
-            f"The request body is {int(declared):,} bytes; the limit is {limit:,} bytes. "
-            "Send fewer or smaller images.",
+            f"The request body is {int(declared):,} bytes; the limit is {limit:,} bytes. Send fewer or smaller images.",
         )
 
 
@@ -115,8 +114,7 @@ async def _read_body(request: Request, limit: int) -> bytearray:
             raw += chunk
     if not raw or raw.isspace():  # isspace stops at the first other byte; strip would copy the body
         raise InvalidRequest(
-            "The request body is empty; send a JSON object such as "
-            '{"model": "gpt-image-2", "prompt": "a red apple"}.',
+            'The request body is empty; send a JSON object such as {"model": "gpt-image-2", "prompt": "a red apple"}.',
             code="invalid_json",
         )
     return raw
@@ -164,8 +162,9 @@ class _EditFormParser(MultiPartParser):
     """
 
     def __init__(self, headers: Headers, stream: AsyncGenerator[bytes, None], max_image_bytes: int) -> None:
-        super().__init__(headers, stream, max_files=float("inf"), max_fields=float("inf"),
-                         max_part_size=MAX_FIELD_BYTES + 1)
+        super().__init__(
+            headers, stream, max_files=float("inf"), max_fields=float("inf"), max_part_size=MAX_FIELD_BYTES + 1
+        )
         self.max_image_bytes = max_image_bytes
         self._images = 0
         self._masks = 0
@@ -178,8 +177,10 @@ class _EditFormParser(MultiPartParser):
         key = self._current_part.field_name
         if self._current_part.file is None:
             if self._current_fields > MAX_FIELDS:
-                raise InvalidRequest(f"The form has more than {MAX_FIELDS} fields; send only the edit's parameters.",
-                                     code="too_many_fields")
+                raise InvalidRequest(
+                    f"The form has more than {MAX_FIELDS} fields; send only the edit's parameters.",
+                    code="too_many_fields",
+                )
             return
         if key == "mask":
             self._masks += 1
@@ -188,8 +189,11 @@ class _EditFormParser(MultiPartParser):
         elif _IMAGE_PART.match(key):
             self._images += 1
             if self._images > MAX_IMAGES:
-                raise InvalidRequest(f"More than {MAX_IMAGES} images were sent; an edit takes at most {MAX_IMAGES}.",
-                                     param="image", code="too_many_images")
+                raise InvalidRequest(
+                    f"More than {MAX_IMAGES} images were sent; an edit takes at most {MAX_IMAGES}.",
+                    param="image",
+                    code="too_many_images",
+                )
         self._label = _part_label(key, self._images - 1) if key == "mask" or _IMAGE_PART.match(key) else key
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -225,8 +229,9 @@ async def read_multipart_edit(
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if _IMAGE_PART.match(key):
-                    uploads.append((await _read_upload(value, max_image_bytes), _part_label(key, len(uploads)),
-                                    value.filename))
+                    uploads.append(
+                        (await _read_upload(value, max_image_bytes), _part_label(key, len(uploads)), value.filename)
+                    )
                 elif key == "mask":
                     mask_upload = (await _read_upload(value, max_image_bytes), "mask", value.filename)
                 else:
@@ -238,7 +243,7 @@ async def read_multipart_edit(
             else:
                 if _IMAGE_PART.match(key) or key == "mask":
                     raise InvalidRequest(
-                        f"{key} must be a file upload (curl: -F \"{key}=@file.png\"), not a text field.",
+                        f'{key} must be a file upload (curl: -F "{key}=@file.png"), not a text field.',
                         param=key,
                     )
                 if key in fields:
@@ -267,7 +272,7 @@ async def images_from_json(
     fields = {k: v for k, v in body.items() if k not in ("images", "mask", "image")}
     if "image" in body:
         raise InvalidRequest(
-            "In a JSON edit, send images as \"images\": [{\"image_url\": \"data:image/png;base64,...\"}].",
+            'In a JSON edit, send images as "images": [{"image_url": "data:image/png;base64,..."}].',
             param="image",
         )
     raw_images = body.get("images")
@@ -278,12 +283,17 @@ async def images_from_json(
             code="missing_required_parameter",
         )
     if not isinstance(raw_images, list):
-        raise InvalidRequest("images must be an array of {\"image_url\": ...} objects.", param="images")
+        raise InvalidRequest('images must be an array of {"image_url": ...} objects.', param="images")
     if len(raw_images) > MAX_IMAGES:
-        raise InvalidRequest(f"{len(raw_images)} images were sent; an edit takes at most {MAX_IMAGES}.",
-                             param="images", code="too_many_images")
-    images = [(_payload_of(ref, f"images[{i}]", large, max_image_bytes), f"images[{i}]", None)
-              for i, ref in enumerate(raw_images)]
+        raise InvalidRequest(
+            f"{len(raw_images)} images were sent; an edit takes at most {MAX_IMAGES}.",
+            param="images",
+            code="too_many_images",
+        )
+    images = [
+        (_payload_of(ref, f"images[{i}]", large, max_image_bytes), f"images[{i}]", None)
+        for i, ref in enumerate(raw_images)
+    ]
     mask_ref = body.get("mask")
     mask = (_payload_of(mask_ref, "mask", large, max_image_bytes), "mask", None) if mask_ref is not None else None
     large.check_all_taken(body)
@@ -313,14 +323,15 @@ def _payload_of(ref: Any, part: str, large: LargeStrings, max_image_bytes: int) 
             "remote http(s) URLs are not fetched — download the image and send it inline or with multipart.",
             param=part,
         )
-    payload = text[match.end():]
+    payload = text[match.end() :]
     if len(payload) * 3 // 4 > max_image_bytes + 3:
         raise PayloadTooLarge(f"{part} is larger than {max_image_bytes // (1024 * 1024)} MB.", param=part)
 
     def decode() -> bytes:
         pad = -len(payload) % 4
-        padded = payload if not pad else (
-            payload + "=" * pad if isinstance(payload, str) else bytes(payload) + b"=" * pad)
+        padded = (
+            payload if not pad else (payload + "=" * pad if isinstance(payload, str) else bytes(payload) + b"=" * pad)
+        )
         try:
             return pybase64.b64decode(padded, validate=True)
         except (binascii.Error, ValueError):
@@ -330,6 +341,7 @@ def _payload_of(ref: Any, part: str, large: LargeStrings, max_image_bytes: int) 
 
 
 # -- image checks -------------------------------------------------------------------------------
+
 
 async def check_images(
     images: Sequence[_Source], mask: _Source | None, pool: Executor, max_image_bytes: int

@@ -38,13 +38,18 @@ def _spliced(body: dict[str, Any]) -> tuple[list[_Piece], bytes] | None:
     spliced text is the same JSON. None when no image needs it.
     """
     data = body.get("data") or []
-    spliced = [i for i, item in enumerate(data)
-               if isinstance(item.get("b64_json"), (bytes, memoryview)) or len(item.get("b64_json") or "") > _LARGE]
+    spliced = [
+        i
+        for i, item in enumerate(data)
+        if isinstance(item.get("b64_json"), (bytes, memoryview)) or len(item.get("b64_json") or "") > _LARGE
+    ]
     if not spliced:
         return None
     marker = f"{_MARKER_PREFIX}-{next(_serial)}-"
-    skeleton = {**body, "data": [{**item, "b64_json": f"{marker}{i}"} if i in spliced else item
-                                 for i, item in enumerate(data)]}
+    skeleton = {
+        **body,
+        "data": [{**item, "b64_json": f"{marker}{i}"} if i in spliced else item for i, item in enumerate(data)],
+    }
     text = orjson.dumps(skeleton)
     pieces: list[_Piece] = []
     pos = 0
@@ -88,5 +93,6 @@ def images_response(body: dict[str, Any], headers: dict[str, str]) -> Response:
         for chunk in _chunks(pieces, tail):
             yield chunk
 
-    return StreamingResponse(stream(), media_type="application/json",
-                             headers={**headers, "content-length": str(length)})
+    return StreamingResponse(
+        stream(), media_type="application/json", headers={**headers, "content-length": str(length)}
+    )

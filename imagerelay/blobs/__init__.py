@@ -106,8 +106,9 @@ class BlobStore(Protocol):
 
     lifetime_s: float
 
-    async def put(self, key: str, chunks: Iterable[bytes], *, expires_at: float,
-                  content_type: str = "application/octet-stream") -> None:
+    async def put(
+        self, key: str, chunks: Iterable[bytes], *, expires_at: float, content_type: str = "application/octet-stream"
+    ) -> None:
         """Write an object from chunks produced lazily (a big image is never whole in
         memory twice), to be kept until ``expires_at``; readers never see it half-written."""
 

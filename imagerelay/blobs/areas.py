@@ -63,15 +63,23 @@ def build_areas(settings: Settings, engine: AsyncEngine | None) -> StoreAreas:
 
         secret = settings.image_store_s3_secret_access_key
         assert settings.image_store_s3_bucket  # Settings refuses s3 without a bucket
-        conn = S3Connection(S3Settings(
-            bucket=settings.image_store_s3_bucket, prefix=settings.image_store_s3_prefix,
-            region=settings.image_store_s3_region, endpoint_url=settings.image_store_s3_endpoint_url,
-            access_key_id=settings.image_store_s3_access_key_id,
-            secret_access_key=secret.get_secret_value() if secret is not None else None,
-            addressing_style=settings.image_store_s3_addressing_style,
-        ))
-        return StoreAreas(S3Blobs(conn, "images", url_life), S3Blobs(conn, "results", job_life),
-                          S3Blobs(conn, "inputs", job_life), s3=conn)
+        conn = S3Connection(
+            S3Settings(
+                bucket=settings.image_store_s3_bucket,
+                prefix=settings.image_store_s3_prefix,
+                region=settings.image_store_s3_region,
+                endpoint_url=settings.image_store_s3_endpoint_url,
+                access_key_id=settings.image_store_s3_access_key_id,
+                secret_access_key=secret.get_secret_value() if secret is not None else None,
+                addressing_style=settings.image_store_s3_addressing_style,
+            )
+        )
+        return StoreAreas(
+            S3Blobs(conn, "images", url_life),
+            S3Blobs(conn, "results", job_life),
+            S3Blobs(conn, "inputs", job_life),
+            s3=conn,
+        )
     if settings.image_store == "database":
         from imagerelay.blobs.database import DatabaseBlobs
 

@@ -53,25 +53,36 @@ class DatabaseBlobs:
     def _of(self, key: str) -> Any:
         return (blob_chunks.c.area == self.area) & (blob_chunks.c.key == key)
 
-    async def put(self, key: str, chunks: Iterable[bytes], *, expires_at: float,
-                  content_type: str = "application/octet-stream") -> None:
+    async def put(
+        self, key: str, chunks: Iterable[bytes], *, expires_at: float, content_type: str = "application/octet-stream"
+    ) -> None:
         now = time.time()
         async with _failures("write an object"), self._engine.begin() as conn:
             await conn.execute(delete(blob_chunks).where(self._of(key)))  # a rewrite replaces
             wrote = False
             for seq, data in enumerate(rechunked(chunks, CHUNK_BYTES)):
-                await conn.execute(blob_chunks.insert().values(
-                    area=self.area, key=key, seq=seq, data=data, created_at=now, expires_at=expires_at))
+                await conn.execute(
+                    blob_chunks.insert().values(
+                        area=self.area, key=key, seq=seq, data=data, created_at=now, expires_at=expires_at
+                    )
+                )
                 wrote = True
             if not wrote:  # an empty object is still an object
-                await conn.execute(blob_chunks.insert().values(
-                    area=self.area, key=key, seq=0, data=b"", created_at=now, expires_at=expires_at))
+                await conn.execute(
+                    blob_chunks.insert().values(
+                        area=self.area, key=key, seq=0, data=b"", created_at=now, expires_at=expires_at
+                    )
+                )
 
     async def open(self, key: str) -> Blob:
         async with _failures("read an object"), self._engine.connect() as conn:
-            found = (await conn.execute(
-                select(func.count(), func.coalesce(func.sum(func.length(blob_chunks.c.data)), 0))
-                .where(self._of(key), blob_chunks.c.expires_at >= time.time()))).one()
+            found = (
+                await conn.execute(
+                    select(func.count(), func.coalesce(func.sum(func.length(blob_chunks.c.data)), 0)).where(
+                        self._of(key), blob_chunks.c.expires_at >= time.time()
+                    )
+                )
+            ).one()
         count, size = int(found[0]), int(found[1])
         if count == 0:
             raise BlobMissing(key)
@@ -79,8 +90,9 @@ class DatabaseBlobs:
         async def chunks() -> AsyncIterator[bytes]:
             for seq in range(count):
                 async with _failures("read an object"), self._engine.connect() as conn:
-                    data = (await conn.execute(select(blob_chunks.c.data).where(
-                        self._of(key), blob_chunks.c.seq == seq))).scalar()
+                    data = (
+                        await conn.execute(select(blob_chunks.c.data).where(self._of(key), blob_chunks.c.seq == seq))
+                    ).scalar()
                 if data is None:
                     raise StoreUnavailable("The image was deleted while it was being read; request it again.")
                 yield bytes(data)
@@ -96,27 +108,42 @@ class DatabaseBlobs:
 
     async def delete_prefix(self, prefix: str) -> int:
         async with _failures("delete objects"), self._engine.begin() as conn:
-            res = await conn.execute(delete(blob_chunks).where(
-                blob_chunks.c.area == self.area, blob_chunks.c.key.startswith(prefix, autoescape=True),
-                blob_chunks.c.seq == 0))
-            await conn.execute(delete(blob_chunks).where(
-                blob_chunks.c.area == self.area, blob_chunks.c.key.startswith(prefix, autoescape=True)))
+            res = await conn.execute(
+                delete(blob_chunks).where(
+                    blob_chunks.c.area == self.area,
+                    blob_chunks.c.key.startswith(prefix, autoescape=True),
+                    blob_chunks.c.seq == 0,
+                )
+            )
+            await conn.execute(
+                delete(blob_chunks).where(
+                    blob_chunks.c.area == self.area, blob_chunks.c.key.startswith(prefix, autoescape=True)
+                )
+            )
         return int(res.rowcount or 0)
 
     async def expire(self, now: float | None = None) -> int:
         cutoff = time.time() if now is None else now
         old = (blob_chunks.c.area == self.area) & (blob_chunks.c.expires_at < cutoff)
         async with _failures("expire objects"), self._engine.begin() as conn:
-            counted = int((await conn.execute(
-                select(func.count()).select_from(blob_chunks).where(old, blob_chunks.c.seq == 0))).scalar() or 0)
+            counted = int(
+                (
+                    await conn.execute(select(func.count()).select_from(blob_chunks).where(old, blob_chunks.c.seq == 0))
+                ).scalar()
+                or 0
+            )
             await conn.execute(delete(blob_chunks).where(old))
         return counted
 
     async def folders(self, written_before: float) -> list[str]:
         async with _failures("list objects"), self._engine.connect() as conn:
-            rows = (await conn.execute(select(blob_chunks.c.key, func.max(blob_chunks.c.created_at))
-                                       .where(blob_chunks.c.area == self.area)
-                                       .group_by(blob_chunks.c.key))).all()
+            rows = (
+                await conn.execute(
+                    select(blob_chunks.c.key, func.max(blob_chunks.c.created_at))
+                    .where(blob_chunks.c.area == self.area)
+                    .group_by(blob_chunks.c.key)
+                )
+            ).all()
         newest: dict[str, float] = {}
         for key, at in rows:
             if "/" in key:

@@ -31,8 +31,9 @@ class LocalBlobs:
             raise ValueError("not a store key")  # keys are the store's own; this is a bug guard
         return self.root.joinpath(*parts)
 
-    async def put(self, key: str, chunks: Iterable[bytes], *, expires_at: float,
-                  content_type: str = "application/octet-stream") -> None:
+    async def put(
+        self, key: str, chunks: Iterable[bytes], *, expires_at: float, content_type: str = "application/octet-stream"
+    ) -> None:
         path = self.path_of(key)
         stamp = expires_at - self.lifetime_s
         tmp = path.with_name(path.name + ".part")

@@ -71,14 +71,21 @@ class S3Connection:
                 if self._client is None:
                     s = self.settings
                     config = AioConfig(
-                        s3={"addressing_style": s.addressing_style}, signature_version="s3v4",
+                        s3={"addressing_style": s.addressing_style},
+                        signature_version="s3v4",
                         retries={"max_attempts": 3, "mode": "standard"},
-                        connect_timeout=s.connect_timeout_s, read_timeout=s.read_timeout_s,
+                        connect_timeout=s.connect_timeout_s,
+                        read_timeout=s.read_timeout_s,
                         max_pool_connections=64,
                     )
                     self._opener = get_session().create_client(
-                        "s3", region_name=s.region, endpoint_url=s.endpoint_url, config=config,
-                        aws_access_key_id=s.access_key_id, aws_secret_access_key=s.secret_access_key)
+                        "s3",
+                        region_name=s.region,
+                        endpoint_url=s.endpoint_url,
+                        config=config,
+                        aws_access_key_id=s.access_key_id,
+                        aws_secret_access_key=s.secret_access_key,
+                    )
                     self._client = await self._opener.__aenter__()
         return self._client
 
@@ -127,8 +134,9 @@ class S3Blobs:
         self.prefix = f"{connection.settings.prefix}{area}/"
         self.lifetime_s = lifetime_s
 
-    async def put(self, key: str, chunks: Iterable[bytes], *, expires_at: float,
-                  content_type: str = "application/octet-stream") -> None:
+    async def put(
+        self, key: str, chunks: Iterable[bytes], *, expires_at: float, content_type: str = "application/octet-stream"
+    ) -> None:
         # expires_at is not stored: the sweep ages objects by LastModified against the
         # area's lifetime, which the caller chose to cover every object's own time.
         name = self.prefix + key
@@ -142,22 +150,26 @@ class S3Blobs:
                         await client.put_object(Bucket=self.bucket, Key=name, Body=part, ContentType=content_type)
                         return
                     if upload_id is None:
-                        upload_id = (await client.create_multipart_upload(
-                            Bucket=self.bucket, Key=name, ContentType=content_type))["UploadId"]
+                        upload_id = (
+                            await client.create_multipart_upload(Bucket=self.bucket, Key=name, ContentType=content_type)
+                        )["UploadId"]
                     number = len(parts) + 1
-                    sent = await client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload_id,
-                                                    PartNumber=number, Body=part)
+                    sent = await client.upload_part(
+                        Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=part
+                    )
                     parts.append({"PartNumber": number, "ETag": sent["ETag"]})
                 if upload_id is None:  # no bytes at all
                     await client.put_object(Bucket=self.bucket, Key=name, Body=b"", ContentType=content_type)
                     return
-                await client.complete_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id,
-                                                       MultipartUpload={"Parts": parts})
+                await client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
             except BaseException:
                 if upload_id is not None:  # parts of an abandoned upload are billed until aborted
                     try:
-                        await asyncio.shield(client.abort_multipart_upload(
-                            Bucket=self.bucket, Key=name, UploadId=upload_id))
+                        await asyncio.shield(
+                            client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id)
+                        )
                     except Exception as exc:  # noqa: BLE001 - a lifecycle rule removes it later
                         log.warning("image store (s3): could not abort an upload: %s", type(exc).__name__)
                 raise
@@ -192,7 +204,7 @@ class S3Blobs:
 
     async def _delete_keys(self, client: Any, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
-            batch = [{"Key": k} for k in keys[start:start + 1000]]
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
             await client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
     async def _listed(self, client: Any, prefix: str) -> AsyncIterator[dict[str, Any]]:
@@ -211,8 +223,7 @@ class S3Blobs:
         cutoff = datetime.fromtimestamp((time.time() if now is None else now) - self.lifetime_s, tz=UTC)
         async with _failures("expire objects"):
             client = await self._conn.client()
-            keys = [item["Key"] async for item in self._listed(client, self.prefix)
-                    if item["LastModified"] < cutoff]
+            keys = [item["Key"] async for item in self._listed(client, self.prefix) if item["LastModified"] < cutoff]
             await self._delete_keys(client, keys)
             return len(keys)
 
@@ -222,7 +233,7 @@ class S3Blobs:
         async with _failures("list objects"):
             client = await self._conn.client()
             async for item in self._listed(client, self.prefix):
-                rest = item["Key"][len(self.prefix):]
+                rest = item["Key"][len(self.prefix) :]
                 if "/" in rest:
                     folder = rest.split("/", 1)[0]
                     newest[folder] = max(newest.get(folder, item["LastModified"]), item["LastModified"])
@@ -232,9 +243,10 @@ class S3Blobs:
         async with _failures("sign a URL"):
             client = await self._conn.client()
             url: str = await client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": self.prefix + key,
-                                      "ResponseContentType": content_type},
-                ExpiresIn=max(1, min(expires_in_s, MAX_PRESIGN_S)))
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": self.prefix + key, "ResponseContentType": content_type},
+                ExpiresIn=max(1, min(expires_in_s, MAX_PRESIGN_S)),
+            )
             return url
 
     async def aclose(self) -> None:

@@ -90,7 +90,9 @@ def _check_base_url(url: str) -> None:
     except ValueError as exc:
         raise ChannelInvalid("base_url", f"not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ChannelInvalid("base_url", "must be an http:// or https:// URL with a host, e.g. https://api.openai.com/v1")
+        raise ChannelInvalid(
+            "base_url", "must be an http:// or https:// URL with a host, e.g. https://api.openai.com/v1"
+        )
     if not url.isascii() or not url.isprintable() or " " in url:
         raise ChannelInvalid("base_url", "must be printable ASCII without spaces")
     if parts.username is not None or parts.password is not None:
@@ -99,8 +101,6 @@ def _check_base_url(url: str) -> None:
         raise ChannelInvalid("base_url", "must not have a query or fragment (the connector adds its own)")
     if port == 0:
         raise ChannelInvalid("base_url", "port 0 is not a port")
-
-
 
 
 def serving_index(

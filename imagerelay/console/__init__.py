@@ -16,8 +16,10 @@ from imagerelay.config import Settings
 from imagerelay.console.auth import PageDenied, SignInRequired
 from imagerelay.console.web import FormTooLarge
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -53,23 +55,31 @@ async def not_found(request: Any) -> Response:
     the API's JSON error: browsers land here, not SDKs."""
     from imagerelay.console.web import render
 
-    return await render(request, "error.html", {
-        "title": "No such page", "message": "There is no console page at this address."}, status=404)
+    return await render(
+        request,
+        "error.html",
+        {"title": "No such page", "message": "There is no console page at this address."},
+        status=404,
+    )
 
 
 def exception_handlers() -> dict[Any, Any]:
     from imagerelay.console import pages
     from imagerelay.console.passwords import HashingBusy
 
-    return {SignInRequired: pages.sign_in_required, PageDenied: pages.page_denied, FormTooLarge: pages.form_too_large,
-            HashingBusy: pages.hashing_busy}
+    return {
+        SignInRequired: pages.sign_in_required,
+        PageDenied: pages.page_denied,
+        FormTooLarge: pages.form_too_large,
+        HashingBusy: pages.hashing_busy,
+    }
 
 
 def is_console_path(scope: Any) -> bool:
     path: str = scope.get("path", "")
     root: str = scope.get("root_path", "")
     if root and path.startswith(root):
-        path = path[len(root):]
+        path = path[len(root) :]
     return path in ("/", "/playground") or path == "/console" or path.startswith("/console/")
 
 

@@ -59,8 +59,9 @@ async def set_password(services: Services, logins: Logins, user_id: int, name: s
     await logins.set_password_hash(user_id, await services.passwords.hash(password))
 
 
-async def sign_up(services: Services, logins: Logins, name: str, password: str, confirm: str,
-                  invite: str | None) -> int:
+async def sign_up(
+    services: Services, logins: Logins, name: str, password: str, confirm: str, invite: str | None
+) -> int:
     mode = signup_mode(services)
     if mode == "off":
         raise SignUpRefused("Sign-up is closed on this gateway; ask its administrator for an account.", "name")
@@ -76,8 +77,9 @@ async def sign_up(services: Services, logins: Logins, name: str, password: str, 
     hashed = await services.passwords.hash(password)
     groups = orjson.dumps(list(signup_groups(services))).decode()
     try:
-        user_id = await logins.create_user(name, hashed, allowed_groups=groups,
-                                           invite=invite if mode == "invite" else None)
+        user_id = await logins.create_user(
+            name, hashed, allowed_groups=groups, invite=invite if mode == "invite" else None
+        )
     except NameTaken:
         raise SignUpRefused("That user name is taken; choose another.", "name") from None
     except InviteInvalid:
@@ -96,8 +98,10 @@ async def sign_in(services: Services, logins: Logins, name: str, password: str, 
     settings = services.settings
     window = settings.login_lockout_s
     account_key, address_key = "user:" + name.lower()[:128], "addr:" + address
-    if (await logins.failures(account_key, window) >= settings.login_max_failures
-            or await logins.failures(address_key, window) >= settings.login_max_failures_per_address):
+    if (
+        await logins.failures(account_key, window) >= settings.login_max_failures
+        or await logins.failures(address_key, window) >= settings.login_max_failures_per_address
+    ):
         minutes = max(1, math.ceil(window / 60))
         raise SignInRefused(f"Too many failed sign-ins. Try again in {minutes} minutes.", throttled=True)
     user = await services.accounts.find_user(name) if len(name) <= 128 else None

@@ -20,7 +20,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from imagerelay.api.admin.users import adjust_balance
 from imagerelay.api.admin.channels import (
     add_channel_from,
     channel_json,
@@ -28,6 +27,7 @@ from imagerelay.api.admin.channels import (
     set_channel_enabled,
     update_channel_from,
 )
+from imagerelay.api.admin.users import adjust_balance
 from imagerelay.api.deps import services_of
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.console import charts, reports
@@ -37,10 +37,10 @@ from imagerelay.console.passwords import password_problem
 from imagerelay.console.web import read_form, redirect, render
 from imagerelay.domain import capabilities
 from imagerelay.domain.accountrules import label, user_changes
-from imagerelay.errors import ApiError, InvalidRequest
-from imagerelay.services import Services
 from imagerelay.domain.accounts import TOKEN_STATUSES, TokenFilter, UserInfo
 from imagerelay.domain.records import UsageQuery
+from imagerelay.errors import ApiError, InvalidRequest
+from imagerelay.services import Services
 
 TOKENS_PAGE = 50
 USAGE_PAGE = 50
@@ -82,15 +82,29 @@ async def dashboard(request: Request) -> Response:
     figures = []
     for metric, (title, _) in charts.METRICS.items():
         series = charts.pivot(buckets, starts, metric)
-        figures.append({
-            "id": metric, "chart": charts.line_chart(title, starts, size, series),
-            "labels": [charts.bucket_label(s, size) for s in starts], "series": series,
-        })
+        figures.append(
+            {
+                "id": metric,
+                "chart": charts.line_chart(title, starts, size, series),
+                "labels": [charts.bucket_label(s, size) for s in starts],
+                "series": series,
+            }
+        )
     totals = await services.reports.totals(f)
-    return await render(request, "admin/dashboard.html", {
-        "span": span, "by": by, "figures": figures, "totals": totals, "since": since, "until": until,
-        "utc": reports.utc_text, "per_key": reports.totals_by_key(buckets),
-    })
+    return await render(
+        request,
+        "admin/dashboard.html",
+        {
+            "span": span,
+            "by": by,
+            "figures": figures,
+            "totals": totals,
+            "since": since,
+            "until": until,
+            "utc": reports.utc_text,
+            "per_key": reports.totals_by_key(buckets),
+        },
+    )
 
 
 # -- users ------------------------------------------------------------------------------
@@ -104,10 +118,18 @@ async def _named_user(request: Request) -> UserInfo | None:
 async def users_page(request: Request, extra: Mapping[str, Any] | None = None, status: int = 200) -> Response:
     await require_admin(request)
     services = services_of(request)
-    return await render(request, "admin/users.html", {
-        "users": await services.accounts.list_users(), "groups": list(services.catalog.groups),
-        "name_help": NAME_HELP, "form": {}, **(extra or {}),
-    }, status=status)
+    return await render(
+        request,
+        "admin/users.html",
+        {
+            "users": await services.accounts.list_users(),
+            "groups": list(services.catalog.groups),
+            "name_help": NAME_HELP,
+            "form": {},
+            **(extra or {}),
+        },
+        status=status,
+    )
 
 
 async def create_user(request: Request) -> Response:
@@ -121,14 +143,17 @@ async def create_user(request: Request) -> Response:
     groups = form.getlist("groups")
     keep = {"name": name, "is_admin": bool(form.get("is_admin")), "groups": groups}
     if not NAME_RULE.match(name):
-        return await users_page(request, {"error": f"The user name must be {NAME_HELP}.", "error_param": "name",
-                                          "form": keep}, 400)
+        return await users_page(
+            request, {"error": f"The user name must be {NAME_HELP}.", "error_param": "name", "form": keep}, 400
+        )
     if await services.accounts.find_user(name) is not None:
-        return await users_page(request, {"error": f"A user named {name!r} already exists.", "error_param": "name",
-                                          "form": keep}, 400)
+        return await users_page(
+            request, {"error": f"A user named {name!r} already exists.", "error_param": "name", "form": keep}, 400
+        )
     try:
-        changes = user_changes({"allowed_groups": list(groups) if groups else None},
-                               groups=list(services.catalog.groups))
+        changes = user_changes(
+            {"allowed_groups": list(groups) if groups else None}, groups=list(services.catalog.groups)
+        )
     except ApiError as exc:
         return await users_page(request, {**_error(exc), "form": keep}, 400)
     if password:
@@ -161,11 +186,22 @@ async def user_page(request: Request, extra: Mapping[str, Any] | None = None, st
     if user is None:
         return await _missing(request, f"No user named {request.path_params['name']!r}.")
     views, more = await services.accounts.list_tokens(TokenFilter(user_id=user.id, limit=20))
-    return await render(request, "admin/user.html", {
-        "u": user, "groups": list(services.catalog.groups), "tokens": views, "more_tokens": more,
-        "ledger": await services.reports.ledger_entries(user.id), "now": time.time(),
-        "utc": reports.utc_text, "form": {}, **(extra or {}),
-    }, status=status)
+    return await render(
+        request,
+        "admin/user.html",
+        {
+            "u": user,
+            "groups": list(services.catalog.groups),
+            "tokens": views,
+            "more_tokens": more,
+            "ledger": await services.reports.ledger_entries(user.id),
+            "now": time.time(),
+            "utc": reports.utc_text,
+            "form": {},
+            **(extra or {}),
+        },
+        status=status,
+    )
 
 
 async def user_action(request: Request) -> Response:
@@ -220,14 +256,26 @@ async def tokens_page(request: Request) -> Response:
     if group is not None and group not in services.catalog.groups:
         error, group = f"No group named {group!r}.", None
     before_id = _row_id(before)
-    views, more = await services.accounts.list_tokens(TokenFilter(
-        user_id=user_id, group=group, status=status, limit=TOKENS_PAGE, before_id=before_id))
+    views, more = await services.accounts.list_tokens(
+        TokenFilter(user_id=user_id, group=group, status=status, limit=TOKENS_PAGE, before_id=before_id)
+    )
     filters = {"user": user_name, "group": group or "", "status": status or ""}
-    return await render(request, "admin/tokens.html", {
-        "tokens": views, "more": more, "now": time.time(), "utc": reports.utc_text, "error": error,
-        "filters": filters, "groups": list(services.catalog.groups), "statuses": TOKEN_STATUSES,
-        "next_query": _query({**filters, "before": str(views[-1].id)}) if more and views else None,
-    }, status=400 if error else 200)
+    return await render(
+        request,
+        "admin/tokens.html",
+        {
+            "tokens": views,
+            "more": more,
+            "now": time.time(),
+            "utc": reports.utc_text,
+            "error": error,
+            "filters": filters,
+            "groups": list(services.catalog.groups),
+            "statuses": TOKEN_STATUSES,
+            "next_query": _query({**filters, "before": str(views[-1].id)}) if more and views else None,
+        },
+        status=400 if error else 200,
+    )
 
 
 async def revoke_token(request: Request) -> Response:
@@ -308,10 +356,18 @@ def channel_body(form: FormData, *, editing: bool) -> dict[str, Any]:
 async def channels_page(request: Request, extra: Mapping[str, Any] | None = None, status: int = 200) -> Response:
     await require_admin(request)
     services = services_of(request)
-    return await render(request, "admin/channels.html", {
-        "channels": [channel_json(services, v) for v in services.directory.views()],
-        "types": CHANNEL_TYPES, "pools": known_pools(services), "form": {}, **(extra or {}),
-    }, status=status)
+    return await render(
+        request,
+        "admin/channels.html",
+        {
+            "channels": [channel_json(services, v) for v in services.directory.views()],
+            "types": CHANNEL_TYPES,
+            "pools": known_pools(services),
+            "form": {},
+            **(extra or {}),
+        },
+        status=status,
+    )
 
 
 async def add_channel(request: Request) -> Response:
@@ -319,14 +375,18 @@ async def add_channel(request: Request) -> Response:
     services = services_of(request)
     form = await read_form(request)
     keep: dict[str, Any] = {k: v for k, v in form.multi_items() if k not in ("api_key", "csrf_token")}
-    keep.update(pools=form.getlist("pools"), verify=form.get("verify") is not None,
-                model_map_text=form.get("model_map") or "")
+    keep.update(
+        pools=form.getlist("pools"), verify=form.get("verify") is not None, model_map_text=form.get("model_map") or ""
+    )
     try:
         added = await add_channel_from(services, channel_body(form, editing=False))
     except ApiError as exc:
         return await channels_page(request, {**_error(exc), "form": keep}, 400)
-    return redirect(request, f"/console/admin/channels/{added['name']}",
-                    flash=f"Channel {added['name']} added. Its key is stored encrypted and is never shown again.")
+    return redirect(
+        request,
+        f"/console/admin/channels/{added['name']}",
+        flash=f"Channel {added['name']} added. Its key is stored encrypted and is never shown again.",
+    )
 
 
 async def channel_page(request: Request, extra: Mapping[str, Any] | None = None, status: int = 200) -> Response:
@@ -336,13 +396,23 @@ async def channel_page(request: Request, extra: Mapping[str, Any] | None = None,
     view = next((v for v in services.directory.views() if v.spec.name == name), None)
     if view is None:
         return await _missing(request, f"No channel named {name!r}.")
-    serving = [f"{r.spec.group} / {r.spec.model}" for r in services.catalog.routes.values()
-               if r.spec.pool in view.spec.pools]
-    return await render(request, "admin/channel.html", {
-        "ch": channel_json(services, view), "spec": view.spec, "pools": known_pools(services), "serving": serving,
-        "model_map_text": "\n".join(f"{k}={v}" for k, v in view.spec.model_map.items()),
-        "utc": reports.utc_text, **(extra or {}),
-    }, status=status)
+    serving = [
+        f"{r.spec.group} / {r.spec.model}" for r in services.catalog.routes.values() if r.spec.pool in view.spec.pools
+    ]
+    return await render(
+        request,
+        "admin/channel.html",
+        {
+            "ch": channel_json(services, view),
+            "spec": view.spec,
+            "pools": known_pools(services),
+            "serving": serving,
+            "model_map_text": "\n".join(f"{k}={v}" for k, v in view.spec.model_map.items()),
+            "utc": reports.utc_text,
+            **(extra or {}),
+        },
+        status=status,
+    )
 
 
 async def channel_action(request: Request) -> Response:
@@ -382,21 +452,42 @@ def catalog_view(services: Services) -> dict[str, Any]:
     for (group, model), route in sorted(catalog.routes.items()):
         price = capabilities.billing(route)
         profile = route.profile
-        routes.append({
-            "group": group, "model": model, "name": route.spec.name, "description": route.spec.description,
-            "endpoints": ", ".join(route.spec.endpoints), "pool": route.spec.pool,
-            "channels": by_pool.get(route.spec.pool, []),
-            "price": (f"${price['price_per_call_usd']} per call" if price["mode"] == "per_call"
-                      else f"usage × {price['multiplier']}"),
-            "sizes": capabilities.size_rules(profile)["mode"],
-            "quality": ", ".join(profile.quality) if profile.quality else "—",
-            "params": route.spec.params,
-        })
-    models = [{"name": name, "description": spec.description,
-               "prices": spec.prices_per_million.model_dump() if spec.prices_per_million else None}
-              for name, spec in catalog.file.models.items()]
-    groups = [{"name": name, "description": g.description, "multiplier": g.multiplier,
-               "models": catalog.models_by_group.get(name, ())} for name, g in catalog.groups.items()]
+        routes.append(
+            {
+                "group": group,
+                "model": model,
+                "name": route.spec.name,
+                "description": route.spec.description,
+                "endpoints": ", ".join(route.spec.endpoints),
+                "pool": route.spec.pool,
+                "channels": by_pool.get(route.spec.pool, []),
+                "price": (
+                    f"${price['price_per_call_usd']} per call"
+                    if price["mode"] == "per_call"
+                    else f"usage × {price['multiplier']}"
+                ),
+                "sizes": capabilities.size_rules(profile)["mode"],
+                "quality": ", ".join(profile.quality) if profile.quality else "—",
+                "params": route.spec.params,
+            }
+        )
+    models = [
+        {
+            "name": name,
+            "description": spec.description,
+            "prices": spec.prices_per_million.model_dump() if spec.prices_per_million else None,
+        }
+        for name, spec in catalog.file.models.items()
+    ]
+    groups = [
+        {
+            "name": name,
+            "description": g.description,
+            "multiplier": g.multiplier,
+            "models": catalog.models_by_group.get(name, ()),
+        }
+        for name, g in catalog.groups.items()
+    ]
     return {"groups": groups, "models": models, "routes": routes, "source": catalog.source}
 
 
@@ -435,15 +526,25 @@ async def usage_page(request: Request) -> Response:
     before_id = _row_id(before)
     rows, more = await services.reports.named_rows(f, limit=USAGE_PAGE, before_id=before_id)
     filters = {k: request.query_params.get(k) or "" for k in USAGE_FIELDS}
-    return await render(request, "admin/usage.html", {
-        "rows": rows, "more": more, "totals": await services.reports.totals(f), "error": error,
-        "filters": filters, "utc": reports.utc_text, "usd": reports.usd,
-        "csv_query": _query(filters),
-        "next_query": _query({**filters, "before": str(rows[-1]["id"])}) if more and rows else None,
-        "models": sorted({m for models in services.catalog.models_by_group.values() for m in models}),
-        "channels": [v.spec.name for v in services.directory.views()],
-        "route_names": sorted({r.spec.name for r in services.catalog.routes.values()}),
-    }, status=400 if error else 200)
+    return await render(
+        request,
+        "admin/usage.html",
+        {
+            "rows": rows,
+            "more": more,
+            "totals": await services.reports.totals(f),
+            "error": error,
+            "filters": filters,
+            "utc": reports.utc_text,
+            "usd": reports.usd,
+            "csv_query": _query(filters),
+            "next_query": _query({**filters, "before": str(rows[-1]["id"])}) if more and rows else None,
+            "models": sorted({m for models in services.catalog.models_by_group.values() for m in models}),
+            "channels": [v.spec.name for v in services.directory.views()],
+            "route_names": sorted({r.spec.name for r in services.catalog.routes.values()}),
+        },
+        status=400 if error else 200,
+    )
 
 
 async def usage_csv(request: Request) -> Response:
@@ -452,7 +553,8 @@ async def usage_csv(request: Request) -> Response:
     if error:
         return await render(request, "error.html", {"title": "Bad filter", "message": error}, status=400)
     return StreamingResponse(
-        reports.usage_csv(services_of(request).reports, f), media_type="text/csv; charset=utf-8",
+        reports.usage_csv(services_of(request).reports, f),
+        media_type="text/csv; charset=utf-8",
         headers={"content-disposition": 'attachment; filename="usage.csv"', "cache-control": "no-store"},
     )
 

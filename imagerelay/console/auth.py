@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import Response
 
-from imagerelay.api.deps import services_of
 from imagerelay.api.account.keys import usable_groups
+from imagerelay.api.deps import services_of
 from imagerelay.storage.logins import Logins
 
 SESSION_COOKIE = "imagerelay_session"
@@ -59,8 +59,14 @@ async def console_user(request: Request) -> ConsoleUser | None:
         if row is not None:
             info = await services_of(request).accounts.get_user(row.user_id)
             if info is not None and not info.disabled:
-                user = ConsoleUser(info.id, info.name, info.is_admin,
-                                   await usable_groups(services_of(request), info), row.id_hash, row.csrf_token)
+                user = ConsoleUser(
+                    info.id,
+                    info.name,
+                    info.is_admin,
+                    await usable_groups(services_of(request), info),
+                    row.id_hash,
+                    row.csrf_token,
+                )
     request.state.console_user = user
     return user
 
@@ -104,10 +110,18 @@ def cookie_path(request: Request) -> str:
 
 def set_session_cookie(request: Request, response: Response, sid: str) -> None:
     settings = services_of(request).settings
-    response.set_cookie(SESSION_COOKIE, sid, max_age=int(settings.session_max_s), path=cookie_path(request),
-                        httponly=True, samesite="lax", secure=request.url.scheme == "https")
+    response.set_cookie(
+        SESSION_COOKIE,
+        sid,
+        max_age=int(settings.session_max_s),
+        path=cookie_path(request),
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
 
 
 def clear_session_cookie(request: Request, response: Response) -> None:
-    response.delete_cookie(SESSION_COOKIE, path=cookie_path(request), httponly=True, samesite="lax",
-                           secure=request.url.scheme == "https")
+    response.delete_cookie(
+        SESSION_COOKIE, path=cookie_path(request), httponly=True, samesite="lax", secure=request.url.scheme == "https"
+    )

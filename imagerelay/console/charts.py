@@ -123,8 +123,9 @@ def bucket_label(start: int, size_s: int) -> str:
     return moment.strftime("%m-%d") if size_s >= DAY_S else moment.strftime("%H:00")
 
 
-def line_chart(title: str, starts: Sequence[int], size_s: int, series: Sequence[Series], *,
-               width: int = 640, height: int = 220) -> Chart:
+def line_chart(
+    title: str, starts: Sequence[int], size_s: int, series: Sequence[Series], *, width: int = 640, height: int = 220
+) -> Chart:
     left, right, top, bottom = 56, width - 12, 12, height - 28
     values = [v for s in series for v in s.values if v is not None]
     top_value = nice_ceiling(max(values, default=0.0))
@@ -144,11 +145,14 @@ def line_chart(title: str, starts: Sequence[int], size_s: int, series: Sequence[
                 runs.append([])
             else:
                 runs[-1].append((x_at(i), y_at(v)))
-        lines.append(Line(
-            s.name, index,
-            [" ".join(f"{x},{y}" for x, y in run) for run in runs if len(run) > 1],
-            [run[0] for run in runs if len(run) == 1],
-        ))
+        lines.append(
+            Line(
+                s.name,
+                index,
+                [" ".join(f"{x},{y}" for x, y in run) for run in runs if len(run) > 1],
+                [run[0] for run in runs if len(run) == 1],
+            )
+        )
     y_ticks = [(y_at(top_value * k / 4), _tick_label(top_value * k / 4)) for k in range(5)]
     every = max(1, math.ceil(n / 8))
     x_ticks = [(x_at(i), bucket_label(starts[i], size_s)) for i in range(0, n, every)]

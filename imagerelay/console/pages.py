@@ -13,7 +13,6 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from imagerelay.api.deps import services_of
-from imagerelay.domain.accounts import TokenFilter
 from imagerelay.console import accounts, playground, token_pages, usage_pages
 from imagerelay.console.auth import (
     SESSION_COOKIE,
@@ -27,14 +26,14 @@ from imagerelay.console.auth import (
 )
 from imagerelay.console.passwords import HashingBusy
 from imagerelay.console.web import FormTooLarge, read_form, redirect, render, url
-
+from imagerelay.domain.accounts import TokenFilter
 
 # -- errors -----------------------------------------------------------------------------
 
 
 async def sign_in_required(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SignInRequired)
-    here = request.url.path[len(request.scope.get("root_path", "").rstrip("/")):]
+    here = request.url.path[len(request.scope.get("root_path", "").rstrip("/")) :]
     target = "/console/signin"
     if request.method == "GET" and here not in ("/console/", "/console"):
         target += "?" + urllib.parse.urlencode({"next": here})
@@ -48,15 +47,22 @@ async def page_denied(request: Request, exc: Exception) -> Response:
 
 async def form_too_large(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FormTooLarge)
-    return await render(request, "error.html", {"title": "Form too large",
-                                                "message": "This form is larger than the console accepts."},
-                        status=413)
+    return await render(
+        request,
+        "error.html",
+        {"title": "Form too large", "message": "This form is larger than the console accepts."},
+        status=413,
+    )
 
 
 async def hashing_busy(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HashingBusy)
-    response = await render(request, "error.html", {
-        "title": "Busy", "message": "Too many sign-ins at once. Try again in a moment."}, status=503)
+    response = await render(
+        request,
+        "error.html",
+        {"title": "Busy", "message": "Too many sign-ins at once. Try again in a moment."},
+        status=503,
+    )
     response.headers.update(exc.headers)
     return response
 
@@ -90,10 +96,14 @@ async def console_bare(request: Request) -> Response:
 async def signin_page(request: Request) -> Response:
     if await console_user(request) is not None:
         return redirect(request, "/console/")
-    return await render(request, "signin.html", {
-        "next": _next_path(request.query_params.get("next")),
-        "signup": accounts.signup_mode(services_of(request)) != "off",
-    })
+    return await render(
+        request,
+        "signin.html",
+        {
+            "next": _next_path(request.query_params.get("next")),
+            "signup": accounts.signup_mode(services_of(request)) != "off",
+        },
+    )
 
 
 async def signin_submit(request: Request) -> Response:
@@ -104,10 +114,17 @@ async def signin_submit(request: Request) -> Response:
     try:
         signed = await accounts.sign_in(services, logins_of(request), name, password, _client_address(request))
     except accounts.SignInRefused as refused:
-        return await render(request, "signin.html", {
-            "next": next_path, "name": name, "error": refused.message,
-            "signup": accounts.signup_mode(services) != "off",
-        }, status=429 if refused.throttled else 400)
+        return await render(
+            request,
+            "signin.html",
+            {
+                "next": next_path,
+                "name": name,
+                "error": refused.message,
+                "signup": accounts.signup_mode(services) != "off",
+            },
+            status=429 if refused.throttled else 400,
+        )
     # A new id at every sign-in; the id the browser came with is closed (no fixation).
     old = request.cookies.get(SESSION_COOKIE)
     if old:
@@ -121,11 +138,20 @@ async def signup_page(request: Request) -> Response:
     services = services_of(request)
     mode = accounts.signup_mode(services)
     if mode == "off":
-        return await render(request, "error.html", {
-            "title": "Sign-up is closed",
-            "message": "This gateway does not take sign-ups; ask its administrator for an account."}, status=404)
-    return await render(request, "signup.html", {"mode": mode, "invite": request.query_params.get("invite", "")[:100],
-                                                 "name_help": accounts.NAME_HELP})
+        return await render(
+            request,
+            "error.html",
+            {
+                "title": "Sign-up is closed",
+                "message": "This gateway does not take sign-ups; ask its administrator for an account.",
+            },
+            status=404,
+        )
+    return await render(
+        request,
+        "signup.html",
+        {"mode": mode, "invite": request.query_params.get("invite", "")[:100], "name_help": accounts.NAME_HELP},
+    )
 
 
 async def signup_submit(request: Request) -> Response:
@@ -135,13 +161,24 @@ async def signup_submit(request: Request) -> Response:
     invite = str(form.get("invite") or "").strip() or None
     logins = logins_of(request)
     try:
-        user_id = await accounts.sign_up(services, logins, name, str(form.get("password") or ""),
-                                         str(form.get("confirm") or ""), invite)
+        user_id = await accounts.sign_up(
+            services, logins, name, str(form.get("password") or ""), str(form.get("confirm") or ""), invite
+        )
     except accounts.SignUpRefused as refused:
         mode = accounts.signup_mode(services)
-        return await render(request, "signup.html", {
-            "mode": mode, "name": name, "invite": invite or "", "error": refused.message, "field": refused.field,
-            "name_help": accounts.NAME_HELP}, status=404 if mode == "off" else 400)
+        return await render(
+            request,
+            "signup.html",
+            {
+                "mode": mode,
+                "name": name,
+                "invite": invite or "",
+                "error": refused.message,
+                "field": refused.field,
+                "name_help": accounts.NAME_HELP,
+            },
+            status=404 if mode == "off" else 400,
+        )
     old = request.cookies.get(SESSION_COOKIE)
     if old:
         await logins.close_session(old)

@@ -36,8 +36,7 @@ class HashingBusy(ServerBusy):
     """Every hashing thread is busy and the waiting line is full."""
 
     def __init__(self) -> None:
-        super().__init__("Too many sign-ins at once; try again in a moment.",
-                         headers={"retry-after": "1"})
+        super().__init__("Too many sign-ins at once; try again in a moment.", headers={"retry-after": "1"})
 
 
 class Hasher:
@@ -106,8 +105,9 @@ def password_problem(password: str, name: str = "") -> str | None:
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(password[:MAX_LENGTH].encode("utf-8"), salt=salt, n=n, r=r, p=p,
-                          maxmem=n * r * 128 * 2, dklen=_DKLEN)
+    return hashlib.scrypt(
+        password[:MAX_LENGTH].encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=n * r * 128 * 2, dklen=_DKLEN
+    )
 
 
 def _b64(raw: bytes) -> str:

@@ -21,9 +21,9 @@ from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
 from imagerelay.console.auth import ConsoleUser, require_json_user, require_user
 from imagerelay.console.web import render, url
+from imagerelay.domain.accounts import TokenFilter
 from imagerelay.errors import InvalidRequest, PermissionDenied
 from imagerelay.services import Services
-from imagerelay.domain.accounts import TokenFilter
 
 TEST_KEY_PREFIX = "playground session "
 MAX_TOKENS_LISTED = 100
@@ -48,7 +48,8 @@ async def _session_ends(request: Request, user: ConsoleUser) -> float:
 
 async def _session_keys(services: Services, user_id: int, name: str, group: str | None = None) -> list[int]:
     views, _ = await services.accounts.list_tokens(
-        TokenFilter(user_id=user_id, group=group, status="active", limit=MAX_TOKENS_LISTED))
+        TokenFilter(user_id=user_id, group=group, status="active", limit=MAX_TOKENS_LISTED)
+    )
     return [v.id for v in views if v.name == name]
 
 
@@ -63,7 +64,8 @@ async def revoke_all_test_keys(services: Services, user_id: int) -> None:
     """A password change ends every session of the user, so every session's test keys end
     with them (a stolen session's key must not outlive the change that locked it out)."""
     views, _ = await services.accounts.list_tokens(
-        TokenFilter(user_id=user_id, status="active", limit=MAX_TOKENS_LISTED))
+        TokenFilter(user_id=user_id, status="active", limit=MAX_TOKENS_LISTED)
+    )
     for view in views:
         if view.name.startswith(TEST_KEY_PREFIX):
             await services.accounts.revoke_token(view.id)
@@ -73,17 +75,25 @@ async def page(request: Request) -> Response:
     user = await require_user(request)
     services = services_of(request)
     views, _ = await services.accounts.list_tokens(
-        TokenFilter(user_id=user.id, status="active", limit=MAX_TOKENS_LISTED))
+        TokenFilter(user_id=user.id, status="active", limit=MAX_TOKENS_LISTED)
+    )
     # Test keys are offered by group (the session's own, kept by the page), not as tokens.
-    tokens = [{"id": v.id, "name": v.name, "group": v.group, "hint": v.hint} for v in views
-              if v.group in services.catalog.groups and not v.name.startswith(TEST_KEY_PREFIX)]
-    return await render(request, "playground.html", {
-        "tokens": tokens,
-        "groups": list(user.allowed_groups),
-        "api_base": url(request, "/v1"),
-        "test_key_url": url(request, "/console/playground/test-key"),
-        "test_key_name": test_key_name(user),
-    })
+    tokens = [
+        {"id": v.id, "name": v.name, "group": v.group, "hint": v.hint}
+        for v in views
+        if v.group in services.catalog.groups and not v.name.startswith(TEST_KEY_PREFIX)
+    ]
+    return await render(
+        request,
+        "playground.html",
+        {
+            "tokens": tokens,
+            "groups": list(user.allowed_groups),
+            "api_base": url(request, "/v1"),
+            "test_key_url": url(request, "/console/playground/test-key"),
+            "test_key_name": test_key_name(user),
+        },
+    )
 
 
 async def test_key(request: Request) -> Response:
@@ -97,7 +107,9 @@ async def test_key(request: Request) -> Response:
     if group not in user.allowed_groups:
         raise PermissionDenied(
             f"This account may not use group {group!r}; it may use: {', '.join(user.allowed_groups) or 'none'}.",
-            param="group", code="group_not_allowed")
+            param="group",
+            code="group_not_allowed",
+        )
     name = test_key_name(user)
     for token_id in await _session_keys(services, user.id, name, group):  # one live test key per group
         await services.accounts.revoke_token(token_id)
@@ -105,8 +117,18 @@ async def test_key(request: Request) -> Response:
     key = await services.accounts.create_token(user.id, group, name=name, expires_at=expires_at)
     created = await services.accounts.view_token_by_secret(key)
     assert created is not None
-    return json_response({"id": created.id, "object": "api_key", "name": name, "group": group,
-                          "hint": created.hint, "expires_at": expires_at, "key": key}, status=201)
+    return json_response(
+        {
+            "id": created.id,
+            "object": "api_key",
+            "name": name,
+            "group": group,
+            "hint": created.hint,
+            "expires_at": expires_at,
+            "key": key,
+        },
+        status=201,
+    )
 
 
 routes = [

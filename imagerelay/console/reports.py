@@ -19,8 +19,8 @@ from typing import Any
 
 from imagerelay.console.views import parse_day
 from imagerelay.domain.accountrules import label
-from imagerelay.errors import InvalidRequest
 from imagerelay.domain.records import DAY_S, Bucket, UsageQuery
+from imagerelay.errors import InvalidRequest
 from imagerelay.storage.usage_stats import UsageReports
 
 CSV_CHUNK = 1000
@@ -65,9 +65,15 @@ def parse_usage_filter(params: Mapping[str, str], *, user_id: int | None = None)
     token_raw, status_raw = text("token"), text("status")
     status, failed = parse_status(status_raw) if status_raw else (None, None)
     return UsageQuery(
-        since=since, until=until, user_id=user_id,
+        since=since,
+        until=until,
+        user_id=user_id,
         token_id=parse_id(token_raw, "token") if token_raw else None,
-        model=text("model"), route=text("route"), channel=text("channel"), status=status, failed=failed,
+        model=text("model"),
+        route=text("route"),
+        channel=text("channel"),
+        status=status,
+        failed=failed,
     )
 
 
@@ -124,8 +130,9 @@ def csv_row(r: Mapping[str, Any], columns: Sequence[CsvColumn] = ADMIN_CSV) -> l
     return [_cell(read(r)) for _, read in columns]
 
 
-async def usage_csv(reports: UsageReports, f: UsageQuery, columns: Sequence[CsvColumn] = ADMIN_CSV, *,
-                    max_rows: int | None = None) -> AsyncIterator[str]:
+async def usage_csv(
+    reports: UsageReports, f: UsageQuery, columns: Sequence[CsvColumn] = ADMIN_CSV, *, max_rows: int | None = None
+) -> AsyncIterator[str]:
     """Every matching record (newest first, at most ``max_rows``) as CSV text, header
     first, read in chunks so an export of millions of records never sits in memory. The
     one CSV writer of the console: the admin export and the user's own (usage_pages.py)."""

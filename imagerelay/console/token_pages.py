@@ -9,15 +9,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from imagerelay.api.account.keys import check_group_allowed, create_token_for, token_json, update_token_of
 from imagerelay.api.deps import services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
-from imagerelay.api.account.keys import check_group_allowed, create_token_for, token_json, update_token_of
 from imagerelay.console import views
 from imagerelay.console.auth import ConsoleUser, require_json_user, require_user
 from imagerelay.console.web import read_form, redirect, render
-from imagerelay.errors import ApiError, NotFound
 from imagerelay.domain.accounts import TokenFilter, TokenView
+from imagerelay.errors import ApiError, NotFound
 
 PAGE = 50
 
@@ -39,27 +39,57 @@ async def _own_token(request: Request, user: ConsoleUser) -> TokenView | None:
 
 
 async def _not_found(request: Request) -> Response:
-    return await render(request, "error.html", {"title": "No such key",
-                                                "message": "This API key does not exist or is not yours."}, status=404)
+    return await render(
+        request,
+        "error.html",
+        {"title": "No such key", "message": "This API key does not exist or is not yours."},
+        status=404,
+    )
 
 
 async def token_list(request: Request) -> Response:
     user = await require_user(request)
     before = request.query_params.get("before", "")
-    where = TokenFilter(user_id=user.id, limit=PAGE,
-                        before_id=int(before) if before.isascii() and before.isdigit() and len(before) <= 9 else None)
+    where = TokenFilter(
+        user_id=user.id,
+        limit=PAGE,
+        before_id=int(before) if before.isascii() and before.isdigit() and len(before) <= 9 else None,
+    )
     tokens, more = await services_of(request).accounts.list_tokens(where)
-    return await render(request, "tokens.html", {
-        "tokens": tokens, "now": time.time(), "more": more, "next_before": tokens[-1].id if more and tokens else None,
-        "time_text": views.time_text})
+    return await render(
+        request,
+        "tokens.html",
+        {
+            "tokens": tokens,
+            "now": time.time(),
+            "more": more,
+            "next_before": tokens[-1].id if more and tokens else None,
+            "time_text": views.time_text,
+        },
+    )
 
 
-async def _new_form(request: Request, user: ConsoleUser, *, error: str | None = None, field: str | None = None,
-                    values: dict[str, str] | None = None, status: int = 200) -> Response:
+async def _new_form(
+    request: Request,
+    user: ConsoleUser,
+    *,
+    error: str | None = None,
+    field: str | None = None,
+    values: dict[str, str] | None = None,
+    status: int = 200,
+) -> Response:
     services = services_of(request)
-    return await render(request, "token_new.html", {
-        "groups": views.group_summaries(services.catalog, user.allowed_groups),
-        "error": error, "field": field, "values": values or {}}, status=status)
+    return await render(
+        request,
+        "token_new.html",
+        {
+            "groups": views.group_summaries(services.catalog, user.allowed_groups),
+            "error": error,
+            "field": field,
+            "values": values or {},
+        },
+        status=status,
+    )
 
 
 async def token_new(request: Request) -> Response:
@@ -80,23 +110,46 @@ async def token_create(request: Request) -> Response:
         await check_group_allowed(services, info, group)
         plain, view = await create_token_for(services, info, group, views.token_body(form, models=None))
     except ApiError as refused:
-        return await _new_form(request, user, error=refused.message, field=refused.param, values=values,
-                               status=refused.status)
+        return await _new_form(
+            request, user, error=refused.message, field=refused.param, values=values, status=refused.status
+        )
     # The secret is in this answer only (it is stored as a hash), never in a URL or cookie.
     return await _detail(request, user, view, plain=plain)
 
 
-async def _detail(request: Request, user: ConsoleUser, view: TokenView, *, plain: str | None = None,
-                  error: str | None = None, field: str | None = None, status: int = 200) -> Response:
+async def _detail(
+    request: Request,
+    user: ConsoleUser,
+    view: TokenView,
+    *,
+    plain: str | None = None,
+    error: str | None = None,
+    field: str | None = None,
+    status: int = 200,
+) -> Response:
     services = services_of(request)
     models = services.catalog.models_by_group.get(view.group, ())
-    return await render(request, "token.html", {
-        "token": view, "plain": plain, "status": view.status(time.time()), "base_url": api_base(request),
-        "group": views.group_summaries(services.catalog, (view.group,))[0] if view.group in services.catalog.groups
-        else None,
-        "snippets": views.snippets(services.catalog, view.group, api_base(request), plain),
-        "placeholder": views.KEY_PLACEHOLDER, "models": models, "time_text": views.time_text,
-        "day_text": views.day_text, "error": error, "field": field}, status=status)
+    return await render(
+        request,
+        "token.html",
+        {
+            "token": view,
+            "plain": plain,
+            "status": view.status(time.time()),
+            "base_url": api_base(request),
+            "group": views.group_summaries(services.catalog, (view.group,))[0]
+            if view.group in services.catalog.groups
+            else None,
+            "snippets": views.snippets(services.catalog, view.group, api_base(request), plain),
+            "placeholder": views.KEY_PLACEHOLDER,
+            "models": models,
+            "time_text": views.time_text,
+            "day_text": views.day_text,
+            "error": error,
+            "field": field,
+        },
+        status=status,
+    )
 
 
 async def token_detail(request: Request) -> Response:

@@ -13,14 +13,14 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from imagerelay.api.account.usage import group_pricing
-from imagerelay.domain.money import format_amount
 from imagerelay.api.deps import services_of
 from imagerelay.console import reports, views
 from imagerelay.console.auth import ConsoleUser, require_user
 from imagerelay.console.web import render
-from imagerelay.errors import InvalidRequest
 from imagerelay.domain.accounts import TokenFilter
+from imagerelay.domain.money import format_amount
 from imagerelay.domain.records import DAY_S, UsageQuery
+from imagerelay.errors import InvalidRequest
 
 PAGE = 50
 DEFAULT_DAYS = 30
@@ -56,8 +56,15 @@ def _filters(request: Request, user: ConsoleUser, models: set[str], token_ids: s
     model = values["model"] if values["model"] in models else None
     token = int(values["token"]) if values["token"].isdigit() and int(values["token"]) in token_ids else None
     failed = STATUSES.get(values["status"])
-    query = UsageQuery(user_id=user.id, since=float(first * DAY_S), until=float((last + 1) * DAY_S), model=model,
-                       token_id=token, failed=failed, limit=PAGE)
+    query = UsageQuery(
+        user_id=user.id,
+        since=float(first * DAY_S),
+        until=float((last + 1) * DAY_S),
+        model=model,
+        token_id=token,
+        failed=failed,
+        limit=PAGE,
+    )
     return UsageFilters(query, values, first, last, error)
 
 
@@ -82,12 +89,24 @@ async def usage(request: Request) -> Response:
     info = await services.accounts.get_user(user.id)
     assert info is not None
     keep = {k: v for k, v in filters.values.items() if v}
-    return await render(request, "usage.html", {
-        "info": info, "rows": rows, "more": more, "next_before": rows[-1]["id"] if more and rows else None,
-        "totals": totals, "chart": views.usage_chart(days, filters.first_day, filters.last_day),
-        "values": filters.values, "error": filters.error, "models": models, "token_names": token_names,
-        "query": urllib.parse.urlencode(keep), "time_text": views.time_text,
-    })
+    return await render(
+        request,
+        "usage.html",
+        {
+            "info": info,
+            "rows": rows,
+            "more": more,
+            "next_before": rows[-1]["id"] if more and rows else None,
+            "totals": totals,
+            "chart": views.usage_chart(days, filters.first_day, filters.last_day),
+            "values": filters.values,
+            "error": filters.error,
+            "models": models,
+            "token_names": token_names,
+            "query": urllib.parse.urlencode(keep),
+            "time_text": views.time_text,
+        },
+    )
 
 
 def user_csv_columns(token_names: dict[int, str]) -> tuple[reports.CsvColumn, ...]:
@@ -115,9 +134,11 @@ async def usage_csv(request: Request) -> Response:
     filters, token_names, _ = await _context(request, user)
     lines = reports.usage_csv(services.reports, filters.query, user_csv_columns(token_names), max_rows=CSV_MAX_ROWS)
     name = f"usage-{filters.values['from']}-{filters.values['to']}.csv"
-    return StreamingResponse(lines, media_type="text/csv; charset=utf-8",
-                             headers={"content-disposition": f'attachment; filename="{name}"',
-                                      "cache-control": "no-store"})
+    return StreamingResponse(
+        lines,
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{name}"', "cache-control": "no-store"},
+    )
 
 
 async def pricing(request: Request) -> Response:

@@ -14,8 +14,8 @@ from starlette.datastructures import FormData
 
 from imagerelay.catalog.loader import Catalog, ResolvedRoute
 from imagerelay.domain.capabilities import billing_summary, example_body, params_summary
-from imagerelay.errors import InvalidRequest
 from imagerelay.domain.records import DAY_S, DaySum
+from imagerelay.errors import InvalidRequest
 
 KEY_PLACEHOLDER = "sk-PASTE-YOUR-KEY-HERE"
 
@@ -68,16 +68,20 @@ def snippets(catalog: Catalog, group: str, base_url: str, key: str | None) -> li
         route = catalog.route(group, model)
         assert route is not None
         body = example_body(route)
-        curl = (f"curl {shlex.quote(base_url + '/images/generations')} \\\n"
-                f"  -H {shlex.quote('Authorization: Bearer ' + secret)} \\\n"
-                "  -H 'Content-Type: application/json' \\\n"
-                f"  -d {shlex.quote(json.dumps(body))}")
+        curl = (
+            f"curl {shlex.quote(base_url + '/images/generations')} \\\n"
+            f"  -H {shlex.quote('Authorization: Bearer ' + secret)} \\\n"
+            "  -H 'Content-Type: application/json' \\\n"
+            f"  -d {shlex.quote(json.dumps(body))}"
+        )
         args = "".join(f"    {k}={json.dumps(v)},\n" for k, v in body.items())
-        python = ("import base64\n\nfrom openai import OpenAI\n\n"
-                  f"client = OpenAI(base_url={json.dumps(base_url)}, api_key={json.dumps(secret)})\n"
-                  f"result = client.images.generate(\n{args})\n"
-                  "with open(\"image.png\", \"wb\") as f:\n"
-                  "    f.write(base64.b64decode(result.data[0].b64_json))\n")
+        python = (
+            "import base64\n\nfrom openai import OpenAI\n\n"
+            f"client = OpenAI(base_url={json.dumps(base_url)}, api_key={json.dumps(secret)})\n"
+            f"result = client.images.generate(\n{args})\n"
+            'with open("image.png", "wb") as f:\n'
+            "    f.write(base64.b64decode(result.data[0].b64_json))\n"
+        )
         out.append(Snippet(model, route_summary(route), curl, python))
     return out
 
@@ -143,25 +147,29 @@ def usage_chart(days: list[DaySum], first_day: int, last_day: int) -> Markup:
     max_cost = max((by_day[d].cost_micros for d in span if d in by_day), default=0) or 1
     max_calls = max((by_day[d].calls for d in span if d in by_day), default=0) or 1
     step = plot_w / max(len(span), 1)
-    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-labelledby="chart-title chart-desc" '
-             'xmlns="http://www.w3.org/2000/svg">',
-             '<title id="chart-title">Spend and calls per day</title>',
-             f'<desc id="chart-desc">Bars: spend per day (peak {escape(_usd(max_cost))}); '
-             f'line: calls per day (peak {max_calls}), {escape(day_text(first_day * DAY_S))} to '
-             f'{escape(day_text(last_day * DAY_S))}.</desc>',
-             f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}"/>',
-             f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}"/>',
-             f'<text x="4" y="{top + 10}">{escape(_usd(max_cost))}</text>',
-             f'<text x="{left + plot_w + 4}" y="{top + 10}">{max_calls} calls</text>']
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" role="img" aria-labelledby="chart-title chart-desc" '
+        'xmlns="http://www.w3.org/2000/svg">',
+        '<title id="chart-title">Spend and calls per day</title>',
+        f'<desc id="chart-desc">Bars: spend per day (peak {escape(_usd(max_cost))}); '
+        f"line: calls per day (peak {max_calls}), {escape(day_text(first_day * DAY_S))} to "
+        f"{escape(day_text(last_day * DAY_S))}.</desc>",
+        f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}"/>',
+        f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}"/>',
+        f'<text x="4" y="{top + 10}">{escape(_usd(max_cost))}</text>',
+        f'<text x="{left + plot_w + 4}" y="{top + 10}">{max_calls} calls</text>',
+    ]
     points = []
     for i, day in enumerate(span):
         d = by_day.get(day)
         cost, calls = (d.cost_micros, d.calls) if d else (0, 0)
         bar_h = plot_h * cost / max_cost
         x = left + i * step
-        parts.append(f'<rect class="bar" x="{x + step * 0.15:.1f}" y="{top + plot_h - bar_h:.1f}" '
-                     f'width="{step * 0.7:.1f}" height="{bar_h:.1f}"><title>{escape(day_text(day * DAY_S))}: '
-                     f'{escape(_usd(cost))}, {calls} calls</title></rect>')
+        parts.append(
+            f'<rect class="bar" x="{x + step * 0.15:.1f}" y="{top + plot_h - bar_h:.1f}" '
+            f'width="{step * 0.7:.1f}" height="{bar_h:.1f}"><title>{escape(day_text(day * DAY_S))}: '
+            f"{escape(_usd(cost))}, {calls} calls</title></rect>"
+        )
         points.append(f"{x + step / 2:.1f},{top + plot_h - plot_h * calls / max_calls:.1f}")
     if points:
         parts.append(f'<polyline class="calls" points="{" ".join(points)}"/>')

@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
-from importlib import resources
 import urllib.parse
+from importlib import resources
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -20,8 +20,8 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from imagerelay.domain.money import format_usd
 from imagerelay.console.auth import ConsoleUser, PageDenied, console_user, cookie_path, csrf_matches
+from imagerelay.domain.money import format_usd
 
 ANON_CSRF_COOKIE = "imagerelay_csrf"
 FLASH_COOKIE = "imagerelay_flash"
@@ -87,36 +87,58 @@ async def csrf_token(request: Request) -> str:
     return user.csrf_token if user is not None else _anon_csrf(request)[0]
 
 
-NAV = [("/console/", "Home"), ("/console/tokens", "Tokens"), ("/console/playground", "Playground"),
-       ("/console/usage", "Usage"), ("/console/pricing", "Pricing")]
-ADMIN_NAV = [("/console/admin/", "Dashboard"), ("/console/admin/users", "Users"),
-             ("/console/admin/tokens", "All tokens"), ("/console/admin/channels", "Channels"),
-             ("/console/admin/catalog", "Catalog"), ("/console/admin/usage", "All usage")]
+NAV = [
+    ("/console/", "Home"),
+    ("/console/tokens", "Tokens"),
+    ("/console/playground", "Playground"),
+    ("/console/usage", "Usage"),
+    ("/console/pricing", "Pricing"),
+]
+ADMIN_NAV = [
+    ("/console/admin/", "Dashboard"),
+    ("/console/admin/users", "Users"),
+    ("/console/admin/tokens", "All tokens"),
+    ("/console/admin/channels", "Channels"),
+    ("/console/admin/catalog", "Catalog"),
+    ("/console/admin/usage", "All usage"),
+]
 
 
-async def render(request: Request, template: str, context: dict[str, Any] | None = None,
-                 status: int = 200) -> HTMLResponse:
+async def render(
+    request: Request, template: str, context: dict[str, Any] | None = None, status: int = 200
+) -> HTMLResponse:
     user: ConsoleUser | None = await console_user(request)
     token = await csrf_token(request)
     flash = request.cookies.get(FLASH_COOKIE)
     here = request.url.path
     values = {
-        "request": request, "user": user, "csrf_token": token,
-        "url": lambda path: url(request, path), "static": lambda name: static(request, name),
-        "nav": NAV if user else [], "admin_nav": ADMIN_NAV if user and user.is_admin else [],
-        "current": here[len(request.scope.get("root_path", "").rstrip("/")):] if here else "",
+        "request": request,
+        "user": user,
+        "csrf_token": token,
+        "url": lambda path: url(request, path),
+        "static": lambda name: static(request, name),
+        "nav": NAV if user else [],
+        "admin_nav": ADMIN_NAV if user and user.is_admin else [],
+        "current": here[len(request.scope.get("root_path", "").rstrip("/")) :] if here else "",
         "flash": urllib.parse.unquote(flash)[:500] if flash else None,
         **(context or {}),
     }
-    response = HTMLResponse(templates.get_template(template).render(values), status_code=status,
-                            headers={"cache-control": "no-store"})
+    response = HTMLResponse(
+        templates.get_template(template).render(values), status_code=status, headers={"cache-control": "no-store"}
+    )
     if flash:
         response.delete_cookie(FLASH_COOKIE, path=cookie_path(request))
     if user is None:
         value, new = _anon_csrf(request)
         if new:
-            response.set_cookie(ANON_CSRF_COOKIE, value, path=cookie_path(request), httponly=True,
-                                samesite="strict", secure=request.url.scheme == "https")
+            response.set_cookie(
+                ANON_CSRF_COOKIE,
+                value,
+                path=cookie_path(request),
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+            )
     return response
 
 
@@ -135,8 +157,9 @@ async def read_form(request: Request) -> FormData:
         if len(body) > MAX_FORM_BYTES:
             raise FormTooLarge()
     try:
-        pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True,
-                                       max_num_fields=MAX_FORM_FIELDS, strict_parsing=False)
+        pairs = urllib.parse.parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS, strict_parsing=False
+        )
     except (UnicodeDecodeError, ValueError):
         raise PageDenied("This form could not be read.") from None
     fields: list[tuple[str, str | UploadFile]] = list(pairs)
@@ -151,6 +174,12 @@ def redirect(request: Request, path: str, flash: str | None = None) -> Response:
     one-time message shown by the next page."""
     response = RedirectResponse(url(request, path), status_code=303)
     if flash:
-        response.set_cookie(FLASH_COOKIE, urllib.parse.quote(flash[:500]), path=cookie_path(request),
-                            httponly=True, samesite="lax", secure=request.url.scheme == "https")
+        response.set_cookie(
+            FLASH_COOKIE,
+            urllib.parse.quote(flash[:500]),
+            path=cookie_path(request),
+            httponly=True,
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )
     return response

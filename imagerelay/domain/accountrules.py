@@ -58,15 +58,19 @@ def refuse_unknown(body: Mapping[str, Any], known: Collection[str]) -> None:
 
 def name_list(value: object, field: str, *, offered: Collection[str] | None = None) -> tuple[str, ...]:
     """A non-empty list of distinct names (models, groups), each one of ``offered`` if given."""
-    if not (isinstance(value, list) and value and len(value) <= MAX_ALLOWED_MODELS
-            and all(label(v) for v in value)):
-        raise InvalidRequest(f"{field} must be a non-empty list of up to {MAX_ALLOWED_MODELS} names "
-                             "(or null for no restriction).", param=field)
+    if not (isinstance(value, list) and value and len(value) <= MAX_ALLOWED_MODELS and all(label(v) for v in value)):
+        raise InvalidRequest(
+            f"{field} must be a non-empty list of up to {MAX_ALLOWED_MODELS} names (or null for no restriction).",
+            param=field,
+        )
     if offered is not None:
         unknown = [v for v in value if v not in offered]
         if unknown:
-            raise InvalidRequest(f"{field}: {', '.join(map(repr, unknown))} not offered here; "
-                                 f"choose from: {', '.join(offered) or 'none'}.", param=field)
+            raise InvalidRequest(
+                f"{field}: {', '.join(map(repr, unknown))} not offered here; "
+                f"choose from: {', '.join(offered) or 'none'}.",
+                param=field,
+            )
     return tuple(dict.fromkeys(value))
 
 
@@ -88,14 +92,16 @@ def token_changes(body: Mapping[str, Any], *, models: Collection[str] | None = N
     for key in ("rpm", "concurrency"):
         if key in body:
             value = body[key]
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or not 1 <= value <= MAX_TOKEN_LIMIT):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_TOKEN_LIMIT
+            ):
                 raise InvalidRequest(f"{key} must be an integer from 1 to {MAX_TOKEN_LIMIT:,} (or null).", param=key)
             changes[TOKEN_FIELDS[key]] = value
     if "expires_at" in body:
         expires = body["expires_at"]
-        if expires is not None and (not isinstance(expires, (int, float)) or isinstance(expires, bool)
-                                    or not 0 <= expires <= MAX_UNIX_TIME):
+        if expires is not None and (
+            not isinstance(expires, (int, float)) or isinstance(expires, bool) or not 0 <= expires <= MAX_UNIX_TIME
+        ):
             raise InvalidRequest("expires_at must be a unix time (or null for never).", param="expires_at")
         changes["expires_at"] = float(expires) if expires is not None else None
     return changes

@@ -45,15 +45,17 @@ def check_token(info: TokenInfo | None, now: float) -> TokenInfo:
     """The one rule for whether a token may act now, for the HTTP edge and for job
     workers alike: unknown, revoked, expired, or its user disabled is a 401."""
     if info is None:
-        raise AuthenticationFailed("Incorrect API key provided. Check the key, or create one on the console's "
-                                   "token page: /console/tokens.")
+        raise AuthenticationFailed(
+            "Incorrect API key provided. Check the key, or create one on the console's token page: /console/tokens."
+        )
     if info.revoked:
         raise AuthenticationFailed("This API key has been revoked; create a new one.", code="revoked_api_key")
     if info.expires_at is not None and info.expires_at < now:
         raise AuthenticationFailed("This API key has expired; create a new one.", code="expired_api_key")
     if info.user_disabled:
-        raise AuthenticationFailed("This account is disabled; contact the gateway's administrator.",
-                                   code="account_disabled")
+        raise AuthenticationFailed(
+            "This account is disabled; contact the gateway's administrator.", code="account_disabled"
+        )
     return info
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Iterator
 
 import pybase64
-from collections.abc import Iterator
 
 B64Payload = str | bytes | memoryview
 
@@ -71,7 +71,7 @@ def _normalize_buffer(value: memoryview) -> tuple[B64Payload, str]:
         m = _DATA_URL.match(bytes(view[:256]))
         if not m:
             raise InvalidImagePayload("malformed data: URL")
-        view = view[m.end():]
+        view = view[m.end() :]
     end = len(view)
     while end and view[end - 1] == 0x3D:  # '='
         end -= 1
@@ -95,7 +95,7 @@ def _alphabet_only(payload: memoryview, length: int) -> bool:
     whole = length - length % 4
     try:
         for start in range(0, whole, _SLICE):
-            pybase64.b64decode(payload[start:min(start + _SLICE, whole)], validate=True)
+            pybase64.b64decode(payload[start : min(start + _SLICE, whole)], validate=True)
         if whole < length:
             tail = payload[whole:length]
             text = tail.tobytes()
@@ -138,7 +138,7 @@ def _round_trip(raw: bytes) -> tuple[B64Payload, str]:
 def payload_chunks(value: B64Payload, size: int = _SLICE) -> Iterator[bytes | memoryview]:
     """ASCII bytes of a payload in pieces of at most ``size``, without copying a view."""
     for start in range(0, len(value), size):
-        piece = value[start:start + size]
+        piece = value[start : start + size]
         yield piece.encode("ascii") if isinstance(piece, str) else piece
 
 

@@ -13,9 +13,9 @@ from typing import Any
 from imagerelay.catalog.loader import ResolvedRoute
 from imagerelay.catalog.model import ParamProfile
 from imagerelay.domain import sizes
-from imagerelay.domain.pricing import PRICERS
 from imagerelay.domain.money import plain_decimal
 from imagerelay.domain.params import PARAMS, accepts
+from imagerelay.domain.pricing import PRICERS
 
 
 def size_rules(profile: ParamProfile) -> dict[str, Any]:
@@ -88,8 +88,13 @@ def capabilities(route: ResolvedRoute) -> dict[str, Any]:
 
 def model_object(route: ResolvedRoute) -> dict[str, Any]:
     """The official model object, with the route's capabilities as an extension field."""
-    return {"id": route.spec.model, "object": "model", "created": 0, "owned_by": "imagerelay",
-            "imagerelay": capabilities(route)}
+    return {
+        "id": route.spec.model,
+        "object": "model",
+        "created": 0,
+        "owned_by": "imagerelay",
+        "imagerelay": capabilities(route),
+    }
 
 
 def example_body(route: ResolvedRoute, prompt: str = "a white ceramic mug on a gray desk") -> dict[str, Any]:
@@ -122,7 +127,7 @@ def params_summary(route: ResolvedRoute) -> str:
     elif rules["mode"] == "table":
         text = f"one of {len(rules['values'])} sizes" + ("" if quality else ", no quality")
     else:
-        text = ("quality and custom sizes" if quality else "custom sizes, no quality")
+        text = "quality and custom sizes" if quality else "custom sizes, no quality"
     if profile.streaming and profile.partial_images_max:
         text += ", streamed partial images"
     return text

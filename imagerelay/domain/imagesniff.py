@@ -47,8 +47,15 @@ _OTHER_MAGIC = (
     (b"PK\x03\x04", "zip"),
 )
 _FTYP_BRANDS = {
-    b"heic": "heic", b"heix": "heic", b"hevc": "heic", b"heim": "heic", b"heis": "heic",
-    b"mif1": "heif", b"msf1": "heif", b"avif": "avif", b"avis": "avif",
+    b"heic": "heic",
+    b"heix": "heic",
+    b"hevc": "heic",
+    b"heim": "heic",
+    b"heis": "heic",
+    b"mif1": "heif",
+    b"msf1": "heif",
+    b"avif": "avif",
+    b"avis": "avif",
 }
 
 
@@ -105,8 +112,7 @@ def inspect_image(data: bytes, part: str, filename: str | None, *, max_bytes: in
     fmt = sniff_format(data[:16])
     if fmt is None:
         raise InvalidRequest(
-            f"{part} is not a PNG, JPEG or WebP image (detected: {describe_bytes(data)}); "
-            "upload one of those formats.",
+            f"{part} is not a PNG, JPEG or WebP image (detected: {describe_bytes(data)}); upload one of those formats.",
             param=part,
             code="invalid_image_format",
         )
@@ -166,8 +172,7 @@ def _hostile_input(part: str, fmt: str) -> Iterator[None]:
         ) from None
     except Exception:  # Pillow raises many types on hostile input; all mean "not a usable image"
         raise InvalidRequest(
-            f"{part} could not be decoded as a {fmt.upper()} image (truncated or corrupt); "
-            "upload the complete file.",
+            f"{part} could not be decoded as a {fmt.upper()} image (truncated or corrupt); upload the complete file.",
             param=part,
             code="invalid_image",
         ) from None
@@ -188,7 +193,7 @@ def _visibly_complete(data: bytes, fmt: str) -> bool:
         end = len(data)
         while end > 2 and data[end - 1] == 0:  # some encoders pad with zeros
             end -= 1
-        return data[end - 2:end] == b"\xff\xd9"
+        return data[end - 2 : end] == b"\xff\xd9"
     if fmt == "webp":
         return len(data) >= 12 and int.from_bytes(data[4:8], "little") + 8 in (len(data), len(data) - 1)
     return False

@@ -174,14 +174,25 @@ class Pricer(Protocol):
         """Why a route with this billing cannot be priced (the loader refuses it), or None."""
 
     def worst_case(
-        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
-        width: int | None, height: int | None,
+        self,
+        request: ImageRequest,
+        route: RouteSpec,
+        prices: ModelPrices | None,
+        multiplier: Decimal,
+        width: int | None,
+        height: int | None,
     ) -> PriceQuote:
         """The most a call can cost: what to hold before it goes upstream."""
 
     def final(
-        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
-        usage: Usage | None, width: int | None, height: int | None,
+        self,
+        request: ImageRequest,
+        route: RouteSpec,
+        prices: ModelPrices | None,
+        multiplier: Decimal,
+        usage: Usage | None,
+        width: int | None,
+        height: int | None,
     ) -> PriceQuote:
         """The charge for a call that succeeded, with the upstream's ``usage`` if reported."""
 
@@ -198,14 +209,25 @@ class PerCallPricer:
         return None
 
     def worst_case(
-        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
-        width: int | None, height: int | None,
+        self,
+        request: ImageRequest,
+        route: RouteSpec,
+        prices: ModelPrices | None,
+        multiplier: Decimal,
+        width: int | None,
+        height: int | None,
     ) -> PriceQuote:
         return per_call_price(route.billing)
 
     def final(
-        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
-        usage: Usage | None, width: int | None, height: int | None,
+        self,
+        request: ImageRequest,
+        route: RouteSpec,
+        prices: ModelPrices | None,
+        multiplier: Decimal,
+        usage: Usage | None,
+        width: int | None,
+        height: int | None,
     ) -> PriceQuote:
         return per_call_price(route.billing)
 
@@ -223,13 +245,20 @@ class UsagePricer:
         # validation and then fail to price (a 500), so the catalog is refused instead.
         unpriced = [q for q in profile.quality or () if q != "auto" and q not in token_rules.QUALITIES]
         if unpriced:
-            return (f"usage billing has no token rule for quality {', '.join(map(repr, unpriced))} "
-                    f"(known: {', '.join(token_rules.QUALITIES)}, auto); bill the route per_call")
+            return (
+                f"usage billing has no token rule for quality {', '.join(map(repr, unpriced))} "
+                f"(known: {', '.join(token_rules.QUALITIES)}, auto); bill the route per_call"
+            )
         return None
 
     def worst_case(
-        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
-        width: int | None, height: int | None,
+        self,
+        request: ImageRequest,
+        route: RouteSpec,
+        prices: ModelPrices | None,
+        multiplier: Decimal,
+        width: int | None,
+        height: int | None,
     ) -> PriceQuote:
         model = price_model(route)
         worst = token_rules.worst_case_usage(request, model, width, height)
@@ -244,16 +273,27 @@ class UsagePricer:
         return _usage_quote(worst.usage, _usage_prices(route, prices), multiplier, "estimated_worst_case", basis)
 
     def final(
-        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
-        usage: Usage | None, width: int | None, height: int | None,
+        self,
+        request: ImageRequest,
+        route: RouteSpec,
+        prices: ModelPrices | None,
+        multiplier: Decimal,
+        usage: Usage | None,
+        width: int | None,
+        height: int | None,
     ) -> PriceQuote:
         if usage is not None:
             return usage_price(usage, _usage_prices(route, prices), multiplier)
         return self.fallback(request, route, prices, multiplier, width, height)
 
     def fallback(
-        self, request: ImageRequest, route: RouteSpec, prices: ModelPrices | None, multiplier: Decimal,
-        width: int | None, height: int | None,
+        self,
+        request: ImageRequest,
+        route: RouteSpec,
+        prices: ModelPrices | None,
+        multiplier: Decimal,
+        width: int | None,
+        height: int | None,
     ) -> PriceQuote:
         model = price_model(route)
         if width is None or height is None:
@@ -279,8 +319,6 @@ class UsagePricer:
                 name: plain_decimal(value * multiplier) for name, value in prices.model_dump().items() if value
             },
         }
-
-
 
 
 PRICERS: dict[str, Pricer] = {"per_call": PerCallPricer(), "usage": UsagePricer()}

@@ -64,8 +64,15 @@ class UsageRecord:
 
     def call_info(self) -> str:
         """What an interrupted call's record will say (kept with its hold)."""
-        return orjson.dumps({"group": self.group, "model": self.model, "route": self.route,
-                             "endpoint": self.endpoint, "billing_mode": self.billing_mode}).decode()
+        return orjson.dumps(
+            {
+                "group": self.group,
+                "model": self.model,
+                "route": self.route,
+                "endpoint": self.endpoint,
+                "billing_mode": self.billing_mode,
+            }
+        ).decode()
 
 
 @dataclass(frozen=True, slots=True)

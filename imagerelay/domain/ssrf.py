@@ -26,9 +26,16 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # such as Alibaba's 192.0.0.192 lives there); 6to4 (2002::/16 and its relay anycast
 # 192.88.99.0/24) and IPv4-compatible ::/96 are deprecated forms that reach an
 # arbitrary IPv4 address through a relay; 64:ff9b:1::/48 is local-use NAT64.
-_REFUSED = tuple(ipaddress.ip_network(n) for n in (
-    "192.0.0.0/24", "192.88.99.0/24", "2002::/16", "::/96", "64:ff9b:1::/48",
-))
+_REFUSED = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "192.0.0.0/24",
+        "192.88.99.0/24",
+        "2002::/16",
+        "::/96",
+        "64:ff9b:1::/48",
+    )
+)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known NAT64: the last 32 bits are an IPv4 address
 
 
@@ -113,7 +120,8 @@ async def resolve_target(url: str, *, allow_private: bool) -> Target:
     host, port = check_url_syntax(url)
     try:
         infos = await asyncio.get_running_loop().run_in_executor(
-            _RESOLVER, lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            _RESOLVER, lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        )
     except (socket.gaierror, UnicodeError):
         raise UnsafeUrl("host does not resolve") from None
     address = pick_address(_addresses(infos), allow_private=allow_private)

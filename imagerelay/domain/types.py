@@ -88,9 +88,7 @@ class Usage:
             },
         }
         if self.cached_text_tokens or self.cached_image_tokens:
-            body["input_tokens_details"]["cached_tokens"] = (
-                self.cached_text_tokens + self.cached_image_tokens
-            )
+            body["input_tokens_details"]["cached_tokens"] = self.cached_text_tokens + self.cached_image_tokens
             body["input_tokens_details"]["cached_tokens_details"] = {
                 "text_tokens": self.cached_text_tokens,
                 "image_tokens": self.cached_image_tokens,

@@ -323,7 +323,9 @@ def reported_usage(raw: Any) -> Usage | None:
         if not isinstance(details, dict) or not all(_count_ok(details.get(k)) for k in _DETAIL_COUNTS):
             return None
         cached = details.get("cached_tokens_details")
-        if cached is not None and (not isinstance(cached, dict) or not all(_count_ok(cached.get(k)) for k in _DETAIL_COUNTS)):
+        if cached is not None and (
+            not isinstance(cached, dict) or not all(_count_ok(cached.get(k)) for k in _DETAIL_COUNTS)
+        ):
             return None
     usage = Usage.from_official(raw)
     if usage is None or usage.input_tokens <= 0 or usage.output_tokens <= 0:
@@ -347,4 +349,6 @@ def delivered_usage(usage: Usage, delivered: int, requested: int) -> Usage:
     if not 0 < delivered < requested:
         return usage
     share = -(-usage.output_image_tokens * delivered // requested)
-    return replace(usage, output_image_tokens=share, output_text_tokens=-(-usage.output_text_tokens * delivered // requested))
+    return replace(
+        usage, output_image_tokens=share, output_text_tokens=-(-usage.output_text_tokens * delivered // requested)
+    )

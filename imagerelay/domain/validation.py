@@ -78,9 +78,7 @@ class RouteHints:
         return f"remove {param} from the request"
 
 
-def build_hints(
-    routes: Iterable[RouteSpec], profiles: Mapping[str, ParamProfile]
-) -> dict[tuple[str, str], RouteHints]:
+def build_hints(routes: Iterable[RouteSpec], profiles: Mapping[str, ParamProfile]) -> dict[tuple[str, str], RouteHints]:
     """``(group, model) -> RouteHints`` for every route, computed from the catalog alone.
 
     Names keep catalog order, without duplicates. A route whose profile is missing from
@@ -94,18 +92,24 @@ def build_hints(
         groups: dict[str, tuple[str, ...]] = {}
         group_models: dict[str, tuple[str, ...]] = {}
         for param in HINTED:
-            same[param] = tuple(dict.fromkeys(
-                r.model for r in routes
-                if r.group == route.group and r.model != route.model and takes[(r.group, r.model)][param]
-            ))
+            same[param] = tuple(
+                dict.fromkeys(
+                    r.model
+                    for r in routes
+                    if r.group == route.group and r.model != route.model and takes[(r.group, r.model)][param]
+                )
+            )
             elsewhere = [r for r in routes if r.group != route.group and takes[(r.group, r.model)][param]]
             same_model = [r for r in elsewhere if r.model == route.model]
             chosen = same_model or elsewhere
             groups[param] = tuple(dict.fromkeys(r.group for r in chosen))
             group_models[param] = () if same_model else tuple(dict.fromkeys(r.model for r in chosen))
         hints[(route.group, route.model)] = RouteHints(
-            route.group, route.model,
-            MappingProxyType(same), MappingProxyType(groups), MappingProxyType(group_models),
+            route.group,
+            route.model,
+            MappingProxyType(same),
+            MappingProxyType(groups),
+            MappingProxyType(group_models),
         )
     return hints
 
@@ -114,8 +118,15 @@ def build_hints(
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _show(value: Any) -> str:
@@ -151,7 +162,8 @@ class _Reader:
             if _JSON_DIGITS.fullmatch(value.strip()):
                 raise InvalidRequest(
                     f"{key} must be an integer, not a string; send {key}: {value.strip()} without quotes.",
-                    param=key, code="invalid_type",
+                    param=key,
+                    code="invalid_type",
                 )
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidRequest(
@@ -168,7 +180,8 @@ class _Reader:
         hint = " without quotes" if isinstance(value, str) and value.strip().lower() in ("true", "false") else ""
         raise InvalidRequest(
             f"{key} must be true or false{hint}, not {_type_name(value)} ({_show(value)}).",
-            param=key, code="invalid_type",
+            param=key,
+            code="invalid_type",
         )
 
 
@@ -196,7 +209,8 @@ def _choice(reader: _Reader, key: str, allowed: Sequence[str]) -> str | None:
 def _unsupported(key: str, route: RouteSpec, hints: RouteHints) -> InvalidRequest:
     return InvalidRequest(
         f"{key} is not supported by {_route_label(route)}; {hints.advice(key)}.",
-        param=key, code="unsupported_parameter",
+        param=key,
+        code="unsupported_parameter",
     )
 
 
@@ -213,7 +227,8 @@ def _check_keys(reader: _Reader, route: RouteSpec, profile: ParamProfile, hints:
                     raise InvalidRequest(
                         f"{key} is not supported by {_route_label(route)} ({rule.unsupported_note}); "
                         "remove it from the request.",
-                        param=key, code="unsupported_parameter",
+                        param=key,
+                        code="unsupported_parameter",
                     )
                 raise _unsupported(key, route, hints)
             continue
@@ -232,18 +247,18 @@ def _check_keys(reader: _Reader, route: RouteSpec, profile: ParamProfile, hints:
 def _check_prompt(reader: _Reader, profile: ParamProfile) -> str:
     prompt = reader.body.get("prompt")
     if prompt is None:
-        raise InvalidRequest("prompt is required: describe the image you want.", param="prompt",
-                             code="missing_required_parameter")
+        raise InvalidRequest(
+            "prompt is required: describe the image you want.", param="prompt", code="missing_required_parameter"
+        )
     if not isinstance(prompt, str):
-        raise InvalidRequest(f"prompt must be a string, not {_type_name(prompt)}.", param="prompt",
-                             code="invalid_type")
+        raise InvalidRequest(f"prompt must be a string, not {_type_name(prompt)}.", param="prompt", code="invalid_type")
     if not prompt.strip():
         raise InvalidRequest("prompt is empty: describe the image you want.", param="prompt")
     if len(prompt) > profile.max_prompt_chars:
         raise InvalidRequest(
-            f"prompt is {len(prompt):,} characters; the maximum is {profile.max_prompt_chars} characters. "
-            "Shorten it.",
-            param="prompt", code="string_above_max_length",
+            f"prompt is {len(prompt):,} characters; the maximum is {profile.max_prompt_chars} characters. Shorten it.",
+            param="prompt",
+            code="string_above_max_length",
         )
     return prompt
 
@@ -253,7 +268,9 @@ def _out_of_range(rule: ParamRule, value: int, low: int, high: int, label: str, 
     if key == "n" and high == 1:
         advice = hints.advice("n")
         more = f"; {advice}" if value > 1 and not advice.startswith("remove") else ""
-        return InvalidRequest(f"{label} makes one image per call, so n must be 1 (got {_show(value)}){more}.", param=key)
+        return InvalidRequest(
+            f"{label} makes one image per call, so n must be 1 (got {_show(value)}){more}.", param=key
+        )
     where = f" for {label}" if rule.range_names_route else ""
     return InvalidRequest(f"{key} must be between {low} and {high}{where}; got {_show(value)}.", param=key)
 
@@ -387,7 +404,8 @@ def validate_edit(
         raise InvalidRequest(
             "Attach at least one image to edit: -F image=@file.png (or -F 'image[]=@a.png' -F 'image[]=@b.png' "
             "for several).",
-            param="image", code="missing_required_parameter",
+            param="image",
+            code="missing_required_parameter",
         )
     if len(images) > profile.max_input_images:
         raise InvalidRequest(
@@ -404,8 +422,9 @@ def validate_edit(
             )
     for img in images:
         if img.mime not in ("image/png", "image/jpeg", "image/webp"):
-            raise InvalidRequest(f"{img.part} is not a PNG, JPEG or WebP image; upload one of those formats.",
-                                 param=img.part)
+            raise InvalidRequest(
+                f"{img.part} is not a PNG, JPEG or WebP image; upload one of those formats.", param=img.part
+            )
     if mask is not None:
         first = images[0]
         if mask.mime != "image/png":

@@ -118,9 +118,12 @@ class SharedRedis:
     def failed(self, what: str, exc: BaseException) -> None:
         if not self._down:
             # The exception type only: a message could carry the URL and its password.
-            log.warning("Redis unavailable (%s) for %s: shared rate limits and channel cooldowns fail open "
-                        "(calls are admitted, per-process breakers still apply) until it is back",
-                        type(exc).__name__, what)
+            log.warning(
+                "Redis unavailable (%s) for %s: shared rate limits and channel cooldowns fail open "
+                "(calls are admitted, per-process breakers still apply) until it is back",
+                type(exc).__name__,
+                what,
+            )
         self._down = True
         self._skip_until = self._clock() + self._backoff_s
 

@@ -22,8 +22,8 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol
 
-from imagerelay.errors import RateLimited
 from imagerelay.domain.accounts import TokenInfo
+from imagerelay.errors import RateLimited
 
 WINDOW_S = 60.0
 
@@ -67,7 +67,9 @@ class Unlimited:
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         return None
 
 
@@ -120,5 +122,7 @@ class _Admission:
     async def __aenter__(self) -> None:
         self._limiter._enter(self._token)
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._limiter._exit(self._token)

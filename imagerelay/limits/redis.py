@@ -26,9 +26,9 @@ from types import TracebackType
 
 from redis.exceptions import NoScriptError
 
-from imagerelay.limits.local import UNLIMITED, WINDOW_S, concurrency_exceeded, rpm_exceeded
-from imagerelay.limits.connection import REDIS_ERRORS, SharedRedis
 from imagerelay.domain.accounts import TokenInfo
+from imagerelay.limits.connection import REDIS_ERRORS, SharedRedis
+from imagerelay.limits.local import UNLIMITED, WINDOW_S, concurrency_exceeded, rpm_exceeded
 
 # Both scripts take ARGV[1] = now in ms, or a negative number for the Redis server clock.
 _NOW_MS = """
@@ -42,7 +42,9 @@ end
 # KEYS: rpm zset, calls zset. ARGV: now ms (negative: use the server clock), window ms,
 # rpm limit (0: none), concurrency limit (0: none), call id, lease ms.
 # Returns {0, 0} admitted, {1, ms until a window slot frees} or {2, 0} refused.
-ADMIT = _NOW_MS + """
+ADMIT = (
+    _NOW_MS
+    + """
 local window, rpm, conc = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local id, lease = ARGV[5], tonumber(ARGV[6])
 if rpm > 0 then
@@ -68,21 +70,23 @@ if conc > 0 then
 end
 return {0, 0}
 """
+)
 
 # KEYS: calls zset. ARGV: now ms (negative: server clock), lease ms, call id.
 # XX: a lease that already expired (this process stalled past it) stays gone.
-RENEW = _NOW_MS + """
+RENEW = (
+    _NOW_MS
+    + """
 if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[3]) == 1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
+)
 
 
 class RedisTokenLimiter:
-    def __init__(
-        self, redis: SharedRedis, *, lease_s: float = 30.0, clock: Callable[[], float] | None = None
-    ) -> None:
+    def __init__(self, redis: SharedRedis, *, lease_s: float = 30.0, clock: Callable[[], float] | None = None) -> None:
         """``clock`` (seconds) replaces the Redis server clock; tests use it to move time."""
         self._redis = redis
         self._admit = redis.client.register_script(ADMIT)
@@ -111,14 +115,21 @@ class RedisTokenLimiter:
             return None
         call_id = os.urandom(9).hex()
         keys = self._keys(token)
-        args: list[int | str] = [self._now_ms(), int(WINDOW_S * 1000), token.rpm_limit or 0, token.concurrency_limit or 0,
-                call_id, self._lease_ms]
+        args: list[int | str] = [
+            self._now_ms(),
+            int(WINDOW_S * 1000),
+            token.rpm_limit or 0,
+            token.concurrency_limit or 0,
+            call_id,
+            self._lease_ms,
+        ]
         try:
             try:
                 # EVALSHA in the shared pipeline (SharedRedis.pipelined); a server that
                 # does not know the script yet (a restart, a flush) gets it loaded once.
-                verdict, wait_ms = await self._redis.bounded(self._redis.pipelined(
-                    "EVALSHA", self._admit.sha, len(keys), *keys, *args))
+                verdict, wait_ms = await self._redis.bounded(
+                    self._redis.pipelined("EVALSHA", self._admit.sha, len(keys), *keys, *args)
+                )
             except NoScriptError:
                 verdict, wait_ms = await self._redis.bounded(self._admit(keys=keys, args=args))
         except REDIS_ERRORS as exc:
@@ -182,6 +193,8 @@ class _SharedAdmission:
     async def __aenter__(self) -> None:
         self._call_id = await self._limiter._enter(self._token)
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._call_id is not None:
             await self._limiter._exit(self._call_id)

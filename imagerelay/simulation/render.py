@@ -227,9 +227,7 @@ def _shape_box(shape: _Shape, width: int, height: int) -> tuple[float, float, fl
     return cx, cy, r
 
 
-def _draw_shapes(
-    plan: _Plan, canvas: Image.Image, mask: Image.Image | None, width: int, height: int
-) -> None:
+def _draw_shapes(plan: _Plan, canvas: Image.Image, mask: Image.Image | None, width: int, height: int) -> None:
     draw = ImageDraw.Draw(canvas, "RGBA")
     mdraw = ImageDraw.Draw(mask) if mask is not None else None
     for shape in plan.shapes:

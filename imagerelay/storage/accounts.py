@@ -39,8 +39,7 @@ def new_token() -> str:
 
 
 # Columns a token update may set; None in ``TokenChanges`` values clears a limit.
-TOKEN_CHANGE_COLUMNS = ("name", "expires_at", "spend_cap_micros", "allowed_models", "rpm_limit",
-                        "concurrency_limit")
+TOKEN_CHANGE_COLUMNS = ("name", "expires_at", "spend_cap_micros", "allowed_models", "rpm_limit", "concurrency_limit")
 USER_CHANGE_COLUMNS = ("disabled", "is_admin", "allowed_groups")
 
 
@@ -81,8 +80,14 @@ class _LruCache:
 
 
 class Accounts:
-    def __init__(self, engine: AsyncEngine, *, cache_ttl_s: float = 5.0,
-                 known_cache_size: int = 100_000, unknown_cache_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        cache_ttl_s: float = 5.0,
+        known_cache_size: int = 100_000,
+        unknown_cache_size: int = 10_000,
+    ) -> None:
         self._engine = engine
         self._cache_ttl_s = cache_ttl_s
         # token hash -> (fresh until, TokenInfo | None). Misses are cached too, so a flood
@@ -132,8 +137,14 @@ class Accounts:
         return [_user(r) for r in rows]
 
     async def create_token(
-        self, user_id: int, group: str, *, name: str = "default", token: str | None = None,
-        expires_at: float | None = None, limits: TokenLimits | None = None,
+        self,
+        user_id: int,
+        group: str,
+        *,
+        name: str = "default",
+        token: str | None = None,
+        expires_at: float | None = None,
+        limits: TokenLimits | None = None,
     ) -> str:
         limits = limits or TokenLimits()
         plain = token or new_token()
@@ -174,8 +185,11 @@ class Accounts:
     async def update_token(self, token_id: int, changes: dict[str, object]) -> None:
         """Set some of :data:`TOKEN_CHANGE_COLUMNS` (``allowed_models`` as a tuple or None);
         this process applies them at once, others within one cache TTL."""
-        values = {k: (_json_list(v) if k == "allowed_models" else v)  # type: ignore[arg-type]
-                  for k, v in changes.items() if k in TOKEN_CHANGE_COLUMNS}
+        values = {
+            k: (_json_list(v) if k == "allowed_models" else v)  # type: ignore[arg-type]
+            for k, v in changes.items()
+            if k in TOKEN_CHANGE_COLUMNS
+        }
         if values:
             async with self._engine.begin() as conn:
                 await conn.execute(update(tokens).where(tokens.c.id == token_id).values(**values))
@@ -185,8 +199,11 @@ class Accounts:
         """Set some of :data:`USER_CHANGE_COLUMNS` (``allowed_groups`` as a tuple, or None
         for the default); the user's tokens' cached answers are dropped, so a disable
         applies in this process at once and in others within one cache TTL."""
-        values = {k: (_json_list(v) if k == "allowed_groups" else v)  # type: ignore[arg-type]
-                  for k, v in changes.items() if k in USER_CHANGE_COLUMNS}
+        values = {
+            k: (_json_list(v) if k == "allowed_groups" else v)  # type: ignore[arg-type]
+            for k, v in changes.items()
+            if k in USER_CHANGE_COLUMNS
+        }
         if values:
             async with self._engine.begin() as conn:
                 await conn.execute(update(users).where(users.c.id == user_id).values(**values))
@@ -197,8 +214,7 @@ class Accounts:
     async def token_groups(self, user_id: int) -> tuple[str, ...]:
         """The groups of the tokens a user holds (revoked ones included: an administrator gave them)."""
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(
-                select(tokens.c.group_name).where(tokens.c.user_id == user_id).distinct())).all()
+            rows = (await conn.execute(select(tokens.c.group_name).where(tokens.c.user_id == user_id).distinct())).all()
         return tuple(sorted(r[0] for r in rows))
 
     async def view_token(self, token_id: int) -> TokenView | None:
@@ -310,20 +326,41 @@ def _token_query() -> Select[Any]:
 
 def _view_query() -> Select[Any]:
     return select(
-        tokens.c.id, tokens.c.user_id, tokens.c.name, tokens.c.group_name, tokens.c.prefix, tokens.c.suffix,
-        tokens.c.created_at, tokens.c.expires_at, tokens.c.revoked, tokens.c.spend_cap_micros,
-        tokens.c.spent_micros, tokens.c.held_micros, tokens.c.allowed_models, tokens.c.rpm_limit,
-        tokens.c.concurrency_limit, users.c.name.label("user_name"),
+        tokens.c.id,
+        tokens.c.user_id,
+        tokens.c.name,
+        tokens.c.group_name,
+        tokens.c.prefix,
+        tokens.c.suffix,
+        tokens.c.created_at,
+        tokens.c.expires_at,
+        tokens.c.revoked,
+        tokens.c.spend_cap_micros,
+        tokens.c.spent_micros,
+        tokens.c.held_micros,
+        tokens.c.allowed_models,
+        tokens.c.rpm_limit,
+        tokens.c.concurrency_limit,
+        users.c.name.label("user_name"),
     ).join(users, users.c.id == tokens.c.user_id)
 
 
 def _view(row) -> TokenView:  # type: ignore[no-untyped-def]
     return TokenView(
-        id=row["id"], user_id=row["user_id"], user_name=row["user_name"], name=row["name"],
-        group=row["group_name"], hint=f"{row['prefix']}…{row['suffix'] or ''}", created_at=row["created_at"],
-        expires_at=row["expires_at"], revoked=bool(row["revoked"]), spend_cap_micros=row["spend_cap_micros"],
-        spent_micros=int(row["spent_micros"]), held_micros=int(row["held_micros"]),
-        allowed_models=_tuple(row["allowed_models"]), rpm_limit=row["rpm_limit"],
+        id=row["id"],
+        user_id=row["user_id"],
+        user_name=row["user_name"],
+        name=row["name"],
+        group=row["group_name"],
+        hint=f"{row['prefix']}…{row['suffix'] or ''}",
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked=bool(row["revoked"]),
+        spend_cap_micros=row["spend_cap_micros"],
+        spent_micros=int(row["spent_micros"]),
+        held_micros=int(row["held_micros"]),
+        allowed_models=_tuple(row["allowed_models"]),
+        rpm_limit=row["rpm_limit"],
         concurrency_limit=row["concurrency_limit"],
     )
 

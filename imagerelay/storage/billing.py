@@ -23,10 +23,26 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import orjson
-
 from sqlalchemy import (
-    BigInteger, Boolean, Float, Integer, String, Text, and_, bindparam, case, delete, false, func, insert, literal_column, null,
-    or_, select, true, update,
+    BigInteger,
+    Boolean,
+    Float,
+    Integer,
+    String,
+    Text,
+    and_,
+    bindparam,
+    case,
+    delete,
+    false,
+    func,
+    insert,
+    literal_column,
+    null,
+    or_,
+    select,
+    true,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -56,10 +72,17 @@ def interrupted_record(hold: Any, now: float) -> UsageRecord:
     """The usage record of a call whose process died mid-call: free, status 499."""
     info = orjson.loads(hold["call_info"] or "{}")
     return UsageRecord(
-        request_id=hold["request_id"], user_id=int(hold["user_id"]), token_id=int(hold["token_id"] or 0),
-        group=info.get("group", ""), model=info.get("model", ""), route=info.get("route", ""),
-        endpoint=info.get("endpoint", ""), billing_mode=info.get("billing_mode", ""),
-        status=499, error_code="interrupted", latency_ms=max(0, int((now - float(hold["created_at"])) * 1000)),
+        request_id=hold["request_id"],
+        user_id=int(hold["user_id"]),
+        token_id=int(hold["token_id"] or 0),
+        group=info.get("group", ""),
+        model=info.get("model", ""),
+        route=info.get("route", ""),
+        endpoint=info.get("endpoint", ""),
+        billing_mode=info.get("billing_mode", ""),
+        status=499,
+        error_code="interrupted",
+        latency_ms=max(0, int((now - float(hold["created_at"])) * 1000)),
     )
 
 
@@ -107,30 +130,80 @@ _AMOUNT, _NOW = _p("amount", BigInteger), _p("now", Float)
 _AVAILABLE_EXPR = users.c.balance_micros - users.c.held_micros
 # The rules: a hold fits the balance and the token's spend cap (spent + held + amount <= cap).
 _FITS_BALANCE = _AVAILABLE_EXPR >= _AMOUNT
-_FITS_CAP = or_(tokens.c.spend_cap_micros.is_(None),
-                tokens.c.spend_cap_micros - tokens.c.spent_micros - tokens.c.held_micros >= _AMOUNT)
+_FITS_CAP = or_(
+    tokens.c.spend_cap_micros.is_(None),
+    tokens.c.spend_cap_micros - tokens.c.spent_micros - tokens.c.held_micros >= _AMOUNT,
+)
 
-HOLD = Movement("hold", [
-    Step("lu", select(_FITS_BALANCE.label("ok")).where(users.c.id == _USER_ID).with_for_update()),
-    Step("lt", select(_FITS_CAP.label("ok"))
-         .where(tokens.c.id == _TOKEN_ID, ref("lu", "ok", Boolean).is_not(None)).with_for_update()),
-    Step("d", select(ref("lu", "ok", Boolean).label("balance_ok"),
-                     and_(ref("lu", "ok", Boolean),
-                          func.coalesce(ref("lt", "ok", Boolean), _TOKEN_ID.is_(None))).label("ok"))),
-    Step("u", update(users).where(users.c.id == _USER_ID, ref("d", "ok", Boolean).is_(true()))
-         .values(held_micros=users.c.held_micros + _AMOUNT)),
-    Step("t", update(tokens).where(tokens.c.id == _TOKEN_ID, ref("d", "ok", Boolean).is_(true()))
-         .values(held_micros=tokens.c.held_micros + _AMOUNT)),
-    Step("h", insert(holds).from_select(
-        ["request_id", "user_id", "token_id", "amount_micros", "deadline", "created_at", "instance_id", "call_info"],
-        select(_REQUEST_ID, _USER_ID, _TOKEN_ID, _AMOUNT, _p("deadline", Float), _NOW, _p("instance_id", String),
-               _p("call_info", Text)).where(ref("d", "ok", Boolean).is_(true())))),
-], result="d", batch_order=("user_id", "token_id"))
+HOLD = Movement(
+    "hold",
+    [
+        Step("lu", select(_FITS_BALANCE.label("ok")).where(users.c.id == _USER_ID).with_for_update()),
+        Step(
+            "lt",
+            select(_FITS_CAP.label("ok"))
+            .where(tokens.c.id == _TOKEN_ID, ref("lu", "ok", Boolean).is_not(None))
+            .with_for_update(),
+        ),
+        Step(
+            "d",
+            select(
+                ref("lu", "ok", Boolean).label("balance_ok"),
+                and_(ref("lu", "ok", Boolean), func.coalesce(ref("lt", "ok", Boolean), _TOKEN_ID.is_(None))).label(
+                    "ok"
+                ),
+            ),
+        ),
+        Step(
+            "u",
+            update(users)
+            .where(users.c.id == _USER_ID, ref("d", "ok", Boolean).is_(true()))
+            .values(held_micros=users.c.held_micros + _AMOUNT),
+        ),
+        Step(
+            "t",
+            update(tokens)
+            .where(tokens.c.id == _TOKEN_ID, ref("d", "ok", Boolean).is_(true()))
+            .values(held_micros=tokens.c.held_micros + _AMOUNT),
+        ),
+        Step(
+            "h",
+            insert(holds).from_select(
+                [
+                    "request_id",
+                    "user_id",
+                    "token_id",
+                    "amount_micros",
+                    "deadline",
+                    "created_at",
+                    "instance_id",
+                    "call_info",
+                ],
+                select(
+                    _REQUEST_ID,
+                    _USER_ID,
+                    _TOKEN_ID,
+                    _AMOUNT,
+                    _p("deadline", Float),
+                    _NOW,
+                    _p("instance_id", String),
+                    _p("call_info", Text),
+                ).where(ref("d", "ok", Boolean).is_(true())),
+            ),
+        ),
+    ],
+    result="d",
+    batch_order=("user_id", "token_id"),
+)
 
 _USAGE_COLUMNS = [c for c in usage_records.columns if c.name != "id"]
 _USAGE_PARAMS = {c.name: _p(f"rec_{c.name}", c.type) for c in _USAGE_COLUMNS}
-_TAKE_HOLD = Step("h", delete(holds).where(holds.c.request_id == _p("rec_request_id", String))
-                  .returning(holds.c.amount_micros, holds.c.token_id))
+_TAKE_HOLD = Step(
+    "h",
+    delete(holds)
+    .where(holds.c.request_id == _p("rec_request_id", String))
+    .returning(holds.c.amount_micros, holds.c.token_id),
+)
 _HOLD_AMOUNT, _HOLD_TOKEN = ref("h", "amount_micros", BigInteger), ref("h", "token_id", Integer)
 _REC_USER, _PRICE = _USAGE_PARAMS["user_id"], _USAGE_PARAMS["cost_micros"]
 # A call's movements on PostgreSQL go in batches (storage/pg_batches.py) sorted the way
@@ -141,8 +214,13 @@ _CALL_ORDER = ("rec_user_id", "rec_token_id")
 def _usage_insert(**computed: Any) -> Step:
     """The call's one usage record, from the record's parameters (``rec_<column>``) and
     what the movement computed."""
-    return Step("r", insert(usage_records).from_select(
-        [c.name for c in _USAGE_COLUMNS], select(*(computed.get(c.name, _USAGE_PARAMS[c.name]) for c in _USAGE_COLUMNS))))
+    return Step(
+        "r",
+        insert(usage_records).from_select(
+            [c.name for c in _USAGE_COLUMNS],
+            select(*(computed.get(c.name, _USAGE_PARAMS[c.name]) for c in _USAGE_COLUMNS)),
+        ),
+    )
 
 
 # Settle: with its hold, the price capped at the hold (the caller's worst case: charging
@@ -151,70 +229,155 @@ def _usage_insert(**computed: Any) -> Step:
 # still covers it, else nothing. _charge_for states the same rule for the record.
 _CHARGE = least(_PRICE, func.coalesce(_HOLD_AMOUNT, _PRICE))
 _COST = ref("k", "cost", BigInteger)
-SETTLE = Movement("settle", [
-    _TAKE_HOLD,
-    Step("u", update(users)
-         .where(users.c.id == _REC_USER, or_(_HOLD_AMOUNT.is_not(None), _AVAILABLE_EXPR >= _PRICE))
-         .values(balance_micros=users.c.balance_micros - _CHARGE,
-                 held_micros=users.c.held_micros - func.coalesce(_HOLD_AMOUNT, 0))
-         .returning(_CHARGE.label("cost"))),
-    Step("k", select(ref("u", "cost", BigInteger).is_not(None).label("collected"),
-                     func.coalesce(ref("u", "cost", BigInteger), 0).label("cost"), _HOLD_AMOUNT.label("hold"))),
-    Step("t", update(tokens)
-         .where(tokens.c.id == case((_HOLD_AMOUNT.is_(None), _USAGE_PARAMS["token_id"]), else_=_HOLD_TOKEN),
-                or_(_HOLD_AMOUNT.is_not(None), _COST > 0))
-         .values(spent_micros=tokens.c.spent_micros + _COST,
-                 held_micros=tokens.c.held_micros - func.coalesce(_HOLD_AMOUNT, 0))),
-    Step("l", insert(ledger).from_select(
-        ["user_id", "amount_micros", "kind", "reason", "request_id", "created_at"],
-        select(_REC_USER, -_COST, literal_column("'charge'", String), _p("reason", Text), _USAGE_PARAMS["request_id"],
-               _USAGE_PARAMS["created_at"]).where(_COST > 0))),
-    _usage_insert(cost_micros=_COST, price_basis=case(
-        (and_(_HOLD_AMOUNT.is_not(None), _PRICE > _HOLD_AMOUNT), _p("capped_basis", Text)),
-        (ref("k", "collected", Boolean).is_(false()), _p("uncollected_basis", Text)),
-        else_=_USAGE_PARAMS["price_basis"])),
-], result="k", batch_order=_CALL_ORDER)
+SETTLE = Movement(
+    "settle",
+    [
+        _TAKE_HOLD,
+        Step(
+            "u",
+            update(users)
+            .where(users.c.id == _REC_USER, or_(_HOLD_AMOUNT.is_not(None), _AVAILABLE_EXPR >= _PRICE))
+            .values(
+                balance_micros=users.c.balance_micros - _CHARGE,
+                held_micros=users.c.held_micros - func.coalesce(_HOLD_AMOUNT, 0),
+            )
+            .returning(_CHARGE.label("cost")),
+        ),
+        Step(
+            "k",
+            select(
+                ref("u", "cost", BigInteger).is_not(None).label("collected"),
+                func.coalesce(ref("u", "cost", BigInteger), 0).label("cost"),
+                _HOLD_AMOUNT.label("hold"),
+            ),
+        ),
+        Step(
+            "t",
+            update(tokens)
+            .where(
+                tokens.c.id == case((_HOLD_AMOUNT.is_(None), _USAGE_PARAMS["token_id"]), else_=_HOLD_TOKEN),
+                or_(_HOLD_AMOUNT.is_not(None), _COST > 0),
+            )
+            .values(
+                spent_micros=tokens.c.spent_micros + _COST,
+                held_micros=tokens.c.held_micros - func.coalesce(_HOLD_AMOUNT, 0),
+            ),
+        ),
+        Step(
+            "l",
+            insert(ledger).from_select(
+                ["user_id", "amount_micros", "kind", "reason", "request_id", "created_at"],
+                select(
+                    _REC_USER,
+                    -_COST,
+                    literal_column("'charge'", String),
+                    _p("reason", Text),
+                    _USAGE_PARAMS["request_id"],
+                    _USAGE_PARAMS["created_at"],
+                ).where(_COST > 0),
+            ),
+        ),
+        _usage_insert(
+            cost_micros=_COST,
+            price_basis=case(
+                (and_(_HOLD_AMOUNT.is_not(None), _PRICE > _HOLD_AMOUNT), _p("capped_basis", Text)),
+                (ref("k", "collected", Boolean).is_(false()), _p("uncollected_basis", Text)),
+                else_=_USAGE_PARAMS["price_basis"],
+            ),
+        ),
+    ],
+    result="k",
+    batch_order=_CALL_ORDER,
+)
 
 # Release: close the hold (if the reconciler has not) without charging.
-_UNHOLD_USER = Step("u", update(users).where(users.c.id == ref("h", "user_id", Integer))
-                    .values(held_micros=users.c.held_micros - _HOLD_AMOUNT).returning(users.c.id))
-_UNHOLD_TOKEN = Step("t", update(tokens).where(tokens.c.id == _HOLD_TOKEN, ref("u", "id", Integer).is_not(None))
-                     .values(held_micros=tokens.c.held_micros - _HOLD_AMOUNT))
-RELEASE = Movement("release", [
-    Step("h", delete(holds).where(holds.c.request_id == _p("rec_request_id", String))
-         .returning(holds.c.amount_micros, holds.c.token_id, holds.c.user_id)),
-    _UNHOLD_USER, _UNHOLD_TOKEN, _usage_insert(cost_micros=literal_column("0", BigInteger)),
-], batch_order=_CALL_ORDER)
+_UNHOLD_USER = Step(
+    "u",
+    update(users)
+    .where(users.c.id == ref("h", "user_id", Integer))
+    .values(held_micros=users.c.held_micros - _HOLD_AMOUNT)
+    .returning(users.c.id),
+)
+_UNHOLD_TOKEN = Step(
+    "t",
+    update(tokens)
+    .where(tokens.c.id == _HOLD_TOKEN, ref("u", "id", Integer).is_not(None))
+    .values(held_micros=tokens.c.held_micros - _HOLD_AMOUNT),
+)
+RELEASE = Movement(
+    "release",
+    [
+        Step(
+            "h",
+            delete(holds)
+            .where(holds.c.request_id == _p("rec_request_id", String))
+            .returning(holds.c.amount_micros, holds.c.token_id, holds.c.user_id),
+        ),
+        _UNHOLD_USER,
+        _UNHOLD_TOKEN,
+        _usage_insert(cost_micros=literal_column("0", BigInteger)),
+    ],
+    batch_order=_CALL_ORDER,
+)
 RECORD = Movement("record", [_usage_insert(cost_micros=literal_column("0", BigInteger))], batch_order=_CALL_ORDER)
 
 _ADJUSTED = _p("amount", BigInteger)
-ADJUST = Movement("adjust", [
-    Step("u", update(users).where(
-        users.c.id == _USER_ID,
-        or_(_ADJUSTED >= 0, _AVAILABLE_EXPR + _ADJUSTED >= 0),  # a debit never goes past the available balance
-        or_(_ADJUSTED <= 0, users.c.balance_micros + _ADJUSTED <= _p("max", BigInteger)),
-    ).values(balance_micros=users.c.balance_micros + _ADJUSTED).returning(users.c.balance_micros)),
-    Step("l", insert(ledger).from_select(
-        ["user_id", "amount_micros", "kind", "reason", "request_id", "created_at"],
-        select(_USER_ID, _ADJUSTED, _p("kind", String), _p("reason", Text), null(), _NOW)
-        .where(ref("u", "balance_micros", BigInteger).is_not(None)))),
-], result="u")
-AVAILABLE = Movement("available", [Step("a", select(_AVAILABLE_EXPR.label("available")).where(users.c.id == _USER_ID))],
-                     result="a")
+ADJUST = Movement(
+    "adjust",
+    [
+        Step(
+            "u",
+            update(users)
+            .where(
+                users.c.id == _USER_ID,
+                or_(_ADJUSTED >= 0, _AVAILABLE_EXPR + _ADJUSTED >= 0),  # a debit never goes past the available balance
+                or_(_ADJUSTED <= 0, users.c.balance_micros + _ADJUSTED <= _p("max", BigInteger)),
+            )
+            .values(balance_micros=users.c.balance_micros + _ADJUSTED)
+            .returning(users.c.balance_micros),
+        ),
+        Step(
+            "l",
+            insert(ledger).from_select(
+                ["user_id", "amount_micros", "kind", "reason", "request_id", "created_at"],
+                select(_USER_ID, _ADJUSTED, _p("kind", String), _p("reason", Text), null(), _NOW).where(
+                    ref("u", "balance_micros", BigInteger).is_not(None)
+                ),
+            ),
+        ),
+    ],
+    result="u",
+)
+AVAILABLE = Movement(
+    "available", [Step("a", select(_AVAILABLE_EXPR.label("available")).where(users.c.id == _USER_ID))], result="a"
+)
 
 # Past its deadline, a hold is released without a record only while its call may
 # still settle and record itself: a job's hold, or a call of a live process. The calls
 # of a process that is gone are released with their record first (see
 # Billing.release_stale_holds), and never here. Rare (start-up and once a minute):
 # the candidates are read first, then each hold is dropped on its own, re-checked.
-_STALE = and_(holds.c.deadline < _NOW, or_(
-    holds.c.instance_id.is_(None),
-    holds.c.instance_id.in_(select(instances.c.id).where(instances.c.expires_at >= _NOW))))
-DROP_STALE_HOLD = Movement("drop_stale_hold", [
-    Step("h", delete(holds).where(holds.c.request_id == _p("rec_request_id", String), _STALE)
-         .returning(holds.c.amount_micros, holds.c.token_id, holds.c.user_id)),
-    _UNHOLD_USER, _UNHOLD_TOKEN,
-], result="h")
+_STALE = and_(
+    holds.c.deadline < _NOW,
+    or_(
+        holds.c.instance_id.is_(None),
+        holds.c.instance_id.in_(select(instances.c.id).where(instances.c.expires_at >= _NOW)),
+    ),
+)
+DROP_STALE_HOLD = Movement(
+    "drop_stale_hold",
+    [
+        Step(
+            "h",
+            delete(holds)
+            .where(holds.c.request_id == _p("rec_request_id", String), _STALE)
+            .returning(holds.c.amount_micros, holds.c.token_id, holds.c.user_id),
+        ),
+        _UNHOLD_USER,
+        _UNHOLD_TOKEN,
+    ],
+    result="h",
+)
 
 
 def _usage_params(record: UsageRecord) -> dict[str, Any]:
@@ -253,9 +416,17 @@ class Billing:
         credit past :data:`MAX_BALANCE_MICROS`, ``LookupError`` for an unknown user."""
         if not reason:
             raise ValueError("a balance change needs a reason")
-        row = await self._runner.movement(ADJUST, {
-            "user_id": user_id, "amount": amount_micros, "kind": kind, "reason": reason, "now": time.time(),
-            "max": MAX_BALANCE_MICROS})
+        row = await self._runner.movement(
+            ADJUST,
+            {
+                "user_id": user_id,
+                "amount": amount_micros,
+                "kind": kind,
+                "reason": reason,
+                "now": time.time(),
+                "max": MAX_BALANCE_MICROS,
+            },
+        )
         if row is None:
             available = await self._runner.movement(AVAILABLE, {"user_id": user_id})
             if available is None:
@@ -264,7 +435,13 @@ class Billing:
         return int(row["balance_micros"])
 
     async def place_hold(
-        self, request_id: str, user_id: int, amount_micros: int, ttl_s: float, *, token_id: int | None = None,
+        self,
+        request_id: str,
+        user_id: int,
+        amount_micros: int,
+        ttl_s: float,
+        *,
+        token_id: int | None = None,
         call: UsageRecord | None = None,
     ) -> HoldResult:
         """Reserve ``amount_micros`` against the balance and the token's spend cap.
@@ -276,10 +453,19 @@ class Billing:
         job outlives the process and its re-run settles the hold).
         """
         now = time.time()
-        row = await self._runner.movement(HOLD, {
-            "request_id": request_id, "user_id": user_id, "token_id": token_id, "amount": amount_micros,
-            "deadline": now + ttl_s, "now": now, "instance_id": self.instance_id if call is not None else None,
-            "call_info": call.call_info() if call is not None else None})
+        row = await self._runner.movement(
+            HOLD,
+            {
+                "request_id": request_id,
+                "user_id": user_id,
+                "token_id": token_id,
+                "amount": amount_micros,
+                "deadline": now + ttl_s,
+                "now": now,
+                "instance_id": self.instance_id if call is not None else None,
+                "call_info": call.call_info() if call is not None else None,
+            },
+        )
         assert row is not None  # the decision step always has its one row
         if row["ok"]:
             return "ok"
@@ -290,10 +476,15 @@ class Billing:
         (see :func:`_charge_for`). A repeat returns the first settle's charge."""
         basis = record.price_basis
         try:
-            row = await self._runner.movement(SETTLE, {
-                **_usage_params(record), "reason": _ledger_reason(record),
-                "capped_basis": orjson.dumps({**basis, "capped_from_micros": record.cost_micros}).decode(),
-                "uncollected_basis": orjson.dumps({**basis, "uncollected_micros": record.cost_micros}).decode()})
+            row = await self._runner.movement(
+                SETTLE,
+                {
+                    **_usage_params(record),
+                    "reason": _ledger_reason(record),
+                    "capped_basis": orjson.dumps({**basis, "capped_from_micros": record.cost_micros}).decode(),
+                    "uncollected_basis": orjson.dumps({**basis, "uncollected_micros": record.cost_micros}).decode(),
+                },
+            )
         except Exception as exc:
             if not _is_repeat(exc):
                 raise
@@ -331,9 +522,9 @@ class Billing:
     async def recorded_status(self, request_id: str) -> int | None:
         """The status of the call's usage record; None while it has none."""
         async with self._engine.connect() as conn:
-            status = (await conn.execute(
-                select(usage_records.c.status).where(usage_records.c.request_id == request_id)
-            )).scalar_one_or_none()
+            status = (
+                await conn.execute(select(usage_records.c.status).where(usage_records.c.request_id == request_id))
+            ).scalar_one_or_none()
         return None if status is None else int(status)
 
     async def hold_owners(self) -> set[str]:
@@ -373,14 +564,16 @@ class Billing:
             stale = (await conn.execute(select(holds.c.request_id).where(_STALE), {"now": now})).scalars().all()
         released = 0
         for request_id in stale:
-            released += await self._runner.movement(DROP_STALE_HOLD, {"rec_request_id": request_id, "now": now}) is not None
+            released += (
+                await self._runner.movement(DROP_STALE_HOLD, {"rec_request_id": request_id, "now": now}) is not None
+            )
         return released
 
     async def _recorded_cost(self, request_id: str) -> int:
         async with self._engine.connect() as conn:
-            cost = (await conn.execute(
-                select(usage_records.c.cost_micros).where(usage_records.c.request_id == request_id)
-            )).scalar_one_or_none()
+            cost = (
+                await conn.execute(select(usage_records.c.cost_micros).where(usage_records.c.request_id == request_id))
+            ).scalar_one_or_none()
         return int(cost or 0)
 
     async def audit(self) -> list[str]:
@@ -389,14 +582,22 @@ class Billing:
         now = time.time()
         async with self._engine.connect() as conn:
             ledger_sums = dict(
-                (await conn.execute(
-                    select(ledger.c.user_id, func.coalesce(func.sum(ledger.c.amount_micros), 0)).group_by(ledger.c.user_id)
-                )).all()
+                (
+                    await conn.execute(
+                        select(ledger.c.user_id, func.coalesce(func.sum(ledger.c.amount_micros), 0)).group_by(
+                            ledger.c.user_id
+                        )
+                    )
+                ).all()
             )
             hold_sums = dict(
-                (await conn.execute(
-                    select(holds.c.user_id, func.coalesce(func.sum(holds.c.amount_micros), 0)).group_by(holds.c.user_id)
-                )).all()
+                (
+                    await conn.execute(
+                        select(holds.c.user_id, func.coalesce(func.sum(holds.c.amount_micros), 0)).group_by(
+                            holds.c.user_id
+                        )
+                    )
+                ).all()
             )
             for row in (await conn.execute(select(users))).mappings():
                 uid = row["id"]
@@ -411,31 +612,49 @@ class Billing:
                 if int(row["balance_micros"]) < 0:
                     problems.append(f"user {row['name']}: negative balance {row['balance_micros']}")
             token_holds = dict(
-                (await conn.execute(
-                    select(holds.c.token_id, func.coalesce(func.sum(holds.c.amount_micros), 0))
-                    .where(holds.c.token_id.is_not(None)).group_by(holds.c.token_id)
-                )).all()
+                (
+                    await conn.execute(
+                        select(holds.c.token_id, func.coalesce(func.sum(holds.c.amount_micros), 0))
+                        .where(holds.c.token_id.is_not(None))
+                        .group_by(holds.c.token_id)
+                    )
+                ).all()
             )
             token_costs = dict(
-                (await conn.execute(
-                    select(usage_records.c.token_id, func.coalesce(func.sum(usage_records.c.cost_micros), 0))
-                    .group_by(usage_records.c.token_id)
-                )).all()
+                (
+                    await conn.execute(
+                        select(
+                            usage_records.c.token_id, func.coalesce(func.sum(usage_records.c.cost_micros), 0)
+                        ).group_by(usage_records.c.token_id)
+                    )
+                ).all()
             )
-            for row in (await conn.execute(select(tokens.c.id, tokens.c.name, tokens.c.held_micros, tokens.c.spent_micros))).mappings():
+            for row in (
+                await conn.execute(select(tokens.c.id, tokens.c.name, tokens.c.held_micros, tokens.c.spent_micros))
+            ).mappings():
                 if int(row["held_micros"]) != int(token_holds.get(row["id"], 0)):
                     problems.append(f"token {row['id']} ({row['name']}): held {row['held_micros']} != open holds")
                 if int(row["spent_micros"]) != int(token_costs.get(row["id"], 0)):
-                    problems.append(f"token {row['id']} ({row['name']}): spent {row['spent_micros']} != its usage records")
-            stale = (await conn.execute(select(func.count()).select_from(holds).where(holds.c.deadline < now))).scalar_one()
+                    problems.append(
+                        f"token {row['id']} ({row['name']}): spent {row['spent_micros']} != its usage records"
+                    )
+            stale = (
+                await conn.execute(select(func.count()).select_from(holds).where(holds.c.deadline < now))
+            ).scalar_one()
             if stale:
                 problems.append(f"{stale} open hold(s) past their deadline")
             live = select(instances.c.id).where(instances.c.expires_at >= now)
-            orphaned = (await conn.execute(select(func.count()).select_from(holds).where(
-                holds.c.instance_id.is_not(None), holds.c.instance_id.not_in(live)))).scalar_one()
+            orphaned = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(holds)
+                    .where(holds.c.instance_id.is_not(None), holds.c.instance_id.not_in(live))
+                )
+            ).scalar_one()
             if orphaned:
-                problems.append(f"{orphaned} open hold(s) of gateway processes that are gone (a running gateway "
-                                "releases them)")
+                problems.append(
+                    f"{orphaned} open hold(s) of gateway processes that are gone (a running gateway releases them)"
+                )
             mismatched = (
                 await conn.execute(
                     select(func.count())

@@ -25,7 +25,6 @@ from imagerelay.catalog.model import ChannelSpec
 from imagerelay.secretbox import SecretBox
 from imagerelay.storage.schema import channels as channels_table
 
-
 __all__ = ["ChannelConflict", "ChannelDirectory", "ChannelInvalid", "ChannelView", "check_channel"]
 
 
@@ -114,8 +113,7 @@ class ChannelDirectory:
             specs[name] = spec.model_copy(update={"enabled": bool(row["enabled"])})
             if not row["enabled"] and row["disabled_reason"]:
                 disabled[name] = row["disabled_reason"]
-        reenabled = {n for n, spec in specs.items() if spec.enabled and n in self._specs
-                     and not self._specs[n].enabled}
+        reenabled = {n for n, spec in specs.items() if spec.enabled and n in self._specs and not self._specs[n].enabled}
         self._specs, self._keys, self._disabled = specs, keys, disabled
         self._reindex()
         if self.on_reenabled is not None:
@@ -171,8 +169,10 @@ class ChannelDirectory:
         now = time.time()
         async with self._engine.begin() as conn:
             row = (
-                await conn.execute(select(channels_table).where(channels_table.c.name == name).with_for_update())
-            ).mappings().first()
+                (await conn.execute(select(channels_table).where(channels_table.c.name == name).with_for_update()))
+                .mappings()
+                .first()
+            )
             if row is None or not row["spec"]:
                 self._refuse_catalog(name, "change")
                 raise KeyError(name)
@@ -184,8 +184,11 @@ class ChannelDirectory:
                 raise ChannelInvalid(".".join(str(p) for p in first["loc"]) or "channel", first["msg"]) from None
             enabled = spec.enabled
             check_channel(spec, api_key if set_key else None, self._known_pools)
-            values: dict[str, Any] = {"spec": orjson.dumps(spec.model_dump(mode="json")).decode(),
-                                      "enabled": enabled, "updated_at": now}
+            values: dict[str, Any] = {
+                "spec": orjson.dumps(spec.model_dump(mode="json")).decode(),
+                "enabled": enabled,
+                "updated_at": now,
+            }
             if "enabled" in changes:
                 values["disabled_reason"] = None if enabled else "disabled by an administrator"
             if set_key:
@@ -207,9 +210,7 @@ class ChannelDirectory:
 
     def _refuse_catalog(self, name: str, verb: str) -> None:
         if name in self._catalog:
-            raise ChannelConflict(
-                f"channel {name!r} comes from the catalog file; {verb} it there (or disable it here)"
-            )
+            raise ChannelConflict(f"channel {name!r} comes from the catalog file; {verb} it there (or disable it here)")
 
     def _reindex(self) -> None:
         self._by_pool = serving_index(self._specs.values(), self._mixed_pools)

@@ -58,7 +58,6 @@ def create_engine(url: str) -> AsyncEngine:
         kwargs["pool_pre_ping"] = True
     engine = create_async_engine(aurl, **kwargs)
     if aurl.startswith("sqlite"):
-
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
 
     return engine
@@ -253,7 +252,8 @@ class TransactionRunner:
             self._sqlite.execute("PRAGMA wal_autocheckpoint=0")
             self._stop_checkpoints = threading.Event()
             self._checkpointer = threading.Thread(
-                target=_checkpoint_loop, args=(path, self._stop_checkpoints), name="imagerelay-checkpoint", daemon=True)
+                target=_checkpoint_loop, args=(path, self._stop_checkpoints), name="imagerelay-checkpoint", daemon=True
+            )
             self._checkpointer.start()
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="imagerelay-sqlite")
             self._pending: list[_Pending] = []
@@ -309,8 +309,7 @@ class TransactionRunner:
         except sqlite3.OperationalError:
             # Another connection holds the lock (the async engine, which needs this
             # loop to finish its own transaction): wait for it on a thread.
-            waiting = asyncio.get_running_loop().run_in_executor(
-                self._executor, _run_batch, self._sqlite, batch, False)
+            waiting = asyncio.get_running_loop().run_in_executor(self._executor, _run_batch, self._sqlite, batch, False)
             waiting.add_done_callback(lambda done: _deliver(batch, done))
             return
         try:
@@ -354,7 +353,9 @@ class TransactionRunner:
         async with self._pg_pool_lock:
             if self._pg_pool is None:
                 self._pg_pool = await asyncpg.create_pool(
-                    self._pg_dsn, min_size=1, max_size=self._pg_pool_size,
+                    self._pg_dsn,
+                    min_size=1,
+                    max_size=self._pg_pool_size,
                     server_settings=self._pg_settings,
                     reset=_keep_session,
                 )

@@ -32,17 +32,25 @@ class Gauges:
 
     async def read(self) -> QueueGauges:
         async with self._engine.connect() as conn:
-            held = (await conn.execute(
-                select(func.count(), func.coalesce(func.sum(holds.c.amount_micros), 0)).select_from(holds))).one()
-            rows = (await conn.execute(
-                select(jobs.c.status, func.count(), func.min(jobs.c.created_at))
-                .where(jobs.c.status.in_(("queued", "running"))).group_by(jobs.c.status)
-            )).all()
+            held = (
+                await conn.execute(
+                    select(func.count(), func.coalesce(func.sum(holds.c.amount_micros), 0)).select_from(holds)
+                )
+            ).one()
+            rows = (
+                await conn.execute(
+                    select(jobs.c.status, func.count(), func.min(jobs.c.created_at))
+                    .where(jobs.c.status.in_(("queued", "running")))
+                    .group_by(jobs.c.status)
+                )
+            ).all()
         by_status = {status: (count, oldest) for status, count, oldest in rows}
         queued, oldest = by_status.get("queued", (0, None))
         return QueueGauges(
-            open_holds=int(held[0]), held_micros=int(held[1]),
-            jobs_queued=int(queued), jobs_running=int(by_status.get("running", (0, None))[0]),
+            open_holds=int(held[0]),
+            held_micros=int(held[1]),
+            jobs_queued=int(queued),
+            jobs_running=int(by_status.get("running", (0, None))[0]),
             oldest_queued_age_s=max(0.0, time.time() - oldest) if oldest is not None else 0.0,
         )
 

@@ -45,8 +45,13 @@ class IdempotencyConflict(ApiError):
 
 class IdempotencyStore:
     def __init__(
-        self, engine: AsyncEngine, *, instances: Instances | None = None, running_ttl_s: float = KEEP_S,
-        wait_s: float = 120.0, poll_s: float = 0.2,
+        self,
+        engine: AsyncEngine,
+        *,
+        instances: Instances | None = None,
+        running_ttl_s: float = KEEP_S,
+        wait_s: float = 120.0,
+        poll_s: float = 0.2,
     ) -> None:
         self._engine = engine
         self._instances = instances
@@ -63,7 +68,11 @@ class IdempotencyStore:
                 async with self._engine.begin() as conn:
                     await conn.execute(
                         idempotency.insert().values(
-                            user_id=user_id, key=key, body_hash=fingerprint, state="running", created_at=time.time(),
+                            user_id=user_id,
+                            key=key,
+                            body_hash=fingerprint,
+                            state="running",
+                            created_at=time.time(),
                             instance_id=self._instance_id,
                         )
                     )
@@ -72,10 +81,14 @@ class IdempotencyStore:
                 pass
             async with self._engine.connect() as conn:
                 row = (
-                    await conn.execute(
-                        select(idempotency).where(idempotency.c.user_id == user_id, idempotency.c.key == key)
+                    (
+                        await conn.execute(
+                            select(idempotency).where(idempotency.c.user_id == user_id, idempotency.c.key == key)
+                        )
                     )
-                ).mappings().first()
+                    .mappings()
+                    .first()
+                )
             if row is None:
                 continue  # the first call failed and gave the key back: claim it now
             if row["body_hash"] != fingerprint:
@@ -108,8 +121,12 @@ class IdempotencyStore:
         async with self._engine.begin() as conn:
             res = await conn.execute(
                 update(idempotency)
-                .where(idempotency.c.user_id == row["user_id"], idempotency.c.key == row["key"],
-                       idempotency.c.state == "running", idempotency.c.created_at == row["created_at"])
+                .where(
+                    idempotency.c.user_id == row["user_id"],
+                    idempotency.c.key == row["key"],
+                    idempotency.c.state == "running",
+                    idempotency.c.created_at == row["created_at"],
+                )
                 .values(created_at=time.time(), instance_id=self._instance_id)
             )
         return bool(res.rowcount == 1)
@@ -131,7 +148,9 @@ class IdempotencyStore:
         async with self._engine.begin() as conn:
             await conn.execute(
                 delete(idempotency).where(
-                    idempotency.c.user_id == user_id, idempotency.c.key == key, idempotency.c.state == "running",
+                    idempotency.c.user_id == user_id,
+                    idempotency.c.key == key,
+                    idempotency.c.state == "running",
                     self._mine(),
                 )
             )

@@ -73,24 +73,37 @@ class Instances:
             self._lock_fd = await asyncio.to_thread(_take_lock, self._lock_dir, self.id)
         now = time.time()
         async with self._engine.begin() as conn:
-            await conn.execute(insert(instances).values(
-                id=self.id, host=socket.gethostname()[:255], pid=os.getpid(),
-                started_at=now, expires_at=now + self.lease_s))
+            await conn.execute(
+                insert(instances).values(
+                    id=self.id,
+                    host=socket.gethostname()[:255],
+                    pid=os.getpid(),
+                    started_at=now,
+                    expires_at=now + self.lease_s,
+                )
+            )
 
     async def renew(self) -> None:
         now = time.time()
         async with self._engine.begin() as conn:
             res = await conn.execute(
-                update(instances).where(instances.c.id == self.id).values(expires_at=now + self.lease_s))
+                update(instances).where(instances.c.id == self.id).values(expires_at=now + self.lease_s)
+            )
             if res.rowcount == 1:
                 return
             # A peer took this process for dead (its lease lapsed: the process or its
             # database stalled), and may have released its calls' holds: those calls
             # then cost nothing (a settle after a release is a no-op), never twice.
             log.warning("this process's lease had lapsed; peers may have released its calls")
-            await conn.execute(insert(instances).values(
-                id=self.id, host=socket.gethostname()[:255], pid=os.getpid(),
-                started_at=now, expires_at=now + self.lease_s))
+            await conn.execute(
+                insert(instances).values(
+                    id=self.id,
+                    host=socket.gethostname()[:255],
+                    pid=os.getpid(),
+                    started_at=now,
+                    expires_at=now + self.lease_s,
+                )
+            )
 
     async def dead(self, named: Iterable[str | None] = ()) -> set[str]:
         """The processes known here to be gone: those ``named`` (read from holds or
@@ -112,8 +125,9 @@ class Instances:
         if instance_id is None or instance_id == self.id:
             return False
         async with self._engine.connect() as conn:
-            expires = (await conn.execute(
-                select(instances.c.expires_at).where(instances.c.id == instance_id))).scalar_one_or_none()
+            expires = (
+                await conn.execute(select(instances.c.expires_at).where(instances.c.id == instance_id))
+            ).scalar_one_or_none()
         lock = await asyncio.to_thread(self._lock_state, instance_id)
         return is_dead(lock, None if expires is None else float(expires), time.time())
 

@@ -47,8 +47,7 @@ class Logins:
 
     async def password_hash(self, user_id: int) -> str | None:
         async with self._engine.connect() as conn:
-            return (await conn.execute(
-                select(users.c.password_hash).where(users.c.id == user_id))).scalar()
+            return (await conn.execute(select(users.c.password_hash).where(users.c.id == user_id))).scalar()
 
     async def set_password_hash(self, user_id: int, hashed: str) -> None:
         """Set the hash and end every session of the user (a changed password signs
@@ -57,22 +56,37 @@ class Logins:
             await conn.execute(update(users).where(users.c.id == user_id).values(password_hash=hashed))
             await conn.execute(delete(console_sessions).where(console_sessions.c.user_id == user_id))
 
-    async def create_user(self, name: str, hashed: str, *, allowed_groups: str | None,
-                          invite: str | None = None) -> int:
+    async def create_user(
+        self, name: str, hashed: str, *, allowed_groups: str | None, invite: str | None = None
+    ) -> int:
         """A new console user with a password, in one transaction with the invitation's
         use (both or neither); raises ``NameTaken`` or ``InviteInvalid``."""
         now = time.time()
         try:
             async with self._engine.begin() as conn:
-                done = await conn.execute(users.insert().values(
-                    name=name, is_admin=False, disabled=False, allowed_groups=allowed_groups,
-                    password_hash=hashed, balance_micros=0, held_micros=0, created_at=now))
+                done = await conn.execute(
+                    users.insert().values(
+                        name=name,
+                        is_admin=False,
+                        disabled=False,
+                        allowed_groups=allowed_groups,
+                        password_hash=hashed,
+                        balance_micros=0,
+                        held_micros=0,
+                        created_at=now,
+                    )
+                )
                 user_id = int(done.inserted_primary_key[0])  # type: ignore[index]
                 if invite is not None:
                     used = await conn.execute(
-                        update(invites).where(invites.c.code_hash == _sha(invite), invites.c.used_at.is_(None),
-                                              invites.c.expires_at.is_(None) | (invites.c.expires_at >= now))
-                        .values(used_by=user_id, used_at=now))
+                        update(invites)
+                        .where(
+                            invites.c.code_hash == _sha(invite),
+                            invites.c.used_at.is_(None),
+                            invites.c.expires_at.is_(None) | (invites.c.expires_at >= now),
+                        )
+                        .values(used_by=user_id, used_at=now)
+                    )
                     if not used.rowcount:
                         raise InviteInvalid()
         except IntegrityError:
@@ -86,9 +100,15 @@ class Logins:
         sid = secrets.token_urlsafe(32)
         now = time.time()
         async with self._engine.begin() as conn:
-            await conn.execute(console_sessions.insert().values(
-                id_hash=_sha(sid), user_id=user_id, csrf_token=secrets.token_urlsafe(32),
-                created_at=now, seen_at=now))
+            await conn.execute(
+                console_sessions.insert().values(
+                    id_hash=_sha(sid),
+                    user_id=user_id,
+                    csrf_token=secrets.token_urlsafe(32),
+                    created_at=now,
+                    seen_at=now,
+                )
+            )
         return sid
 
     async def session(self, sid: str, *, idle_s: float, max_s: float) -> SessionRow | None:
@@ -96,8 +116,11 @@ class Logins:
         now = time.time()
         key = _sha(sid)
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(console_sessions).where(console_sessions.c.id_hash == key))
-                   ).mappings().first()
+            row = (
+                (await conn.execute(select(console_sessions).where(console_sessions.c.id_hash == key)))
+                .mappings()
+                .first()
+            )
         if row is None:
             return None
         if row["seen_at"] + idle_s < now or row["created_at"] + max_s < now:
@@ -105,15 +128,17 @@ class Logins:
             return None
         if now - row["seen_at"] > min(60.0, idle_s / 4):  # at most a write a minute for the idle clock
             async with self._engine.begin() as conn:
-                await conn.execute(update(console_sessions).where(console_sessions.c.id_hash == key)
-                                   .values(seen_at=now))
+                await conn.execute(
+                    update(console_sessions).where(console_sessions.c.id_hash == key).values(seen_at=now)
+                )
         return SessionRow(row["id_hash"], row["user_id"], row["csrf_token"], row["created_at"], now)
 
     async def session_created_at(self, id_hash: str) -> float | None:
         """When the session stored under ``id_hash`` was opened (None: it is gone)."""
         async with self._engine.connect() as conn:
-            created = (await conn.execute(select(console_sessions.c.created_at)
-                                          .where(console_sessions.c.id_hash == id_hash))).scalar()
+            created = (
+                await conn.execute(select(console_sessions.c.created_at).where(console_sessions.c.id_hash == id_hash))
+            ).scalar()
         return None if created is None else float(created)
 
     async def purge_sessions(self, *, idle_s: float, max_s: float) -> None:
@@ -121,7 +146,9 @@ class Logins:
         now = time.time()
         c = console_sessions.c
         async with self._engine.begin() as conn:
-            await conn.execute(delete(console_sessions).where((c.seen_at < now - idle_s) | (c.created_at < now - max_s)))
+            await conn.execute(
+                delete(console_sessions).where((c.seen_at < now - idle_s) | (c.created_at < now - max_s))
+            )
 
     async def close_session(self, sid: str) -> None:
         async with self._engine.begin() as conn:
@@ -133,30 +160,47 @@ class Logins:
 
     # -- invitations ----------------------------------------------------------------
 
-    async def create_invite(self, created_by: int | None, *, ttl_s: float | None = 7 * 24 * 3600,
-                            note: str = "") -> str:
+    async def create_invite(
+        self, created_by: int | None, *, ttl_s: float | None = 7 * 24 * 3600, note: str = ""
+    ) -> str:
         code = "inv-" + secrets.token_urlsafe(18)
         now = time.time()
         async with self._engine.begin() as conn:
-            await conn.execute(invites.insert().values(
-                code_hash=_sha(code), created_by=created_by, note=note, created_at=now,
-                expires_at=now + ttl_s if ttl_s else None))
+            await conn.execute(
+                invites.insert().values(
+                    code_hash=_sha(code),
+                    created_by=created_by,
+                    note=note,
+                    created_at=now,
+                    expires_at=now + ttl_s if ttl_s else None,
+                )
+            )
         return code
 
     async def invite_usable(self, code: str) -> bool:
         now = time.time()
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(invites.c.used_at, invites.c.expires_at)
-                                      .where(invites.c.code_hash == _sha(code)))).first()
+            row = (
+                await conn.execute(
+                    select(invites.c.used_at, invites.c.expires_at).where(invites.c.code_hash == _sha(code))
+                )
+            ).first()
         return row is not None and row[0] is None and (row[1] is None or row[1] >= now)
 
     # -- throttling -----------------------------------------------------------------
 
     async def failures(self, key: str, window_s: float) -> int:
         async with self._engine.connect() as conn:
-            return int((await conn.execute(
-                select(func.count()).select_from(login_failures)
-                .where(login_failures.c.key == key, login_failures.c.at >= time.time() - window_s))).scalar() or 0)
+            return int(
+                (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(login_failures)
+                        .where(login_failures.c.key == key, login_failures.c.at >= time.time() - window_s)
+                    )
+                ).scalar()
+                or 0
+            )
 
     async def record_failure(self, keys: list[str], window_s: float) -> None:
         now = time.time()

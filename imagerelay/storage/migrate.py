@@ -87,8 +87,10 @@ class SchemaState:
         if self.revision is None:
             return f"empty database (no imagerelay tables); this release's schema is {self.head}"
         if not self.known:
-            return (f"revision {self.revision}, which this release does not know (head is {self.head}): "
-                    "it was upgraded by a newer release")
+            return (
+                f"revision {self.revision}, which this release does not know (head is {self.head}): "
+                "it was upgraded by a newer release"
+            )
         made = "" if self.stamped else " (made before migrations; not yet stamped)"
         if self.at_head:
             return f"revision {self.revision} (head){made}"
@@ -157,8 +159,9 @@ def _sqlite_engine(url: str) -> Iterator[sa.Engine]:
         engine.dispose()
 
 
-def _connected(url: str, fn: Callable[[sa.Connection], T], *, lock: bool = False,
-               isolation_level: str | None = None) -> T:
+def _connected(
+    url: str, fn: Callable[[sa.Connection], T], *, lock: bool = False, isolation_level: str | None = None
+) -> T:
     """Call ``fn`` with a connection to the database. With ``lock``, inside one transaction
     that holds the migration lock, committed when ``fn`` returns (rolled back if it raises).
 
@@ -230,11 +233,13 @@ def _recognise(conn: sa.Connection) -> str | None:
             return revision
     newest = layouts[_PRE_MIGRATION_REVISIONS[0]]
     missing = sorted(set(newest) - set(found)) + sorted(
-        f"{name}.{column}" for name, columns in newest.items() if name in found for column in columns - found[name])
+        f"{name}.{column}" for name, columns in newest.items() if name in found for column in columns - found[name]
+    )
     what = f"missing {', '.join(missing[:6])}" if missing else "it has tables or columns no release made"
     raise SchemaError(
         f"the database has imagerelay tables but no schema revision, and no release made its layout ({what}); "
-        "restore a backup, or start on an empty database")
+        "restore a backup, or start on an empty database"
+    )
 
 
 def _state(conn: sa.Connection) -> SchemaState:
@@ -315,7 +320,8 @@ def _prepare_locked(conn: sa.Connection, auto_upgrade: bool) -> tuple[SchemaStat
     if current.revision is not None and not auto_upgrade:
         raise SchemaBehind(
             f"the database schema is at revision {current.revision} and this release needs {current.head}: "
-            f"back it up, then run `{UPGRADE_COMMAND}` (or set IMAGERELAY_AUTO_MIGRATE=true)")
+            f"back it up, then run `{UPGRADE_COMMAND}` (or set IMAGERELAY_AUTO_MIGRATE=true)"
+        )
     return _upgrade(conn, "head")
 
 
@@ -328,6 +334,7 @@ def history() -> list[tuple[str, str]]:
 def differences(url: str, target: sa.MetaData = metadata) -> list[str]:
     """What differs between the database and the models (schema.py; Alembic's
     autogenerate comparison), one line each; empty when they agree."""
+
     def compare(conn: sa.Connection) -> list[str]:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         return [_describe_diff(diff) for diff in compare_metadata(context, target)]

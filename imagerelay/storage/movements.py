@@ -115,8 +115,9 @@ class Movement:
     must name the rows it locks, in the order it locks them (every batched movement
     uses the same order, so two batches never deadlock). Empty: each run alone."""
 
-    def __init__(self, name: str, steps: Sequence[Step], result: str | None = None, *,
-                 batch_order: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, name: str, steps: Sequence[Step], result: str | None = None, *, batch_order: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
         self.result = result
         self.batch_order = batch_order
@@ -129,7 +130,8 @@ class Movement:
             # on both databases.
             table = _written(step.statement)
             assert not (_read(step.statement) - ({table.name} if table is not None else set())) & written, (
-                f"{name}.{step.name} reads a table an earlier step wrote: use ref()")
+                f"{name}.{step.name} reads a table an earlier step wrote: use ref()"
+            )
             if table is not None:
                 assert table.name not in written, f"{name}.{step.name} writes {table.name} a second time"
                 written.add(table.name)
@@ -141,8 +143,9 @@ class Movement:
     @staticmethod
     def _compile_sqlite(step: Step) -> _SqliteStep:
         compiled = step.statement.compile(dialect=_SQLITE)
-        selected: Any = (step.statement.selected_columns if isinstance(step.statement, Select)
-                         else step.statement._returning)  # noqa: SLF001 - the RETURNING list, as SQLAlchemy keeps it
+        selected: Any = (
+            step.statement.selected_columns if isinstance(step.statement, Select) else step.statement._returning
+        )  # noqa: SLF001 - the RETURNING list, as SQLAlchemy keeps it
         columns = tuple(str(c.key) for c in selected or ())
         return _SqliteStep(step.name, compiled.string, columns, tuple(f"{step.name}{_SEP}{c}" for c in columns))
 
@@ -184,8 +187,10 @@ class Movement:
             # Exactly one row, whatever the result step found (it has at most one): a
             # batch of movements (storage/pg_batches.py) gets one row per movement and
             # maps rows to callers by position. _FOUND says whether the step had a row.
-            final = select(exists(select(literal_column("1")).select_from(last)).label(_FOUND),
-                           *(select(c).scalar_subquery().label(str(c.key)) for c in last.c))
+            final = select(
+                exists(select(literal_column("1")).select_from(last)).label(_FOUND),
+                *(select(c).scalar_subquery().label(str(c.key)) for c in last.c),
+            )
             self.pg_columns = tuple(str(c.key) for c in last.c)
         # A data-modifying CTE nobody selects from still runs, but SQLAlchemy renders
         # only the CTEs a statement refers to: name them all.

@@ -50,8 +50,9 @@ def usage_conditions(q: UsageQuery) -> list[Any]:
 def _listing() -> Any:
     """Records with the names a person reads: the user's and the token's."""
     return select(usage_records, users.c.name.label("user_name"), tokens.c.name.label("token_name")).select_from(
-        usage_records.outerjoin(users, users.c.id == usage_records.c.user_id)
-        .outerjoin(tokens, tokens.c.id == usage_records.c.token_id)
+        usage_records.outerjoin(users, users.c.id == usage_records.c.user_id).outerjoin(
+            tokens, tokens.c.id == usage_records.c.token_id
+        )
     )
 
 
@@ -72,8 +73,7 @@ class UsageReports:
     async def page(self, q: UsageQuery) -> tuple[list[dict[str, Any]], bool]:
         """Records newest first (``q.limit`` of them, before ``q.before_id``), their
         ``price_basis`` decoded; returns (records, has_more)."""
-        stmt = (select(usage_records).where(*usage_conditions(q))
-                .order_by(usage_records.c.id.desc()).limit(q.limit + 1))
+        stmt = select(usage_records).where(*usage_conditions(q)).order_by(usage_records.c.id.desc()).limit(q.limit + 1)
         if q.before_id is not None:
             stmt = stmt.where(usage_records.c.id < q.before_id)
         async with self._engine.connect() as conn:
@@ -82,8 +82,9 @@ class UsageReports:
             r["price_basis"] = orjson.loads(r["price_basis"] or "{}")
         return rows[: q.limit], len(rows) > q.limit
 
-    async def named_rows(self, q: UsageQuery, *, limit: int = 50,
-                         before_id: int | None = None) -> tuple[list[dict[str, Any]], bool]:
+    async def named_rows(
+        self, q: UsageQuery, *, limit: int = 50, before_id: int | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
         """A page of records with ``user_name`` and ``token_name``, newest first, and
         whether older ones remain (the admin console's listing and CSV)."""
         stmt = _listing().where(and_(True, *usage_conditions(q)))
@@ -96,8 +97,13 @@ class UsageReports:
 
     async def totals(self, q: UsageQuery) -> UsageTotals:
         u = usage_records.c
-        stmt = select(func.count(), _errors(), func.coalesce(func.sum(u.cost_micros), 0),
-                      func.avg(u.latency_ms), func.avg(u.upstream_latency_ms)).where(and_(True, *usage_conditions(q)))
+        stmt = select(
+            func.count(),
+            _errors(),
+            func.coalesce(func.sum(u.cost_micros), 0),
+            func.avg(u.latency_ms),
+            func.avg(u.upstream_latency_ms),
+        ).where(and_(True, *usage_conditions(q)))
         async with self._engine.connect() as conn:
             calls, errors, cost, latency, upstream = (await conn.execute(stmt)).one()
         return UsageTotals(int(calls), int(errors), int(cost), _whole(latency), _whole(upstream))
@@ -107,8 +113,12 @@ class UsageReports:
         ts = usage_records.c.created_at / DAY_S
         # floor() exists on PostgreSQL; SQLite's CAST truncates, which is floor for times after 1970.
         day = func.floor(ts) if self._engine.dialect.name == "postgresql" else cast(ts, Integer)
-        stmt = (select(day.label("day"), func.count(), _errors(), func.coalesce(func.sum(usage_records.c.cost_micros), 0))
-                .where(*usage_conditions(q)).group_by(day).order_by(day))
+        stmt = (
+            select(day.label("day"), func.count(), _errors(), func.coalesce(func.sum(usage_records.c.cost_micros), 0))
+            .where(*usage_conditions(q))
+            .group_by(day)
+            .order_by(day)
+        )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [DaySum(int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows]
@@ -130,21 +140,32 @@ class UsageReports:
         bucket = self._bucket_expr(size_s).label("bucket")
         key = (u.route if by == "route" else func.coalesce(u.channel, "(none)")).label("key")
         stmt = (
-            select(bucket, key, func.count(), _errors(),
-                   func.coalesce(func.sum(u.cost_micros), 0), func.coalesce(func.sum(u.upstream_latency_ms), 0),
-                   func.count(u.upstream_latency_ms))
+            select(
+                bucket,
+                key,
+                func.count(),
+                _errors(),
+                func.coalesce(func.sum(u.cost_micros), 0),
+                func.coalesce(func.sum(u.upstream_latency_ms), 0),
+                func.count(u.upstream_latency_ms),
+            )
             .where(and_(True, *usage_conditions(q)))
             .group_by(bucket, key)
             .order_by(bucket, key)
         )
         async with self._engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [Bucket(int(b) * size_s, str(k), int(c), int(e), int(m), int(ls), int(ln))
-                for b, k, c, e, m, ls, ln in rows]
+        return [
+            Bucket(int(b) * size_s, str(k), int(c), int(e), int(m), int(ls), int(ln)) for b, k, c, e, m, ls, ln in rows
+        ]
 
     async def ledger_entries(self, user_id: int, *, limit: int = 20) -> list[dict[str, Any]]:
         """A user's latest money movements other than call charges (top-ups, adjustments)."""
-        stmt = (select(ledger).where(ledger.c.user_id == user_id, ledger.c.kind != "charge")
-                .order_by(ledger.c.id.desc()).limit(limit))
+        stmt = (
+            select(ledger)
+            .where(ledger.c.user_id == user_id, ledger.c.kind != "charge")
+            .order_by(ledger.c.id.desc())
+            .limit(limit)
+        )
         async with self._engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(stmt)).mappings().all()]

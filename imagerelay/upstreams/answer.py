@@ -105,7 +105,7 @@ def _place(body: Any, marker: str, values: list[memoryview]) -> Any | None:
             continue
         value = item.get("b64_json")
         if isinstance(value, str) and value.startswith(marker):
-            index = value[len(marker):]
+            index = value[len(marker) :]
             if not index.isdigit() or int(index) != found:
                 return None
             item["b64_json"] = values[found]

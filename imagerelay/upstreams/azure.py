@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import base64
 import io
-from urllib.parse import quote
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 from PIL import Image
 

@@ -60,7 +60,9 @@ return live
 
 
 class RedisCooldowns:
-    def __init__(self, redis: SharedRedis, *, refresh_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, redis: SharedRedis, *, refresh_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._redis = redis
         self._key = redis.key("cooldowns")
         self._trip = redis.client.register_script(TRIP)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 import mmap
-from contextlib import aclosing
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from typing import Any, ClassVar
 
 import aiohttp
@@ -41,8 +41,8 @@ from imagerelay.upstreams.transport import (
     DEFAULT_MAX_ANSWER_BYTES,
     AnswerMemory,
     AnswerTooLarge,
-    UnsafeValue,
     ChannelSessions,
+    UnsafeValue,
     default_client,
     read_capped,
     safe_headers,
@@ -56,19 +56,42 @@ _META_KEYS = ("size", "quality", "background", "output_format")
 
 #: Upstream error codes a caller can act on; they pass through as they are. Any other
 #: code is replaced: an unknown one tells the caller nothing and may carry anything.
-CLIENT_ERROR_CODES = frozenset({
-    "moderation_blocked", "content_policy_violation", "invalid_value", "invalid_type",
-    "missing_required_parameter", "unknown_parameter", "unsupported_parameter", "unsupported_value",
-    "invalid_size", "invalid_image", "invalid_image_format", "invalid_image_size", "image_too_large",
-    "invalid_mask", "invalid_image_mask", "string_above_max_length", "integer_above_max_value",
-    "integer_below_min_value", "invalid_prompt",
-})
+CLIENT_ERROR_CODES = frozenset(
+    {
+        "moderation_blocked",
+        "content_policy_violation",
+        "invalid_value",
+        "invalid_type",
+        "missing_required_parameter",
+        "unknown_parameter",
+        "unsupported_parameter",
+        "unsupported_value",
+        "invalid_size",
+        "invalid_image",
+        "invalid_image_format",
+        "invalid_image_size",
+        "image_too_large",
+        "invalid_mask",
+        "invalid_image_mask",
+        "string_above_max_length",
+        "integer_above_max_value",
+        "integer_below_min_value",
+        "invalid_prompt",
+    }
+)
 #: 4xx codes that are the channel's fault, not the caller's (its account, its model
 #: mapping): they fail over like a 5xx instead of being handed to the caller.
-CHANNEL_ERROR_CODES = frozenset({
-    "billing_hard_limit_reached", "insufficient_quota", "model_not_found", "deploymentnotfound",
-    "invalid_api_key", "account_deactivated", "unsupported_country_region_territory",
-})
+CHANNEL_ERROR_CODES = frozenset(
+    {
+        "billing_hard_limit_reached",
+        "insufficient_quota",
+        "model_not_found",
+        "deploymentnotfound",
+        "invalid_api_key",
+        "account_deactivated",
+        "unsupported_country_region_territory",
+    }
+)
 _PARAM = re.compile(r"[a-z_][a-z0-9_.\[\]]{0,39}")
 
 
@@ -95,7 +118,10 @@ class OpenAIDialectConnector:
     type: ClassVar[str] = ""
 
     def __init__(
-        self, client_factory: ClientFactory = default_client, *, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        self,
+        client_factory: ClientFactory = default_client,
+        *,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
         answer_memory: AnswerMemory | None = None,
     ) -> None:
         self._max_answer_bytes = max_answer_bytes
@@ -155,8 +181,9 @@ class OpenAIDialectConnector:
 
     # -- wire ------------------------------------------------------------------------------
 
-    async def _open(self, session: aiohttp.ClientSession, target: CallTarget, request: ImageRequest,
-                    stream: bool) -> aiohttp.ClientResponse:
+    async def _open(
+        self, session: aiohttp.ClientSession, target: CallTarget, request: ImageRequest, stream: bool
+    ) -> aiohttp.ClientResponse:
         """Send the request; its response once the status line and headers are in.
 
         An upstream may close an idle keep-alive connection just as we reuse it; the
@@ -192,11 +219,13 @@ class OpenAIDialectConnector:
             form.add_field(key, _form_value(value))
         name = "image" if len(request.images) == 1 else "image[]"
         for i, img in enumerate(request.images):
-            form.add_field(name, img.data, filename=img.filename or f"image_{i}.{img.mime.split('/')[1]}",
-                           content_type=img.mime)
+            form.add_field(
+                name, img.data, filename=img.filename or f"image_{i}.{img.mime.split('/')[1]}", content_type=img.mime
+            )
         if request.mask is not None:
-            form.add_field("mask", request.mask.data, filename=request.mask.filename or "mask.png",
-                           content_type=request.mask.mime)
+            form.add_field(
+                "mask", request.mask.data, filename=request.mask.filename or "mask.png", content_type=request.mask.mime
+            )
         return {"url": url, "headers": headers, "data": form}
 
     def _failure_for_status(
@@ -243,8 +272,10 @@ class OpenAIDialectConnector:
     async def _images(self, target: CallTarget, request: ImageRequest) -> UpstreamResult:
         headers: Mapping[str, str]
         try:
-            async with (self._sessions.lease(target.channel) as session,
-                        await self._open(session, target, request, stream=False) as resp):
+            async with (
+                self._sessions.lease(target.channel) as session,
+                await self._open(session, target, request, stream=False) as resp,
+            ):
                 status, headers = resp.status, resp.headers
                 raw = await read_capped(resp, self._max_answer_bytes, self._answer_memory)
         except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -284,8 +315,10 @@ class OpenAIDialectConnector:
         # never retrieved".
         closing = False
         try:
-            async with (self._sessions.lease(target.channel) as session,
-                        await self._open(session, target, request, stream=True) as resp):
+            async with (
+                self._sessions.lease(target.channel) as session,
+                await self._open(session, target, request, stream=True) as resp,
+            ):
                 if resp.status != 200:
                     error_body = await read_capped(resp, min(self._max_answer_bytes, 1 << 20))
                     raise self._failure_for_status(resp.status, resp.headers, error_body)

@@ -290,8 +290,13 @@ class ChannelPool:
             self.shared.clear(name)
 
     async def call(
-        self, channels: Sequence[ChannelSpec], upstream_model: str, default_size: str, request: ImageRequest,
-        *, max_attempts: int | None = None,
+        self,
+        channels: Sequence[ChannelSpec],
+        upstream_model: str,
+        default_size: str,
+        request: ImageRequest,
+        *,
+        max_attempts: int | None = None,
     ) -> CallOutcome:
         """One image answer, failing over and retrying (see :meth:`_attempts`)."""
 
@@ -300,8 +305,9 @@ class ChannelPool:
 
         return await self._attempts(channels, upstream_model, default_size, attempt, max_attempts)
 
-    async def probe(self, ch: ChannelSpec, upstream_model: str, default_size: str,
-                    request: ImageRequest) -> CallOutcome | UpstreamFailure:
+    async def probe(
+        self, ch: ChannelSpec, upstream_model: str, default_size: str, request: ImageRequest
+    ) -> CallOutcome | UpstreamFailure:
         """One attempt on exactly ``ch`` (the admin's channel test): the same target, key,
         model map, timeout, connector and answer cleaning as an attempt of :meth:`call`,
         but whatever the channel's state (a disabled or cooling channel can be tested)
@@ -313,8 +319,9 @@ class ChannelPool:
         except UpstreamFailure as failure:
             return failure.redacted(_secrets(target))
 
-    async def _answer(self, ch: ChannelSpec, target: CallTarget, request: ImageRequest, budget: float,
-                      attempts: int) -> CallOutcome:
+    async def _answer(
+        self, ch: ChannelSpec, target: CallTarget, request: ImageRequest, budget: float, attempts: int
+    ) -> CallOutcome:
         """One attempt's image answer from ``ch``'s connector, cleaned; any failure is an
         :class:`UpstreamFailure` (not yet scrubbed or counted: the caller does that)."""
         t0 = self.clock()
@@ -333,8 +340,13 @@ class ChannelPool:
         return CallOutcome(result, ch.name, attempts, int((self.clock() - t0) * 1000))
 
     async def open_stream(
-        self, channels: Sequence[ChannelSpec], upstream_model: str, default_size: str, request: ImageRequest,
-        *, max_attempts: int | None = None,
+        self,
+        channels: Sequence[ChannelSpec],
+        upstream_model: str,
+        default_size: str,
+        request: ImageRequest,
+        *,
+        max_attempts: int | None = None,
     ) -> StreamOutcome:
         """Fail over and retry until a channel yields its first event; after that, no more failover.
 
@@ -464,7 +476,9 @@ class ChannelPool:
                 headers={"retry-after": str(retry_after)},
             )
         if last is not None and last.kind == "timeout":
-            return UpstreamError("The upstream did not answer in time; retry the request.", status=504, code="upstream_timeout")
+            return UpstreamError(
+                "The upstream did not answer in time; retry the request.", status=504, code="upstream_timeout"
+            )
         if last is not None and last.kind == "rate_limited":
             return UpstreamError(
                 "The upstream is rate limited right now; retry shortly.",

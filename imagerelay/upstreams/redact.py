@@ -63,7 +63,7 @@ def redact(text: str, secrets: Iterable[str] = (), *, limit: int = MAX_TEXT) -> 
         _mark_secret(text, secret, mask)
     for pattern in _PATTERNS:
         for match in pattern.finditer(text):
-            mask[match.start():match.end()] = b"\x01" * (match.end() - match.start())
+            mask[match.start() : match.end()] = b"\x01" * (match.end() - match.start())
     out: list[str] = []
     i = 0
     while i < len(text):
@@ -83,7 +83,11 @@ def _mark_secret(text: str, secret: str, mask: bytearray) -> None:
     piece of it; a lookahead finds overlapping occurrences too."""
     if len(secret) < 4:
         return  # too short to tell from ordinary words
-    pieces = {secret} if len(secret) <= _KEY_PIECE else {secret[i:i + _KEY_PIECE] for i in range(len(secret) - _KEY_PIECE + 1)}
+    pieces = (
+        {secret}
+        if len(secret) <= _KEY_PIECE
+        else {secret[i : i + _KEY_PIECE] for i in range(len(secret) - _KEY_PIECE + 1)}
+    )
     finder = re.compile("(?=(" + "|".join(re.escape(p) for p in pieces) + "))", re.IGNORECASE)
     for match in finder.finditer(text):
         start = match.start()

@@ -21,7 +21,9 @@ from imagerelay.simulation.render import render_image, resolve_dimensions
 from imagerelay.upstreams.base import CallTarget, StreamEvent, UpstreamResult
 
 
-def _render_b64(request: ImageRequest, width: int, height: int, index: int, partial: tuple[int, int] | None = None) -> str:
+def _render_b64(
+    request: ImageRequest, width: int, height: int, index: int, partial: tuple[int, int] | None = None
+) -> str:
     data = render_image(
         prompt=request.prompt,
         width=width,

@@ -140,8 +140,9 @@ def default_client(channel: ChannelSpec) -> aiohttp.ClientSession:
         connector = ProxyConnector.from_url(proxy, limit=channel.max_connections, keepalive_timeout=60, ssl=tls)
         proxy = None
     else:
-        connector = aiohttp.TCPConnector(limit=channel.max_connections, keepalive_timeout=60, ssl=tls,
-                                         ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(
+            limit=channel.max_connections, keepalive_timeout=60, ssl=tls, ttl_dns_cache=300
+        )
     proxy_auth = None
     if channel.proxy is None:
         proxy, proxy_auth = env_proxy(channel)
@@ -287,9 +288,7 @@ def answer_buffer(length: int) -> mmap.mmap:
     return buf
 
 
-async def read_capped(
-    resp: aiohttp.ClientResponse, cap: int, memory: AnswerMemory | None = None
-) -> bytes | mmap.mmap:
+async def read_capped(resp: aiohttp.ClientResponse, cap: int, memory: AnswerMemory | None = None) -> bytes | mmap.mmap:
     """The (decoded) body, refused with :class:`AnswerTooLarge` once over ``cap`` bytes.
 
     An uncompressed answer of known length goes into one buffer of that size

@@ -56,16 +56,21 @@ class ConsoleGateway:
         return self.gw.base_url + path
 
     def admin_api(self) -> httpx.Client:
-        return httpx.Client(base_url=self.gw.base_url, headers={"Authorization": f"Bearer {self.admin_token}"},
-                            timeout=30)
+        return httpx.Client(
+            base_url=self.gw.base_url, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30
+        )
 
 
 def start_console_gateway(tmp: Path, extra_env: dict[str, str] | None = None) -> Iterator[ConsoleGateway]:
     """`serve --demo` with the console on: it creates a demo admin and gives the demo user
     (tokens in every group, $100 of credit) a console password, printed and written out."""
     admin_token = "adm-" + secrets.token_urlsafe(24)
-    env = {"IMAGERELAY_CONSOLE": "true", "IMAGERELAY_SIGNUP": "open", "IMAGERELAY_ADMIN_TOKEN": admin_token,
-           **(extra_env or {})}
+    env = {
+        "IMAGERELAY_CONSOLE": "true",
+        "IMAGERELAY_SIGNUP": "open",
+        "IMAGERELAY_ADMIN_TOKEN": admin_token,
+        **(extra_env or {}),
+    }
     with run_gateway(tmp, extra_env=env) as gw:
         creds = gw.console
         assert creds.get("admin") and creds.get("user"), f"serve --demo wrote no console credentials: {creds}"
@@ -90,7 +95,9 @@ def browser() -> Iterator[Any]:
     with sync_playwright() as pw:
         # --no-sandbox: CI runs as root, where chromium refuses its sandbox; a small /dev/shm in
         # containers would crash full-page screenshots, hence --disable-dev-shm-usage.
-        b = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        b = pw.chromium.launch(
+            executable_path=executable, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         try:
             yield b
         finally:
@@ -99,8 +106,12 @@ def browser() -> Iterator[Any]:
 
 def open_page(browser: Any, base_url: str, log: ConsoleLog, storage_state: str | None = None) -> tuple[Any, Any]:
     """A new context (own cookies, clipboard allowed) and page, its console recorded in log."""
-    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": VIEWPORT_HEIGHT},
-                                  permissions=["clipboard-read", "clipboard-write"], storage_state=storage_state)
+    context = browser.new_context(
+        base_url=base_url,
+        viewport={"width": 1280, "height": VIEWPORT_HEIGHT},
+        permissions=["clipboard-read", "clipboard-write"],
+        storage_state=storage_state,
+    )
     context.add_init_script(CSP_LISTENER)
     page = context.new_page()
     log.attach(page)
@@ -166,7 +177,9 @@ def ids(console_gw: ConsoleGateway) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def session_states(browser: Any, console_gw: ConsoleGateway, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def session_states(
+    browser: Any, console_gw: ConsoleGateway, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     """Sign each role in once per module (login throttling is per account), saving its
     cookies; pages then open in fresh contexts with them."""
     states: dict[str, Path] = {}
@@ -185,15 +198,20 @@ def session_states(browser: Any, console_gw: ConsoleGateway, tmp_path_factory: p
 
 
 @pytest.fixture
-def open_as(browser: Any, console_gw: ConsoleGateway, session_states: dict[str, Path],
-            browser_log: ConsoleLog) -> Iterator[Callable[[str], Any]]:
+def open_as(
+    browser: Any, console_gw: ConsoleGateway, session_states: dict[str, Path], browser_log: ConsoleLog
+) -> Iterator[Callable[[str], Any]]:
     """open_as('anon'|'user'|'admin'): a fresh page with that role's cookies; the test
     fails at teardown if the browser reported a CSP violation or an uncaught error."""
     contexts: list[Any] = []
 
     def open_(role: str) -> Any:
-        context, pg = open_page(browser, console_gw.base_url, browser_log,
-                                storage_state=str(session_states[role]) if role != "anon" else None)
+        context, pg = open_page(
+            browser,
+            console_gw.base_url,
+            browser_log,
+            storage_state=str(session_states[role]) if role != "anon" else None,
+        )
         contexts.append(context)
         return pg
 

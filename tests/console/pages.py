@@ -148,18 +148,36 @@ def unreachable_by_keyboard(page: Any) -> list[str]:
 # Every console page (CONSOLE.md's URL layout), by who sees it; {placeholders} are filled
 # from the `ids` fixture with real rows of the demo data.
 SIGNED_OUT = ["/console/signin", "/console/signup"]
-USER = ["/console/", "/console/tokens", "/console/tokens/new", "/console/tokens/{token_id}", "/console/usage",
-        "/console/pricing", "/console/password", "/console/playground"]
-ADMIN = ["/console/admin/", "/console/admin/users", "/console/admin/users/{user_name}", "/console/admin/tokens",
-         "/console/admin/channels", "/console/admin/channels/{channel_name}", "/console/admin/catalog",
-         "/console/admin/usage"]
+USER = [
+    "/console/",
+    "/console/tokens",
+    "/console/tokens/new",
+    "/console/tokens/{token_id}",
+    "/console/usage",
+    "/console/pricing",
+    "/console/password",
+    "/console/playground",
+]
+ADMIN = [
+    "/console/admin/",
+    "/console/admin/users",
+    "/console/admin/users/{user_name}",
+    "/console/admin/tokens",
+    "/console/admin/channels",
+    "/console/admin/channels/{channel_name}",
+    "/console/admin/catalog",
+    "/console/admin/usage",
+]
 
 
 def page_cases() -> list[Any]:
     import pytest
 
-    cases = [pytest.param(role, path, id=f"{role}:{path}")
-             for role, paths in (("anon", SIGNED_OUT), ("user", USER), ("admin", ADMIN)) for path in paths]
+    cases = [
+        pytest.param(role, path, id=f"{role}:{path}")
+        for role, paths in (("anon", SIGNED_OUT), ("user", USER), ("admin", ADMIN))
+        for path in paths
+    ]
     # The admin sees the user pages too, with the admin nav: the richest header, checked once.
     cases.append(pytest.param("admin", "/console/", id="admin:/console/ (home with the admin nav)"))
     return cases

@@ -28,14 +28,19 @@ def prefix_proxy_app(target: str, prefix: str) -> Any:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        url = (path[len(prefix):] or "/") + (("?" + scope["query_string"].decode()) if scope["query_string"] else "")
+        url = (path[len(prefix) :] or "/") + (("?" + scope["query_string"].decode()) if scope["query_string"] else "")
         headers = [(k, v) for k, v in scope["headers"] if k.lower() not in HOP_BY_HOP]
         async with httpx.AsyncClient(base_url=target, timeout=None) as client:
             request = client.build_request(scope["method"], url, headers=headers, content=body)
             response = await client.send(request, stream=True)
             try:
-                await send({"type": "http.response.start", "status": response.status_code,
-                            "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status_code,
+                        "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP],
+                    }
+                )
                 async for chunk in response.aiter_raw():
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})

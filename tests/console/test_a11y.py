@@ -23,8 +23,9 @@ def _shot_name(role: str, path: str) -> str:
 
 
 @pytest.mark.parametrize(("role", "path"), page_cases())
-def test_console_page_is_accessible(open_as: Callable[[str], Any], role: str, path: str, ids: dict[str, str],
-                                    browser_log: ConsoleLog) -> None:
+def test_console_page_is_accessible(
+    open_as: Callable[[str], Any], role: str, path: str, ids: dict[str, str], browser_log: ConsoleLog
+) -> None:
     page = open_as(role)
     response = page.goto(path.format(**ids))
     assert response is not None and response.status == 200, f"{path}: HTTP {response and response.status}"
@@ -43,11 +44,15 @@ def test_console_page_is_accessible(open_as: Callable[[str], Any], role: str, pa
 def test_keyboard_alone_skips_to_content_and_signs_in(page: Any, console_gw: ConsoleGateway) -> None:
     page.goto("/console/signin")
     page.keyboard.press("Tab")
-    skip = page.evaluate("() => [document.activeElement.tagName, document.activeElement.textContent.trim(),"
-                         " document.activeElement.getAttribute('href')]")
+    skip = page.evaluate(
+        "() => [document.activeElement.tagName, document.activeElement.textContent.trim(),"
+        " document.activeElement.getAttribute('href')]"
+    )
     assert skip[0] == "A" and re.search(r"skip", skip[1], re.I) and skip[2].endswith("#main"), skip
-    assert page.evaluate("() => { const r = document.activeElement.getBoundingClientRect(); "
-                         "return r.width > 0 && r.height > 0 && r.bottom > 0; }"), "the focused skip link is not visible"
+    assert page.evaluate(
+        "() => { const r = document.activeElement.getBoundingClientRect(); "
+        "return r.width > 0 && r.height > 0 && r.bottom > 0; }"
+    ), "the focused skip link is not visible"
     page.keyboard.press("Enter")
     assert page.evaluate("() => document.activeElement.id") == "main", "the skip link does not move focus to <main>"
     # From <main>, Tab reaches the user name, then the password, then the submit button.
@@ -98,8 +103,11 @@ def test_playground_works_with_the_keyboard_alone(open_as: Callable[[str], Any])
     page.keyboard.type("a lighthouse at dusk")
     tab_to(page, "#pg-submit")
     page.keyboard.press("Enter")
-    page.wait_for_function("() => /^Done in/.test(document.getElementById('pg-progress').textContent)"
-                           " || !document.getElementById('pg-error').hidden", timeout=120_000)
+    page.wait_for_function(
+        "() => /^Done in/.test(document.getElementById('pg-progress').textContent)"
+        " || !document.getElementById('pg-error').hidden",
+        timeout=120_000,
+    )
     assert page.locator("#pg-error").is_hidden(), page.inner_text("#pg-error")
     page.wait_for_selector("#pg-results img.pg-image")
     # The natural-size frame scrolls with the keyboard too; the code can be copied.
@@ -110,11 +118,14 @@ def test_playground_works_with_the_keyboard_alone(open_as: Callable[[str], Any])
     assert unreachable_by_keyboard(page) == [], "playground controls Tab never reaches"
 
 
-@pytest.mark.parametrize(("role", "path", "status"), [
-    pytest.param("user", "/console/admin/users", 403, id="user:admin page (403)"),
-    pytest.param("user", "/console/tokens/999999", 404, id="user:no such key (404)"),
-    pytest.param("anon", "/console/no-such-page", 404, id="anon:no such page (404)"),
-])
+@pytest.mark.parametrize(
+    ("role", "path", "status"),
+    [
+        pytest.param("user", "/console/admin/users", 403, id="user:admin page (403)"),
+        pytest.param("user", "/console/tokens/999999", 404, id="user:no such key (404)"),
+        pytest.param("anon", "/console/no-such-page", 404, id="anon:no such page (404)"),
+    ],
+)
 def test_error_pages_are_accessible(open_as: Callable[[str], Any], role: str, path: str, status: int) -> None:
     page = open_as(role)
     response = page.goto(path)

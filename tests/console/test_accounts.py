@@ -31,8 +31,13 @@ _database_url: dict[str, str] = {}  # gateway base URL -> its database URL ("": 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    env = {"IMAGERELAY_CONSOLE": "true", "IMAGERELAY_SIGNUP": "open", "IMAGERELAY_SIGNUP_GROUPS": "default",
-           "IMAGERELAY_LOGIN_MAX_FAILURES": "3", "IMAGERELAY_LOGIN_MAX_FAILURES_PER_ADDRESS": "6"}
+    env = {
+        "IMAGERELAY_CONSOLE": "true",
+        "IMAGERELAY_SIGNUP": "open",
+        "IMAGERELAY_SIGNUP_GROUPS": "default",
+        "IMAGERELAY_LOGIN_MAX_FAILURES": "3",
+        "IMAGERELAY_LOGIN_MAX_FAILURES_PER_ADDRESS": "6",
+    }
     dropped = None
     if request.param == "postgresql":
         env["IMAGERELAY_DATABASE_URL"], dropped = fresh_postgres_database()
@@ -61,8 +66,14 @@ def cli(gw: Gateway, *args: str, stdin: str = "") -> subprocess.CompletedProcess
     env = os.environ.copy()
     if _database_url.get(gw.base_url):
         env["IMAGERELAY_DATABASE_URL"] = _database_url[gw.base_url]
-    return subprocess.run([sys.executable, "-m", "imagerelay", *args, "--data-dir", str(gw.data_dir)],
-                          input=stdin, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "imagerelay", *args, "--data-dir", str(gw.data_dir)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 # -- sign-up -------------------------------------------------------------------------------
@@ -76,8 +87,9 @@ def test_open_sign_up_signs_in_and_limits_groups(gw: Gateway) -> None:
         # IMAGERELAY_SIGNUP_GROUPS=default: the picker offers that group only.
         picker = v.get("/console/tokens/new").text
         assert 'value="default"' in picker and "GPTImage2 Enterprise" not in picker
-        refused = v.post("/console/tokens/new", {"name": "k", "group": "GPTImage2 Enterprise"},
-                         csrf_from="/console/tokens/new")
+        refused = v.post(
+            "/console/tokens/new", {"name": "k", "group": "GPTImage2 Enterprise"}, csrf_from="/console/tokens/new"
+        )
         assert refused.status_code == 403 and "may not create keys in group" in refused.text
         # The name is taken now, whatever its case of arrival.
     again = visitor(gw)
@@ -101,8 +113,9 @@ def test_sign_up_off_and_invite_only(tmp_path: Path) -> None:
     with run_gateway(tmp_path / "off", extra_env={"IMAGERELAY_SIGNUP": "off"}) as off, Visitor(off.base_url) as v:
         assert v.get("/console/signup").status_code == 404
         token = v.csrf()
-        r = v.http.post("/console/signup", data={"csrf_token": token, "name": "someone", "password": PASSWORD,
-                                                 "confirm": PASSWORD})
+        r = v.http.post(
+            "/console/signup", data={"csrf_token": token, "name": "someone", "password": PASSWORD, "confirm": PASSWORD}
+        )
         assert r.status_code == 404 and v.session is None
         assert "Sign up" not in v.get("/console/signin").text
     with run_gateway(tmp_path / "inv", extra_env={"IMAGERELAY_SIGNUP": "invite"}) as inv:
@@ -114,12 +127,14 @@ def test_sign_up_off_and_invite_only(tmp_path: Path) -> None:
         code = made.stdout.strip()
         assert code.startswith("inv-")
         with Visitor(inv.base_url) as v:
-            ok = v.post("/console/signup", {"name": "invitee", "password": PASSWORD, "confirm": PASSWORD,
-                                            "invite": code})
+            ok = v.post(
+                "/console/signup", {"name": "invitee", "password": PASSWORD, "confirm": PASSWORD, "invite": code}
+            )
             assert ok.status_code == 303 and v.session
         with Visitor(inv.base_url) as v:  # one use only
-            again = v.post("/console/signup", {"name": "second", "password": PASSWORD, "confirm": PASSWORD,
-                                               "invite": code})
+            again = v.post(
+                "/console/signup", {"name": "second", "password": PASSWORD, "confirm": PASSWORD, "invite": code}
+            )
             assert again.status_code == 400 and "unknown, used or expired" in again.text
 
 
@@ -149,8 +164,15 @@ def test_next_parameter_is_only_a_console_path(gw: Gateway) -> None:
     with visitor(gw) as v:
         assert v.get("/console/usage").headers["location"] == "/console/signin?next=%2Fconsole%2Fusage"
         token = v.csrf()
-        evil = v.http.post("/console/signin", data={"csrf_token": token, "name": creds["name"],
-                                                     "password": creds["password"], "next": "//evil.example/x"})
+        evil = v.http.post(
+            "/console/signin",
+            data={
+                "csrf_token": token,
+                "name": creds["name"],
+                "password": creds["password"],
+                "next": "//evil.example/x",
+            },
+        )
         assert evil.status_code == 303 and evil.headers["location"] == "/console/"
 
 
@@ -159,11 +181,14 @@ def test_password_change_ends_other_sessions(gw: Gateway) -> None:
     other, _ = visitor(gw), None
     with v, other:
         assert other.sign_in(name, PASSWORD).status_code == 303
-        wrong = v.post("/console/password", {"current": "nope nope nope", "password": "a new password 1",
-                                             "confirm": "a new password 1"})
+        wrong = v.post(
+            "/console/password",
+            {"current": "nope nope nope", "password": "a new password 1", "confirm": "a new password 1"},
+        )
         assert wrong.status_code == 400 and "current password is wrong" in wrong.text
-        ok = v.post("/console/password", {"current": PASSWORD, "password": "a new password 1",
-                                          "confirm": "a new password 1"})
+        ok = v.post(
+            "/console/password", {"current": PASSWORD, "password": "a new password 1", "confirm": "a new password 1"}
+        )
         assert ok.status_code == 303
         assert v.get("/console/").status_code == 200  # this browser got a fresh session
         assert other.get("/console/").status_code == 303  # the other one is signed out
@@ -196,8 +221,9 @@ def test_forms_without_the_csrf_token_are_refused(gw: Gateway) -> None:
         v.get("/console/signin")  # the anonymous token's cookie
         no_token = v.http.post("/console/signin", data={"name": creds["name"], "password": creds["password"]})
         assert no_token.status_code == 403 and v.session is None
-        forged = v.http.post("/console/signin", data={"name": creds["name"], "password": creds["password"],
-                                                       "csrf_token": "x" * 43})
+        forged = v.http.post(
+            "/console/signin", data={"name": creds["name"], "password": creds["password"], "csrf_token": "x" * 43}
+        )
         assert forged.status_code == 403 and v.session is None
         assert v.sign_in(creds["name"], creds["password"]).status_code == 303
         # Signed in: the anonymous token no longer counts, only the session's.
@@ -216,8 +242,9 @@ def test_forms_without_the_csrf_token_are_refused(gw: Gateway) -> None:
 def test_json_endpoint_needs_the_csrf_header(gw: Gateway) -> None:
     v, _ = signed_up(gw)
     with v:
-        created = v.post("/console/tokens/new", {"name": "json-rename", "group": "default"},
-                         csrf_from="/console/tokens/new")
+        created = v.post(
+            "/console/tokens/new", {"name": "json-rename", "group": "default"}, csrf_from="/console/tokens/new"
+        )
         token_id = re.search(r'action="/console/tokens/(\d+)"', created.text)
         assert created.status_code == 200 and token_id, created.text[:500]
         path = f"/console/tokens/{token_id.group(1)}"
@@ -246,10 +273,14 @@ def test_session_cookie_flags(gw: Gateway) -> None:
         v.http.headers["x-forwarded-proto"] = "https"
         form = v.get("/console/signin")
         assert "; secure" in set_cookie_header(form, "imagerelay_csrf").lower()
-        token = form.cookies["imagerelay_csrf"]  # httpx keeps a Secure cookie off plain HTTP: send it as the browser would
-        r = v.http.post("/console/signin", data={"csrf_token": token, "name": creds["name"],
-                                                  "password": creds["password"]},
-                        headers={"cookie": f"imagerelay_csrf={token}"})
+        token = form.cookies[
+            "imagerelay_csrf"
+        ]  # httpx keeps a Secure cookie off plain HTTP: send it as the browser would
+        r = v.http.post(
+            "/console/signin",
+            data={"csrf_token": token, "name": creds["name"], "password": creds["password"]},
+            headers={"cookie": f"imagerelay_csrf={token}"},
+        )
         assert r.status_code == 303 and r.headers["location"] == "/console/"
         assert "; secure" in set_cookie_header(r, SESSION).lower()
 
@@ -262,8 +293,9 @@ def test_sign_in_never_keeps_the_session_id_it_was_given(gw: Gateway) -> None:
         v.sign_in(creds["name"], creds["password"])
         first = v.session
         assert first and first != planted
-        v.post("/console/signin", {"name": creds["name"], "password": creds["password"]},
-               csrf_from="/console/")  # signing in again, signed in
+        v.post(
+            "/console/signin", {"name": creds["name"], "password": creds["password"]}, csrf_from="/console/"
+        )  # signing in again, signed in
         second = v.session
         assert second and second != first
         assert v.get("/console/").status_code == 200
@@ -340,8 +372,9 @@ def test_a_burst_of_sign_ins_is_bounded_and_starves_nothing(tmp_path: Path) -> N
         def sign_in(v: Visitor) -> httpx.Response:
             token = v.csrf()
             started.wait()
-            r = v.http.post("/console/signin", data={"csrf_token": token, "name": creds["name"],
-                                                     "password": creds["password"]})
+            r = v.http.post(
+                "/console/signin", data={"csrf_token": token, "name": creds["name"], "password": creds["password"]}
+            )
             with lock:
                 done.append("signin")
             return r
@@ -378,8 +411,15 @@ def test_a_burst_of_sign_ins_is_bounded_and_starves_nothing(tmp_path: Path) -> N
 def test_console_off_is_404(tmp_path: Path) -> None:
     with run_gateway(tmp_path, extra_env={"IMAGERELAY_CONSOLE": "false"}) as off:
         assert off.console == {}  # --demo makes no console accounts either
-        for path in ("/", "/playground", "/console", "/console/", "/console/signin", "/console/tokens",
-                     "/console/static/console.css"):
+        for path in (
+            "/",
+            "/playground",
+            "/console",
+            "/console/",
+            "/console/signin",
+            "/console/tokens",
+            "/console/static/console.css",
+        ):
             r = httpx.get(off.base_url + path)
             assert r.status_code == 404, path
             assert r.json()["error"]["type"] == "invalid_request_error"
@@ -406,10 +446,11 @@ def test_path_prefix_behind_a_proxy(tmp_path: Path) -> None:
         token = page.cookies["imagerelay_csrf"]
         assert "path=/relay/console" in set_cookie_header(page, "imagerelay_csrf").lower()
         creds = g.console["user"]
-        r = v.http.post("/console/signin", data={"csrf_token": token, "name": creds["name"],
-                                                  "password": creds["password"]},
-                        headers={"cookie": f"imagerelay_csrf={token}",
-                                 "x-forwarded-proto": "https"})  # not from the trusted proxy: ignored
+        r = v.http.post(
+            "/console/signin",
+            data={"csrf_token": token, "name": creds["name"], "password": creds["password"]},
+            headers={"cookie": f"imagerelay_csrf={token}", "x-forwarded-proto": "https"},
+        )  # not from the trusted proxy: ignored
         assert r.status_code == 303 and r.headers["location"] == "/relay/console/"
         cookie = set_cookie_header(r, SESSION).lower()
         assert "path=/relay/console" in cookie and "secure" not in cookie

@@ -82,9 +82,16 @@ def _balance(gw: Gateway, name: str) -> int:
     return int(next(u for u in users["data"] if u["name"] == name)["balance_micros"])
 
 
-ADMIN_GETS = ["/console/admin/", "/console/admin/users", "/console/admin/users/demo", "/console/admin/tokens",
-              "/console/admin/channels", "/console/admin/catalog", "/console/admin/usage",
-              "/console/admin/usage.csv"]
+ADMIN_GETS = [
+    "/console/admin/",
+    "/console/admin/users",
+    "/console/admin/users/demo",
+    "/console/admin/tokens",
+    "/console/admin/channels",
+    "/console/admin/catalog",
+    "/console/admin/usage",
+    "/console/admin/usage.csv",
+]
 
 
 def test_only_admins_open_admin_pages(gw: Gateway, admin: Browser) -> None:
@@ -144,8 +151,13 @@ def test_top_up_is_exact_and_leaves_a_ledger_entry(gw: Gateway, admin: Browser) 
     r = admin.post("/console/admin/users/demo/balance", {"amount": "-0.000001", "reason": "rounding fix"})
     assert r.status_code == 303 and _balance(gw, "demo") == before + 12_345_677
     # Refused amounts change nothing and say why on the page.
-    for amount, reason in [("1e3", "float"), ("0.0000001", "7 decimals"), ("10", ""), ("", "empty"),
-                           ("-99999999", "overdraft")]:
+    for amount, reason in [
+        ("1e3", "float"),
+        ("0.0000001", "7 decimals"),
+        ("10", ""),
+        ("", "empty"),
+        ("-99999999", "overdraft"),
+    ]:
         r = admin.post("/console/admin/users/demo/balance", {"amount": amount, "reason": reason})
         assert r.status_code == 400, (amount, reason)
         assert 'role="alert"' in r.text
@@ -154,8 +166,11 @@ def test_top_up_is_exact_and_leaves_a_ledger_entry(gw: Gateway, admin: Browser) 
 
 def test_a_user_named_with_url_characters(gw: Gateway, admin: Browser) -> None:
     name = "ann marie #1?"  # the admin API takes any printable name
-    r = httpx.post(gw.base_url + "/admin/tokens", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-                   json={"user": name, "group": "default"})
+    r = httpx.post(
+        gw.base_url + "/admin/tokens",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        json={"user": name, "group": "default"},
+    )
     assert r.status_code == 201
     path = "/console/admin/users/ann%20marie%20%231%3F"
     assert name in html.unescape(admin.get(path).text)
@@ -166,8 +181,10 @@ def test_a_user_named_with_url_characters(gw: Gateway, admin: Browser) -> None:
 
 def test_disable_and_groups_and_create_user(gw: Gateway, admin: Browser) -> None:
     admin.get("/console/admin/users")
-    r = admin.post("/console/admin/users", {"name": "carol", "password": "a long enough passphrase 42",
-                                            "groups": ["default", "GPTImage2 Enterprise"]})
+    r = admin.post(
+        "/console/admin/users",
+        {"name": "carol", "password": "a long enough passphrase 42", "groups": ["default", "GPTImage2 Enterprise"]},
+    )
     assert r.status_code == 303, r.text
     carol = Browser(gw)
     carol.sign_in("carol", "a long enough passphrase 42")
@@ -190,8 +207,17 @@ def test_disable_and_groups_and_create_user(gw: Gateway, admin: Browser) -> None
 
 def test_add_channel_test_it_and_disable_it(gw: Gateway, admin: Browser, upstream: str) -> None:
     admin.get("/console/admin/channels")
-    form = {"name": "extra-openai", "type": "openai", "pools": ["official-pure"], "base_url": upstream + "/v1",
-            "api_key": UPSTREAM_KEY, "priority": "0", "weight": "1", "timeout_s": "60", "verify": "1"}
+    form = {
+        "name": "extra-openai",
+        "type": "openai",
+        "pools": ["official-pure"],
+        "base_url": upstream + "/v1",
+        "api_key": UPSTREAM_KEY,
+        "priority": "0",
+        "weight": "1",
+        "timeout_s": "60",
+        "verify": "1",
+    }
     bad = admin.post("/console/admin/channels", {**form, "weight": "0"})
     assert bad.status_code == 400 and "weight" in bad.text
     bad = admin.post("/console/admin/channels", {**form, "pools": ["no-such-pool"]})
@@ -206,8 +232,10 @@ def test_add_channel_test_it_and_disable_it(gw: Gateway, admin: Browser, upstrea
     assert tested.status_code == 200 and "Test passed" in tested.text
 
     # A wrong key: the test fails and says so, without echoing any key.
-    edited = admin.post("/console/admin/channels/extra-openai/edit",
-                        {**{k: v for k, v in form.items() if k not in ("name", "type")}, "api_key": "sk-wrong-key"})
+    edited = admin.post(
+        "/console/admin/channels/extra-openai/edit",
+        {**{k: v for k, v in form.items() if k not in ("name", "type")}, "api_key": "sk-wrong-key"},
+    )
     assert edited.status_code == 303
     tested = admin.post("/console/admin/channels/extra-openai/test", {})
     assert "Test failed" in tested.text and "sk-wrong-key" not in tested.text
@@ -225,21 +253,37 @@ def test_add_channel_test_it_and_disable_it(gw: Gateway, admin: Browser, upstrea
 
 def test_a_proxy_password_is_never_shown_and_survives_an_edit(gw: Gateway, admin: Browser, upstream: str) -> None:
     admin.get("/console/admin/channels")
-    form = {"name": "proxied", "type": "openai", "pools": ["official-mixed"], "base_url": upstream + "/v1",
-            "api_key": UPSTREAM_KEY, "proxy": "http://proxyuser:proxy-pass-123@127.0.0.1:9", "verify": "1"}
+    form = {
+        "name": "proxied",
+        "type": "openai",
+        "pools": ["official-mixed"],
+        "base_url": upstream + "/v1",
+        "api_key": UPSTREAM_KEY,
+        "proxy": "http://proxyuser:proxy-pass-123@127.0.0.1:9",
+        "verify": "1",
+    }
     assert admin.post("/console/admin/channels", form).status_code == 303
     for path in ("/console/admin/channels/proxied", "/console/admin/channels"):
         page = admin.get(path).text
         assert "proxy-pass-123" not in page and "proxyuser" not in page
     assert "***@127.0.0.1:9" in admin.get("/console/admin/channels/proxied").text  # shown masked
     # Saving the edit form as shown (proxy field empty) keeps the proxy, password included.
-    assert admin.post("/console/admin/channels/proxied/edit",
-                      {"pools": ["official-mixed"], "base_url": upstream + "/v1", "weight": "2"}).status_code == 303
+    assert (
+        admin.post(
+            "/console/admin/channels/proxied/edit",
+            {"pools": ["official-mixed"], "base_url": upstream + "/v1", "weight": "2"},
+        ).status_code
+        == 303
+    )
     with _db(gw) as db:
         spec = db.execute("SELECT spec FROM channels WHERE name = 'proxied'").fetchone()[0]
     assert "proxyuser:proxy-pass-123@127.0.0.1:9" in spec and '"weight":2' in spec.replace(" ", "")
-    assert admin.post("/console/admin/channels/proxied/edit",
-                      {"pools": ["official-mixed"], "clear_proxy": "1"}).status_code == 303
+    assert (
+        admin.post(
+            "/console/admin/channels/proxied/edit", {"pools": ["official-mixed"], "clear_proxy": "1"}
+        ).status_code
+        == 303
+    )
     with _db(gw) as db:
         spec = db.execute("SELECT spec FROM channels WHERE name = 'proxied'").fetchone()[0]
     assert "proxy-pass-123" not in spec
@@ -247,8 +291,11 @@ def test_a_proxy_password_is_never_shown_and_survives_an_edit(gw: Gateway, admin
 
 
 def test_revoke_any_token(gw: Gateway, admin: Browser) -> None:
-    created = httpx.post(gw.base_url + "/admin/tokens", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-                         json={"user": "demo", "group": "default", "name": "to-revoke"}).json()
+    created = httpx.post(
+        gw.base_url + "/admin/tokens",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        json={"user": "demo", "group": "default", "name": "to-revoke"},
+    ).json()
     client = openai.OpenAI(base_url=gw.v1, api_key=created["token"], max_retries=0)
     client.models.list()
     page = admin.get("/console/admin/tokens?user=demo&status=active").text

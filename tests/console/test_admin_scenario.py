@@ -16,8 +16,11 @@ def test_dashboard_draws_calls_per_route_and_channel(page: Any, console_gw: Cons
     # Groups whose pools the journey's channel (official-pure, disabled) never served.
     for group in ("default", "Sora2Official"):
         client = openai.OpenAI(base_url=console_gw.gw.v1, api_key=console_gw.gw.tokens[group], max_retries=0)
-        client.images.generate(model="gpt-image-2", prompt="a blue sphere",
-                               **({"quality": "low", "size": "1024x1024"} if group != "default" else {}))
+        client.images.generate(
+            model="gpt-image-2",
+            prompt="a blue sphere",
+            **({"quality": "low", "size": "1024x1024"} if group != "default" else {}),
+        )
     sign_in(page, console_gw.admin.name, console_gw.admin.password)
     page.get_by_role("link", name="Dashboard", exact=True).click()
     page.get_by_label("Lines per").select_option("channel")

@@ -25,16 +25,21 @@ JS_URL = re.compile(r"""(?:href|src|action)\s*=\s*["']\s*javascript:""", re.I)
 
 def markup_problems(html: str) -> list[str]:
     found = []
-    for name, rx in (("inline <script>", INLINE_SCRIPT), ("style attribute", STYLE_ATTR),
-                     ("inline event handler", HANDLER_ATTR), ("<style> element", STYLE_TAG),
-                     ("javascript: URL", JS_URL)):
+    for name, rx in (
+        ("inline <script>", INLINE_SCRIPT),
+        ("style attribute", STYLE_ATTR),
+        ("inline event handler", HANDLER_ATTR),
+        ("<style> element", STYLE_TAG),
+        ("javascript: URL", JS_URL),
+    ):
         found += [f"{name}: {m.group(0)[:120]}" for m in rx.finditer(html)]
     return found
 
 
 @pytest.mark.parametrize(("role", "path"), page_cases())
 def test_page_has_the_csp_and_the_browser_reports_no_violation(
-        open_as: Callable[[str], Any], role: str, path: str, ids: dict[str, str], browser_log: ConsoleLog) -> None:
+    open_as: Callable[[str], Any], role: str, path: str, ids: dict[str, str], browser_log: ConsoleLog
+) -> None:
     page = open_as(role)
     response = page.goto(path.format(**ids))
     assert response is not None and response.status == 200, f"{path}: HTTP {response and response.status}"
@@ -66,8 +71,10 @@ def test_static_files_error_pages_and_redirects_carry_the_headers(console_gw: Co
         form = client.get("/console/signin").text
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', form)
         assert csrf, "no CSRF token in the sign-in form"
-        signed = client.post("/console/signin", data={"csrf_token": csrf.group(1), "name": console_gw.user.name,
-                                                       "password": console_gw.user.password})
+        signed = client.post(
+            "/console/signin",
+            data={"csrf_token": csrf.group(1), "name": console_gw.user.name, "password": console_gw.user.password},
+        )
         assert signed.status_code in (302, 303), signed.text[:300]
         forbidden = client.get("/console/admin/users")
     assert forbidden.status_code == 403
@@ -76,8 +83,10 @@ def test_static_files_error_pages_and_redirects_carry_the_headers(console_gw: Co
 
 def test_markup_check_finds_what_the_policy_forbids() -> None:
     """The markup scan is not vacuous: each forbidden construct is found, allowed ones are not."""
-    bad = ('<script>x()</script><p style="color:red">a</p><button onclick="x()">b</button>'
-           '<style>p{}</style><a href="javascript:x()">c</a>')
+    bad = (
+        '<script>x()</script><p style="color:red">a</p><button onclick="x()">b</button>'
+        '<style>p{}</style><a href="javascript:x()">c</a>'
+    )
     assert len(markup_problems(bad)) == 5
     good = '<script src="/console/static/a.js?v=1"></script><p class="x">a</p><button type="submit">b</button>'
     assert markup_problems(good) == []

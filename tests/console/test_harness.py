@@ -18,8 +18,10 @@ from tests.console.conftest import open_page
 from tests.console.pages import sideways_overflow, tab_walk, unnamed_controls
 from tests.support.servers import run_asgi
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 GOOD = """<!doctype html><html lang="en"><head><title>Good</title></head><body>
 <a href="#main">Skip to content</a><main id="main"><h1>Good</h1>
@@ -34,6 +36,7 @@ BAD = """<!doctype html><html lang="en"><head><title>Bad</title></head><body><ma
 def _page(html: str) -> Any:
     async def endpoint(request: Any) -> Response:
         return HTMLResponse(html, headers={"Content-Security-Policy": CSP})
+
     return endpoint
 
 

@@ -36,8 +36,8 @@ from PIL import Image
 import imagerelay.catalog
 from imagerelay_sim.server import create_upstream_app
 from tests.console.browser import ConsoleLog, check_axe, save_screenshots
-from tests.console.pages import sideways_overflow
 from tests.console.conftest import Account, ConsoleGateway, assert_clean, open_page, sign_in
+from tests.console.pages import sideways_overflow
 from tests.support.servers import run_asgi
 
 ENTERPRISE = "GPTImage2 Enterprise"
@@ -129,10 +129,12 @@ def api_balance(console_gw: ConsoleGateway, name: str) -> int:
 def create_key(page: Any, group: str, key_name: str) -> tuple[str, str]:
     """Create a key in `group` from the console; returns (token id, the key from the clipboard)."""
     visit(page, "/console/tokens/new", "journey-token-new")
+
     # The group picker explains each group's route, billing and parameters.
     def choice(name: str) -> str:
         text: str = page.locator(".group-choice", has=page.get_by_role("radio", name=name, exact=True)).inner_text()
         return text
+
     assert re.search(r"\$0\.03 per call, no size or quality", choice("default")), choice("default")
     assert re.search(r"official price ×1\.2, quality and custom sizes", choice(ENTERPRISE)), choice(ENTERPRISE)
     page.get_by_label("Name", exact=True).fill(key_name)
@@ -142,13 +144,17 @@ def create_key(page: Any, group: str, key_name: str) -> tuple[str, str]:
     shown_key.wait_for()
     shown = shown_key.inner_text().strip()
     page.get_by_role("button", name="Copy key").click()
-    page.wait_for_function("() => document.querySelector('[data-copy-status=\"new-key\"]').textContent.includes('Copied')")
+    page.wait_for_function(
+        "() => document.querySelector('[data-copy-status=\"new-key\"]').textContent.includes('Copied')"
+    )
     copied = page.evaluate("() => navigator.clipboard.readText()")
     assert copied == shown and copied.startswith("sk-"), (copied, shown)
     look(page, "journey-token-created")
     # The quick start's curl, the key filled in, copied from the page: it works as it is.
     page.get_by_role("button", name="Copy curl").first.click()
-    page.wait_for_function("() => document.querySelector('[data-copy-status=\"curl-1\"]').textContent.includes('Copied')")
+    page.wait_for_function(
+        "() => document.querySelector('[data-copy-status=\"curl-1\"]').textContent.includes('Copied')"
+    )
     quick = page.evaluate("() => navigator.clipboard.readText()")
     assert "Bearer " + copied in quick, quick
     ran = subprocess.run(["bash", "-c", quick], capture_output=True, text=True, timeout=180)
@@ -170,9 +176,11 @@ def choose_key(page: Any, option_text: re.Pattern[str], paste: str | None = None
     when the console showed it, or asks for it: then `paste` is typed in."""
     value = page.locator("#pg-key option").filter(has_text=option_text).first.get_attribute("value")
     page.get_by_label("API key", exact=True).select_option(value)
-    page.wait_for_function("() => !document.getElementById('pg-paste-field').hidden"
-                           " || !document.getElementById('pg-model').disabled"
-                           " || /refused/.test(document.getElementById('pg-key-status').textContent)")
+    page.wait_for_function(
+        "() => !document.getElementById('pg-paste-field').hidden"
+        " || !document.getElementById('pg-model').disabled"
+        " || /refused/.test(document.getElementById('pg-key-status').textContent)"
+    )
     if page.locator("#pg-paste-field").is_visible():
         assert paste is not None, "the playground asks for a key it should have kept"
         page.get_by_label(re.compile(r"^This token's key")).fill(paste)
@@ -182,24 +190,30 @@ def choose_key(page: Any, option_text: re.Pattern[str], paste: str | None = None
 def wait_for_result(page: Any) -> None:
     page.wait_for_function(
         "() => { const p = document.getElementById('pg-progress').textContent;"
-        " return /^Done in/.test(p) || !document.getElementById('pg-error').hidden; }", timeout=CALL_TIMEOUT_MS)
+        " return /^Done in/.test(p) || !document.getElementById('pg-error').hidden; }",
+        timeout=CALL_TIMEOUT_MS,
+    )
     error = page.locator("#pg-error")
     assert error.is_hidden(), f"the gateway refused the call: {error.inner_text()}"
-    page.wait_for_function("() => Array.from(document.querySelectorAll('#pg-results img')).every(i => i.complete"
-                           " && i.naturalWidth > 0) && document.querySelectorAll('#pg-results img').length > 0")
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('#pg-results img')).every(i => i.complete"
+        " && i.naturalWidth > 0) && document.querySelectorAll('#pg-results img').length > 0"
+    )
 
 
 def natural_and_rendered(page: Any) -> list[dict[str, float]]:
     result: list[dict[str, float]] = page.evaluate(
         "() => Array.from(document.querySelectorAll('#pg-results img.pg-image')).map(i => {"
         " const r = i.getBoundingClientRect();"
-        " return {nw: i.naturalWidth, nh: i.naturalHeight, w: r.width, h: r.height}; })")
+        " return {nw: i.naturalWidth, nh: i.naturalHeight, w: r.width, h: r.height}; })"
+    )
     return result
 
 
 def cost_micros(page: Any) -> int:
-    page.wait_for_function("() => document.getElementById('pg-cost').dataset.costMicros !== undefined",
-                           timeout=CALL_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.getElementById('pg-cost').dataset.costMicros !== undefined", timeout=CALL_TIMEOUT_MS
+    )
     return int(page.get_attribute("#pg-cost", "data-cost-micros"))  # type: ignore[arg-type]
 
 
@@ -265,8 +279,12 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
     size_error = page.locator("#pg-size-error")
     size_error.wait_for(state="visible")
     assert custom.get_attribute("aria-invalid") == "true"
-    gateway_says = httpx.post(console_gw.gw.v1 + "/images/generations", headers={"Authorization": f"Bearer {key}"},
-                              json={"model": "gpt-image-2", "prompt": "x", "size": "1000x1000"}, timeout=60)
+    gateway_says = httpx.post(
+        console_gw.gw.v1 + "/images/generations",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "gpt-image-2", "prompt": "x", "size": "1000x1000"},
+        timeout=60,
+    )
     assert gateway_says.status_code == 400
     assert size_error.inner_text().strip() == gateway_says.json()["error"]["message"]
     look(page, "journey-playground-refused-size")
@@ -275,8 +293,10 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
 
     # Edit: two uploaded images and a mask. A mask of another size is refused by the gateway
     # and the refusal shows next to the mask field; the right mask goes through.
-    images = [png_file(tmp_path / "a.png", 1024, 1024, (200, 30, 30, 255)),
-              png_file(tmp_path / "b.png", 1024, 1024, (30, 30, 200, 255))]
+    images = [
+        png_file(tmp_path / "a.png", 1024, 1024, (200, 30, 30, 255)),
+        png_file(tmp_path / "b.png", 1024, 1024, (30, 30, 200, 255)),
+    ]
     wrong_mask = png_file(tmp_path / "mask-small.png", 512, 512, (0, 0, 0, 0))
     mask = png_file(tmp_path / "mask.png", 1024, 1024, (0, 0, 0, 0))
     page.get_by_label("Edit images").check()
@@ -311,14 +331,17 @@ def test_user_journey(page: Any, admin_page: Any, console_gw: ConsoleGateway, tm
     order = page.evaluate("() => window.__order")
     assert order.count("pg-partials") == 2, order
     assert order.index("pg-partials") < order.index("pg-results"), f"no partial image before the result: {order}"
-    assert page.evaluate("() => Array.from(document.querySelectorAll('#pg-partials img'))"
-                         ".every(i => i.complete && i.naturalWidth > 0)")
+    assert page.evaluate(
+        "() => Array.from(document.querySelectorAll('#pg-partials img')).every(i => i.complete && i.naturalWidth > 0)"
+    )
     look(page, "journey-playground-streamed")
     costs.append(cost_micros(page))
 
     # The size-enhanced route: exactly its 30 sizes, and no quality control.
     choose_key(page, re.compile(r"Session test key · default"))
-    page.wait_for_function("() => Array.from(document.getElementById('pg-model').options).some(o => o.value === 'gpt-image-2-vip')")
+    page.wait_for_function(
+        "() => Array.from(document.getElementById('pg-model').options).some(o => o.value === 'gpt-image-2-vip')"
+    )
     page.get_by_label("Model", exact=True).select_option("gpt-image-2-vip")
     offered = page.evaluate("() => Array.from(document.querySelectorAll('#pg-size option')).map(o => o.value)")
     assert sorted(offered) == sorted(vip_sizes()) and len(offered) == 30, offered
@@ -372,8 +395,9 @@ def upstream() -> Iterator[tuple[str, str]]:
         yield url + "/v1", key
 
 
-def test_admin_adds_tests_and_disables_a_channel(admin_page: Any, console_gw: ConsoleGateway,
-                                                 upstream: tuple[str, str]) -> None:
+def test_admin_adds_tests_and_disables_a_channel(
+    admin_page: Any, console_gw: ConsoleGateway, upstream: tuple[str, str]
+) -> None:
     base_url, key = upstream
     name = "journey-openai-" + secrets.token_hex(3)
     admin = admin_page

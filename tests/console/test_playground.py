@@ -67,7 +67,8 @@ def shown_key(page: Any) -> str:
 
 
 def test_quality_high_on_enterprise_runs_as_a_job_and_shows_the_image_at_natural_size(
-        page: Any, console_gw: ConsoleGateway, tmp_path: Path) -> None:
+    page: Any, console_gw: ConsoleGateway, tmp_path: Path
+) -> None:
     open_playground(page, console_gw)
     page.get_by_label("Prompt").fill("a lighthouse at dusk")
     page.get_by_label("Quality").select_option("high")
@@ -76,8 +77,10 @@ def test_quality_high_on_enterprise_runs_as_a_job_and_shows_the_image_at_natural
 
     image = page.locator("img.pg-image")
     expect(image).to_have_attribute("data-natural", "1536x1024", timeout=LONG)
-    drawn = image.evaluate("(img) => [img.naturalWidth, img.naturalHeight, img.getBoundingClientRect().width,"
-                           " img.getBoundingClientRect().height]")
+    drawn = image.evaluate(
+        "(img) => [img.naturalWidth, img.naturalHeight, img.getBoundingClientRect().width,"
+        " img.getBoundingClientRect().height]"
+    )
     assert drawn == [1536, 1024, 1536, 1024]  # not scaled to fit: its frame scrolls instead
     expect(page.locator(".pg-dims")).to_have_text("1536 × 1024 px")
 
@@ -112,11 +115,14 @@ def test_each_route_gets_its_own_form(page: Any, console_gw: ConsoleGateway) -> 
     options = page.locator("#pg-size option")
     expect(options).to_have_count(30)
     # Exactly the route's table as GET /v1/models/gpt-image-2-vip publishes it, grouped by ratio.
-    published = httpx.get(console_gw.url("/v1/models/gpt-image-2-vip"),
-                          headers={"Authorization": f"Bearer {console_gw.gw.tokens['default']}"}).json()
+    published = httpx.get(
+        console_gw.url("/v1/models/gpt-image-2-vip"),
+        headers={"Authorization": f"Bearer {console_gw.gw.tokens['default']}"},
+    ).json()
     table = published["imagerelay"]["size"]["table"]
     groups = page.locator("#pg-size optgroup").evaluate_all(
-        "(gs) => gs.map((g) => [g.label, Array.from(g.querySelectorAll('option'), (o) => o.value)])")
+        "(gs) => gs.map((g) => [g.label, Array.from(g.querySelectorAll('option'), (o) => o.value)])"
+    )
     assert groups == [[ratio, list(tiers.values())] for ratio, tiers in table.items()]
     labels = options.all_inner_texts()
     assert all(re.fullmatch(r"\d+:\d+ · [124]K · \d+ × \d+", label) for label in labels), labels
@@ -433,6 +439,9 @@ def test_a_tab_never_lends_one_accounts_test_key_to_another(page: Any, console_g
     second_key = shown_key(page)
     assert second_key != first_key
     with console_gw.admin_api() as api:
-        owners = {t["user"] for t in api.get("/admin/tokens", params={"limit": 100}).json()["data"]
-                  if t["name"].startswith("playground session ") and t["status"] == "active"}
+        owners = {
+            t["user"]
+            for t in api.get("/admin/tokens", params={"limit": 100}).json()["data"]
+            if t["name"].startswith("playground session ") and t["status"] == "active"
+        }
     assert {"demo", "second"} <= owners

@@ -92,8 +92,12 @@ def test_a_call_longer_than_the_proxys_idle_timeout_completes(browser: Any, slow
             finally:
                 context.close()
             # The same call made synchronously through the same proxy is cut.
-            cut = httpx.post(proxied + "/v1/images/generations", headers={"Authorization": f"Bearer {key}"},
-                             json={"model": "gpt-image-2", "prompt": "a very slow painting"}, timeout=60)
+            cut = httpx.post(
+                proxied + "/v1/images/generations",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": "gpt-image-2", "prompt": "a very slow painting"},
+                timeout=60,
+            )
             assert cut.status_code == 524
     finally:
         httpx.delete(upstream + "/_sim/faults")

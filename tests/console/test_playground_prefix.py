@@ -25,8 +25,10 @@ expect = sync_api.expect
 def prefixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ConsoleGateway, str]]:
     chromium_path()
     tmp: Path = tmp_path_factory.mktemp("playground-prefix")
-    with contextmanager(start_console_gateway)(tmp, extra_env={"IMAGERELAY_ROOT_PATH": "/relay"}) as gw, \
-            prefix_proxy(gw.base_url, "/relay") as proxy:
+    with (
+        contextmanager(start_console_gateway)(tmp, extra_env={"IMAGERELAY_ROOT_PATH": "/relay"}) as gw,
+        prefix_proxy(gw.base_url, "/relay") as proxy,
+    ):
         yield gw, proxy + "/relay"
 
 

@@ -21,14 +21,58 @@ SIZES_JS = Path(__file__).parents[2] / "imagerelay" / "console" / "static" / "si
 
 # Boundaries of every rule, spelling near-misses, junk, and the sizes the docs name.
 STRINGS = [
-    "auto", "AUTO", " auto ", "1024x1024", "1536x1024", "1024x1536", "3840x2160", "2160x3840",
-    "3840x1280", "1280x3840", "3840x1264", "3840x1296", "3856x1280", "4096x4096", "256x256",
-    "1024X1024", "1024 x 1024", "1024*1024", "1024\u00d71024", "01024x1024", "1000x1000",
-    "1792x936", "3840x2176", "1024x624", "800x800", "810x810", "816x816", "3200x1024",
-    "3216x1072", "1206x400", "2880x2880", "2880x2896", "640x1024", "1x1", "999999x1",
-    "1x999999", "abc", "", "x", "1024x", "-1024x1024", "1024x1024x1024", "4000x1000",
-    "1600x533", "1600x528", "1000x3001", "2048 X 512", "a" * 60, "1023x1024", "3840x3840",
-    "3600x1200", "3601x1200",
+    "auto",
+    "AUTO",
+    " auto ",
+    "1024x1024",
+    "1536x1024",
+    "1024x1536",
+    "3840x2160",
+    "2160x3840",
+    "3840x1280",
+    "1280x3840",
+    "3840x1264",
+    "3840x1296",
+    "3856x1280",
+    "4096x4096",
+    "256x256",
+    "1024X1024",
+    "1024 x 1024",
+    "1024*1024",
+    "1024\u00d71024",
+    "01024x1024",
+    "1000x1000",
+    "1792x936",
+    "3840x2176",
+    "1024x624",
+    "800x800",
+    "810x810",
+    "816x816",
+    "3200x1024",
+    "3216x1072",
+    "1206x400",
+    "2880x2880",
+    "2880x2896",
+    "640x1024",
+    "1x1",
+    "999999x1",
+    "1x999999",
+    "abc",
+    "",
+    "x",
+    "1024x",
+    "-1024x1024",
+    "1024x1024x1024",
+    "4000x1000",
+    "1600x533",
+    "1600x528",
+    "1000x3001",
+    "2048 X 512",
+    "a" * 60,
+    "1023x1024",
+    "3840x3840",
+    "3600x1200",
+    "3601x1200",
 ]
 
 
@@ -78,7 +122,9 @@ def test_nearest_and_problems_match(js: Any) -> None:
     pairs += [(16, 16), (3840, 3840), (1, 3), (5000, 16), (3200, 1024), (1206, 400)]
     got = js.evaluate(
         "(pairs) => pairs.map(([w, h]) => [window.ImagerelaySizes.officialProblems(w, h),"
-        " window.ImagerelaySizes.nearestOfficial(w, h)])", pairs)
+        " window.ImagerelaySizes.nearestOfficial(w, h)])",
+        pairs,
+    )
     expected = [[sizes.official_problems(w, h), list(sizes.nearest_official(w, h))] for w, h in pairs]
     mismatches = [(p, e, g) for p, e, g in zip(pairs, expected, got, strict=True) if e != g]
     assert not mismatches, mismatches[:5]

@@ -53,8 +53,11 @@ def test_create_copy_run_and_revoke_a_key(user_page: Any, console_gw: ConsoleGat
     assert "is revoked" in page.get_by_role("status").first.inner_text()
     row = page.get_by_role("row").filter(has_text="browser key")
     assert "revoked" in row.inner_text()
-    refused = httpx.post(console_gw.gw.v1 + "/images/generations", headers={"Authorization": f"Bearer {key}"},
-                         json={"model": "gpt-image-2", "prompt": "x"})
+    refused = httpx.post(
+        console_gw.gw.v1 + "/images/generations",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "gpt-image-2", "prompt": "x"},
+    )
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "revoked_api_key"
     # The list and the key's page never show the secret again.
     assert key not in page.content()
@@ -64,8 +67,12 @@ def test_create_copy_run_and_revoke_a_key(user_page: Any, console_gw: ConsoleGat
 
 def test_usage_filter_chart_and_csv(user_page: Any, console_gw: ConsoleGateway, shots: Any, axe: Any) -> None:
     token = console_gw.gw.tokens["default"]
-    made = httpx.post(console_gw.gw.v1 + "/images/generations", headers={"Authorization": f"Bearer {token}"},
-                      json={"model": "gpt-image-2", "prompt": "usage page"}, timeout=120)
+    made = httpx.post(
+        console_gw.gw.v1 + "/images/generations",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"model": "gpt-image-2", "prompt": "usage page"},
+        timeout=120,
+    )
     assert made.status_code == 200
     page = user_page
     page.goto("/console/usage")

@@ -45,8 +45,9 @@ def new_user(gw: Gateway) -> Visitor:
 
 def create_key(v: Visitor, group: str, **limits: str) -> tuple[str, int, str]:
     """(secret, id, page) of a key made through the console form."""
-    page = v.post("/console/tokens/new", {"name": f"key-{group}", "group": group, **limits},
-                  csrf_from="/console/tokens/new")
+    page = v.post(
+        "/console/tokens/new", {"name": f"key-{group}", "group": group, **limits}, csrf_from="/console/tokens/new"
+    )
     assert page.status_code == 200, page.text[:500]
     secret = NEW_KEY.search(page.text)
     token_id = re.search(r'action="/console/tokens/(\d+)"', page.text)
@@ -55,8 +56,12 @@ def create_key(v: Visitor, group: str, **limits: str) -> tuple[str, int, str]:
 
 
 def generate(gw: Gateway, key: str, **body: object) -> httpx.Response:
-    return httpx.post(gw.v1 + "/images/generations", headers={"Authorization": f"Bearer {key}"},
-                      json={"model": "gpt-image-2", "prompt": "a lighthouse", **body}, timeout=120)
+    return httpx.post(
+        gw.v1 + "/images/generations",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "gpt-image-2", "prompt": "a lighthouse", **body},
+        timeout=120,
+    )
 
 
 def test_group_picker_explains_each_group_from_the_catalog(gw: Gateway) -> None:
@@ -94,8 +99,16 @@ def test_limits_edit_and_validation(gw: Gateway) -> None:
         assert bad.status_code == 400 and "rpm must be a whole number" in bad.text
         bad_cap = v.post(path, {"name": "k", "spend_cap_usd": "-3"})
         assert bad_cap.status_code == 400 and "spend_cap_usd" in bad_cap.text
-        saved = v.post(path, {"name": "renamed", "rpm": "30", "concurrency": "2", "allowed_models": "gpt-image-2-vip",
-                              "expires": "2099-01-31"})
+        saved = v.post(
+            path,
+            {
+                "name": "renamed",
+                "rpm": "30",
+                "concurrency": "2",
+                "allowed_models": "gpt-image-2-vip",
+                "expires": "2099-01-31",
+            },
+        )
         assert saved.status_code == 303
         listing = html.unescape(v.get("/console/tokens").text)
         assert "renamed" in listing and "30 per minute" in listing and "2 at once" in listing

@@ -21,9 +21,32 @@ ADMIN = "admin-secret-for-input-tests"
 H = {"Authorization": f"Bearer {ADMIN}"}
 
 HOSTILE_AMOUNTS: list[Any] = [
-    "Infinity", "-Infinity", "NaN", "1e100", "1E3", "1_000", "\u0661\u0660", "\uff11\uff10", "\u00b2",
-    "99999999999999999999999", "9" * 5000, "1000000000.000001", "1.0000001", " 10", "+10", ".5", "0x10",
-    "0", "-0", "", 1.5, 10, 1e100, True, None, ["1"],
+    "Infinity",
+    "-Infinity",
+    "NaN",
+    "1e100",
+    "1E3",
+    "1_000",
+    "\u0661\u0660",
+    "\uff11\uff10",
+    "\u00b2",
+    "99999999999999999999999",
+    "9" * 5000,
+    "1000000000.000001",
+    "1.0000001",
+    " 10",
+    "+10",
+    ".5",
+    "0x10",
+    "0",
+    "-0",
+    "",
+    1.5,
+    10,
+    1e100,
+    True,
+    None,
+    ["1"],
 ]
 
 
@@ -48,8 +71,13 @@ def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory)
 
 def cli(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "IMAGERELAY_DATABASE_URL": _database_url[gw.base_url]} if _database_url[gw.base_url] else None
-    return subprocess.run([sys.executable, "-m", "imagerelay", *args, "--data-dir", str(gw.data_dir)],
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "imagerelay", *args, "--data-dir", str(gw.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def new_user(gw: Gateway, name: str, *, admin: bool = False) -> None:
@@ -64,8 +92,9 @@ def balance_of(gw: Gateway, name: str) -> int:
 
 
 def adjust(gw: Gateway, name: str, amount: Any) -> httpx.Response:
-    return httpx.post(f"{gw.base_url}/admin/users/{name}/balance", headers=H,
-                      json={"amount_usd": amount, "reason": "input test"})
+    return httpx.post(
+        f"{gw.base_url}/admin/users/{name}/balance", headers=H, json={"amount_usd": amount, "reason": "input test"}
+    )
 
 
 def assert_error(r: httpx.Response, status: int, param: str | None) -> dict[str, Any]:
@@ -103,26 +132,32 @@ def test_a_debit_larger_than_the_balance_is_refused(gw: Gateway) -> None:
 
 @pytest.mark.parametrize("cap", ["-1", "-0.01", "Infinity", "1e100", "1_000", "\u0661", "99999999999999999999", 5, 5.0])
 def test_hostile_spend_caps_are_400(gw: Gateway, cap: Any) -> None:
-    r = httpx.post(f"{gw.base_url}/admin/tokens", headers=H, json={"user": "capped", "group": "default",
-                                                                     "spend_cap_usd": cap})
+    r = httpx.post(
+        f"{gw.base_url}/admin/tokens", headers=H, json={"user": "capped", "group": "default", "spend_cap_usd": cap}
+    )
     assert_error(r, 400, "spend_cap_usd")
 
 
-@pytest.mark.parametrize(("key", "value"), [("rpm", 18446744073709551615), ("concurrency", 10**12), ("rpm", 0),
-                                            ("expires_at", -1), ("expires_at", 1.7e308)])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("rpm", 18446744073709551615), ("concurrency", 10**12), ("rpm", 0), ("expires_at", -1), ("expires_at", 1.7e308)],
+)
 def test_hostile_token_limits_are_400(gw: Gateway, key: str, value: Any) -> None:
     r = httpx.post(f"{gw.base_url}/admin/tokens", headers=H, json={"user": "limits", "group": "default", key: value})
     assert_error(r, 400, key)
 
 
 def test_a_plain_spend_cap_is_accepted(gw: Gateway) -> None:
-    r = httpx.post(f"{gw.base_url}/admin/tokens", headers=H, json={"user": "capped", "group": "default",
-                                                                     "spend_cap_usd": "5.25"})
+    r = httpx.post(
+        f"{gw.base_url}/admin/tokens", headers=H, json={"user": "capped", "group": "default", "spend_cap_usd": "5.25"}
+    )
     assert r.status_code == 201, r.text
 
 
-@pytest.mark.parametrize(("name", "value"), [("status", "9" * 30), ("before", "9" * 5000), ("since", "inf"),
-                                             ("until", "nan"), ("limit", "\u00b2")])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("status", "9" * 30), ("before", "9" * 5000), ("since", "inf"), ("until", "nan"), ("limit", "\u00b2")],
+)
 def test_hostile_usage_filters_are_400(gw: Gateway, name: str, value: str) -> None:
     assert_error(httpx.get(f"{gw.base_url}/admin/usage", headers=H, params={name: value}), 400, name)
 
@@ -148,16 +183,22 @@ def test_cli_balance_add_refuses_an_overdraft(gw: Gateway) -> None:
 def test_an_expired_admin_token_opens_nothing(gw: Gateway) -> None:
     new_user(gw, "boss", admin=True)
     fresh = httpx.post(f"{gw.base_url}/admin/tokens", headers=H, json={"user": "boss", "group": "default"})
-    expired = httpx.post(f"{gw.base_url}/admin/tokens", headers=H,
-                         json={"user": "boss", "group": "default", "name": "old", "expires_at": 1000})
+    expired = httpx.post(
+        f"{gw.base_url}/admin/tokens",
+        headers=H,
+        json={"user": "boss", "group": "default", "name": "old", "expires_at": 1000},
+    )
     assert fresh.status_code == expired.status_code == 201
     ok = {"Authorization": f"Bearer {fresh.json()['token']}"}
     old = {"Authorization": f"Bearer {expired.json()['token']}"}
     assert httpx.get(f"{gw.base_url}/admin/users", headers=ok).status_code == 200
-    for method, path, body in (("GET", "/admin/users", None), ("GET", "/admin/channels", None),
-                               ("GET", "/admin/usage", None), ("POST", "/admin/users/boss/balance",
-                                                               {"amount_usd": "1000", "reason": "self-service"}),
-                               ("POST", "/admin/tokens", {"user": "boss", "group": "default"})):
+    for method, path, body in (
+        ("GET", "/admin/users", None),
+        ("GET", "/admin/channels", None),
+        ("GET", "/admin/usage", None),
+        ("POST", "/admin/users/boss/balance", {"amount_usd": "1000", "reason": "self-service"}),
+        ("POST", "/admin/tokens", {"user": "boss", "group": "default"}),
+    ):
         r = httpx.request(method, gw.base_url + path, headers=old, json=body)
         assert r.status_code == 401, (path, r.text)
         assert r.json()["error"]["code"] == "expired_api_key"
@@ -171,8 +212,10 @@ def test_admin_api_without_credentials_is_401(gw: Gateway) -> None:
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
 
 
-@pytest.mark.parametrize(("field", "value"), [("user", "x" * 129), ("user", "a\u0000b"), ("user", ""),
-                                              ("user", 5), ("name", "n" * 129), ("name", "t\u0000")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("user", "x" * 129), ("user", "a\u0000b"), ("user", ""), ("user", 5), ("name", "n" * 129), ("name", "t\u0000")],
+)
 def test_hostile_names_are_400(gw: Gateway, field: str, value: Any) -> None:
     body = {"user": "named", "group": "default", field: value}
     assert_error(httpx.post(f"{gw.base_url}/admin/tokens", headers=H, json=body), 400, field)

@@ -25,14 +25,30 @@ CALLS = 40
 
 @contextmanager
 def _gateway(tmp: Path, sim: str, **env: str) -> Iterator[Gateway]:
-    catalog = write_catalog(tmp / "catalog.yaml", [
-        {"name": "legacy", "type": "openai-compatible", "base_url": sim + "/v1", "api_key_env": "ADMISSION_KEY",
-         "pools": ["legacy", "legacy-vip"], "timeout_s": 60.0},
-    ])
+    catalog = write_catalog(
+        tmp / "catalog.yaml",
+        [
+            {
+                "name": "legacy",
+                "type": "openai-compatible",
+                "base_url": sim + "/v1",
+                "api_key_env": "ADMISSION_KEY",
+                "pools": ["legacy", "legacy-vip"],
+                "timeout_s": 60.0,
+            },
+        ],
+    )
     data = tmp / "data"
     data.mkdir()
-    with run_gateway(data, extra_env={"ADMISSION_KEY": KEY, "IMAGERELAY_CATALOG": str(catalog),
-                                      "IMAGERELAY_ADMISSION_CONCURRENCY": "1", **env}) as gw:
+    with run_gateway(
+        data,
+        extra_env={
+            "ADMISSION_KEY": KEY,
+            "IMAGERELAY_CATALOG": str(catalog),
+            "IMAGERELAY_ADMISSION_CONCURRENCY": "1",
+            **env,
+        },
+    ) as gw:
         yield gw
 
 
@@ -54,9 +70,14 @@ async def _burst(gw: Gateway, n: int) -> tuple[list[httpx.Response], list[int]]:
     limits = httpx.Limits(max_connections=n + 8)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         headers = {"Authorization": f"Bearer {gw.tokens[GROUP]}"}
-        calls = [asyncio.create_task(client.post(gw.v1 + "/images/generations", headers=headers,
-                                                 json={"model": "gpt-image-2", "prompt": "x"}))
-                 for _ in range(n)]
+        calls = [
+            asyncio.create_task(
+                client.post(
+                    gw.v1 + "/images/generations", headers=headers, json={"model": "gpt-image-2", "prompt": "x"}
+                )
+            )
+            for _ in range(n)
+        ]
         health: list[int] = []
         while not all(c.done() for c in calls):
             health.append((await client.get(gw.base_url + "/healthz")).status_code)

@@ -21,8 +21,13 @@ from tests.support import backend
 from tests.support.gateway import Gateway, run_gateway
 
 ADMIN = "admin-secret-for-tests"
-PRICES = {"text": Decimal("5.00"), "cached_text": Decimal("1.25"), "image": Decimal("8.00"),
-          "cached_image": Decimal("2.00"), "out": Decimal("30.00")}
+PRICES = {
+    "text": Decimal("5.00"),
+    "cached_text": Decimal("1.25"),
+    "image": Decimal("8.00"),
+    "cached_image": Decimal("2.00"),
+    "out": Decimal("30.00"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +37,24 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 
 def cli(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "imagerelay", *args, "--data-dir", str(gw.data_dir)],
-                          capture_output=True, text=True, timeout=60, env=backend.cli_env(gw.data_dir))
+    return subprocess.run(
+        [sys.executable, "-m", "imagerelay", *args, "--data-dir", str(gw.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=backend.cli_env(gw.data_dir),
+    )
 
 
 def new_user(gw: Gateway, name: str, group: str, usd: str | None) -> str:
     token = cli(gw, "tokens", "create", "--user", name, "--group", group).stdout.strip()
     assert token.startswith("sk-")
     if usd is not None:
-        r = httpx.post(f"{gw.base_url}/admin/users/{name}/balance", json={"amount_usd": usd, "reason": "test credit"},
-                       headers={"Authorization": f"Bearer {ADMIN}"})
+        r = httpx.post(
+            f"{gw.base_url}/admin/users/{name}/balance",
+            json={"amount_usd": usd, "reason": "test credit"},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )
         assert r.status_code == 200, r.text
     return token
 
@@ -53,7 +66,9 @@ def balance(gw: Gateway, token: str) -> int:
 
 
 def usage_records(gw: Gateway, token: str, **params: Any) -> list[dict[str, Any]]:
-    r = httpx.get(gw.v1 + "/account/usage", params={"limit": 500, **params}, headers={"Authorization": f"Bearer {token}"})
+    r = httpx.get(
+        gw.v1 + "/account/usage", params={"limit": 500, **params}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert r.status_code == 200, r.text
     return list(r.json()["data"])
 
@@ -68,8 +83,13 @@ def expected_usage_cost(usage: dict[str, Any], multiplier: Decimal) -> int:
     cached = inp.get("cached_tokens_details") or {}
     text, image = inp["text_tokens"], inp["image_tokens"]
     ct, ci = cached.get("text_tokens", 0), cached.get("image_tokens", 0)
-    exact = ((text - ct) * PRICES["text"] + ct * PRICES["cached_text"] + (image - ci) * PRICES["image"]
-             + ci * PRICES["cached_image"] + usage["output_tokens_details"]["image_tokens"] * PRICES["out"]) * multiplier
+    exact = (
+        (text - ct) * PRICES["text"]
+        + ct * PRICES["cached_text"]
+        + (image - ci) * PRICES["image"]
+        + ci * PRICES["cached_image"]
+        + usage["output_tokens_details"]["image_tokens"] * PRICES["out"]
+    ) * multiplier
     return int(exact.quantize(Decimal(1), rounding="ROUND_HALF_UP"))
 
 
@@ -89,21 +109,29 @@ def test_per_call_billing_generation_and_edit(gw: Gateway) -> None:
     assert records[-1]["request_id"] == rid and records[-1]["route"] == "legacy-size-enhanced"
 
 
-@pytest.mark.parametrize(("group", "multiplier"), [("Sora2Official", Decimal("1")), ("GPTImage2 Enterprise", Decimal("1.2"))])
+@pytest.mark.parametrize(
+    ("group", "multiplier"), [("Sora2Official", Decimal("1")), ("GPTImage2 Enterprise", Decimal("1.2"))]
+)
 def test_usage_billing_end_to_end(gw: Gateway, group: str, multiplier: Decimal) -> None:
     token = new_user(gw, f"usage-{group.replace(' ', '-')}", group, "20")
     client = openai.OpenAI(base_url=gw.v1, api_key=token, max_retries=0)
     before = balance(gw, token)
-    gen = client.images.with_raw_response.generate(model="gpt-image-2", prompt="a bright red kite over the sea",
-                                                   size="1536x1024", quality="high", n=2)
+    gen = client.images.with_raw_response.generate(
+        model="gpt-image-2", prompt="a bright red kite over the sea", size="1536x1024", quality="high", n=2
+    )
     body = gen.parse()
     cost = expected_usage_cost(body.usage.model_dump(), multiplier)
     assert cost > 0
     assert balance(gw, token) == before - cost
     assert ledger(gw, gen.headers["x-request-id"]) == [(-cost, "charge")]
     edit = client.images.with_raw_response.edit(
-        model="gpt-image-2", prompt="make it blue", quality="low",
-        image=[("a.png", io.BytesIO(png_bytes(1024, 1024)), "image/png"), ("b.png", io.BytesIO(png_bytes(512, 768)), "image/png")],
+        model="gpt-image-2",
+        prompt="make it blue",
+        quality="low",
+        image=[
+            ("a.png", io.BytesIO(png_bytes(1024, 1024)), "image/png"),
+            ("b.png", io.BytesIO(png_bytes(512, 768)), "image/png"),
+        ],
     )
     ebody = edit.parse()
     assert ebody.usage.input_tokens_details.image_tokens > 0
@@ -120,7 +148,10 @@ def test_pricing_endpoint(gw: Gateway) -> None:
     assert data[0]["billing_mode"] == "usage" and data[0]["multiplier"] == "1.2"
     assert Decimal(data[0]["usd_per_million_tokens"]["image_output"]) == Decimal("36")
     r = httpx.get(gw.v1 + "/pricing", headers={"Authorization": f"Bearer {gw.tokens['default']}"})
-    assert {d["model"]: d["price_per_call_usd"] for d in r.json()["data"]} == {"gpt-image-2": "0.03", "gpt-image-2-vip": "0.03"}
+    assert {d["model"]: d["price_per_call_usd"] for d in r.json()["data"]} == {
+        "gpt-image-2": "0.03",
+        "gpt-image-2-vip": "0.03",
+    }
 
 
 def test_race_200_calls_balance_for_50(gw: Gateway) -> None:
@@ -129,11 +160,16 @@ def test_race_200_calls_balance_for_50(gw: Gateway) -> None:
     async def fire() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=200)
         async with httpx.AsyncClient(timeout=120, limits=limits) as c:
-            return await asyncio.gather(*(
-                c.post(gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": f"p{i}"},
-                       headers={"Authorization": f"Bearer {token}"})
-                for i in range(200)
-            ))
+            return await asyncio.gather(
+                *(
+                    c.post(
+                        gw.v1 + "/images/generations",
+                        json={"model": "gpt-image-2", "prompt": f"p{i}"},
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                    for i in range(200)
+                )
+            )
 
     responses = asyncio.run(fire())
     ok = [r for r in responses if r.status_code == 200]
@@ -180,8 +216,9 @@ def test_idempotent_concurrent_retries_make_one_upstream_call(gw: Gateway) -> No
 
     async def both() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as c:
-            return await asyncio.gather(*(c.post(gw.v1 + "/images/generations", json=body, headers=headers)
-                                          for _ in range(3)))
+            return await asyncio.gather(
+                *(c.post(gw.v1 + "/images/generations", json=body, headers=headers) for _ in range(3))
+            )
 
     responses = asyncio.run(both())
     assert [r.status_code for r in responses] == [200, 200, 200]
@@ -190,38 +227,64 @@ def test_idempotent_concurrent_retries_make_one_upstream_call(gw: Gateway) -> No
 
 
 def test_token_limits(gw: Gateway) -> None:
-    r = httpx.post(f"{gw.base_url}/admin/tokens", headers={"Authorization": f"Bearer {ADMIN}"}, json={
-        "user": "limited", "group": "default", "name": "capped", "spend_cap_usd": "0.06",
-        "allowed_models": ["gpt-image-2"], "rpm": 100, "concurrency": 5,
-    })
+    r = httpx.post(
+        f"{gw.base_url}/admin/tokens",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        json={
+            "user": "limited",
+            "group": "default",
+            "name": "capped",
+            "spend_cap_usd": "0.06",
+            "allowed_models": ["gpt-image-2"],
+            "rpm": 100,
+            "concurrency": 5,
+        },
+    )
     assert r.status_code == 201, r.text
     token = r.json()["token"]
-    httpx.post(f"{gw.base_url}/admin/users/limited/balance", json={"amount_usd": "10", "reason": "t"},
-               headers={"Authorization": f"Bearer {ADMIN}"})
+    httpx.post(
+        f"{gw.base_url}/admin/users/limited/balance",
+        json={"amount_usd": "10", "reason": "t"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
     h = {"Authorization": f"Bearer {token}"}
-    vip = httpx.post(gw.v1 + "/images/generations", json={"model": "gpt-image-2-vip", "prompt": "x", "size": "1280x1280"}, headers=h)
+    vip = httpx.post(
+        gw.v1 + "/images/generations", json={"model": "gpt-image-2-vip", "prompt": "x", "size": "1280x1280"}, headers=h
+    )
     assert vip.status_code == 403 and vip.json()["error"]["code"] == "model_not_allowed"
     for _ in range(2):
-        assert httpx.post(gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "x"}, headers=h,
-                          timeout=60).status_code == 200
+        assert (
+            httpx.post(
+                gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "x"}, headers=h, timeout=60
+            ).status_code
+            == 200
+        )
     capped = httpx.post(gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "x"}, headers=h)
     assert capped.status_code == 429 and "spend cap" in capped.json()["error"]["message"]
 
 
 def test_rpm_limit(gw: Gateway) -> None:
-    r = httpx.post(f"{gw.base_url}/admin/tokens", headers={"Authorization": f"Bearer {ADMIN}"},
-                   json={"user": "rpm", "group": "default", "rpm": 2})
+    r = httpx.post(
+        f"{gw.base_url}/admin/tokens",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        json={"user": "rpm", "group": "default", "rpm": 2},
+    )
     token = r.json()["token"]
     h = {"Authorization": f"Bearer {token}"}
-    codes = [httpx.post(gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "x"}, headers=h,
-                        timeout=60) for _ in range(3)]
+    codes = [
+        httpx.post(gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "x"}, headers=h, timeout=60)
+        for _ in range(3)
+    ]
     assert codes[2].status_code == 429 and codes[2].json()["error"]["code"] == "rate_limit_exceeded"
     assert int(codes[2].headers["retry-after"]) >= 1
 
 
 def test_expired_token(gw: Gateway) -> None:
-    r = httpx.post(f"{gw.base_url}/admin/tokens", headers={"Authorization": f"Bearer {ADMIN}"},
-                   json={"user": "old", "group": "default", "expires_at": 1000})
+    r = httpx.post(
+        f"{gw.base_url}/admin/tokens",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        json={"user": "old", "group": "default", "expires_at": 1000},
+    )
     client = openai.OpenAI(base_url=gw.v1, api_key=r.json()["token"], max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.images.generate(model="gpt-image-2", prompt="x")
@@ -231,28 +294,40 @@ def test_admin_reads_everyones_usage_owner_only_theirs(gw: Gateway) -> None:
     a = new_user(gw, "reader-a", "default", "1")
     b = new_user(gw, "reader-b", "default", "1")
     for t in (a, b):
-        httpx.post(gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "x"},
-                   headers={"Authorization": f"Bearer {t}"}, timeout=60)
+        httpx.post(
+            gw.v1 + "/images/generations",
+            json={"model": "gpt-image-2", "prompt": "x"},
+            headers={"Authorization": f"Bearer {t}"},
+            timeout=60,
+        )
     assert {r["user_id"] for r in usage_records(gw, a)} == {usage_records(gw, a)[0]["user_id"]}
-    everyone = httpx.get(gw.base_url + "/admin/usage", params={"limit": 500}, headers={"Authorization": f"Bearer {ADMIN}"})
+    everyone = httpx.get(
+        gw.base_url + "/admin/usage", params={"limit": 500}, headers={"Authorization": f"Bearer {ADMIN}"}
+    )
     assert len({r["user_id"] for r in everyone.json()["data"]}) >= 2
     denied = httpx.get(gw.base_url + "/admin/usage", headers={"Authorization": f"Bearer {a}"})
     assert denied.status_code == 403
-    page = httpx.get(gw.v1 + "/account/usage", params={"limit": 1, "status": 200},
-                     headers={"Authorization": f"Bearer {a}"}).json()
+    page = httpx.get(
+        gw.v1 + "/account/usage", params={"limit": 1, "status": 200}, headers={"Authorization": f"Bearer {a}"}
+    ).json()
     assert len(page["data"]) == 1
 
 
 def test_usage_by_request_id_finds_one_call_and_a_jobs_attempts(gw: Gateway) -> None:
     token = new_user(gw, "byrequest", "default", "1")
     h = {"Authorization": f"Bearer {token}"}
-    calls = [httpx.post(gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": f"cat {i}"},
-                        headers=h, timeout=60) for i in range(2)]
+    calls = [
+        httpx.post(
+            gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": f"cat {i}"}, headers=h, timeout=60
+        )
+        for i in range(2)
+    ]
     rid = calls[0].headers["x-request-id"]
     found = usage_records(gw, token, request_id=rid)
     assert [r["request_id"] for r in found] == [rid] and found[0]["cost_micros"] == 30_000
-    job = httpx.post(gw.v1 + "/images/jobs", json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "dog"},
-                     headers=h)
+    job = httpx.post(
+        gw.v1 + "/images/jobs", json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "dog"}, headers=h
+    )
     assert job.status_code == 202, job.text
     for _ in range(300):
         if httpx.get(gw.v1 + "/images/jobs/" + job.json()["id"], headers=h).json()["status"] == "succeeded":
@@ -272,8 +347,12 @@ def test_usage_by_request_id_finds_one_call_and_a_jobs_attempts(gw: Gateway) -> 
 def test_bad_topups_rejected(gw: Gateway) -> None:
     new_user(gw, "topup", "default", None)
     h = {"Authorization": f"Bearer {ADMIN}"}
-    for body in ({"amount_usd": 1.5, "reason": "x"}, {"amount_usd": "1.0000001", "reason": "x"},
-                 {"amount_usd": "1", "reason": ""}, {"amount_usd": "abc", "reason": "x"}):
+    for body in (
+        {"amount_usd": 1.5, "reason": "x"},
+        {"amount_usd": "1.0000001", "reason": "x"},
+        {"amount_usd": "1", "reason": ""},
+        {"amount_usd": "abc", "reason": "x"},
+    ):
         r = httpx.post(f"{gw.base_url}/admin/users/topup/balance", json=body, headers=h)
         assert r.status_code == 400, body
 

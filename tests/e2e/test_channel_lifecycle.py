@@ -44,8 +44,14 @@ class Rig:
         env = {**os.environ, "IMAGERELAY_ADMIN_TOKEN": ADMIN, "IMAGERELAY_DATA_DIR": str(self.gw.data_dir)}
         if self.database_url:
             env["IMAGERELAY_DATABASE_URL"] = self.database_url
-        return subprocess.run([sys.executable, "-m", "imagerelay", *args], input=stdin, capture_output=True,
-                              text=True, timeout=120, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "imagerelay", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
 
     def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return httpx.request(method, self.gw.base_url + path, headers=H, timeout=60, **kw)
@@ -73,8 +79,9 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     try:
         with ExitStack() as stack:
             sims, channels = stack.enter_context(simulated_channels(KEYS))
-            extra = [stack.enter_context(run_asgi(create_upstream_app("openai", api_keys=EXTRA_KEYS)))
-                     for _ in range(2)]
+            extra = [
+                stack.enter_context(run_asgi(create_upstream_app("openai", api_keys=EXTRA_KEYS))) for _ in range(2)
+            ]
             env["IMAGERELAY_CATALOG"] = str(write_catalog(tmp / "catalog.yaml", channels))
             gw = stack.enter_context(run_gateway(tmp, extra_env=env))
             yield Rig(gw, env.get("IMAGERELAY_DATABASE_URL", ""), sims, extra)
@@ -93,8 +100,15 @@ def _clean(rig: Rig) -> Iterator[None]:
 
 
 def add(rig: Rig, name: str, url: str, **fields: Any) -> None:
-    body = {"name": name, "type": "openai", "base_url": url + "/v1", "api_key": EXTRA_KEYS[0],
-            "pools": ["official-pure"], "priority": 100, **fields}
+    body = {
+        "name": name,
+        "type": "openai",
+        "base_url": url + "/v1",
+        "api_key": EXTRA_KEYS[0],
+        "pools": ["official-pure"],
+        "priority": 100,
+        **fields,
+    }
     r = rig.admin("POST", "/admin/channels", json=body)
     assert r.status_code == 201, r.text
 
@@ -198,19 +212,22 @@ def test_update_weight_shifts_the_share(rig: Rig) -> None:
     assert len(rig.seen(one)) <= 3 and len(rig.seen(two)) >= 17
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"base_url": "ftp://x.example"}, "base_url"),
-    ({"base_url": "https://user:pw@x.example/v1"}, "base_url"),
-    ({"pools": ["no-such-pool"]}, "pools"),
-    ({"pools": []}, "pools"),
-    ({"api_key": "sk bad\nkey"}, "api_key"),
-    ({"api_key": 5}, "api_key"),
-    ({"weight": 0}, "weight"),
-    ({"name": "renamed"}, "name"),
-    ({"type": "quantum"}, "type"),
-    ({"api_version": "../../x"}, "api_version"),
-    ({"unknown_field": 1}, "unknown_field"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"base_url": "ftp://x.example"}, "base_url"),
+        ({"base_url": "https://user:pw@x.example/v1"}, "base_url"),
+        ({"pools": ["no-such-pool"]}, "pools"),
+        ({"pools": []}, "pools"),
+        ({"api_key": "sk bad\nkey"}, "api_key"),
+        ({"api_key": 5}, "api_key"),
+        ({"weight": 0}, "weight"),
+        ({"name": "renamed"}, "name"),
+        ({"type": "quantum"}, "type"),
+        ({"api_version": "../../x"}, "api_version"),
+        ({"unknown_field": 1}, "unknown_field"),
+    ],
+)
 def test_update_validates_every_field(rig: Rig, body: dict[str, Any], param: str) -> None:
     one, _two = rig.extra
     add(rig, "rt-v", one)
@@ -247,8 +264,22 @@ def test_remove_stops_serving_at_once(rig: Rig) -> None:
 
 def test_cli_add_test_update_remove(rig: Rig) -> None:
     one, two = rig.extra
-    added = rig.cli("channels", "add", "--name", "cli-lc", "--type", "openai", "--pool", "official-pure",
-                    "--priority", "100", "--base-url", one + "/v1", "--key-stdin", stdin=EXTRA_KEYS[0] + "\n")
+    added = rig.cli(
+        "channels",
+        "add",
+        "--name",
+        "cli-lc",
+        "--type",
+        "openai",
+        "--pool",
+        "official-pure",
+        "--priority",
+        "100",
+        "--base-url",
+        one + "/v1",
+        "--key-stdin",
+        stdin=EXTRA_KEYS[0] + "\n",
+    )
     assert added.returncode == 0, added.stderr
     # right after add, through the running gateway: no wait for its channel reload
     tested = rig.cli("channels", "test", "cli-lc", "--url", rig.gw.base_url)
@@ -257,8 +288,9 @@ def test_cli_add_test_update_remove(rig: Rig) -> None:
     assert line.startswith("channel cli-lc: ok, one image in ") and line.endswith(" ms") and "\n" not in line
     assert len(rig.seen(one)) == 1
 
-    updated = rig.cli("channels", "update", "cli-lc", "--base-url", two + "/v1", "--key-stdin",
-                      stdin=EXTRA_KEYS[1] + "\n")
+    updated = rig.cli(
+        "channels", "update", "cli-lc", "--base-url", two + "/v1", "--key-stdin", stdin=EXTRA_KEYS[1] + "\n"
+    )
     assert updated.returncode == 0, updated.stderr
     assert rig.cli("channels", "test", "cli-lc", "--url", rig.gw.base_url).returncode == 0
     assert len(rig.seen(two)) == 1 and key_used(rig.seen(two)[0]) == EXTRA_KEYS[1]
@@ -313,10 +345,24 @@ def test_a_channel_disabled_for_its_key_comes_back_when_enabled_from_the_cli(rig
 
 def test_cli_sets_proxy_and_tls_fields_and_listings_hide_proxy_credentials(rig: Rig) -> None:
     one, _ = rig.extra
-    added = rig.cli("channels", "add", "--name", "cli-proxy", "--type", "openai", "--pool", "official-pure",
-                    "--base-url", one + "/v1", "--proxy", "http://scott:tiger@127.0.0.1:3128", "--no-verify")
+    added = rig.cli(
+        "channels",
+        "add",
+        "--name",
+        "cli-proxy",
+        "--type",
+        "openai",
+        "--pool",
+        "official-pure",
+        "--base-url",
+        one + "/v1",
+        "--proxy",
+        "http://scott:tiger@127.0.0.1:3128",
+        "--no-verify",
+    )
     assert added.returncode == 0, added.stderr
     try:
+
         def listed() -> dict[str, Any]:
             return {c["name"]: c for c in httpx.get(rig.gw.base_url + "/admin/channels", headers=H).json()["data"]}
 

@@ -30,8 +30,12 @@ from tests.support.servers import run_asgi
 from tests.support.upstreams import simulated_channels
 
 ADMIN = "channels-admin-token"
-KEYS = {"LEGACY_KEY": "sk-legacy-secret-1", "AZURE_KEY": "az-secret-key-2", "OPENAI_A_KEY": "sk-openai-a-secret-3",
-        "OPENAI_B_KEY": "sk-openai-b-secret-4"}
+KEYS = {
+    "LEGACY_KEY": "sk-legacy-secret-1",
+    "AZURE_KEY": "az-secret-key-2",
+    "OPENAI_A_KEY": "sk-openai-a-secret-3",
+    "OPENAI_B_KEY": "sk-openai-b-secret-4",
+}
 COOLDOWN_S = 2.0
 
 
@@ -71,9 +75,15 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("channels")
     with simulated_channels(KEYS) as (sims, channels):
         catalog = write_catalog(tmp / "catalog.yaml", channels)
-        env = {**KEYS, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
-               "IMAGERELAY_BREAKER_COOLDOWN_S": str(COOLDOWN_S), "IMAGERELAY_MAX_RETRY_AFTER_S": "1",
-               "IMAGERELAY_RETRY_BACKOFF_S": "0.02", "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.1"}
+        env = {
+            **KEYS,
+            "IMAGERELAY_CATALOG": str(catalog),
+            "IMAGERELAY_ADMIN_TOKEN": ADMIN,
+            "IMAGERELAY_BREAKER_COOLDOWN_S": str(COOLDOWN_S),
+            "IMAGERELAY_MAX_RETRY_AFTER_S": "1",
+            "IMAGERELAY_RETRY_BACKOFF_S": "0.02",
+            "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.1",
+        }
         with run_gateway(tmp, extra_env=env) as gw:
             yield Rig(gw, sims)
 
@@ -109,7 +119,8 @@ def header(req: dict[str, Any], name: str) -> str | None:
 
 def test_openai_channel_exact_request(rig: Rig) -> None:
     res = rig.client("GPTImage2 Enterprise").images.generate(
-        model="gpt-image-2", prompt="a red kite", size="1536x1024", quality="low", response_format="url")
+        model="gpt-image-2", prompt="a red kite", size="1536x1024", quality="low", response_format="url"
+    )
     assert res.data[0].url and res.data[0].url.startswith(rig.gw.base_url)
     reqs = rig.requests("openai-a") + rig.requests("openai-b")
     assert len(reqs) == 1
@@ -131,8 +142,14 @@ def test_azure_channel_exact_request_and_edit_parts(rig: Rig) -> None:
 
     jpeg = io.BytesIO()
     Image.new("RGB", (300, 200), (1, 2, 3)).save(jpeg, "JPEG")
-    c.images.edit(model="gpt-image-2", prompt="merge", image=[
-        ("a.png", io.BytesIO(png_bytes(256, 256)), "image/png"), ("b.jpg", io.BytesIO(jpeg.getvalue()), "image/jpeg")])
+    c.images.edit(
+        model="gpt-image-2",
+        prompt="merge",
+        image=[
+            ("a.png", io.BytesIO(png_bytes(256, 256)), "image/png"),
+            ("b.jpg", io.BytesIO(jpeg.getvalue()), "image/jpeg"),
+        ],
+    )
     req = one(rig, "azure-1")
     assert req["path"] == "/openai/deployments/img2-deploy/images/edits"
     parts = {(p["name"], p.get("content_type")) for p in req["parts"] if p.get("filename")}
@@ -144,8 +161,10 @@ def test_compatible_channel_for_legacy_routes(rig: Rig) -> None:
     assert decode(res.data[0].b64_json).size == (2048, 1152)
     req = one(rig, "legacy")
     assert req["path"] == "/v1/images/generations" and header(req, "authorization") == f"Bearer {KEYS['LEGACY_KEY']}"
-    assert req["json"] == {"model": "gpt-image-2-vip", "prompt": "mug", "size": "2048x1152"} or \
-        req["json"].get("size") == "2048x1152"
+    assert (
+        req["json"] == {"model": "gpt-image-2-vip", "prompt": "mug", "size": "2048x1152"}
+        or req["json"].get("size") == "2048x1152"
+    )
 
 
 RETRYABLE = ["500", "503", {"type": "429", "retry_after": 0.2}, "reset", "truncate", "invalid_json", "bad_base64"]
@@ -266,7 +285,8 @@ def test_disable_on_401_and_reenable(rig: Rig) -> None:
 
 def test_stream_relayed_event_by_event(rig: Rig) -> None:
     stream = rig.client("Sora2Official").images.generate(
-        model="gpt-image-2", prompt="a fox", stream=True, partial_images=2, size="1024x1024", quality="low")
+        model="gpt-image-2", prompt="a fox", stream=True, partial_images=2, size="1024x1024", quality="low"
+    )
     events = list(stream)
     assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
     assert decode(events[-1].b64_json).size == (1024, 1024)
@@ -275,15 +295,20 @@ def test_stream_relayed_event_by_event(rig: Rig) -> None:
 
 def test_stream_edit_relayed(rig: Rig) -> None:
     stream = rig.client("GPTImage2 Enterprise").images.edit(
-        model="gpt-image-2", prompt="red", stream=True, partial_images=1,
-        image=("a.png", io.BytesIO(png_bytes(512, 512)), "image/png"))
+        model="gpt-image-2",
+        prompt="red",
+        stream=True,
+        partial_images=1,
+        image=("a.png", io.BytesIO(png_bytes(512, 512)), "image/png"),
+    )
     assert [e.type for e in stream] == ["image_edit.partial_image", "image_edit.completed"]
 
 
 def test_stream_failover_before_first_byte(rig: Rig) -> None:
     rig.fault("azure-1", type="503", count=1)
     stream = rig.client("Sora2Official").images.generate(
-        model="gpt-image-2", prompt="a fox", stream=True, partial_images=1, quality="low")
+        model="gpt-image-2", prompt="a fox", stream=True, partial_images=1, quality="low"
+    )
     assert [e.type for e in stream][-1] == "image_generation.completed"
     assert len(rig.requests("openai-a")) == 1
 
@@ -291,7 +316,8 @@ def test_stream_failover_before_first_byte(rig: Rig) -> None:
 def test_mid_stream_cut_is_an_sdk_error(rig: Rig) -> None:
     rig.fault("azure-1", type="stream_cut", count=1)
     stream = rig.client("Sora2Official").images.generate(
-        model="gpt-image-2", prompt="a fox", stream=True, partial_images=2, quality="low")
+        model="gpt-image-2", prompt="a fox", stream=True, partial_images=2, quality="low"
+    )
     with pytest.raises(openai.APIError):
         for _ in stream:
             pass
@@ -301,9 +327,18 @@ def test_mid_stream_cut_is_an_sdk_error(rig: Rig) -> None:
 def test_admin_add_channel_key_encrypted(rig: Rig) -> None:
     secret = "sk-runtime-added-secret-5"
     with run_asgi(create_upstream_app("openai", api_keys=[secret])) as extra:
-        r = rig.admin("POST", "/admin/channels", json={
-            "name": "openai-c", "type": "openai", "base_url": extra + "/v1", "api_key": secret,
-            "pools": ["official-pure"], "priority": 50})
+        r = rig.admin(
+            "POST",
+            "/admin/channels",
+            json={
+                "name": "openai-c",
+                "type": "openai",
+                "base_url": extra + "/v1",
+                "api_key": secret,
+                "pools": ["official-pure"],
+                "priority": 50,
+            },
+        )
         assert r.status_code == 201, r.text
         assert secret not in r.text and r.json()["has_key"] is True
         c = rig.client("GPTImage2 Enterprise")
@@ -333,14 +368,25 @@ def test_no_key_in_logs_or_answers(rig: Rig) -> None:
 
 
 def test_azure_v1_form(rig: Rig) -> None:
-    r = rig.admin("POST", "/admin/channels", json={
-        "name": "azure-v1", "type": "azure", "azure_form": "v1", "base_url": rig.sims["azure-1"],
-        "api_key": KEYS["AZURE_KEY"], "model_map": {"gpt-image-2": "img2-deploy"},
-        "pools": ["official-mixed"], "priority": 99})
+    r = rig.admin(
+        "POST",
+        "/admin/channels",
+        json={
+            "name": "azure-v1",
+            "type": "azure",
+            "azure_form": "v1",
+            "base_url": rig.sims["azure-1"],
+            "api_key": KEYS["AZURE_KEY"],
+            "model_map": {"gpt-image-2": "img2-deploy"},
+            "pools": ["official-mixed"],
+            "priority": 99,
+        },
+    )
     assert r.status_code == 201, r.text
     try:
-        res = rig.client("Sora2Official").images.generate(model="gpt-image-2", prompt="x", size="1024x1024",
-                                                          quality="low", output_format="webp")
+        res = rig.client("Sora2Official").images.generate(
+            model="gpt-image-2", prompt="x", size="1024x1024", quality="low", output_format="webp"
+        )
         img = decode(res.data[0].b64_json)
         assert img.format == "WEBP"  # Azure cannot make webp: asked for png, transcoded
         req = one(rig, "azure-1")
@@ -356,12 +402,29 @@ def test_channels_cli(rig: Rig) -> None:
     import sys
 
     def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "imagerelay", "channels", *args, "--data-dir", str(rig.gw.data_dir)],
-                              input=stdin, capture_output=True, text=True, timeout=60, env=backend.cli_env(rig.gw.data_dir))
+        return subprocess.run(
+            [sys.executable, "-m", "imagerelay", "channels", *args, "--data-dir", str(rig.gw.data_dir)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=backend.cli_env(rig.gw.data_dir),
+        )
 
     secret = "sk-cli-added-secret-6"
-    added = cli("add", "--name", "cli-chan", "--type", "openai-compatible", "--pool", "legacy",
-                "--base-url", rig.sims["legacy"] + "/v1", "--key-stdin", stdin=secret + "\n")
+    added = cli(
+        "add",
+        "--name",
+        "cli-chan",
+        "--type",
+        "openai-compatible",
+        "--pool",
+        "legacy",
+        "--base-url",
+        rig.sims["legacy"] + "/v1",
+        "--key-stdin",
+        stdin=secret + "\n",
+    )
     assert added.returncode == 0, added.stderr
     listed = cli("list")
     assert "cli-chan" in listed.stdout and secret not in listed.stdout + listed.stderr + added.stdout

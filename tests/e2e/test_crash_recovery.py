@@ -48,14 +48,31 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
             stack.callback(drop_postgres_database, name)
         # Quiet: at the end the simulator drops the calls the crash left sleeping.
         sim = stack.enter_context(run_asgi(create_upstream_app("openai", api_keys=[KEY]), log_level="critical"))
-        legacy = stack.enter_context(run_asgi(create_upstream_app(
-            "openai", api_keys=[KEY], models=(*DEFAULT_MODELS, "gpt-image-2-vip")), log_level="critical"))
-        catalog = write_catalog(tmp_path / "catalog.yaml", [
-            {"name": "slow", "type": "openai", "base_url": sim + "/v1", "api_key_env": "CRASH_KEY",
-             "pools": ["official-mixed", "official-pure"]},
-            {"name": "legacy", "type": "openai-compatible", "base_url": legacy + "/v1", "api_key_env": "CRASH_KEY",
-             "pools": ["legacy", "legacy-vip"]},
-        ])
+        legacy = stack.enter_context(
+            run_asgi(
+                create_upstream_app("openai", api_keys=[KEY], models=(*DEFAULT_MODELS, "gpt-image-2-vip")),
+                log_level="critical",
+            )
+        )
+        catalog = write_catalog(
+            tmp_path / "catalog.yaml",
+            [
+                {
+                    "name": "slow",
+                    "type": "openai",
+                    "base_url": sim + "/v1",
+                    "api_key_env": "CRASH_KEY",
+                    "pools": ["official-mixed", "official-pure"],
+                },
+                {
+                    "name": "legacy",
+                    "type": "openai-compatible",
+                    "base_url": legacy + "/v1",
+                    "api_key_env": "CRASH_KEY",
+                    "pools": ["legacy", "legacy-vip"],
+                },
+            ],
+        )
         env = {"CRASH_KEY": KEY, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_JOB_WORKERS": str(JOBS)}
         if database_url:
             env["IMAGERELAY_DATABASE_URL"] = database_url
@@ -82,9 +99,11 @@ def wait_for(predicate: Any, timeout: float = 30.0) -> None:
 
 def in_background(fn: Any, *args: Any) -> None:
     """A client whose connection the crash cuts: whatever it gets is ignored."""
+
     def run() -> None:
         with suppress(httpx.HTTPError):
             fn(*args)
+
     threading.Thread(target=run, daemon=True).start()
 
 
@@ -136,8 +155,10 @@ def test_kill_9_with_calls_in_flight_then_restart(rig: Rig) -> None:
         # Released during start-up, before the gateway answered its first request.
         open_holds = {r[0] for r in rig.rows("SELECT request_id FROM holds")}
         assert not open_holds & calls, f"interrupted calls still hold money {answering_after:.1f} s after restart"
-        print(f"\n[{rig.database_url and 'postgresql' or 'sqlite'}] {len(calls)} interrupted calls' holds released "
-              f"{answering_after:.2f} s after restart (the gateway answered at once with them released)")
+        print(
+            f"\n[{rig.database_url and 'postgresql' or 'sqlite'}] {len(calls)} interrupted calls' holds released "
+            f"{answering_after:.2f} s after restart (the gateway answered at once with them released)"
+        )
         assert f"released {len(calls)} hold(s) left by an earlier run" in gw.log_text()
 
         records = rig.rows("SELECT request_id, status, error_code, cost_micros FROM usage_records")
@@ -158,9 +179,11 @@ def test_kill_9_with_calls_in_flight_then_restart(rig: Rig) -> None:
 
         # The jobs were re-queued with their holds and finish.
         for job_id in jobs:
+
             def finished(job_id: str = job_id) -> bool:
                 r = httpx.get(f"{gw.v1}/images/jobs/{job_id}", headers=auth(gw))
                 return bool(r.json()["status"] in ("succeeded", "failed", "canceled"))
+
             wait_for(finished, timeout=60)
             assert httpx.get(f"{gw.v1}/images/jobs/{job_id}", headers=auth(gw)).json()["status"] == "succeeded"
 
@@ -174,7 +197,10 @@ def test_kill_9_with_calls_in_flight_then_restart(rig: Rig) -> None:
 
     audit = subprocess.run(
         [sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(rig.data_dir)],
-        env={**os.environ, **rig.env}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **rig.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
@@ -199,8 +225,10 @@ def test_a_live_peer_keeps_its_holds_and_a_dead_one_s_come_back(rig: Rig) -> Non
             first.process.wait()
             killed_at = time.monotonic()
             wait_for(lambda: not rig.rows("SELECT request_id FROM holds"), timeout=60)
-            print(f"\n[{rig.database_url and 'postgresql' or 'sqlite'}] a live peer released the killed process's "
-                  f"{len(calls)} holds {time.monotonic() - killed_at:.1f} s after the kill")
+            print(
+                f"\n[{rig.database_url and 'postgresql' or 'sqlite'}] a live peer released the killed process's "
+                f"{len(calls)} holds {time.monotonic() - killed_at:.1f} s after the kill"
+            )
             records = rig.rows("SELECT request_id, status, error_code FROM usage_records")
             assert sorted(records) == sorted((c, 499, "interrupted") for c in calls)
             assert balance(second) == (full, 0)
@@ -227,7 +255,10 @@ def test_a_live_peer_keeps_its_running_job_and_takes_over_a_dead_one_s(rig: Rig)
             httpx.delete(rig.sim + "/_sim/faults")
 
             def succeeded() -> bool:
-                return httpx.get(second.v1 + f"/images/jobs/{job_id}", headers=auth(second)).json()["status"] == "succeeded"
+                return (
+                    httpx.get(second.v1 + f"/images/jobs/{job_id}", headers=auth(second)).json()["status"]
+                    == "succeeded"
+                )
 
             wait_for(succeeded, timeout=60)
             assert "re-queued 1 job(s) whose process is gone" in second.log_text()
@@ -237,6 +268,9 @@ def test_a_live_peer_keeps_its_running_job_and_takes_over_a_dead_one_s(rig: Rig)
             assert spent > 0 and balance(second)[1] == 0
     audit = subprocess.run(
         [sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(rig.data_dir)],
-        env={**os.environ, **rig.env}, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **rig.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -60,8 +60,12 @@ def _connect(gw: Gateway, timeout: float = 10.0) -> socket.socket:
 
 
 def _head(gw: Gateway, path: str, *, headers: dict[str, str]) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{_port(gw)}",
-             f"Authorization: Bearer {gw.tokens['Sora2Official']}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{_port(gw)}",
+        f"Authorization: Bearer {gw.tokens['Sora2Official']}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -131,9 +135,18 @@ def test_hostile_edit_leaves_healthz_responsive(tight: Gateway) -> None:
     answer: list[httpx.Response] = []
 
     def hostile() -> None:
-        answer.append(httpx.post(tight.v1 + "/images/edits", content=_in_chunks(body), timeout=120,
-                                 headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}",
-                                          "Content-Type": "application/json", "Content-Length": str(len(body))}))
+        answer.append(
+            httpx.post(
+                tight.v1 + "/images/edits",
+                content=_in_chunks(body),
+                timeout=120,
+                headers={
+                    "Authorization": f"Bearer {tight.tokens['Sora2Official']}",
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(body)),
+                },
+            )
+        )
 
     latencies = _healthz_latencies_while(tight, threading.Thread(target=hostile))
     assert answer[0].status_code == 400 and answer[0].json()["error"]["param"] == "prompt", answer[0].text[:300]
@@ -149,7 +162,7 @@ def _in_chunks(body: bytes) -> Iterator[bytes]:
     another process saw the gateway answer within 0.55 s at load 13 on 2 cores, while one
     in a thread here saw 1.7-5.6 s and this process's own 1 ms sleeps took up to 2.9 s)."""
     for start in range(0, len(body), MB):
-        yield body[start:start + MB]
+        yield body[start : start + MB]
 
 
 def _healthz_latencies_while(gw: Gateway, work: threading.Thread) -> list[float]:
@@ -174,10 +187,20 @@ def test_huge_json_edit_is_parsed_without_stalling_healthz(gateway: Gateway) -> 
     junk = "data:image/png;base64," + "QUFB" * (12 * MB)  # 48 MB of base64 that is no image
     body = orjson.dumps({"model": "gpt-image-2", "prompt": "x", "images": [{"image_url": junk}] * 14})
     answer: list[httpx.Response] = []
-    worker = threading.Thread(target=lambda: answer.append(httpx.post(
-        gateway.v1 + "/images/edits", content=_in_chunks(body), timeout=120,
-        headers={"Authorization": f"Bearer {gateway.tokens['Sora2Official']}", "Content-Type": "application/json",
-                 "Content-Length": str(len(body))})))
+    worker = threading.Thread(
+        target=lambda: answer.append(
+            httpx.post(
+                gateway.v1 + "/images/edits",
+                content=_in_chunks(body),
+                timeout=120,
+                headers={
+                    "Authorization": f"Bearer {gateway.tokens['Sora2Official']}",
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(body)),
+                },
+            )
+        )
+    )
     latencies = _healthz_latencies_while(gateway, worker)
     assert answer[0].status_code == 400 and answer[0].json()["error"]["param"] == "images[0]", answer[0].text[:300]
     # The 1.5-2.0 s stalls seen here were this process's, not the gateway's (_in_chunks).
@@ -191,11 +214,17 @@ def test_json_edit_with_large_images_still_works(gateway: Gateway) -> None:
     Image.frombytes("RGB", (800, 700), os.urandom(800 * 700 * 3)).save(buf, "PNG")
     assert len(buf.getvalue()) > 1 * MB  # takes the large-body path
     encoded = base64.b64encode(buf.getvalue()).decode().replace("/", "\\/")  # as PHP's json_encode writes it
-    body = ('{"model": "gpt-image-2", "prompt": "make it blue", "images": [{"image_url": "data:image/png;base64,'
-            + encoded + '"}]}').encode()
-    resp = httpx.post(gateway.v1 + "/images/edits", content=body, timeout=120,
-                      headers={"Authorization": f"Bearer {gateway.tokens['Sora2Official']}",
-                               "Content-Type": "application/json"})
+    body = (
+        '{"model": "gpt-image-2", "prompt": "make it blue", "images": [{"image_url": "data:image/png;base64,'
+        + encoded
+        + '"}]}'
+    ).encode()
+    resp = httpx.post(
+        gateway.v1 + "/images/edits",
+        content=body,
+        timeout=120,
+        headers={"Authorization": f"Bearer {gateway.tokens['Sora2Official']}", "Content-Type": "application/json"},
+    )
     assert resp.status_code == 200, resp.text[:300]
     assert resp.json()["data"][0]["b64_json"]
 
@@ -204,9 +233,12 @@ def test_json_edit_with_large_images_still_works(gateway: Gateway) -> None:
 def test_seventeen_images_refused_before_any_decode(tight: Gateway) -> None:
     url = "data:image/jpeg;base64," + base64.b64encode(_slow_jpeg()).decode()
     started = time.monotonic()
-    resp = httpx.post(tight.v1 + "/images/edits", timeout=60,
-                      json={"model": "gpt-image-2", "prompt": "x", "images": [{"image_url": url}] * 17},
-                      headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}"})
+    resp = httpx.post(
+        tight.v1 + "/images/edits",
+        timeout=60,
+        json={"model": "gpt-image-2", "prompt": "x", "images": [{"image_url": url}] * 17},
+        headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}"},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "too_many_images", resp.text[:300]
     assert time.monotonic() - started < 2.0  # 17 decodes would take 5 s
 
@@ -232,8 +264,11 @@ def test_chunked_body_cut_at_its_limit_without_buffering_it(lean: Gateway) -> No
     pid = lean.process.pid
     before = _vm(pid, "VmHWM")
     sock = _connect(lean)
-    sock.sendall(_head(lean, "/v1/images/generations",
-                       headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}))
+    sock.sendall(
+        _head(
+            lean, "/v1/images/generations", headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+        )
+    )
     sock.sendall(b"1\r\n{\r\n")
     sent = _send_chunked_until_answer(sock, 400 * MB)
     if sent >= 400 * MB:
@@ -256,8 +291,11 @@ def test_large_bodies_in_flight_share_one_budget(lean: Gateway) -> None:
 
     def edit() -> None:
         sock = _connect(lean, timeout=60)
-        sock.sendall(_head(lean, "/v1/images/edits",
-                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}))
+        sock.sendall(
+            _head(
+                lean, "/v1/images/edits", headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+            )
+        )
         sock.sendall(b'b\r\n{"pad": "  \r\n')
         if _send_chunked_until_answer(sock, size) >= size:
             sock.sendall(b'2\r\n"}\r\n0\r\n\r\n')
@@ -280,10 +318,17 @@ def test_large_bodies_in_flight_share_one_budget(lean: Gateway) -> None:
 
 def test_multipart_image_over_limit_is_413_while_streaming(lean: Gateway) -> None:
     sock = _connect(lean)
-    sock.sendall(_head(lean, "/v1/images/edits", headers={
-        "Content-Type": "multipart/form-data; boundary=b", "Transfer-Encoding": "chunked"}))
-    part = (b"--b\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nx\r\n"
-            b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n\x89PNG\r\n\x1a\n")
+    sock.sendall(
+        _head(
+            lean,
+            "/v1/images/edits",
+            headers={"Content-Type": "multipart/form-data; boundary=b", "Transfer-Encoding": "chunked"},
+        )
+    )
+    part = (
+        b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n\x89PNG\r\n\x1a\n'
+    )
     sock.sendall(b"%x\r\n" % len(part) + part + b"\r\n")
     sent = _send_chunked_until_answer(sock, 300 * MB)  # the body limit is 801 MB; the image limit 50 MB
     if sent >= 300 * MB:
@@ -300,8 +345,9 @@ def test_multipart_image_over_limit_is_413_while_streaming(lean: Gateway) -> Non
 
 def test_trickled_body_is_cut_after_the_body_timeout(tight: Gateway) -> None:
     sock = _connect(tight)
-    sock.sendall(_head(tight, "/v1/images/generations",
-                       headers={"Content-Type": "application/json", "Content-Length": "1000"}))
+    sock.sendall(
+        _head(tight, "/v1/images/generations", headers={"Content-Type": "application/json", "Content-Length": "1000"})
+    )
     started = time.monotonic()
     sock.setblocking(False)
     raw = b""
@@ -349,8 +395,13 @@ def test_head_too_large_is_431(tight: Gateway) -> None:
 
 def test_early_answer_does_not_let_a_trickled_body_hold_the_socket(tight: Gateway) -> None:
     sock = _connect(tight)
-    sock.sendall(_head(tight, "/v1/images/generations",
-                       headers={"Content-Type": "application/json", "Content-Length": str(100 * MB)}))
+    sock.sendall(
+        _head(
+            tight,
+            "/v1/images/generations",
+            headers={"Content-Type": "application/json", "Content-Length": str(100 * MB)},
+        )
+    )
     sock.settimeout(10)
     first = sock.recv(65536)
     assert first.startswith(b"HTTP/1.1 413"), first[:200]
@@ -401,9 +452,11 @@ def test_connections_past_the_cap_are_refused_and_callers_keep_being_served(tigh
 
 
 def test_content_type_must_be_exactly_json(tight: Gateway) -> None:
-    resp = httpx.post(tight.v1 + "/images/generations", content=b'{"model": "gpt-image-2", "prompt": "x"}',
-                      headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}",
-                               "Content-Type": "application/jsonx"})
+    resp = httpx.post(
+        tight.v1 + "/images/generations",
+        content=b'{"model": "gpt-image-2", "prompt": "x"}',
+        headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}", "Content-Type": "application/jsonx"},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "unsupported_content_type", resp.text
 
 
@@ -411,18 +464,28 @@ def test_multipart_limits_use_official_codes(tight: Gateway) -> None:
     png = io.BytesIO()
     Image.new("RGB", (64, 64)).save(png, "PNG")
     files = [("image[]", (f"{i}.png", png.getvalue(), "image/png")) for i in range(17)]
-    resp = httpx.post(tight.v1 + "/images/edits", data={"model": "gpt-image-2", "prompt": "x"}, files=files,
-                      headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}"})
+    resp = httpx.post(
+        tight.v1 + "/images/edits",
+        data={"model": "gpt-image-2", "prompt": "x"},
+        files=files,
+        headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}"},
+    )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "too_many_images", resp.text
     big = {"model": "gpt-image-2", "prompt": "x" * (300 * 1024)}
-    resp = httpx.post(tight.v1 + "/images/edits", data=big, files=files[:1],
-                      headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}"})
+    resp = httpx.post(
+        tight.v1 + "/images/edits",
+        data=big,
+        files=files[:1],
+        headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}"},
+    )
     assert resp.status_code == 413 and resp.json()["error"]["param"] == "prompt", resp.text[:300]
 
 
 def test_json_null_body_says_what_was_expected(tight: Gateway) -> None:
-    resp = httpx.post(tight.v1 + "/images/generations", content=b"null",
-                      headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}",
-                               "Content-Type": "application/json"})
+    resp = httpx.post(
+        tight.v1 + "/images/generations",
+        content=b"null",
+        headers={"Authorization": f"Bearer {tight.tokens['Sora2Official']}", "Content-Type": "application/json"},
+    )
     message = resp.json()["error"]["message"]
     assert resp.status_code == 400 and "NoneType" not in message and "JSON object" in message, message

@@ -42,8 +42,12 @@ class Rig:
 @pytest.fixture(params=BACKENDS)
 def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
     backend: str = request.param
-    base = {"data_dir": tmp_path / "data", "image_url_ttl_s": URL_TTL_S, "job_ttl_s": JOB_TTL_S,
-            "url_signing_key": "k" * 32}
+    base = {
+        "data_dir": tmp_path / "data",
+        "image_url_ttl_s": URL_TTL_S,
+        "job_ttl_s": JOB_TTL_S,
+        "url_signing_key": "k" * 32,
+    }
     if backend == "local":
         yield Settings(**base)
     elif backend == "s3":
@@ -67,8 +71,12 @@ async def rig(backend_settings: Settings) -> AsyncIterator[Rig]:
     prepare(url)
     engine = create_engine(url)
     areas = build_areas(backend_settings, engine)
-    store = ImageStore(areas, backend_settings.signing_key(), backend_settings.image_url_ttl_s,
-                       presigned=backend_settings.image_urls == "presigned")
+    store = ImageStore(
+        areas,
+        backend_settings.signing_key(),
+        backend_settings.image_url_ttl_s,
+        presigned=backend_settings.image_urls == "presigned",
+    )
     try:
         yield Rig(backend_settings.image_store, areas, store, backend_settings)
     finally:
@@ -78,7 +86,7 @@ async def rig(backend_settings: Settings) -> AsyncIterator[Rig]:
 
 def _pieces(data: bytes, size: int) -> Iterator[bytes]:
     for start in range(0, len(data), size):
-        yield data[start:start + size]
+        yield data[start : start + size]
 
 
 async def _streamed(area: BlobStore, key: str) -> tuple[int | None, list[bytes]]:
@@ -201,17 +209,27 @@ async def test_presigned_urls_are_the_stores_own(rig: Rig) -> None:
 
 
 async def test_s3_failures_are_clean_and_keep_credentials_out_of_logs(
-        s3_server: S3Server, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    s3_server: S3Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     env = s3_server.env("no-such-bucket-here")
     settings = Settings(data_dir=tmp_path, **{k.removeprefix("IMAGERELAY_").lower(): v for k, v in env.items()})
-    unreachable = Settings(data_dir=tmp_path, **{k.removeprefix("IMAGERELAY_").lower(): v for k, v in {
-        **env, "IMAGERELAY_IMAGE_STORE_S3_ENDPOINT_URL": "http://127.0.0.1:9"}.items()})
+    unreachable = Settings(
+        data_dir=tmp_path,
+        **{
+            k.removeprefix("IMAGERELAY_").lower(): v
+            for k, v in {**env, "IMAGERELAY_IMAGE_STORE_S3_ENDPOINT_URL": "http://127.0.0.1:9"}.items()
+        },
+    )
     caplog.set_level(logging.INFO)
     for config in (settings, unreachable):
         areas = build_areas(config, None)
         try:
-            for attempt in (areas.images.put("a.png", iter((b"x",)), expires_at=time.time() + 60),
-                            areas.images.read("a.png"), areas.images.expire(), areas.check()):
+            for attempt in (
+                areas.images.put("a.png", iter((b"x",)), expires_at=time.time() + 60),
+                areas.images.read("a.png"),
+                areas.images.expire(),
+                areas.check(),
+            ):
                 with pytest.raises(StoreUnavailable) as raised:
                     await attempt
                 assert raised.value.status == 503 and raised.value.code == "image_store_unavailable"

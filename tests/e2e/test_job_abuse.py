@@ -62,21 +62,42 @@ class Rig:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("job-abuse")
-    legacy = InFlight(create_upstream_app("openai", api_keys=[KEY], latency_s=SLOT_S,
-                                          models=(*DEFAULT_MODELS, "gpt-image-2-vip")))
+    legacy = InFlight(
+        create_upstream_app("openai", api_keys=[KEY], latency_s=SLOT_S, models=(*DEFAULT_MODELS, "gpt-image-2-vip"))
+    )
     official = InFlight(create_upstream_app("openai", api_keys=[KEY], latency_s=SLOT_S))
     with run_asgi(legacy) as legacy_url, run_asgi(official) as official_url:
-        catalog = write_catalog(tmp / "catalog.yaml", [
-            {"name": "legacy", "type": "openai-compatible", "base_url": legacy_url + "/v1", "api_key_env": "JOBS_KEY",
-             "pools": ["legacy", "legacy-vip"]},
-            {"name": "official", "type": "openai", "base_url": official_url + "/v1", "api_key_env": "JOBS_KEY",
-             "pools": ["official-mixed", "official-pure"]},
-        ])
-        env = {"JOBS_KEY": KEY, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
-               "IMAGERELAY_JOB_WORKERS": "2", "IMAGERELAY_JOB_MAX_ACTIVE_PER_USER": "12",
-               "IMAGERELAY_JOB_MAX_ACTIVE_PER_TOKEN": "10", "IMAGERELAY_TOKEN_CACHE_TTL_S": "0",
-               "IMAGERELAY_BREAKER_THRESHOLD": "1000", "IMAGERELAY_RETRY_BACKOFF_S": "0.02",
-               "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.1"}  # the failing-job test must not cool the channel
+        catalog = write_catalog(
+            tmp / "catalog.yaml",
+            [
+                {
+                    "name": "legacy",
+                    "type": "openai-compatible",
+                    "base_url": legacy_url + "/v1",
+                    "api_key_env": "JOBS_KEY",
+                    "pools": ["legacy", "legacy-vip"],
+                },
+                {
+                    "name": "official",
+                    "type": "openai",
+                    "base_url": official_url + "/v1",
+                    "api_key_env": "JOBS_KEY",
+                    "pools": ["official-mixed", "official-pure"],
+                },
+            ],
+        )
+        env = {
+            "JOBS_KEY": KEY,
+            "IMAGERELAY_CATALOG": str(catalog),
+            "IMAGERELAY_ADMIN_TOKEN": ADMIN,
+            "IMAGERELAY_JOB_WORKERS": "2",
+            "IMAGERELAY_JOB_MAX_ACTIVE_PER_USER": "12",
+            "IMAGERELAY_JOB_MAX_ACTIVE_PER_TOKEN": "10",
+            "IMAGERELAY_TOKEN_CACHE_TTL_S": "0",
+            "IMAGERELAY_BREAKER_THRESHOLD": "1000",
+            "IMAGERELAY_RETRY_BACKOFF_S": "0.02",
+            "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.1",
+        }  # the failing-job test must not cool the channel
         data = tmp / "data"
         data.mkdir()
         with run_gateway(data, extra_env=env) as gw:
@@ -87,14 +108,23 @@ def new_token(rig: Rig, user: str, group: str = "default", **limits: int) -> str
     h = {"Authorization": f"Bearer {ADMIN}"}
     r = httpx.post(rig.gw.base_url + "/admin/tokens", headers=h, json={"user": user, "group": group, **limits})
     assert r.status_code == 201, r.text
-    assert httpx.post(f"{rig.gw.base_url}/admin/users/{user}/balance", headers=h,
-                      json={"amount_usd": "10", "reason": "test credit"}).status_code == 200
+    assert (
+        httpx.post(
+            f"{rig.gw.base_url}/admin/users/{user}/balance",
+            headers=h,
+            json={"amount_usd": "10", "reason": "test credit"},
+        ).status_code
+        == 200
+    )
     return str(r.json()["token"])
 
 
 def submit(rig: Rig, token: str, prompt: str = "a kite", **extra: Any) -> httpx.Response:
-    return httpx.post(rig.gw.v1 + "/images/jobs", headers={"Authorization": f"Bearer {token}"},
-                      json={"endpoint": "generations", "model": "gpt-image-2", "prompt": prompt, **extra})
+    return httpx.post(
+        rig.gw.v1 + "/images/jobs",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"endpoint": "generations", "model": "gpt-image-2", "prompt": prompt, **extra},
+    )
 
 
 def job(rig: Rig, token: str, job_id: str) -> dict[str, Any]:
@@ -194,15 +224,21 @@ def test_job_submit_counts_against_rpm(rig: Rig) -> None:
 
 def test_canceled_running_edit_job_deletes_its_inputs(rig: Rig) -> None:
     token = new_token(rig, "edit-cancel")
-    r = httpx.post(rig.gw.v1 + "/images/jobs", headers={"Authorization": f"Bearer {token}"},
-                   data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue", "size": "1280x720"},
-                   files={"image": ("a.png", png_bytes(400, 300), "image/png")})
+    r = httpx.post(
+        rig.gw.v1 + "/images/jobs",
+        headers={"Authorization": f"Bearer {token}"},
+        data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue", "size": "1280x720"},
+        files={"image": ("a.png", png_bytes(400, 300), "image/png")},
+    )
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     inputs = rig.gw.data_dir / "jobs" / job_id
     assert inputs.is_dir()
     wait_for(lambda: job(rig, token, job_id)["status"] == "running")
-    assert httpx.delete(f"{rig.gw.v1}/images/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert (
+        httpx.delete(f"{rig.gw.v1}/images/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 200
+    )
     wait_for(lambda: not inputs.exists(), timeout=5)
 
 
@@ -213,8 +249,15 @@ def test_failed_and_queued_canceled_edit_jobs_delete_their_inputs(rig: Rig) -> N
     # until removed: each job now retries its channel up to IMAGERELAY_MAX_ATTEMPTS times
     httpx.post(rig.urls["legacy"] + "/_sim/faults", json={"type": "500"})
     try:
-        ids = [httpx.post(rig.gw.v1 + "/images/jobs", headers=hdr, data=form,
-                          files={"image": ("a.png", png_bytes(64, 64), "image/png")}).json()["id"] for _ in range(4)]
+        ids = [
+            httpx.post(
+                rig.gw.v1 + "/images/jobs",
+                headers=hdr,
+                data=form,
+                files={"image": ("a.png", png_bytes(64, 64), "image/png")},
+            ).json()["id"]
+            for _ in range(4)
+        ]
         cancel_all(rig, token, ids[3:])  # still queued behind the others
         for job_id in ids[:3]:
             wait_for(lambda job_id=job_id: job(rig, token, job_id)["status"] == "failed")
@@ -238,8 +281,12 @@ def test_purge_sweeps_inputs_a_crash_left_behind(rig: Rig) -> None:
 
 
 def purge(data_dir: Path, env: dict[str, str]) -> None:
-    done = subprocess.run([sys.executable, "-m", "imagerelay", "purge", "--data-dir", str(data_dir)],
-                          capture_output=True, text=True, env=backend.cli_env(data_dir, env))
+    done = subprocess.run(
+        [sys.executable, "-m", "imagerelay", "purge", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=backend.cli_env(data_dir, env),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -253,8 +300,11 @@ def test_job_images_live_as_long_as_the_job(tmp_path: Path) -> None:
     env = {"IMAGERELAY_IMAGE_URL_TTL_S": str(URL_TTL_S), "IMAGERELAY_JOB_TTL_S": str(JOB_TTL_S)}
     with run_gateway(tmp_path, extra_env=env) as gw:
         hdr = {"Authorization": f"Bearer {gw.tokens['default']}"}
-        r = httpx.post(gw.v1 + "/images/jobs", headers=hdr,
-                       json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "a lasting kite"})
+        r = httpx.post(
+            gw.v1 + "/images/jobs",
+            headers=hdr,
+            json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "a lasting kite"},
+        )
         job_id = r.json()["id"]
         created = time.time()
 
@@ -262,8 +312,11 @@ def test_job_images_live_as_long_as_the_job(tmp_path: Path) -> None:
             return httpx.get(f"{gw.v1}/images/jobs/{job_id}", headers=hdr, params=params)
 
         wait_for(lambda: poll().json()["status"] == "succeeded")
-        sync = httpx.post(gw.v1 + "/images/generations", headers=hdr,
-                          json={"model": "gpt-image-2", "prompt": "short-lived", "response_format": "url"})
+        sync = httpx.post(
+            gw.v1 + "/images/generations",
+            headers=hdr,
+            json={"model": "gpt-image-2", "prompt": "short-lived", "response_format": "url"},
+        )
         sync_url = sync.json()["data"][0]["url"]
         time.sleep(2 * URL_TTL_S + 0.5)  # past every URL lifetime (and the purge's margin)
         purge(tmp_path, env)
@@ -288,9 +341,12 @@ def test_cancel_through_another_replica_deletes_inputs(rig: Rig) -> None:
     token = new_token(rig, "edit-cancel-elsewhere")
     hdr = {"Authorization": f"Bearer {token}"}
     with run_gateway(rig.gw.data_dir, extra_env={**rig.env, "IMAGERELAY_JOB_WORKERS": "0"}) as other:
-        r = httpx.post(other.v1 + "/images/jobs", headers=hdr,
-                       data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue", "size": "1280x720"},
-                       files={"image": ("a.png", png_bytes(400, 300), "image/png")})
+        r = httpx.post(
+            other.v1 + "/images/jobs",
+            headers=hdr,
+            data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue", "size": "1280x720"},
+            files={"image": ("a.png", png_bytes(400, 300), "image/png")},
+        )
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         inputs = rig.gw.data_dir / "jobs" / job_id

@@ -33,8 +33,14 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def poll(gw: Gateway, token: str, job_id: str, until: tuple[str, ...] = ("succeeded", "failed", "canceled"),
-         timeout: float = 60, **params: Any) -> dict[str, Any]:
+def poll(
+    gw: Gateway,
+    token: str,
+    job_id: str,
+    until: tuple[str, ...] = ("succeeded", "failed", "canceled"),
+    timeout: float = 60,
+    **params: Any,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         r = httpx.get(f"{gw.v1}/images/jobs/{job_id}", headers=auth(token), params=params)
@@ -47,15 +53,20 @@ def poll(gw: Gateway, token: str, job_id: str, until: tuple[str, ...] = ("succee
 
 
 def ledger_for(gw: Gateway, prefix: str) -> list[int]:
-    return [r[0] for r in backend.query(gw.data_dir, "select amount_micros from ledger where request_id like ?",
-                                        (prefix + "%",))]
+    return [
+        r[0]
+        for r in backend.query(gw.data_dir, "select amount_micros from ledger where request_id like ?", (prefix + "%",))
+    ]
 
 
 def test_prefer_respond_async_generation(gw: Gateway) -> None:
     token = gw.tokens["Sora2Official"]
     started = time.monotonic()
-    r = httpx.post(gw.v1 + "/images/generations", headers={**auth(token), "Prefer": "respond-async"},
-                   json={"model": "gpt-image-2", "prompt": "a red fox", "size": "1024x1024", "quality": "low"})
+    r = httpx.post(
+        gw.v1 + "/images/generations",
+        headers={**auth(token), "Prefer": "respond-async"},
+        json={"model": "gpt-image-2", "prompt": "a red fox", "size": "1024x1024", "quality": "low"},
+    )
     assert time.monotonic() - started < 1.0
     assert r.status_code == 202, r.text
     job = r.json()
@@ -80,9 +91,12 @@ def test_prefer_respond_async_generation(gw: Gateway) -> None:
 
 def test_jobs_endpoint_edit_multipart(gw: Gateway) -> None:
     token = gw.tokens["default"]
-    r = httpx.post(gw.v1 + "/images/jobs", headers=auth(token),
-                   data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue", "size": "1280x720"},
-                   files={"image": ("a.png", png_bytes(400, 300), "image/png")})
+    r = httpx.post(
+        gw.v1 + "/images/jobs",
+        headers=auth(token),
+        data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue", "size": "1280x720"},
+        files={"image": ("a.png", png_bytes(400, 300), "image/png")},
+    )
     assert r.status_code == 202, r.text
     done = poll(gw, token, r.json()["id"])
     assert done["status"] == "succeeded" and done["endpoint"] == "edits"
@@ -92,30 +106,56 @@ def test_jobs_endpoint_edit_multipart(gw: Gateway) -> None:
 
 def test_jobs_endpoint_json_generation_and_bad_endpoint(gw: Gateway) -> None:
     token = gw.tokens["default"]
-    r = httpx.post(gw.v1 + "/images/jobs", headers=auth(token),
-                   json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "x", "response_format": "b64_json"})
+    r = httpx.post(
+        gw.v1 + "/images/jobs",
+        headers=auth(token),
+        json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "x", "response_format": "b64_json"},
+    )
     assert r.status_code == 202
     done = poll(gw, token, r.json()["id"])
     assert done["result"]["data"][0]["b64_json"]
     bad = httpx.post(gw.v1 + "/images/jobs", headers=auth(token), json={"endpoint": "videos", "prompt": "x"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "endpoint"
-    invalid = httpx.post(gw.v1 + "/images/jobs", headers=auth(token),
-                         json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "x", "quality": "high"})
+    invalid = httpx.post(
+        gw.v1 + "/images/jobs",
+        headers=auth(token),
+        json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "x", "quality": "high"},
+    )
     assert invalid.status_code == 400 and invalid.json()["error"]["param"] == "quality"
 
 
 def test_other_users_get_404(gw: Gateway) -> None:
-    r = httpx.post(gw.v1 + "/images/generations", headers={**auth(gw.tokens["default"]), "Prefer": "respond-async"},
-                   json={"model": "gpt-image-2", "prompt": "mine"})
+    r = httpx.post(
+        gw.v1 + "/images/generations",
+        headers={**auth(gw.tokens["default"]), "Prefer": "respond-async"},
+        json={"model": "gpt-image-2", "prompt": "mine"},
+    )
     job_id = r.json()["id"]
     other = httpx.post(f"{gw.base_url}/admin/tokens", json={})  # no admin token configured: refused
     assert other.status_code in (401, 403)
     # A different user's token (create through the CLI).
     import subprocess
     import sys
-    token = subprocess.run([sys.executable, "-m", "imagerelay", "tokens", "create", "--user", "stranger",
-                            "--group", "default", "--data-dir", str(gw.data_dir)],
-                           capture_output=True, text=True, check=True, env=backend.cli_env(gw.data_dir)).stdout.strip()
+
+    token = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imagerelay",
+            "tokens",
+            "create",
+            "--user",
+            "stranger",
+            "--group",
+            "default",
+            "--data-dir",
+            str(gw.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=backend.cli_env(gw.data_dir),
+    ).stdout.strip()
     for method in ("GET", "DELETE"):
         resp = httpx.request(method, f"{gw.v1}/images/jobs/{job_id}", headers=auth(token))
         assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
@@ -144,8 +184,11 @@ def test_webhook_signed_and_retried(gw: Gateway) -> None:
     try:
         token = gw.tokens["GPTImage2 Enterprise"]
         hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
-        r = httpx.post(gw.v1 + "/images/generations", headers={**auth(token), "Prefer": "respond-async"},
-                       json={"model": "gpt-image-2", "prompt": "a boat", "quality": "low", "webhook_url": hook})
+        r = httpx.post(
+            gw.v1 + "/images/generations",
+            headers={**auth(token), "Prefer": "respond-async"},
+            json={"model": "gpt-image-2", "prompt": "a boat", "quality": "low", "webhook_url": hook},
+        )
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         deadline = time.monotonic() + 30
@@ -177,8 +220,11 @@ def test_webhook_signed_and_retried(gw: Gateway) -> None:
 def test_webhook_ssrf_rules(gw: Gateway) -> None:
     token = gw.tokens["default"]
     for url in ("ftp://example.com/x", "http://user:pw@example.com/", "not a url"):
-        r = httpx.post(gw.v1 + "/images/jobs", headers=auth(token),
-                       json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "x", "webhook_url": url})
+        r = httpx.post(
+            gw.v1 + "/images/jobs",
+            headers=auth(token),
+            json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "x", "webhook_url": url},
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "webhook_url", url
 
 

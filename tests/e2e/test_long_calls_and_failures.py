@@ -54,17 +54,41 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         run_asgi(create_upstream_app("openai", api_keys=[KEY])) as b,
         run_asgi(create_upstream_app("openai", api_keys=[KEY], models=(*DEFAULT_MODELS, "gpt-image-2-vip"))) as legacy,
     ):
-        catalog = write_catalog(tmp / "catalog.yaml", [
-            {"name": "a", "type": "openai", "base_url": a + "/v1", "api_key_env": "SLOW_KEY",
-             "pools": ["official-mixed", "official-pure"]},
-            {"name": "b", "type": "openai", "base_url": b + "/v1", "api_key_env": "SLOW_KEY",
-             "pools": ["official-mixed", "official-pure"]},
-            {"name": "legacy", "type": "openai-compatible", "base_url": legacy + "/v1", "api_key_env": "SLOW_KEY",
-             "pools": ["legacy", "legacy-vip"], "timeout_s": 1.0},
-        ])
-        env = {"SLOW_KEY": KEY, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_JOB_WORKERS": "1",
-               "IMAGERELAY_MAX_RETRY_AFTER_S": "0.2",
-               "IMAGERELAY_RETRY_BACKOFF_S": "0.02", "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.1"}
+        catalog = write_catalog(
+            tmp / "catalog.yaml",
+            [
+                {
+                    "name": "a",
+                    "type": "openai",
+                    "base_url": a + "/v1",
+                    "api_key_env": "SLOW_KEY",
+                    "pools": ["official-mixed", "official-pure"],
+                },
+                {
+                    "name": "b",
+                    "type": "openai",
+                    "base_url": b + "/v1",
+                    "api_key_env": "SLOW_KEY",
+                    "pools": ["official-mixed", "official-pure"],
+                },
+                {
+                    "name": "legacy",
+                    "type": "openai-compatible",
+                    "base_url": legacy + "/v1",
+                    "api_key_env": "SLOW_KEY",
+                    "pools": ["legacy", "legacy-vip"],
+                    "timeout_s": 1.0,
+                },
+            ],
+        )
+        env = {
+            "SLOW_KEY": KEY,
+            "IMAGERELAY_CATALOG": str(catalog),
+            "IMAGERELAY_JOB_WORKERS": "1",
+            "IMAGERELAY_MAX_RETRY_AFTER_S": "0.2",
+            "IMAGERELAY_RETRY_BACKOFF_S": "0.02",
+            "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.1",
+        }
         data = tmp / "data"
         data.mkdir()
         with run_gateway(data, extra_env=env) as gw:
@@ -84,8 +108,9 @@ def balance(gw: Gateway, group: str) -> tuple[int, int]:
 
 
 def records(rig: Rig, group: str) -> list[dict[str, Any]]:
-    r = httpx.get(rig.gw.v1 + "/account/usage", params={"limit": 500},
-                  headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"})
+    r = httpx.get(
+        rig.gw.v1 + "/account/usage", params={"limit": 500}, headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"}
+    )
     return list(r.json()["data"])
 
 
@@ -104,7 +129,9 @@ def slow(rig: Rig, seconds: float = LATENCY_S) -> None:
 # -- failures cost nothing ---------------------------------------------------------------
 
 
-def _assert_nothing_charged(rig: Rig, group: str, before: tuple[int, int], n_records: int, status: int) -> dict[str, Any]:
+def _assert_nothing_charged(
+    rig: Rig, group: str, before: tuple[int, int], n_records: int, status: int
+) -> dict[str, Any]:
     wait_for(lambda: balance(rig.gw, group) == before)
     recs = records(rig, group)
     assert len(recs) == n_records + 1
@@ -153,8 +180,12 @@ def test_client_disconnect_mid_call_costs_nothing(rig: Rig) -> None:
     before, n = balance(rig.gw, group), len(records(rig, group))
     slow(rig, 3.0)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(rig.gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "x", "quality": "low"},
-                   headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"}, timeout=1.0)
+        httpx.post(
+            rig.gw.v1 + "/images/generations",
+            json={"model": "gpt-image-2", "prompt": "x", "quality": "low"},
+            headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"},
+            timeout=1.0,
+        )
     rec = _assert_nothing_charged(rig, group, before, n, 499)
     assert rec["error_code"] == "client_disconnected"
 
@@ -180,15 +211,21 @@ def test_sync_call_fails_at_proxy_keepalive_and_job_succeed(rig: Rig) -> None:
         res = client.images.generate(**body, extra_headers={"X-Imagerelay-Keepalive": "1"})
         assert res.data[0].b64_json and res.size == "1024x1024" and res.usage.output_tokens > 0
         # 3. A job submitted through the proxy succeeds by polling.
-        sub = httpx.post(proxy + "/v1/images/generations", json=body,
-                         headers={"Authorization": f"Bearer {rig.gw.tokens[group]}", "Prefer": "respond-async"})
+        sub = httpx.post(
+            proxy + "/v1/images/generations",
+            json=body,
+            headers={"Authorization": f"Bearer {rig.gw.tokens[group]}", "Prefer": "respond-async"},
+        )
         assert sub.status_code == 202
         job_id = sub.json()["id"]
         final: dict[str, Any] = {}
 
         def done() -> bool:
-            final.update(httpx.get(f"{proxy}/v1/images/jobs/{job_id}",
-                                   headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"}).json())
+            final.update(
+                httpx.get(
+                    f"{proxy}/v1/images/jobs/{job_id}", headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"}
+                ).json()
+            )
             return final["status"] in ("succeeded", "failed")
 
         wait_for(done, timeout=60)
@@ -199,21 +236,29 @@ def test_keepalive_error_after_first_byte_is_an_error_body(rig: Rig) -> None:
     for name in ("a", "b"):
         rig.fault(name, type="latency", latency_s=2)
         rig.fault(name, type="500")
-    r = httpx.post(rig.gw.v1 + "/images/generations",
-                   json={"model": "gpt-image-2", "prompt": "x", "quality": "low"},
-                   headers={"Authorization": f"Bearer {rig.gw.tokens['Sora2Official']}", "X-Imagerelay-Keepalive": "1"},
-                   timeout=60)
+    r = httpx.post(
+        rig.gw.v1 + "/images/generations",
+        json={"model": "gpt-image-2", "prompt": "x", "quality": "low"},
+        headers={"Authorization": f"Bearer {rig.gw.tokens['Sora2Official']}", "X-Imagerelay-Keepalive": "1"},
+        timeout=60,
+    )
     assert r.status_code == 200
     assert r.content.startswith(b" ")
     assert r.json()["error"]["code"] in ("upstream_unavailable", "upstream_overloaded")
 
 
 def test_keepalive_validation_errors_keep_their_status(rig: Rig) -> None:
-    r = httpx.post(rig.gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "x", "quality": "ultra"},
-                   headers={"Authorization": f"Bearer {rig.gw.tokens['Sora2Official']}", "X-Imagerelay-Keepalive": "1"})
+    r = httpx.post(
+        rig.gw.v1 + "/images/generations",
+        json={"model": "gpt-image-2", "prompt": "x", "quality": "ultra"},
+        headers={"Authorization": f"Bearer {rig.gw.tokens['Sora2Official']}", "X-Imagerelay-Keepalive": "1"},
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "quality"
-    bad = httpx.post(rig.gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "x"},
-                     headers={"Authorization": f"Bearer {rig.gw.tokens['Sora2Official']}", "X-Imagerelay-Keepalive": "0"})
+    bad = httpx.post(
+        rig.gw.v1 + "/images/generations",
+        json={"model": "gpt-image-2", "prompt": "x"},
+        headers={"Authorization": f"Bearer {rig.gw.tokens['Sora2Official']}", "X-Imagerelay-Keepalive": "0"},
+    )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "X-Imagerelay-Keepalive"
 
 
@@ -221,8 +266,11 @@ def test_keepalive_header_that_is_not_a_finite_number_is_refused(rig: Rig) -> No
     group = "Sora2Official"
     before, n = balance(rig.gw, group), len(records(rig, group))
     for raw in ("abc", "nan", "inf", ""):
-        r = httpx.post(rig.gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "x"},
-                       headers={"Authorization": f"Bearer {rig.gw.tokens[group]}", "X-Imagerelay-Keepalive": raw})
+        r = httpx.post(
+            rig.gw.v1 + "/images/generations",
+            json={"model": "gpt-image-2", "prompt": "x"},
+            headers={"Authorization": f"Bearer {rig.gw.tokens[group]}", "X-Imagerelay-Keepalive": raw},
+        )
         assert r.status_code == 400, (raw, r.text)
         assert r.json()["error"]["param"] == "X-Imagerelay-Keepalive"
     # Refused at the door: no hold, no call, no usage record.
@@ -233,8 +281,11 @@ def test_keepalive_header_that_is_not_a_finite_number_is_refused(rig: Rig) -> No
 def test_keepalive_call_with_idempotency_key_is_replayed_and_charged_once(rig: Rig) -> None:
     group = "Sora2Official"
     slow(rig, 1.5)
-    headers = {"Authorization": f"Bearer {rig.gw.tokens[group]}", "X-Imagerelay-Keepalive": "1",
-               "Idempotency-Key": "keepalive-order-1"}
+    headers = {
+        "Authorization": f"Bearer {rig.gw.tokens[group]}",
+        "X-Imagerelay-Keepalive": "1",
+        "Idempotency-Key": "keepalive-order-1",
+    }
     body = {"model": "gpt-image-2", "prompt": "a kept-alive apple", "quality": "low"}
     first = httpx.post(rig.gw.v1 + "/images/generations", json=body, headers=headers, timeout=60)
     assert first.status_code == 200 and first.content.startswith(b" ")
@@ -252,20 +303,30 @@ def test_keepalive_call_with_idempotency_key_is_replayed_and_charged_once(rig: R
 
 
 def _submit(rig: Rig, group: str, prompt: str) -> str:
-    r = httpx.post(rig.gw.v1 + "/images/generations",
-                   json={"model": "gpt-image-2", "prompt": prompt, "size": "1024x1024", "quality": "low"},
-                   headers={"Authorization": f"Bearer {rig.gw.tokens[group]}", "Prefer": "respond-async"})
+    r = httpx.post(
+        rig.gw.v1 + "/images/generations",
+        json={"model": "gpt-image-2", "prompt": prompt, "size": "1024x1024", "quality": "low"},
+        headers={"Authorization": f"Bearer {rig.gw.tokens[group]}", "Prefer": "respond-async"},
+    )
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
 
 
 def _job(gw: Gateway, group: str, job_id: str) -> dict[str, Any]:
-    return dict(httpx.get(f"{gw.v1}/images/jobs/{job_id}", headers={"Authorization": f"Bearer {gw.tokens[group]}"}).json())
+    return dict(
+        httpx.get(f"{gw.v1}/images/jobs/{job_id}", headers={"Authorization": f"Bearer {gw.tokens[group]}"}).json()
+    )
 
 
 def _charges(data_dir: Path, request_id_prefix: str) -> list[int]:
-    return [r[0] for r in backend.query(
-        data_dir, "select amount_micros from ledger where kind='charge' and request_id like ?", (request_id_prefix + "%",))]
+    return [
+        r[0]
+        for r in backend.query(
+            data_dir,
+            "select amount_micros from ledger where kind='charge' and request_id like ?",
+            (request_id_prefix + "%",),
+        )
+    ]
 
 
 def _request_id(data_dir: Path, job_id: str) -> str:
@@ -282,12 +343,16 @@ def test_cancel_running_and_queued_jobs(rig: Rig) -> None:
     assert _job(rig.gw, group, queued)["status"] == "queued"
     assert balance(rig.gw, group)[1] > 0  # both holds in place
     for job_id in (queued, running):
-        r = httpx.delete(f"{rig.gw.v1}/images/jobs/{job_id}", headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"})
+        r = httpx.delete(
+            f"{rig.gw.v1}/images/jobs/{job_id}", headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"}
+        )
         assert r.status_code == 200 and r.json()["status"] == "canceled"
     wait_for(lambda: balance(rig.gw, group) == before)
     for job_id in (queued, running):
         assert _charges(rig.data_dir, _request_id(rig.data_dir, job_id)) == []
-    again = httpx.delete(f"{rig.gw.v1}/images/jobs/{running}", headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"})
+    again = httpx.delete(
+        f"{rig.gw.v1}/images/jobs/{running}", headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"}
+    )
     assert again.status_code == 409
 
 
@@ -319,6 +384,10 @@ def test_restart_with_jobs_queued_and_running(rig: Rig) -> None:
             wait_for(lambda job_id=job_id: _job(gw2, group, job_id)["status"] in ("succeeded", "failed"), timeout=90)
             assert _job(gw2, group, job_id)["status"] == "succeeded"
             assert len(_charges(rig.data_dir, _request_id(rig.data_dir, job_id))) == 1
-        audit = subprocess.run([sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(rig.data_dir)],
-                               capture_output=True, text=True, env=backend.cli_env(rig.data_dir, rig.env))
+        audit = subprocess.run(
+            [sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(rig.data_dir)],
+            capture_output=True,
+            text=True,
+            env=backend.cli_env(rig.data_dir, rig.env),
+        )
         assert audit.returncode == 0, audit.stdout + audit.stderr

@@ -51,12 +51,32 @@ JSON_CASES: list[tuple[str, bytes, int, str | None]] = [
     ("size junk", b'{"model": "gpt-image-2", "prompt": "x", "size": "big"}', 400, "size"),
     ("size not /16", b'{"model": "gpt-image-2", "prompt": "x", "size": "1792x936"}', 400, "size"),
     ("quality bad", b'{"model": "gpt-image-2", "prompt": "x", "quality": "ultra"}', 400, "quality"),
-    ("transparent jpeg", b'{"model": "gpt-image-2", "prompt": "x", "background": "transparent", "output_format": "jpeg"}', 400, "background"),
-    ("compression range", b'{"model": "gpt-image-2", "prompt": "x", "output_format": "jpeg", "output_compression": 101}', 400, "output_compression"),
-    ("partial_images range", b'{"model": "gpt-image-2", "prompt": "x", "stream": true, "partial_images": 4}', 400, "partial_images"),
+    (
+        "transparent jpeg",
+        b'{"model": "gpt-image-2", "prompt": "x", "background": "transparent", "output_format": "jpeg"}',
+        400,
+        "background",
+    ),
+    (
+        "compression range",
+        b'{"model": "gpt-image-2", "prompt": "x", "output_format": "jpeg", "output_compression": 101}',
+        400,
+        "output_compression",
+    ),
+    (
+        "partial_images range",
+        b'{"model": "gpt-image-2", "prompt": "x", "stream": true, "partial_images": 4}',
+        400,
+        "partial_images",
+    ),
     ("moderation bad", b'{"model": "gpt-image-2", "prompt": "x", "moderation": "none"}', 400, "moderation"),
     ("unknown param", b'{"model": "gpt-image-2", "prompt": "x", "colour": "red"}', 400, "colour"),
-    ("response_format bad", b'{"model": "gpt-image-2", "prompt": "x", "response_format": "gif"}', 400, "response_format"),
+    (
+        "response_format bad",
+        b'{"model": "gpt-image-2", "prompt": "x", "response_format": "gif"}',
+        400,
+        "response_format",
+    ),
     ("input_fidelity", b'{"model": "gpt-image-2", "prompt": "x", "input_fidelity": "high"}', 400, "input_fidelity"),
     ("deep nesting", b'{"model": "gpt-image-2", "prompt": "x", "user": ' + b"[" * 500 + b"]" * 500 + b"}", 400, None),
 ]
@@ -78,7 +98,8 @@ def test_huge_prompt(gateway: Gateway) -> None:
 
 def test_huge_body_declared(gateway: Gateway) -> None:
     resp = httpx.post(
-        gateway.v1 + GEN, content=b"{" + b" " * (70 * 1024 * 1024) + b"}",
+        gateway.v1 + GEN,
+        content=b"{" + b" " * (70 * 1024 * 1024) + b"}",
         headers={**auth(gateway), "Content-Type": "application/json"},
     )
     assert_official_error(resp, 413)
@@ -86,7 +107,8 @@ def test_huge_body_declared(gateway: Gateway) -> None:
 
 def test_empty_multipart(gateway: Gateway) -> None:
     resp = httpx.post(
-        gateway.v1 + EDIT, content=b"--xyz--\r\n",
+        gateway.v1 + EDIT,
+        content=b"--xyz--\r\n",
         headers={**auth(gateway), "Content-Type": "multipart/form-data; boundary=xyz"},
     )
     assert_official_error(resp)
@@ -94,23 +116,32 @@ def test_empty_multipart(gateway: Gateway) -> None:
 
 def test_broken_multipart(gateway: Gateway) -> None:
     resp = httpx.post(
-        gateway.v1 + EDIT, content=b"garbage without boundary",
+        gateway.v1 + EDIT,
+        content=b"garbage without boundary",
         headers={**auth(gateway), "Content-Type": "multipart/form-data"},
     )
     assert_official_error(resp)
 
 
 def test_edit_without_image(gateway: Gateway) -> None:
-    resp = httpx.post(gateway.v1 + EDIT, data={"model": "gpt-image-2", "prompt": "x"},
-                      files={"unused": ("", b"")}, headers=auth(gateway))
+    resp = httpx.post(
+        gateway.v1 + EDIT,
+        data={"model": "gpt-image-2", "prompt": "x"},
+        files={"unused": ("", b"")},
+        headers=auth(gateway),
+    )
     assert_official_error(resp)
 
 
 def test_edit_truncated_png(gateway: Gateway) -> None:
     data = png_bytes(300, 300)
     resp = httpx.post(
-        gateway.v1 + EDIT, data={"model": "gpt-image-2", "prompt": "x"},
-        files=[("image[]", ("a.png", png_bytes(), "image/png")), ("image[]", ("b.png", data[: len(data) // 2], "image/png"))],
+        gateway.v1 + EDIT,
+        data={"model": "gpt-image-2", "prompt": "x"},
+        files=[
+            ("image[]", ("a.png", png_bytes(), "image/png")),
+            ("image[]", ("b.png", data[: len(data) // 2], "image/png")),
+        ],
         headers=auth(gateway),
     )
     err = assert_official_error(resp, 400)
@@ -119,7 +150,8 @@ def test_edit_truncated_png(gateway: Gateway) -> None:
 
 def test_edit_gif_named_png(gateway: Gateway) -> None:
     resp = httpx.post(
-        gateway.v1 + EDIT, data={"model": "gpt-image-2", "prompt": "x"},
+        gateway.v1 + EDIT,
+        data={"model": "gpt-image-2", "prompt": "x"},
         files=[("image", ("a.png", b"GIF89a" + b"\x00" * 100, "image/png"))],
         headers=auth(gateway),
     )
@@ -129,15 +161,20 @@ def test_edit_gif_named_png(gateway: Gateway) -> None:
 
 def test_edit_too_many_images(gateway: Gateway) -> None:
     files = [("image[]", (f"{i}.png", png_bytes(64, 64), "image/png")) for i in range(17)]
-    resp = httpx.post(gateway.v1 + EDIT, data={"model": "gpt-image-2", "prompt": "x"}, files=files, headers=auth(gateway))
+    resp = httpx.post(
+        gateway.v1 + EDIT, data={"model": "gpt-image-2", "prompt": "x"}, files=files, headers=auth(gateway)
+    )
     assert_official_error(resp, 400)
 
 
 def test_edit_mask_mismatch(gateway: Gateway) -> None:
     resp = httpx.post(
-        gateway.v1 + EDIT, data={"model": "gpt-image-2", "prompt": "x"},
-        files=[("image", ("a.png", png_bytes(256, 256), "image/png")),
-               ("mask", ("m.png", png_bytes(128, 128, (0, 0, 0, 0), "RGBA"), "image/png"))],
+        gateway.v1 + EDIT,
+        data={"model": "gpt-image-2", "prompt": "x"},
+        files=[
+            ("image", ("a.png", png_bytes(256, 256), "image/png")),
+            ("mask", ("m.png", png_bytes(128, 128, (0, 0, 0, 0), "RGBA"), "image/png")),
+        ],
         headers=auth(gateway),
     )
     err = assert_official_error(resp, 400, "mask")
@@ -148,16 +185,24 @@ def test_edit_json_form_data_url(gateway: Gateway) -> None:
     import base64
 
     url = "data:image/png;base64," + base64.b64encode(png_bytes(320, 200)).decode()
-    resp = httpx.post(gateway.v1 + EDIT, json={"model": "gpt-image-2", "prompt": "x", "images": [{"image_url": url}]},
-                      headers=auth(gateway), timeout=60)
+    resp = httpx.post(
+        gateway.v1 + EDIT,
+        json={"model": "gpt-image-2", "prompt": "x", "images": [{"image_url": url}]},
+        headers=auth(gateway),
+        timeout=60,
+    )
     assert resp.status_code == 200, resp.text[:300]
-    bad = httpx.post(gateway.v1 + EDIT, json={"model": "gpt-image-2", "prompt": "x",
-                                              "images": [{"image_url": "https://example.com/a.png"}]},
-                     headers=auth(gateway))
+    bad = httpx.post(
+        gateway.v1 + EDIT,
+        json={"model": "gpt-image-2", "prompt": "x", "images": [{"image_url": "https://example.com/a.png"}]},
+        headers=auth(gateway),
+    )
     assert_official_error(bad, 400, "images[0]")
-    garbled = httpx.post(gateway.v1 + EDIT, json={"model": "gpt-image-2", "prompt": "x",
-                                                  "images": [{"image_url": "data:image/png;base64,@@@"}]},
-                         headers=auth(gateway))
+    garbled = httpx.post(
+        gateway.v1 + EDIT,
+        json={"model": "gpt-image-2", "prompt": "x", "images": [{"image_url": "data:image/png;base64,@@@"}]},
+        headers=auth(gateway),
+    )
     assert_official_error(garbled, 400, "images[0]")
 
 
@@ -168,9 +213,7 @@ def test_edit_wrong_content_type(gateway: Gateway) -> None:
 
 def test_missing_and_bad_auth(gateway: Gateway) -> None:
     assert_official_error(httpx.post(gateway.v1 + GEN, json={"model": "gpt-image-2", "prompt": "x"}), 401)
-    assert_official_error(
-        httpx.post(gateway.v1 + GEN, json={}, headers={"Authorization": "Basic abc"}), 401
-    )
+    assert_official_error(httpx.post(gateway.v1 + GEN, json={}, headers={"Authorization": "Basic abc"}), 401)
 
 
 def test_unknown_path_and_method(gateway: Gateway) -> None:

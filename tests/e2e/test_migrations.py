@@ -76,8 +76,9 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     trees: dict[str, Path] = {}
     for commit in (PREVIOUS_RELEASE, BEFORE_MIGRATIONS):
         archive = tmp_path_factory.mktemp(f"release-{commit}") / "src.tar"
-        made = subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(archive), commit, "imagerelay"],
-                              capture_output=True)
+        made = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "-o", str(archive), commit, "imagerelay"], capture_output=True
+        )
         if made.returncode != 0:
             pytest.skip(f"commit {commit} is not in this clone (shallow?): cannot run the earlier release")
         with tarfile.open(archive) as tar:
@@ -87,8 +88,13 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def cli(db: Db, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "imagerelay", *args, "--data-dir", str(db.data_dir)],
-                          env={**os.environ, **db.env}, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "imagerelay", *args, "--data-dir", str(db.data_dir)],
+        env={**os.environ, **db.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def auth(token: str) -> dict[str, str]:
@@ -117,7 +123,11 @@ def refused_start(db: Db, extra_env: dict[str, str] | None = None) -> list[str]:
     """Start `imagerelay serve` and expect it to refuse: the lines it printed."""
     proc = subprocess.run(
         [sys.executable, "-m", "imagerelay", "serve", "--port", str(free_port()), "--data-dir", str(db.data_dir)],
-        env={**os.environ, **db.env, **(extra_env or {})}, capture_output=True, text=True, timeout=60)
+        env={**os.environ, **db.env, **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
 
@@ -141,7 +151,8 @@ def test_empty_database_upgrades_to_models(db: Db) -> None:
     differences = migrate.differences(db.url)
     assert not differences, (
         "the models in imagerelay/storage/schema.py and the head migration differ: "
-        f"{differences}; write a migration: `imagerelay db revision -m '...'` (docs/migrations.md)")
+        f"{differences}; write a migration: `imagerelay db revision -m '...'` (docs/migrations.md)"
+    )
     current = cli(db, "db", "current")
     assert current.returncode == 0 and current.stdout.strip() == f"revision {HEAD} (head)", current
 
@@ -179,8 +190,9 @@ def test_previous_release_database_is_refused_then_upgraded(db: Db, releases: di
 
     current = cli(db, "db", "current")
     assert current.returncode == 1, current
-    assert current.stdout.strip() == ("revision 0001 (made before migrations; not yet stamped); "
-                                      f"head is {HEAD}: run `imagerelay db upgrade`")
+    assert current.stdout.strip() == (
+        f"revision 0001 (made before migrations; not yet stamped); head is {HEAD}: run `imagerelay db upgrade`"
+    )
     lines = refused_start(db)
     assert len(lines) == 1 and "imagerelay db upgrade" in lines[0] and "0001" in lines[0], lines
 
@@ -206,8 +218,9 @@ def test_database_made_before_migrations_is_recognised_as_0002(db: Db, releases:
     assert "instances" in db.tables() and "alembic_version" not in db.tables()
     current = cli(db, "db", "current")
     assert current.returncode == 1, current
-    assert current.stdout.strip() == ("revision 0002 (made before migrations; not yet stamped); "
-                                      f"head is {HEAD}: run `imagerelay db upgrade`")
+    assert current.stdout.strip() == (
+        f"revision 0002 (made before migrations; not yet stamped); head is {HEAD}: run `imagerelay db upgrade`"
+    )
     lines = refused_start(db)
     assert len(lines) == 1 and "imagerelay db upgrade" in lines[0] and "0002" in lines[0], lines
     upgraded = cli(db, "db", "upgrade")
@@ -239,7 +252,10 @@ def test_replicas_starting_together_on_an_empty_database(db: Db) -> None:
             log = stack.enter_context(open(data / "gateway.log", "wb"))
             proc = subprocess.Popen(
                 [sys.executable, "-m", "imagerelay", "serve", "--port", str(port), "--data-dir", str(data)],
-                env={**os.environ, **db.env}, stdout=log, stderr=subprocess.STDOUT)
+                env={**os.environ, **db.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             stack.callback(proc.wait, 10)
             stack.callback(proc.terminate)
             procs.append((proc, port, data))
@@ -275,9 +291,11 @@ def test_unrecognised_layout_is_refused_with_what_is_missing(db: Db) -> None:
     """Tables without a revision whose layout no release made (here: half of 0002) are
     never stamped and altered on a guess."""
     migrate.upgrade(db.url, "0001")
-    db.execute("DROP TABLE alembic_version",
-               "CREATE TABLE instances (id VARCHAR(64) PRIMARY KEY, host VARCHAR(255) NOT NULL, pid INTEGER NOT NULL, "
-               "started_at FLOAT NOT NULL, expires_at FLOAT NOT NULL)")
+    db.execute(
+        "DROP TABLE alembic_version",
+        "CREATE TABLE instances (id VARCHAR(64) PRIMARY KEY, host VARCHAR(255) NOT NULL, pid INTEGER NOT NULL, "
+        "started_at FLOAT NOT NULL, expires_at FLOAT NOT NULL)",
+    )
     for args in (("db", "current"), ("db", "upgrade")):
         proc = cli(db, *args)
         assert proc.returncode == 2, proc
@@ -290,4 +308,6 @@ def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
     for args in (("db", "current"), ("db", "upgrade")):
         proc = cli(db, *args)
         assert proc.returncode == 2, proc
-        assert proc.stderr.startswith("error: database error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("error: database error: ") and len(proc.stderr.strip().splitlines()) == 1, (
+            proc.stderr
+        )

@@ -24,9 +24,17 @@ def test_sdk_retrieve_official_route(gateway: Gateway) -> None:
     assert caps["n"] == {"min": 1, "max": 10}
     assert caps["streaming"] == {"supported": True, "partial_images_max": 3}
     assert caps["size"]["mode"] == "rules" and caps["size"]["max_edge"] == 3840 and caps["size"]["auto"] is True
-    assert caps["billing"] == {"mode": "usage", "multiplier": "1", "usd_per_million_tokens": {
-        "text_input": "5", "cached_text_input": "1.25", "image_input": "8", "cached_image_input": "2",
-        "image_output": "30"}}
+    assert caps["billing"] == {
+        "mode": "usage",
+        "multiplier": "1",
+        "usd_per_million_tokens": {
+            "text_input": "5",
+            "cached_text_input": "1.25",
+            "image_input": "8",
+            "cached_image_input": "2",
+            "image_output": "30",
+        },
+    }
 
 
 def test_enterprise_price_carries_the_multiplier(gateway: Gateway) -> None:
@@ -68,7 +76,9 @@ def test_retrieve_needs_a_key(gateway: Gateway) -> None:
 
 
 def test_pricing_unchanged(gateway: Gateway) -> None:
-    r = httpx.get(gateway.v1 + "/pricing", headers={"Authorization": f"Bearer {gateway.tokens['GPTImage2 Enterprise']}"})
+    r = httpx.get(
+        gateway.v1 + "/pricing", headers={"Authorization": f"Bearer {gateway.tokens['GPTImage2 Enterprise']}"}
+    )
     entry = r.json()["data"][0]
     assert entry["billing_mode"] == "usage" and entry["multiplier"] == "1.2"
     assert entry["usd_per_million_tokens"]["image_output"] == "36"

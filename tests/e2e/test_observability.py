@@ -38,8 +38,12 @@ class Rig:
 
     def call(self, **fields: Any) -> httpx.Response:
         body = {"model": "gpt-image-2", "prompt": "a lighthouse", "size": "1024x1024", "quality": "low", **fields}
-        return httpx.post(self.gw.v1 + "/images/generations", json=body, timeout=60,
-                          headers={"Authorization": f"Bearer {self.gw.tokens[GROUP]}"})
+        return httpx.post(
+            self.gw.v1 + "/images/generations",
+            json=body,
+            timeout=60,
+            headers={"Authorization": f"Bearer {self.gw.tokens[GROUP]}"},
+        )
 
     def scrape(self, token: str = SCRAPER) -> Samples:
         r = httpx.get(self.gw.base_url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
@@ -62,10 +66,21 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def channels(first: str, second: str) -> list[dict[str, Any]]:
     return [
-        {"name": "first", "type": "openai", "base_url": first + "/v1", "api_key_env": "FIRST_KEY",
-         "pools": ["official-mixed"], "priority": 10},
-        {"name": "second", "type": "openai", "base_url": second + "/v1", "api_key_env": "SECOND_KEY",
-         "pools": ["official-mixed"]},
+        {
+            "name": "first",
+            "type": "openai",
+            "base_url": first + "/v1",
+            "api_key_env": "FIRST_KEY",
+            "pools": ["official-mixed"],
+            "priority": 10,
+        },
+        {
+            "name": "second",
+            "type": "openai",
+            "base_url": second + "/v1",
+            "api_key_env": "SECOND_KEY",
+            "pools": ["official-mixed"],
+        },
     ]
 
 
@@ -77,8 +92,13 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         run_asgi(create_upstream_app("openai", api_keys=[KEYS["SECOND_KEY"]])) as second,
     ):
         catalog = write_catalog(tmp / "catalog.yaml", channels(first, second))
-        env = {**KEYS, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
-               "IMAGERELAY_METRICS_TOKEN": SCRAPER, "IMAGERELAY_LOG_FORMAT": "json"}
+        env = {
+            **KEYS,
+            "IMAGERELAY_CATALOG": str(catalog),
+            "IMAGERELAY_ADMIN_TOKEN": ADMIN,
+            "IMAGERELAY_METRICS_TOKEN": SCRAPER,
+            "IMAGERELAY_LOG_FORMAT": "json",
+        }
         data = tmp / "data"
         data.mkdir()
         with run_gateway(data, extra_env=env) as gw:
@@ -100,8 +120,18 @@ def test_metrics_after_a_known_mix_of_calls(rig: Rig) -> None:
     call = {"group": GROUP, "model": "gpt-image-2", "route": "official-mixed", "endpoint": "generations"}
     assert value(m, "imagerelay_calls_total", **call, status="200") == 3
     assert value(m, "imagerelay_calls_total", **call, status="400") == 1
-    assert value(m, "imagerelay_calls_total", group=GROUP, model="unknown", route="none",
-                 endpoint="generations", status="404") == 1
+    assert (
+        value(
+            m,
+            "imagerelay_calls_total",
+            group=GROUP,
+            model="unknown",
+            route="none",
+            endpoint="generations",
+            status="404",
+        )
+        == 1
+    )
     assert not any("no-such-model" in v for _, labels in m for _, v in labels)
 
     assert value(m, "imagerelay_upstream_attempts_total", channel="first", outcome="ok") == 2
@@ -204,11 +234,20 @@ def test_workers_share_their_counts(tmp_path: Path) -> None:
     with run_gateway(tmp_path, extra_env={"IMAGERELAY_METRICS_OPEN": "true"}, extra_args=["--workers", "2"]) as gw:
         headers = {"Authorization": f"Bearer {gw.tokens['default']}"}
         for _ in range(8):
-            r = httpx.post(gw.v1 + "/images/generations", json={"model": "gpt-image-2", "prompt": "a kite"},
-                           headers=headers, timeout=60)
+            r = httpx.post(
+                gw.v1 + "/images/generations",
+                json={"model": "gpt-image-2", "prompt": "a kite"},
+                headers=headers,
+                timeout=60,
+            )
             assert r.status_code == 200
-        labels = {"group": "default", "model": "gpt-image-2", "route": "legacy-standard",
-                  "endpoint": "generations", "status": "200"}
+        labels = {
+            "group": "default",
+            "model": "gpt-image-2",
+            "route": "legacy-standard",
+            "endpoint": "generations",
+            "status": "200",
+        }
         for _ in range(6):  # fresh connections, so both workers answer some of them
             m = parse(httpx.get(gw.base_url + "/metrics", headers={"connection": "close"}).text)
             assert value(m, "imagerelay_calls_total", **labels) == 8
@@ -220,8 +259,18 @@ def test_job_log_lines_carry_the_call_id(rig: Rig) -> None:
     (Runs last in this module: its calls would change the counts above.)"""
     httpx.post(rig.sims["first"] + "/_sim/faults", json={"type": "server_error", "count": 1}).raise_for_status()
     key = {"Authorization": f"Bearer {rig.gw.tokens[GROUP]}"}
-    r = httpx.post(rig.gw.v1 + "/images/jobs", headers=key, timeout=30, json={
-        "endpoint": "generations", "model": "gpt-image-2", "prompt": "a kite", "size": "1024x1024", "quality": "low"})
+    r = httpx.post(
+        rig.gw.v1 + "/images/jobs",
+        headers=key,
+        timeout=30,
+        json={
+            "endpoint": "generations",
+            "model": "gpt-image-2",
+            "prompt": "a kite",
+            "size": "1024x1024",
+            "quality": "low",
+        },
+    )
     assert r.status_code == 202, r.text
     job = r.json()
     deadline = time.monotonic() + 30

@@ -95,15 +95,26 @@ def test_answers_match_their_schemas(gateway: Gateway) -> None:
     doc = httpx.get(gateway.base_url + "/openapi.json").json()
     key = {"Authorization": f"Bearer {gateway.tokens['Sora2Official']}"}
     calls = [
-        ("GET", "/v1/models", "/v1/models", None), ("GET", "/v1/models/gpt-image-2", "/v1/models/{model}", None),
-        ("GET", "/v1/models/nope", "/v1/models/{model}", None), ("GET", "/v1/pricing", "/v1/pricing", None),
+        ("GET", "/v1/models", "/v1/models", None),
+        ("GET", "/v1/models/gpt-image-2", "/v1/models/{model}", None),
+        ("GET", "/v1/models/nope", "/v1/models/{model}", None),
+        ("GET", "/v1/pricing", "/v1/pricing", None),
         ("GET", "/v1/account/balance", "/v1/account/balance", None),
-        ("GET", "/v1/account/usage", "/v1/account/usage", None), ("GET", "/readyz", "/readyz", None),
+        ("GET", "/v1/account/usage", "/v1/account/usage", None),
+        ("GET", "/readyz", "/readyz", None),
         ("GET", "/healthz", "/healthz", None),
-        ("POST", "/v1/images/generations", "/v1/images/generations",
-         {"model": "gpt-image-2", "prompt": "a kite", "size": "1024x1024", "quality": "low"}),
-        ("POST", "/v1/images/generations", "/v1/images/generations", {"model": "gpt-image-2", "prompt": "a kite",
-                                                                    "quality": "ultra"}),
+        (
+            "POST",
+            "/v1/images/generations",
+            "/v1/images/generations",
+            {"model": "gpt-image-2", "prompt": "a kite", "size": "1024x1024", "quality": "low"},
+        ),
+        (
+            "POST",
+            "/v1/images/generations",
+            "/v1/images/generations",
+            {"model": "gpt-image-2", "prompt": "a kite", "quality": "ultra"},
+        ),
     ]
     for method, url, path, body in calls:
         assert_documented(doc, path, httpx.request(method, gateway.base_url + url, headers=key, json=body, timeout=60))
@@ -128,8 +139,13 @@ def test_account_admin_and_job_answers_match_their_schemas(admin_gw: Gateway) ->
         return r.status_code, assert_documented(doc, path, r)
 
     # admin keys: create (secret once), list (no secret), read, change, revoke
-    status, created = call("POST", "/admin/tokens", "/admin/tokens", admin,
-                           {"user": "doc-user", "group": "Sora2Official", "rpm": 5, "spend_cap_usd": "2.50"})
+    status, created = call(
+        "POST",
+        "/admin/tokens",
+        "/admin/tokens",
+        admin,
+        {"user": "doc-user", "group": "Sora2Official", "rpm": 5, "spend_cap_usd": "2.50"},
+    )
     assert status == 201 and created["token"].startswith("sk-"), created
     tid = created["id"]
     status, page = call("GET", "/admin/tokens?user=doc-user", "/admin/tokens", admin)
@@ -138,8 +154,13 @@ def test_account_admin_and_job_answers_match_their_schemas(admin_gw: Gateway) ->
     assert call("GET", "/admin/tokens?user=nobody", "/admin/tokens", admin)[0] == 404
     assert call("GET", "/admin/tokens", "/admin/tokens", user)[0] == 403
     assert call("GET", f"/admin/tokens/{tid}", "/admin/tokens/{token_id}", admin)[0] == 200
-    status, patched = call("PATCH", f"/admin/tokens/{tid}", "/admin/tokens/{token_id}", admin,
-                           {"name": "renamed", "rpm": None, "allowed_models": ["gpt-image-2"]})
+    status, patched = call(
+        "PATCH",
+        f"/admin/tokens/{tid}",
+        "/admin/tokens/{token_id}",
+        admin,
+        {"name": "renamed", "rpm": None, "allowed_models": ["gpt-image-2"]},
+    )
     assert status == 200 and patched["name"] == "renamed" and patched["limits"]["rpm"] is None
     assert call("PATCH", f"/admin/tokens/{tid}", "/admin/tokens/{token_id}", admin, {"rmp": 3})[0] == 400
     assert call("PATCH", "/admin/tokens/999999", "/admin/tokens/{token_id}", admin, {"rpm": 3})[0] == 404
@@ -148,8 +169,9 @@ def test_account_admin_and_job_answers_match_their_schemas(admin_gw: Gateway) ->
     # users
     status, users = call("GET", "/admin/users", "/admin/users", admin)
     assert status == 200 and any(u["name"] == "doc-user" for u in users["data"])
-    status, changed = call("PATCH", "/admin/users/doc-user", "/admin/users/{name}", admin,
-                           {"allowed_groups": ["Sora2Official"]})
+    status, changed = call(
+        "PATCH", "/admin/users/doc-user", "/admin/users/{name}", admin, {"allowed_groups": ["Sora2Official"]}
+    )
     assert status == 200 and changed["allowed_groups"] == ["Sora2Official"]
     assert call("PATCH", "/admin/users/nobody", "/admin/users/{name}", admin, {"disabled": True})[0] == 404
 
@@ -158,8 +180,13 @@ def test_account_admin_and_job_answers_match_their_schemas(admin_gw: Gateway) ->
     assert status == 201 and mine["token"].startswith("sk-") and mine["group"] == "Sora2Official"
     status, page = call("GET", "/v1/account/tokens", "/v1/account/tokens", user)
     assert status == 200 and mine["id"] in [k["id"] for k in page["data"]] and mine["token"] not in str(page)
-    status, patched = call("PATCH", f"/v1/account/tokens/{mine['id']}", "/v1/account/tokens/{token_id}", user,
-                           {"concurrency": 2, "expires_at": None})
+    status, patched = call(
+        "PATCH",
+        f"/v1/account/tokens/{mine['id']}",
+        "/v1/account/tokens/{token_id}",
+        user,
+        {"concurrency": 2, "expires_at": None},
+    )
     assert status == 200 and patched["limits"]["concurrency"] == 2
     assert call("PATCH", f"/v1/account/tokens/{tid}", "/v1/account/tokens/{token_id}", user, {"rpm": 1})[0] == 404
     assert call("POST", "/v1/account/tokens", "/v1/account/tokens", user, {"group": "no-such-group"})[0] == 403
@@ -168,8 +195,13 @@ def test_account_admin_and_job_answers_match_their_schemas(admin_gw: Gateway) ->
     assert call("DELETE", f"/v1/account/tokens/{mine['id']}", "/v1/account/tokens/{token_id}", user)[0] == 200
 
     # jobs
-    status, job = call("POST", "/v1/images/jobs", "/v1/images/jobs", user, {
-        "endpoint": "generations", "model": "gpt-image-2", "prompt": "a kite", "size": "1024x1024", "quality": "low"})
+    status, job = call(
+        "POST",
+        "/v1/images/jobs",
+        "/v1/images/jobs",
+        user,
+        {"endpoint": "generations", "model": "gpt-image-2", "prompt": "a kite", "size": "1024x1024", "quality": "low"},
+    )
     assert status == 202
     status, jobs = call("GET", "/v1/images/jobs?limit=5", "/v1/images/jobs", user)
     assert status == 200 and job["id"] in [j["id"] for j in jobs["data"]]
@@ -179,13 +211,27 @@ def test_account_admin_and_job_answers_match_their_schemas(admin_gw: Gateway) ->
     # channels added at run time: change, refuse a bad field, remove
     status, channels = call("GET", "/admin/channels", "/admin/channels", admin)
     pools = next(c["pools"] for c in channels["data"] if c["type"] == "simulator")
-    status, added = call("POST", "/admin/channels", "/admin/channels", admin,
-                         {"name": "doc-sim", "type": "simulator", "pools": pools, "priority": -5})
+    status, added = call(
+        "POST",
+        "/admin/channels",
+        "/admin/channels",
+        admin,
+        {"name": "doc-sim", "type": "simulator", "pools": pools, "priority": -5},
+    )
     assert status == 201, added
-    assert call("POST", "/admin/channels", "/admin/channels", admin,
-                {"name": "doc-sim2", "type": "simulator", "pools": pools, "wieght": 2})[0] == 400
-    status, ch = call("PATCH", "/admin/channels/doc-sim", "/admin/channels/{name}", admin,
-                      {"weight": 3, "enabled": False})
+    assert (
+        call(
+            "POST",
+            "/admin/channels",
+            "/admin/channels",
+            admin,
+            {"name": "doc-sim2", "type": "simulator", "pools": pools, "wieght": 2},
+        )[0]
+        == 400
+    )
+    status, ch = call(
+        "PATCH", "/admin/channels/doc-sim", "/admin/channels/{name}", admin, {"weight": 3, "enabled": False}
+    )
     assert status == 200 and ch["weight"] == 3 and ch["enabled"] is False
     assert call("PATCH", "/admin/channels/doc-sim", "/admin/channels/{name}", admin, {"weight": 0})[0] == 400
     assert call("PATCH", "/admin/channels/nope", "/admin/channels/{name}", admin, {"weight": 2})[0] == 404

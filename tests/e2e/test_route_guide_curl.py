@@ -56,14 +56,19 @@ def test_guide_has_six_examples() -> None:
 
 
 @pytest.mark.parametrize(("index", "groups", "size"), CASES)
-def test_curl_example_verbatim(gateway: Gateway, tmp_path: Path, index: int, groups: list[str], size: tuple[int, int]) -> None:
+def test_curl_example_verbatim(
+    gateway: Gateway, tmp_path: Path, index: int, groups: list[str], size: tuple[int, int]
+) -> None:
     command = curl_examples()[index]
     (tmp_path / "source.png").write_bytes(png_bytes(768, 768, (240, 240, 235)))
     for group in groups:
         env = {**os.environ, "BASE_URL": gateway.v1, "LAOZHANG_API_KEY": gateway.tokens[group]}
         done = subprocess.run(
             ["bash", "-c", command + " -s -w '\\n%{http_code}'"],
-            cwd=tmp_path, env=env, capture_output=True, timeout=120,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr
         body_text, _, status = done.stdout.decode().rpartition("\n")

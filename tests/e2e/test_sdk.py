@@ -34,8 +34,13 @@ def test_generate_each_route(gateway: Gateway) -> None:
 
     for group in ("Sora2Official", "GPTImage2 Enterprise"):
         off = client(gateway, group).images.generate(
-            model="gpt-image-2", prompt="a lighthouse", size="1024x1536", quality="low",
-            output_format="jpeg", output_compression=60, n=2,
+            model="gpt-image-2",
+            prompt="a lighthouse",
+            size="1024x1536",
+            quality="low",
+            output_format="jpeg",
+            output_compression=60,
+            n=2,
         )
         assert len(off.data) == 2
         assert off.output_format == "jpeg" and off.quality == "low" and off.size == "1024x1536"
@@ -91,7 +96,9 @@ def test_response_format_url_then_download(gateway: Gateway) -> None:
 
 def test_quality_on_vip_is_bad_request(gateway: Gateway) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client(gateway, "default").images.generate(model="gpt-image-2-vip", prompt="x", size="2048x2048", quality="high")
+        client(gateway, "default").images.generate(
+            model="gpt-image-2-vip", prompt="x", size="2048x2048", quality="high"
+        )
     err = info.value.body
     assert isinstance(err, dict)
     assert err["param"] == "quality"

@@ -15,8 +15,8 @@ import pytest
 
 from tests.support.catalogs import write_catalog
 from tests.support.gateway import Gateway, run_gateway
-from tests.support.upstreams import simulated_channels
 from tests.support.services import delete_redis_prefix, fresh_redis_prefix, redis_url
+from tests.support.upstreams import simulated_channels
 
 ADMIN = "shared-redis-admin-token"
 KEYS = {"LEGACY_KEY": "sk-legacy-shared-1", "AZURE_KEY": "az-shared-2", "OPENAI_A_KEY": "sk-openai-a-shared-3"}
@@ -55,10 +55,16 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     with simulated_channels(KEYS) as (sims, channels):
         catalog = write_catalog(tmp / "catalog.yaml", channels)
         # Two hosts: own data directories, one database and one Redis between them.
-        env = {**KEYS, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
-               "IMAGERELAY_DATABASE_URL": f"sqlite:///{tmp / 'shared.db'}",
-               "IMAGERELAY_REDIS_URL": url, "IMAGERELAY_REDIS_PREFIX": prefix,
-               "IMAGERELAY_BREAKER_COOLDOWN_S": "120", "IMAGERELAY_TOKEN_CACHE_TTL_S": "0"}
+        env = {
+            **KEYS,
+            "IMAGERELAY_CATALOG": str(catalog),
+            "IMAGERELAY_ADMIN_TOKEN": ADMIN,
+            "IMAGERELAY_DATABASE_URL": f"sqlite:///{tmp / 'shared.db'}",
+            "IMAGERELAY_REDIS_URL": url,
+            "IMAGERELAY_REDIS_PREFIX": prefix,
+            "IMAGERELAY_BREAKER_COOLDOWN_S": "120",
+            "IMAGERELAY_TOKEN_CACHE_TTL_S": "0",
+        }
         (tmp / "a").mkdir()
         (tmp / "b").mkdir()
         try:
@@ -80,17 +86,23 @@ def new_token(rig: Rig, user: str, **limits: int) -> str:
     r = httpx.post(rig.a.base_url + "/admin/tokens", headers=h, json={"user": user, "group": "default", **limits})
     assert r.status_code == 201, r.text
     token = str(r.json()["token"])
-    r = httpx.post(f"{rig.a.base_url}/admin/users/{user}/balance", headers=h,
-                   json={"amount_usd": "10", "reason": "test credit"})
+    r = httpx.post(
+        f"{rig.a.base_url}/admin/users/{user}/balance", headers=h, json={"amount_usd": "10", "reason": "test credit"}
+    )
     assert r.status_code == 200, r.text
     return token
 
 
 async def _post_all(urls: list[str], token: str) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=60) as client:
-        return list(await asyncio.gather(*(
-            client.post(url + "/images/generations", json=SMALL, headers={"Authorization": f"Bearer {token}"})
-            for url in urls)))
+        return list(
+            await asyncio.gather(
+                *(
+                    client.post(url + "/images/generations", json=SMALL, headers={"Authorization": f"Bearer {token}"})
+                    for url in urls
+                )
+            )
+        )
 
 
 def test_rpm_counts_calls_to_both_processes(rig: Rig) -> None:
@@ -146,7 +158,9 @@ def test_channel_cooled_down_in_one_process_is_skipped_by_the_other(rig: Rig) ->
     rig.clear()
     b_official = {"Authorization": f"Bearer {rig.b.tokens['Sora2Official']}"}
     for _ in range(3):
-        assert httpx.post(rig.b.v1 + "/images/generations", json=body, headers=b_official, timeout=60).status_code == 200
+        assert (
+            httpx.post(rig.b.v1 + "/images/generations", json=body, headers=b_official, timeout=60).status_code == 200
+        )
     assert rig.sim_requests("azure-1") == []  # b skipped it without failing on it itself
     assert len(rig.sim_requests("openai-a")) == 3
     assert rig.channel(rig.b, "azure-1")["health"]["consecutive_failures"] == 0

@@ -52,15 +52,19 @@ class Fleet:
         if self.s3 is not None:
             base = f"{self.prefix}{area}/"
             return [k.removeprefix(base) for k in self.s3.keys(self.bucket, base)]
-        return sorted({r[0] for r in sql_rows(self.database_url, "SELECT key FROM blob_chunks WHERE area = ?", (area,))})
+        return sorted(
+            {r[0] for r in sql_rows(self.database_url, "SELECT key FROM blob_chunks WHERE area = ?", (area,))}
+        )
 
 
 @pytest.fixture(params=["s3", "s3-presigned", "database-sqlite", "database-postgres"])
 def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
     kind: str = request.param
-    common = {"IMAGERELAY_URL_SIGNING_KEY": "shared-signing-key-" + "x" * 24,
-              "IMAGERELAY_SECRET_KEY": Fernet.generate_key().decode(),
-              "IMAGERELAY_JOB_TTL_S": "600"}
+    common = {
+        "IMAGERELAY_URL_SIGNING_KEY": "shared-signing-key-" + "x" * 24,
+        "IMAGERELAY_SECRET_KEY": Fernet.generate_key().decode(),
+        "IMAGERELAY_JOB_TTL_S": "600",
+    }
     pg_name = None
     if kind == "database-postgres":
         url, pg_name = fresh_postgres_database()
@@ -72,8 +76,15 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
             server: S3Server = request.getfixturevalue("s3_server")
             bucket = server.create_bucket()
             urls = "presigned" if kind == "s3-presigned" else "gateway"
-            yield Fleet(kind, {**common, **server.env(bucket, prefix="fleet-a/", urls=urls)}, url, tmp_path,
-                        s3=server, bucket=bucket, prefix="fleet-a/")
+            yield Fleet(
+                kind,
+                {**common, **server.env(bucket, prefix="fleet-a/", urls=urls)},
+                url,
+                tmp_path,
+                s3=server,
+                bucket=bucket,
+                prefix="fleet-a/",
+            )
         else:
             yield Fleet(kind, {**common, "IMAGERELAY_IMAGE_STORE": "database"}, url, tmp_path)
     finally:
@@ -104,8 +115,12 @@ def test_url_images_and_edit_jobs_live_in_the_shared_store(fleet: Fleet) -> None
     with ExitStack() as stack:
         a = fleet.host("host-a", stack, IMAGERELAY_JOB_WORKERS="0")
         # A URL image written through host A...
-        r = httpx.post(a.v1 + "/images/generations", headers=auth(a), timeout=60,
-                       json={"model": "gpt-image-2", "prompt": "a shared kite", "response_format": "url"})
+        r = httpx.post(
+            a.v1 + "/images/generations",
+            headers=auth(a),
+            timeout=60,
+            json={"model": "gpt-image-2", "prompt": "a shared kite", "response_format": "url"},
+        )
         assert r.status_code == 200, r.text
         url = r.json()["data"][0]["url"]
         name = url.split("?")[0].rsplit("/", 1)[-1]
@@ -113,9 +128,12 @@ def test_url_images_and_edit_jobs_live_in_the_shared_store(fleet: Fleet) -> None
 
         # ...and an edit job submitted to it, which it does not run: its inputs are in the store.
         source = png_bytes(400, 300)
-        submitted = httpx.post(a.v1 + "/images/jobs", headers=auth(a), files={"image": ("a.png", source, "image/png")},
-                               data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue",
-                                     "size": "1280x720"})
+        submitted = httpx.post(
+            a.v1 + "/images/jobs",
+            headers=auth(a),
+            files={"image": ("a.png", source, "image/png")},
+            data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue", "size": "1280x720"},
+        )
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["id"]
         assert fleet.stored("inputs") == [f"{job_id}/0.bin", f"{job_id}/images.json"]
@@ -164,8 +182,12 @@ def test_an_unreachable_store_is_a_clean_503(s3_server: S3Server, tmp_path: Path
     env = s3_server.env("bucket-that-does-not-exist")
     with run_gateway(tmp_path, extra_env=env) as gw:
         before = httpx.get(gw.v1 + "/account/balance", headers=auth(gw)).json()
-        r = httpx.post(gw.v1 + "/images/generations", headers=auth(gw), timeout=60,
-                       json={"model": "gpt-image-2", "prompt": "nowhere to put it", "response_format": "url"})
+        r = httpx.post(
+            gw.v1 + "/images/generations",
+            headers=auth(gw),
+            timeout=60,
+            json={"model": "gpt-image-2", "prompt": "nowhere to put it", "response_format": "url"},
+        )
         assert r.status_code == 503, r.text
         error = r.json()["error"]
         assert error["code"] == "image_store_unavailable" and error["type"] == "server_error"
@@ -173,8 +195,12 @@ def test_an_unreachable_store_is_a_clean_503(s3_server: S3Server, tmp_path: Path
         after = httpx.get(gw.v1 + "/account/balance", headers=auth(gw)).json()
         assert after == before and after["held_micros"] == 0
         # b64 answers need no store and still work.
-        ok = httpx.post(gw.v1 + "/images/generations", headers=auth(gw), timeout=60,
-                        json={"model": "gpt-image-2", "prompt": "inline", "response_format": "b64_json"})
+        ok = httpx.post(
+            gw.v1 + "/images/generations",
+            headers=auth(gw),
+            timeout=60,
+            json={"model": "gpt-image-2", "prompt": "inline", "response_format": "b64_json"},
+        )
         assert ok.status_code == 200, ok.text
         log = gw.log_text()
         assert "NoSuchBucket" in log and "Traceback" not in log
@@ -187,10 +213,12 @@ def test_a_job_whose_inputs_cannot_be_read_fails_cleanly_and_is_not_charged(flee
     with ExitStack() as stack:
         a = fleet.host("host-a", stack, IMAGERELAY_JOB_WORKERS="0")
         before = httpx.get(a.v1 + "/account/balance", headers=auth(a)).json()
-        submitted = httpx.post(a.v1 + "/images/jobs", headers=auth(a),
-                               files={"image": ("a.png", png_bytes(64, 64), "image/png")},
-                               data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue",
-                                     "size": "1280x720"})
+        submitted = httpx.post(
+            a.v1 + "/images/jobs",
+            headers=auth(a),
+            files={"image": ("a.png", png_bytes(64, 64), "image/png")},
+            data={"endpoint": "edits", "model": "gpt-image-2-vip", "prompt": "blue", "size": "1280x720"},
+        )
         assert submitted.status_code == 202, submitted.text
         client = fleet.s3.client()
         for key in fleet.s3.keys(fleet.bucket):
@@ -213,13 +241,21 @@ def test_purge_expires_url_images_in_the_shared_store(fleet: Fleet) -> None:
     env = {**fleet.env, "IMAGERELAY_IMAGE_URL_TTL_S": "1"}
     with ExitStack() as stack:
         gw = fleet.host("host", stack, IMAGERELAY_IMAGE_URL_TTL_S="1")
-        r = httpx.post(gw.v1 + "/images/generations", headers=auth(gw), timeout=60,
-                       json={"model": "gpt-image-2", "prompt": "brief", "response_format": "url"})
+        r = httpx.post(
+            gw.v1 + "/images/generations",
+            headers=auth(gw),
+            timeout=60,
+            json={"model": "gpt-image-2", "prompt": "brief", "response_format": "url"},
+        )
         assert r.status_code == 200, r.text
         assert len(fleet.stored("images")) == 1
         time.sleep(3.5)  # past the URL lifetime and its clock margin (1 s each), LastModified's second
-        done = subprocess.run([sys.executable, "-m", "imagerelay", "purge", "--data-dir", str(gw.data_dir)],
-                              capture_output=True, text=True, env=backend.cli_env(gw.data_dir, env))
+        done = subprocess.run(
+            [sys.executable, "-m", "imagerelay", "purge", "--data-dir", str(gw.data_dir)],
+            capture_output=True,
+            text=True,
+            env=backend.cli_env(gw.data_dir, env),
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "removed 1 expired stored image(s)" in done.stdout
         assert fleet.stored("images") == []

@@ -28,10 +28,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.catalogs import write_catalog
-from tests.support.fleet import Fleet, binding_permissions, run_fleet, shared_settings
 from imagerelay.webhooks import parse_signature
 from tests.conftest import png_bytes
+from tests.support.catalogs import write_catalog
+from tests.support.fleet import Fleet, binding_permissions, run_fleet, shared_settings
 from tests.support.gateway import free_port
 from tests.support.s3 import S3Server
 from tests.support.services import (
@@ -40,8 +40,8 @@ from tests.support.services import (
     fresh_postgres_database,
     fresh_redis_prefix,
     redis_url,
-    sql_rows,
     require_program,
+    sql_rows,
 )
 from tests.support.upstreams import simulated_channels
 
@@ -85,11 +85,15 @@ class Rig:
 
     def new_token(self, user: str, group: str = "default", usd: str = "10") -> tuple[str, int]:
         """A user with ``usd`` of credit and one token, made through the balancer."""
-        r = httpx.post(self.fleet.balancer.base_url + "/admin/tokens", headers=self.admin,
-                       json={"user": user, "group": group})
+        r = httpx.post(
+            self.fleet.balancer.base_url + "/admin/tokens", headers=self.admin, json={"user": user, "group": group}
+        )
         assert r.status_code == 201, r.text
-        r2 = httpx.post(f"{self.fleet.balancer.base_url}/admin/users/{user}/balance", headers=self.admin,
-                        json={"amount_usd": usd, "reason": "rehearsal credit"})
+        r2 = httpx.post(
+            f"{self.fleet.balancer.base_url}/admin/users/{user}/balance",
+            headers=self.admin,
+            json={"amount_usd": usd, "reason": "rehearsal credit"},
+        )
         assert r2.status_code == 200, r2.text
         return str(r.json()["token"]), int(r.json()["id"])
 
@@ -97,9 +101,13 @@ class Rig:
         return [tuple(r) for r in sql_rows(self.database_url, sql, params)]
 
     def audit(self) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "imagerelay", "audit", "--database-url", self.database_url],
-                              capture_output=True, text=True, timeout=60,
-                              env={**os.environ, **self.fleet.env, "IMAGERELAY_DATA_DIR": str(self.fleet.root)})
+        return subprocess.run(
+            [sys.executable, "-m", "imagerelay", "audit", "--database-url", self.database_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **self.fleet.env, "IMAGERELAY_DATA_DIR": str(self.fleet.root)},
+        )
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +121,17 @@ def rig(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterat
         with simulated_channels(KEYS, log_level="critical") as (sims, channels):
             catalog = write_catalog(root / "catalog.yaml", channels)
             port = free_port()
-            env = {**KEYS, **shared_settings(database_url, redis_url(), prefix, f"http://127.0.0.1:{port}"),
-                   **s3_server.env(bucket, "fleet/"),
-                   "IMAGERELAY_CATALOG": str(catalog),
-                   "IMAGERELAY_TOKEN_CACHE_TTL_S": str(TOKEN_CACHE_TTL_S),
-                   "IMAGERELAY_INSTANCE_LEASE_S": str(LEASE_S),
-                   "IMAGERELAY_BREAKER_COOLDOWN_S": "120",
-                   "IMAGERELAY_JOB_WORKERS": "2",
-                   "IMAGERELAY_WEBHOOK_ALLOW_PRIVATE": "true"}  # the test's receiver is on loopback
+            env = {
+                **KEYS,
+                **shared_settings(database_url, redis_url(), prefix, f"http://127.0.0.1:{port}"),
+                **s3_server.env(bucket, "fleet/"),
+                "IMAGERELAY_CATALOG": str(catalog),
+                "IMAGERELAY_TOKEN_CACHE_TTL_S": str(TOKEN_CACHE_TTL_S),
+                "IMAGERELAY_INSTANCE_LEASE_S": str(LEASE_S),
+                "IMAGERELAY_BREAKER_COOLDOWN_S": "120",
+                "IMAGERELAY_JOB_WORKERS": "2",
+                "IMAGERELAY_WEBHOOK_ALLOW_PRIVATE": "true",
+            }  # the test's receiver is on loopback
             with run_fleet(root, env, balancer_port=port, read_only=True) as fleet:
                 yield Rig(fleet, sims, database_url, s3_server, bucket)
     finally:
@@ -153,14 +164,23 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - start
 
 
-async def _post_many(url: str, n: int, token: str, body: dict[str, Any],
-                     headers: dict[str, str] | None = None) -> list[httpx.Response]:
+async def _post_many(
+    url: str, n: int, token: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=n)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        return list(await asyncio.gather(*(
-            client.post(url + "/images/generations", json={**body, "prompt": f"{body['prompt']} {i}"},
-                        headers={**auth(token), **(headers or {})})
-            for i in range(n))))
+        return list(
+            await asyncio.gather(
+                *(
+                    client.post(
+                        url + "/images/generations",
+                        json={**body, "prompt": f"{body['prompt']} {i}"},
+                        headers={**auth(token), **(headers or {})},
+                    )
+                    for i in range(n)
+                )
+            )
+        )
 
 
 def test_the_balancer_spreads_calls_over_every_host(rig: Rig) -> None:
@@ -176,8 +196,11 @@ def test_the_balancer_spreads_calls_over_every_host(rig: Rig) -> None:
     dirs = {gw.data_dir.resolve() for gw in rig.fleet.hosts}
     assert len(dirs) == 3
     for d in dirs:
-        probe = subprocess.run([*binding_permissions(), sys.executable, "-c", f"open({str(d / 'probe')!r}, 'w')"],
-                               capture_output=True, text=True)
+        probe = subprocess.run(
+            [*binding_permissions(), sys.executable, "-c", f"open({str(d / 'probe')!r}, 'w')"],
+            capture_output=True,
+            text=True,
+        )
         assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
 
 
@@ -187,10 +210,18 @@ def test_a_new_user_s_first_tokens_made_on_every_host_at_once(rig: Rig) -> None:
 
     async def create() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as c:
-            return list(await asyncio.gather(*(
-                c.post(rig.fleet.hosts[i % 3].base_url + "/admin/tokens", headers=rig.admin,
-                       json={"user": "fleet-newcomer", "group": "default", "name": f"key-{i}"})
-                for i in range(12))))
+            return list(
+                await asyncio.gather(
+                    *(
+                        c.post(
+                            rig.fleet.hosts[i % 3].base_url + "/admin/tokens",
+                            headers=rig.admin,
+                            json={"user": "fleet-newcomer", "group": "default", "name": f"key-{i}"},
+                        )
+                        for i in range(12)
+                    )
+                )
+            )
 
     responses = asyncio.run(create())
     assert [r.status_code for r in responses] == [201] * 12, [r.text for r in responses if r.status_code != 201]
@@ -224,12 +255,14 @@ def test_an_idempotency_key_works_across_hosts(rig: Rig) -> None:
     first = httpx.post(rig.host(0) + "/images/generations", json=OFFICIAL, headers={**auth(token), **key}, timeout=60)
     assert first.status_code == 200, first.text
     for i in (1, 2):
-        again = httpx.post(rig.host(i) + "/images/generations", json=OFFICIAL, headers={**auth(token), **key},
-                           timeout=60)
+        again = httpx.post(
+            rig.host(i) + "/images/generations", json=OFFICIAL, headers={**auth(token), **key}, timeout=60
+        )
         assert again.status_code == 200 and again.headers.get("idempotent-replayed") == "true"
         assert again.content == first.content
-    conflict = httpx.post(rig.lb + "/images/generations", json={**OFFICIAL, "prompt": "other"},
-                          headers={**auth(token), **key}, timeout=60)
+    conflict = httpx.post(
+        rig.lb + "/images/generations", json={**OFFICIAL, "prompt": "other"}, headers={**auth(token), **key}, timeout=60
+    )
     assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "idempotency_conflict"
 
     # The same key sent to all three hosts at once, while the first call is upstream:
@@ -240,9 +273,14 @@ def test_an_idempotency_key_works_across_hosts(rig: Rig) -> None:
 
     async def together() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as c:
-            return list(await asyncio.gather(*(
-                c.post(rig.host(i) + "/images/generations", json=OFFICIAL, headers={**auth(token), **key2})
-                for i in range(3))))
+            return list(
+                await asyncio.gather(
+                    *(
+                        c.post(rig.host(i) + "/images/generations", json=OFFICIAL, headers={**auth(token), **key2})
+                        for i in range(3)
+                    )
+                )
+            )
 
     answers = asyncio.run(together())
     assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
@@ -265,11 +303,15 @@ def test_a_token_revoked_through_one_host_is_refused_by_all_within_the_cache_ttl
     refused = httpx.post(rig.host(0) + "/images/generations", json=SMALL, headers=auth(token), timeout=60)
     assert refused.status_code == 401, "the host that revoked it must refuse it at once"
     for i in (1, 2):
+
         def refuses(i: int = i) -> bool:
             return httpx.get(rig.host(i) + "/account/balance", headers=auth(token)).status_code == 401
+
         wait_for(f"host {i} refusing a revoked token", refuses, timeout=TOKEN_CACHE_TTL_S + 10)
-    print(f"\nrevoked token refused by all 3 hosts {time.monotonic() - revoked_at:.1f} s after the revoke "
-          f"(IMAGERELAY_TOKEN_CACHE_TTL_S={TOKEN_CACHE_TTL_S:g})")
+    print(
+        f"\nrevoked token refused by all 3 hosts {time.monotonic() - revoked_at:.1f} s after the revoke "
+        f"(IMAGERELAY_TOKEN_CACHE_TTL_S={TOKEN_CACHE_TTL_S:g})"
+    )
     served = set()
     for _ in range(6):
         r = httpx.post(rig.lb + "/images/generations", json=SMALL, headers=auth(token), timeout=60)
@@ -283,9 +325,11 @@ def test_a_user_s_webhook_secret_is_the_same_on_every_host(rig: Rig) -> None:
     """A job's webhook is signed by whichever host runs it, so every host must derive the
     same per-user secret (IMAGERELAY_WEBHOOK_KEY, shared like the URL signing key)."""
     token, _ = rig.new_token("fleet-webhooks")
-    secrets = {httpx.get(rig.host(i) + "/account/webhook-secret", headers=auth(token)).json()["secret"]
-               for i in range(3)}
+    secrets = {
+        httpx.get(rig.host(i) + "/account/webhook-secret", headers=auth(token)).json()["secret"] for i in range(3)
+    }
     assert len(secrets) == 1, "hosts sign webhooks with different secrets"
+
 
 def _channel(rig: Rig, i: int, name: str) -> dict[str, Any]:
     data = httpx.get(rig.fleet.hosts[i].base_url + "/admin/channels", headers=rig.admin).json()["data"]
@@ -306,8 +350,11 @@ def test_a_channel_cooled_on_one_host_is_avoided_by_all(rig: Rig) -> None:
         assert _channel(rig, 0, "azure-1")["health"]["cooldown_remaining_s"] > 0, "host 0 never cooled azure-1"
         assert len(rig.sim_requests("azure-1")) >= 3
         for i in (1, 2):
-            wait_for(f"host {i} seeing the cooldown",
-                     lambda i=i: _channel(rig, i, "azure-1")["health"]["cooldown_remaining_s"] > 0, timeout=10)
+            wait_for(
+                f"host {i} seeing the cooldown",
+                lambda i=i: _channel(rig, i, "azure-1")["health"]["cooldown_remaining_s"] > 0,
+                timeout=10,
+            )
         rig.clear()
         served = set()
         for _ in range(6):
@@ -342,14 +389,21 @@ class _Receiver(BaseHTTPRequestHandler):
 
 def _local_image_files(rig: Rig) -> list[Path]:
     """Image or job files on any host's own disk (there must be none: the store is shared)."""
-    return [f for gw in rig.fleet.hosts for area in ("images", "jobs") if (gw.data_dir / area).exists()
-            for f in (gw.data_dir / area).rglob("*") if f.is_file()]
+    return [
+        f
+        for gw in rig.fleet.hosts
+        for area in ("images", "jobs")
+        if (gw.data_dir / area).exists()
+        for f in (gw.data_dir / area).rglob("*")
+        if f.is_file()
+    ]
 
 
 def test_a_url_image_written_through_one_host_is_fetched_through_the_others(rig: Rig) -> None:
     token, _ = rig.new_token("fleet-urls")
-    r = httpx.post(rig.host(0) + "/images/generations", json={**SMALL, "response_format": "url"},
-                   headers=auth(token), timeout=60)
+    r = httpx.post(
+        rig.host(0) + "/images/generations", json={**SMALL, "response_format": "url"}, headers=auth(token), timeout=60
+    )
     assert r.status_code == 200, r.text
     url = r.json()["data"][0]["url"]
     assert url.startswith(rig.fleet.balancer.base_url + "/"), url  # IMAGERELAY_PUBLIC_BASE_URL: the balancer
@@ -370,18 +424,30 @@ def test_a_url_image_written_through_one_host_is_fetched_through_the_others(rig:
 
 
 def test_an_edit_job_submitted_through_one_host_is_run_by_another_after_it_stopped(rig: Rig) -> None:
-    r = httpx.post(rig.fleet.balancer.base_url + "/admin/tokens", headers=rig.admin,
-                   json={"user": "fleet-jobs", "group": "default", "concurrency": 1})
+    r = httpx.post(
+        rig.fleet.balancer.base_url + "/admin/tokens",
+        headers=rig.admin,
+        json={"user": "fleet-jobs", "group": "default", "concurrency": 1},
+    )
     assert r.status_code == 201, r.text
     token = r.json()["token"]
-    assert httpx.post(f"{rig.fleet.balancer.base_url}/admin/users/fleet-jobs/balance", headers=rig.admin,
-                      json={"amount_usd": "1", "reason": "rehearsal credit"}).status_code == 200
+    assert (
+        httpx.post(
+            f"{rig.fleet.balancer.base_url}/admin/users/fleet-jobs/balance",
+            headers=rig.admin,
+            json={"amount_usd": "1", "reason": "rehearsal credit"},
+        ).status_code
+        == 200
+    )
     # A slow call on host 1 holds the token's one concurrency slot (shared through
     # Redis): no worker anywhere may start the job while host 0, which took it, stops.
     rig.fault("legacy", type="latency", latency_s=6.0, count=1)
     slow: list[httpx.Response] = []
-    holder = threading.Thread(target=lambda: slow.append(httpx.post(
-        rig.host(1) + "/images/generations", json=SMALL, headers=auth(token), timeout=60)))
+    holder = threading.Thread(
+        target=lambda: slow.append(
+            httpx.post(rig.host(1) + "/images/generations", json=SMALL, headers=auth(token), timeout=60)
+        )
+    )
     holder.start()
     wait_for("the slot holder reaching upstream", lambda: len(rig.sim_requests("legacy")) == 1, timeout=20)
     source = png_bytes(320, 240, (20, 120, 220))
@@ -390,9 +456,13 @@ def test_an_edit_job_submitted_through_one_host_is_run_by_another_after_it_stopp
     hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     # The user learns their webhook secret from the host they talk to.
     secret = httpx.get(rig.host(0) + "/account/webhook-secret", headers=auth(token)).json()["secret"]
-    submitted = httpx.post(rig.host(0) + "/images/edits", headers={**auth(token), "Prefer": "respond-async"},
-                           data={"model": "gpt-image-2", "prompt": "make it red", "webhook_url": hook},
-                           files={"image": ("in.png", source, "image/png")}, timeout=60)
+    submitted = httpx.post(
+        rig.host(0) + "/images/edits",
+        headers={**auth(token), "Prefer": "respond-async"},
+        data={"model": "gpt-image-2", "prompt": "make it red", "webhook_url": hook},
+        files={"image": ("in.png", source, "image/png")},
+        timeout=60,
+    )
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
     rig.fleet.stop(0)
@@ -412,7 +482,9 @@ def test_an_edit_job_submitted_through_one_host_is_run_by_another_after_it_stopp
         # The upstream got the very image host 0 accepted, read back from the shared store.
         edits = [q for q in rig.sim_requests("legacy") if q["path"].endswith("/images/edits")]
         assert edits
-        assert {p["sha256"] for q in edits for p in q["parts"] if p.get("filename")} == {hashlib.sha256(source).hexdigest()}
+        assert {p["sha256"] for q in edits for p in q["parts"] if p.get("filename")} == {
+            hashlib.sha256(source).hexdigest()
+        }
         # Its result image, kept in the store, is served by every live host.
         url = done["result"]["data"][0]["url"]
         assert url.startswith(rig.fleet.balancer.base_url + "/"), url
@@ -455,8 +527,12 @@ def test_killing_a_host_with_calls_in_flight_loses_no_money_and_the_others_serve
     for t in threads:
         t.start()
     wait_for("the doomed calls reaching upstream", lambda: len(rig.sim_requests("legacy")) == in_flight, timeout=30)
-    held_ids = {r[0] for r in rig.rows(
-        "SELECT h.request_id FROM holds h JOIN users u ON u.id = h.user_id WHERE u.name = ?", "fleet-kill")}
+    held_ids = {
+        r[0]
+        for r in rig.rows(
+            "SELECT h.request_id FROM holds h JOIN users u ON u.id = h.user_id WHERE u.name = ?", "fleet-kill"
+        )
+    }
     assert len(held_ids) == in_flight and balance(rig.lb, token)[1] == PER_CALL * in_flight
     rig.fleet.kill(victim)
     killed_at = time.monotonic()
@@ -474,10 +550,14 @@ def test_killing_a_host_with_calls_in_flight_loses_no_money_and_the_others_serve
 
     # A peer releases the dead host's holds once its lease lapsed.
     took = wait_for("the dead host's holds released", lambda: balance(rig.lb, token)[1] == 0, timeout=LEASE_S + 40)
-    print(f"\nholds of {in_flight} calls on a SIGKILLed host released by its peers "
-          f"{time.monotonic() - killed_at:.1f} s after the kill (lease {LEASE_S:g} s; waited {took:.1f} s)")
-    records = rig.rows("SELECT request_id, status, error_code, cost_micros FROM usage_records WHERE request_id = ANY(?)",
-                       list(held_ids))
+    print(
+        f"\nholds of {in_flight} calls on a SIGKILLed host released by its peers "
+        f"{time.monotonic() - killed_at:.1f} s after the kill (lease {LEASE_S:g} s; waited {took:.1f} s)"
+    )
+    records = rig.rows(
+        "SELECT request_id, status, error_code, cost_micros FROM usage_records WHERE request_id = ANY(?)",
+        list(held_ids),
+    )
     assert sorted(r[0] for r in records) == sorted(held_ids)  # one record per interrupted call
     assert all(r[1:] == (499, "interrupted", 0) for r in records), records
     assert balance(rig.lb, token) == (full - 9 * PER_CALL, 0)

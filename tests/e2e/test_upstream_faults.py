@@ -68,8 +68,12 @@ class Rig:
         deadline = time.monotonic() + 10
         while True:
             rows = self.query("select * from usage_records where request_id=?", (request_id,))
-            charges = [r[0] for r in self.query(
-                "select amount_micros from ledger where kind='charge' and request_id=?", (request_id,))]
+            charges = [
+                r[0]
+                for r in self.query(
+                    "select amount_micros from ledger where kind='charge' and request_id=?", (request_id,)
+                )
+            ]
             if rows:
                 rec = dict(rows[0]._mapping)
                 rec["price_basis"] = json.loads(rec["price_basis"])
@@ -79,8 +83,13 @@ class Rig:
             time.sleep(0.05)
 
     def audit(self) -> None:
-        audit = subprocess.run([sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(self.gw.data_dir)],
-                               capture_output=True, text=True, env=backend.cli_env(self.gw.data_dir, self.env), timeout=60)
+        audit = subprocess.run(
+            [sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(self.gw.data_dir)],
+            capture_output=True,
+            text=True,
+            env=backend.cli_env(self.gw.data_dir, self.env),
+            timeout=60,
+        )
         assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
@@ -89,22 +98,49 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tmp = tmp_path_factory.mktemp("faults")
     with (
         run_asgi(create_upstream_app("openai", api_keys=[KEYS["SOLO_KEY"]])) as solo,
-        run_asgi(create_upstream_app("azure", api_keys=[KEYS["FIRST_KEY"]], deployments={"img2": "gpt-image-2"})) as first,
+        run_asgi(
+            create_upstream_app("azure", api_keys=[KEYS["FIRST_KEY"]], deployments={"img2": "gpt-image-2"})
+        ) as first,
         run_asgi(create_upstream_app("openai", api_keys=[KEYS["SECOND_KEY"]])) as second,
     ):
-        catalog = write_catalog(tmp / "catalog.yaml", [
-            {"name": "solo", "type": "openai", "base_url": solo + "/v1", "api_key_env": "SOLO_KEY",
-             "pools": ["official-pure"]},
-            {"name": "first", "type": "azure", "base_url": first, "api_key_env": "FIRST_KEY",
-             "model_map": {"gpt-image-2": "img2"}, "pools": ["official-mixed"], "priority": 10},
-            {"name": "second", "type": "openai", "base_url": second + "/v1", "api_key_env": "SECOND_KEY",
-             "pools": ["official-mixed"]},
-            # every route needs an enabled channel to start; these tests do not call the legacy ones
-            {"name": "sim-legacy", "type": "simulator", "pools": ["legacy", "legacy-vip"]},
-        ])
-        env = {**KEYS, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
-               "IMAGERELAY_MAX_RETRY_AFTER_S": "0.1", "IMAGERELAY_RETRY_BACKOFF_S": "0.01",
-               "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.05"}
+        catalog = write_catalog(
+            tmp / "catalog.yaml",
+            [
+                {
+                    "name": "solo",
+                    "type": "openai",
+                    "base_url": solo + "/v1",
+                    "api_key_env": "SOLO_KEY",
+                    "pools": ["official-pure"],
+                },
+                {
+                    "name": "first",
+                    "type": "azure",
+                    "base_url": first,
+                    "api_key_env": "FIRST_KEY",
+                    "model_map": {"gpt-image-2": "img2"},
+                    "pools": ["official-mixed"],
+                    "priority": 10,
+                },
+                {
+                    "name": "second",
+                    "type": "openai",
+                    "base_url": second + "/v1",
+                    "api_key_env": "SECOND_KEY",
+                    "pools": ["official-mixed"],
+                },
+                # every route needs an enabled channel to start; these tests do not call the legacy ones
+                {"name": "sim-legacy", "type": "simulator", "pools": ["legacy", "legacy-vip"]},
+            ],
+        )
+        env = {
+            **KEYS,
+            "IMAGERELAY_CATALOG": str(catalog),
+            "IMAGERELAY_ADMIN_TOKEN": ADMIN,
+            "IMAGERELAY_MAX_RETRY_AFTER_S": "0.1",
+            "IMAGERELAY_RETRY_BACKOFF_S": "0.01",
+            "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.05",
+        }
         data = tmp / "data"
         data.mkdir()
         with run_gateway(data, extra_env=env) as gw:
@@ -135,10 +171,14 @@ class Outcome:
         return [name for name, _ in self.events]
 
 
-def call(rig: Rig, group: str, *, stream: bool, n: int = 1, partial_images: int = 1,
-         timeout: float = 60) -> Outcome:
-    body: dict[str, Any] = {"model": "gpt-image-2", "prompt": "a lighthouse", "size": "1024x1024",
-                            "quality": "low", "n": n}
+def call(rig: Rig, group: str, *, stream: bool, n: int = 1, partial_images: int = 1, timeout: float = 60) -> Outcome:
+    body: dict[str, Any] = {
+        "model": "gpt-image-2",
+        "prompt": "a lighthouse",
+        "size": "1024x1024",
+        "quality": "low",
+        "n": n,
+    }
     if stream:
         body.update(stream=True, partial_images=partial_images)
     headers = {"Authorization": f"Bearer {rig.gw.tokens[group]}"}
@@ -198,15 +238,26 @@ class Row:
 
 def _rows() -> list[Row]:
     rules: dict[str, dict[str, Any]] = {
-        "latency": {"latency_s": 0.2}, "rate_limit": {"retry_after": 0.1}, "status": {"status": 502},
+        "latency": {"latency_s": 0.2},
+        "rate_limit": {"retry_after": 0.1},
+        "status": {"status": 502},
     }
     # A channel failure with nowhere to fail over to, on every retry: a 503 with
     # retry-after once the attempts are spent (it was a 502 when nothing was retried).
     down = (503, "upstream_unavailable")
     failed_one = {
-        "server_error": down, "overloaded": down, "rate_limit": (503, "upstream_overloaded"), "unauthorized": down,
-        "status": down, "reset": down, "drop": down, "truncate": down, "invalid_json": down, "bad_base64": down,
-        "stream_cut": down, "stream_error": down,
+        "server_error": down,
+        "overloaded": down,
+        "rate_limit": (503, "upstream_overloaded"),
+        "unauthorized": down,
+        "status": down,
+        "reset": down,
+        "drop": down,
+        "truncate": down,
+        "invalid_json": down,
+        "bad_base64": down,
+        "stream_cut": down,
+        "stream_error": down,
     }
     refused = {  # the caller's request refused upstream: no failover, nothing charged
         "moderation": {"one": (400, "moderation_blocked"), "two": (400, "moderation_blocked")},
@@ -281,8 +332,12 @@ def test_fault_matrix(rig: Rig, row: Row) -> None:
         source = "reported" if row.charge == "reported" else "estimated_fallback"
         assert rec["price_basis"]["usage_source"] == source, rec["price_basis"]
         assert rec["output_tokens"] > 0  # the record shows the tokens it was charged for
-    if row.pool == "two" and row.charge != "none" and row.fault not in ("latency", "data_url_prefix", "no_padding") \
-            and row.fault not in ("no_usage", "empty_usage", "zero_usage", "garbage_usage"):
+    if (
+        row.pool == "two"
+        and row.charge != "none"
+        and row.fault not in ("latency", "data_url_prefix", "no_padding")
+        and row.fault not in ("no_usage", "empty_usage", "zero_usage", "garbage_usage")
+    ):
         assert rec["channel"] == "second" and rec["attempts"] >= 2, rec
     if row.fault == "unauthorized":
         _wait_disable_persisted(rig, faulty)
@@ -322,16 +377,19 @@ def test_an_echoed_key_reaches_no_client_record_health_or_log(rig: Rig, stream: 
     # the admin listing shows each channel's base_url by design; its health must not
     exposed += [json.dumps(c["health"]) for c in rig.admin("GET", "/admin/channels").json()["data"]]
     for group in (ONE, TWO):
-        exposed.append(httpx.get(rig.gw.v1 + "/account/usage", headers={
-            "Authorization": f"Bearer {rig.gw.tokens[group]}"}).text)
+        exposed.append(
+            httpx.get(rig.gw.v1 + "/account/usage", headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"}).text
+        )
     exposed.append(repr(rig.query("select * from usage_records")))
     for name in ("solo", "first"):  # the admin channel test shows the upstream's error, scrubbed
         probe = rig.admin("POST", f"/admin/channels/{name}/test")
         assert probe.status_code == 200 and probe.json()["ok"] is False
         exposed.append(probe.text)
     exposed.append(rig.gw.log_text())
-    assert "key_rejected" in rig.channel("solo")["health"]["last_error"] or \
-        "HTTP 400" in rig.channel("solo")["health"]["last_error"]
+    assert (
+        "key_rejected" in rig.channel("solo")["health"]["last_error"]
+        or "HTTP 400" in rig.channel("solo")["health"]["last_error"]
+    )
     text = "\n".join(exposed)
     for key in KEYS.values():
         assert key not in text
@@ -415,8 +473,14 @@ BAD_CHANNELS = [
 
 @pytest.mark.parametrize(("change", "param"), BAD_CHANNELS, ids=[f"{p}-{i}" for i, (_, p) in enumerate(BAD_CHANNELS)])
 def test_admin_refuses_channel_fields_that_would_break_calls(rig: Rig, change: dict[str, Any], param: str) -> None:
-    body = {"name": "bad-channel", "type": "openai", "base_url": "https://upstream.example/v1",
-            "api_key": "sk-fine-key", "pools": ["official-pure"], **change}
+    body = {
+        "name": "bad-channel",
+        "type": "openai",
+        "base_url": "https://upstream.example/v1",
+        "api_key": "sk-fine-key",
+        "pools": ["official-pure"],
+        **change,
+    }
     r = rig.admin("POST", "/admin/channels", json=body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
@@ -425,9 +489,27 @@ def test_admin_refuses_channel_fields_that_would_break_calls(rig: Rig, change: d
 
 def test_cli_refuses_a_malformed_base_url_and_an_unknown_pool(rig: Rig) -> None:
     def add(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "imagerelay", "channels", "add", "--name", "cli-bad",
-                               "--type", "openai-compatible", *args, "--data-dir", str(rig.gw.data_dir)],
-                              capture_output=True, text=True, timeout=60, env=backend.cli_env(rig.gw.data_dir, rig.env))
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "imagerelay",
+                "channels",
+                "add",
+                "--name",
+                "cli-bad",
+                "--type",
+                "openai-compatible",
+                *args,
+                "--data-dir",
+                str(rig.gw.data_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=backend.cli_env(rig.gw.data_dir, rig.env),
+        )
+
     bad_url = add("--pool", "official-pure", "--base-url", "htp:/nowhere")
     assert bad_url.returncode == 2 and "base_url" in bad_url.stderr, bad_url.stderr
     bad_pool = add("--pool", "nope", "--base-url", "https://upstream.example/v1")
@@ -440,8 +522,11 @@ def test_cli_refuses_a_malformed_base_url_and_an_unknown_pool(rig: Rig) -> None:
 def _insert_raw_channel(rig: Rig, name: str, spec: dict[str, Any]) -> None:
     """A channel stored before fields were checked (or by hand): straight into the database."""
     now = time.time()
-    rig.query("insert into channels (name, spec, key_ciphertext, enabled, created_at, updated_at) "
-              "values (?, ?, NULL, true, ?, ?)", (name, json.dumps({"name": name, **spec}), now, now))
+    rig.query(
+        "insert into channels (name, spec, key_ciphertext, enabled, created_at, updated_at) "
+        "values (?, ?, NULL, true, ?, ?)",
+        (name, json.dumps({"name": name, **spec}), now, now),
+    )
     # any admin change reloads the directory from the database
     assert rig.admin("POST", "/admin/channels/second/enable").status_code == 200
     assert rig.channel(name)["base_url"] == spec["base_url"]
@@ -450,8 +535,16 @@ def _insert_raw_channel(rig: Rig, name: str, spec: dict[str, Any]) -> None:
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_a_malformed_stored_channel_fails_over_and_counts_as_a_channel_failure(rig: Rig, stream: bool) -> None:
     name = f"malformed-{'stream' if stream else 'plain'}"
-    _insert_raw_channel(rig, name, {"type": "openai-compatible", "base_url": "ftp://upstream.example/v1",
-                                    "pools": ["official-mixed"], "priority": 99})
+    _insert_raw_channel(
+        rig,
+        name,
+        {
+            "type": "openai-compatible",
+            "base_url": "ftp://upstream.example/v1",
+            "pools": ["official-mixed"],
+            "priority": 99,
+        },
+    )
     try:
         out = call(rig, TWO, stream=stream)
         assert out.status == 200, out.text
@@ -473,8 +566,15 @@ def test_a_client_leaving_a_blocked_stream_is_recorded_as_gone(rig: Rig) -> None
     mark = len(rig.gw.log_text())
     assert httpx.post(rig.sims["solo"] + "/_sim/config", json={"incompressible": True}).status_code == 200
     try:
-        body = {"model": "gpt-image-2", "prompt": "noise", "size": "2048x2048", "quality": "low", "stream": True,
-                "partial_images": 3, "n": 2}
+        body = {
+            "model": "gpt-image-2",
+            "prompt": "noise",
+            "size": "2048x2048",
+            "quality": "low",
+            "stream": True,
+            "partial_images": 3,
+            "n": 2,
+        }
         with httpx.stream("POST", rig.gw.v1 + "/images/generations", json=body, headers=auth, timeout=60) as r:
             request_id = r.headers["x-request-id"]
             next(r.iter_raw(1024))  # the stream began; now stop reading while the gateway sends

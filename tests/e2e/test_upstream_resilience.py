@@ -59,19 +59,34 @@ class Rig:
         deadline = time.monotonic() + 15
         while True:
             marks = ",".join("?" * len(request_ids))
-            rows = {r._mapping["request_id"]: dict(r._mapping) for r in backend.query(
-                self.gw.data_dir, f"select * from usage_records where request_id in ({marks})", request_ids)}  # noqa: S608
+            rows = {
+                r._mapping["request_id"]: dict(r._mapping)
+                for r in backend.query(
+                    self.gw.data_dir, f"select * from usage_records where request_id in ({marks})", request_ids
+                )
+            }  # noqa: S608
             for rid, rec in rows.items():
-                rec["charges"] = [c[0] for c in backend.query(
-                    self.gw.data_dir, "select amount_micros from ledger where kind='charge' and request_id=?", (rid,))]
+                rec["charges"] = [
+                    c[0]
+                    for c in backend.query(
+                        self.gw.data_dir,
+                        "select amount_micros from ledger where kind='charge' and request_id=?",
+                        (rid,),
+                    )
+                ]
             if len(rows) == len(request_ids):
                 return rows
             assert time.monotonic() < deadline, f"{len(request_ids) - len(rows)} usage records missing"
             time.sleep(0.1)
 
     def audit(self) -> None:
-        audit = subprocess.run([sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(self.gw.data_dir)],
-                               capture_output=True, text=True, env=backend.cli_env(self.gw.data_dir, self.env), timeout=60)
+        audit = subprocess.run(
+            [sys.executable, "-m", "imagerelay", "audit", "--data-dir", str(self.gw.data_dir)],
+            capture_output=True,
+            text=True,
+            env=backend.cli_env(self.gw.data_dir, self.env),
+            timeout=60,
+        )
         assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
@@ -83,17 +98,40 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         run_asgi(create_upstream_app("openai", api_keys=[KEYS["LEFT_KEY"]])) as left,
         run_asgi(create_upstream_app("openai", api_keys=[KEYS["RIGHT_KEY"]])) as right,
     ):
-        catalog = write_catalog(tmp / "catalog.yaml", [
-            {"name": "solo", "type": "openai", "base_url": solo + "/v1", "api_key_env": "SOLO_KEY",
-             "pools": ["official-pure"]},
-            {"name": "left", "type": "openai", "base_url": left + "/v1", "api_key_env": "LEFT_KEY",
-             "pools": ["official-mixed"]},
-            {"name": "right", "type": "openai", "base_url": right + "/v1", "api_key_env": "RIGHT_KEY",
-             "pools": ["official-mixed"]},
-        ])
-        env = {**KEYS, "IMAGERELAY_CATALOG": str(catalog), "IMAGERELAY_ADMIN_TOKEN": ADMIN,
-               "IMAGERELAY_RETRY_BACKOFF_S": "0.05", "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.4",
-               "IMAGERELAY_CALL_DEADLINE_S": str(DEADLINE_S)}
+        catalog = write_catalog(
+            tmp / "catalog.yaml",
+            [
+                {
+                    "name": "solo",
+                    "type": "openai",
+                    "base_url": solo + "/v1",
+                    "api_key_env": "SOLO_KEY",
+                    "pools": ["official-pure"],
+                },
+                {
+                    "name": "left",
+                    "type": "openai",
+                    "base_url": left + "/v1",
+                    "api_key_env": "LEFT_KEY",
+                    "pools": ["official-mixed"],
+                },
+                {
+                    "name": "right",
+                    "type": "openai",
+                    "base_url": right + "/v1",
+                    "api_key_env": "RIGHT_KEY",
+                    "pools": ["official-mixed"],
+                },
+            ],
+        )
+        env = {
+            **KEYS,
+            "IMAGERELAY_CATALOG": str(catalog),
+            "IMAGERELAY_ADMIN_TOKEN": ADMIN,
+            "IMAGERELAY_RETRY_BACKOFF_S": "0.05",
+            "IMAGERELAY_RETRY_BACKOFF_MAX_S": "0.4",
+            "IMAGERELAY_CALL_DEADLINE_S": str(DEADLINE_S),
+        }
         data = tmp / "data"
         data.mkdir()
         with run_gateway(data, extra_env=env) as gw:
@@ -119,8 +157,12 @@ class Result:
 def call(rig: Rig, group: str) -> Result:
     body = {"model": "gpt-image-2", "prompt": "a lighthouse", "size": "1024x1024", "quality": "low"}
     t0 = time.monotonic()
-    r = httpx.post(rig.gw.v1 + "/images/generations", json=body, timeout=60,
-                   headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"})
+    r = httpx.post(
+        rig.gw.v1 + "/images/generations",
+        json=body,
+        timeout=60,
+        headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"},
+    )
     return Result(r.status_code, r.headers.get("x-request-id", ""), r.json(), dict(r.headers), time.monotonic() - t0)
 
 
@@ -218,20 +260,36 @@ def test_sporadic_errors_under_load_do_not_trip_the_breaker(rig: Rig) -> None:
 def test_a_route_may_be_stricter_about_attempts(rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> None:
     """``max_attempts`` on a route in the catalog overrides IMAGERELAY_MAX_ATTEMPTS."""
     tmp = tmp_path_factory.mktemp("strict")
-    catalog = write_catalog(tmp / "catalog.yaml", [
-        {"name": "solo", "type": "openai", "base_url": rig.sims["solo"] + "/v1", "api_key_env": "SOLO_KEY",
-         "pools": ["official-pure"]},
-    ], **{"official-pure": {"max_attempts": 2}})
+    catalog = write_catalog(
+        tmp / "catalog.yaml",
+        [
+            {
+                "name": "solo",
+                "type": "openai",
+                "base_url": rig.sims["solo"] + "/v1",
+                "api_key_env": "SOLO_KEY",
+                "pools": ["official-pure"],
+            },
+        ],
+        **{"official-pure": {"max_attempts": 2}},
+    )
     rig.fault("solo", type="server_error")
     data = tmp / "data"
     data.mkdir()
     with run_gateway(data, extra_env={**rig.env, "IMAGERELAY_CATALOG": str(catalog)}) as gw:
-        r = httpx.post(gw.v1 + "/images/generations", timeout=60, headers={"Authorization": f"Bearer {gw.tokens[ONE]}"},
-                       json={"model": "gpt-image-2", "prompt": "a lighthouse", "size": "1024x1024", "quality": "low"})
+        r = httpx.post(
+            gw.v1 + "/images/generations",
+            timeout=60,
+            headers={"Authorization": f"Bearer {gw.tokens[ONE]}"},
+            json={"model": "gpt-image-2", "prompt": "a lighthouse", "size": "1024x1024", "quality": "low"},
+        )
         assert r.status_code == 503, r.text
         deadline = time.monotonic() + 10
-        while not (rows := backend.query(gw.data_dir, "select attempts from usage_records where request_id=?",
-                                         (r.headers["x-request-id"],))):
+        while not (
+            rows := backend.query(
+                gw.data_dir, "select attempts from usage_records where request_id=?", (r.headers["x-request-id"],)
+            )
+        ):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         row = rows[0]

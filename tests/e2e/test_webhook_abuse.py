@@ -63,7 +63,9 @@ class Receiver:
                     return
                 raw += chunk
             head, body = raw.split(b"\r\n\r\n", 1)
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+            )
             while len(body) < length:
                 body += conn.recv(65536)
             self.bodies.append(body)
@@ -105,8 +107,12 @@ def prompt_ok(conn: socket.socket, _: Receiver) -> None:
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    env = {"IMAGERELAY_WEBHOOK_ALLOW_PRIVATE": "true", "IMAGERELAY_WEBHOOK_TIMEOUT_S": str(TIMEOUT_S),
-           "IMAGERELAY_WEBHOOK_BACKOFF_S": "30", "IMAGERELAY_ADMIN_TOKEN": ADMIN}
+    env = {
+        "IMAGERELAY_WEBHOOK_ALLOW_PRIVATE": "true",
+        "IMAGERELAY_WEBHOOK_TIMEOUT_S": str(TIMEOUT_S),
+        "IMAGERELAY_WEBHOOK_BACKOFF_S": "30",
+        "IMAGERELAY_ADMIN_TOKEN": ADMIN,
+    }
     with run_gateway(tmp_path_factory.mktemp("webhook-abuse"), extra_env=env) as g:
         yield g
 
@@ -115,14 +121,21 @@ def new_user_token(gw: Gateway, user: str) -> str:
     h = {"Authorization": f"Bearer {ADMIN}"}
     r = httpx.post(gw.base_url + "/admin/tokens", headers=h, json={"user": user, "group": "default"})
     assert r.status_code == 201, r.text
-    assert httpx.post(f"{gw.base_url}/admin/users/{user}/balance", headers=h,
-                      json={"amount_usd": "10", "reason": "test credit"}).status_code == 200
+    assert (
+        httpx.post(
+            f"{gw.base_url}/admin/users/{user}/balance", headers=h, json={"amount_usd": "10", "reason": "test credit"}
+        ).status_code
+        == 200
+    )
     return str(r.json()["token"])
 
 
 def submit(gw: Gateway, token: str, hook: str) -> str:
-    r = httpx.post(gw.v1 + "/images/jobs", headers={"Authorization": f"Bearer {token}"},
-                   json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "a kite", "webhook_url": hook})
+    r = httpx.post(
+        gw.v1 + "/images/jobs",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"endpoint": "generations", "model": "gpt-image-2", "prompt": "a kite", "webhook_url": hook},
+    )
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
 
@@ -135,8 +148,10 @@ def rss_bytes(pid: int) -> int:
 
 @pytest.mark.timing
 def test_hostile_receivers_cost_no_memory_and_delay_no_one_else(gw: Gateway) -> None:
-    hostile = {name: Receiver(behaviour) for name, behaviour in
-               (("endless", endless_body), ("trickle", trickle), ("silent", silent))}
+    hostile = {
+        name: Receiver(behaviour)
+        for name, behaviour in (("endless", endless_body), ("trickle", trickle), ("silent", silent))
+    }
     good = Receiver(prompt_ok)
     try:
         baseline = rss_bytes(gw.process.pid)

@@ -20,9 +20,8 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from sqlalchemy import Row
-
 import pytest
+from sqlalchemy import Row
 
 from tests.support import services
 

@@ -20,7 +20,10 @@ def write_catalog(path: Path, channels: list[dict[str, Any]], **route_updates: d
     # to start with a route nobody serves, and a test about some routes leaves the rest be.
     served = {pool for ch in channels for pool in ch.get("pools", [])}
     spare = sorted({route["pool"] for route in doc["routes"]} - served)
-    doc["channels"] = [*channels, *([{"name": "simulator-spare", "type": "simulator", "pools": spare}] if spare else [])]
+    doc["channels"] = [
+        *channels,
+        *([{"name": "simulator-spare", "type": "simulator", "pools": spare}] if spare else []),
+    ]
     for route in doc["routes"]:
         route.update(route_updates.get(route["name"], {}))
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -116,13 +116,20 @@ def run_balancer(port: int, hosts: Sequence[str], run_dir: Path) -> Iterator[Bal
     run_dir.mkdir(parents=True, exist_ok=True)
     conf = run_dir / "nginx.conf"
     conf.write_text(balancer_config(port, hosts, run_dir))
-    check = subprocess.run([nginx, "-t", "-q", "-e", str(run_dir / "error.log"), "-p", str(run_dir), "-c", str(conf)],
-                           capture_output=True, text=True, timeout=30)
+    check = subprocess.run(
+        [nginx, "-t", "-q", "-e", str(run_dir / "error.log"), "-p", str(run_dir), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if check.returncode != 0:
         raise RuntimeError(f"nginx refused the configuration:\n{check.stderr}")
     with open(run_dir / "nginx.out", "wb") as out:
-        proc = subprocess.Popen([nginx, "-e", str(run_dir / "error.log"), "-p", str(run_dir), "-c", str(conf)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [nginx, "-e", str(run_dir / "error.log"), "-p", str(run_dir), "-c", str(conf)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     balancer = Balancer(f"http://127.0.0.1:{port}", proc, run_dir)
     try:
         deadline = time.monotonic() + 15
@@ -214,8 +221,9 @@ class Fleet:
         stop_gateway(old)
         port = int(old.base_url.rsplit(":", 1)[1])
         set_read_only(old.data_dir, False)  # a start writes its lock file there
-        gw = launch_gateway(old.data_dir, extra_env={**self.env, **(extra_env or {})}, port=port,
-                            wrapper=binding_permissions())
+        gw = launch_gateway(
+            old.data_dir, extra_env={**self.env, **(extra_env or {})}, port=port, wrapper=binding_permissions()
+        )
         wait_until_serving(gw, timeout_s=180)
         if self.read_only:
             set_read_only(gw.data_dir, True)
@@ -241,8 +249,9 @@ def shared_settings(database_url: str, redis_url: str, redis_prefix: str, public
 
 
 @contextmanager
-def run_fleet(root: Path, env: dict[str, str], *, size: int = 3, balancer_port: int | None = None,
-              read_only: bool = False) -> Iterator[Fleet]:
+def run_fleet(
+    root: Path, env: dict[str, str], *, size: int = 3, balancer_port: int | None = None, read_only: bool = False
+) -> Iterator[Fleet]:
     """``size`` hosts with separate data directories, all started at once (a fleet
     coming up together on one database), behind nginx on ``balancer_port``. With
     ``read_only``, each data directory is made read-only once its host serves: what a

@@ -43,8 +43,15 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
 
-def start_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                  cwd: Path | None = None, port: int | None = None, timeout_s: float = 60.0) -> Gateway:
+def start_gateway(
+    data_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    cwd: Path | None = None,
+    port: int | None = None,
+    timeout_s: float = 60.0,
+) -> Gateway:
     """Start the gateway and wait until it answers /healthz; the caller stops it
     (``stop_gateway``). ``run_gateway`` is the usual way; fleets of hosts use this pair.
     The 60 s bound is for a loaded shared machine (a start was seen taking 19 s there on
@@ -58,8 +65,15 @@ def start_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, ex
     return gw
 
 
-def launch_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                   cwd: Path | None = None, port: int | None = None, wrapper: Sequence[str] = ()) -> Gateway:
+def launch_gateway(
+    data_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    cwd: Path | None = None,
+    port: int | None = None,
+    wrapper: Sequence[str] = (),
+) -> Gateway:
     """Start the process without waiting for it (several hosts start at once this way).
     ``wrapper`` prefixes the command (e.g. setpriv, to run it with fewer privileges)."""
     port = port or free_port()
@@ -68,8 +82,19 @@ def launch_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, e
     # The suite's backend (tests/support/backend.py) unless the test named its own.
     env = {**os.environ, **backend.env_for(data_dir), **(extra_env or {})}
     cmd = [
-        *wrapper, sys.executable, "-m", "imagerelay", "serve", "--demo", "--demo-tokens-out", str(tokens_file),
-        "--port", str(port), "--data-dir", str(data_dir), *(extra_args or []),
+        *wrapper,
+        sys.executable,
+        "-m",
+        "imagerelay",
+        "serve",
+        "--demo",
+        "--demo-tokens-out",
+        str(tokens_file),
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        *(extra_args or []),
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
@@ -110,8 +135,13 @@ def stop_gateway(gw: Gateway) -> None:
 
 
 @contextmanager
-def run_gateway(data_dir: Path, *, extra_env: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                cwd: Path | None = None) -> Iterator[Gateway]:
+def run_gateway(
+    data_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
+    cwd: Path | None = None,
+) -> Iterator[Gateway]:
     gw = start_gateway(data_dir, extra_env=extra_env, extra_args=extra_args, cwd=cwd)
     try:
         yield gw

@@ -41,8 +41,13 @@ class S3Server:
         """A plain boto3 client for test set-up and inspection (not the gateway's code)."""
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=REGION,
-                            aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id=ACCESS_KEY_ID,
+            aws_secret_access_key=SECRET_ACCESS_KEY,
+        )
 
     def create_bucket(self, name: str | None = None) -> str:
         bucket = name or f"imagerelay-{uuid.uuid4().hex[:12]}"

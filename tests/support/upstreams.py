@@ -11,7 +11,9 @@ from tests.support.servers import run_asgi
 
 
 @contextlib.contextmanager
-def simulated_channels(keys: Mapping[str, str], *, log_level: str = "warning") -> Iterator[tuple[dict[str, str], list[dict[str, Any]]]]:
+def simulated_channels(
+    keys: Mapping[str, str], *, log_level: str = "warning"
+) -> Iterator[tuple[dict[str, str], list[dict[str, Any]]]]:
     """Start the simulators and yield (channel name -> base URL, catalog channel entries).
 
     - ``legacy``: openai-compatible reseller for the legacy pools (``LEGACY_KEY``);
@@ -22,9 +24,11 @@ def simulated_channels(keys: Mapping[str, str], *, log_level: str = "warning") -
     "critical" keeps quiet about calls a test leaves sleeping upstream (a killed gateway's).
     """
     with contextlib.ExitStack() as stack:
+
         def serve(protocol: str, key_env: str, **options: Any) -> str:
-            return stack.enter_context(run_asgi(create_upstream_app(protocol, api_keys=[keys[key_env]], **options),
-                                                log_level=log_level))
+            return stack.enter_context(
+                run_asgi(create_upstream_app(protocol, api_keys=[keys[key_env]], **options), log_level=log_level)
+            )
 
         urls = {
             "legacy": serve("openai", "LEGACY_KEY", models=(*DEFAULT_MODELS, "gpt-image-2-vip")),
@@ -32,15 +36,39 @@ def simulated_channels(keys: Mapping[str, str], *, log_level: str = "warning") -
             "openai-a": serve("openai", "OPENAI_A_KEY"),
         }
         channels: list[dict[str, Any]] = [
-            {"name": "legacy", "type": "openai-compatible", "base_url": urls["legacy"] + "/v1",
-             "api_key_env": "LEGACY_KEY", "pools": ["legacy", "legacy-vip"]},
-            {"name": "azure-1", "type": "azure", "base_url": urls["azure-1"], "api_key_env": "AZURE_KEY",
-             "model_map": {"gpt-image-2": "img2-deploy"}, "pools": ["official-mixed"], "priority": 10},
-            {"name": "openai-a", "type": "openai", "base_url": urls["openai-a"] + "/v1", "api_key_env": "OPENAI_A_KEY",
-             "pools": ["official-mixed", "official-pure"]},
+            {
+                "name": "legacy",
+                "type": "openai-compatible",
+                "base_url": urls["legacy"] + "/v1",
+                "api_key_env": "LEGACY_KEY",
+                "pools": ["legacy", "legacy-vip"],
+            },
+            {
+                "name": "azure-1",
+                "type": "azure",
+                "base_url": urls["azure-1"],
+                "api_key_env": "AZURE_KEY",
+                "model_map": {"gpt-image-2": "img2-deploy"},
+                "pools": ["official-mixed"],
+                "priority": 10,
+            },
+            {
+                "name": "openai-a",
+                "type": "openai",
+                "base_url": urls["openai-a"] + "/v1",
+                "api_key_env": "OPENAI_A_KEY",
+                "pools": ["official-mixed", "official-pure"],
+            },
         ]
         if "OPENAI_B_KEY" in keys:
             urls["openai-b"] = serve("openai", "OPENAI_B_KEY")
-            channels.append({"name": "openai-b", "type": "openai", "base_url": urls["openai-b"] + "/v1",
-                             "api_key_env": "OPENAI_B_KEY", "pools": ["official-pure"]})
+            channels.append(
+                {
+                    "name": "openai-b",
+                    "type": "openai",
+                    "base_url": urls["openai-b"] + "/v1",
+                    "api_key_env": "OPENAI_B_KEY",
+                    "pools": ["official-pure"],
+                }
+            )
         yield urls, channels

@@ -37,8 +37,16 @@ def views(body: dict) -> list[bool]:
 
 def test_large_image_is_a_view_into_the_body() -> None:
     image = b64_image()
-    raw = bytearray(orjson.dumps({"created": 7, "data": [{"b64_json": image, "revised_prompt": "a fox"}],
-                                  "usage": {"total_tokens": 3}, "size": "1024x1024"}))
+    raw = bytearray(
+        orjson.dumps(
+            {
+                "created": 7,
+                "data": [{"b64_json": image, "revised_prompt": "a fox"}],
+                "usage": {"total_tokens": 3},
+                "size": "1024x1024",
+            }
+        )
+    )
     body = parse_images_answer(raw)
     assert views(body) == [True]
     assert body["data"][0]["b64_json"].obj is raw  # no copy: the very buffer we read
@@ -61,18 +69,21 @@ def test_several_images_and_pretty_printing(n: int) -> None:
     assert plain(body) == answer
 
 
-@pytest.mark.parametrize("answer", [
-    # an escaped slash: legal JSON, so the exact (slow) path must decode it
-    {"data": [{"b64_json": b64_image().replace("/", "\\/", 3)}]},
-    # the key elsewhere too: only data[i].b64_json may be taken
-    {"debug": {"b64_json": b64_image()}, "data": [{"b64_json": b64_image()}]},
-    # text that looks like the key inside another string
-    {"data": [{"revised_prompt": 'write "b64_json": "AAAA" here', "b64_json": b64_image()}]},
-    {"data": [{"b64_json": None}], "padding": "x" * ZERO_COPY_MIN_BYTES},
-    {"data": [{"url": "https://example.com/a.png"}], "padding": "y" * ZERO_COPY_MIN_BYTES},
-    {"b64_json": b64_image(), "data": []},
-    ["b64_json", {"b64_json": b64_image()}],
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # an escaped slash: legal JSON, so the exact (slow) path must decode it
+        {"data": [{"b64_json": b64_image().replace("/", "\\/", 3)}]},
+        # the key elsewhere too: only data[i].b64_json may be taken
+        {"debug": {"b64_json": b64_image()}, "data": [{"b64_json": b64_image()}]},
+        # text that looks like the key inside another string
+        {"data": [{"revised_prompt": 'write "b64_json": "AAAA" here', "b64_json": b64_image()}]},
+        {"data": [{"b64_json": None}], "padding": "x" * ZERO_COPY_MIN_BYTES},
+        {"data": [{"url": "https://example.com/a.png"}], "padding": "y" * ZERO_COPY_MIN_BYTES},
+        {"b64_json": b64_image(), "data": []},
+        ["b64_json", {"b64_json": b64_image()}],
+    ],
+)
 def test_agrees_with_orjson_on_unusual_shapes(answer: object) -> None:
     text = orjson.dumps(answer).decode()
     raw = text.replace("\\\\/", "\\/").encode()  # orjson escaped our backslash; restore the JSON escape
@@ -86,11 +97,14 @@ def test_the_escaped_slash_case_really_escapes() -> None:
     assert views(body) == [False] and body["data"][0]["b64_json"] == image
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"data": [{"b64_json": "' + b"A" * ZERO_COPY_MIN_BYTES + b'"}',  # truncated
-    b'{"data": [{"b64_json": "' + b"A" * ZERO_COPY_MIN_BYTES,  # no closing quote
-    b'{"data": [{"b64_json": "' + b"A" * ZERO_COPY_MIN_BYTES + b'"}]} trailing',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"data": [{"b64_json": "' + b"A" * ZERO_COPY_MIN_BYTES + b'"}',  # truncated
+        b'{"data": [{"b64_json": "' + b"A" * ZERO_COPY_MIN_BYTES,  # no closing quote
+        b'{"data": [{"b64_json": "' + b"A" * ZERO_COPY_MIN_BYTES + b'"}]} trailing',
+    ],
+)
 def test_invalid_json_is_an_error(raw: bytes) -> None:
     with pytest.raises(orjson.JSONDecodeError):
         parse_images_answer(raw)

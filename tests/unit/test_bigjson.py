@@ -24,11 +24,14 @@ def restore(value: Any, large: Any) -> Any:
     return value
 
 
-@pytest.mark.parametrize("doc", [
-    {"model": "gpt-image-2", "prompt": "a \"quoted\" \\ back\\slash", "images": [{"image_url": "x" * 5000}]},
-    {"a": ["y" * 100, "z" * 101, {"k\"ey": "w" * 3000}], "b": None, "c": 1.5, "d": "é" * 200},
-    [1, "", "q" * 1000, {"": ""}],
-])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"model": "gpt-image-2", "prompt": 'a "quoted" \\ back\\slash', "images": [{"image_url": "x" * 5000}]},
+        {"a": ["y" * 100, "z" * 101, {'k"ey': "w" * 3000}], "b": None, "c": 1.5, "d": "é" * 200},
+        [1, "", "q" * 1000, {"": ""}],
+    ],
+)
 def test_same_object_as_orjson(doc: Any) -> None:
     raw = orjson.dumps(doc)
     body, large = split_parse(raw, threshold=100, max_skeleton=10_000)
@@ -65,10 +68,13 @@ def test_skeleton_over_its_limit_is_413() -> None:
         split_parse(raw, threshold=1000, max_skeleton=1000)
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"a": "unterminated',
-    b'{"a": "' + b"\\" * (MAX_BACKSLASH_RUN + 2) + b'"}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": "unterminated',
+        b'{"a": "' + b"\\" * (MAX_BACKSLASH_RUN + 2) + b'"}',
+    ],
+)
 def test_hostile_strings_are_400(raw: bytes) -> None:
     with pytest.raises(InvalidRequest):
         split_parse(raw, threshold=1000, max_skeleton=1000)

@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from imagerelay.storage.accounts import Accounts
 from imagerelay.domain.records import UsageRecord
-from imagerelay.storage.billing import Billing
+from imagerelay.storage.accounts import Accounts
+from imagerelay.storage.billing import MAX_BALANCE_MICROS, AdjustmentRefused, Billing
 from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
 from imagerelay.storage.idempotency import IdempotencyConflict, IdempotencyStore
 from imagerelay.storage.instances import Instances
 from tests.support.services import drop_postgres_database, fresh_postgres_database
-from imagerelay.storage.billing import AdjustmentRefused, MAX_BALANCE_MICROS
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -43,8 +42,17 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 def record(request_id: str, user_id: int, cost: int = 0, status: int = 200) -> UsageRecord:
     return UsageRecord(
-        request_id=request_id, user_id=user_id, token_id=1, group="g", model="m", route="r",
-        endpoint="generations", status=status, billing_mode="per_call", latency_ms=1, cost_micros=cost,
+        request_id=request_id,
+        user_id=user_id,
+        token_id=1,
+        group="g",
+        model="m",
+        route="r",
+        endpoint="generations",
+        status=status,
+        billing_mode="per_call",
+        latency_ms=1,
+        cost_micros=cost,
     )
 
 
@@ -372,9 +380,15 @@ async def test_a_dead_process_s_calls_are_released_with_one_record_each(
     u = await accounts.get_user(user.id)
     assert u is not None and (u.balance_micros, u.held_micros) == (100_000, 20_000)  # the job's hold
     assert await _count(billing, "SELECT count(*) FROM holds WHERE request_id = 'job'") == 1
-    assert await _count(billing, "SELECT count(*) FROM usage_records WHERE status = 499 AND error_code = 'interrupted' "
-                                 "AND cost_micros = 0 AND model = 'm' AND route = 'r' AND token_id = :t",
-                        t=token.id) == 2
+    assert (
+        await _count(
+            billing,
+            "SELECT count(*) FROM usage_records WHERE status = 499 AND error_code = 'interrupted' "
+            "AND cost_micros = 0 AND model = 'm' AND route = 'r' AND token_id = :t",
+            t=token.id,
+        )
+        == 2
+    )
     assert await _count(billing, "SELECT count(*) FROM usage_records") == 2
     assert await _count(billing, "SELECT held_micros FROM tokens WHERE id = :t", t=token.id) == 20_000
     assert not (tmp_path / f"{crashed.id}.lock").exists()
@@ -384,7 +398,9 @@ async def test_a_dead_process_s_calls_are_released_with_one_record_each(
     assert await billing.audit() == []
 
 
-async def test_a_process_elsewhere_is_gone_once_its_lease_lapses(stores: tuple[Accounts, Billing], tmp_path: Path) -> None:
+async def test_a_process_elsewhere_is_gone_once_its_lease_lapses(
+    stores: tuple[Accounts, Billing], tmp_path: Path
+) -> None:
     accounts, billing = stores
     user = await accounts.get_or_create_user("u")
     await billing.adjust(user.id, 100_000, "top up")
@@ -467,6 +483,7 @@ async def test_a_running_claim_older_than_a_call_can_last_is_taken_over(stores: 
 
 # -- merged from test_balance_adjust.py: Admin balance adjustments keep every balance a valid,
 # auditable integer (SQLite and PostgreSQL).
+
 
 async def test_a_debit_past_the_available_balance_is_refused(stores: tuple[Accounts, Billing]) -> None:
     accounts, billing = stores

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import yaml
 
 from imagerelay.catalog.loader import default_catalog_text, load_catalog, parse_catalog

@@ -49,13 +49,25 @@ def _broken(mutate: Any) -> str:
         (lambda d: d["routes"][0].update(model="dall-e-9"), "routes[0] (default / dall-e-9): unknown model"),
         (lambda d: d["routes"][2].update(params="fancy"), "unknown param profile 'fancy'"),
         (lambda d: d["routes"].append(dict(d["routes"][0])), "duplicate route"),
-        (lambda d: d["routes"][0]["billing"].pop("price_per_call"), "routes[0] (default / gpt-image-2): per_call billing needs"),
+        (
+            lambda d: d["routes"][0]["billing"].pop("price_per_call"),
+            "routes[0] (default / gpt-image-2): per_call billing needs",
+        ),
         (lambda d: d["models"]["gpt-image-2"].pop("prices_per_million"), "usage billing needs prices_per_million"),
         (lambda d: d["param_profiles"]["vip"]["size_table"]["1:1"].update({"1K": "big"}), "size_table['1:1']['1K']"),
-        (lambda d: d["param_profiles"]["official-gpt-image-2"].update(n_max=0), "param_profiles.official-gpt-image-2.n_max"),
+        (
+            lambda d: d["param_profiles"]["official-gpt-image-2"].update(n_max=0),
+            "param_profiles.official-gpt-image-2.n_max",
+        ),
         (lambda d: d["groups"]["default"].update(multiplier="lots"), "groups.default.multiplier"),
-        (lambda d: d["channels"].append({"name": "x", "type": "azure", "pools": ["legacy"]}), "type azure needs base_url"),
-        (lambda d: d["channels"].append({"name": "simulator-legacy", "type": "simulator", "pools": []}), "duplicate channel name"),
+        (
+            lambda d: d["channels"].append({"name": "x", "type": "azure", "pools": ["legacy"]}),
+            "type azure needs base_url",
+        ),
+        (
+            lambda d: d["channels"].append({"name": "simulator-legacy", "type": "simulator", "pools": []}),
+            "duplicate channel name",
+        ),
         (lambda d: d.update(extra_key=1), "extra_key"),
     ],
 )
@@ -78,10 +90,16 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
 def test_operator_adds_a_group_without_code(tmp_path: Path) -> None:
     doc = raw()
     doc["groups"]["Partners"] = {"multiplier": "0.9"}
-    doc["routes"].append({
-        "group": "Partners", "model": "gpt-image-2", "name": "partners", "params": "official-gpt-image-2",
-        "billing": {"mode": "usage"}, "pool": "official-pure",
-    })
+    doc["routes"].append(
+        {
+            "group": "Partners",
+            "model": "gpt-image-2",
+            "name": "partners",
+            "params": "official-gpt-image-2",
+            "billing": {"mode": "usage"},
+            "pool": "official-pure",
+        }
+    )
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(doc))
     cat = load_catalog(path)

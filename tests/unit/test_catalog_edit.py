@@ -35,10 +35,16 @@ def _catalog() -> Catalog:
         "background": ["transparent", "opaque"],
         "n_max": 2,
     }
-    doc["routes"].append({
-        "group": GROUP, "model": MODEL, "name": "next", "params": "next",
-        "billing": {"mode": "per_call", "price_per_call": "0.25"}, "pool": "official-pure",
-    })
+    doc["routes"].append(
+        {
+            "group": GROUP,
+            "model": MODEL,
+            "name": "next",
+            "params": "next",
+            "billing": {"mode": "per_call", "price_per_call": "0.25"},
+            "pool": "official-pure",
+        }
+    )
     return parse_catalog(doc)
 
 
@@ -51,17 +57,24 @@ def _route(catalog: Catalog) -> ResolvedRoute:
 def _validate(catalog: Catalog, body: dict[str, Any]) -> Any:
     route = _route(catalog)
     hints = build_hints([r.spec for r in catalog.routes.values()], catalog.file.param_profiles)
-    return validate_generation({"model": MODEL, "prompt": "a lighthouse", **body}, route.spec, route.profile,
-                               hints[(GROUP, MODEL)])
+    return validate_generation(
+        {"model": MODEL, "prompt": "a lighthouse", **body}, route.spec, route.profile, hints[(GROUP, MODEL)]
+    )
 
 
 def test_new_values_are_accepted_passed_upstream_and_priced() -> None:
     catalog = _catalog()
-    request = _validate(catalog, {"quality": "ultra", "output_format": "avif", "output_compression": 60,
-                                  "size": "8192x8192", "n": 2})
+    request = _validate(
+        catalog, {"quality": "ultra", "output_format": "avif", "output_compression": 60, "size": "8192x8192", "n": 2}
+    )
     assert (request.quality, request.output_format, request.output_compression) == ("ultra", "avif", 60)
-    assert request.upstream_params == {"quality": "ultra", "output_format": "avif", "output_compression": 60,
-                                       "size": "8192x8192", "n": 2}
+    assert request.upstream_params == {
+        "quality": "ultra",
+        "output_format": "avif",
+        "output_compression": 60,
+        "size": "8192x8192",
+        "n": 2,
+    }
     route = _route(catalog)
     for quote in (
         worst_case_quote(request, route.spec, route.prices, route.group.multiplier, 8192, 8192),
@@ -70,14 +83,17 @@ def test_new_values_are_accepted_passed_upstream_and_priced() -> None:
         assert quote.micros == 250_000 and quote.mode == "per_call"
 
 
-@pytest.mark.parametrize(("body", "param", "text"), [
-    ({"quality": "high"}, "quality", "Supported values are: 'standard' and 'ultra'."),
-    ({"output_format": "jpeg"}, "output_format", "Supported values are: 'png' and 'avif'."),
-    ({"size": "1024x1024"}, "size", "2048x2048"),
-    ({"n": 3}, "n", "n must be between 1 and 2"),
-    # the explicit cross-field rule still applies to a format it has never heard of
-    ({"background": "transparent", "output_format": "avif"}, "background", "needs output_format png or webp"),
-])
+@pytest.mark.parametrize(
+    ("body", "param", "text"),
+    [
+        ({"quality": "high"}, "quality", "Supported values are: 'standard' and 'ultra'."),
+        ({"output_format": "jpeg"}, "output_format", "Supported values are: 'png' and 'avif'."),
+        ({"size": "1024x1024"}, "size", "2048x2048"),
+        ({"n": 3}, "n", "n must be between 1 and 2"),
+        # the explicit cross-field rule still applies to a format it has never heard of
+        ({"background": "transparent", "output_format": "avif"}, "background", "needs output_format png or webp"),
+    ],
+)
 def test_values_outside_the_catalog_are_refused(body: dict[str, Any], param: str, text: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         _validate(_catalog(), body)

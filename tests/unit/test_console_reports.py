@@ -21,13 +21,13 @@ from imagerelay.console.reports import (
     usage_csv,
     window,
 )
-from imagerelay.storage.accounts import Accounts
-from imagerelay.errors import InvalidRequest
 from imagerelay.domain.records import UsageQuery, UsageRecord
+from imagerelay.errors import InvalidRequest
+from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.billing import Billing
-from imagerelay.storage.usage_stats import UsageReports
 from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
 from imagerelay.storage.schema import usage_records
+from imagerelay.storage.usage_stats import UsageReports
 from tests.support.services import drop_postgres_database, fresh_postgres_database
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
@@ -52,18 +52,36 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tu
             drop_postgres_database(dropped)
 
 
-async def _seed(engine: AsyncEngine, billing: Billing, user_id: int, token_id: int,
-                rows: list[tuple[float, str, str | None, int, int, int | None]]) -> None:
+async def _seed(
+    engine: AsyncEngine,
+    billing: Billing,
+    user_id: int,
+    token_id: int,
+    rows: list[tuple[float, str, str | None, int, int, int | None]],
+) -> None:
     """(created_at, route, channel, status, cost, upstream latency) records."""
     for i, (at, route, channel, status, cost, upstream) in enumerate(rows):
         rid = f"r{i}"
-        await billing.record_only(UsageRecord(
-            request_id=rid, user_id=user_id, token_id=token_id, group="g", model="gpt-image-2", route=route,
-            endpoint="generations", status=status, billing_mode="per_call", latency_ms=100,
-            channel=channel, upstream_latency_ms=upstream))
+        await billing.record_only(
+            UsageRecord(
+                request_id=rid,
+                user_id=user_id,
+                token_id=token_id,
+                group="g",
+                model="gpt-image-2",
+                route=route,
+                endpoint="generations",
+                status=status,
+                billing_mode="per_call",
+                latency_ms=100,
+                channel=channel,
+                upstream_latency_ms=upstream,
+            )
+        )
         async with engine.begin() as conn:  # record_only charges nothing and stamps "now"
-            await conn.execute(update(usage_records).where(usage_records.c.request_id == rid)
-                               .values(created_at=at, cost_micros=cost))
+            await conn.execute(
+                update(usage_records).where(usage_records.c.request_id == rid).values(created_at=at, cost_micros=cost)
+            )
 
 
 ROWS = [
@@ -105,7 +123,9 @@ async def test_csv_is_exact_and_formula_safe(db: tuple[AsyncEngine, Accounts, Bi
     user = await accounts.get_or_create_user("=alice")
     await accounts.create_token(user.id, "g", name="+main")
     await _seed(engine, billing, user.id, 1, ROWS)
-    text = "".join([chunk async for chunk in usage_csv(UsageReports(engine), parse_usage_filter({"route": "official"}))])
+    text = "".join(
+        [chunk async for chunk in usage_csv(UsageReports(engine), parse_usage_filter({"route": "official"}))]
+    )
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["status"] for r in rows] == ["200", "502"]
     assert rows[0]["cost_usd"] == "0.123457" and rows[1]["cost_usd"] == "0.000000"
@@ -128,13 +148,20 @@ async def test_buckets_by_hour_route_and_channel(db: tuple[AsyncEngine, Accounts
     assert per_route == [("legacy", 2, 0, 60_000, 500), ("official", 2, 1, 123_457, 1000)]  # ties: by name
     by_channel = await UsageReports(engine).buckets(UsageQuery(), size_s=DAY_S, by="channel")
     assert {(b.start - int(T0), b.key, b.calls) for b in by_channel} == {
-        (0, "sim-a", 2), (0, "sim-b", 2), (DAY_S, "(none)", 1)}
+        (0, "sim-a", 2),
+        (0, "sim-b", 2),
+        (DAY_S, "(none)", 1),
+    }
 
 
 def test_filter_parsing_refuses_with_the_field_named() -> None:
-    for params, param in [({"since": "2026-13-01"}, "since"), ({"status": "bad"}, "status"),
-                          ({"token": "1e3"}, "token"), ({"model": "a\x00b"}, "model"),
-                          ({"since": "2026-01-02", "until": "2026-01-01"}, "until")]:
+    for params, param in [
+        ({"since": "2026-13-01"}, "since"),
+        ({"status": "bad"}, "status"),
+        ({"token": "1e3"}, "token"),
+        ({"model": "a\x00b"}, "model"),
+        ({"since": "2026-01-02", "until": "2026-01-01"}, "until"),
+    ]:
         with pytest.raises(InvalidRequest) as err:
             parse_usage_filter(params)
         assert err.value.param == param
@@ -178,7 +205,8 @@ def test_chart_geometry() -> None:
 
 
 async def test_the_dashboards_time_filter_over_every_user_uses_an_index(
-        db: tuple[AsyncEngine, Accounts, Billing]) -> None:
+    db: tuple[AsyncEngine, Accounts, Billing],
+) -> None:
     """The dashboard filters every user's records by time: without ``ix_usage_created``
     (migration 0006) that read the whole table (PostgreSQL chose a sequential scan over
     200,000 records; figures in docs/migrations.md)."""

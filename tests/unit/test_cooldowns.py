@@ -10,13 +10,15 @@ import pytest
 
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.limits.connection import SharedRedis
-from imagerelay.upstreams.cooldowns import RedisCooldowns
 from imagerelay.upstreams.base import UpstreamFailure
+from imagerelay.upstreams.cooldowns import RedisCooldowns
 from imagerelay.upstreams.pool import ChannelPool, PoolPolicy
 from tests.support.gateway import free_port
 
-CHANNELS = [ChannelSpec(name="flaky", type="simulator", pools=("p",)),
-            ChannelSpec(name="steady", type="simulator", pools=("p",))]
+CHANNELS = [
+    ChannelSpec(name="flaky", type="simulator", pools=("p",)),
+    ChannelSpec(name="steady", type="simulator", pools=("p",)),
+]
 
 
 def pool(cooldowns: RedisCooldowns) -> ChannelPool:

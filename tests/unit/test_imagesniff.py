@@ -18,8 +18,15 @@ from imagerelay.errors import InvalidRequest, PayloadTooLarge
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def encode(fmt: str, mode: str = "RGB", size: tuple[int, int] = (40, 30), *, noise: bool = False,
-           color: int | tuple[int, ...] = 0, **save: object) -> bytes:
+def encode(
+    fmt: str,
+    mode: str = "RGB",
+    size: tuple[int, int] = (40, 30),
+    *,
+    noise: bool = False,
+    color: int | tuple[int, ...] = 0,
+    **save: object,
+) -> bytes:
     """An image made in memory; ``noise`` makes the compressed data big enough to cut."""
     if noise:
         rng = random.Random(7)
@@ -42,33 +49,41 @@ def rejected(data: bytes, part: str = "image[1]", **kw: object) -> InvalidReques
 # -- accepted images ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fmt", "mode", "save", "color", "mime", "alpha"), [
-    ("PNG", "RGB", {}, 0, "image/png", False),
-    ("PNG", "RGBA", {}, (1, 2, 3, 0), "image/png", True),
-    ("PNG", "RGBA", {}, (1, 2, 3, 255), "image/png", True),  # an alpha channel, even if opaque
-    ("PNG", "LA", {}, (5, 0), "image/png", True),
-    ("PNG", "L", {}, 0, "image/png", False),
-    ("PNG", "1", {}, 0, "image/png", False),
-    ("PNG", "P", {}, 0, "image/png", False),
-    ("PNG", "P", {"transparency": 0}, 0, "image/png", True),  # palette + tRNS
-    ("PNG", "RGB", {"transparency": (0, 0, 0)}, 0, "image/png", True),  # RGB + tRNS colour key
-    ("PNG", "I;16", {}, 0, "image/png", False),
-    ("JPEG", "RGB", {}, 0, "image/jpeg", False),
-    ("JPEG", "L", {}, 0, "image/jpeg", False),
-    ("JPEG", "CMYK", {}, 0, "image/jpeg", False),
-    ("JPEG", "RGB", {"progressive": True}, 0, "image/jpeg", False),
-    ("WEBP", "RGB", {}, 0, "image/webp", False),
-    ("WEBP", "RGBA", {}, (1, 2, 3, 0), "image/webp", True),
-    ("WEBP", "RGBA", {"lossless": True}, (1, 2, 3, 100), "image/webp", True),
-    ("WEBP", "RGB", {"lossless": True}, 0, "image/webp", False),
-])
-def test_accepted_formats(fmt: str, mode: str, save: dict[str, object], color: object, mime: str,
-                          alpha: bool) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "mode", "save", "color", "mime", "alpha"),
+    [
+        ("PNG", "RGB", {}, 0, "image/png", False),
+        ("PNG", "RGBA", {}, (1, 2, 3, 0), "image/png", True),
+        ("PNG", "RGBA", {}, (1, 2, 3, 255), "image/png", True),  # an alpha channel, even if opaque
+        ("PNG", "LA", {}, (5, 0), "image/png", True),
+        ("PNG", "L", {}, 0, "image/png", False),
+        ("PNG", "1", {}, 0, "image/png", False),
+        ("PNG", "P", {}, 0, "image/png", False),
+        ("PNG", "P", {"transparency": 0}, 0, "image/png", True),  # palette + tRNS
+        ("PNG", "RGB", {"transparency": (0, 0, 0)}, 0, "image/png", True),  # RGB + tRNS colour key
+        ("PNG", "I;16", {}, 0, "image/png", False),
+        ("JPEG", "RGB", {}, 0, "image/jpeg", False),
+        ("JPEG", "L", {}, 0, "image/jpeg", False),
+        ("JPEG", "CMYK", {}, 0, "image/jpeg", False),
+        ("JPEG", "RGB", {"progressive": True}, 0, "image/jpeg", False),
+        ("WEBP", "RGB", {}, 0, "image/webp", False),
+        ("WEBP", "RGBA", {}, (1, 2, 3, 0), "image/webp", True),
+        ("WEBP", "RGBA", {"lossless": True}, (1, 2, 3, 100), "image/webp", True),
+        ("WEBP", "RGB", {"lossless": True}, 0, "image/webp", False),
+    ],
+)
+def test_accepted_formats(fmt: str, mode: str, save: dict[str, object], color: object, mime: str, alpha: bool) -> None:
     data = encode(fmt, mode, color=color, **save)  # type: ignore[arg-type]
     img = sniff_image(data, "image[2]", "photo.bin")
     assert isinstance(img, InputImage)
     assert (img.mime, img.width, img.height, img.has_alpha, img.part, img.filename) == (
-        mime, 40, 30, alpha, "image[2]", "photo.bin")
+        mime,
+        40,
+        30,
+        alpha,
+        "image[2]",
+        "photo.bin",
+    )
     assert img.data is data
 
 
@@ -79,23 +94,29 @@ def test_dimensions_come_from_the_image(fmt: str, size: tuple[int, int]) -> None
     assert (img.width, img.height) == size
 
 
-@pytest.mark.parametrize(("fmt", "filename", "mime"), [
-    ("JPEG", "picture.png", "image/jpeg"),
-    ("PNG", "photo.gif", "image/png"),
-    ("WEBP", "image.jpg", "image/webp"),
-    ("PNG", "no-extension", "image/png"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "filename", "mime"),
+    [
+        ("JPEG", "picture.png", "image/jpeg"),
+        ("PNG", "photo.gif", "image/png"),
+        ("WEBP", "image.jpg", "image/webp"),
+        ("PNG", "no-extension", "image/png"),
+    ],
+)
 def test_the_filename_never_decides_the_type(fmt: str, filename: str, mime: str) -> None:
     img = sniff_image(encode(fmt), "image", filename)
     assert img.mime == mime and img.filename == filename
 
 
-@pytest.mark.parametrize(("fmt", "part", "filename"), [
-    ("PNG", "image", "image.png"),
-    ("JPEG", "image[3]", "image_3.jpeg"),
-    ("WEBP", "images[0].image_url", "images_0_image_url.webp"),
-    ("PNG", "mask", "mask.png"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "part", "filename"),
+    [
+        ("PNG", "image", "image.png"),
+        ("JPEG", "image[3]", "image_3.jpeg"),
+        ("WEBP", "images[0].image_url", "images_0_image_url.webp"),
+        ("PNG", "mask", "mask.png"),
+    ],
+)
 def test_default_filename_follows_the_part_and_real_format(fmt: str, part: str, filename: str) -> None:
     assert sniff_image(encode(fmt), part, None).filename == filename
 
@@ -118,32 +139,35 @@ def test_result_is_immutable() -> None:
 # -- other formats are rejected, naming the part and what was found ---------------------------------
 
 
-@pytest.mark.parametrize(("data", "detected"), [
-    (encode("GIF"), "gif"),
-    (b"GIF87a" + b"\0" * 50, "gif"),
-    (encode("BMP"), "bmp"),
-    (encode("TIFF"), "tiff"),
-    (b"MM\x00*" + b"\0" * 50, "tiff"),
-    (encode("ICO", "RGBA", (32, 32)), "ico"),
-    (b"%PDF-1.7\n" + b"\0" * 50, "pdf"),
-    (b"8BPS\x00\x01" + b"\0" * 50, "psd"),
-    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "heic"),
-    (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "heif"),
-    (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", "avif"),
-    (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", "video/iso-media"),
-    (b"\xff\x0a\xfa\x7f", "jxl"),
-    (b"PK\x03\x04" + b"\0" * 50, "zip"),
-    (b"RIFF\x24\x00\x00\x00WAVEfmt ", "riff/wave"),
-    (b"RIFF\x24\x00\x00", "riff, truncated"),
-    (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "svg/xml"),
-    (b'<?xml version="1.0"?><svg/>', "svg/xml"),
-    (b'<?xml version="1.0"?><note/>', "xml"),
-    (b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "html"),
-    (b'  {"error": "not an image"}', "json"),
-    (b"hello world", "unknown"),
-    (b"\xff\xd8", "unknown"),  # too short to be a JPEG
-    (bytes(range(256)), "unknown"),
-])
+@pytest.mark.parametrize(
+    ("data", "detected"),
+    [
+        (encode("GIF"), "gif"),
+        (b"GIF87a" + b"\0" * 50, "gif"),
+        (encode("BMP"), "bmp"),
+        (encode("TIFF"), "tiff"),
+        (b"MM\x00*" + b"\0" * 50, "tiff"),
+        (encode("ICO", "RGBA", (32, 32)), "ico"),
+        (b"%PDF-1.7\n" + b"\0" * 50, "pdf"),
+        (b"8BPS\x00\x01" + b"\0" * 50, "psd"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "heic"),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "heif"),
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", "avif"),
+        (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", "video/iso-media"),
+        (b"\xff\x0a\xfa\x7f", "jxl"),
+        (b"PK\x03\x04" + b"\0" * 50, "zip"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "riff/wave"),
+        (b"RIFF\x24\x00\x00", "riff, truncated"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "svg/xml"),
+        (b'<?xml version="1.0"?><svg/>', "svg/xml"),
+        (b'<?xml version="1.0"?><note/>', "xml"),
+        (b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "html"),
+        (b'  {"error": "not an image"}', "json"),
+        (b"hello world", "unknown"),
+        (b"\xff\xd8", "unknown"),  # too short to be a JPEG
+        (bytes(range(256)), "unknown"),
+    ],
+)
 def test_other_formats_are_rejected_naming_the_part(data: bytes, detected: str) -> None:
     error = rejected(data, "image[1]")
     assert error.message == (
@@ -198,12 +222,15 @@ def test_png_with_a_corrupt_chunk_is_rejected() -> None:
     rejected(bytes(data))
 
 
-@pytest.mark.parametrize("data", [
-    PNG_MAGIC,
-    PNG_MAGIC + b"garbage" * 10,
-    b"\xff\xd8\xff" + b"garbage" * 10,
-    b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"garbage" * 10,
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        PNG_MAGIC,
+        PNG_MAGIC + b"garbage" * 10,
+        b"\xff\xd8\xff" + b"garbage" * 10,
+        b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"garbage" * 10,
+    ],
+)
 def test_right_magic_wrong_content_is_rejected(data: bytes) -> None:
     assert "could not be decoded" in rejected(data).message
 
@@ -237,11 +264,14 @@ def test_default_limit_is_50_mb() -> None:
         sniff_image(PNG_MAGIC + bytes(DEFAULT_MAX_BYTES), "image", None)
 
 
-@pytest.mark.parametrize(("size", "text"), [
-    ((9000, 9000), "image is 9000x9000 (81,000,000 pixels)"),  # over our limit, under Pillow's warning
-    ((10000, 10000), "image is 10000x10000 (100,000,000 pixels)"),  # in Pillow's warning range
-    ((20000, 20000), "image has too many pixels"),  # Pillow refuses to open it at all
-])
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        ((9000, 9000), "image is 9000x9000 (81,000,000 pixels)"),  # over our limit, under Pillow's warning
+        ((10000, 10000), "image is 10000x10000 (100,000,000 pixels)"),  # in Pillow's warning range
+        ((20000, 20000), "image has too many pixels"),  # Pillow refuses to open it at all
+    ],
+)
 def test_pixel_bombs_are_refused_before_decoding(size: tuple[int, int], text: str) -> None:
     data = encode("PNG", "1", size)  # a few KB that would decode to hundreds of MB
     error = rejected(data, "image")
@@ -278,11 +308,19 @@ def test_jpeg_with_a_trailer_after_eoi_is_still_accepted() -> None:
 # -- merged from test_upload_sniffing.py: Upload sniffing: the type comes from the bytes, every
 # problem names the part.
 
-@pytest.mark.parametrize(("fmt", "mode", "mime", "alpha"), [
-    ("PNG", "RGB", "image/png", False), ("PNG", "RGBA", "image/png", True), ("PNG", "LA", "image/png", True),
-    ("PNG", "P", "image/png", False), ("JPEG", "RGB", "image/jpeg", False), ("WEBP", "RGB", "image/webp", False),
-    ("WEBP", "RGBA", "image/webp", True),
-])
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "mime", "alpha"),
+    [
+        ("PNG", "RGB", "image/png", False),
+        ("PNG", "RGBA", "image/png", True),
+        ("PNG", "LA", "image/png", True),
+        ("PNG", "P", "image/png", False),
+        ("JPEG", "RGB", "image/jpeg", False),
+        ("WEBP", "RGB", "image/webp", False),
+        ("WEBP", "RGBA", "image/webp", True),
+    ],
+)
 def test_accepted_formats_and_modes(fmt: str, mode: str, mime: str, alpha: bool) -> None:
     img = sniff_image(encode(fmt, mode), "image[2]", "photo.bin")
     assert (img.mime, img.width, img.height, img.has_alpha, img.part) == (mime, 40, 30, alpha, "image[2]")
@@ -292,10 +330,17 @@ def test_name_and_declared_type_are_ignored() -> None:
     assert sniff_image(encode("JPEG"), "image", "picture.png").mime == "image/jpeg"
 
 
-@pytest.mark.parametrize(("data", "detected"), [
-    (b"GIF89a" + b"\0" * 50, "gif"), (b"BM" + b"\0" * 50, "bmp"), (b"%PDF-1.7" + b"\0" * 50, "pdf"),
-    (b"hello world", "unknown"), (encode("GIF"), "gif"), (encode("TIFF"), "tiff"),
-])
+@pytest.mark.parametrize(
+    ("data", "detected"),
+    [
+        (b"GIF89a" + b"\0" * 50, "gif"),
+        (b"BM" + b"\0" * 50, "bmp"),
+        (b"%PDF-1.7" + b"\0" * 50, "pdf"),
+        (b"hello world", "unknown"),
+        (encode("GIF"), "gif"),
+        (encode("TIFF"), "tiff"),
+    ],
+)
 def test_other_formats_rejected_naming_the_part(data: bytes, detected: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         sniff_image(data, "image[1]", None)

@@ -61,8 +61,9 @@ def test_store_settings_that_cannot_work_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         Settings(data_dir=tmp_path, image_store="ftp")
     secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-    s3 = Settings(data_dir=tmp_path, image_store="s3", image_store_s3_bucket="b",
-                  image_store_s3_secret_access_key=secret)
+    s3 = Settings(
+        data_dir=tmp_path, image_store="s3", image_store_s3_bucket="b", image_store_s3_secret_access_key=secret
+    )
     assert secret not in repr(s3) and secret not in str(s3.model_dump())
 
 

@@ -35,8 +35,16 @@ def _offenders(room: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def test_the_domain_imports_no_storage_http_or_wiring() -> None:
-    forbidden = ("imagerelay.storage", "imagerelay.api", "imagerelay.console", "imagerelay.services",
-                 "imagerelay.relay", "imagerelay.jobs", "sqlalchemy", "starlette")
+    forbidden = (
+        "imagerelay.storage",
+        "imagerelay.api",
+        "imagerelay.console",
+        "imagerelay.services",
+        "imagerelay.relay",
+        "imagerelay.jobs",
+        "sqlalchemy",
+        "starlette",
+    )
     assert _imports("domain"), "no domain modules found"
     assert _offenders("domain", forbidden) == {}
 

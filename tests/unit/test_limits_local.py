@@ -2,14 +2,24 @@ from __future__ import annotations
 
 import pytest
 
+from imagerelay.domain.accounts import TokenInfo
 from imagerelay.errors import RateLimited
 from imagerelay.limits.local import UNLIMITED, TokenLimiter
-from imagerelay.domain.accounts import TokenInfo
 
 
 def token(rpm: int | None = None, concurrency: int | None = None, tid: int = 1) -> TokenInfo:
-    return TokenInfo(id=tid, user_id=1, user_name="u", group="g", name="t", expires_at=None, revoked=False,
-                     is_admin=False, rpm_limit=rpm, concurrency_limit=concurrency)
+    return TokenInfo(
+        id=tid,
+        user_id=1,
+        user_name="u",
+        group="g",
+        name="t",
+        expires_at=None,
+        revoked=False,
+        is_admin=False,
+        rpm_limit=rpm,
+        concurrency_limit=concurrency,
+    )
 
 
 async def test_rpm_window_slides() -> None:

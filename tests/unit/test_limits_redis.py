@@ -9,19 +9,29 @@ from collections.abc import Callable
 
 import pytest
 
-from imagerelay.errors import RateLimited
-from imagerelay.limits.local import UNLIMITED, Limiter, TokenLimiter
-from imagerelay.limits.connection import SharedRedis
-from imagerelay.limits.redis import RedisTokenLimiter
 from imagerelay.domain.accounts import TokenInfo
+from imagerelay.errors import RateLimited
+from imagerelay.limits.connection import SharedRedis
+from imagerelay.limits.local import UNLIMITED, Limiter, TokenLimiter
+from imagerelay.limits.redis import RedisTokenLimiter
 from tests.support.gateway import free_port
 
 LEASE_S = 30.0
 
 
 def token(rpm: int | None = None, concurrency: int | None = None, tid: int = 1) -> TokenInfo:
-    return TokenInfo(id=tid, user_id=1, user_name="u", group="g", name="t", expires_at=None, revoked=False,
-                     is_admin=False, rpm_limit=rpm, concurrency_limit=concurrency)
+    return TokenInfo(
+        id=tid,
+        user_id=1,
+        user_name="u",
+        group="g",
+        name="t",
+        expires_at=None,
+        revoked=False,
+        is_admin=False,
+        rpm_limit=rpm,
+        concurrency_limit=concurrency,
+    )
 
 
 class Clock:

@@ -12,8 +12,14 @@ from imagerelay.upstreams.registry import build_connectors
 from tests.support.gateway import free_port
 
 SECRET = "sk-probe-secret-0123456789abcdef"
-PROBE = ImageRequest(endpoint="generations", model="gpt-image-2", prompt="a small test square", quality="low",
-                     upstream_params={"quality": "low", "size": "1024x1024"}, size="1024x1024")
+PROBE = ImageRequest(
+    endpoint="generations",
+    model="gpt-image-2",
+    prompt="a small test square",
+    quality="low",
+    upstream_params={"quality": "low", "size": "1024x1024"},
+    size="1024x1024",
+)
 
 
 def _pool() -> ChannelPool:

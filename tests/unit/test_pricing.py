@@ -10,6 +10,8 @@ import pytest
 
 from imagerelay.catalog.loader import load_catalog
 from imagerelay.catalog.model import Billing, ModelPrices, RouteSpec
+from imagerelay.domain.money import format_usd
+from imagerelay.domain.money import to_micros as usd_to_micros
 from imagerelay.domain.pricing import (
     PriceQuote,
     fallback_quote,
@@ -18,8 +20,6 @@ from imagerelay.domain.pricing import (
     usage_price,
     worst_case_quote,
 )
-from imagerelay.domain.money import format_usd
-from imagerelay.domain.money import to_micros as usd_to_micros
 from imagerelay.domain.types import ImageRequest, InputImage, Usage
 from imagerelay.domain.usage import QUALITIES, STANDARD_SIZES, output_image_tokens, simulated_usage, text_tokens
 

@@ -12,24 +12,37 @@ KEY = "az-0123456789abcdefghij"
 BASE = "https://my-resource.openai.azure.com/openai"
 
 
-@pytest.mark.parametrize("text", [
-    f"Invalid key {KEY} supplied",
-    f"key ending in {KEY[-10:]}",  # a piece of the key
-    f"key starting {KEY[:9]}***",
-    f"POST {BASE}/deployments/x failed",
-    "calling my-resource.openai.azure.com timed out",
-    "Incorrect API key provided: sk-proj-********************************abcd.",
-    "Authorization: Bearer eyJhbGciOi.abc.def",
-    "api-key=abc123 rejected",
-    "upstream 10.0.3.7:8443 refused",
-    "upstream [fe80::1] refused",
-    "token 0123456789abcdef0123456789abcdef is not valid",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"Invalid key {KEY} supplied",
+        f"key ending in {KEY[-10:]}",  # a piece of the key
+        f"key starting {KEY[:9]}***",
+        f"POST {BASE}/deployments/x failed",
+        "calling my-resource.openai.azure.com timed out",
+        "Incorrect API key provided: sk-proj-********************************abcd.",
+        "Authorization: Bearer eyJhbGciOi.abc.def",
+        "api-key=abc123 rejected",
+        "upstream 10.0.3.7:8443 refused",
+        "upstream [fe80::1] refused",
+        "token 0123456789abcdef0123456789abcdef is not valid",
+    ],
+)
 def test_secrets_and_addresses_are_redacted(text: str) -> None:
     out = redact(text, channel_secrets(KEY, BASE))
     assert REDACTED in out
-    for secret in (KEY, KEY[-10:], KEY[:9], "my-resource", "10.0.3.7", "fe80::1", "sk-proj", "eyJhbGciOi",
-                   "abc123", "0123456789abcdef0123456789abcdef"):
+    for secret in (
+        KEY,
+        KEY[-10:],
+        KEY[:9],
+        "my-resource",
+        "10.0.3.7",
+        "fe80::1",
+        "sk-proj",
+        "eyJhbGciOi",
+        "abc123",
+        "0123456789abcdef0123456789abcdef",
+    ):
         assert secret not in out
 
 
@@ -44,8 +57,12 @@ def test_control_characters_and_length_are_bounded() -> None:
 
 
 def test_a_failure_is_scrubbed_in_detail_message_and_param() -> None:
-    failure = UpstreamFailure("client", f"HTTP 400 bad {KEY}", status=400,
-                              client_error=ApiError(f"The upstream rejected the request: {KEY}", param=KEY))
+    failure = UpstreamFailure(
+        "client",
+        f"HTTP 400 bad {KEY}",
+        status=400,
+        client_error=ApiError(f"The upstream rejected the request: {KEY}", param=KEY),
+    )
     failure.redacted(channel_secrets(KEY, BASE))
     assert KEY not in failure.detail and KEY not in str(failure)
     assert failure.client_error is not None

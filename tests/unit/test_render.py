@@ -46,7 +46,9 @@ def _mean(img: Image.Image) -> list[float]:
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
 def test_every_format_background_and_size_decodes_exactly(fmt: str, background: str | None, size_class: str) -> None:
     width, height = SIZES[size_class]
-    data = render_image(prompt="a lighthouse at dusk", width=width, height=height, output_format=fmt, background=background)
+    data = render_image(
+        prompt="a lighthouse at dusk", width=width, height=height, output_format=fmt, background=background
+    )
     img = _open(data)
     assert img.format == PIL_FORMAT[fmt]
     assert img.size == (width, height)
@@ -88,7 +90,13 @@ def test_bad_arguments_raise_value_error(kwargs: dict[str, object]) -> None:
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
 def test_same_arguments_give_identical_bytes(fmt: str) -> None:
-    kwargs = {"prompt": "two cats on a sofa", "width": 640, "height": 480, "output_format": fmt, "background": "transparent"}
+    kwargs = {
+        "prompt": "two cats on a sofa",
+        "width": 640,
+        "height": 480,
+        "output_format": fmt,
+        "background": "transparent",
+    }
     assert render_image(**kwargs) == render_image(**kwargs)  # type: ignore[arg-type]
 
 
@@ -136,7 +144,9 @@ def test_further_sources_appear_as_thumbnails() -> None:
 
 
 def test_transparent_edit_keeps_corners_transparent() -> None:
-    img = _open(render_image(prompt="x", width=400, height=300, background="transparent", sources=[_solid((0, 0, 255))]))
+    img = _open(
+        render_image(prompt="x", width=400, height=300, background="transparent", sources=[_solid((0, 0, 255))])
+    )
     assert img.mode == "RGBA"
     assert img.getchannel("A").getpixel((0, 0)) == 0
     assert img.getchannel("A").getpixel((200, 150)) == 255
@@ -220,7 +230,9 @@ def test_incompressible_4k_png_is_benchmark_sized_and_deterministic() -> None:
         (None, "auto", (2000, 1000), (1536, 1024)),
     ],
 )
-def test_resolve_dimensions(size: str | None, default: str, source: tuple[int, int] | None, expected: tuple[int, int]) -> None:
+def test_resolve_dimensions(
+    size: str | None, default: str, source: tuple[int, int] | None, expected: tuple[int, int]
+) -> None:
     assert resolve_dimensions(size, default, source) == expected
 
 

@@ -160,7 +160,10 @@ def test_sdk_edit_single_file(client: OpenAI, openai_app: Any) -> None:
     image_part = next(p for p in parts if p["filename"])
     assert image_part["name"] == "image" and image_part["content_type"] == "image/png"
     assert image_part["sha256"] == hashlib.sha256(src).hexdigest() and image_part["size"] == len(src)
-    assert {p["name"]: p.get("value") for p in parts if not p["filename"]} == {"prompt": "add a moon", "model": "gpt-image-2"}
+    assert {p["name"]: p.get("value") for p in parts if not p["filename"]} == {
+        "prompt": "add a moon",
+        "model": "gpt-image-2",
+    }
 
 
 def test_sdk_edit_several_files_and_mask(client: OpenAI, openai_app: Any, tmp_path: Path) -> None:
@@ -178,7 +181,10 @@ def test_sdk_edit_several_files_and_mask(client: OpenAI, openai_app: Any, tmp_pa
     assert resp.data is not None and _decode(resp.data[0].b64_json or "").size == (1024, 1024)
     parts = [p for p in sim_state(openai_app).recorded()[-1]["parts"] if p["filename"]]
     assert [(p["name"], p["content_type"]) for p in parts] == [
-        ("image[]", "image/png"), ("image[]", "image/png"), ("image[]", "image/jpeg"), ("mask", "image/png"),
+        ("image[]", "image/png"),
+        ("image[]", "image/png"),
+        ("image[]", "image/jpeg"),
+        ("mask", "image/png"),
     ]
 
 
@@ -248,38 +254,58 @@ def test_missing_and_wrong_key_are_401_official_shape(http: httpx.Client, openai
 
 def test_octet_stream_part_is_rejected_like_the_real_api(http: httpx.Client, openai_base: str) -> None:
     r = http.post(
-        openai_base + "/v1/images/edits", headers=AUTH, data={"prompt": "x", "model": "gpt-image-2"},
+        openai_base + "/v1/images/edits",
+        headers=AUTH,
+        data={"prompt": "x", "model": "gpt-image-2"},
         files=[("image[]", ("a.png", _png(), "image/png")), ("image[]", ("b.png", _png(), "application/octet-stream"))],
     )
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "unsupported_file_mimetype"
     assert r.json()["error"]["param"] == "image[1]"
-    r = http.post(openai_base + "/v1/images/edits", headers=AUTH, data={"prompt": "x"},
-                  files={"image": ("a.png", _png(), "application/octet-stream")})
+    r = http.post(
+        openai_base + "/v1/images/edits",
+        headers=AUTH,
+        data={"prompt": "x"},
+        files={"image": ("a.png", _png(), "application/octet-stream")},
+    )
     assert (r.status_code, r.json()["error"]["param"]) == (400, "image[0]")
 
 
 def test_multipart_image_field_variants(http: httpx.Client, openai_base: str) -> None:
     for name in ("image", "image[]", "image[0]"):
-        r = http.post(openai_base + "/v1/images/edits", headers=AUTH, data={"prompt": "x", "n": "2", "size": "1024x1024"},
-                      files={name: ("a.png", _png(), "image/png")})
+        r = http.post(
+            openai_base + "/v1/images/edits",
+            headers=AUTH,
+            data={"prompt": "x", "n": "2", "size": "1024x1024"},
+            files={name: ("a.png", _png(), "image/png")},
+        )
         assert r.status_code == 200, (name, r.text)
         assert len(r.json()["data"]) == 2
 
 
 def test_json_edit_form_with_data_urls(http: httpx.Client, openai_base: str, openai_app: Any) -> None:
     url = "data:image/png;base64," + base64.b64encode(_png(600, 600, (10, 180, 10))).decode()
-    r = http.post(openai_base + "/v1/images/edits", headers=AUTH, json={
-        "model": "gpt-image-2", "prompt": "x", "images": [{"image_url": url}, {"image_url": url}],
-        "output_format": "jpeg", "output_compression": 50,
-    })
+    r = http.post(
+        openai_base + "/v1/images/edits",
+        headers=AUTH,
+        json={
+            "model": "gpt-image-2",
+            "prompt": "x",
+            "images": [{"image_url": url}, {"image_url": url}],
+            "output_format": "jpeg",
+            "output_compression": 50,
+        },
+    )
     assert r.status_code == 200, r.text
     img = _decode(r.json()["data"][0]["b64_json"])
     assert (img.format, img.size) == ("JPEG", (1024, 1024))
     logged = sim_state(openai_app).recorded()[-1]["json"]["images"][0]["image_url"]
     assert logged.startswith("<") and "sha256=" in logged, "big data URLs are logged as a digest"
-    bad = http.post(openai_base + "/v1/images/edits", headers=AUTH, json={
-        "prompt": "x", "images": [{"image_url": "data:application/pdf;base64,AAAA"}]})
+    bad = http.post(
+        openai_base + "/v1/images/edits",
+        headers=AUTH,
+        json={"prompt": "x", "images": [{"image_url": "data:application/pdf;base64,AAAA"}]},
+    )
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "unsupported_file_mimetype")
     missing = http.post(openai_base + "/v1/images/edits", headers=AUTH, json={"prompt": "x"})
     assert (missing.status_code, missing.json()["error"]["code"]) == (400, "missing_required_parameter")
@@ -292,8 +318,12 @@ def test_json_edit_form_with_data_urls(http: httpx.Client, openai_base: str, ope
         ({"size": "3856x2176"}, "size", "invalid_value", "3840"),
         ({"size": "3840x1024"}, "size", "invalid_value", "3:1"),
         ({"size": "512x512"}, "size", "invalid_value", "655360"),
-        ({"model": "gpt-image-1", "size": "1254x836"}, "size", "invalid_value",
-         "Supported values are: '1024x1024', '1024x1536', '1536x1024', and 'auto'"),
+        (
+            {"model": "gpt-image-1", "size": "1254x836"},
+            "size",
+            "invalid_value",
+            "Supported values are: '1024x1024', '1024x1536', '1536x1024', and 'auto'",
+        ),
         ({"model": "nope"}, "model", "invalid_value", "The model 'nope' does not exist."),
         ({"n": 11}, "n", "integer_above_max_value", "<= 10"),
         ({"n": "2"}, "n", "invalid_type", "expected an integer"),
@@ -319,23 +349,40 @@ def test_generation_parameter_validation(
 
 def test_input_fidelity_is_rejected_for_gpt_image_2_only(http: httpx.Client, openai_base: str) -> None:
     files = {"image": ("a.png", _png(), "image/png")}
-    r = http.post(openai_base + "/v1/images/edits", headers=AUTH, files=files,
-                  data={"prompt": "x", "model": "gpt-image-2", "input_fidelity": "high"})
+    r = http.post(
+        openai_base + "/v1/images/edits",
+        headers=AUTH,
+        files=files,
+        data={"prompt": "x", "model": "gpt-image-2", "input_fidelity": "high"},
+    )
     assert (r.status_code, r.json()["error"]["param"]) == (400, "input_fidelity")
-    r = http.post(openai_base + "/v1/images/edits", headers=AUTH, files=files,
-                  data={"prompt": "x", "model": "gpt-image-1", "input_fidelity": "high"})
+    r = http.post(
+        openai_base + "/v1/images/edits",
+        headers=AUTH,
+        files=files,
+        data={"prompt": "x", "model": "gpt-image-1", "input_fidelity": "high"},
+    )
     assert r.status_code == 200, r.text
 
 
 def test_bad_json_and_mask_mismatch(http: httpx.Client, openai_base: str) -> None:
-    r = http.post(openai_base + "/v1/images/generations", headers={**AUTH, "content-type": "application/json"},
-                  content=b"{nope")
+    r = http.post(
+        openai_base + "/v1/images/generations", headers={**AUTH, "content-type": "application/json"}, content=b"{nope"
+    )
     assert r.status_code == 400 and "could not parse the JSON body" in r.json()["error"]["message"]
-    r = http.post(openai_base + "/v1/images/edits", headers=AUTH, data={"prompt": "x"},
-                  files=[("image", ("a.png", _png(400, 300), "image/png")), ("mask", ("m.png", _png(10, 10), "image/png"))])
+    r = http.post(
+        openai_base + "/v1/images/edits",
+        headers=AUTH,
+        data={"prompt": "x"},
+        files=[("image", ("a.png", _png(400, 300), "image/png")), ("mask", ("m.png", _png(10, 10), "image/png"))],
+    )
     assert (r.status_code, r.json()["error"]["param"]) == (400, "mask")
-    r = http.post(openai_base + "/v1/images/edits", headers=AUTH, data={"prompt": "x"},
-                  files={"image": ("a.png", b"not an image", "image/png")})
+    r = http.post(
+        openai_base + "/v1/images/edits",
+        headers=AUTH,
+        data={"prompt": "x"},
+        files={"image": ("a.png", b"not an image", "image/png")},
+    )
     assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_image_file")
 
 
@@ -387,13 +434,19 @@ def test_azure_rejects_a_body_model_on_deployment_urls(azure: AzureOpenAI, http:
     r = http.post(url, headers={"api-key": KEY}, json={"prompt": "x", "model": "gpt-image-2"})
     assert r.status_code == 400
     assert r.json()["error"] == {
-        "message": "The model 'gpt-image-2' does not exist.", "type": "image_generation_user_error",
-        "param": "model", "code": "invalid_value",
+        "message": "The model 'gpt-image-2' does not exist.",
+        "type": "image_generation_user_error",
+        "param": "model",
+        "code": "invalid_value",
     }
     with pytest.raises(openai.BadRequestError):
         azure.images.generate(model="gpt-image-2", prompt="x")
-    r = http.post(url.replace("generations", "edits"), headers={"api-key": KEY},
-                  data={"prompt": "x", "model": "gpt-image-2"}, files={"image": ("a.png", _png(), "image/png")})
+    r = http.post(
+        url.replace("generations", "edits"),
+        headers={"api-key": KEY},
+        data={"prompt": "x", "model": "gpt-image-2"},
+        files={"image": ("a.png", _png(), "image/png")},
+    )
     assert (r.status_code, r.json()["error"]["param"]) == (400, "model")
 
 
@@ -409,14 +462,21 @@ def test_azure_url_rules(http: httpx.Client, azure_base: str) -> None:
     r = http.post(dep.format("gpt-image-2") + f"?api-version={API_VERSION}", headers={"api-key": "wrong"}, json=ok)
     assert (r.status_code, r.json()["error"]["code"]) == (401, "401")
     assert "Access denied" in r.json()["error"]["message"]
-    r = http.post(dep.format("gpt-image-2") + f"?api-version={API_VERSION}", headers={"Authorization": f"Bearer {KEY}"},
-                  json=ok)
+    r = http.post(
+        dep.format("gpt-image-2") + f"?api-version={API_VERSION}", headers={"Authorization": f"Bearer {KEY}"}, json=ok
+    )
     assert r.status_code == 200, "Entra-style bearer auth is accepted too"
-    r = http.post(dep.format("gpt-image-2") + f"?api-version={API_VERSION}", headers={"api-key": KEY},
-                  json={**ok, "output_format": "webp"})
+    r = http.post(
+        dep.format("gpt-image-2") + f"?api-version={API_VERSION}",
+        headers={"api-key": KEY},
+        json={**ok, "output_format": "webp"},
+    )
     assert (r.status_code, r.json()["error"]["param"]) == (400, "output_format")
-    r = http.post(dep.format("img-legacy") + f"?api-version={API_VERSION}", headers={"api-key": KEY},
-                  json={"prompt": "x", "size": "1280x720"})
+    r = http.post(
+        dep.format("img-legacy") + f"?api-version={API_VERSION}",
+        headers={"api-key": KEY},
+        json={"prompt": "x", "size": "1280x720"},
+    )
     assert (r.status_code, r.json()["error"]["param"]) == (400, "size"), "size rules follow the deployment's model"
     r = http.post(azure_base + "/openai/deployments/gpt-image-2/chat/completions", headers={"api-key": KEY}, json={})
     assert r.status_code == 404
@@ -426,27 +486,36 @@ def test_azure_v1_form(http: httpx.Client, azure_base: str, azure_app: Any) -> N
     url = azure_base + "/openai/v1/images/generations"
     r = http.post(url, headers={"api-key": KEY}, json={"prompt": "x", "model": "gpt-image-2", "size": "1024x1024"})
     assert r.status_code == 200, r.text
-    r = http.post(url + "?api-version=preview", headers={"Authorization": f"Bearer {KEY}"},
-                  json={"prompt": "x", "model": "gpt-image-2"})
+    r = http.post(
+        url + "?api-version=preview",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"prompt": "x", "model": "gpt-image-2"},
+    )
     assert r.status_code == 200, r.text
     r = http.post(url, headers={"api-key": KEY}, json={"prompt": "x", "model": "other"})
     assert (r.status_code, r.json()["error"]["code"]) == (404, "DeploymentNotFound")
     r = http.post(url, headers={"api-key": KEY}, json={"prompt": "x"})
     assert (r.status_code, r.json()["error"]["param"]) == (400, "model")
-    r = http.post(url + "?api-version=2025-04-01-preview", headers={"api-key": KEY}, json={"prompt": "x", "model": "gpt-image-2"})
+    r = http.post(
+        url + "?api-version=2025-04-01-preview", headers={"api-key": KEY}, json={"prompt": "x", "model": "gpt-image-2"}
+    )
     assert r.status_code == 400
 
 
 def test_azure_sdk_v1_form_with_openai_client(azure_base: str) -> None:
-    with OpenAI(base_url=azure_base + "/openai/v1", api_key=KEY, max_retries=0,
-                default_headers={"api-key": KEY}) as c:
+    with OpenAI(base_url=azure_base + "/openai/v1", api_key=KEY, max_retries=0, default_headers={"api-key": KEY}) as c:
         resp = c.images.generate(model="gpt-image-2", prompt="x", size="1024x1024")
     assert resp.data and resp.quality == "high"
 
 
 def test_azure_fault_shapes(http: httpx.Client, azure_base: str) -> None:
-    _faults(http, azure_base, {"type": "content_filter", "count": 1}, {"type": "429", "count": 1, "retry_after": 3},
-            {"type": "503", "count": 1})
+    _faults(
+        http,
+        azure_base,
+        {"type": "content_filter", "count": 1},
+        {"type": "429", "count": 1, "retry_after": 3},
+        {"type": "503", "count": 1},
+    )
     url = azure_base + f"/openai/deployments/gpt-image-2/images/generations?api-version={API_VERSION}"
     r = http.post(url, headers={"api-key": KEY}, json={"prompt": "x"})
     assert r.status_code == 400
@@ -489,8 +558,9 @@ def test_latency_fault_fixed_and_jitter(http: httpx.Client, openai_base: str) ->
         ({"type": "status", "status": 502}, 502, "server_error", None),
     ],
 )
-def test_error_faults(http: httpx.Client, openai_base: str, fault: dict[str, Any], status: int, etype: str,
-                      code: str | None) -> None:
+def test_error_faults(
+    http: httpx.Client, openai_base: str, fault: dict[str, Any], status: int, etype: str, code: str | None
+) -> None:
     _faults(http, openai_base, {**fault, "count": 1})
     r = _gen(http, openai_base)
     assert r.status_code == status
@@ -509,8 +579,12 @@ def test_rate_limit_fault_sends_retry_after(http: httpx.Client, openai_base: str
 
 
 def test_custom_status_body_and_message(http: httpx.Client, openai_base: str) -> None:
-    _faults(http, openai_base, {"type": "status", "status": 504, "body": {"oops": 1}, "count": 1},
-            {"type": "500", "message": "custom", "headers": {"x-should-retry": "false"}, "count": 1})
+    _faults(
+        http,
+        openai_base,
+        {"type": "status", "status": 504, "body": {"oops": 1}, "count": 1},
+        {"type": "500", "message": "custom", "headers": {"x-should-retry": "false"}, "count": 1},
+    )
     r = _gen(http, openai_base)
     assert (r.status_code, r.json()) == (504, {"oops": 1})
     r = _gen(http, openai_base)
@@ -596,8 +670,9 @@ def test_stream_cut_and_stream_error(client: OpenAI, http: httpx.Client, openai_
     assert got == ["image_generation.partial_image"]
 
 
-def test_stream_error_without_partials_and_invalid_json_frames(client: OpenAI, http: httpx.Client,
-                                                              openai_base: str) -> None:
+def test_stream_error_without_partials_and_invalid_json_frames(
+    client: OpenAI, http: httpx.Client, openai_base: str
+) -> None:
     _faults(http, openai_base, {"type": "stream_error", "count": 1})
     with pytest.raises(openai.APIError):
         list(client.images.generate(model="gpt-image-2", prompt="x", stream=True))
@@ -623,7 +698,9 @@ def test_sse_framing_is_exact(http: httpx.Client, openai_base: str) -> None:
     text = http.post(openai_base + "/v1/images/generations", json=body, headers=AUTH).text
     frames = [f for f in text.split("\n\n") if f]
     assert [f.split("\n")[0] for f in frames] == [
-        "event: image_generation.partial_image", "event: image_generation.completed"]
+        "event: image_generation.partial_image",
+        "event: image_generation.completed",
+    ]
     assert all(f.split("\n")[1].startswith("data: {") for f in frames)
 
 
@@ -643,8 +720,12 @@ def test_count_order_rate_and_endpoint_filters(http: httpx.Client, openai_base: 
     http.delete(openai_base + "/_sim/faults")
     _faults(http, openai_base, {"type": "500", "endpoint": "edits"})
     assert _gen(http, openai_base).status_code == 200
-    r = http.post(openai_base + "/v1/images/edits", headers=AUTH, data={"prompt": "x"},
-                  files={"image": ("a.png", _png(), "image/png")})
+    r = http.post(
+        openai_base + "/v1/images/edits",
+        headers=AUTH,
+        data={"prompt": "x"},
+        files={"image": ("a.png", _png(), "image/png")},
+    )
     assert r.status_code == 500
     state = http.get(openai_base + "/_sim/faults").json()["faults"]
     assert state[0]["type"] == "server_error" and state[0]["fired"] == 1 and state[0]["seen"] == 1
@@ -653,8 +734,13 @@ def test_count_order_rate_and_endpoint_filters(http: httpx.Client, openai_base: 
 
 
 def test_fault_schema_errors(http: httpx.Client, openai_base: str) -> None:
-    for bad in ({"type": "explode"}, {"type": "500", "count": 0}, {"type": "500", "rate": 2},
-                {"type": "500", "typo": 1}, {"type": "500", "endpoint": "variations"}):
+    for bad in (
+        {"type": "explode"},
+        {"type": "500", "count": 0},
+        {"type": "500", "rate": 2},
+        {"type": "500", "typo": 1},
+        {"type": "500", "endpoint": "variations"},
+    ):
         r = http.post(openai_base + "/_sim/faults", json=bad)
         assert r.status_code == 400, bad
     assert http.get(openai_base + "/_sim/faults").json()["faults"] == []
@@ -664,8 +750,12 @@ def test_fault_schema_errors(http: httpx.Client, openai_base: str) -> None:
 
 def test_requests_log(http: httpx.Client, openai_base: str) -> None:
     _gen(http, openai_base, size="1024x1024")
-    http.post(openai_base + "/v1/images/edits?trace=1", headers=AUTH, data={"prompt": "y"},
-              files={"image": ("a.png", _png(), "image/png")})
+    http.post(
+        openai_base + "/v1/images/edits?trace=1",
+        headers=AUTH,
+        data={"prompt": "y"},
+        files={"image": ("a.png", _png(), "image/png")},
+    )
     log = http.get(openai_base + "/_sim/requests").json()["requests"]
     assert [e["path"] for e in log] == ["/v1/images/generations", "/v1/images/edits"]
     assert log[0]["json"] == {"prompt": "a small red boat", "size": "1024x1024"} and log[0]["method"] == "POST"

@@ -21,14 +21,23 @@ except pytest.skip.Exception as skipped:
 """
 
 
-@pytest.mark.parametrize("variable, url, call", [
-    ("IMAGERELAY_TEST_PG", "postgresql://postgres@127.0.0.1:1/postgres", "services.fresh_postgres_database()"),
-    ("IMAGERELAY_TEST_REDIS", "redis://127.0.0.1:1/0", "services.redis_url()"),
-])
+@pytest.mark.parametrize(
+    "variable, url, call",
+    [
+        ("IMAGERELAY_TEST_PG", "postgresql://postgres@127.0.0.1:1/postgres", "services.fresh_postgres_database()"),
+        ("IMAGERELAY_TEST_REDIS", "redis://127.0.0.1:1/0", "services.redis_url()"),
+    ],
+)
 def test_skip_follows_the_configured_address(variable: str, url: str, call: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "IMAGERELAY_REQUIRE_SERVICES"}
-    out = subprocess.run([sys.executable, "-c", PROBE.format(call=call)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, env={**env, variable: url})
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(call=call)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, variable: url},
+    )
     assert out.stdout.startswith("SKIP") and "127.0.0.1:1;" in out.stdout, out.stdout + out.stderr
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import gzip
 import ipaddress
 from collections.abc import Iterator
@@ -22,18 +23,23 @@ from cryptography.x509.oid import NameOID
 
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.domain.types import ImageRequest
-from imagerelay_sim.server import create_upstream_app
-from imagerelay.upstreams.base import CallTarget, UpstreamFailure
 from imagerelay.upstreams.azure import AzureConnector
+from imagerelay.upstreams.base import CallTarget, UpstreamFailure
 from imagerelay.upstreams.openai import OpenAIConnector
+from imagerelay.upstreams.transport import AnswerMemory, answer_buffer
+from imagerelay_sim.server import create_upstream_app
 from tests.support.forward_proxy import forward_proxy, socks5_proxy
 from tests.support.servers import run_asgi
-import gc
-from imagerelay.upstreams.transport import AnswerMemory, answer_buffer
 
 KEY = "sk-fast"
-REQUEST = ImageRequest(endpoint="generations", model="gpt-image-2", prompt="a kite", size="1024x1024",
-                       quality="low", upstream_params={"size": "1024x1024", "quality": "low"})
+REQUEST = ImageRequest(
+    endpoint="generations",
+    model="gpt-image-2",
+    prompt="a kite",
+    size="1024x1024",
+    quality="low",
+    upstream_params={"size": "1024x1024", "quality": "low"},
+)
 
 
 def target(base: str, **channel: Any) -> CallTarget:
@@ -54,28 +60,41 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imagerelay test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = {"ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem"}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    paths["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return {name: str(path) for name, path in paths.items()}
 
 
 def requests_seen(base: str) -> list[dict[str, Any]]:
     return httpx.get(base + "/_sim/requests").json()["requests"]
+
 
 async def test_generation_over_tls_with_the_channels_ca_bundle(tls: dict[str, str]) -> None:
     app = create_upstream_app("openai", api_keys=[KEY])
@@ -100,6 +119,7 @@ async def test_an_untrusted_certificate_is_a_connect_failure(tls: dict[str, str]
         finally:
             await connector.aclose()
 
+
 async def test_latency_beyond_the_channel_timeout_is_a_timeout(sim: str) -> None:
     httpx.post(sim + "/_sim/faults", json={"type": "latency", "latency_s": 2, "count": 1})
     connector = OpenAIConnector()
@@ -111,6 +131,7 @@ async def test_latency_beyond_the_channel_timeout_is_a_timeout(sim: str) -> None
         await connector.aclose()
         httpx.delete(sim + "/_sim/faults")
 
+
 async def test_error_statuses_keep_their_headers(sim: str) -> None:
     httpx.post(sim + "/_sim/faults", json={"type": "429", "retry_after": 3, "count": 1})
     connector = OpenAIConnector()
@@ -120,6 +141,7 @@ async def test_error_statuses_keep_their_headers(sim: str) -> None:
         assert info.value.kind == "rate_limited" and info.value.retry_after == 3
     finally:
         await connector.aclose()
+
 
 async def test_a_reset_before_any_answer_is_not_retried(sim: str) -> None:
     httpx.delete(sim + "/_sim/requests")
@@ -155,8 +177,15 @@ async def test_one_pool_per_channel_honours_max_connections(sim: str) -> None:
     """Generations, streams and edits share one pool, never more than max_connections."""
     httpx.post(sim + "/_sim/faults", json={"type": "latency", "latency_s": 0.3})
     connector = OpenAIConnector()
-    edit = ImageRequest(endpoint="edits", model="gpt-image-2", prompt="a kite", size="1024x1024", quality="low",
-                        upstream_params={"size": "1024x1024", "quality": "low"}, images=[_png()])
+    edit = ImageRequest(
+        endpoint="edits",
+        model="gpt-image-2",
+        prompt="a kite",
+        size="1024x1024",
+        quality="low",
+        upstream_params={"size": "1024x1024", "quality": "low"},
+        images=[_png()],
+    )
     try:
         t = target(sim, max_connections=2)
         calls = [connector.images(t, REQUEST) for _ in range(3)] + [connector.images(t, edit) for _ in range(2)]
@@ -182,7 +211,9 @@ async def _raw_server(answer: bytes, *, close: bool) -> tuple[asyncio.Server, st
                 head = await reader.readuntil(b"\r\n\r\n")
                 heads.append(head)
                 lines = head.split(b"\r\n")
-                length = next((int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length")), 0)
+                length = next(
+                    (int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length")), 0
+                )
                 await reader.readexactly(length)
                 writer.write(answer)
                 await writer.drain()
@@ -204,8 +235,10 @@ ANSWER = orjson.dumps({"data": [{"b64_json": "iVBORw0KGgo="}]})
 async def test_chunked_gzip_answers_and_connection_close(close: bool) -> None:
     body = gzip.compress(ANSWER)
     chunks = b"".join(b"%x\r\n" % len(part) + part + b"\r\n" for part in (body[:10], body[10:])) + b"0\r\n\r\n"
-    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
-              b"Transfer-Encoding: chunked\r\n" + (b"Connection: close\r\n" if close else b"") + b"\r\n" + chunks)
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"Transfer-Encoding: chunked\r\n" + (b"Connection: close\r\n" if close else b"") + b"\r\n" + chunks
+    )
     server, base, _ = await _raw_server(answer, close=close)
     connector = OpenAIConnector()
     try:
@@ -261,8 +294,10 @@ async def test_an_undeclared_oversized_answer_stops_at_the_cap() -> None:
 async def test_a_gzip_bomb_stops_at_the_decompressed_cap() -> None:
     bomb = gzip.compress(b'{"data": [{"b64_json": "' + b"A" * (64 << 20), compresslevel=9)
     assert len(bomb) < 200_000
-    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(bomb) + bomb)
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(bomb) + bomb
+    )
     server, base, _ = await _raw_server(answer, close=True)
     connector = OpenAIConnector(max_answer_bytes=4 << 20)
     try:
@@ -289,14 +324,19 @@ async def test_a_key_with_cr_lf_never_reaches_the_wire(key: str) -> None:
         server.close()
 
 
-@pytest.mark.parametrize(("deployment", "path"), [
-    ("my deploy", "/openai/deployments/my%20deploy/images/generations"),
-    ("déploiement-画像", "/openai/deployments/d%C3%A9ploiement-%E7%94%BB%E5%83%8F/images/generations"),
-    ("a/b?c#d", "/openai/deployments/a%2Fb%3Fc%23d/images/generations"),
-])
+@pytest.mark.parametrize(
+    ("deployment", "path"),
+    [
+        ("my deploy", "/openai/deployments/my%20deploy/images/generations"),
+        ("déploiement-画像", "/openai/deployments/d%C3%A9ploiement-%E7%94%BB%E5%83%8F/images/generations"),
+        ("a/b?c#d", "/openai/deployments/a%2Fb%3Fc%23d/images/generations"),
+    ],
+)
 async def test_deployment_names_are_one_percent_encoded_path_segment(deployment: str, path: str) -> None:
-    server, base, heads = await _raw_server(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                            b"Content-Length: %d\r\n\r\n" % len(ANSWER) + ANSWER, close=True)
+    server, base, heads = await _raw_server(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(ANSWER) + ANSWER,
+        close=True,
+    )
     connector = AzureConnector()
     spec = ChannelSpec(name="az", type="azure", pools=("p",), base_url=base)
     try:

@@ -372,9 +372,13 @@ def test_worst_case_usage_counts_everything_per_output_image() -> None:
 # -- what an upstream reports -------------------------------------------------------------------
 
 
-GOOD = {"total_tokens": 210, "input_tokens": 14, "output_tokens": 196,
-        "input_tokens_details": {"text_tokens": 14, "image_tokens": 0},
-        "output_tokens_details": {"image_tokens": 196, "text_tokens": 0}}
+GOOD = {
+    "total_tokens": 210,
+    "input_tokens": 14,
+    "output_tokens": 196,
+    "input_tokens_details": {"text_tokens": 14, "image_tokens": 0},
+    "output_tokens_details": {"image_tokens": 196, "text_tokens": 0},
+}
 
 
 def test_a_real_report_is_used() -> None:
@@ -382,20 +386,32 @@ def test_a_real_report_is_used() -> None:
     assert usage is not None and usage.input_text_tokens == 14 and usage.output_image_tokens == 196
 
 
-@pytest.mark.parametrize("raw", [
-    None, [], "usage", {},
-    {**GOOD, "input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
-     "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
-     "output_tokens_details": {"image_tokens": 0, "text_tokens": 0}},
-    {**GOOD, "output_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0},
-    {**GOOD, "total_tokens": "many"},
-    {**GOOD, "input_tokens": -5},
-    {**GOOD, "output_tokens": 1.5},
-    {**GOOD, "output_tokens": True},
-    {**GOOD, "input_tokens_details": {"text_tokens": "x"}},
-    {**GOOD, "output_tokens_details": ["image_tokens"]},
-    {**GOOD, "output_tokens": 10**12},
-], ids=lambda r: repr(r)[:40])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        [],
+        "usage",
+        {},
+        {
+            **GOOD,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "total_tokens": 0,
+            "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
+            "output_tokens_details": {"image_tokens": 0, "text_tokens": 0},
+        },
+        {**GOOD, "output_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0},
+        {**GOOD, "total_tokens": "many"},
+        {**GOOD, "input_tokens": -5},
+        {**GOOD, "output_tokens": 1.5},
+        {**GOOD, "output_tokens": True},
+        {**GOOD, "input_tokens_details": {"text_tokens": "x"}},
+        {**GOOD, "output_tokens_details": ["image_tokens"]},
+        {**GOOD, "output_tokens": 10**12},
+    ],
+    ids=lambda r: repr(r)[:40],
+)
 def test_empty_zero_or_garbage_reports_count_as_missing(raw: object) -> None:
     assert reported_usage(raw) is None
 

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from imagerelay.catalog.loader import load_catalog
 from imagerelay.catalog.model import Billing, ParamProfile, RouteSpec
 from imagerelay.domain.imagesniff import sniff_image
 from imagerelay.domain.types import ImageRequest, InputImage
 from imagerelay.domain.validation import RouteHints, build_hints, validate_edit, validate_generation
 from imagerelay.errors import ApiError, InvalidRequest, PayloadTooLarge, UnknownParameter
 from tests.unit.test_sizes import VIP_TABLE
-from imagerelay.catalog.loader import load_catalog
 
 S, E = "Sora2Official", "GPTImage2 Enterprise"
 LEGACY = ("default", "gpt-image-2")
@@ -39,9 +39,16 @@ PROFILES: dict[str, ParamProfile] = {
     "legacy": ParamProfile(size="reject", default_size="1024x1024", n_max=4),
     "vip": ParamProfile(size="table", size_table=VIP_TABLE, default_size="2048x2048", n_max=4),
     "official": ParamProfile(
-        size="official", default_size="auto", quality=("low", "medium", "high", "auto"), n_max=10,
-        background=("transparent", "opaque", "auto"), output_formats=("png", "jpeg", "webp"),
-        output_compression=True, moderation=("low", "auto"), streaming=True, partial_images_max=3,
+        size="official",
+        default_size="auto",
+        quality=("low", "medium", "high", "auto"),
+        n_max=10,
+        background=("transparent", "opaque", "auto"),
+        output_formats=("png", "jpeg", "webp"),
+        output_compression=True,
+        moderation=("low", "auto"),
+        streaming=True,
+        partial_images_max=3,
     ),
 }
 
@@ -52,7 +59,9 @@ def route_spec(group: str, model: str, params: str) -> RouteSpec:
 
 
 ROUTES = [
-    route_spec(*LEGACY, "legacy"), route_spec(*VIP, "vip"), route_spec(*MIXED, "official"),
+    route_spec(*LEGACY, "legacy"),
+    route_spec(*VIP, "vip"),
+    route_spec(*MIXED, "official"),
     route_spec(*PURE, "official"),
 ]
 
@@ -73,11 +82,25 @@ class Matrix:
             body = {"prompt": "a cat", **fields}
         return validate_generation(body, self.routes[key], self.profile(key), self.hints[key])
 
-    def edit(self, key: tuple[str, str], images: Sequence[InputImage] | None = None, mask: InputImage | None = None,
-             *, multipart: bool = True, **fields: Any) -> ImageRequest:
+    def edit(
+        self,
+        key: tuple[str, str],
+        images: Sequence[InputImage] | None = None,
+        mask: InputImage | None = None,
+        *,
+        multipart: bool = True,
+        **fields: Any,
+    ) -> ImageRequest:
         images = [png()] if images is None else images
-        return validate_edit({"prompt": "make it red", **fields}, images, mask, self.routes[key], self.profile(key),
-                             self.hints[key], from_multipart=multipart)
+        return validate_edit(
+            {"prompt": "make it red", **fields},
+            images,
+            mask,
+            self.routes[key],
+            self.profile(key),
+            self.hints[key],
+            from_multipart=multipart,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +148,14 @@ def as_multipart(value: Any) -> str:
 def test_minimal_generation(m: Matrix, key: tuple[str, str]) -> None:
     req = m.gen(key)
     assert (req.endpoint, req.model, req.prompt, req.n, req.size, req.stream, req.response_format) == (
-        "generations", key[1], "a cat", 1, None, False, "b64_json")
+        "generations",
+        key[1],
+        "a cat",
+        1,
+        None,
+        False,
+        "b64_json",
+    )
     assert req.upstream_params == {} and req.images == () and req.mask is None
     assert req.effective_output_format == "png"
 
@@ -136,7 +166,12 @@ def test_minimal_edit(m: Matrix, key: tuple[str, str], multipart: bool) -> None:
     image = png()
     req = m.edit(key, [image], multipart=multipart)
     assert (req.endpoint, req.model, req.prompt, req.images, req.upstream_params) == (
-        "edits", key[1], "make it red", (image,), {})
+        "edits",
+        key[1],
+        "make it red",
+        (image,),
+        {},
+    )
 
 
 @pytest.mark.parametrize("key", ALL)
@@ -150,35 +185,100 @@ def test_model_in_the_body_is_the_callers_business(m: Matrix, key: tuple[str, st
 OK = "ok"
 # (param, value, extra body, {profile: OK or the advice the rejection must contain})
 PARAM_MATRIX: list[tuple[str, Any, dict[str, Any], dict[str, str]]] = [
-    ("size", "1024x1024", {}, {
-        "legacy": f"use model gpt-image-2-vip for explicit sizes, or group {S} or {E}",
-        "vip": "nearest allowed size is 1280x1280 (1:1, 1K)", "official": OK}),
+    (
+        "size",
+        "1024x1024",
+        {},
+        {
+            "legacy": f"use model gpt-image-2-vip for explicit sizes, or group {S} or {E}",
+            "vip": "nearest allowed size is 1280x1280 (1:1, 1K)",
+            "official": OK,
+        },
+    ),
     ("size", "2048x2048", {}, {"legacy": "use model gpt-image-2-vip", "vip": OK, "official": OK}),
-    ("size", "auto", {}, {"legacy": "use model gpt-image-2-vip", "vip": "2048x2048, 2048x1152 or 1152x2048",
-                          "official": OK}),
-    ("quality", "high", {}, {"legacy": f"use group {S} or {E} for quality control.",
-                             "vip": f"use group {S} or {E} for quality control, with model gpt-image-2.",
-                             "official": OK}),
+    (
+        "size",
+        "auto",
+        {},
+        {"legacy": "use model gpt-image-2-vip", "vip": "2048x2048, 2048x1152 or 1152x2048", "official": OK},
+    ),
+    (
+        "quality",
+        "high",
+        {},
+        {
+            "legacy": f"use group {S} or {E} for quality control.",
+            "vip": f"use group {S} or {E} for quality control, with model gpt-image-2.",
+            "official": OK,
+        },
+    ),
     ("quality", "auto", {}, {"legacy": "for quality control", "vip": "for quality control", "official": OK}),
-    ("background", "opaque", {}, {"legacy": f"use group {S} or {E} for background control.",
-                                  "vip": "for background control, with model gpt-image-2", "official": OK}),
-    ("output_format", "jpeg", {}, {"legacy": f"use group {S} or {E} for jpeg or webp output.",
-                                   "vip": "with model gpt-image-2", "official": OK}),
-    ("output_format", "png", {}, {"legacy": "for jpeg or webp output", "vip": "for jpeg or webp output",
-                                  "official": OK}),
-    ("output_compression", 100, {}, {"legacy": f"use group {S} or {E} for output compression.",
-                                     "vip": "for output compression", "official": OK}),
-    ("moderation", "low", {}, {"legacy": f"use group {S} or {E} for moderation control.",
-                               "vip": "for moderation control", "official": OK}),
-    ("stream", True, {}, {"legacy": f"use group {S} or {E} for streaming.",
-                          "vip": f"use group {S} or {E} for streaming, with model gpt-image-2.", "official": OK}),
+    (
+        "background",
+        "opaque",
+        {},
+        {
+            "legacy": f"use group {S} or {E} for background control.",
+            "vip": "for background control, with model gpt-image-2",
+            "official": OK,
+        },
+    ),
+    (
+        "output_format",
+        "jpeg",
+        {},
+        {"legacy": f"use group {S} or {E} for jpeg or webp output.", "vip": "with model gpt-image-2", "official": OK},
+    ),
+    (
+        "output_format",
+        "png",
+        {},
+        {"legacy": "for jpeg or webp output", "vip": "for jpeg or webp output", "official": OK},
+    ),
+    (
+        "output_compression",
+        100,
+        {},
+        {"legacy": f"use group {S} or {E} for output compression.", "vip": "for output compression", "official": OK},
+    ),
+    (
+        "moderation",
+        "low",
+        {},
+        {"legacy": f"use group {S} or {E} for moderation control.", "vip": "for moderation control", "official": OK},
+    ),
+    (
+        "stream",
+        True,
+        {},
+        {
+            "legacy": f"use group {S} or {E} for streaming.",
+            "vip": f"use group {S} or {E} for streaming, with model gpt-image-2.",
+            "official": OK,
+        },
+    ),
     ("stream", False, {}, {"legacy": OK, "vip": OK, "official": OK}),
-    ("partial_images", 1, {"stream": True}, {"legacy": "for streaming", "vip": "for streaming",
-                                             "official": OK}),
-    ("partial_images", 0, {}, {"legacy": f"use group {S} or {E} for streaming partial images.",
-                               "vip": "for streaming partial images", "official": OK}),
-    ("input_fidelity", "high", {}, {"legacy": "remove it from the request", "vip": "remove it from the request",
-                                    "official": "remove it from the request"}),
+    ("partial_images", 1, {"stream": True}, {"legacy": "for streaming", "vip": "for streaming", "official": OK}),
+    (
+        "partial_images",
+        0,
+        {},
+        {
+            "legacy": f"use group {S} or {E} for streaming partial images.",
+            "vip": "for streaming partial images",
+            "official": OK,
+        },
+    ),
+    (
+        "input_fidelity",
+        "high",
+        {},
+        {
+            "legacy": "remove it from the request",
+            "vip": "remove it from the request",
+            "official": "remove it from the request",
+        },
+    ),
     ("input_fidelity", "low", {}, {"legacy": "remove it", "vip": "remove it", "official": "remove it"}),
     ("n", 1, {}, {"legacy": OK, "vip": OK, "official": OK}),
     ("n", 4, {}, {"legacy": OK, "vip": OK, "official": OK}),
@@ -216,49 +316,76 @@ def _check_matrix_case(call: Any, key: tuple[str, str], param: str, value: Any, 
 
 
 @pytest.mark.parametrize(("key", "param", "value", "extra", "expected"), MATRIX_CASES)
-def test_param_matrix_generation(m: Matrix, key: tuple[str, str], param: str, value: Any, extra: dict[str, Any],
-                                 expected: str) -> None:
+def test_param_matrix_generation(
+    m: Matrix, key: tuple[str, str], param: str, value: Any, extra: dict[str, Any], expected: str
+) -> None:
     _check_matrix_case(lambda: m.gen(key, **extra, **{param: value}), key, param, value, expected)
 
 
 @pytest.mark.parametrize(("key", "param", "value", "extra", "expected"), MATRIX_CASES)
-def test_param_matrix_multipart_edit(m: Matrix, key: tuple[str, str], param: str, value: Any,
-                                     extra: dict[str, Any], expected: str) -> None:
+def test_param_matrix_multipart_edit(
+    m: Matrix, key: tuple[str, str], param: str, value: Any, extra: dict[str, Any], expected: str
+) -> None:
     fields = {k: as_multipart(v) for k, v in {**extra, param: value}.items()}
     _check_matrix_case(lambda: m.edit(key, **fields), key, param, value, expected)
 
 
 @pytest.mark.parametrize(("key", "param", "value", "extra", "expected"), MATRIX_CASES)
-def test_param_matrix_json_edit(m: Matrix, key: tuple[str, str], param: str, value: Any, extra: dict[str, Any],
-                                expected: str) -> None:
+def test_param_matrix_json_edit(
+    m: Matrix, key: tuple[str, str], param: str, value: Any, extra: dict[str, Any], expected: str
+) -> None:
     _check_matrix_case(lambda: m.edit(key, multipart=False, **extra, **{param: value}), key, param, value, expected)
 
 
 # -- the exact advice messages ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("key", "body", "message"), [
-    (VIP, {"quality": "high"},
-     f"quality is not supported by model gpt-image-2-vip in group default; use group {S} or {E} for quality "
-     "control, with model gpt-image-2."),
-    (LEGACY, {"quality": "high"},
-     f"quality is not supported by model gpt-image-2 in group default; use group {S} or {E} for quality control."),
-    (LEGACY, {"size": "1024x1024"},
-     "size is not supported by model gpt-image-2 in group default; use model gpt-image-2-vip for explicit sizes, "
-     f"or group {S} or {E}."),
-    (LEGACY, {"size": "auto"},
-     "size is not supported by model gpt-image-2 in group default; use model gpt-image-2-vip for explicit sizes, "
-     f"or group {S} or {E}."),
-    (MIXED, {"input_fidelity": "high"},
-     f"input_fidelity is not supported by model gpt-image-2 in group {S} (gpt-image-2 always processes input "
-     "images at high fidelity); remove it from the request."),
-    (VIP, {"size": "3840x2000"},
-     "size 3840x2000 is not supported by model gpt-image-2-vip in group default; the nearest allowed size is "
-     "3840x2160 (16:9, 4K). The route takes 30 sizes: 1K/2K/4K for ratios 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, "
-     "9:16, 16:9, 21:9."),
-    (PURE, {"size": "1792x936"},
-     "Invalid size '1792x936'. Width and height must both be divisible by 16; the nearest valid size is 1792x944."),
-])
+@pytest.mark.parametrize(
+    ("key", "body", "message"),
+    [
+        (
+            VIP,
+            {"quality": "high"},
+            f"quality is not supported by model gpt-image-2-vip in group default; use group {S} or {E} for quality "
+            "control, with model gpt-image-2.",
+        ),
+        (
+            LEGACY,
+            {"quality": "high"},
+            f"quality is not supported by model gpt-image-2 in group default; use group {S} or {E} for quality control.",
+        ),
+        (
+            LEGACY,
+            {"size": "1024x1024"},
+            "size is not supported by model gpt-image-2 in group default; use model gpt-image-2-vip for explicit sizes, "
+            f"or group {S} or {E}.",
+        ),
+        (
+            LEGACY,
+            {"size": "auto"},
+            "size is not supported by model gpt-image-2 in group default; use model gpt-image-2-vip for explicit sizes, "
+            f"or group {S} or {E}.",
+        ),
+        (
+            MIXED,
+            {"input_fidelity": "high"},
+            f"input_fidelity is not supported by model gpt-image-2 in group {S} (gpt-image-2 always processes input "
+            "images at high fidelity); remove it from the request.",
+        ),
+        (
+            VIP,
+            {"size": "3840x2000"},
+            "size 3840x2000 is not supported by model gpt-image-2-vip in group default; the nearest allowed size is "
+            "3840x2160 (16:9, 4K). The route takes 30 sizes: 1K/2K/4K for ratios 1:1, 2:3, 3:2, 3:4, 4:3, 4:5, 5:4, "
+            "9:16, 16:9, 21:9.",
+        ),
+        (
+            PURE,
+            {"size": "1792x936"},
+            "Invalid size '1792x936'. Width and height must both be divisible by 16; the nearest valid size is 1792x944.",
+        ),
+    ],
+)
 def test_exact_messages(m: Matrix, key: tuple[str, str], body: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         m.gen(key, **body)
@@ -267,18 +394,24 @@ def test_exact_messages(m: Matrix, key: tuple[str, str], body: dict[str, Any], m
 
 def test_the_spec_example_is_a_prefix_of_the_vip_quality_message(m: Matrix) -> None:
     error = rejects(InvalidRequest, "quality", m.gen, VIP, size="2048x2048", quality="high")
-    assert error.message.startswith(f"quality is not supported by model gpt-image-2-vip in group default; "
-                                    f"use group {S} or {E} for quality control")
+    assert error.message.startswith(
+        f"quality is not supported by model gpt-image-2-vip in group default; use group {S} or {E} for quality control"
+    )
     assert error.code == "unsupported_parameter"
 
 
 def test_one_image_routes_point_at_routes_with_n() -> None:
-    single = {**PROFILES, "legacy": PROFILES["legacy"].model_copy(update={"n_max": 1}),
-              "vip": PROFILES["vip"].model_copy(update={"n_max": 1})}
+    single = {
+        **PROFILES,
+        "legacy": PROFILES["legacy"].model_copy(update={"n_max": 1}),
+        "vip": PROFILES["vip"].model_copy(update={"n_max": 1}),
+    }
     mx = Matrix({(r.group, r.model): r for r in ROUTES}, single, build_hints(ROUTES, single))
     error = rejects(InvalidRequest, "n", mx.gen, LEGACY, n=2)
-    assert error.message == (f"model gpt-image-2 in group default makes one image per call, so n must be 1 (got 2); "
-                             f"use group {S} or {E} for several images per call.")
+    assert error.message == (
+        f"model gpt-image-2 in group default makes one image per call, so n must be 1 (got 2); "
+        f"use group {S} or {E} for several images per call."
+    )
     assert "use group" not in rejects(InvalidRequest, "n", mx.gen, LEGACY, n=0).message
     assert mx.gen(LEGACY, n=1).upstream_params == {"n": 1}
 
@@ -346,45 +479,64 @@ def test_build_hints_is_pure() -> None:
 
 
 @pytest.mark.parametrize("key", OFFICIAL)
-@pytest.mark.parametrize(("param", "value"), [
-    *[("quality", v) for v in ("low", "medium", "high", "auto")],
-    *[("background", v) for v in ("transparent", "opaque", "auto")],
-    *[("output_format", v) for v in ("png", "jpeg", "webp")],
-    *[("moderation", v) for v in ("low", "auto")],
-])
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        *[("quality", v) for v in ("low", "medium", "high", "auto")],
+        *[("background", v) for v in ("transparent", "opaque", "auto")],
+        *[("output_format", v) for v in ("png", "jpeg", "webp")],
+        *[("moderation", v) for v in ("low", "auto")],
+    ],
+)
 def test_official_values_accepted(m: Matrix, key: tuple[str, str], param: str, value: str) -> None:
     req = m.gen(key, **{param: value})
     assert getattr(req, param) == value and req.upstream_params == {param: value}
 
 
-@pytest.mark.parametrize(("param", "value", "text"), [
-    ("quality", "ultra", "Invalid value for quality: 'ultra'. Supported values are: 'low', 'medium', 'high' and 'auto'."),
-    ("quality", "hd", "'hd' is a dall-e value; for GPT image models use 'high'."),
-    ("quality", "standard", "use 'medium'"),
-    ("quality", "HIGH", "Values are lowercase: use 'high'."),
-    ("quality", "", "Supported values are"),
-    ("background", "clear", "Supported values are: 'transparent', 'opaque' and 'auto'."),
-    ("background", "Transparent", "use 'transparent'"),
-    ("output_format", "gif", "Supported values are: 'png', 'jpeg' and 'webp'."),
-    ("output_format", "jpg", "Supported values are: 'png', 'jpeg' and 'webp'."),
-    ("moderation", "none", "Supported values are: 'low' and 'auto'."),
-    ("moderation", "high", "Supported values are: 'low' and 'auto'."),
-    ("response_format", "png", "Supported values are: 'b64_json' and 'url'."),
-    ("response_format", "URL", "use 'url'"),
-    ("response_format", "b64", "Supported values are"),
-])
+@pytest.mark.parametrize(
+    ("param", "value", "text"),
+    [
+        (
+            "quality",
+            "ultra",
+            "Invalid value for quality: 'ultra'. Supported values are: 'low', 'medium', 'high' and 'auto'.",
+        ),
+        ("quality", "hd", "'hd' is a dall-e value; for GPT image models use 'high'."),
+        ("quality", "standard", "use 'medium'"),
+        ("quality", "HIGH", "Values are lowercase: use 'high'."),
+        ("quality", "", "Supported values are"),
+        ("background", "clear", "Supported values are: 'transparent', 'opaque' and 'auto'."),
+        ("background", "Transparent", "use 'transparent'"),
+        ("output_format", "gif", "Supported values are: 'png', 'jpeg' and 'webp'."),
+        ("output_format", "jpg", "Supported values are: 'png', 'jpeg' and 'webp'."),
+        ("moderation", "none", "Supported values are: 'low' and 'auto'."),
+        ("moderation", "high", "Supported values are: 'low' and 'auto'."),
+        ("response_format", "png", "Supported values are: 'b64_json' and 'url'."),
+        ("response_format", "URL", "use 'url'"),
+        ("response_format", "b64", "Supported values are"),
+    ],
+)
 def test_official_values_rejected(m: Matrix, param: str, value: str, text: str) -> None:
     error = rejects(InvalidRequest, param, m.gen, MIXED, **{param: value})
     assert text in error.message and error.code == "invalid_value"
 
 
-@pytest.mark.parametrize(("background", "output_format", "ok"), [
-    ("transparent", None, True), ("transparent", "png", True), ("transparent", "webp", True),
-    ("transparent", "jpeg", False),
-    ("opaque", "jpeg", True), ("opaque", "png", True), ("auto", "jpeg", True), ("auto", None, True),
-])
-def test_transparent_background_needs_png_or_webp(m: Matrix, background: str, output_format: str | None,
-                                                  ok: bool) -> None:
+@pytest.mark.parametrize(
+    ("background", "output_format", "ok"),
+    [
+        ("transparent", None, True),
+        ("transparent", "png", True),
+        ("transparent", "webp", True),
+        ("transparent", "jpeg", False),
+        ("opaque", "jpeg", True),
+        ("opaque", "png", True),
+        ("auto", "jpeg", True),
+        ("auto", None, True),
+    ],
+)
+def test_transparent_background_needs_png_or_webp(
+    m: Matrix, background: str, output_format: str | None, ok: bool
+) -> None:
     body = {"background": background, "output_format": output_format}
     if ok:
         assert m.gen(MIXED, **body).background == background
@@ -393,14 +545,27 @@ def test_transparent_background_needs_png_or_webp(m: Matrix, background: str, ou
         assert "needs output_format png or webp" in error.message
 
 
-@pytest.mark.parametrize(("output_format", "compression", "param_error"), [
-    (None, 100, None), ("png", 100, None),
-    (None, 0, "jpeg or webp"), (None, 50, "jpeg or webp"), (None, 99, "jpeg or webp"), ("png", 0, "jpeg or webp"),
-    ("png", 80, "jpeg or webp"),
-    ("jpeg", 0, None), ("jpeg", 50, None), ("jpeg", 100, None), ("webp", 0, None), ("webp", 100, None),
-    ("jpeg", 101, "between 0 and 100"), ("webp", -1, "between 0 and 100"), ("png", 101, "between 0 and 100"),
-    (None, -5, "between 0 and 100"),
-])
+@pytest.mark.parametrize(
+    ("output_format", "compression", "param_error"),
+    [
+        (None, 100, None),
+        ("png", 100, None),
+        (None, 0, "jpeg or webp"),
+        (None, 50, "jpeg or webp"),
+        (None, 99, "jpeg or webp"),
+        ("png", 0, "jpeg or webp"),
+        ("png", 80, "jpeg or webp"),
+        ("jpeg", 0, None),
+        ("jpeg", 50, None),
+        ("jpeg", 100, None),
+        ("webp", 0, None),
+        ("webp", 100, None),
+        ("jpeg", 101, "between 0 and 100"),
+        ("webp", -1, "between 0 and 100"),
+        ("png", 101, "between 0 and 100"),
+        (None, -5, "between 0 and 100"),
+    ],
+)
 def test_output_compression(m: Matrix, output_format: str | None, compression: int, param_error: str | None) -> None:
     body = {"output_format": output_format, "output_compression": compression}
     if param_error is None:
@@ -410,10 +575,20 @@ def test_output_compression(m: Matrix, output_format: str | None, compression: i
         assert param_error in rejects(InvalidRequest, "output_compression", m.gen, MIXED, **body).message
 
 
-@pytest.mark.parametrize(("stream", "partial", "ok"), [
-    (True, 0, True), (True, 1, True), (True, 2, True), (True, 3, True), (True, 4, False), (True, -1, False),
-    (None, 2, True), (False, 3, True), (False, 4, False),
-])
+@pytest.mark.parametrize(
+    ("stream", "partial", "ok"),
+    [
+        (True, 0, True),
+        (True, 1, True),
+        (True, 2, True),
+        (True, 3, True),
+        (True, 4, False),
+        (True, -1, False),
+        (None, 2, True),
+        (False, 3, True),
+        (False, 4, False),
+    ],
+)
 def test_partial_images_bounds(m: Matrix, stream: bool | None, partial: int, ok: bool) -> None:
     body = {"stream": stream, "partial_images": partial}
     if ok:
@@ -442,11 +617,19 @@ def test_n_at_the_limits(m: Matrix, key: tuple[str, str]) -> None:
 
 
 @pytest.mark.parametrize("key", ALL)
-@pytest.mark.parametrize(("prompt", "code"), [
-    (None, "missing_required_parameter"), ("", "invalid_value"), ("   ", "invalid_value"),
-    ("\n\t", "invalid_value"), (3, "invalid_type"), (["a"], "invalid_type"), ({"text": "a"}, "invalid_type"),
-    (True, "invalid_type"),
-])
+@pytest.mark.parametrize(
+    ("prompt", "code"),
+    [
+        (None, "missing_required_parameter"),
+        ("", "invalid_value"),
+        ("   ", "invalid_value"),
+        ("\n\t", "invalid_value"),
+        (3, "invalid_type"),
+        (["a"], "invalid_type"),
+        ({"text": "a"}, "invalid_type"),
+        (True, "invalid_type"),
+    ],
+)
 def test_prompt_rejections(m: Matrix, key: tuple[str, str], prompt: Any, code: str) -> None:
     assert rejects(InvalidRequest, "prompt", m.gen, key, prompt=prompt).code == code
 
@@ -491,8 +674,10 @@ def test_json_digit_string_gets_the_fix(m: Matrix) -> None:
     assert error.message == "n must be an integer, not a string; send n: 2 without quotes."
 
 
-@pytest.mark.parametrize("param", ["size", "quality", "background", "output_format", "moderation", "response_format",
-                                   "user", "safety_identifier"])
+@pytest.mark.parametrize(
+    "param",
+    ["size", "quality", "background", "output_format", "moderation", "response_format", "user", "safety_identifier"],
+)
 @pytest.mark.parametrize("value", BAD_STRINGS, ids=repr)
 def test_json_strings_must_be_strings(m: Matrix, param: str, value: Any) -> None:
     error = rejects(InvalidRequest, param, m.gen, MIXED, **{param: value})
@@ -525,8 +710,9 @@ def test_multipart_integers_out_of_range(m: Matrix, text: str) -> None:
     assert rejects(InvalidRequest, "n", m.edit, MIXED, n=text).code == "invalid_value"
 
 
-@pytest.mark.parametrize(("text", "value"), [("true", True), ("True", True), ("TRUE", True), ("false", False),
-                                             (" false ", False)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("true", True), ("True", True), ("TRUE", True), ("false", False), (" false ", False)]
+)
 def test_multipart_booleans(m: Matrix, text: str, value: bool) -> None:
     assert m.edit(MIXED, stream=text).stream is value
 
@@ -544,25 +730,67 @@ def test_multipart_stream_false_is_fine_on_routes_without_streaming(m: Matrix) -
 def test_json_edit_types_are_strict(m: Matrix) -> None:
     rejects(InvalidRequest, "n", m.edit, MIXED, multipart=False, n="2")
     rejects(InvalidRequest, "stream", m.edit, MIXED, multipart=False, stream="true")
-    rejects(InvalidRequest, "output_compression", m.edit, MIXED, multipart=False, output_format="jpeg",
-            output_compression="80")
+    rejects(
+        InvalidRequest,
+        "output_compression",
+        m.edit,
+        MIXED,
+        multipart=False,
+        output_format="jpeg",
+        output_compression="80",
+    )
     assert m.edit(MIXED, multipart=False, n=2, stream=True).n == 2
 
 
 def test_multipart_edit_upstream_params_are_native(m: Matrix) -> None:
-    req = m.edit(MIXED, n="2", size="1024x1024", quality="low", background="opaque", output_format="webp",
-                 output_compression="80", moderation="low", stream="true", partial_images="1", user="u",
-                 safety_identifier="s", response_format="url")
-    assert req.upstream_params == {"n": 2, "size": "1024x1024", "quality": "low", "background": "opaque",
-                                   "output_format": "webp", "output_compression": 80, "moderation": "low",
-                                   "partial_images": 1, "user": "u", "safety_identifier": "s"}
+    req = m.edit(
+        MIXED,
+        n="2",
+        size="1024x1024",
+        quality="low",
+        background="opaque",
+        output_format="webp",
+        output_compression="80",
+        moderation="low",
+        stream="true",
+        partial_images="1",
+        user="u",
+        safety_identifier="s",
+        response_format="url",
+    )
+    assert req.upstream_params == {
+        "n": 2,
+        "size": "1024x1024",
+        "quality": "low",
+        "background": "opaque",
+        "output_format": "webp",
+        "output_compression": 80,
+        "moderation": "low",
+        "partial_images": 1,
+        "user": "u",
+        "safety_identifier": "s",
+    }
     assert req.stream is True and req.response_format == "url"
 
 
 # -- null and unknown parameters ----------------------------------------------------------------------------------
 
-NULLABLE = ["n", "size", "quality", "background", "output_format", "output_compression", "moderation", "stream",
-            "partial_images", "response_format", "user", "safety_identifier", "input_fidelity", "model"]
+NULLABLE = [
+    "n",
+    "size",
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+    "moderation",
+    "stream",
+    "partial_images",
+    "response_format",
+    "user",
+    "safety_identifier",
+    "input_fidelity",
+    "model",
+]
 
 
 @pytest.mark.parametrize("key", ALL)
@@ -579,17 +807,20 @@ def test_all_nulls_at_once(m: Matrix, key: tuple[str, str]) -> None:
 
 
 @pytest.mark.parametrize("key", ALL)
-@pytest.mark.parametrize(("param", "text"), [
-    ("colour", "accepts: prompt, model, n, response_format"),
-    ("negative_prompt", "accepts:"),
-    ("style", "'style' is a dall-e-3 parameter"),
-    ("image", "send it to /v1/images/edits"),
-    ("images", "send it to /v1/images/edits"),
-    ("mask", "send it to /v1/images/edits"),
-    ("Prompt", "Did you mean 'prompt'?"),
-    ("response-format", "Did you mean 'response_format'?"),
-    ("", "accepts:"),
-])
+@pytest.mark.parametrize(
+    ("param", "text"),
+    [
+        ("colour", "accepts: prompt, model, n, response_format"),
+        ("negative_prompt", "accepts:"),
+        ("style", "'style' is a dall-e-3 parameter"),
+        ("image", "send it to /v1/images/edits"),
+        ("images", "send it to /v1/images/edits"),
+        ("mask", "send it to /v1/images/edits"),
+        ("Prompt", "Did you mean 'prompt'?"),
+        ("response-format", "Did you mean 'response_format'?"),
+        ("", "accepts:"),
+    ],
+)
 def test_unknown_parameters(m: Matrix, key: tuple[str, str], param: str, text: str) -> None:
     error = rejects(UnknownParameter, param, m.gen, key, **{param: "x"})
     assert error.code == "unknown_parameter" and error.message.startswith(f"Unknown parameter: '{param}'.")
@@ -623,13 +854,27 @@ def test_file_keys_in_edit_fields_are_not_parameters(m: Matrix) -> None:
 
 @pytest.mark.parametrize("key", OFFICIAL)
 def test_official_body_passes_through_in_the_callers_order(m: Matrix, key: tuple[str, str]) -> None:
-    body = {"moderation": "low", "size": "1536x1024", "quality": "high", "n": 3, "background": "opaque",
-            "output_format": "jpeg", "output_compression": 70, "user": "u", "safety_identifier": "s"}
+    body = {
+        "moderation": "low",
+        "size": "1536x1024",
+        "quality": "high",
+        "n": 3,
+        "background": "opaque",
+        "output_format": "jpeg",
+        "output_compression": 70,
+        "user": "u",
+        "safety_identifier": "s",
+    }
     req = m.gen(key, model="gpt-image-2", response_format="url", stream=True, partial_images=2, **body)
     assert req.upstream_params == {"partial_images": 2, **body}
     assert list(req.upstream_params) == ["partial_images", *body]
     assert (req.n, req.quality, req.effective_output_format, req.stream, req.response_format) == (
-        3, "high", "jpeg", True, "url")
+        3,
+        "high",
+        "jpeg",
+        True,
+        "url",
+    )
 
 
 @pytest.mark.parametrize("key", DEFAULT_GROUP)
@@ -656,11 +901,25 @@ def test_body_must_be_an_object(m: Matrix, body: Any) -> None:
 
 
 @pytest.mark.parametrize("key", OFFICIAL)
-@pytest.mark.parametrize(("size", "ok"), [
-    ("auto", True), ("1024x1024", True), ("3840x2160", True), ("3840x1280", True), ("1280x512", True),
-    ("2880x2880", True), ("1792x936", False), ("3856x2144", False), ("3840x1264", False), ("1264x512", False),
-    ("2896x2880", False), ("1024X1024", False), ("AUTO", False), (" 1024x1024", False),
-])
+@pytest.mark.parametrize(
+    ("size", "ok"),
+    [
+        ("auto", True),
+        ("1024x1024", True),
+        ("3840x2160", True),
+        ("3840x1280", True),
+        ("1280x512", True),
+        ("2880x2880", True),
+        ("1792x936", False),
+        ("3856x2144", False),
+        ("3840x1264", False),
+        ("1264x512", False),
+        ("2896x2880", False),
+        ("1024X1024", False),
+        ("AUTO", False),
+        (" 1024x1024", False),
+    ],
+)
 def test_official_size_rules(m: Matrix, key: tuple[str, str], size: str, ok: bool) -> None:
     if ok:
         assert m.gen(key, size=size).upstream_params == {"size": size}
@@ -749,30 +1008,37 @@ def upload_then_validate(m: Matrix, parts: list[tuple[str, bytes]]) -> ImageRequ
     return m.edit(MIXED, images)
 
 
-@pytest.mark.parametrize(("data", "text"), [
-    (b"definitely not an image", "image[1] is not a PNG, JPEG or WebP image (detected: unknown)"),
-    (image_bytes("GIF"), "image[1] is not a PNG, JPEG or WebP image (detected: gif)"),
-    (image_bytes("BMP"), "(detected: bmp)"),
-    (image_bytes("PNG", 300, 300)[:200], "image[1] could not be decoded as a PNG image (truncated or corrupt)"),
-    (b"", "image[1] is empty"),
-])
+@pytest.mark.parametrize(
+    ("data", "text"),
+    [
+        (b"definitely not an image", "image[1] is not a PNG, JPEG or WebP image (detected: unknown)"),
+        (image_bytes("GIF"), "image[1] is not a PNG, JPEG or WebP image (detected: gif)"),
+        (image_bytes("BMP"), "(detected: bmp)"),
+        (image_bytes("PNG", 300, 300)[:200], "image[1] could not be decoded as a PNG image (truncated or corrupt)"),
+        (b"", "image[1] is empty"),
+    ],
+)
 def test_bad_uploads_name_their_part(m: Matrix, data: bytes, text: str) -> None:
-    error = rejects(InvalidRequest, "image[1]", upload_then_validate, m, [("image[0]", image_bytes()),
-                                                                           ("image[1]", data)])
+    error = rejects(
+        InvalidRequest, "image[1]", upload_then_validate, m, [("image[0]", image_bytes()), ("image[1]", data)]
+    )
     assert text in error.message
 
 
-@pytest.mark.parametrize(("mask", "ok", "text"), [
-    (png(100, 80, "RGBA", part="mask"), True, ""),
-    (png(100, 80, "LA", part="mask"), True, ""),
-    (png(100, 80, "P", part="mask", transparency=0), True, ""),  # palette + tRNS
-    (png(50, 50, "RGBA", part="mask"), False, "mask is 50x50 but the first image (image) is 100x80"),
-    (png(80, 100, "RGBA", part="mask"), False, "mask is 80x100 but the first image (image) is 100x80"),
-    (png(100, 80, "RGB", part="mask"), False, "no alpha channel"),
-    (png(100, 80, "L", part="mask"), False, "no alpha channel"),
-    (sniff_image(image_bytes("JPEG", 100, 80), "mask", None), False, "mask must be a PNG with an alpha channel"),
-    (sniff_image(image_bytes("WEBP", 100, 80, "RGBA"), "mask", None), False, "not image/webp"),
-])
+@pytest.mark.parametrize(
+    ("mask", "ok", "text"),
+    [
+        (png(100, 80, "RGBA", part="mask"), True, ""),
+        (png(100, 80, "LA", part="mask"), True, ""),
+        (png(100, 80, "P", part="mask", transparency=0), True, ""),  # palette + tRNS
+        (png(50, 50, "RGBA", part="mask"), False, "mask is 50x50 but the first image (image) is 100x80"),
+        (png(80, 100, "RGBA", part="mask"), False, "mask is 80x100 but the first image (image) is 100x80"),
+        (png(100, 80, "RGB", part="mask"), False, "no alpha channel"),
+        (png(100, 80, "L", part="mask"), False, "no alpha channel"),
+        (sniff_image(image_bytes("JPEG", 100, 80), "mask", None), False, "mask must be a PNG with an alpha channel"),
+        (sniff_image(image_bytes("WEBP", 100, 80, "RGBA"), "mask", None), False, "not image/webp"),
+    ],
+)
 def test_mask_rules(m: Matrix, mask: InputImage, ok: bool, text: str) -> None:
     images = [png(100, 80), png(50, 50, part="image[1]")]  # only the first image's size matters
     if ok:
@@ -790,8 +1056,18 @@ def test_mask_on_legacy_routes(m: Matrix, key: tuple[str, str]) -> None:
 
 def test_images_are_checked_before_fields(m: Matrix) -> None:
     # No image and no prompt: the missing image is the first thing to fix.
-    rejects(InvalidRequest, "image", validate_edit, {}, [], None, m.routes[MIXED], m.profile(MIXED),
-            m.hints[MIXED], from_multipart=True)
+    rejects(
+        InvalidRequest,
+        "image",
+        validate_edit,
+        {},
+        [],
+        None,
+        m.routes[MIXED],
+        m.profile(MIXED),
+        m.hints[MIXED],
+        from_multipart=True,
+    )
 
 
 # -- input_fidelity on a route that takes it ------------------------------------------------------------------------
@@ -807,8 +1083,10 @@ def test_input_fidelity_where_the_profile_allows_it(value: str) -> None:
 
 def test_input_fidelity_values_where_allowed() -> None:
     mx = matrix_with(input_fidelity=True)
-    assert "Supported values are: 'high' and 'low'." in rejects(
-        InvalidRequest, "input_fidelity", mx.edit, MIXED, input_fidelity="medium").message
+    assert (
+        "Supported values are: 'high' and 'low'."
+        in rejects(InvalidRequest, "input_fidelity", mx.edit, MIXED, input_fidelity="medium").message
+    )
     assert mx.hints[LEGACY].other_groups["input_fidelity"] == (S, E)
 
 
@@ -826,12 +1104,19 @@ def gen(route: tuple[str, str], **body: Any):  # type: ignore[no-untyped-def]
     return validate_generation({"prompt": "a cat", **body}, r.spec, r.profile, HINTS[route])
 
 
-def edit(route: tuple[str, str], images: list[InputImage], mask: InputImage | None = None, *, multipart: bool = True,
-         **fields: Any):  # type: ignore[no-untyped-def]
+def edit(
+    route: tuple[str, str],
+    images: list[InputImage],
+    mask: InputImage | None = None,
+    *,
+    multipart: bool = True,
+    **fields: Any,
+):  # type: ignore[no-untyped-def]
     r = CATALOG.route(*route)
     assert r is not None
-    return validate_edit({"prompt": "make it red", **fields}, images, mask, r.spec, r.profile, HINTS[route],
-                         from_multipart=multipart)
+    return validate_edit(
+        {"prompt": "make it red", **fields}, images, mask, r.spec, r.profile, HINTS[route], from_multipart=multipart
+    )
 
 
 def route_png(w: int = 64, h: int = 64, mode: str = "RGB", part: str = "image") -> InputImage:
@@ -867,12 +1152,26 @@ def test_response_format_everywhere_but_never_upstream(route: tuple[str, str], f
 
 
 @pytest.mark.parametrize("route", ALL)
-@pytest.mark.parametrize(("body", "param"), [
-    ({"prompt": None}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": "   "}, "prompt"), ({"prompt": 3}, "prompt"),
-    ({"prompt": ["a"]}, "prompt"), ({"prompt": "x" * 32001}, "prompt"), ({"n": 0}, "n"), ({"n": True}, "n"),
-    ({"n": "1"}, "n"), ({"n": 1.0}, "n"), ({"response_format": "png"}, "response_format"), ({"user": 5}, "user"),
-    ({"colour": "red"}, "colour"), ({"style": "vivid"}, "style"), ({"input_fidelity": "high"}, "input_fidelity"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": None}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": 3}, "prompt"),
+        ({"prompt": ["a"]}, "prompt"),
+        ({"prompt": "x" * 32001}, "prompt"),
+        ({"n": 0}, "n"),
+        ({"n": True}, "n"),
+        ({"n": "1"}, "n"),
+        ({"n": 1.0}, "n"),
+        ({"response_format": "png"}, "response_format"),
+        ({"user": 5}, "user"),
+        ({"colour": "red"}, "colour"),
+        ({"style": "vivid"}, "style"),
+        ({"input_fidelity": "high"}, "input_fidelity"),
+    ],
+)
 def test_common_rejections(route: tuple[str, str], body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         gen(route, **body)
@@ -899,22 +1198,26 @@ def test_unknown_parameter_has_its_code() -> None:
 # -- the legacy and vip routes ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("route", "body", "param", "hint"), [
-    (LEGACY, {"size": "1024x1024"}, "size", "gpt-image-2-vip"),
-    (LEGACY, {"size": "auto"}, "size", "Sora2Official"),
-    (LEGACY, {"quality": "high"}, "quality", "Sora2Official or GPTImage2 Enterprise"),
-    (LEGACY, {"quality": "auto"}, "quality", "quality control"),
-    (VIP, {"quality": "high"}, "quality", "use group Sora2Official or GPTImage2 Enterprise for quality control"),
-    (VIP, {"background": "transparent"}, "background", "Sora2Official"),
-    (VIP, {"output_format": "webp"}, "output_format", "Sora2Official"),
-    (VIP, {"output_compression": 50}, "output_compression", "Sora2Official"),
-    (VIP, {"moderation": "low"}, "moderation", "Sora2Official"),
-    (VIP, {"stream": True}, "stream", "streaming"),
-    (VIP, {"partial_images": 1}, "partial_images", "Sora2Official"),
-    (LEGACY, {"n": 2}, "n", "Sora2Official"),
-])
-def test_legacy_routes_reject_official_parameters_with_advice(route: tuple[str, str], body: dict[str, Any], param: str,
-                                                              hint: str) -> None:
+@pytest.mark.parametrize(
+    ("route", "body", "param", "hint"),
+    [
+        (LEGACY, {"size": "1024x1024"}, "size", "gpt-image-2-vip"),
+        (LEGACY, {"size": "auto"}, "size", "Sora2Official"),
+        (LEGACY, {"quality": "high"}, "quality", "Sora2Official or GPTImage2 Enterprise"),
+        (LEGACY, {"quality": "auto"}, "quality", "quality control"),
+        (VIP, {"quality": "high"}, "quality", "use group Sora2Official or GPTImage2 Enterprise for quality control"),
+        (VIP, {"background": "transparent"}, "background", "Sora2Official"),
+        (VIP, {"output_format": "webp"}, "output_format", "Sora2Official"),
+        (VIP, {"output_compression": 50}, "output_compression", "Sora2Official"),
+        (VIP, {"moderation": "low"}, "moderation", "Sora2Official"),
+        (VIP, {"stream": True}, "stream", "streaming"),
+        (VIP, {"partial_images": 1}, "partial_images", "Sora2Official"),
+        (LEGACY, {"n": 2}, "n", "Sora2Official"),
+    ],
+)
+def test_legacy_routes_reject_official_parameters_with_advice(
+    route: tuple[str, str], body: dict[str, Any], param: str, hint: str
+) -> None:
     message = rejects_message(InvalidRequest, param, gen, route, **body)
     assert f"model {route[1]} in group {route[0]}" in message
     assert hint in message
@@ -922,8 +1225,10 @@ def test_legacy_routes_reject_official_parameters_with_advice(route: tuple[str, 
 
 def test_exact_spec_message_for_quality_on_vip() -> None:
     message = rejects_message(InvalidRequest, "quality", gen, VIP, size="2048x2048", quality="high")
-    assert message.startswith("quality is not supported by model gpt-image-2-vip in group default; "
-                              "use group Sora2Official or GPTImage2 Enterprise for quality control")
+    assert message.startswith(
+        "quality is not supported by model gpt-image-2-vip in group default; "
+        "use group Sora2Official or GPTImage2 Enterprise for quality control"
+    )
 
 
 def test_vip_sizes_and_auto() -> None:
@@ -941,8 +1246,17 @@ def test_vip_sizes_and_auto() -> None:
 
 @pytest.mark.parametrize("route", OFFICIAL)
 def test_official_full_request_passes_through(route: tuple[str, str]) -> None:
-    body = {"size": "1536x1024", "quality": "high", "n": 3, "background": "opaque", "output_format": "jpeg",
-            "output_compression": 70, "moderation": "low", "user": "u", "safety_identifier": "s"}
+    body = {
+        "size": "1536x1024",
+        "quality": "high",
+        "n": 3,
+        "background": "opaque",
+        "output_format": "jpeg",
+        "output_compression": 70,
+        "moderation": "low",
+        "user": "u",
+        "safety_identifier": "s",
+    }
     req = gen(route, **body)
     assert req.upstream_params == body
     assert req.n == 3 and req.quality == "high" and req.effective_output_format == "jpeg"
@@ -954,30 +1268,51 @@ def test_official_qualities(route: tuple[str, str], quality: str) -> None:
     assert gen(route, quality=quality).quality == quality
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"quality": "hd"}, "quality"), ({"quality": "standard"}, "quality"), ({"quality": "HIGH"}, "quality"),
-    ({"n": 11}, "n"), ({"n": -1}, "n"),
-    ({"size": "1792x936"}, "size"), ({"size": "4096x4096"}, "size"), ({"size": "256x256"}, "size"),
-    ({"background": "clear"}, "background"), ({"output_format": "gif"}, "output_format"),
-    ({"background": "transparent", "output_format": "jpeg"}, "background"),
-    ({"output_compression": 101, "output_format": "jpeg"}, "output_compression"),
-    ({"output_compression": -1, "output_format": "webp"}, "output_compression"),
-    ({"output_compression": 50}, "output_compression"),  # png (the default) is lossless
-    ({"output_compression": "50", "output_format": "jpeg"}, "output_compression"),
-    ({"moderation": "none"}, "moderation"), ({"stream": "true"}, "stream"), ({"stream": 1}, "stream"),
-    ({"stream": True, "partial_images": 4}, "partial_images"), ({"partial_images": -1}, "partial_images"),
-    ({"input_fidelity": "high"}, "input_fidelity"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"quality": "hd"}, "quality"),
+        ({"quality": "standard"}, "quality"),
+        ({"quality": "HIGH"}, "quality"),
+        ({"n": 11}, "n"),
+        ({"n": -1}, "n"),
+        ({"size": "1792x936"}, "size"),
+        ({"size": "4096x4096"}, "size"),
+        ({"size": "256x256"}, "size"),
+        ({"background": "clear"}, "background"),
+        ({"output_format": "gif"}, "output_format"),
+        ({"background": "transparent", "output_format": "jpeg"}, "background"),
+        ({"output_compression": 101, "output_format": "jpeg"}, "output_compression"),
+        ({"output_compression": -1, "output_format": "webp"}, "output_compression"),
+        ({"output_compression": 50}, "output_compression"),  # png (the default) is lossless
+        ({"output_compression": "50", "output_format": "jpeg"}, "output_compression"),
+        ({"moderation": "none"}, "moderation"),
+        ({"stream": "true"}, "stream"),
+        ({"stream": 1}, "stream"),
+        ({"stream": True, "partial_images": 4}, "partial_images"),
+        ({"partial_images": -1}, "partial_images"),
+        ({"input_fidelity": "high"}, "input_fidelity"),
+    ],
+)
 def test_official_rejections(body: dict[str, Any], param: str) -> None:
     rejects_message(InvalidRequest, param, gen, MIXED, **body)
 
 
-@pytest.mark.parametrize("body", [
-    {"background": "transparent"}, {"background": "transparent", "output_format": "webp"},
-    {"background": "transparent", "output_format": "png"}, {"output_compression": 100},
-    {"output_compression": 0, "output_format": "webp"}, {"stream": True, "partial_images": 3},
-    {"stream": False}, {"partial_images": 0}, {"size": "auto"}, {"size": "3840x1280"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"background": "transparent"},
+        {"background": "transparent", "output_format": "webp"},
+        {"background": "transparent", "output_format": "png"},
+        {"output_compression": 100},
+        {"output_compression": 0, "output_format": "webp"},
+        {"stream": True, "partial_images": 3},
+        {"stream": False},
+        {"partial_images": 0},
+        {"size": "auto"},
+        {"size": "3840x1280"},
+    ],
+)
 def test_official_edges_accepted(body: dict[str, Any]) -> None:
     """Values on the edge of the official rules pass, each landing on the request as sent,
     and everything but ``stream`` goes upstream unchanged."""
@@ -997,16 +1332,37 @@ def test_stream_flag_kept_out_of_upstream_params() -> None:
 
 
 def test_edit_multipart_strings_are_typed() -> None:
-    req = edit(MIXED, [route_png()], n="2", output_format="webp", output_compression="80", stream="true", partial_images="1",
-               quality="low", size="1024x1024")
+    req = edit(
+        MIXED,
+        [route_png()],
+        n="2",
+        output_format="webp",
+        output_compression="80",
+        stream="true",
+        partial_images="1",
+        quality="low",
+        size="1024x1024",
+    )
     assert req.n == 2 and req.stream is True and req.partial_images == 1
-    assert req.upstream_params == {"n": 2, "output_format": "webp", "output_compression": 80, "partial_images": 1,
-                                   "quality": "low", "size": "1024x1024"}
+    assert req.upstream_params == {
+        "n": 2,
+        "output_format": "webp",
+        "output_compression": 80,
+        "partial_images": 1,
+        "quality": "low",
+        "size": "1024x1024",
+    }
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"n": "two"}, "n"), ({"n": "1.5"}, "n"), ({"stream": "yes"}, "stream"), ({"output_compression": ""}, "output_compression"),
-])
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"n": "two"}, "n"),
+        ({"n": "1.5"}, "n"),
+        ({"stream": "yes"}, "stream"),
+        ({"output_compression": ""}, "output_compression"),
+    ],
+)
 def test_edit_multipart_bad_strings(fields: dict[str, Any], param: str) -> None:
     rejects_message(InvalidRequest, param, edit, MIXED, [route_png()], **fields)
 
@@ -1040,7 +1396,9 @@ def test_mask_rules_messages() -> None:
     assert ok.mask is not None
     message = rejects_message(InvalidRequest, "mask", edit, MIXED, [first], route_png(50, 50, "RGBA", part="mask"))
     assert "50x50" in message and "100x80" in message
-    assert "alpha" in rejects_message(InvalidRequest, "mask", edit, MIXED, [first], route_png(100, 80, "RGB", part="mask"))
+    assert "alpha" in rejects_message(
+        InvalidRequest, "mask", edit, MIXED, [first], route_png(100, 80, "RGB", part="mask")
+    )
     jpeg = io.BytesIO()
     Image.new("RGB", (100, 80)).save(jpeg, "JPEG")
     rejects_message(InvalidRequest, "mask", edit, MIXED, [first], sniff_image(jpeg.getvalue(), "mask", None))

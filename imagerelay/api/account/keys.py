@@ -23,10 +23,10 @@ from imagerelay.api.deps import authenticate, services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
 from imagerelay.domain.accountrules import TOKEN_FIELDS, label, refuse_unknown, token_changes
+from imagerelay.domain.accounts import TOKEN_STATUSES, TokenFilter, TokenInfo, TokenLimits, TokenView, UserInfo
 from imagerelay.domain.money import format_amount
 from imagerelay.errors import InvalidRequest, NotFound, PermissionDenied
 from imagerelay.services import Services
-from imagerelay.domain.accounts import TOKEN_STATUSES, TokenFilter, TokenInfo, TokenLimits, TokenView, UserInfo
 
 MAX_PAGE = 500
 _MAX_ROW_ID = 2**31 - 1  # an INTEGER primary key: past it PostgreSQL refuses the query
@@ -39,23 +39,35 @@ def _usd(micros: int | None) -> str | None:
 
 def token_json(view: TokenView, now: float) -> dict[str, Any]:
     return {
-        "id": view.id, "object": "api_key", "name": view.name, "user": view.user_name, "group": view.group,
-        "key_hint": view.hint, "status": view.status(now), "created_at": int(view.created_at),
+        "id": view.id,
+        "object": "api_key",
+        "name": view.name,
+        "user": view.user_name,
+        "group": view.group,
+        "key_hint": view.hint,
+        "status": view.status(now),
+        "created_at": int(view.created_at),
         "expires_at": view.expires_at,
         "limits": {
-            "rpm": view.rpm_limit, "concurrency": view.concurrency_limit,
+            "rpm": view.rpm_limit,
+            "concurrency": view.concurrency_limit,
             "spend_cap_usd": _usd(view.spend_cap_micros),
             "allowed_models": list(view.allowed_models) if view.allowed_models is not None else None,
         },
-        "spent_usd": _usd(view.spent_micros), "held_usd": _usd(view.held_micros),
+        "spent_usd": _usd(view.spent_micros),
+        "held_usd": _usd(view.held_micros),
     }
 
 
 def user_json(user: UserInfo) -> dict[str, Any]:
     return {
-        "id": user.id, "name": user.name, "is_admin": user.is_admin, "disabled": user.disabled,
+        "id": user.id,
+        "name": user.name,
+        "is_admin": user.is_admin,
+        "disabled": user.disabled,
         "allowed_groups": list(user.allowed_groups) if user.allowed_groups is not None else None,
-        "balance_micros": user.balance_micros, "held_micros": user.held_micros,
+        "balance_micros": user.balance_micros,
+        "held_micros": user.held_micros,
         "balance_usd": _usd(user.balance_micros),
     }
 
@@ -72,8 +84,13 @@ def _token_filter(request: Request, user_id: int | None) -> TokenFilter:
     group = params.get("group") or None
     if group is not None and label(group) is None:  # PostgreSQL refuses NUL in a text parameter
         raise InvalidRequest("group must be a group name.", param="group")
-    return TokenFilter(user_id=user_id, group=group, status=status, limit=limit,
-                       before_id=_small_int(before, "before", 0) if before else None)
+    return TokenFilter(
+        user_id=user_id,
+        group=group,
+        status=status,
+        limit=limit,
+        before_id=_small_int(before, "before", 0) if before else None,
+    )
 
 
 def _small_int(raw: str | None, name: str, default: int) -> int:
@@ -88,8 +105,9 @@ async def token_page(request: Request, user_id: int | None) -> Response:
     views, more = await services_of(request).accounts.list_tokens(_token_filter(request, user_id))
     now = time.time()
     data = [token_json(v, now) for v in views]
-    return json_response({"object": "list", "data": data, "has_more": more,
-                          "next_before": data[-1]["id"] if more and data else None})
+    return json_response(
+        {"object": "list", "data": data, "has_more": more, "next_before": data[-1]["id"] if more and data else None}
+    )
 
 
 async def token_named(request: Request, owner_id: int | None) -> TokenView:
@@ -104,14 +122,17 @@ async def token_named(request: Request, owner_id: int | None) -> TokenView:
     return view
 
 
-async def create_token_for(services: Services, user: UserInfo, group: str,
-                           body: dict[str, Any]) -> tuple[str, TokenView]:
+async def create_token_for(
+    services: Services, user: UserInfo, group: str, body: dict[str, Any]
+) -> tuple[str, TokenView]:
     """Create a key in ``group`` with ``body``'s name and limits (``TOKEN_FIELDS``);
     returns the secret (shown once: only its hash is kept) and the key as lists show it.
     Shared by the admin API, the self-service API and the console."""
     changes = token_changes(body, models=services.catalog.models_by_group.get(group, ()))
     plain = await services.accounts.create_token(
-        user.id, group, name=str(changes.get("name") or "default"),
+        user.id,
+        group,
+        name=str(changes.get("name") or "default"),
         expires_at=changes.get("expires_at"),  # type: ignore[arg-type]
         limits=TokenLimits(
             spend_cap_micros=changes.get("spend_cap_micros"),  # type: ignore[arg-type]
@@ -134,8 +155,9 @@ async def create_response(services: Services, user: UserInfo, group: str, body: 
 async def usable_groups(services: Services, user: UserInfo) -> tuple[str, ...]:
     """The catalog groups ``user`` may create keys in: the administrator's list, else the
     groups of the keys they were given."""
-    allowed = set(user.allowed_groups if user.allowed_groups is not None
-                  else await services.accounts.token_groups(user.id))
+    allowed = set(
+        user.allowed_groups if user.allowed_groups is not None else await services.accounts.token_groups(user.id)
+    )
     return tuple(g for g in services.catalog.groups if g in allowed)  # in the catalog's order
 
 
@@ -144,7 +166,9 @@ async def check_group_allowed(services: Services, user: UserInfo, group: str) ->
     if group not in usable:
         raise PermissionDenied(
             f"This account may not create keys in group {group!r}; it may use: {', '.join(usable) or 'none'}.",
-            param="group", code="group_not_allowed")
+            param="group",
+            code="group_not_allowed",
+        )
 
 
 async def update_token_of(services: Services, view: TokenView, body: dict[str, Any]) -> TokenView:
@@ -177,8 +201,11 @@ async def revoke_response(request: Request, view: TokenView) -> Response:
 async def _manager(request: Request) -> TokenInfo:
     token = await authenticate(request)
     if token.restricted:
-        raise PermissionDenied("This API key has a spend cap or a model list, so it cannot manage keys; "
-                               "use an unrestricted key of this account.", code="restricted_api_key")
+        raise PermissionDenied(
+            "This API key has a spend cap or a model list, so it cannot manage keys; "
+            "use an unrestricted key of this account.",
+            code="restricted_api_key",
+        )
     return token
 
 

@@ -16,8 +16,8 @@ from imagerelay.catalog.loader import Catalog
 from imagerelay.domain import capabilities
 from imagerelay.domain.accountrules import label
 from imagerelay.domain.money import format_amount
-from imagerelay.errors import InvalidRequest
 from imagerelay.domain.records import UsageQuery
+from imagerelay.errors import InvalidRequest
 
 MAX_PAGE = 500
 
@@ -89,24 +89,30 @@ def _record_json(r: dict[str, Any]) -> dict[str, Any]:
 async def usage_page(request: Request, user_id: int | None) -> Response:
     rows, more = await services_of(request).reports.page(usage_query(request, user_id))
     data = [_record_json(r) for r in rows]
-    return json_response({
-        "object": "list", "data": data, "has_more": more,
-        "next_before": data[-1]["id"] if more and data else None,
-    })
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "has_more": more,
+            "next_before": data[-1]["id"] if more and data else None,
+        }
+    )
 
 
 async def balance(request: Request) -> Response:
     token = await authenticate(request)
     user = await services_of(request).accounts.get_user(token.user_id)
     assert user is not None
-    return json_response({
-        "user": user.name,
-        "balance_micros": user.balance_micros,
-        "held_micros": user.held_micros,
-        "available_micros": user.available_micros,
-        "balance_usd": format_amount(user.balance_micros),
-        "available_usd": format_amount(user.available_micros),
-    })
+    return json_response(
+        {
+            "user": user.name,
+            "balance_micros": user.balance_micros,
+            "held_micros": user.held_micros,
+            "available_micros": user.available_micros,
+            "balance_usd": format_amount(user.balance_micros),
+            "available_usd": format_amount(user.available_micros),
+        }
+    )
 
 
 async def usage(request: Request) -> Response:
@@ -122,8 +128,11 @@ def group_pricing(catalog: Catalog, group: str) -> list[dict[str, Any]]:
         route = catalog.route(group, model)
         assert route is not None
         entry: dict[str, Any] = {
-            "model": model, "group": group, "route": route.spec.name,
-            "description": route.spec.description, "endpoints": list(route.spec.endpoints),
+            "model": model,
+            "group": group,
+            "route": route.spec.name,
+            "description": route.spec.description,
+            "endpoints": list(route.spec.endpoints),
         }
         price = capabilities.billing(route)
         entry["billing_mode"] = price.pop("mode")

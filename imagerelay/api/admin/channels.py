@@ -158,8 +158,7 @@ async def remove_channel(request: Request) -> Response:
     return json_response({"name": name, "object": "channel", "deleted": True})
 
 
-async def set_channel_enabled(services: Services, name: str, enable: bool,
-                              reason: object = None) -> dict[str, Any]:
+async def set_channel_enabled(services: Services, name: str, enable: bool, reason: object = None) -> dict[str, Any]:
     """Enable a channel (forgetting its cooldown and any disable of its own) or disable it
     with a reason (printable, at most 1,000 characters, else the default)."""
     text = "disabled by an administrator" if enable else (label(reason, 1000) or "disabled by an administrator")
@@ -197,8 +196,14 @@ async def probe_channel(services: Services, name: str) -> dict[str, Any]:
     model = next(
         (r.upstream_model for r in services.catalog.routes.values() if r.spec.pool in spec.pools), "gpt-image-2"
     )
-    probe = ImageRequest(endpoint="generations", model=model, prompt="a small test square",
-                         quality="low", upstream_params={"quality": "low", "size": "1024x1024"}, size="1024x1024")
+    probe = ImageRequest(
+        endpoint="generations",
+        model=model,
+        prompt="a small test square",
+        quality="low",
+        upstream_params={"quality": "low", "size": "1024x1024"},
+        size="1024x1024",
+    )
     started = time.monotonic()
     outcome = await services.pool.probe(spec, model, "1024x1024", probe)
     if isinstance(outcome, UpstreamFailure):

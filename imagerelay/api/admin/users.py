@@ -27,13 +27,12 @@ from imagerelay.api.admin.auth import require_admin, user_filter, user_named
 from imagerelay.api.deps import services_of
 from imagerelay.api.parsing import read_json_object
 from imagerelay.api.responses import json_response
-from imagerelay.domain.accountrules import TOKEN_FIELDS, label, refuse_unknown, token_changes, user_changes, usd_field
+from imagerelay.domain.accountrules import TOKEN_FIELDS, label, refuse_unknown, token_changes, usd_field, user_changes
 from imagerelay.domain.accounts import UserInfo
 from imagerelay.domain.money import format_amount, format_usd
 from imagerelay.errors import InvalidRequest
 from imagerelay.services import Services
 from imagerelay.storage.billing import AdjustmentRefused
-
 
 # -- keys and users -------------------------------------------------------------------
 
@@ -104,15 +103,17 @@ async def adjust_balance(services: Services, user: UserInfo, amount: object, rea
     if not micros:
         raise InvalidRequest('amount_usd is required and non-zero, e.g. "10.00" or "-2.50".', param="amount_usd")
     if why is None:
-        raise InvalidRequest("reason is required (up to 1,000 printable characters): it is recorded in the ledger.",
-                             param="reason")
+        raise InvalidRequest(
+            "reason is required (up to 1,000 printable characters): it is recorded in the ledger.", param="reason"
+        )
     try:
         return await services.billing.adjust(user.id, micros, why.strip(), kind="topup" if micros > 0 else "adjust")
     except AdjustmentRefused as refused:
         raise InvalidRequest(
             f"Refused: {user.name}'s available balance is {format_usd(refused.available_micros)}; "
             + ("a debit cannot take it below zero." if micros < 0 else "the balance would pass its maximum."),
-            param="amount_usd", code="balance_limit",
+            param="amount_usd",
+            code="balance_limit",
         ) from None
 
 

@@ -33,8 +33,10 @@ ASSETS = {
     f"swagger-ui-bundle-{SWAGGER_UI_VERSION}.js.LICENSE.txt": "text/plain",
 }
 # Swagger UI sets inline styles and draws icons as data: URIs; nothing leaves this origin.
-DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-            "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 _CONVERTOR = re.compile(r"\{([^}:]+):[^}]+\}")
 
@@ -46,10 +48,12 @@ def openapi_path(starlette_path: str) -> str:
 
 _SECURITY = {
     "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key (sk-...): its group picks the routes."},
-    "admin": {"type": "http", "scheme": "bearer",
-              "description": "IMAGERELAY_ADMIN_TOKEN, or an admin user's API key."},
-    "metrics": {"type": "http", "scheme": "bearer",
-                "description": "IMAGERELAY_METRICS_TOKEN (else the admin credential)."},
+    "admin": {"type": "http", "scheme": "bearer", "description": "IMAGERELAY_ADMIN_TOKEN, or an admin user's API key."},
+    "metrics": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "IMAGERELAY_METRICS_TOKEN (else the admin credential).",
+    },
 }
 
 
@@ -59,9 +63,12 @@ def build_document() -> dict[str, Any]:
         paths.setdefault(openapi_path(path), {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
-        "info": {"title": "imagerelay", "version": metadata.version("imagerelay"),
-                 "description": "OpenAI-compatible image generation gateway: the public API (/v1), "
-                                "the account API and the admin API (/admin)."},
+        "info": {
+            "title": "imagerelay",
+            "version": metadata.version("imagerelay"),
+            "description": "OpenAI-compatible image generation gateway: the public API (/v1), "
+            "the account API and the admin API (/admin).",
+        },
         "servers": [{"url": "/"}],
         "tags": [{"name": t} for t in ("images", "jobs", "models", "account", "admin", "operations")],
         "paths": paths,
@@ -108,9 +115,15 @@ async def docs_asset(request: Request) -> Response:
     media = ASSETS.get(name)
     if media is None:
         raise NotFound("No such file.")
-    return Response(_asset(name), media_type=media, headers={
-        "cache-control": "public, max-age=86400", "content-security-policy": DOCS_CSP,
-        "x-content-type-options": "nosniff"})
+    return Response(
+        _asset(name),
+        media_type=media,
+        headers={
+            "cache-control": "public, max-age=86400",
+            "content-security-policy": DOCS_CSP,
+            "x-content-type-options": "nosniff",
+        },
+    )
 
 
 routes = [

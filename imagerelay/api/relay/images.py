@@ -55,7 +55,9 @@ async def get_job(request: Request) -> Response:
     services = services_of(request)
     include = request.query_params.get("include")
     body = await services.jobs.get(
-        request.path_params["job_id"], token.user_id, _base_url(request, services),
+        request.path_params["job_id"],
+        token.user_id,
+        _base_url(request, services),
         include_b64=True if include == "b64_json" else None,
     )
     return json_response(body)
@@ -73,16 +75,19 @@ async def list_jobs(request: Request) -> Response:
     if status is not None and status not in JOB_STATUSES:
         raise InvalidRequest(f"status must be one of: {', '.join(JOB_STATUSES)}.", param="status")
     raw_limit = params.get("limit") or "20"
-    if not (raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit[:4]) <= MAX_JOB_PAGE
-            and len(raw_limit) <= 3):
+    if not (
+        raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit[:4]) <= MAX_JOB_PAGE and len(raw_limit) <= 3
+    ):
         raise InvalidRequest(f"limit must be an integer from 1 to {MAX_JOB_PAGE}.", param="limit")
     before = params.get("before") or None
     if before is not None and (len(before) > 64 or not before.isprintable()):
         raise InvalidRequest("before must be a job id.", param="before")
-    data, more = await services.jobs.page(token.user_id, _base_url(request, services), status=status,
-                                          limit=int(raw_limit), before=before)
-    return json_response({"object": "list", "data": data, "has_more": more,
-                          "next_before": data[-1]["id"] if more and data else None})
+    data, more = await services.jobs.page(
+        token.user_id, _base_url(request, services), status=status, limit=int(raw_limit), before=before
+    )
+    return json_response(
+        {"object": "list", "data": data, "has_more": more, "next_before": data[-1]["id"] if more and data else None}
+    )
 
 
 async def cancel_job(request: Request) -> Response:
@@ -94,9 +99,13 @@ async def cancel_job(request: Request) -> Response:
 
 async def webhook_secret(request: Request) -> Response:
     token = await authenticate(request)
-    return json_response({"secret": services_of(request).jobs.webhook_secret_for(token.user_id),
-                          "header": "X-Imagerelay-Signature",
-                          "scheme": "t=<unix time>,v1=<hex HMAC-SHA256(secret, '<t>.' + body)>"})
+    return json_response(
+        {
+            "secret": services_of(request).jobs.webhook_secret_for(token.user_id),
+            "header": "X-Imagerelay-Signature",
+            "scheme": "t=<unix time>,v1=<hex HMAC-SHA256(secret, '<t>.' + body)>",
+        }
+    )
 
 
 routes = [
@@ -126,8 +135,11 @@ async def _handle(request: Request, endpoint: str | None) -> Response:
         await admitted.enter_async_context(services.limiter.admit(rate_part(token) if as_job else token))
         call = await _parse(request, services, endpoint)
         ctx = CallContext(
-            request_id=request.state.request_id, token=token, endpoint=call.endpoint,
-            base_url=_base_url(request, services), started=time.monotonic(),
+            request_id=request.state.request_id,
+            token=token,
+            endpoint=call.endpoint,
+            base_url=_base_url(request, services),
+            started=time.monotonic(),
         )
         if as_job:
             return await _submit_job(services, ctx, call)
@@ -142,8 +154,10 @@ async def _parse(request: Request, services: Services, endpoint: str | None) -> 
     pool = image_pool_of(request)
     if kind == "multipart/form-data":
         if endpoint == "generations":
-            raise InvalidRequest("images/generations takes a JSON body (Content-Type: application/json).",
-                                 code="unsupported_content_type")
+            raise InvalidRequest(
+                "images/generations takes a JSON body (Content-Type: application/json).",
+                code="unsupported_content_type",
+            )
         fields, images, mask = await read_multipart_edit(request, settings.max_body_bytes, MAX_IMAGE_BYTES, pool)
         if endpoint is None:
             _pop_job_endpoint(fields, default="edits", allowed=("edits",))
@@ -189,7 +203,9 @@ async def _submit_job(services: Services, ctx: CallContext, call: ParsedCall) ->
 def _stream_response(events: AsyncIterator[bytes], request_id: str, admitted: AsyncExitStack) -> Response:
     slot = admitted.pop_all()  # a stream keeps its concurrency slot until its last byte
     return _HoldingSlot(
-        events, slot, media_type="text/event-stream",
+        events,
+        slot,
+        media_type="text/event-stream",
         headers={"x-request-id": request_id, "cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
@@ -219,21 +235,29 @@ class _HoldingSlot(StreamingResponse):
             await super().__call__(scope, receive, send_then_yield)
 
 
-async def _sync(request: Request, services: Services, ctx: CallContext, call: ParsedCall,
-                admitted: AsyncExitStack) -> Response:
+async def _sync(
+    request: Request, services: Services, ctx: CallContext, call: ParsedCall, admitted: AsyncExitStack
+) -> Response:
     """A synchronous call: idempotent when the caller sent Idempotency-Key, behind a
     whitespace keep-alive when the caller or the route asks for one (the relay decides)."""
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= 255:
         raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
-    sync = await services.relay.begin(ctx, call, idempotency_key=key, keepalive_s=_keepalive_header(request),
-                                      render=render_images)
+    sync = await services.relay.begin(
+        ctx, call, idempotency_key=key, keepalive_s=_keepalive_header(request), render=render_images
+    )
     if sync.replay is not None:
-        return Response(sync.replay.body, status_code=sync.replay.status, media_type="application/json",
-                        headers={"x-request-id": ctx.request_id, "idempotent-replayed": "true"})
+        return Response(
+            sync.replay.body,
+            status_code=sync.replay.status,
+            media_type="application/json",
+            headers={"x-request-id": ctx.request_id, "idempotent-replayed": "true"},
+        )
     if sync.keepalive_s is not None:
         return _HoldingSlot(
-            sync.kept_alive(), admitted.pop_all(), media_type="application/json",
+            sync.kept_alive(),
+            admitted.pop_all(),
+            media_type="application/json",
             headers={"x-request-id": ctx.request_id, "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
     answer = await _unless_disconnected(request, sync.answer())

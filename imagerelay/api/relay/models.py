@@ -19,8 +19,11 @@ async def list_models(request: Request) -> Response:
     token = await authenticate(request)
     services = services_of(request)
     relay = services.relay
-    data = [model_object(relay.offered_route(token.group, model)) for model in relay.models_for(token.group)
-            if token.allowed_models is None or model in token.allowed_models]  # what this key may call
+    data = [
+        model_object(relay.offered_route(token.group, model))
+        for model in relay.models_for(token.group)
+        if token.allowed_models is None or model in token.allowed_models
+    ]  # what this key may call
     return json_response({"object": "list", "data": data})
 
 
