@@ -234,8 +234,13 @@ def test_balance_race_spread_over_all_hosts_never_overspends(rig: Rig) -> None:
     responses = asyncio.run(_post_many(rig.lb, 150, token, SMALL))
     ok = [r for r in responses if r.status_code == 200]
     refused = [r for r in responses if r.status_code != 200]
-    assert {rig.fleet.served_by(r) for r in ok} == {0, 1, 2}, "the race did not reach every host"
-    assert {rig.fleet.served_by(r) for r in refused} == {0, 1, 2}
+    # Every host took part in the race (each refused some calls), and the balance was spent
+    # from more than one host at once. Not necessarily from all three: PostgreSQL movements
+    # are batched (up to 16 per transaction, storage/pg_batches.py), so on a loaded machine
+    # two hosts' batches can spend all 50 before the third host's first batch commits
+    # (seen once in CI: {1, 2}).
+    assert len({rig.fleet.served_by(r) for r in ok}) >= 2, "the balance was not spent from several hosts"
+    assert {rig.fleet.served_by(r) for r in refused} == {0, 1, 2}, "the race did not reach every host"
     # Every call that was admitted succeeded, so the balance bought exactly 50, never more.
     assert len(ok) == 50, [r.status_code for r in responses]
     for r in refused:
