@@ -326,7 +326,11 @@ def fixed_latency_channel(stack: Stack, conns: int, latency_s: float) -> Iterato
             admin(stack, "DELETE", "/admin/channels/slow")
     finally:
         fixed.terminate()
-        fixed.wait(10)
+        try:
+            fixed.wait(10)
+        except subprocess.TimeoutExpired:  # queued jobs still hold calls open on it: stop it hard
+            fixed.kill()
+            fixed.wait()
 
 
 async def run_phase(
