@@ -93,7 +93,6 @@ class PreparedCall:
     route: ResolvedRoute
     request: ImageRequest
     record: UsageRecord
-    hold_micros: int
 
 
 @dataclass(slots=True)
@@ -256,14 +255,14 @@ class Relay:
                 # A synchronous call's hold names this process (a peer releases it as
                 # interrupted if the process dies); a job's names none: the job outlives
                 # the process, and its re-run after a restart settles the same hold.
-                hold = await self._hold(ctx, route, request, hold_ttl_s, record if hold_ttl_s is None else None)
+                await self._hold(ctx, route, request, hold_ttl_s, record if hold_ttl_s is None else None)
         except ApiError as err:
             record.status, record.error_code = err.status, err.code
             record.latency_ms = _ms_since(ctx.started)
             self._finished(record)
             await self.billing.record_only(record)
             raise
-        return PreparedCall(ctx, route, request, record, hold)
+        return PreparedCall(ctx, route, request, record)
 
     async def _hold(
         self,
@@ -272,7 +271,7 @@ class Relay:
         request: ImageRequest,
         hold_ttl_s: float | None,
         call: UsageRecord | None = None,
-    ) -> int:
+    ) -> None:
         quote = self._worst_case(route, request)
         ttl = hold_ttl_s if hold_ttl_s is not None else self.pool.policy.deadline_s + HOLD_MARGIN_S
         held = await self.billing.place_hold(
@@ -289,18 +288,17 @@ class Relay:
                 "of this API key's spend cap (the worst case is held until the call settles). Raise the key's "
                 "spend cap, lower n, size or quality, or use another key.",
             )
-        return quote.micros
 
     def restore(self, ctx: CallContext, request: ImageRequest, model: str) -> PreparedCall | None:
         """Rebuild a prepared call (a queued job) whose hold is already in place."""
         route = self.catalog.route(ctx.token.group, model)
         if route is None:
             return None
-        return PreparedCall(ctx, route, request, self._record(ctx, route, model), 0)
+        return PreparedCall(ctx, route, request, self._record(ctx, route, model))
 
     async def rehold(self, prepared: PreparedCall, hold_ttl_s: float) -> None:
         """Place a fresh hold (under ``prepared.ctx.request_id``) for another attempt."""
-        prepared.hold_micros = await self._hold(prepared.ctx, prepared.route, prepared.request, hold_ttl_s)
+        await self._hold(prepared.ctx, prepared.route, prepared.request, hold_ttl_s)
 
     async def call(self, prepared: PreparedCall) -> RelayAnswer:
         """Call upstream and settle (or release) the hold placed by :meth:`prepare`;
