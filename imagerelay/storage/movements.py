@@ -153,8 +153,9 @@ class Movement:
         """Run the steps in order on ``conn``, inside the caller's transaction. The
         steps' values are added to ``params`` (the caller's own dict: no copy per call)."""
         out: dict[str, Any] | None = None
+        cursor = conn.cursor()  # one for every step: conn.execute makes a new one each time
         for step in self._sqlite:
-            cursor = conn.execute(step.sql, params)
+            cursor.execute(step.sql, params)
             if not step.columns:
                 continue
             row = cursor.fetchone()

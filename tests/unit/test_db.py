@@ -91,3 +91,25 @@ async def test_a_locked_database_is_waited_for_on_a_thread(runner: Any) -> None:
     done = await pending
     assert done[0] == 1 and isinstance(done[1], LookupError)
     assert rows(path) == {"held": 0, "p": 1}
+
+
+def _roll_back_then_insert(conn: Any, k: str) -> str:
+    conn.execute(INSERT, {"k": f"{k}-undone", "v": 0})
+    conn.rollback()
+    conn.execute(INSERT, {"k": k, "v": 7})
+    return k
+
+
+async def test_a_transaction_alone_in_its_commit_is_as_independent_as_a_batched_one(runner: Any) -> None:
+    """One at a time, every run is alone in its commit (no savepoint): a failure still
+    leaves nothing, and a rollback undoes what came before it and keeps what follows."""
+    r, path = runner
+    assert await r.run(_insert, "a", 1) == 1
+    with pytest.raises(LookupError):
+        await r.run(_insert_then_fail, "b")
+    with pytest.raises(sqlite3.IntegrityError):
+        await r.run(_insert, "a", 9)
+    assert await r.run(_insert_then_roll_back, "c") == "rolled back"
+    assert await r.run(_roll_back_then_insert, "d") == "d"
+    assert await r.run(_insert, "e", 5) == 5
+    assert rows(path) == {"a": 1, "d": 7, "e": 5}
