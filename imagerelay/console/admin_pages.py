@@ -31,7 +31,7 @@ from imagerelay.api.admin.users import adjust_balance
 from imagerelay.api.deps import services_of
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.console import charts, reports
-from imagerelay.console.accounts import NAME_HELP, NAME_RULE, set_password
+from imagerelay.console.accounts import NAME_HELP, NAME_RULE
 from imagerelay.console.auth import logins_of, require_admin
 from imagerelay.console.passwords import password_problem
 from imagerelay.console.web import read_form, redirect, render
@@ -160,10 +160,13 @@ async def create_user(request: Request) -> Response:
         problem = password_problem(password, name)
         if problem:
             return await users_page(request, {"error": problem, "error_param": "password", "form": keep}, 400)
+    # Hashed before the user exists: a busy hasher (503) then leaves no user behind
+    # without the password the admin typed.
+    hashed = await services.passwords.hash(password) if password else None
     user = await services.accounts.get_or_create_user(name, is_admin=bool(form.get("is_admin")))
     await services.accounts.update_user(user.id, changes)
-    if password:
-        await set_password(services, logins_of(request), user.id, name, password)
+    if hashed is not None:
+        await logins_of(request).set_password_hash(user.id, hashed)
     return redirect(request, f"/console/admin/users/{quote(name, safe='')}", flash=f"User {name} created.")
 
 

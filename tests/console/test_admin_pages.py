@@ -339,3 +339,46 @@ def test_usage_filters_totals_csv_dashboard_and_catalog(gw: Gateway, admin: Brow
     assert "<script" not in dash and "style=" not in dash
     catalog = admin.get("/console/admin/catalog").text
     assert "GPTImage2 Enterprise" in catalog and "per call" in catalog
+
+
+def test_a_user_created_while_passwords_are_busy_is_not_created_at_all(tmp_path: Path) -> None:
+    """With one hashing thread and no waiting line, sign-ins kept running keep the hasher
+    busy; an admin creating a user with a first password then gets the 503, and no user
+    is left behind without the password the admin typed (it was made before hashing)."""
+    import threading
+
+    env = {"IMAGERELAY_ADMIN_TOKEN": ADMIN_TOKEN, "IMAGERELAY_PASSWORD_HASH_THREADS": "1"}
+    env["IMAGERELAY_PASSWORD_HASH_QUEUE"] = "0"
+    with run_gateway(tmp_path, extra_env=env) as g:
+        admin = Browser(g)
+        admin.sign_in(g.console["admin"]["name"], g.console["admin"]["password"])
+        stop = threading.Event()
+
+        def keep_hashing() -> None:
+            with httpx.Client(base_url=g.base_url, timeout=60) as http:
+                page = http.get("/console/signin").text
+                token = html.unescape(_CSRF.search(page).group(1))  # type: ignore[union-attr]
+                creds = {"name": g.console["user"]["name"], "password": g.console["user"]["password"]}
+                while not stop.is_set():
+                    http.post("/console/signin", data={**creds, "csrf_token": token})
+
+        workers = [threading.Thread(target=keep_hashing) for _ in range(3)]
+        for w in workers:
+            w.start()
+        refused: list[str] = []
+        try:
+            for i in range(60):
+                admin.get("/console/admin/users")
+                name = f"busy-{i}"
+                r = admin.post("/console/admin/users", {"name": name, "password": "a long enough pass phrase 42"})
+                assert r.status_code in (303, 503), r.text
+                if r.status_code == 503:
+                    refused.append(name)
+                    break
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
+        assert refused, "the hasher was never busy: the test proved nothing"
+        users = httpx.get(g.base_url + "/admin/users", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+        assert refused[0] not in {u["name"] for u in users["data"]}
