@@ -85,8 +85,11 @@ async def main() -> None:
         name = f"imagerelay_movements_{time.time_ns()}"
         conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
         await conn.execute(f'CREATE DATABASE "{name}"')
-        await conn.close()
-        await bench(f"postgresql://postgres@127.0.0.1:5432/{name}", "postgresql")
+        try:
+            await bench(f"postgresql://postgres@127.0.0.1:5432/{name}", "postgresql")
+        finally:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.close()
 
 
 if __name__ == "__main__":

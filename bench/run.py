@@ -24,6 +24,7 @@ returned any error.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import datetime
 import json
@@ -233,21 +234,29 @@ def start_stack(
 
 
 def fresh_pg_database(admin_url: str) -> str:
-    """A new, empty database on the server of ``admin_url``; returns its URL."""
+    """A new, empty database on the server of ``admin_url``; returns its URL. It is
+    dropped when this process exits (runs left one behind per scenario otherwise)."""
     import asyncio
 
     import asyncpg  # the project's one PostgreSQL driver
 
     name = f"imagerelay_bench_{time.time_ns()}"
 
-    async def create() -> None:
+    async def run_sql(statement: str) -> None:
         conn = await asyncpg.connect(admin_url)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(statement)
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    asyncio.run(run_sql(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        # FORCE: a gateway that did not stop in time still holds connections to it.
+        with contextlib.suppress(Exception):
+            asyncio.run(run_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    atexit.register(drop)
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
