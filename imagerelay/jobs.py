@@ -144,6 +144,7 @@ class JobService:
         self._claim_lock = asyncio.Lock()  # claims in turn, so each sees the last one's share
         self._submit_locks: dict[int, _Turn] = {}  # per user: count and insert in turn
         self._running: dict[str, asyncio.Task[Any]] = {}
+        self._finishing: set[str] = set()  # jobs writing their own end (see _finish)
         self._tasks: list[asyncio.Task[None]] = []
 
     def webhook_secret_for(self, user_id: int) -> str:
@@ -333,15 +334,20 @@ class JobService:
             await self._cleanup_inputs(job_id)
         await self.webhooks.schedule(job_id)
 
-    async def end_queued(self, owner: Literal["token", "user"], owner_id: int) -> None:
-        """Fail the queued jobs of a key just revoked or a user just disabled at once, as
-        ``_run_job`` would when it got to them (hold released, webhook sent), instead of
-        holding the money until a worker is free. A job claimed meanwhile is refused by
-        ``check_token`` in ``_run_job`` before it calls upstream."""
+    async def end_jobs_of(self, owner: Literal["token", "user"], owner_id: int) -> None:
+        """Fail the jobs of a key just revoked or a user just disabled at once.
+
+        Queued ones end as ``_run_job`` would end them when it got to them (hold released,
+        webhook sent), instead of holding the money until a worker is free; a job claimed
+        meanwhile is refused by ``check_token`` in ``_run_job`` before it calls upstream.
+        Running ones are interrupted like a caller's cancel (here, or within half a
+        second by ``_cancel_watch`` in the replica running it): the upstream call is
+        abandoned and nothing is charged, instead of a revoked key spending money for
+        as long as its call lasts."""
         column = jobs.c.token_id if owner == "token" else jobs.c.user_id
         async with self._engine.connect() as conn:
             rows = (
-                (await conn.execute(select(jobs).where(column == owner_id, jobs.c.status == "queued"))).mappings().all()
+                (await conn.execute(select(jobs).where(column == owner_id, jobs.c.status.in_(ACTIVE)))).mappings().all()
             )
         err = (
             AuthenticationFailed("This API key has been revoked; create a new one.", code="revoked_api_key")
@@ -357,7 +363,6 @@ class JobService:
                 err.code or "invalid_api_key",
                 status="failed",
                 http_status=err.status,
-                only_from=("queued",),
             )
 
     async def _hold_open(self, request_id: str) -> bool:
@@ -706,19 +711,25 @@ class JobService:
     async def _finish(
         self, job_id: str, status: str, *, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None
     ) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
-                .values(
-                    status=status,
-                    finished_at=time.time(),
-                    result=orjson.dumps(result) if result is not None else None,
-                    error=orjson.dumps(error).decode() if error is not None else None,
+        # Its own end, not one from outside: _cancel_watch must not interrupt the
+        # webhook and clean-up that follow the status write.
+        self._finishing.add(job_id)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE))
+                    .values(
+                        status=status,
+                        finished_at=time.time(),
+                        result=orjson.dumps(result) if result is not None else None,
+                        error=orjson.dumps(error).decode() if error is not None else None,
+                    )
                 )
-            )
-        await self._cleanup_inputs(job_id)
-        await self.webhooks.schedule(job_id)
+            await self._cleanup_inputs(job_id)
+            await self.webhooks.schedule(job_id)
+        finally:
+            self._finishing.discard(job_id)
 
     async def _cleanup_inputs(self, job_id: str) -> None:
         # StoreUnavailable is logged by the store; the sweep deletes them by their lifetime.
@@ -759,7 +770,8 @@ class JobService:
         return loaded[: len(meta["images"])], (loaded[-1] if meta["mask"] else None)
 
     async def _cancel_watch(self) -> None:
-        """Interrupt running calls whose job was canceled (possibly through another replica)."""
+        """Interrupt running calls whose job was canceled or failed from outside (a
+        caller's cancel, a revoked key, a disabled user), possibly through another replica."""
         while True:
             await asyncio.sleep(0.5)
             if not self._running:
@@ -770,13 +782,15 @@ class JobService:
                         r[0]
                         for r in (
                             await conn.execute(
-                                select(jobs.c.id).where(jobs.c.id.in_(list(self._running)), jobs.c.status == "canceled")
+                                select(jobs.c.id).where(
+                                    jobs.c.id.in_(list(self._running)), jobs.c.status.in_(("canceled", "failed"))
+                                )
                             )
                         ).all()
                     }
             except Exception:  # noqa: BLE001
                 continue
-            for job_id in canceled:
+            for job_id in canceled - self._finishing:
                 task = self._running.get(job_id)
                 if task is not None:
                     task.cancel()

@@ -203,7 +203,7 @@ class Services:
             max_active_per_token=settings.job_max_active_per_token,
             instances=instances,
         )
-        accounts.on_keys_ended = jobs.end_queued  # a revoked key's queued jobs end at once
+        accounts.on_keys_ended = jobs.end_jobs_of  # a revoked key's jobs end at once
         return cls(
             settings,
             catalog,

@@ -97,7 +97,7 @@ class Accounts:
         self._unknown = _LruCache(unknown_cache_size)
         self._lookups: dict[str, asyncio.Future[TokenInfo | None]] = {}
         # Told after a key is revoked ("token", id) or a user disabled ("user", id), so
-        # their queued jobs end at once (wired to JobService.end_queued by services.py).
+        # their queued and running jobs end at once (wired to JobService.end_jobs_of by services.py).
         self.on_keys_ended: Callable[[Literal["token", "user"], int], Awaitable[None]] | None = None
 
     async def get_or_create_user(self, name: str, *, is_admin: bool = False) -> UserInfo:

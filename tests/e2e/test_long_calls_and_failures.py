@@ -356,6 +356,33 @@ def test_cancel_running_and_queued_jobs(rig: Rig) -> None:
     assert again.status_code == 409
 
 
+def test_revoking_a_key_interrupts_its_running_job(rig: Rig) -> None:
+    """A revoked key's running job is abandoned at once instead of finishing (and being
+    charged) on a key its owner just took back: it ends failed with revoked_api_key, its
+    hold goes back and nothing is charged. (Before, only its queued jobs ended.)"""
+    slow(rig)
+    group = "GPTImage2 Enterprise"
+    owner = {"Authorization": f"Bearer {rig.gw.tokens[group]}"}
+    created = httpx.post(rig.gw.v1 + "/account/tokens", headers=owner, json={"name": "revoked-mid-job", "group": group})
+    assert created.status_code == 201, created.text
+    key = created.json()
+    before = balance(rig.gw, group)
+    r = httpx.post(
+        rig.gw.v1 + "/images/generations",
+        json={"model": "gpt-image-2", "prompt": "revoked mid-job", "size": "1024x1024", "quality": "low"},
+        headers={"Authorization": f"Bearer {key['token']}", "Prefer": "respond-async"},
+    )
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    wait_for(lambda: _job(rig.gw, group, job_id)["status"] == "running")
+    assert httpx.delete(f"{rig.gw.v1}/account/tokens/{key['id']}", headers=owner).status_code == 200
+    wait_for(lambda: _job(rig.gw, group, job_id)["status"] not in ("queued", "running"))
+    job = _job(rig.gw, group, job_id)
+    assert job["status"] == "failed" and job["error"]["code"] == "revoked_api_key", job
+    wait_for(lambda: balance(rig.gw, group) == before)
+    assert _charges(rig.data_dir, _request_id(rig.data_dir, job_id)) == []
+
+
 def test_failed_job_costs_nothing(rig: Rig) -> None:
     group = "GPTImage2 Enterprise"
     before = balance(rig.gw, group)
