@@ -147,7 +147,8 @@ async def _usable_token(services: Any, token: str) -> Any:
 
 
 async def _ensure_demo(services: Any, groups: list[str]) -> tuple[dict[str, str], int]:
-    """Idempotent: one demo user, one token per group, credited once.
+    """Idempotent: one demo user, one token per group, credited once (also when several
+    hosts start with ``--demo`` on one database at the same time).
 
     Only token hashes live in the database, so the demo tokens' plain text is kept in
     ``<data_dir>/demo-tokens.json`` (mode 0600) to print the same tokens on every run.
@@ -169,7 +170,14 @@ async def _ensure_demo(services: Any, groups: list[str]) -> tuple[dict[str, str]
         tokens[group] = token  # type: ignore[assignment]
     write_private(store, json.dumps(tokens, indent=2).encode())
     if user.balance_micros == 0 and user.held_micros == 0:
-        await services.billing.adjust(user.id, int(DEMO_CREDIT_USD * 1_000_000), "demo credit", kind="topup")
+        # Once per user, not once per empty balance, and once among hosts that start
+        # together on one database: the key makes a second credit a no-op.
+        from imagerelay.storage.billing import AdjustmentRepeated
+
+        with contextlib.suppress(AdjustmentRepeated):
+            await services.billing.adjust(
+                user.id, int(DEMO_CREDIT_USD * 1_000_000), "demo credit", kind="topup", once=f"demo-credit-{user.id}"
+            )
     now = await services.accounts.get_user(user.id)
     return tokens, now.available_micros
 

@@ -38,7 +38,6 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
-    null,
     or_,
     select,
     true,
@@ -56,6 +55,10 @@ HoldResult = Literal["ok", "balance", "spend_cap"]
 # An adjustment may take a balance no higher than this ($1 trillion): far below the
 # 64-bit column's limit, which SQLite would otherwise pass silently into a float.
 MAX_BALANCE_MICROS = 10**18
+
+
+class AdjustmentRepeated(Exception):
+    """An adjustment whose once-only key (``Billing.adjust(once=...)``) was applied before."""
 
 
 class AdjustmentRefused(ValueError):
@@ -340,9 +343,9 @@ ADJUST = Movement(
             "l",
             insert(ledger).from_select(
                 ["user_id", "amount_micros", "kind", "reason", "request_id", "created_at"],
-                select(_USER_ID, _ADJUSTED, _p("kind", String), _p("reason", Text), null(), _NOW).where(
-                    ref("u", "balance_micros", BigInteger).is_not(None)
-                ),
+                select(
+                    _USER_ID, _ADJUSTED, _p("kind", String), _p("reason", Text), _p("request_id", String), _NOW
+                ).where(ref("u", "balance_micros", BigInteger).is_not(None)),
             ),
         ),
     ],
@@ -409,24 +412,35 @@ class Billing:
         self._runner = runner
         self.instance_id = instance_id  # this process (storage/instances.py), named by its calls' holds
 
-    async def adjust(self, user_id: int, amount_micros: int, reason: str, *, kind: str = "topup") -> int:
+    async def adjust(
+        self, user_id: int, amount_micros: int, reason: str, *, kind: str = "topup", once: str | None = None
+    ) -> int:
         """Top up (positive) or adjust (either sign) a balance; returns the new balance.
 
-        Raises :class:`AdjustmentRefused` for a debit past the available balance or a
-        credit past :data:`MAX_BALANCE_MICROS`, ``LookupError`` for an unknown user."""
+        ``once``: a key that makes the adjustment happen at most once, whoever asks and
+        however often (its ledger row holds it as the unique request id): a repeat raises
+        :class:`AdjustmentRepeated` and changes nothing. Raises :class:`AdjustmentRefused`
+        for a debit past the available balance or a credit past :data:`MAX_BALANCE_MICROS`,
+        ``LookupError`` for an unknown user."""
         if not reason:
             raise ValueError("a balance change needs a reason")
-        row = await self._runner.movement(
-            ADJUST,
-            {
-                "user_id": user_id,
-                "amount": amount_micros,
-                "kind": kind,
-                "reason": reason,
-                "now": time.time(),
-                "max": MAX_BALANCE_MICROS,
-            },
-        )
+        try:
+            row = await self._runner.movement(
+                ADJUST,
+                {
+                    "user_id": user_id,
+                    "amount": amount_micros,
+                    "kind": kind,
+                    "reason": reason,
+                    "request_id": once,
+                    "now": time.time(),
+                    "max": MAX_BALANCE_MICROS,
+                },
+            )
+        except Exception as exc:
+            if once is not None and _is_repeat(exc):
+                raise AdjustmentRepeated(once) from None
+            raise
         if row is None:
             available = await self._runner.movement(AVAILABLE, {"user_id": user_id})
             if available is None:

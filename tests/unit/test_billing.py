@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from imagerelay.domain.records import UsageRecord
 from imagerelay.storage.accounts import Accounts
-from imagerelay.storage.billing import MAX_BALANCE_MICROS, AdjustmentRefused, Billing
+from imagerelay.storage.billing import MAX_BALANCE_MICROS, AdjustmentRefused, AdjustmentRepeated, Billing
 from imagerelay.storage.db import TransactionRunner, create_engine, create_schema
 from imagerelay.storage.idempotency import IdempotencyConflict, IdempotencyStore
 from imagerelay.storage.instances import Instances
@@ -136,6 +136,25 @@ async def test_adjust_needs_reason(stores: tuple[Accounts, Billing]) -> None:
     user = await accounts.get_or_create_user("u")
     with pytest.raises(ValueError):
         await billing.adjust(user.id, 1, "")
+
+
+async def test_an_adjustment_with_a_once_key_happens_once_even_when_raced(stores: tuple[Accounts, Billing]) -> None:
+    """What the demo credit relies on when several hosts start with --demo on one database,
+    or one restarts after its demo user spent everything: the key makes repeats no-ops."""
+    accounts, billing = stores
+    user = await accounts.get_or_create_user("once")
+    outcomes = await asyncio.gather(
+        *(billing.adjust(user.id, 5_000_000, "demo credit", once=f"demo-credit-{user.id}") for _ in range(6)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(o, int) for o in outcomes) == 1, outcomes
+    assert all(isinstance(o, AdjustmentRepeated) for o in outcomes if not isinstance(o, int)), outcomes
+    assert (await accounts.get_user(user.id)).balance_micros == 5_000_000
+    await billing.adjust(user.id, -5_000_000, "spent", kind="adjust")  # without a key: as often as asked
+    with pytest.raises(AdjustmentRepeated):
+        await billing.adjust(user.id, 5_000_000, "demo credit", once=f"demo-credit-{user.id}")
+    assert (await accounts.get_user(user.id)).balance_micros == 0
+    assert not await billing.audit()
 
 
 async def test_token_spend_cap(stores: tuple[Accounts, Billing]) -> None:
