@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -52,20 +51,13 @@ def _wrap_gateway(out: Path) -> None:
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd]
         return real_popen(cmd, *args, **kwargs)
 
-    def wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"{what} exited with {proc.returncode}")
-            try:
-                httpx.get(url, timeout=10)
-                return
-            except httpx.HTTPError:
-                time.sleep(1)
-        raise SystemExit(f"{what} did not start under valgrind in 600 s")
+    wait_http = run.wait_http
+
+    def wait_longer(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 600) -> None:
+        wait_http(url, proc, what, timeout_s)
 
     run.subprocess.Popen = popen  # type: ignore[misc]
-    run.wait_http = wait_http
+    run.wait_http = wait_longer
 
 
 async def _calls(stack: Any, n: int, concurrency: int) -> None:
