@@ -41,25 +41,6 @@ import run  # noqa: E402
 SMALL = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}
 
 
-def _wrap_gateway(out: Path) -> None:
-    """Make bench/run.py's start_stack launch the gateway under callgrind, and wait for
-    it as long as valgrind needs to start it."""
-    real_popen = subprocess.Popen
-
-    def popen(cmd: list[str], *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
-        if "serve" in cmd:
-            cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd]
-        return real_popen(cmd, *args, **kwargs)
-
-    wait_http = run.wait_http
-
-    def wait_longer(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 600) -> None:
-        wait_http(url, proc, what, timeout_s)
-
-    run.subprocess.Popen = popen  # type: ignore[misc]
-    run.wait_http = wait_longer
-
-
 async def _calls(stack: Any, n: int, concurrency: int) -> None:
     async with httpx.AsyncClient(timeout=600) as client:
         sem = asyncio.Semaphore(concurrency)
@@ -101,8 +82,12 @@ def main() -> None:
         raise SystemExit("needs valgrind (Debian: apt-get install valgrind)")
     workdir = Path(tempfile.mkdtemp(prefix="imagerelay-instructions-"))
     out = workdir / "callgrind.out"
-    _wrap_gateway(out)
-    stack = run.start_stack(workdir, None)
+    stack = run.start_stack(
+        workdir,
+        None,
+        gateway_prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
+        start_timeout_s=600,  # the gateway starts ~50x slower under valgrind
+    )
     try:
         asyncio.run(_calls(stack, 20, args.concurrency))  # warm: pools, caches, first-call paths
         pid = str(stack.gateway.pid)

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,9 +144,13 @@ def start_stack(
     extra_env: dict[str, str] | None = None,
     channel: dict[str, Any] | None = None,
     workers: int = 1,
+    gateway_prefix: Sequence[str] = (),
+    start_timeout_s: float = 60,
 ) -> Stack:
     """``extra_env``: more gateway settings; ``channel``: more settings of the simulator's channel;
-    ``workers``: the gateway's worker processes (``serve --workers``)."""
+    ``workers``: the gateway's worker processes (``serve --workers``); ``gateway_prefix``:
+    a command the gateway runs under (valgrind for bench/instructions.py), which may need
+    a longer ``start_timeout_s``."""
     sim_port, gw_port = free_ports(2)
     with open(workdir / "sim.log", "wb") as sim_log:  # the child keeps its own copy of the descriptor
         sim = subprocess.Popen(
@@ -216,12 +220,12 @@ def start_stack(
     )
     with open(workdir / "gateway.log", "wb") as gw_log:  # the child keeps its own copy of the descriptor
         gateway = subprocess.Popen(
-            [PY, "-m", "imagerelay", "serve", "--port", str(gw_port), "--workers", str(workers)],
+            [*gateway_prefix, PY, "-m", "imagerelay", "serve", "--port", str(gw_port), "--workers", str(workers)],
             env=env,
             stdout=gw_log,
             stderr=subprocess.STDOUT,
         )
-    wait_http(f"http://127.0.0.1:{gw_port}/healthz", gateway, "gateway")
+    wait_http(f"http://127.0.0.1:{gw_port}/healthz", gateway, "gateway", start_timeout_s)
     created = httpx.post(
         f"http://127.0.0.1:{gw_port}/admin/tokens",
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
