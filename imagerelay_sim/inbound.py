@@ -152,6 +152,8 @@ async def _read_body(request: Request) -> tuple[_Body, dict[str, Any]]:
         "parts": None,
         "form": None,
         "time": time.time(),
+        # Which connection carried it: how a test sees a client's pool reuse and limit.
+        "peer": f"{request.client.host}:{request.client.port}" if request.client else None,
     }
     media = ctype.split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
