@@ -18,7 +18,7 @@ defects; aiohttp, which replaced it, cost ~0.29 M more instructions per call.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 import mmap
 import re
@@ -188,28 +188,10 @@ class OpenAIDialectConnector:
 
     # -- wire ------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _exchange(
-        self, client: Client, target: CallTarget, request: ImageRequest, stream: bool
-    ) -> AsyncIterator[Response]:
-        """Send the request; its response once the status line and headers are in, its
-        body read from it while inside.
-
-        An upstream may close an idle keep-alive connection just as we reuse it; the
-        request then fails before any answer with the connection closed. That is
-        retried once on a fresh connection, here: with a one-channel pool it would
-        otherwise be a 502 for a call the upstream never answered (seen under load
-        against a server whose keep-alive timeout is shorter than our pool's). A reset
-        is not: the pool decides what happens next.
-        """
-        async with contextlib.AsyncExitStack() as sending:
-            try:
-                response = await sending.enter_async_context(self._open(client, target, request, stream))
-            except ConnectError as exc:
-                if not _closed_unanswered(exc):
-                    raise
-                response = await sending.enter_async_context(self._open(client, target, request, stream))
-            yield response
+    def _exchange(self, client: Client, target: CallTarget, request: ImageRequest, stream: bool) -> _Exchange:
+        """``async with``: the response once its status line and headers are in, its
+        body read from it while inside (see :class:`_Exchange`)."""
+        return _Exchange(functools.partial(self._open, client, target, request, stream))
 
     def _open(self, client: Client, target: CallTarget, request: ImageRequest, stream: bool) -> StreamRequest:
         url, headers, body = self._build(target, request, stream)
@@ -387,6 +369,38 @@ class OpenAIDialectConnector:
 
 def _secrets(target: CallTarget) -> tuple[str, ...]:
     return channel_secrets(target.api_key, target.channel.base_url)
+
+
+class _Exchange:
+    """Send a request; its response, once the status line and headers are in.
+
+    An upstream may close an idle keep-alive connection just as we reuse it; the
+    request then fails before any answer with the connection closed. That is retried
+    once on a fresh connection, here: with a one-channel pool it would otherwise be a
+    502 for a call the upstream never answered (seen under load against a server whose
+    keep-alive timeout is shorter than our pool's). A reset is not: the pool decides
+    what happens next. A class, not ``asynccontextmanager``: one per upstream call.
+    """
+
+    __slots__ = ("_open", "_sending")
+
+    def __init__(self, open_request: Callable[[], StreamRequest]) -> None:
+        self._open = open_request
+        self._sending: StreamRequest | None = None
+
+    async def __aenter__(self) -> Response:
+        self._sending = self._open()
+        try:
+            return await self._sending.__aenter__()
+        except ConnectError as exc:
+            if not _closed_unanswered(exc):
+                raise
+        self._sending = self._open()
+        return await self._sending.__aenter__()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._sending is not None:
+            await self._sending.__aexit__(*exc)
 
 
 def _closed_unanswered(exc: ConnectError) -> bool:
