@@ -1,6 +1,6 @@
 """Which async HTTP client carries upstream calls: CPU per call and memory with 4K answers.
 
-    .venv/bin/python bench/clients.py [calls]     # pyreqwest, aiohttp and httpx against the simulator
+    .venv/bin/python bench/clients.py [calls]     # pyreqwest (if installed), aiohttp and httpx against the simulator
 
 Starts the upstream simulator (openai protocol, cached images) in a subprocess, then,
 for each client in a fresh process of its own (uvloop, as the gateway runs), makes the
@@ -16,6 +16,7 @@ gateway's client are in docs/performance.md.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import resource
 import socket
@@ -138,6 +139,9 @@ def main() -> None:
                 assert time.monotonic() < deadline, "the simulator did not start"
                 time.sleep(0.1)
         for name in CLIENTS:
+            if importlib.util.find_spec(name) is None:
+                rows.append(f"| {name} | not installed (`.venv/bin/pip install {name}`) | | |")
+                continue
             httpx.post(base + "/_sim/config", json={"incompressible": False})
             out = subprocess.run(
                 [sys.executable, __file__, "--one", name, base, str(calls)], capture_output=True, text=True, check=True

@@ -1,9 +1,9 @@
-"""The floor of the stack: what uvicorn + Starlette + pyreqwest cost with no gateway logic.
+"""The floor of the stack: what uvicorn + Starlette + aiohttp cost with no gateway logic.
 
     .venv/bin/python bench/floor.py [--seconds 8]
 
 Runs a 15-line pass-through app (read the JSON body, POST it upstream over a pooled
-pyreqwest client, the gateway's upstream client, return the upstream's bytes) in front of the same zero-latency
+aiohttp session, return the upstream's bytes) in front of the same zero-latency
 simulator that bench/run.py uses, and drives it with wrk at concurrency 1 and 64.
 Whatever imagerelay adds beyond these figures is its own logic (auth, validation,
 holds, settle, usage records); what this floor costs is the price of the libraries.
@@ -23,23 +23,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import PY, SIM_KEY, WRK_SCRIPT, free_ports, wait_http, wrk  # noqa: E402
 
 APP = """
-import os
-from pyreqwest.client import ClientBuilder
+import aiohttp, os
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
 UPSTREAM = os.environ["FLOOR_UPSTREAM"]
-HEADERS = {"Authorization": "Bearer " + os.environ["FLOOR_KEY"], "Content-Type": "application/json"}
-client = None
+session = None
 
 async def passthrough(request):
-    global client
-    if client is None:
-        client = ClientBuilder().max_connections(100).build()
+    global session
+    if session is None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     body = await request.body()
-    async with client.post(UPSTREAM).headers(HEADERS).body_bytes(body).build_streamed() as resp:
-        raw = bytes(await resp.body_reader.bytes())
+    async with session.post(UPSTREAM, data=body, headers={"Authorization": "Bearer " + os.environ["FLOOR_KEY"],
+                                                         "Content-Type": "application/json"}) as resp:
+        raw = await resp.read()
     return Response(raw, media_type="application/json")
 
 async def health(request):

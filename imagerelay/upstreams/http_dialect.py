@@ -4,21 +4,21 @@ openai-compatible connectors.
 Vendors differ only in URL, auth header, small body adaptations and error shapes,
 so each vendor module overrides those few hooks and nothing else.
 
-One transport: one pyreqwest client per channel (a pool of at most
+One transport: one ``aiohttp.ClientSession`` per channel (a pool of at most
 ``max_connections``) carries generations, multipart edits and streams. The wire
-itself lives in :mod:`imagerelay.upstreams.transport` (clients, proxies, TLS, safe
-URLs and headers, bounded answers, and why pyreqwest).
+itself lives in :mod:`imagerelay.upstreams.transport` (sessions, proxies, TLS, safe
+URLs and headers, bounded answers).
 
-Why not httpx: httpcore checks every pooled connection for readability on each
-request (a syscall per connection), which at 64 concurrent calls cost more CPU than
-the rest of the gateway together (measured with py-spy, see bench/RESULTS.md). The
-hand-written HTTP/1.1 client that once carried generations (``fastpost``) had five
-defects; aiohttp, which replaced it, cost ~0.29 M more instructions per call.
+Why aiohttp rather than httpx: httpcore checks every pooled connection for
+readability on each request (a syscall per connection), which at 64 concurrent
+calls cost more CPU than the rest of the gateway together (measured with py-spy,
+see bench/RESULTS.md); aiohttp's pool does not, and since 3.13.3 it decompresses in
+bounded steps. The hand-written HTTP/1.1 client that used to carry generations
+(``fastpost``) saved ~0.2 ms of CPU per call and had five defects; it is gone.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import mmap
 import re
@@ -26,12 +26,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, ClassVar
 
+import aiohttp
 import orjson
-from pyreqwest.client import Client
-from pyreqwest.exceptions import ConnectError, PyreqwestError, RequestTimeoutError
-from pyreqwest.multipart import FormBuilder, PartBuilder
-from pyreqwest.request import StreamRequest
-from pyreqwest.response import Response
 
 from imagerelay.catalog.model import ChannelSpec
 from imagerelay.domain.b64 import B64Payload
@@ -45,19 +41,16 @@ from imagerelay.upstreams.transport import (
     DEFAULT_MAX_ANSWER_BYTES,
     AnswerMemory,
     AnswerTooLarge,
-    BodyLengthMismatch,
     ChannelSessions,
     UnsafeValue,
-    call_timeout,
     default_client,
     read_capped,
     safe_headers,
     safe_url,
+    stream_timeout,
 )
 
-ClientFactory = Callable[[ChannelSpec], Client]
-#: Failures of the wire: refused, reset, closed, TLS, proxy, a body that broke off.
-_WIRE_ERRORS = (PyreqwestError, BodyLengthMismatch, OSError)
+ClientFactory = Callable[[ChannelSpec], aiohttp.ClientSession]
 
 _META_KEYS = ("size", "quality", "background", "output_format")
 
@@ -188,28 +181,24 @@ class OpenAIDialectConnector:
 
     # -- wire ------------------------------------------------------------------------------
 
-    def _exchange(self, client: Client, target: CallTarget, request: ImageRequest, stream: bool) -> _Exchange:
-        """``async with``: the response once its status line and headers are in, its
-        body read from it while inside (see :class:`_Exchange`)."""
-        return _Exchange(functools.partial(self._open, client, target, request, stream))
+    async def _open(
+        self, session: aiohttp.ClientSession, target: CallTarget, request: ImageRequest, stream: bool
+    ) -> aiohttp.ClientResponse:
+        """Send the request; its response once the status line and headers are in.
 
-    def _open(self, client: Client, target: CallTarget, request: ImageRequest, stream: bool) -> StreamRequest:
-        url, headers, body = self._build(target, request, stream)
-        # Read ahead at most one chunk: the response is handed over once its head is in
-        # (by default the client first buffers 64 KiB of body, which would hold back a
-        # stream's first events and read past a declared length not yet checked), and
-        # the answer waits in the socket, not in this process, until it is read.
-        builder = client.post(url).headers(headers).streamed_read_buffer_limit(1)
-        builder = builder.body_bytes(body) if isinstance(body, bytes) else builder.multipart(body)
-        if not stream:
-            # A stream may last longer than the channel's timeout as long as events flow
-            # (the client's per-read timeout bounds a silent one); a plain call may not.
-            builder = builder.timeout(call_timeout(target.channel))
-        return builder.build_streamed()
+        An upstream may close an idle keep-alive connection just as we reuse it; the
+        request then fails before any answer with the server "disconnected". That is
+        retried once on a fresh connection, here: with a one-channel pool it would
+        otherwise be a 502 for a call the upstream never saw (seen under load against
+        a server whose keep-alive timeout is shorter than our pool's).
+        """
+        extra: dict[str, Any] = {"timeout": stream_timeout(target.channel)} if stream else {}
+        try:
+            return await session.post(**self._build(target, request, stream), allow_redirects=False, **extra)
+        except aiohttp.ServerDisconnectedError:
+            return await session.post(**self._build(target, request, stream), allow_redirects=False, **extra)
 
-    def _build(
-        self, target: CallTarget, request: ImageRequest, stream: bool
-    ) -> tuple[str, dict[str, str], bytes | FormBuilder]:
+    def _build(self, target: CallTarget, request: ImageRequest, stream: bool) -> dict[str, Any]:
         params = self.adapt_params(target, request)
         model = self.body_model(target)
         fields: dict[str, Any] = {"prompt": request.prompt}
@@ -224,22 +213,20 @@ class OpenAIDialectConnector:
         url = safe_url(self.url(target, request.endpoint))
         if request.endpoint == "generations":
             headers["Content-Type"] = "application/json"
-            return url, headers, orjson.dumps(fields)
-        # Names and file names go out as they are (the official SDK's form, and what
-        # aiohttp sent): "image[]" must keep its brackets.
-        form = FormBuilder().percent_encode_noop()
+            return {"url": url, "headers": headers, "data": orjson.dumps(fields)}
+        form = aiohttp.FormData(quote_fields=False)
         for key, value in fields.items():
-            form = form.text(key, _form_value(value))
+            form.add_field(key, _form_value(value))
         name = "image" if len(request.images) == 1 else "image[]"
         for i, img in enumerate(request.images):
-            filename = img.filename or f"image_{i}.{img.mime.split('/')[1]}"
-            form = form.part(name, PartBuilder.from_bytes(img.data).file_name(filename).mime(img.mime))
-        if request.mask is not None:
-            mask = request.mask
-            form = form.part(
-                "mask", PartBuilder.from_bytes(mask.data).file_name(mask.filename or "mask.png").mime(mask.mime)
+            form.add_field(
+                name, img.data, filename=img.filename or f"image_{i}.{img.mime.split('/')[1]}", content_type=img.mime
             )
-        return url, headers, form
+        if request.mask is not None:
+            form.add_field(
+                "mask", request.mask.data, filename=request.mask.filename or "mask.png", content_type=request.mask.mime
+            )
+        return {"url": url, "headers": headers, "data": form}
 
     def _failure_for_status(
         self, status: int, headers: Mapping[str, str], raw: bytes | bytearray | mmap.mmap
@@ -286,18 +273,18 @@ class OpenAIDialectConnector:
         headers: Mapping[str, str]
         try:
             async with (
-                self._sessions.lease(target.channel) as client,
-                self._exchange(client, target, request, stream=False) as resp,
+                self._sessions.lease(target.channel) as session,
+                await self._open(session, target, request, stream=False) as resp,
             ):
                 status, headers = resp.status, resp.headers
                 raw = await read_capped(resp, self._max_answer_bytes, self._answer_memory)
-        except (TimeoutError, RequestTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamFailure("timeout", f"{target.channel.name}: timed out") from None
         except AnswerTooLarge as exc:
             raise UpstreamFailure("bad_response", f"{target.channel.name}: {exc}") from None
         except UnsafeValue as exc:
             raise UpstreamFailure("connector", f"{target.channel.name}: {exc}") from None
-        except _WIRE_ERRORS as exc:
+        except (aiohttp.ClientError, OSError) as exc:  # OSError covers refused, reset, TLS and closed
             raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None
         if status != 200:
             raise self._failure_for_status(status, headers, raw)
@@ -329,8 +316,8 @@ class OpenAIDialectConnector:
         closing = False
         try:
             async with (
-                self._sessions.lease(target.channel) as client,
-                self._exchange(client, target, request, stream=True) as resp,
+                self._sessions.lease(target.channel) as session,
+                await self._open(session, target, request, stream=True) as resp,
             ):
                 if resp.status != 200:
                     error_body = await read_capped(resp, min(self._max_answer_bytes, 1 << 20))
@@ -350,7 +337,7 @@ class OpenAIDialectConnector:
                         except GeneratorExit:
                             closing = True
                             raise
-        except (TimeoutError, RequestTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             if closing:
                 return
             raise UpstreamFailure("timeout", f"{target.channel.name}: stream timed out") from None
@@ -358,7 +345,7 @@ class OpenAIDialectConnector:
             raise UpstreamFailure("bad_response", f"{target.channel.name}: {exc}") from None
         except UnsafeValue as exc:
             raise UpstreamFailure("connector", f"{target.channel.name}: {exc}") from None
-        except _WIRE_ERRORS as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             if closing:
                 return
             raise UpstreamFailure("connect", f"{target.channel.name}: {type(exc).__name__}") from None
@@ -369,45 +356,6 @@ class OpenAIDialectConnector:
 
 def _secrets(target: CallTarget) -> tuple[str, ...]:
     return channel_secrets(target.api_key, target.channel.base_url)
-
-
-class _Exchange:
-    """Send a request; its response, once the status line and headers are in.
-
-    An upstream may close an idle keep-alive connection just as we reuse it; the
-    request then fails before any answer with the connection closed. That is retried
-    once on a fresh connection, here: with a one-channel pool it would otherwise be a
-    502 for a call the upstream never answered (seen under load against a server whose
-    keep-alive timeout is shorter than our pool's). A reset is not: the pool decides
-    what happens next. A class, not ``asynccontextmanager``: one per upstream call.
-    """
-
-    __slots__ = ("_open", "_sending")
-
-    def __init__(self, open_request: Callable[[], StreamRequest]) -> None:
-        self._open = open_request
-        self._sending: StreamRequest | None = None
-
-    async def __aenter__(self) -> Response:
-        self._sending = self._open()
-        try:
-            return await self._sending.__aenter__()
-        except ConnectError as exc:
-            if not _closed_unanswered(exc):
-                raise
-        self._sending = self._open()
-        return await self._sending.__aenter__()
-
-    async def __aexit__(self, *exc: Any) -> None:
-        if self._sending is not None:
-            await self._sending.__aexit__(*exc)
-
-
-def _closed_unanswered(exc: ConnectError) -> bool:
-    """The connection closed cleanly after the request and before any answer byte
-    (hyper's "incomplete message"; a reset names its OS error instead)."""
-    causes = exc.details.get("causes") or []
-    return bool(causes) and causes[-1].get("message") == "connection closed before message completed"
 
 
 def _channel_side(error: dict[str, Any]) -> bool:
@@ -422,21 +370,19 @@ def _channel_side(error: dict[str, Any]) -> bool:
 MAX_SSE_EVENT_BYTES = 64 * 1024 * 1024
 
 
-async def _sse_payloads(resp: Response) -> AsyncGenerator[dict[str, Any] | None, None]:
+async def _sse_payloads(resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any] | None, None]:
     """Parse server-sent events; yields each JSON payload, ``None`` at ``[DONE]``.
 
     Hand-rolled because SSE framing is twenty lines and a dependency for it would
     buffer differently from how we need to relay (event by event, as it arrives).
-    Lines are split from raw chunks here (an image event is one line of megabytes:
-    line readers commonly refuse lines over 64-128 KiB). Each chunk is scanned once;
-    an event over ``MAX_SSE_EVENT_BYTES`` fails.
+    Lines are split from raw chunks here, not with aiohttp's line reader: that one
+    refuses lines over 128 KiB (``LineTooLong``), and an image event is one line of
+    megabytes. Each chunk is scanned once; an event over ``MAX_SSE_EVENT_BYTES`` fails.
     """
     data_lines: list[bytes] = []
     size = 0
     pending = bytearray()
-    reader = resp.body_reader
-    while (piece := await reader.read_chunk()) is not None:
-        chunk = bytes(piece)
+    async for chunk in resp.content.iter_any():
         pos = 0
         while (newline := chunk.find(b"\n", pos)) != -1:
             pending += chunk[pos:newline]

@@ -1,19 +1,13 @@
-"""The upstream wire: one pyreqwest client per channel, safe requests, bounded answers.
+"""The upstream wire: one aiohttp session per channel, safe requests, bounded answers.
 
-- one client, hence one connection pool of at most ``max_connections``, per channel,
+- one session, hence one connection pool of at most ``max_connections``, per channel,
   rebuilt when the channel's connection settings change (:class:`ChannelSessions`);
-- the channel's ``proxy`` (``http://``, ``https://``, ``socks5://``, ``socks5h://``),
-  else the ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY`` environment;
+- the channel's ``proxy`` (``http://``, ``https://``; ``socks5://`` through
+  aiohttp-socks), else the ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` environment;
 - the channel's ``ca_bundle`` (a PEM file) and ``verify`` switch for private upstreams;
 - header values checked and URLs percent-encoded by construction;
-- answers read against a cap on their size, declared or (after decompression, which
-  the client does in bounded steps as the body is read) received.
-
-Why pyreqwest (reqwest and hyper, in Rust): on figures. Per plain exchange with a
-~240 KB answer it costs 0.67 M instructions of the whole process against aiohttp's
-0.93 M (callgrind, ``bench/clients.py``), and its HTTP parsing and TLS run on its own
-threads outside the GIL, leaving the event loop to the gateway; it has a real pool
-limit, proxies (SOCKS too), private CAs, per-read timeouts and streaming bodies.
+- answers read against a cap on their size, declared or (after decompression,
+  which aiohttp >= 3.13.3 does in bounded steps) received.
 """
 
 from __future__ import annotations
@@ -24,18 +18,13 @@ import contextlib
 import functools
 import mmap
 import re
-import urllib.request
+import ssl
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
-from urllib.parse import urlsplit
 
-from pyreqwest.bytes import Bytes
-from pyreqwest.client import Client, ClientBuilder
-from pyreqwest.proxy import ProxyBuilder
-from pyreqwest.response import Response
+import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from imagerelay.catalog.model import ChannelSpec
@@ -43,8 +32,8 @@ from imagerelay.catalog.model import ChannelSpec
 #: Ten 4K images as base64 are ~330 MB: generous, and still a bound.
 DEFAULT_MAX_ANSWER_BYTES = 512 * 1024 * 1024
 _PREALLOCATE_FROM = 1 << 20  # answers this large go into one buffer sized from content-length
-_READ_STEP = 1 << 20  # what one read asks the client for: few hand-offs between its thread and the loop
 _UNSAFE = re.compile(r"[^\x21-\x7e \t]")  # header text: printable ASCII, space and tab only
+SOCKS_SCHEMES = ("socks5://", "socks5h://")
 
 
 #: Large answers held in memory at once per process: three 4K answers (~33 MB each).
@@ -131,65 +120,76 @@ class UnsafeValue(ValueError):
     """A value that cannot go on the wire as it is (CR/LF in a header, a broken URL)."""
 
 
-class BodyLengthMismatch(Exception):
-    """An answer whose body is shorter or longer than its ``Content-Length``."""
-
-
-def default_client(channel: ChannelSpec) -> Client:
-    """One pyreqwest client (one pool of at most ``max_connections``) for a channel.
-
-    No client-wide total timeout: a plain call sets its own (:func:`call_timeout`),
-    and a stream may last longer than that as long as events flow, which the per-read
-    timeout bounds. The proxy is the channel's, else the environment's
-    (:func:`env_proxy`), else none: reqwest's own environment lookup is read once per
-    process, so a proxy set later (or NO_PROXY) would be ignored.
-    """
-    builder = (
-        ClientBuilder()
-        .max_connections(channel.max_connections)
-        .pool_idle_timeout(timedelta(seconds=60))
-        .connect_timeout(timedelta(seconds=connect_timeout(channel)))
-        .read_timeout(timedelta(seconds=channel.timeout_s))
-        .follow_redirects(False)
-        # Decompressed in bounded steps as the body is read (read_capped caps the result).
-        .gzip(True)
-        .deflate(True)
-    )
+def tls_setting(channel: ChannelSpec) -> ssl.SSLContext | bool:
+    """``False`` with verification off, a context trusting the channel's CA bundle, or
+    ``True`` for the system's trust store."""
     if not channel.verify:
-        builder = builder.danger_accept_invalid_certs(True)
-    elif channel.ca_bundle:
-        builder = builder.add_root_certificate_pem(Path(channel.ca_bundle).read_bytes())
-    proxy = channel.proxy or env_proxy(channel)
-    builder = builder.proxy(ProxyBuilder.all(proxy)) if proxy else builder.no_proxy()
-    return builder.build()
+        return False
+    if channel.ca_bundle:
+        return ssl.create_default_context(cafile=channel.ca_bundle)
+    return True
+
+
+def default_client(channel: ChannelSpec) -> aiohttp.ClientSession:
+    tls = tls_setting(channel)
+    proxy = channel.proxy
+    connector: aiohttp.BaseConnector
+    if proxy and proxy.lower().startswith(SOCKS_SCHEMES):
+        from aiohttp_socks import ProxyConnector
+
+        connector = ProxyConnector.from_url(proxy, limit=channel.max_connections, keepalive_timeout=60, ssl=tls)
+        proxy = None
+    else:
+        connector = aiohttp.TCPConnector(
+            limit=channel.max_connections, keepalive_timeout=60, ssl=tls, ttl_dns_cache=300
+        )
+    proxy_auth = None
+    if channel.proxy is None:
+        proxy, proxy_auth = env_proxy(channel)
+    return aiohttp.ClientSession(
+        connector=connector,
+        # A plain call is bounded as a whole by the channel's timeout: one timer per
+        # request, where a per-read timeout was rescheduled on every chunk received (130
+        # times for a 4K answer). A stream may last longer than that as long as events
+        # flow, so it gets a per-read timeout of its own (stream_timeout).
+        timeout=aiohttp.ClientTimeout(total=channel.timeout_s, sock_connect=connect_timeout(channel)),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+        # An upstream's cookies have no business in the next call (another caller's):
+        # and a jar is filtered per request and updated per answer for nothing.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        proxy=proxy,
+        proxy_auth=proxy_auth,
+        trust_env=False,
+    )
 
 
 def session_key(channel: ChannelSpec) -> tuple[object, ...]:
-    """Everything of a channel that shapes its client (see :func:`default_client`)."""
+    """Everything of a channel that shapes its session (see :func:`default_client`)."""
     return (channel.max_connections, channel.proxy, channel.ca_bundle, channel.verify, channel.timeout_s)
 
 
 @dataclass(eq=False)
 class _Session:
     key: tuple[object, ...]
-    client: Client
+    client: aiohttp.ClientSession
     users: int = 0
     retired: bool = False
 
 
 class ChannelSessions:
-    """The current client of each channel, by name. When a channel's connection
-    settings change (admin API, CLI, console) the next call builds a new client; the
+    """The current session of each channel, by name. When a channel's connection
+    settings change (admin API, CLI, console) the next call builds a new session; the
     old one is closed once the calls still using it have finished (closing it at once
     would cut them), so its connections and pool do not linger until a restart."""
 
-    def __init__(self, factory: Callable[[ChannelSpec], Client]) -> None:
+    def __init__(self, factory: Callable[[ChannelSpec], aiohttp.ClientSession]) -> None:
         self._factory = factory
         self._current: dict[str, _Session] = {}
         self._retired: set[_Session] = set()
 
     def lease(self, channel: ChannelSpec) -> _Lease:
-        """``async with sessions.lease(channel) as client``: the channel's current client."""
+        """``async with sessions.lease(channel) as session``: the channel's current session."""
         return _Lease(self, channel)
 
     async def _take(self, channel: ChannelSpec) -> _Session:
@@ -220,7 +220,7 @@ class ChannelSessions:
 
 
 class _Lease:
-    """One call's use of a channel's client. A class, not ``asynccontextmanager``: it
+    """One call's use of a channel's session. A class, not ``asynccontextmanager``: it
     is entered on every upstream call, and a generator-based one is ~10 Python calls."""
 
     __slots__ = ("_sessions", "_channel", "_session")
@@ -230,7 +230,7 @@ class _Lease:
         self._channel = channel
         self._session: _Session | None = None
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> aiohttp.ClientSession:
         self._session = await self._sessions._take(self._channel)  # noqa: SLF001 - its own helper
         return self._session.client
 
@@ -243,23 +243,24 @@ def connect_timeout(channel: ChannelSpec) -> float:
     return min(10.0, channel.timeout_s)
 
 
-def call_timeout(channel: ChannelSpec) -> timedelta:
-    """A plain call, from connecting to its answer's last byte, is bounded as a whole."""
-    return timedelta(seconds=channel.timeout_s)
+def stream_timeout(channel: ChannelSpec) -> aiohttp.ClientTimeout:
+    """A stream's phases: after its first event only this bounds a silent upstream."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout(channel), sock_read=channel.timeout_s)
 
 
-def env_proxy(channel: ChannelSpec) -> str | None:
-    """The proxy HTTPS_PROXY / HTTP_PROXY / ALL_PROXY give the channel's host unless
-    NO_PROXY names it, as for the official SDK; read when the channel's client is made
-    (a channel's host never changes, and neither does the process's environment)."""
+def env_proxy(channel: ChannelSpec) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """The proxy HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and ~/.netrc) give the channel's
+    host, as for the official SDK, read once when its session is made: aiohttp's
+    ``trust_env`` reads the environment and the netrc file again on every request,
+    which was 8.7% of the gateway's CPU at c=64 (py-spy). A channel's host never
+    changes, and neither does the process's environment."""
     if not channel.base_url:
-        return None
-    parts = urlsplit(channel.base_url)
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(parts.netloc):
-        return None
-    return proxy
+        return None, None
+    try:
+        proxy, auth = get_env_proxy_for_url(URL(channel.base_url))
+    except LookupError:  # no proxy for this host (none set, or NO_PROXY names it)
+        return None, None
+    return str(proxy), auth
 
 
 def safe_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -277,12 +278,12 @@ def _header_ok(name: str, value: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def safe_url(url: str) -> str:
+def safe_url(url: str) -> URL:
     """``url`` percent-encoded (existing %XX escapes kept); control characters refused.
 
     Memoised: a channel calls the same one or two URLs every time, and parsing one
-    with yarl is ~10 us a call (an :class:`UnsafeValue` is raised again each time,
-    not cached)."""
+    with yarl is ~10 us a call (a ``URL`` is immutable; an :class:`UnsafeValue` is
+    raised again each time, not cached)."""
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
         raise UnsafeValue("the upstream URL holds control characters")
     try:
@@ -291,7 +292,7 @@ def safe_url(url: str) -> str:
         raise UnsafeValue(f"the upstream URL is malformed ({type(exc).__name__})") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise UnsafeValue("the upstream URL is not http(s) with a host")
-    return str(parsed)
+    return parsed
 
 
 def answer_buffer(length: int) -> mmap.mmap:
@@ -310,40 +311,22 @@ def answer_buffer(length: int) -> mmap.mmap:
     return buf
 
 
-def _declared_length(resp: Response) -> int | None:
-    value = resp.headers.get("content-length")
-    if value is None:
-        return None
-    try:
-        length = int(value)
-    except ValueError:
-        return None
-    return length if length >= 0 else None
-
-
-async def read_capped(resp: Response, cap: int, memory: AnswerMemory | None = None) -> bytes | mmap.mmap:
+async def read_capped(resp: aiohttp.ClientResponse, cap: int, memory: AnswerMemory | None = None) -> bytes | mmap.mmap:
     """The (decoded) body, refused with :class:`AnswerTooLarge` once over ``cap`` bytes.
 
-    A declared length is a claim, not a budget: it is checked against the cap first.
-    An answer of known length that is not compressed is read whole by the client
-    (small ones: one hand-off from its thread) or, from ``_PREALLOCATE_FROM`` on, into
-    one buffer of that size (:func:`answer_buffer`; a 4K image is ~33 MB: no chunk list
-    then join holding two copies), reserved in ``memory`` first (waiting for room, see
-    :class:`AnswerMemory`) and returned when the buffer is freed. Anything else
-    (chunked, read to the connection's close, or decompressed) is read in steps and
-    counted as it arrives, so a gzip bomb stops at the cap.
+    An uncompressed answer of known length goes into one buffer of that size
+    (:func:`answer_buffer`; a 4K image is ~33 MB: no chunk list then join holding two
+    copies), but only after the length was checked against the cap: a declared length
+    is a claim, not a budget; it is then reserved in ``memory`` (waiting for room, see
+    :class:`AnswerMemory`) and returned when the buffer is freed. Chunks are taken one by one as the connection delivered
+    them (``iter_chunks``): ``iter_any`` joins whatever is buffered into a new bytes
+    first, one more copy of the answer.
     """
-    length = _declared_length(resp)
+    length = resp.content_length
     if length is not None and length > cap:
         raise AnswerTooLarge(f"answer declares {length} bytes, over the {cap}-byte limit")
     encoded = resp.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
-    reader = resp.body_reader
-    if length is not None and not encoded:
-        if length < _PREALLOCATE_FROM:
-            body = bytes(await reader.bytes())  # parse_images_answer searches it: a bytes, not a Rust buffer
-            if len(body) != length:
-                raise BodyLengthMismatch(f"body of {len(body)} bytes, {length} declared")
-            return body
+    if length is not None and length >= _PREALLOCATE_FROM and not encoded:
         if memory is not None:
             await memory.reserve(length)
             try:
@@ -355,21 +338,21 @@ async def read_capped(resp: Response, cap: int, memory: AnswerMemory | None = No
         else:
             buf = answer_buffer(length)
         offset = 0
-        while (chunk := await reader.read(_READ_STEP)) is not None:
+        async for chunk, _ in resp.content.iter_chunks():
             end = offset + len(chunk)
             if end > length:
-                raise BodyLengthMismatch("body longer than its content-length")
+                raise aiohttp.ClientPayloadError("body longer than its content-length")
             buf[offset:end] = chunk
             offset = end
         if offset != length:
-            raise BodyLengthMismatch("body shorter than its content-length")
+            raise aiohttp.ClientPayloadError("body shorter than its content-length")
         return buf
-    pieces: list[Bytes] = []
+    chunks: list[bytes] = []
     size = 0
-    while (piece := await reader.read(_READ_STEP)) is not None:
-        size += len(piece)
+    async for chunk, _ in resp.content.iter_chunks():
+        size += len(chunk)
         if size > cap:
             raise AnswerTooLarge(f"answer over the {cap}-byte limit")
-        pieces.append(piece)
-    # One copy into a bytes either way (parse_images_answer searches it).
-    return bytes(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
+        chunks.append(chunk)
+    # One chunk (most small answers) is the answer as it is; several are copied once.
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
