@@ -26,9 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from profile import cpu_seconds  # noqa: E402
 
-from run import WRK_SCRIPT, Stack, start_stack, wrk  # noqa: E402
-
-SMALL = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}
+from run import SMALL, WRK_SCRIPT, Stack, start_stack, wrk  # noqa: E402
 
 
 def main() -> None:

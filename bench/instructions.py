@@ -38,8 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx  # noqa: E402
 import run  # noqa: E402
 
-SMALL = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}
-
 
 async def _calls(stack: Any, n: int, concurrency: int) -> None:
     async with httpx.AsyncClient(timeout=600) as client:
@@ -48,7 +46,9 @@ async def _calls(stack: Any, n: int, concurrency: int) -> None:
         async def one() -> None:
             async with sem:
                 r = await client.post(
-                    stack.gw_url + "/images/generations", json=SMALL, headers={"Authorization": f"Bearer {stack.token}"}
+                    stack.gw_url + "/images/generations",
+                    json=run.SMALL,
+                    headers={"Authorization": f"Bearer {stack.token}"},
                 )
                 if r.status_code != 200:
                     raise SystemExit(f"call failed: {r.status_code} {r.text[:200]}")

@@ -27,7 +27,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx  # noqa: E402
-from run import BIG, WRK_SCRIPT, fixed_answer_channel, fresh_pg_database, peak_rss_mb, reset_peak_rss, start_stack, wrk  # noqa: E402
+from run import (  # noqa: E402
+    BIG,
+    SMALL,
+    WRK_SCRIPT,
+    fixed_answer_channel,
+    fresh_pg_database,
+    peak_rss_mb,
+    reset_peak_rss,
+    start_stack,
+    wrk,
+)
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -187,7 +197,7 @@ def main() -> None:
     stack = start_stack(workdir, database_url, redis_url, workers=args.workers)
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
-    small = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}
+    small = SMALL
     try:
         with contextlib.ExitStack() as scenario:
             body = small

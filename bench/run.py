@@ -326,6 +326,8 @@ def admin(stack: Stack, method: str, path: str, body: dict[str, Any] | None = No
     return resp
 
 
+#: The small-image call every benchmark makes (bench/compare.py, instructions.py, profile.py too).
+SMALL = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}
 BIG = {"model": "gpt-image-2", "prompt": "bench 4k", "size": "3840x2160", "quality": "low"}
 
 
@@ -439,7 +441,7 @@ def run_config(
     dur = 2 if quick else 10
     rows: list[tuple[str, str, str, str]] = []
     errors = 0
-    small = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}
+    small = SMALL
     try:
         use_wrk = shutil.which("wrk") is not None
         # warm up both (render cache, connection pools, token cache)
@@ -573,7 +575,7 @@ def small_c64(database_url: str | None, redis_url: str | None, workers: int, qui
     stack = start_stack(workdir, database_url, redis_url, workers=workers)
     script = workdir / "post.lua"
     script.write_text(WRK_SCRIPT)
-    small = {"model": "gpt-image-2", "prompt": "bench", "size": "1024x1024", "quality": "low"}
+    small = SMALL
     try:
         for _ in range(3 * workers):
             httpx.post(
