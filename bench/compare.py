@@ -9,7 +9,8 @@ each gateway running its own checkout's code, then drives them with wrk in turns
 round. On a shared machine whose speed drifts by +-20% within minutes, alternating
 short bursts puts every checkout through the same drift, so the ratio of their
 medians holds where two runs minutes apart do not. Prints, per checkout, the median
-calls/s (and every burst), the gateway's median CPU per call (every thread), and the
+calls/s (and every burst), the gateway's median CPU per call (every thread) and write
+system calls per call (socket writes and SQLite's WAL writes, from /proc/PID/io), and the
 ratio of its median calls/s to the baseline's.
 """
 
@@ -27,6 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profile import cpu_seconds  # noqa: E402
 
 from run import SMALL, WRK_SCRIPT, Stack, start_stack, wrk  # noqa: E402
+
+
+def write_syscalls(pid: int) -> int:
+    """Write-like system calls the process made so far (``syscw`` of /proc/PID/io:
+    socket writes and SQLite's WAL ``pwrite``s alike)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    return 0
 
 
 def main() -> None:
@@ -49,13 +59,16 @@ def main() -> None:
             wrk(stack.gw_url, stack.token, SMALL, args.connections, 2, script)
         rates: list[list[float]] = [[] for _ in stacks]
         cpu_ms: list[list[float]] = [[] for _ in stacks]
+        writes: list[list[float]] = [[] for _ in stacks]
         errors = [0 for _ in stacks]
         for _ in range(args.rounds):
             for i, stack in enumerate(stacks):
                 before = sum(cpu_seconds(stack.gateway.pid))
+                writes_before = write_syscalls(stack.gateway.pid)
                 result = wrk(stack.gw_url, stack.token, SMALL, args.connections, args.seconds, script)
                 rates[i].append(result["rps"])
                 cpu_ms[i].append(1000 * (sum(cpu_seconds(stack.gateway.pid)) - before) / result["requests"])
+                writes[i].append((write_syscalls(stack.gateway.pid) - writes_before) / result["requests"])
                 errors[i] += result["errors"]
     finally:
         os.chdir(here)
@@ -63,10 +76,11 @@ def main() -> None:
             stack.stop()
     base = statistics.median(rates[0])
     print(f"small image, c={args.connections}, {args.rounds} rounds of {args.seconds:g} s, checkouts alternating")
-    for checkout, rate, cpu, err in zip(args.checkouts, rates, cpu_ms, errors, strict=True):
+    for checkout, rate, cpu, wr, err in zip(args.checkouts, rates, cpu_ms, writes, errors, strict=True):
         print(
             f"{checkout}: calls/s median {statistics.median(rate):.0f} ({' '.join(f'{r:.0f}' for r in rate)}), "
-            f"gateway CPU {statistics.median(cpu):.3f} ms/call, errors {err}, "
+            f"gateway CPU {statistics.median(cpu):.3f} ms/call, write syscalls {statistics.median(wr):.1f}/call, "
+            f"errors {err}, "
             f"ratio to the baseline {statistics.median(rate) / base:.3f}"
         )
 

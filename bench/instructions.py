@@ -101,6 +101,7 @@ def main() -> None:
     per_call = total / args.calls
     parts = ", ".join(f"{label} {count / total:.0%}" for label, count in _functions(dump).items())
     print(f"{per_call / 1e6:.3f} M instructions per call ({args.calls} small calls at c={args.concurrency}; {parts})")
+    print(f"callgrind dump: {dump} (callgrind_annotate it for the functions)")
 
 
 if __name__ == "__main__":

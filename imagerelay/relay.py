@@ -560,7 +560,13 @@ def _fingerprint(call: ParsedCall) -> str:
 
 
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(16)
+    """``req_`` and 32 hex digits: the milliseconds since the epoch (12), then 80 random bits.
+
+    Why time first: the request id is the key of a hold and of the unique index of the
+    usage records and the ledger. Random keys land on a random page of each index, so
+    every call dirtied pages of its own in every commit; keys that grow with time are
+    appended on the index's last pages, which the calls of one group commit share."""
+    return f"req_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 def _ms_since(t0: float) -> int:
