@@ -49,7 +49,7 @@ from imagerelay.domain.types import ImageRequest, InputImage
 from imagerelay.errors import ApiError, AuthenticationFailed, InvalidRequest, NotFound, RateLimited
 from imagerelay.imagestore import ImageStore
 from imagerelay.limits.local import UNLIMITED, Limiter, concurrency_part
-from imagerelay.relay import CallContext, ParsedCall, PreparedCall, Relay
+from imagerelay.relay import CallContext, Interruption, ParsedCall, PreparedCall, Relay
 from imagerelay.storage.accounts import Accounts
 from imagerelay.storage.instances import Instances
 from imagerelay.storage.schema import jobs
@@ -68,6 +68,22 @@ ACTIVE = ("queued", "running")
 # An input folder this old with no live job behind it was left by a crash (a younger
 # one may belong to a submit that has saved its images but not yet inserted its row).
 ORPHAN_AGE_S = 120.0
+
+
+# Codes a job ends "failed" with from outside (Jobs.end_jobs_of): its owner's key or account.
+_AUTH_ENDINGS = frozenset({"revoked_api_key", "account_disabled", AuthenticationFailed.code})
+
+
+def _interruption(status: str, error: str | None) -> Interruption:
+    """Why a job that another replica ended was ended, as its running call records it:
+    what ``Jobs._cancel`` gave there (the job row keeps the code, not the HTTP status)."""
+    try:
+        code = orjson.loads(error)["code"] if error else None
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        code = None
+    if not isinstance(code, str) or not code:
+        code = status
+    return Interruption(AuthenticationFailed.status if status == "failed" and code in _AUTH_ENDINGS else 499, code)
 
 
 def _encode_request(request: ImageRequest) -> bytes:
@@ -323,7 +339,8 @@ class JobService:
             return  # it finished meanwhile
         task = self._running.get(job_id)
         if task is not None:
-            task.cancel()  # the relay releases the hold; the worker deletes the inputs
+            # The relay releases the hold and records why; the worker deletes the inputs.
+            task.cancel(msg=Interruption(http_status, code))
         else:
             # Queued, or running in another replica (its cancel watch interrupts it, and
             # its worker deletes the inputs too): release the hold here if it is still
@@ -778,11 +795,11 @@ class JobService:
                 continue
             try:
                 async with self._engine.connect() as conn:
-                    canceled = {
-                        r[0]
+                    ended = {
+                        r[0]: _interruption(r[1], r[2])
                         for r in (
                             await conn.execute(
-                                select(jobs.c.id).where(
+                                select(jobs.c.id, jobs.c.status, jobs.c.error).where(
                                     jobs.c.id.in_(list(self._running)), jobs.c.status.in_(("canceled", "failed"))
                                 )
                             )
@@ -790,10 +807,10 @@ class JobService:
                     }
             except Exception:  # noqa: BLE001
                 continue
-            for job_id in canceled - self._finishing:
+            for job_id in ended.keys() - self._finishing:
                 task = self._running.get(job_id)
                 if task is not None:
-                    task.cancel()
+                    task.cancel(msg=ended[job_id])
 
     # -- housekeeping ----------------------------------------------------------------------
 

@@ -74,6 +74,18 @@ class CallContext:
     images_until: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """Why a running call was cancelled when its client did not leave: a job ended from
+    outside (its caller's cancel, a revoked key, a disabled user, its expiry). Given as
+    the cancellation's message (``task.cancel(msg=Interruption(...))``) so that the call's
+    usage record says so, as it does for a job ended before it ran, instead of 499
+    ``client_disconnected``."""
+
+    status: int
+    code: str
+
+
 @dataclass(slots=True)
 class ParsedCall:
     """A request body as the HTTP layer parsed it, before any route rule applies."""
@@ -376,7 +388,8 @@ class Relay:
             record.attempts = record.attempts or exc.attempts
             record.channel = record.channel or exc.channel
         elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            record.status, record.error_code = 499, "client_disconnected"
+            reason = exc.args[0] if exc.args and isinstance(exc.args[0], Interruption) else None
+            record.status, record.error_code = (reason.status, reason.code) if reason else (499, "client_disconnected")
         else:
             record.status, record.error_code = 500, "internal_error"
 

@@ -356,3 +356,9 @@ def test_cancel_through_another_replica_deletes_inputs(rig: Rig) -> None:
         wait_for(lambda: not inputs.exists(), timeout=5)
         wait_for(lambda: httpx.get(other.v1 + "/account/balance", headers=hdr).json()["held_micros"] == 0, timeout=5)
         assert job(rig, token, job_id)["status"] == "canceled"
+        # The replica running it learnt why from the job's row: its record says canceled.
+        (request_id,) = backend.query(rig.gw.data_dir, "select request_id from jobs where id=?", (job_id,))[0]
+        records = backend.query(
+            rig.gw.data_dir, "select status, error_code from usage_records where request_id like ?", (request_id + "%",)
+        )
+        assert [tuple(r) for r in records] == [(499, "canceled")]

@@ -333,6 +333,18 @@ def _request_id(data_dir: Path, job_id: str) -> str:
     return str(backend.query(data_dir, "select request_id from jobs where id=?", (job_id,))[0][0])
 
 
+def _records(data_dir: Path, job_id: str) -> list[tuple[int, str]]:
+    """(status, error_code) of the usage records of a job's call."""
+    return [
+        (int(r[0]), str(r[1]))
+        for r in backend.query(
+            data_dir,
+            "select status, error_code from usage_records where request_id like ?",
+            (_request_id(data_dir, job_id) + "%",),
+        )
+    ]
+
+
 def test_cancel_running_and_queued_jobs(rig: Rig) -> None:
     slow(rig)
     group = "GPTImage2 Enterprise"
@@ -350,6 +362,8 @@ def test_cancel_running_and_queued_jobs(rig: Rig) -> None:
     wait_for(lambda: balance(rig.gw, group) == before)
     for job_id in (queued, running):
         assert _charges(rig.data_dir, _request_id(rig.data_dir, job_id)) == []
+        # One record each, saying why, the running one too (its client did not leave).
+        assert _records(rig.data_dir, job_id) == [(499, "canceled")], job_id
     again = httpx.delete(
         f"{rig.gw.v1}/images/jobs/{running}", headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"}
     )
@@ -381,6 +395,7 @@ def test_revoking_a_key_interrupts_its_running_job(rig: Rig) -> None:
     assert job["status"] == "failed" and job["error"]["code"] == "revoked_api_key", job
     wait_for(lambda: balance(rig.gw, group) == before)
     assert _charges(rig.data_dir, _request_id(rig.data_dir, job_id)) == []
+    assert _records(rig.data_dir, job_id) == [(401, "revoked_api_key")]
 
 
 def test_failed_job_costs_nothing(rig: Rig) -> None:
