@@ -20,6 +20,7 @@ reports and what the fallback charge assumes) and :func:`worst_case_quality`
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -86,7 +87,14 @@ def _is_legacy(model: str) -> bool:
 
 _CHUNK = re.compile(r"\w+|[^\w\s]+")
 
+# Each ASCII byte as its class for the regex above: a word character "w", whitespace
+# " ", anything else (punctuation) "p". Only the first 128 entries are ever used.
+_ASCII_CLASSES = bytes(
+    ord("w") if chr(b).isalnum() or b == ord("_") else ord(" ") if chr(b).isspace() else ord("p") for b in range(256)
+)
 
+
+@functools.lru_cache(maxsize=64)
 def text_tokens(text: str) -> int:
     """Approximate prompt tokens (no tokenizer dependency).
 
@@ -96,8 +104,28 @@ def text_tokens(text: str) -> int:
     about 3 tokens per 4 characters. Compared with ``o200k_base`` this overestimates
     ordinary English by roughly 10-30 %, which is the safe side for a hold; the
     upstream's reported ``text_tokens`` replaces it when a call settles.
+
+    Memoised (a call counts its prompt for its hold and again for its price basis) and,
+    for ASCII text, counted by :func:`_ascii_text_tokens`: the regex walk took ~70 us of
+    the event loop for a 1,000-character prompt, ~3 ms for the 32,000 allowed.
     """
+    if text.isascii():
+        return _ascii_text_tokens(text)
     return sum(-(-len(chunk.encode("utf-8")) // 4) for chunk in _CHUNK.findall(text))
+
+
+def _ascii_text_tokens(text: str) -> int:
+    """:func:`text_tokens` of ASCII text (a character is a byte) in a few passes of C.
+
+    Each byte becomes its class; word and punctuation runs that touch are parted by a
+    space; then every run gets three more bytes of its class at its start, so that the
+    non-overlapping 4-byte blocks of a run of ``L`` bytes number ``ceil(L / 4)``, and
+    spaces keep those blocks from spanning two runs. Equal to the regex count on every
+    ASCII string (tests/unit/test_usage.py checks it on random ones)."""
+    classes = text.encode("ascii").translate(_ASCII_CLASSES)
+    runs = b" " + classes.replace(b"wp", b"w p").replace(b"pw", b"p w")
+    padded = runs.replace(b" w", b" wwww").replace(b" p", b" pppp")
+    return padded.count(b"wwww") + padded.count(b"pppp")
 
 
 # --------------------------------------------------------------------------- output

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import random
+import re
+import string
 from dataclasses import fields
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -220,6 +223,38 @@ def test_text_tokens_scale_with_length_and_are_deterministic() -> None:
     # never below the crude bytes/6 bound nor above one token per byte
     long = prompt * 50
     assert len(long) // 6 <= text_tokens(long) <= len(long.encode())
+
+
+def _runs_rule(text: str) -> int:
+    """The documented rule, written out: ceil(utf-8 bytes / 4) per word or punctuation run."""
+    return sum(-(-len(run.encode("utf-8")) // 4) for run in re.findall(r"\w+|[^\w\s]+", text))
+
+
+def test_text_tokens_of_ascii_follow_the_run_rule_on_random_text() -> None:
+    """ASCII prompts are counted by byte classes and block counts, not the regex: the two
+    agree on every string, whitespace of every kind, control bytes and underscores too."""
+    rng = random.Random(7)
+    alphabet = string.printable + "\x00\x1c\x1d\x1e\x1f\x7f___"
+    for _ in range(5_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90)))
+        assert text_tokens(text) == _runs_rule(text), repr(text)
+    words = [
+        "an",
+        "astronaut",
+        "riding",
+        "a",
+        "horse",
+        "on",
+        "mars,",
+        "golden-hour",
+        "light;",
+        "f/1.8",
+        "(35mm)",
+        "ultra_detailed!!!",
+    ]
+    long = " ".join(rng.choice(words) for _ in range(5_000))  # ~32,000 characters, the prompt limit
+    assert text_tokens(long) == _runs_rule(long)
+    assert text_tokens("a cat-like robot!") == _runs_rule("a cat-like robot!") == 7  # a, cat, -, like, robot (2), !
 
 
 # --------------------------------------------------------------------------- input images
