@@ -99,17 +99,8 @@ def _usage_quote(
     mult = to_decimal(multiplier, "multiplier")
     if mult < 0:
         raise ValueError(f"multiplier must not be negative; got {mult}")
-    lines = _usage_lines(usage, prices)
-    micros, exact = _priced(lines, mult)
-    basis: dict[str, Any] = {
-        "mode": "usage",
-        "usage_source": source,
-        "multiplier": str(mult),
-        "tokens": {name: count for name, count, _ in lines},
-        "prices_per_million_usd": {name: str(price) for name, _, price in lines},
-        "exact_micros": str(exact),
-        **extra,
-    }
+    micros, terms = _priced(_usage_lines(usage, prices), mult)
+    basis: dict[str, Any] = {"mode": "usage", "usage_source": source, **terms, **extra}
     return PriceQuote(micros=micros, mode="usage", multiplier=mult, usage=usage, basis=basis)
 
 
@@ -127,15 +118,24 @@ def _usage_lines(usage: Usage, prices: ModelPrices) -> tuple[tuple[str, int, Dec
 
 
 @functools.lru_cache(maxsize=4096)
-def _priced(lines: tuple[tuple[str, int, Decimal], ...], multiplier: Decimal) -> tuple[int, Decimal]:
-    """(rounded micros, exact micros) of priced token lines. Memoised because every call
-    prices the same few shapes twice (hold and settle), and Decimal arithmetic in a
-    local context was ~3% of the gateway's CPU per call (py-spy)."""
+def _priced(lines: tuple[tuple[str, int, Decimal], ...], multiplier: Decimal) -> tuple[int, dict[str, Any]]:
+    """Rounded micros of priced token lines, and the terms of their price basis (the
+    multiplier, tokens and prices per line, exact micros). Memoised because every call
+    prices the same few shapes twice (hold and settle): the Decimal arithmetic in a local
+    context was ~3% of the gateway's CPU per call, and writing the terms out (eight
+    Decimals as text) another ~1% (py-spy). The terms' dicts are shared by every quote
+    of those lines: a basis is copied before anything is added to it, never changed."""
     with localcontext() as ctx:
         ctx.prec = PRECISION
         subtotal = sum((Decimal(count) * to_decimal(price, name) for name, count, price in lines), Decimal(0))
         exact = subtotal * multiplier
-    return round_micros(exact), exact
+    terms = {
+        "multiplier": str(multiplier),
+        "tokens": {name: count for name, count, _ in lines},
+        "prices_per_million_usd": {name: str(price) for name, _, price in lines},
+        "exact_micros": str(exact),
+    }
+    return round_micros(exact), terms
 
 
 def price_model(route: RouteSpec) -> str:
