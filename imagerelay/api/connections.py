@@ -133,7 +133,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
+        # _count_head written out: this runs for every header of every request.
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._count_head(0)
         super().on_header(name, value)
 
     def _count_head(self, n: int) -> None:
