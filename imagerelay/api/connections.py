@@ -20,6 +20,9 @@ embedder). This subclass adds, per process:
   sending the body it started (so an honest client still reads the answer) before the
   connection is closed.
 
+It also tells a handler at once when its client leaves (:data:`WHEN_GONE`), which
+uvicorn only reports to whoever is awaiting ``receive()``: a waiting task per call.
+
 Body timeouts while the application reads are in :mod:`imagerelay.api.bodyguard`.
 The hooks used here (``connection_made``, parser callbacks, ``on_response_complete``,
 ``timeout_keep_alive_task``) are uvicorn's own; ``tests/e2e/test_hostile_clients.py``
@@ -32,6 +35,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +94,13 @@ _TOO_MANY = _raw_error(
 )
 
 
+# The scope extension (``scope["extensions"][WHEN_GONE]``) holding the callbacks to run
+# if the connection is lost before the response is complete: a handler adds one for as
+# long as it works for its client (api/relay/images.py::_unless_disconnected). A dict
+# used as an ordered set, as ASGI extensions are dicts.
+WHEN_GONE = "imagerelay.when_gone"
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _last_warning = 0.0  # per process: the refusal warning is logged at most once a minute
 
@@ -99,6 +110,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._head_too_large = False
+        self._when_gone: dict[Callable[[], None], None] = {}
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -118,12 +130,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if self._when_gone and cycle is not None and cycle.disconnected:  # gone before its answer
+            callbacks = list(self._when_gone)
+            self._when_gone.clear()
+            for callback in callbacks:
+                callback()
 
     # -- the request head: in time and bounded ----------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {WHEN_GONE: self._when_gone}  # type: ignore[dict-item]  # an ordered set, see WHEN_GONE
         self._head_bytes = 0
         if self._timer is None:  # the next request on a kept-alive connection
             self._arm(self.limits.header_timeout_s, _HEAD_TIMEOUT)
