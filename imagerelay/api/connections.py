@@ -142,7 +142,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {WHEN_GONE: self._when_gone}  # type: ignore[dict-item]  # an ordered set, see WHEN_GONE
+        self.scope.setdefault("extensions", {})[WHEN_GONE] = self._when_gone  # type: ignore[assignment]  # see WHEN_GONE
         self._head_bytes = 0
         if self._timer is None:  # the next request on a kept-alive connection
             self._arm(self.limits.header_timeout_s, _HEAD_TIMEOUT)
