@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 
 import orjson
 
@@ -38,7 +38,7 @@ def interval(asked: float | None, route: ResolvedRoute | None) -> float | None:
     return route.spec.keepalive_s if route is not None else None
 
 
-def kept_alive(produce: Awaitable[bytes], every_s: float, request_id: str) -> AsyncIterator[bytes]:
+def kept_alive(produce: Awaitable[bytes], every_s: float, request_id: str) -> AsyncGenerator[bytes, None]:
     """The body of a kept-alive answer: a space at once and every ``every_s`` seconds,
     then the JSON ``produce`` yields.
 
@@ -48,7 +48,7 @@ def kept_alive(produce: Awaitable[bytes], every_s: float, request_id: str) -> As
     """
     task = asyncio.ensure_future(produce)
 
-    async def body() -> AsyncIterator[bytes]:
+    async def body() -> AsyncGenerator[bytes, None]:
         try:
             yield b" "
             while True:

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -236,9 +236,11 @@ class Relay:
             raise
         return SyncCall(self, ctx, prepared, key, interval, render)
 
-    async def stream(self, ctx: CallContext, call: ParsedCall) -> AsyncIterator[bytes]:
+    async def stream(self, ctx: CallContext, call: ParsedCall) -> AsyncGenerator[bytes, None]:
         """Route, validate, hold and open a streamed call; its events, SSE-encoded
-        (``event: ...``, ending with ``data: [DONE]`` or an ``error`` event)."""
+        (``event: ...``, ending with ``data: [DONE]`` or an ``error`` event). The caller
+        closes it (``aclose``) however it stops reading: closing is what settles or
+        releases the call and abandons the upstream stream."""
         prepared = await self.prepare(ctx, call.fields.get("model"), self.validator(call))
         return await self._stream(prepared.ctx, prepared.route, prepared.request, prepared.record)
 
@@ -419,7 +421,7 @@ class Relay:
 
     async def _stream(
         self, ctx: CallContext, route: ResolvedRoute, request: ImageRequest, record: UsageRecord
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         try:
             opened = await self.pool.open_stream(
                 self.directory.channels_for(route.spec.pool),
@@ -433,7 +435,7 @@ class Relay:
             raise
         record.channel, record.attempts = opened.channel, opened.attempts
 
-        async def frames() -> AsyncIterator[bytes]:
+        async def frames() -> AsyncGenerator[bytes, None]:
             # Images the client has been sent in full: what the call is charged for,
             # however the stream ends (the upstream bills us for them all the same).
             delivered = 0
@@ -551,7 +553,7 @@ class SyncCall:
             await asyncio.shield(relay.idempotency.finish(user_id, key, 200, answer.raw))
         return answer
 
-    def kept_alive(self) -> AsyncIterator[bytes]:
+    def kept_alive(self) -> AsyncGenerator[bytes, None]:
         """The call as a kept-alive body (:func:`imagerelay.keepalive.kept_alive`); it
         starts running now. Only for a call whose ``keepalive_s`` is set."""
         assert self.keepalive_s is not None
