@@ -108,7 +108,7 @@ def text_tokens(text: str) -> int:
     Memoised (a call counts its prompt for its hold and again for its price basis) and,
     for ASCII text, counted by :func:`_ascii_text_tokens`: the regex walk took 100-150 us
     of the event loop for a 1,000-character prompt and 2-3 ms for 28,000 characters (a
-    loaded 2-core VM), about a fifth of that in those passes.
+    loaded 2-core VM); those passes take a fifth to a half of that.
     """
     if text.isascii():
         return _ascii_text_tokens(text)
