@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,10 +138,10 @@ def cancel_all(rig: Rig, token: str, job_ids: list[str]) -> None:
         httpx.delete(f"{rig.gw.v1}/images/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"})
 
 
-def wait_for(predicate: Any, timeout: float = 30.0) -> None:
+def wait_for(predicate: Any, timeout: float = 30.0, explain: Callable[[], str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
+        assert time.monotonic() < deadline, "condition not reached in time" + (f": {explain()}" if explain else "")
         time.sleep(0.05)
 
 
@@ -149,7 +149,11 @@ def test_one_users_backlog_does_not_delay_another_users_single_job(rig: Rig) -> 
     backlog = new_token(rig, "backlog-owner")
     queued = [submit(rig, backlog, f"backlog {i}").json()["id"] for i in range(10)]  # ~5 slots of 2 workers
     try:
-        wait_for(lambda: job(rig, backlog, queued[1])["status"] == "running")
+        # Started, not "running": on a loaded machine a poll can miss the 1.5 s it runs for.
+        wait_for(
+            lambda: job(rig, backlog, queued[1])["status"] != "queued",
+            explain=lambda: f"backlog statuses {[job(rig, backlog, j)['status'] for j in queued]}",
+        )
         single = new_token(rig, "single-job")
         submitted = time.monotonic()
         mine = submit(rig, single, "just one").json()["id"]

@@ -183,12 +183,18 @@ def assert_charged_once_or_nothing(rig: Rig, results: list[Result]) -> None:
 
 
 def test_one_channel_with_transient_500s_and_429s_serves_at_least_98_percent(rig: Rig) -> None:
-    """Before: only 32 of 60 succeeded, then the breaker cooled the only channel: 503s for 30 s."""
+    """Before: only 32 of 60 succeeded, then the breaker cooled the only channel: 503s for 30 s.
+
+    An attempt fails 44% of the time, so a call fails only when all 8 attempts do
+    (0.44**8, about 1 in 700). Which draws of the seeded fault sequence a call gets
+    depends on how the 8 callers interleave, so 60 calls (98% = 59) were at the mercy
+    of a dense stretch of that sequence: 2 of 60 failed in one CI run. 200 calls measure
+    the same 98% with room for a bad stretch (196)."""
     rig.fault("solo", type="server_error", rate=0.3, seed=11)
     rig.fault("solo", type="rate_limit", rate=0.2, retry_after=0, seed=12)
-    results = burst(rig, ONE, 60)
+    results = burst(rig, ONE, 200)
     ok = sum(r.status == 200 for r in results)
-    assert ok >= 59, [(r.status, r.body.get("error", {}).get("code")) for r in results if r.status != 200]
+    assert ok >= 196, [(r.status, r.body.get("error", {}).get("code")) for r in results if r.status != 200]
     assert_charged_once_or_nothing(rig, results)
     records = rig.records([r.request_id for r in results])
     assert max(rec["attempts"] for rec in records.values()) > 1  # retries did happen
