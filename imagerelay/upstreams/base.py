@@ -118,7 +118,11 @@ class CallTarget:
 
 
 class Connector(Protocol):
-    """Implemented once per channel type; registered in ``upstreams.registry``."""
+    """Implemented once per channel type; registered in ``upstreams.registry``.
+
+    A connector need not time a plain call: the pool bounds every attempt by the
+    channel's timeout and the call's deadline (``ChannelPool._answer``). A stream's
+    silence between events is the connector's to bound (the pool sees only the first)."""
 
     type: ClassVar[str]
 

@@ -26,6 +26,7 @@ from imagerelay.domain.types import ImageRequest
 from imagerelay.upstreams.azure import AzureConnector
 from imagerelay.upstreams.base import CallTarget, UpstreamFailure
 from imagerelay.upstreams.openai import OpenAIConnector
+from imagerelay.upstreams.pool import ChannelPool
 from imagerelay.upstreams.transport import AnswerMemory, answer_buffer
 from imagerelay_sim.server import create_upstream_app
 from tests.support.forward_proxy import forward_proxy, socks5_proxy
@@ -121,12 +122,16 @@ async def test_an_untrusted_certificate_is_a_connect_failure(tls: dict[str, str]
 
 
 async def test_latency_beyond_the_channel_timeout_is_a_timeout(sim: str) -> None:
+    """The pool bounds an attempt by the channel's timeout, whatever the connector (the
+    HTTP session sets no total timeout of its own: see transport.default_client)."""
     httpx.post(sim + "/_sim/faults", json={"type": "latency", "latency_s": 2, "count": 1})
     connector = OpenAIConnector()
+    pool = ChannelPool({"openai": connector}, key_resolver=lambda _ch: KEY)
+    slow = target(sim, timeout_s=0.3).channel
     try:
-        with pytest.raises(UpstreamFailure) as info:
-            await connector.images(target(sim, timeout_s=0.3), REQUEST)
-        assert info.value.kind == "timeout"
+        # Waited for, the 2 s answer would have been a success (a CallOutcome).
+        failure = await pool.probe(slow, "gpt-image-2", "1024x1024", REQUEST)
+        assert isinstance(failure, UpstreamFailure) and failure.kind == "timeout", failure
     finally:
         await connector.aclose()
         httpx.delete(sim + "/_sim/faults")
