@@ -3,6 +3,7 @@ a proxy that cuts silent connections (keep-alive and jobs)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import pytest
 from imagerelay_sim.server import DEFAULT_MODELS, create_upstream_app
 from tests.support import backend
 from tests.support.catalogs import write_catalog
-from tests.support.gateway import Gateway, run_gateway
+from tests.support.gateway import Gateway, free_port, run_gateway
 from tests.support.idle_proxy import idle_proxy
 from tests.support.servers import run_asgi
 
@@ -188,6 +189,48 @@ def test_client_disconnect_mid_call_costs_nothing(rig: Rig) -> None:
         )
     rec = _assert_nothing_charged(rig, group, before, n, 499)
     assert rec["error_code"] == "client_disconnected"
+
+
+def test_client_disconnect_costs_nothing_under_another_asgi_server(rig: Rig, tmp_path: Path) -> None:
+    """The app served by plain uvicorn (as by gunicorn's uvicorn worker), without the
+    connection protocol of `imagerelay serve` that reports a lost client at once: the
+    call is still cancelled, recorded as 499 and not charged."""
+    port = free_port()
+    env = {**os.environ, **backend.env_for(rig.data_dir), **rig.env, "IMAGERELAY_DATA_DIR": str(rig.data_dir)}
+    log = tmp_path / "uvicorn.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "imagerelay.api.app:create_app", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def serving() -> bool:
+            assert server.poll() is None, log.read_text()
+            try:
+                return httpx.get(base + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(serving, timeout=60)
+        group = "Sora2Official"
+        before, n = balance(rig.gw, group), len(records(rig, group))
+        slow(rig, 3.0)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                base + "/v1/images/generations",
+                json={"model": "gpt-image-2", "prompt": "x", "quality": "low"},
+                headers={"Authorization": f"Bearer {rig.gw.tokens[group]}"},
+                timeout=1.0,
+            )
+        rec = _assert_nothing_charged(rig, group, before, n, 499)
+        assert rec["error_code"] == "client_disconnected"
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
 
 
 # -- long calls through a proxy that cuts silent connections -----------------------------
