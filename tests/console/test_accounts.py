@@ -4,7 +4,6 @@ switched off, and a path prefix behind a proxy."""
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import subprocess
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from tests.console.http import SESSION, Visitor, set_cookie_header
+from tests.support import backend
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.services import drop_postgres_database, fresh_postgres_database
 
@@ -63,7 +63,7 @@ def signed_up(gw: Gateway, name: str | None = None) -> tuple[Visitor, str]:
 
 
 def cli(gw: Gateway, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = os.environ.copy()
+    env = backend.cli_env(gw.data_dir)  # the suite's backend for a gateway this module did not start
     if _database_url.get(gw.base_url):
         env["IMAGERELAY_DATABASE_URL"] = _database_url[gw.base_url]
     return subprocess.run(

@@ -9,16 +9,17 @@ import csv
 import html
 import io
 import re
-import sqlite3
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from imagerelay_sim.server import create_upstream_app
+from tests.support import backend
 from tests.support.gateway import Gateway, run_gateway
 from tests.support.servers import run_asgi
 
@@ -73,8 +74,9 @@ def admin(gw: Gateway) -> Iterator[Browser]:
     b.client.close()
 
 
-def _db(gw: Gateway) -> sqlite3.Connection:
-    return sqlite3.connect(Path(gw.data_dir) / "imagerelay.db")
+def _rows(gw: Gateway, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one statement on the gateway's database, whichever backend the suite runs on."""
+    return [tuple(row) for row in backend.query(gw.data_dir, sql)]
 
 
 def _balance(gw: Gateway, name: str) -> int:
@@ -144,8 +146,7 @@ def test_top_up_is_exact_and_leaves_a_ledger_entry(gw: Gateway, admin: Browser) 
     assert _balance(gw, "demo") == before + 12_345_678
     page = admin.get("/console/admin/users/demo").text
     assert "promo credit #7" in page and "is now" in page
-    with _db(gw) as db:
-        rows = db.execute("SELECT amount_micros, kind, reason FROM ledger WHERE reason = 'promo credit #7'").fetchall()
+    rows = _rows(gw, "SELECT amount_micros, kind, reason FROM ledger WHERE reason = 'promo credit #7'")
     assert rows == [(12_345_678, "topup", "promo credit #7")]
 
     r = admin.post("/console/admin/users/demo/balance", {"amount": "-0.000001", "reason": "rounding fix"})
@@ -275,8 +276,7 @@ def test_a_proxy_password_is_never_shown_and_survives_an_edit(gw: Gateway, admin
         ).status_code
         == 303
     )
-    with _db(gw) as db:
-        spec = db.execute("SELECT spec FROM channels WHERE name = 'proxied'").fetchone()[0]
+    spec = str(_rows(gw, "SELECT spec FROM channels WHERE name = 'proxied'")[0][0])
     assert "proxyuser:proxy-pass-123@127.0.0.1:9" in spec and '"weight":2' in spec.replace(" ", "")
     assert (
         admin.post(
@@ -284,8 +284,7 @@ def test_a_proxy_password_is_never_shown_and_survives_an_edit(gw: Gateway, admin
         ).status_code
         == 303
     )
-    with _db(gw) as db:
-        spec = db.execute("SELECT spec FROM channels WHERE name = 'proxied'").fetchone()[0]
+    spec = str(_rows(gw, "SELECT spec FROM channels WHERE name = 'proxied'")[0][0])
     assert "proxy-pass-123" not in spec
     assert admin.post("/console/admin/channels/proxied/disable", {}).status_code == 303  # leave the pool as it was
 
