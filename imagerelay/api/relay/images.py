@@ -350,10 +350,13 @@ async def _unless_disconnected(scope: Any, work: Awaitable[Any], receive: Any) -
 
 async def _watch_for_disconnect(receive: Any, on_gone: Callable[[], None]) -> None:
     """Call ``on_gone`` when the server reports the client gone. The request's body is
-    already read, so ``receive`` has nothing else to deliver (a server that still
-    delivers body messages has them ignored)."""
+    already read, so ``receive`` has nothing else to deliver. Body that still streams in
+    is skipped; any other message (a server that answers at once, again and again)
+    ends the watch: a loop over it would never yield to the event loop."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             on_gone()
+            return
+        if not (message["type"] == "http.request" and message.get("more_body", False)):
             return
